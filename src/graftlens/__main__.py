@@ -1,0 +1,3 @@
+from graftlens.cli import main
+
+main()

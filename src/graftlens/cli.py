@@ -1,0 +1,132 @@
+"""The ``graftlens`` command line: thin over the library, one clear line on bad input."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from graftlens.errors import GraftlensError
+
+app = typer.Typer(
+    name="graftlens",
+    help="Dynamic weight grafting and activation-level interpretability for finetuned LMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn any :class:`GraftlensError` into one red line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GraftlensError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly_errors
+def info(
+    spec: str = typer.Argument(..., help="smollm2-135m, a hub id, a local directory, a .gguf file or a PEFT adapter"),
+    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto"),
+) -> None:
+    """Show a model's architecture, sizes and canonical component map."""
+    from graftlens.models import load_model
+
+    t0 = time.perf_counter()
+    with console.status(f"loading {spec} ..."):
+        loaded = load_model(spec, dtype=dtype)
+    seconds = time.perf_counter() - t0
+    a = loaded.adapter
+    summary = Table(show_header=False, box=None, pad_edge=False)
+    for key, value in [
+        ("spec", loaded.spec),
+        ("source", loaded.source),
+        ("architecture", f"{type(loaded.model).__name__} (model_type {a.model_type}, family {a.family.name})"),
+        ("parameters", f"{loaded.n_params():,}"),
+        ("dtype", str(loaded.dtype).removeprefix("torch.")),
+        ("layers", str(a.n_layers)),
+        ("heads", str(a.n_heads)),
+        ("kv heads", str(a.n_kv_heads)),
+        ("d_model / d_head", f"{a.d_model} / {a.d_head}"),
+        ("tied embeddings", "yes" if a.tied_embeddings else "no"),
+        ("gated mlp", "yes" if a.gated_mlp else "no"),
+        ("loaded in", f"{seconds:.1f} s"),
+    ]:
+        summary.add_row(f"[bold]{key}[/]", escape(value))
+    console.print(summary)
+    table = Table(title="canonical components", title_justify="left")
+    table.add_column("component")
+    table.add_column("scope")
+    table.add_column("module path(s)")
+    for comp, paths in a.component_map().items():
+        scope = "model" if comp in a.model_components else "per layer"
+        table.add_row(comp, scope, escape("\n".join(paths)))
+    console.print(table)
+    if a.family.notes:
+        console.print(f"[dim]{escape(a.family.notes)}[/]")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    model: str = typer.Option("smollm2-135m", help="model spec to run the demo on"),
+) -> None:
+    """Run the main job on the embedded default model."""
+    from graftlens.demo import run_demo
+
+    run_demo(model, console=console)
+
+
+def _quiet_libraries() -> None:
+    """graftlens shows its own progress; silence transformers' per-load bars and notices."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from graftlens import __version__
+
+        console.print(f"graftlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    _quiet_libraries()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Loading models and mapping their modules to canonical component names."""
+
+from graftlens.models.adapters import ArchitectureAdapter, Site, adapter_for, supported_model_types
+from graftlens.models.embedded import EMBEDDED_SPEC
+from graftlens.models.loading import LoadedModel, as_loaded, load_model
+from graftlens.models.names import expand_components, select_layers
+
+__all__ = [
+    "EMBEDDED_SPEC",
+    "ArchitectureAdapter",
+    "LoadedModel",
+    "Site",
+    "adapter_for",
+    "as_loaded",
+    "expand_components",
+    "load_model",
+    "select_layers",
+    "supported_model_types",
+]

@@ -1,0 +1,190 @@
+"""``load_model``: one entry point for every way a model reaches graftlens.
+
+A spec is, in the order it is tried:
+
+1. ``"smollm2-135m"``: the embedded default (see :mod:`graftlens.models.embedded`);
+2. an existing path: a ``.gguf`` file, a PEFT adapter directory (``adapter_config.json``; merged
+   into its base), or a ``save_pretrained`` directory (``config.json``);
+3. something shaped like a path (``/``, ``./``, ``~``, ``.gguf``) that does not exist: an error;
+4. ``owner/name``: a Hugging Face hub id (needs network or a warm HF cache).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError, ModelLoadError
+from graftlens.models.adapters import ArchitectureAdapter, adapter_for
+from graftlens.models.embedded import EMBEDDED_SPEC, embedded_model_dir
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and architecture adapter, and where it came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    spec: str
+    source: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def n_params(self) -> int:
+        """Number of distinct parameters (tied tensors counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for p in self.model.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or auto") from None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or "\\" in spec
+
+
+def load_gguf(path: Path, dtype: torch.dtype | str = torch.float32) -> tuple[nn.Module, Any]:
+    """Dequantize a GGUF file through transformers; returns a plain (unquantized) model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; name the file
+        raise ModelLoadError(f"could not load GGUF file {path}: {exc}") from exc
+    # The weights are dequantized; drop the GGUF quantizer so the model saves and behaves as plain.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def _load_pretrained_dir(path: str, dtype: Any, device_map: Any) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
+    return model, tokenizer
+
+
+def _load_peft(path: Path, dtype: Any, device_map: Any) -> tuple[nn.Module, Any, str]:
+    from peft import PeftModel
+
+    config = json.loads((path / "adapter_config.json").read_text())
+    base_spec = config.get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelLoadError(f"PEFT adapter {path}: adapter_config.json names no base_model_name_or_path")
+    base = load_model(base_spec, dtype=dtype, device_map=device_map)
+    try:
+        merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not apply PEFT adapter {path} to base {base_spec!r}: {exc}") from exc
+    return merged, base.tokenizer, f"{path} (merged into {base.source})"
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a causal LM by spec (see the module docstring) with its tokenizer and adapter.
+
+    ``dtype`` defaults to float32 (``"auto"`` keeps the checkpoint's dtype); ``device`` moves
+    the model after loading; ``device_map`` is passed to transformers/accelerate instead.
+    The model is returned in eval mode.
+    """
+    spec_str = str(spec)
+    torch_dtype = _resolve_dtype(dtype)
+    path = Path(spec_str).expanduser()
+    try:
+        if spec_str == EMBEDDED_SPEC:
+            source = str(embedded_model_dir())
+            model, tokenizer = _load_pretrained_dir(source, torch_dtype, device_map)
+        elif path.exists():
+            source = str(path)
+            if path.is_file() and path.suffix == ".gguf":
+                model, tokenizer = load_gguf(path, torch_dtype)
+            elif path.is_dir() and (path / "adapter_config.json").is_file():
+                model, tokenizer, source = _load_peft(path, torch_dtype, device_map)
+            elif path.is_dir() and (path / "config.json").is_file():
+                model, tokenizer = _load_pretrained_dir(source, torch_dtype, device_map)
+            else:
+                raise ModelLoadError(
+                    f"model spec {spec_str!r}: {path} is neither a .gguf file, a PEFT adapter directory "
+                    "(adapter_config.json) nor a save_pretrained directory (config.json)"
+                )
+        elif _looks_like_path(spec_str):
+            raise ModelLoadError(f"model spec {spec_str!r}: no such file or directory ({path})")
+        elif _HUB_ID.match(spec_str):
+            source = f"hub:{spec_str}"
+            try:
+                model, tokenizer = _load_pretrained_dir(spec_str, torch_dtype, device_map)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelLoadError(
+                    f"model spec {spec_str!r}: tried it as a Hugging Face hub id and failed "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                ) from exc
+        else:
+            raise ModelLoadError(
+                f"unknown model spec {spec_str!r}: expected {EMBEDDED_SPEC!r}, an existing directory "
+                "or .gguf file, or a hub id owner/name"
+            )
+    except GraftlensError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one named error
+        raise ModelLoadError(f"could not load model {spec_str!r}: {type(exc).__name__}: {exc}") from exc
+
+    adapter = adapter_for(model)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=spec_str, source=source)
+
+
+def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedModel:
+    """Wrap a bare HF model (and optional tokenizer) as a :class:`LoadedModel`."""
+    if isinstance(model, LoadedModel):
+        return model
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), spec=name, source=name)
