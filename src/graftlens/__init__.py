@@ -10,6 +10,16 @@ from graftlens.errors import (
     UnknownComponentError,
     UnsupportedArchitectureError,
 )
+from graftlens.graft import (
+    DonorError,
+    Graft,
+    GraftRuleError,
+    Grafter,
+    PositionError,
+    grafted_forward,
+    grafting,
+    parse_positions,
+)
 from graftlens.models import (
     EMBEDDED_SPEC,
     ArchitectureAdapter,
@@ -25,6 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EMBEDDED_SPEC",
+    "DonorError",
+    "Graft",
+    "GraftRuleError",
+    "Grafter",
+    "PositionError",
+    "grafted_forward",
+    "grafting",
+    "parse_positions",
     "ArchitectureAdapter",
     "GraftlensError",
     "LayerSelectionError",

@@ -1,0 +1,151 @@
+"""Donor weights: the parameters a graft plan needs from each donor, and nothing more.
+
+A donor given as a loaded model lends references to its own parameters (no copy). A donor
+given as a checkpoint directory is read lazily from its safetensors files: only the tensors of
+the modules the plan grafts are loaded, never a second full model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError
+from graftlens.models.loading import LoadedModel
+
+
+class DonorError(GraftlensError):
+    """A donor is missing, of another architecture, or has tensors of other shapes."""
+
+
+def _module_params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(module.named_parameters(recurse=False))
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter name → every name of the same tensor (tied weights have several)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return {name: names for names in by_id.values() for name in names}
+
+
+class DonorWeights:
+    """The donor tensors of some modules, keyed by module path then parameter name."""
+
+    def __init__(self, name: str, source: str, tensors: dict[str, dict[str, torch.Tensor]], owned: bool):
+        self.name = name
+        self.source = source
+        self.tensors = tensors
+        self.owned = owned  # True when read from disk for this plan (counts as extra memory)
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of donor tensors this object holds beyond an already-loaded model (0 when borrowed)."""
+        if not self.owned:
+            return 0
+        seen: set[int] = set()
+        total = 0
+        for params in self.tensors.values():
+            for t in params.values():
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+        return total
+
+    def params_for(self, path: str) -> dict[str, torch.Tensor]:
+        return self.tensors[path]
+
+
+def donor_weights(
+    name: str,
+    donor: LoadedModel | nn.Module | str | Path,
+    base: nn.Module,
+    module_paths: Iterable[str],
+) -> DonorWeights:
+    """Collect and check the donor's parameters for ``module_paths`` of ``base``."""
+    paths = sorted(set(module_paths))
+    base_type = base.config.model_type
+    if isinstance(donor, LoadedModel):
+        donor = donor.model
+    if isinstance(donor, nn.Module):
+        donor_type = getattr(getattr(donor, "config", None), "model_type", None)
+        if donor_type != base_type:
+            raise DonorError(f"donor {name!r} is a {donor_type} model, the base is {base_type}")
+        tensors: dict[str, dict[str, torch.Tensor]] = {}
+        for path in paths:
+            try:
+                module = donor.get_submodule(path)
+            except AttributeError:
+                raise DonorError(f"donor {name!r} has no module {path!r}") from None
+            tensors[path] = {k: v.detach() for k, v in _module_params(module).items()}
+        weights = DonorWeights(name, type(donor).__name__, tensors, owned=False)
+    else:
+        weights = _lazy_from_checkpoint(name, Path(donor), base, paths)
+    _check_shapes(weights, base, paths)
+    device = next(base.parameters()).device
+    dtype = next(base.parameters()).dtype
+    for params in weights.tensors.values():
+        for key, t in params.items():
+            if t.device != device or t.dtype != dtype:
+                params[key] = t.to(device=device, dtype=dtype)  # a converted copy: now held here
+                weights.owned = True
+    return weights
+
+
+def _check_shapes(weights: DonorWeights, base: nn.Module, paths: list[str]) -> None:
+    for path in paths:
+        base_params = _module_params(base.get_submodule(path))
+        donor_params = weights.tensors[path]
+        for pname, bp in base_params.items():
+            dp = donor_params.get(pname)
+            if dp is None:
+                raise DonorError(f"donor {weights.name!r} lacks tensor {path}.{pname}")
+            if dp.shape != bp.shape:
+                raise DonorError(
+                    f"donor {weights.name!r}: tensor {path}.{pname} has shape {list(dp.shape)}, "
+                    f"the base has {list(bp.shape)}"
+                )
+
+
+def _lazy_from_checkpoint(name: str, directory: Path, base: nn.Module, paths: list[str]) -> DonorWeights:
+    from safetensors import safe_open
+
+    if not (directory / "config.json").is_file():
+        raise DonorError(f"donor {name!r}: {directory} is not a save_pretrained directory (no config.json)")
+    config = json.loads((directory / "config.json").read_text())
+    base_type = base.config.model_type
+    if config.get("model_type") != base_type:
+        raise DonorError(f"donor {name!r} ({directory}) is a {config.get('model_type')} model, the base is {base_type}")
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise DonorError(f"donor {name!r}: no .safetensors files in {directory}")
+    key_to_file: dict[str, Path] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                key_to_file[key] = f
+    aliases = _tied_aliases(base)
+    wanted: dict[str, tuple[str, str]] = {}  # checkpoint key -> (module path, param name)
+    for path in paths:
+        for pname in _module_params(base.get_submodule(path)):
+            full = f"{path}.{pname}"
+            # A tied tensor is stored once, under any of its names.
+            key = next((k for k in [full, *aliases.get(full, [])] if k in key_to_file), None)
+            if key is None:
+                raise DonorError(f"donor {name!r} ({directory}) has no tensor {full}")
+            wanted[f"{path}\0{pname}"] = (key, full)
+    tensors: dict[str, dict[str, torch.Tensor]] = {p: {} for p in paths}
+    by_file: dict[Path, list[str]] = {}
+    for slot, (key, _) in wanted.items():
+        by_file.setdefault(key_to_file[key], []).append(slot)
+    for f, slots in by_file.items():
+        with safe_open(str(f), framework="pt") as handle:
+            for slot in slots:
+                path, pname = slot.split("\0")
+                tensors[path][pname] = handle.get_tensor(wanted[slot][0])
+    return DonorWeights(name, str(directory), tensors, owned=True)

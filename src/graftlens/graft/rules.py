@@ -1,0 +1,137 @@
+"""Graft rules and their compilation into per-module ownership maps.
+
+A :class:`Graft` says: donor ``donor`` computes ``components`` in ``layers`` at ``positions``.
+Compiling a list of rules for one batch gives, for every module touched, its *segments* (the
+whole output, or the rows of one part of a fused projection) and for each segment an owner map
+``LongTensor[batch, pos]``: 0 = the base (recipient), ``i`` = the ``i``-th donor. Rules apply in
+order, so a later rule wins where rules overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from graftlens.errors import GraftlensError
+from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
+from graftlens.models.adapters import ArchitectureAdapter, Rows
+from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
+
+LayersLike = int | str | Sequence[int] | range | None
+
+
+class GraftRuleError(GraftlensError):
+    """A graft rule names an unknown donor or is otherwise malformed."""
+
+
+@dataclass(frozen=True, eq=False)
+class Graft:
+    """Donor ``donor`` computes ``components`` of ``layers`` at ``positions``.
+
+    ``components``: canonical names or groups (``"q"``, ``"attn"``, ``"o+mlp"``, ``"all"``).
+    ``layers``: ints, lists, ranges or named groups (``"half2"``); ignored for model-wide
+    components (embed, lm_head, ln_final). ``positions``: ``None`` (every position), a
+    ``BoolTensor[batch, pos]``, a selector or selector string (``"FE+LT"``), or per-example lists
+    of prompt-coordinate indices.
+    """
+
+    donor: str
+    components: str | Sequence[str] = "all"
+    layers: LayersLike = "all"
+    positions: PositionsLike = None
+
+
+@dataclass(frozen=True)
+class SiteChoice:
+    """One (module, rows) site with the layer-independent parts of its rule resolved."""
+
+    path: str
+    rows: Rows | None
+
+
+def module_sites(adapter: ArchitectureAdapter) -> dict[str, list[Rows | None]]:
+    """Every module the adapter knows → the row sets of its components (a full partition for
+    fused projections, ``[None]`` for plain modules)."""
+    out: dict[str, list[Rows | None]] = {}
+    for layer in range(adapter.n_layers):
+        for comp in adapter.layer_components:
+            for site in adapter.sites(comp, layer):
+                out.setdefault(site.path, [])
+                if site.rows not in out[site.path]:
+                    out[site.path].append(site.rows)
+    for comp in adapter.model_components:
+        for site in adapter.sites(comp):
+            out.setdefault(site.path, [None])
+    return out
+
+
+def rule_sites(adapter: ArchitectureAdapter, rule: Graft) -> list[SiteChoice]:
+    """The sites a rule touches (validated against the model)."""
+    available = adapter.layer_components + adapter.model_components
+    components = expand_components(rule.components, available=available)
+    per_layer = [c for c in components if c not in MODEL_COMPONENTS]
+    layers = select_layers(rule.layers, adapter.n_layers) if per_layer else ()
+    sites: list[SiteChoice] = []
+    for comp in components:
+        if comp in MODEL_COMPONENTS:
+            sites.extend(SiteChoice(s.path, s.rows) for s in adapter.sites(comp))
+        else:
+            for layer in layers:
+                sites.extend(SiteChoice(s.path, s.rows) for s in adapter.sites(comp, layer))
+    return sites
+
+
+@dataclass
+class ModulePlan:
+    """Who computes each segment of one module's output, per position."""
+
+    path: str
+    segments: list[Rows | None]
+    owners: list[torch.Tensor] = field(default_factory=list)  # per segment: LongTensor[batch, pos]
+
+    def is_trivial(self) -> bool:
+        return all(not bool(o.any()) for o in self.owners)
+
+
+def compile_rules(
+    adapter: ArchitectureAdapter,
+    rules: Sequence[Graft],
+    donor_names: Sequence[str],
+    attention_mask: torch.Tensor,
+    spans: Sequence[Spans] | None = None,
+    all_sites: Mapping[str, list[Rows | None]] | None = None,
+) -> dict[str, ModulePlan]:
+    """Owner maps of every module some rule touches, for this batch."""
+    all_sites = all_sites if all_sites is not None else module_sites(adapter)
+    batch, seq = attention_mask.shape
+    plans: dict[str, ModulePlan] = {}
+    for rule in rules:
+        if rule.donor not in donor_names:
+            raise GraftRuleError(f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donor_names) or 'none'}")
+        donor_index = list(donor_names).index(rule.donor) + 1
+        mask = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]
+        for site in rule_sites(adapter, rule):
+            plan = plans.get(site.path)
+            if plan is None:
+                segments = list(all_sites[site.path])
+                owners = [torch.zeros(batch, seq, dtype=torch.long, device=attention_mask.device) for _ in segments]
+                plan = plans[site.path] = ModulePlan(site.path, segments, owners)
+            if site.rows is None:
+                targets = range(len(plan.segments))
+            else:
+                targets = [plan.segments.index(site.rows)]
+            for k in targets:
+                plan.owners[k][mask] = donor_index
+    return plans
+
+
+def touched_modules(adapter: ArchitectureAdapter, rules: Sequence[Graft]) -> list[str]:
+    """Module paths any rule may graft (independent of positions)."""
+    paths: list[str] = []
+    for rule in rules:
+        for site in rule_sites(adapter, rule):
+            if site.path not in paths:
+                paths.append(site.path)
+    return paths
