@@ -1,0 +1,254 @@
+"""The grafting engine against its literal reference, its identities, and its errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import VOCAB, make_tiny_model
+
+from graftlens import DonorError, Graft, GraftRuleError, PositionError, UnknownComponentError, grafted_forward, grafting
+from graftlens.errors import LayerSelectionError
+from graftlens.graft import position_ids_for
+from graftlens.graft.reference import reference_forward
+from graftlens.models import adapter_for
+
+COMPONENT_CHOICES = ["q", "k", "v", "o", "gate", "up", "down", "ln_attn", "ln_mlp", "embed", "lm_head", "ln_final", "attn", "mlp", "o+mlp"]
+
+
+def batch(seed: int, b: int = 3, t: int = 7, left_pad: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (b, t), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :left_pad] = 0  # example 0 is left padded
+    ids[0, :left_pad] = 1
+    return ids, mask
+
+
+def random_rules(family: str, rng: random.Random, b: int, t: int) -> list[Graft]:
+    gated = adapter_for(make_tiny_model(family)).gated_mlp
+    choices = [c for c in COMPONENT_CHOICES if gated or c != "gate"]
+    rules = []
+    for _ in range(rng.randint(1, 3)):
+        comps = "+".join(rng.sample(choices, rng.randint(1, 3)))
+        layers = sorted(rng.sample(range(4), rng.randint(1, 4)))
+        positions = torch.rand(b, t, generator=torch.Generator().manual_seed(rng.randint(0, 10**6))) < 0.4
+        rules.append(Graft(rng.choice(["a", "b"]), comps, layers, positions))
+    return rules
+
+
+def base_logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_engine_equals_reference_on_random_rules(family: str, seed: int) -> None:
+    base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(seed)
+    rules = random_rules(family, random.Random(f"{family}-{seed}"), *ids.shape)
+    donors = {"a": a, "b": b}
+    got = grafted_forward(base, donors, ids, mask, rules)
+    want = reference_forward(base, donors, ids, mask, rules)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert (got[real] - base_logits(base, ids, mask)[real]).abs().max() > 1e-3  # the rules did something
+
+
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_single_fused_part_equals_reference(component: str) -> None:
+    for family in ("gpt2", "gpt_neox", "phi3"):
+        base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+        ids, mask = batch(5)
+        rules = [Graft("ft", component, "all", "0,-1")]
+        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        want = reference_forward(base, {"ft": donor}, ids, mask, rules)
+        real = mask.bool()
+        assert (got[real] - want[real]).abs().max() < 1e-4, family
+        assert (got[real] - base_logits(base, ids, mask)[real]).abs().max() > 1e-4, family
+
+
+def test_overlapping_rules_later_wins() -> None:
+    base, a, b = (make_tiny_model("gpt_neox", s) for s in range(3))
+    ids, mask = batch(3)
+    rules = [Graft("a", "all", "all", None), Graft("b", "attn", "half2", "LT"), Graft("a", "q", "3", "LT")]
+    got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules)
+    want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules)
+    assert (got[mask.bool()] - want[mask.bool()]).abs().max() < 1e-4
+
+
+def test_no_rules_is_the_base_bit_for_bit(family: str) -> None:
+    base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+    ids, mask = batch(4)
+    assert torch.equal(grafted_forward(base, {"ft": donor}, ids, mask, []), base_logits(base, ids, mask))
+
+
+def test_rules_claiming_no_position_are_the_base_bit_for_bit() -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(4)
+    none = torch.zeros_like(mask, dtype=torch.bool)
+    got = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", none)])
+    assert torch.equal(got, base_logits(base, ids, mask))
+
+
+def test_everything_everywhere_is_the_donor(family: str) -> None:
+    base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+    ids, mask = batch(6)
+    got = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", None)])
+    real = mask.bool()
+    assert (got[real] - base_logits(donor, ids, mask)[real]).abs().max() < 1e-5
+
+
+def test_results_do_not_depend_on_batch_or_padding_side() -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    rules = [Graft("ft", "o+mlp", "half2", "1+LT")]
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in (4, 7, 5)]
+
+    def padded(side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        t = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), t), 1)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            sl = slice(t - len(p), t) if side == "left" else slice(0, len(p))
+            ids[i, sl], mask[i, sl] = p, 1
+        return ids, mask
+
+    alone = [grafted_forward(base, {"ft": donor}, p[None], None, rules)[0, -1] for p in prompts]
+    for side in ("left", "right"):
+        ids, mask = padded(side)
+        logits = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        last = mask.sum(-1) - 1 if side == "right" else torch.full((3,), ids.shape[1] - 1)
+        for i in range(3):
+            assert (logits[i, last[i]] - alone[i]).abs().max() < 1e-5, (side, i)
+
+
+def test_lean_donor_from_checkpoint_matches_loaded_donor(tmp_path) -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    donor.save_pretrained(tmp_path / "ft")
+    ids, mask = batch(7)
+    rules = [Graft("ft", "o+mlp", "half2", "LT"), Graft("ft", "lm_head", None, "LT")]
+    from_model = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+    from_dir = grafted_forward(base, {"ft": tmp_path / "ft"}, ids, mask, rules)
+    assert torch.equal(from_model, from_dir)
+    with grafting(base, {"ft": tmp_path / "ft"}, rules) as g:
+        held = g.donor_bytes["ft"]
+    # o, gate, up, down of layers 2-3 plus the (tied) lm_head, fp32: exactly those tensors.
+    per_layer = 32 * 32 + 3 * 32 * 48
+    assert held == 4 * (2 * per_layer + VOCAB * 32)
+    full = sum(p.numel() * 4 for p in donor.parameters())
+    assert held < full / 2
+    with grafting(base, {"ft": donor}, rules) as g:
+        assert g.donor_bytes["ft"] == 0  # borrowed from the loaded donor, nothing copied
+
+
+def test_embed_alone_does_not_graft_the_tied_lm_head() -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    assert adapter_for(base).tied_embeddings
+    ids, mask = batch(8)
+    embed_only = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed", None, None)])
+    want = reference_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed", None, None)])
+    real = mask.bool()
+    assert (embed_only[real] - want[real]).abs().max() < 1e-4
+    both = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed+lm_head", None, None)])
+    assert (both[real] - embed_only[real]).abs().max() > 1e-3
+
+
+def test_context_manager_restores_the_model() -> None:
+    base, donor = make_tiny_model("gpt2", 0), make_tiny_model("gpt2", 1)
+    ids, mask = batch(2)
+    before = base_logits(base, ids, mask)
+    with grafting(base, {"ft": donor}, [Graft("ft", "all", "all", "LT")]):
+        during = base_logits(base, ids, mask)
+        during_again = base_logits(base, ids[:2], mask[:2])  # a second call, another batch shape
+    assert (during - before).abs().max() > 1e-3
+    assert torch.allclose(during_again, during[:2], atol=1e-5)
+    assert torch.equal(base_logits(base, ids, mask), before)
+    assert "forward" not in base.transformer.h[0].attn.c_attn.__dict__
+
+
+def test_named_spans_resolve_per_example() -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(11)
+    spans = [{"FE": (0, 2)}, {"FE": (1, 3)}, {"FE": (2, 4)}]
+    rules = [Graft("ft", "all", "all", "FE+LT")]
+    got = grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
+    want = reference_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
+    assert (got[mask.bool()] - want[mask.bool()]).abs().max() < 1e-4
+    explicit = [[0, 1, -1], [1, 2, -1], [2, 3, -1]]
+    same = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", explicit)])
+    assert torch.equal(got, same)
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+def test_unknown_component_is_named() -> None:
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(0)
+    with pytest.raises(UnknownComponentError, match="'mlp_out'"):
+        grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "mlp_out")])
+    with pytest.raises(UnknownComponentError, match="'gate' is absent"):
+        gpt2 = make_tiny_model("gpt2")
+        grafted_forward(gpt2, {"ft": gpt2}, ids, mask, [Graft("ft", "gate")])
+
+
+def test_layer_out_of_range_is_named() -> None:
+    base = make_tiny_model("llama", 0)
+    ids, mask = batch(0)
+    with pytest.raises(LayerSelectionError, match="layer 9 out of range"):
+        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", [1, 9])])
+
+
+def test_position_mask_of_wrong_shape_is_named() -> None:
+    base = make_tiny_model("llama", 0)
+    ids, mask = batch(0)
+    with pytest.raises(PositionError, match=r"shape \[batch, pos\] = \[3, 7\], got torch.bool \[3, 6\]"):
+        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", "all", torch.ones(3, 6, dtype=torch.bool))])
+    with pytest.raises(PositionError, match="no span 'FE'"):
+        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", "all", "FE")])
+
+
+def test_unknown_donor_is_named() -> None:
+    base = make_tiny_model("llama", 0)
+    ids, mask = batch(0)
+    with pytest.raises(GraftRuleError, match="names donor 'task'; the donors are: ft"):
+        grafted_forward(base, {"ft": base}, ids, mask, [Graft("task", "q")])
+
+
+def test_donor_of_another_architecture_is_named(tmp_path) -> None:
+    base, other = make_tiny_model("llama", 0), make_tiny_model("gpt2", 0)
+    ids, mask = batch(0)
+    with pytest.raises(DonorError, match="donor 'ft' is a gpt2 model, the base is llama"):
+        grafted_forward(base, {"ft": other}, ids, mask, [Graft("ft", "q")])
+    other.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(DonorError, match="donor 'ft' .* is a gpt2 model, the base is llama"):
+        grafted_forward(base, {"ft": tmp_path / "gpt2"}, ids, mask, [Graft("ft", "q")])
+
+
+def test_donor_with_other_shapes_is_named() -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    base = make_tiny_model("llama", 0)
+    wide = AutoModelForCausalLM.from_config(
+        LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2)
+    )
+    ids, mask = batch(0)
+    with pytest.raises(DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the base has \[48, 32\]"):
+        grafted_forward(base, {"ft": wide}, ids, mask, [Graft("ft", "up", 0)])
+
+
+# ---- the embedded model ------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_embedded_model_grafted_into_itself_is_unchanged(embedded) -> None:
+    tok = embedded.tokenizer
+    enc = tok(["The capital of France is", "Apple was founded by Steve"], return_tensors="pt", padding=True)
+    rules = [Graft("self", "all", "all", "0+LT")]
+    got = grafted_forward(embedded, {"self": embedded.source}, enc.input_ids, enc.attention_mask, rules)
+    want = base_logits(embedded.model, enc.input_ids, enc.attention_mask)
+    real = enc.attention_mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
