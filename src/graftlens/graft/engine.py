@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,40 @@ def _twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
     return twin
 
 
-def _position_groups(plan: ModulePlan) -> list[tuple[tuple[int, ...], torch.Tensor]]:
-    """Positions (flat ``batch*pos`` indices) grouped by the owner of each segment."""
-    stacked = torch.stack([o.reshape(-1) for o in plan.owners])  # [segments, batch*pos]
-    combos, inverse = torch.unique(stacked, dim=1, return_inverse=True)
-    groups = []
-    for k in range(combos.shape[1]):
-        idx = (inverse == k).nonzero().squeeze(1)  # [n_rows]
-        groups.append((tuple(int(v) for v in combos[:, k]), idx))
+@dataclass
+class PositionGroups:
+    """Positions (flat ``batch*pos`` indices) grouped by who owns each segment there.
+
+    ``order`` lists the positions group after group; ``bounds[g]:bounds[g+1]`` is group ``g``'s
+    slice of it, ``owners[g]`` its owner per segment; ``inverse`` undoes the ordering.
+    """
+
+    owners: list[tuple[int, ...]]
+    bounds: list[int]
+    order: torch.Tensor  # [batch*pos]
+    inverse: torch.Tensor  # [batch*pos]
+
+
+def _position_groups(plan: ModulePlan, cache: dict[bytes, PositionGroups]) -> PositionGroups:
+    n_owners = 1 + max(int(o.max()) for o in plan.owners)
+    code = torch.zeros_like(plan.owners[0].reshape(-1))  # [batch*pos]: one number per owner combination
+    for o in plan.owners:
+        code = code * n_owners + o.reshape(-1)
+    key = code.cpu().numpy().tobytes() + bytes([n_owners, len(plan.owners)])
+    if key in cache:  # many modules share the same ownership: group once per batch
+        return cache[key]
+    values, counts = torch.unique(code, return_counts=True)  # sorted codes
+    order = torch.argsort(code, stable=True)  # positions sorted by code = grouped
+    owners = []
+    for v in values.tolist():
+        digits = []
+        for _ in plan.owners:
+            digits.append(v % n_owners)
+            v //= n_owners
+        owners.append(tuple(reversed(digits)))
+    bounds = [0, *torch.cumsum(counts, 0).tolist()]
+    groups = PositionGroups(owners, bounds, order, torch.argsort(order))
+    cache[key] = groups
     return groups
 
 
@@ -58,16 +85,16 @@ class _GraftedModule:
         self.had_instance_forward = "forward" in module.__dict__
         self.twins = [_twin(module, p) for p in donor_params]  # index i-1 ↔ owner i
         self.plan: ModulePlan | None = None
-        self.groups: list[tuple[tuple[int, ...], torch.Tensor]] = []
+        self.groups: PositionGroups | None = None
         self.row_index: list[torch.Tensor | None] = []
         self.shape: tuple[int, int] = (0, 0)
 
-    def set_plan(self, plan: ModulePlan | None, shape: tuple[int, int]) -> None:
+    def set_plan(self, plan: ModulePlan | None, shape: tuple[int, int], cache: dict[bytes, PositionGroups]) -> None:
         self.plan, self.shape = plan, shape
         if plan is None or plan.is_trivial():
-            self.plan, self.groups = None, []
+            self.plan, self.groups = None, None
             return
-        self.groups = _position_groups(plan)
+        self.groups = _position_groups(plan, cache)
         self.row_index = [
             None if rows is None else torch.cat([torch.arange(a, b) for a, b in rows]).to(plan.owners[0].device)
             for rows in plan.segments
@@ -91,12 +118,17 @@ class _GraftedModule:
                 raise GraftlensError(
                     f"cannot graft {self.path}: its input has shape {list(x.shape)}, expected [batch={batch}, pos={seq}, ...]"
                 )
-        if len(self.groups) == 1 and len(set(self.groups[0][0])) == 1:  # one owner everywhere
-            return self.compute(self.groups[0][0][0], x)
-        flat = x.reshape(batch * seq, *x.shape[2:])  # [batch*pos, ...]
+        groups = self.groups
+        assert groups is not None
+        if len(groups.owners) == 1 and len(set(groups.owners[0])) == 1:  # one owner everywhere
+            return self.compute(groups.owners[0][0], x)
+        # Gather positions group after group, compute each group's slice with its owners'
+        # weights, and copy each slice's rows back to their places in the output.
+        flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [batch*pos, ...]
         out: torch.Tensor | None = None
-        for owners, idx in self.groups:
-            xi = flat.index_select(0, idx)  # [n, ...]
+        for g, owners in enumerate(groups.owners):
+            xi = flat[groups.bounds[g] : groups.bounds[g + 1]]  # [n_g, ...]
+            idx = groups.order[groups.bounds[g] : groups.bounds[g + 1]]
             distinct = list(dict.fromkeys(owners))
             y = self.compute(distinct[0], xi)
             for other in distinct[1:]:
@@ -106,7 +138,7 @@ class _GraftedModule:
                         rows = self.row_index[k]
                         y[..., rows] = y_other[..., rows] if rows is not None else y_other
             if out is None:
-                out = y.new_empty((batch * seq, *y.shape[1:]))
+                out = y.new_empty((batch * seq, *y.shape[1:]))  # [batch*pos, ...]
             out.index_copy_(0, idx, y)
         assert out is not None
         return out.view(batch, seq, *out.shape[1:])
@@ -174,8 +206,9 @@ class Grafter:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
         plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self.spans, self._all_sites)
         shape = (int(mask.shape[0]), int(mask.shape[1]))
+        cache: dict[bytes, PositionGroups] = {}
         for path, grafted in self._modules.items():
-            grafted.set_plan(plans.get(path), shape)
+            grafted.set_plan(plans.get(path), shape, cache)
 
     def __enter__(self) -> Grafter:
         for grafted in self._modules.values():
@@ -189,7 +222,7 @@ class Grafter:
             self._hook = None
         for grafted in self._modules.values():
             grafted.uninstall()
-            grafted.set_plan(None, (0, 0))
+            grafted.set_plan(None, (0, 0), {})
 
 
 def grafting(
