@@ -252,3 +252,20 @@ def test_embedded_model_grafted_into_itself_is_unchanged(embedded) -> None:
     want = base_logits(embedded.model, enc.input_ids, enc.attention_mask)
     real = enc.attention_mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
+
+
+# ---- token spans -------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_token_span_handles_folded_leading_spaces(embedded) -> None:
+    from graftlens.data import SpanError, token_span
+
+    tok = embedded.tokenizer
+    prompt = "Q: Who stars in a movie with Maren Quist? A: An actor named"
+    start, stop = token_span(tok, prompt, "Maren Quist")
+    ids = tok(prompt).input_ids
+    assert tok.decode(ids[start:stop]).strip() == "Maren Quist"
+    assert token_span(tok, prompt, "named") == (len(ids) - 1, len(ids))
+    with pytest.raises(SpanError, match="'Ada Lovelace' .* not found in prompt"):
+        token_span(tok, prompt, "Ada Lovelace")
