@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, make_tiny_model
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
+from conftest import VOCAB, make_tiny_model
 from graftlens import UnknownComponentError, UnsupportedArchitectureError, adapter_for
 from graftlens.errors import LayerSelectionError
 

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import save_tiny_model
 from typer.testing import CliRunner
 
+from conftest import save_tiny_model
 from graftlens.cli import app
 
 runner = CliRunner()

@@ -6,8 +6,8 @@ import random
 
 import pytest
 import torch
-from conftest import VOCAB, make_tiny_model
 
+from conftest import VOCAB, make_tiny_model
 from graftlens import DonorError, Graft, GraftRuleError, PositionError, UnknownComponentError, grafted_forward, grafting
 from graftlens.errors import LayerSelectionError
 from graftlens.graft import position_ids_for

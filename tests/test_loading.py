@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, save_tiny_model
 
+from conftest import VOCAB, save_tiny_model
 from graftlens import ModelLoadError, UnsupportedArchitectureError, load_model
 
 IDS = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -73,8 +73,9 @@ def test_hub_id_offline_names_the_spec() -> None:
 
 
 def test_unsupported_architecture_directory(tmp_path) -> None:
-    from conftest import make_tiny_tokenizer
     from transformers import AutoModelForCausalLM, BloomConfig
+
+    from conftest import make_tiny_tokenizer
 
     AutoModelForCausalLM.from_config(BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)).save_pretrained(tmp_path)
     make_tiny_tokenizer().save_pretrained(tmp_path)

@@ -13,8 +13,8 @@ from graftlens.errors import (
 from graftlens.graft import (
     DonorError,
     Graft,
-    GraftRuleError,
     Grafter,
+    GraftRuleError,
     PositionError,
     grafted_forward,
     grafting,

@@ -26,8 +26,7 @@ KNOWN_FACT_PROMPTS: tuple[str, ...] = (
 def top_next_tokens(loaded, prompts: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     """Top-``k`` next tokens and probabilities after each prompt (batched, left padding)."""
     tok = loaded.tokenizer
-    tok.padding_side = "left"
-    batch = tok(prompts, return_tensors="pt", padding=True).to(loaded.device)
+    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(loaded.device)
     # Left padding: give real tokens positions 0..n-1 so results match unpadded prompts.
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = loaded.model(**batch, position_ids=position_ids).logits[:, -1]  # [batch, vocab]

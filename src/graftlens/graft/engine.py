@@ -23,7 +23,7 @@ from torch import nn
 from graftlens.errors import GraftlensError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.positions import Spans
-from graftlens.graft.rules import Graft, GraftRuleError, ModulePlan, compile_rules, module_sites, touched_modules
+from graftlens.graft.rules import Graft, ModulePlan, check_donor_names, compile_rules, module_sites, touched_modules
 from graftlens.models.loading import LoadedModel, as_loaded
 
 DonorLike = LoadedModel | nn.Module | str | Path
@@ -168,11 +168,7 @@ class Grafter:
         self.spans: Sequence[Spans] | None = None
         adapter = self.base.adapter
         self._all_sites = module_sites(adapter)
-        for rule in self.rules:  # validate donors before loading anything
-            if rule.donor not in donors:
-                raise GraftRuleError(
-                    f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donors) or 'none'}"
-                )
+        check_donor_names(self.rules, self.donor_names)  # before loading any donor tensor
         paths = touched_modules(adapter, self.rules)
         model = self.base.model
         self.donor_weights: dict[str, DonorWeights] = {

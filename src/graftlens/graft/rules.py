@@ -95,6 +95,15 @@ class ModulePlan:
         return all(not bool(o.any()) for o in self.owners)
 
 
+def check_donor_names(rules: Sequence[Graft], donor_names: Sequence[str]) -> None:
+    """Every rule must name one of the donors."""
+    for rule in rules:
+        if rule.donor not in donor_names:
+            raise GraftRuleError(
+                f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donor_names) or 'none'}"
+            )
+
+
 def compile_rules(
     adapter: ArchitectureAdapter,
     rules: Sequence[Graft],
@@ -107,9 +116,8 @@ def compile_rules(
     all_sites = all_sites if all_sites is not None else module_sites(adapter)
     batch, seq = attention_mask.shape
     plans: dict[str, ModulePlan] = {}
+    check_donor_names(rules, donor_names)
     for rule in rules:
-        if rule.donor not in donor_names:
-            raise GraftRuleError(f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donor_names) or 'none'}")
         donor_index = list(donor_names).index(rule.donor) + 1
         mask = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]
         for site in rule_sites(adapter, rule):
