@@ -24,6 +24,7 @@ from graftlens.errors import GraftlensError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.positions import Spans
 from graftlens.graft.rules import Graft, ModulePlan, check_donor_names, compile_rules, module_sites, touched_modules
+from graftlens.models.adapters import Rows, rows_index
 from graftlens.models.loading import LoadedModel, as_loaded
 
 DonorLike = LoadedModel | nn.Module | str | Path
@@ -43,13 +44,12 @@ class PositionGroups:
     """Positions (flat ``batch*pos`` indices) grouped by who owns each segment there.
 
     ``order`` lists the positions group after group; ``bounds[g]:bounds[g+1]`` is group ``g``'s
-    slice of it, ``owners[g]`` its owner per segment; ``inverse`` undoes the ordering.
+    slice of it, ``owners[g]`` its owner per segment.
     """
 
     owners: list[tuple[int, ...]]
     bounds: list[int]
     order: torch.Tensor  # [batch*pos]
-    inverse: torch.Tensor  # [batch*pos]
 
 
 def _position_groups(plan: ModulePlan, cache: dict[bytes, PositionGroups]) -> PositionGroups:
@@ -70,7 +70,7 @@ def _position_groups(plan: ModulePlan, cache: dict[bytes, PositionGroups]) -> Po
             v //= n_owners
         owners.append(tuple(reversed(digits)))
     bounds = [0, *torch.cumsum(counts, 0).tolist()]
-    groups = PositionGroups(owners, bounds, order, torch.argsort(order))
+    groups = PositionGroups(owners, bounds, order)
     cache[key] = groups
     return groups
 
@@ -78,7 +78,13 @@ def _position_groups(plan: ModulePlan, cache: dict[bytes, PositionGroups]) -> Po
 class _GraftedModule:
     """The replacement forward of one module: per-owner gather → compute → scatter."""
 
-    def __init__(self, module: nn.Module, path: str, donor_params: Sequence[Mapping[str, torch.Tensor]]):
+    def __init__(
+        self,
+        module: nn.Module,
+        path: str,
+        segments: Sequence[Rows | None],
+        donor_params: Sequence[Mapping[str, torch.Tensor]],
+    ):
         self.module = module
         self.path = path
         self.original_forward = module.forward  # bound; may be an accelerate wrapper
@@ -86,7 +92,9 @@ class _GraftedModule:
         self.twins = [_twin(module, p) for p in donor_params]  # index i-1 ↔ owner i
         self.plan: ModulePlan | None = None
         self.groups: PositionGroups | None = None
-        self.row_index: list[torch.Tensor | None] = []
+        # Output rows of each segment (fixed per module; plans list segments in this order).
+        device = next(module.parameters()).device
+        self.row_index = [rows_index(rows, device) for rows in segments]
         self.shape: tuple[int, int] = (0, 0)
 
     def set_plan(self, plan: ModulePlan | None, shape: tuple[int, int], cache: dict[bytes, PositionGroups]) -> None:
@@ -95,10 +103,6 @@ class _GraftedModule:
             self.plan, self.groups = None, None
             return
         self.groups = _position_groups(plan, cache)
-        self.row_index = [
-            None if rows is None else torch.cat([torch.arange(a, b) for a, b in rows]).to(plan.owners[0].device)
-            for rows in plan.segments
-        ]
 
     def compute(self, owner: int, x: torch.Tensor) -> torch.Tensor:
         if owner == 0:
@@ -176,7 +180,10 @@ class Grafter:
         }
         self._modules = {
             path: _GraftedModule(
-                model.get_submodule(path), path, [self.donor_weights[n].params_for(path) for n in self.donor_names]
+                model.get_submodule(path),
+                path,
+                self._all_sites[path],
+                [self.donor_weights[n].params_for(path) for n in self.donor_names],
             )
             for path in paths
         }

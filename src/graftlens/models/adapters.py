@@ -37,6 +37,13 @@ class Dims:
     d_mlp: int
 
 
+def rows_index(rows: Rows | None, device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Row intervals as a LongTensor ``[n_rows]``; None (the whole output) stays None."""
+    if rows is None:
+        return None
+    return torch.cat([torch.arange(a, b, device=device) for a, b in rows])
+
+
 @dataclass(frozen=True)
 class Site:
     """One module, or some output rows of one module, that computes (part of) a component."""
@@ -46,9 +53,7 @@ class Site:
 
     def row_index(self, device: torch.device | str | None = None) -> torch.Tensor | None:
         """The rows as a LongTensor ``[n_rows]``, or None when the site owns the whole output."""
-        if self.rows is None:
-            return None
-        return torch.cat([torch.arange(a, b, device=device) for a, b in self.rows])
+        return rows_index(self.rows, device)
 
     @property
     def n_rows(self) -> int | None:
