@@ -104,3 +104,51 @@ def save_tiny_model(family: str, path, seed: int = 0):
     model.save_pretrained(path)
     make_tiny_tokenizer().save_pretrained(path)
     return model
+
+
+def make_text_tokenizer(texts: list[str], vocab_size: int = 320):
+    """A small byte-level BPE tokenizer trained on ``texts`` (offsets fold the leading space in, like GPT-2's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def make_text_model(family: str, tokenizer, seed: int = 0) -> torch.nn.Module:
+    """A tiny random model of ``family`` whose vocabulary fits ``tokenizer``."""
+    from transformers import AutoModelForCausalLM
+
+    config = _tiny_configs()[family]()
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def small_facts():
+    """A small new-fact dataset (4 facts) for fast tests."""
+    from graftlens.data.dataset import build_dataset
+
+    return build_dataset("fake_actors", n_facts=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer(small_facts):
+    texts = [t.text for t in small_facts.train] + [e.prompt + e.target for e in small_facts.test]
+    return make_text_tokenizer(texts)
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory, text_tokenizer) -> str:
+    """A tiny llama with the BPE tokenizer, saved as a ``save_pretrained`` directory."""
+    path = tmp_path_factory.mktemp("text-llama")
+    make_text_model("llama", text_tokenizer).save_pretrained(path)
+    text_tokenizer.save_pretrained(path)
+    return str(path)

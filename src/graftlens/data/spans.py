@@ -7,6 +7,7 @@ the substring's characters, not counting leading whitespace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from graftlens.errors import GraftlensError
@@ -28,14 +29,23 @@ def token_span(tokenizer: Any, text: str, substring: str, occurrence: int = 0) -
         start_char = text.find(substring, start_char + 1)
         if start_char < 0:
             raise SpanError(f"{substring!r} (occurrence {occurrence}) not found in prompt {text!r}")
-    end_char = start_char + len(substring)
     enc = tokenizer(text, return_offsets_mapping=True)
+    return char_span_to_tokens(text, enc["offset_mapping"], start_char, start_char + len(substring))
+
+
+def char_span_to_tokens(text: str, offsets: Sequence[Sequence[int]], start_char: int, end_char: int) -> tuple[int, int]:
+    """Half-open token span covering characters ``[start_char, end_char)`` of ``text``.
+
+    ``offsets`` is the tokenizer's offset mapping of ``text``. Raises :class:`SpanError` when
+    the characters are out of range or no token overlaps them."""
+    if not 0 <= start_char < end_char <= len(text):
+        raise SpanError(f"characters [{start_char}, {end_char}) are outside the {len(text)} characters of {text!r}")
     tokens = []
-    for i, (s, e) in enumerate(enc["offset_mapping"]):
+    for i, (s, e) in enumerate(offsets):
         piece = text[s:e]
         s += len(piece) - len(piece.lstrip())  # ignore a folded-in leading space
         if e > s and s < end_char and e > start_char:
             tokens.append(i)
     if not tokens:
-        raise SpanError(f"{substring!r} covers no token of prompt {text!r}")
+        raise SpanError(f"{text[start_char:end_char]!r} covers no token of prompt {text!r}")
     return tokens[0], tokens[-1] + 1

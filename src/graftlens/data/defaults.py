@@ -1,0 +1,22 @@
+"""The default new-fact dataset of the demo, made once and kept in the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graftlens.cache import cache_dir
+from graftlens.data.dataset import FactDataset, build_dataset, load_dataset
+
+#: What `graftlens demo` and a bare `graftlens finetune` train on (see the README for why).
+DEMO_KIND = "fake_actors"
+DEMO_FACTS = 16
+DEMO_SEED = 0
+
+
+def demo_dataset() -> tuple[FactDataset, Path]:
+    """The demo's dataset and its directory (written on first use; same bytes every time)."""
+    data = build_dataset(DEMO_KIND, DEMO_FACTS, DEMO_SEED)
+    directory = cache_dir() / "datasets" / f"{DEMO_KIND}-{DEMO_FACTS}-{DEMO_SEED}-{data.content_hash}"
+    if not (directory / "dataset.json").is_file():
+        data.save(directory)
+    return load_dataset(directory), directory

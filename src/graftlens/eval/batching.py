@@ -1,0 +1,55 @@
+"""Batches of tokenized prompts: padding, attention masks and span annotations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from graftlens.data.prompts import TokenizedPrompt
+
+
+@dataclass
+class PromptBatch:
+    prompts: list[TokenizedPrompt]
+    input_ids: torch.Tensor  # LongTensor[batch, pos], left-padded
+    attention_mask: torch.Tensor  # LongTensor[batch, pos]
+    target_ids: torch.Tensor  # LongTensor[batch]: first target token of each prompt
+
+    @property
+    def spans(self) -> list[dict[str, tuple[int, int]]]:
+        """Span annotations in prompt coordinates, as the grafting engine takes them."""
+        return [p.spans for p in self.prompts]
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device), self.target_ids.to(device))
+
+
+def collate(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
+    """Left-pad so every row's last real token sits at position -1."""
+    width = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        n = len(p.input_ids)
+        ids[i, width - n :] = torch.tensor(p.input_ids, dtype=torch.long)
+        mask[i, width - n :] = 1
+    targets = torch.tensor([p.target_id for p in prompts], dtype=torch.long)
+    return PromptBatch(list(prompts), ids, mask, targets)
+
+
+def batches(prompts: Sequence[TokenizedPrompt], batch_size: int, pad_id: int) -> Iterator[PromptBatch]:
+    """Batches in length order (less padding), each of at most ``batch_size`` prompts."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        yield collate([prompts[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def pad_id_of(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id, else 0 (padded positions are masked anyway)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0

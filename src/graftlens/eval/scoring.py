@@ -1,0 +1,101 @@
+"""Next-token metrics of a model on a prompt set: target probability, rank, top-k hits.
+
+The model is anything that maps a :class:`PromptBatch` to last-position logits ``[batch,
+vocab]``; :func:`plain_last_logits` is the unmodified model, and the grafting and patching
+methods pass their own. All metrics are of the first target token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from graftlens.data.prompts import TokenizedPrompt
+from graftlens.eval.batching import PromptBatch, batches
+from graftlens.graft.engine import position_ids_for
+
+LastLogits = Callable[[PromptBatch], torch.Tensor]
+
+DEFAULT_TOPK = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    id: str
+    target_prob: float
+    target_rank: int  # 1 = the model's top prediction
+    top_token_ids: tuple[int, ...]  # the model's top predictions, best first
+
+    def hit(self, k: int) -> bool:
+        return self.target_rank <= k
+
+
+def plain_last_logits(model: torch.nn.Module) -> LastLogits:
+    """Last-position logits of the unmodified model (left-padded batches)."""
+
+    def run(batch: PromptBatch) -> torch.Tensor:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_for(batch.attention_mask),
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    return run
+
+
+def score_logits(logits: torch.Tensor, prompts: Sequence[TokenizedPrompt], keep_top: int = 10) -> list[PromptScore]:
+    """Scores from last-position ``logits[batch, vocab]`` of ``prompts`` (same order)."""
+    logits = logits.float()
+    targets = torch.tensor([p.target_id for p in prompts], device=logits.device)
+    probs = logits.softmax(-1)  # [batch, vocab]
+    target_logit = logits.gather(1, targets[:, None])  # [batch, 1]
+    ranks = (logits > target_logit).sum(-1) + 1  # [batch]; ties count in the target's favour
+    target_probs = probs.gather(1, targets[:, None])[:, 0]
+    top = logits.topk(keep_top, dim=-1).indices.tolist()
+    return [
+        PromptScore(p.id, float(tp), int(r), tuple(t)) for p, tp, r, t in zip(prompts, target_probs.tolist(), ranks.tolist(), top)
+    ]
+
+
+@torch.no_grad()
+def evaluate(
+    model_or_fn: torch.nn.Module | LastLogits,
+    prompts: Sequence[TokenizedPrompt],
+    pad_id: int,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> list[PromptScore]:
+    """Score every prompt (results in the order of ``prompts``), batched by length."""
+    fn = plain_last_logits(model_or_fn) if isinstance(model_or_fn, torch.nn.Module) else model_or_fn
+    device = _device_of(model_or_fn)
+    by_id: dict[str, PromptScore] = {}
+    for batch in batches(prompts, batch_size, pad_id):
+        logits = fn(batch.to(device) if device is not None else batch)
+        for s in score_logits(logits, batch.prompts):
+            by_id[s.id] = s
+        if progress is not None:
+            progress(len(batch.prompts))
+    return [by_id[p.id] for p in prompts]
+
+
+def summarize(scores: Sequence[PromptScore], ks: Sequence[int] = DEFAULT_TOPK) -> dict[str, float]:
+    """Mean target probability, mean rank and top-k accuracy of a list of scores."""
+    n = len(scores)
+    if n == 0:
+        return {"n": 0}
+    out: dict[str, float] = {"n": n}
+    out["mean_prob"] = sum(s.target_prob for s in scores) / n
+    out["mean_rank"] = sum(s.target_rank for s in scores) / n
+    for k in ks:
+        out[f"top{k}"] = sum(s.hit(k) for s in scores) / n
+    return out
+
+
+def _device_of(model_or_fn: object) -> torch.device | None:
+    if isinstance(model_or_fn, torch.nn.Module):
+        return next(model_or_fn.parameters()).device
+    return None
