@@ -39,10 +39,19 @@ def _tiny_configs() -> dict[str, Callable[[], object]]:
         "gemma2": lambda: Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=16),
         "olmo2": lambda: Olmo2Config(**common, num_key_value_heads=2, pad_token_id=1, eos_token_id=2),
         "phi3": lambda: Phi3Config(**common, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-        "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=2),
+        "gpt2": lambda: GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=2
+        ),
         "gpt_neox": lambda: GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-            rotary_pct=0.5, tie_word_embeddings=False, bos_token_id=2, eos_token_id=2,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            rotary_pct=0.5,
+            tie_word_embeddings=False,
+            bos_token_id=2,
+            eos_token_id=2,
         ),
     }
 

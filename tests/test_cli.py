@@ -24,9 +24,7 @@ def test_info_on_a_local_gpt2(tmp_path) -> None:
 
 
 def test_bad_spec_is_one_clear_line_not_a_traceback() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "graftlens", "info", "./no/such/model"], capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "graftlens", "info", "./no/such/model"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

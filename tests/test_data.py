@@ -196,7 +196,9 @@ def test_known_facts_file_and_spans(text_tokenizer, tmp_path):
         s, e = p.spans["subject"]
         assert text_tokenizer.decode(p.input_ids[s:e]).strip() == f.subject
     bad = tmp_path / "kf.jsonl"
-    bad.write_text(json.dumps({"id": "x", "relation": "r", "subject": "Mars", "prompt": "The capital of France is", "target": " Paris"}))
+    bad.write_text(
+        json.dumps({"id": "x", "relation": "r", "subject": "Mars", "prompt": "The capital of France is", "target": " Paris"})
+    )
     with pytest.raises(DatasetError, match="subject 'Mars' of 'x' is not in its prompt"):
         load_known_facts(bad)
 

@@ -14,7 +14,23 @@ from graftlens.graft import position_ids_for
 from graftlens.graft.reference import reference_forward
 from graftlens.models import adapter_for
 
-COMPONENT_CHOICES = ["q", "k", "v", "o", "gate", "up", "down", "ln_attn", "ln_mlp", "embed", "lm_head", "ln_final", "attn", "mlp", "o+mlp"]
+COMPONENT_CHOICES = [
+    "q",
+    "k",
+    "v",
+    "o",
+    "gate",
+    "up",
+    "down",
+    "ln_attn",
+    "ln_mlp",
+    "embed",
+    "lm_head",
+    "ln_final",
+    "attn",
+    "mlp",
+    "o+mlp",
+]
 
 
 def batch(seed: int, b: int = 3, t: int = 7, left_pad: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,11 +248,19 @@ def test_donor_with_other_shapes_is_named() -> None:
 
     base = make_tiny_model("llama", 0)
     wide = AutoModelForCausalLM.from_config(
-        LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2)
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
     )
     ids, mask = batch(0)
-    with pytest.raises(DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the base has \[48, 32\]"):
+    with pytest.raises(
+        DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the base has \[48, 32\]"
+    ):
         grafted_forward(base, {"ft": wide}, ids, mask, [Graft("ft", "up", 0)])
 
 

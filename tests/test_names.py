@@ -56,8 +56,14 @@ def test_select_layers(spec, expected) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [(12, "layer 12 out of range"), ("0-20", "layer 12 out of range"), ("quarter5", "quarter runs from 1 to 4"),
-     ("middle", "bad layer selection 'middle'"), ("5-2", "end before start"), (-1, "layer -1 out of range")],
+    [
+        (12, "layer 12 out of range"),
+        ("0-20", "layer 12 out of range"),
+        ("quarter5", "quarter runs from 1 to 4"),
+        ("middle", "bad layer selection 'middle'"),
+        ("5-2", "end before start"),
+        (-1, "layer -1 out of range"),
+    ],
 )
 def test_bad_layer_selections(spec, message) -> None:
     with pytest.raises(LayerSelectionError, match=message):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from graftlens.errors import GraftlensError
+from graftlens.commands import data as data_commands
+from graftlens.commands import train as train_commands
+from graftlens.commands.support import console, err_console, friendly_errors
 
 app = typer.Typer(
     name="graftlens",
@@ -22,24 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn any :class:`GraftlensError` into one red line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except GraftlensError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
+app.add_typer(data_commands.app, name="data")
+app.command("finetune")(friendly_errors(train_commands.finetune_cmd))
+app.command("eval")(friendly_errors(train_commands.eval_cmd))
 
 
 @app.command()

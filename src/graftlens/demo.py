@@ -32,10 +32,7 @@ def top_next_tokens(loaded, prompts: list[str], k: int = 5) -> list[list[tuple[s
     logits = loaded.model(**batch, position_ids=position_ids).logits[:, -1]  # [batch, vocab]
     probs = logits.float().softmax(-1)
     top = probs.topk(k, dim=-1)
-    return [
-        [(tok.decode(int(i)), float(p)) for p, i in zip(row_p, row_i)]
-        for row_p, row_i in zip(top.values, top.indices)
-    ]
+    return [[(tok.decode(int(i)), float(p)) for p, i in zip(row_p, row_i)] for row_p, row_i in zip(top.values, top.indices)]
 
 
 def run_demo(spec: str, console: Console) -> None:

@@ -107,8 +107,7 @@ def _check_shapes(weights: DonorWeights, base: nn.Module, paths: list[str]) -> N
                 raise DonorError(f"donor {weights.name!r} lacks tensor {path}.{pname}")
             if dp.shape != bp.shape:
                 raise DonorError(
-                    f"donor {weights.name!r}: tensor {path}.{pname} has shape {list(dp.shape)}, "
-                    f"the base has {list(bp.shape)}"
+                    f"donor {weights.name!r}: tensor {path}.{pname} has shape {list(dp.shape)}, the base has {list(bp.shape)}"
                 )
 
 

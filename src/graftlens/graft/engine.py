@@ -258,7 +258,5 @@ def grafted_forward(
         attention_mask = torch.ones_like(input_ids)
     loaded = as_loaded(base)
     with torch.no_grad(), grafting(loaded, donors, rules, spans):
-        out = loaded.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask)
-        )
+        out = loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
     return out.logits

@@ -99,9 +99,7 @@ def check_donor_names(rules: Sequence[Graft], donor_names: Sequence[str]) -> Non
     """Every rule must name one of the donors."""
     for rule in rules:
         if rule.donor not in donor_names:
-            raise GraftRuleError(
-                f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donor_names) or 'none'}"
-            )
+            raise GraftRuleError(f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donor_names) or 'none'}")
 
 
 def compile_rules(

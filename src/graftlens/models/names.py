@@ -53,14 +53,10 @@ def expand_components(spec: str | Iterable[str], available: Sequence[str] | None
             chosen.update(m for m in members if available is None or m in available)
         elif name in LAYER_COMPONENTS or name in MODEL_COMPONENTS:
             if available is not None and name not in available:
-                raise UnknownComponentError(
-                    f"component {name!r} is absent from this model (it has: {' '.join(available)})"
-                )
+                raise UnknownComponentError(f"component {name!r} is absent from this model (it has: {' '.join(available)})")
             chosen.add(name)
         else:
-            raise UnknownComponentError(
-                f"unknown component {name!r}; choose from: {' '.join(ALL_COMPONENT_NAMES)}"
-            )
+            raise UnknownComponentError(f"unknown component {name!r}; choose from: {' '.join(ALL_COMPONENT_NAMES)}")
     order = LAYER_COMPONENTS + MODEL_COMPONENTS
     return tuple(c for c in order if c in chosen)
 

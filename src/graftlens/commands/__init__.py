@@ -1,0 +1,1 @@
+"""Sub-commands of the ``graftlens`` CLI, one module per topic; :mod:`graftlens.cli` assembles them."""

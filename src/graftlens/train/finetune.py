@@ -1,0 +1,311 @@
+"""``finetune``: supervised finetuning of a base model on a new-fact dataset, cached and resumable.
+
+The checkpoint directory is named by a content hash of (base model, dataset, hyperparameters):
+asking again for the same thing returns the existing directory. Training writes into a
+sibling ``<name>.partial`` directory and saves a resumable state there every
+``checkpoint_every_s`` seconds; a killed run started again continues from it and produces
+the same weights as an uninterrupted one. The finished directory appears in one rename, so
+a half-written checkpoint is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import get_scheduler
+
+from graftlens.cache import cache_dir
+from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
+from graftlens.data.prompts import check_tokenizer_fits
+from graftlens.errors import GraftlensError
+from graftlens.eval.batching import pad_id_of
+from graftlens.eval.scoring import evaluate
+from graftlens.models.loading import LoadedModel, load_model
+from graftlens.train.batches import collate_train, epoch_batches, tokenize_texts
+from graftlens.train.config import FinetuneConfig, content_hash
+from graftlens.train.fingerprint import model_fingerprint
+from graftlens.train.manifest import evaluation_table, run_versions, write_json_atomic
+
+MANIFEST = "manifest.json"
+STATE = "state.pt"
+
+
+class FinetuneError(GraftlensError):
+    """A finetuning request is inconsistent (empty split, output directory of another run, ...)."""
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    path: Path
+    manifest: dict
+    reused: bool  # True when an existing checkpoint was returned without training
+
+
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+def finetune(
+    base: str | LoadedModel,
+    dataset: str | Path | FactDataset,
+    config: FinetuneConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint_every_s: float = 120.0,
+    progress: ProgressFn | None = None,
+    stop_after_steps: int | None = None,
+) -> FinetuneResult:
+    """Finetune ``base`` on ``dataset``'s training texts of ``config.split``.
+
+    ``stop_after_steps`` stops (after saving a resumable state) once that many optimizer steps
+    are done in total: what a kill at that moment leaves behind, for tests and debugging.
+    """
+    config = config or FinetuneConfig()
+    data = dataset if isinstance(dataset, FactDataset) else load_dataset(dataset)
+    texts = [t for t in data.train if config.split == "all" or t.split == config.split]
+    if not texts:
+        raise FinetuneError(f"dataset {data.content_hash} has no training texts in split {config.split!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = config.precision if config.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    config = config.model_copy(update={"precision": precision})
+
+    loaded = base if isinstance(base, LoadedModel) else load_model(base, device=device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    check_tokenizer_fits(model, tokenizer, what=f"model {loaded.spec!r}")
+    base_print = model_fingerprint(model)
+    name = content_hash(base_print, data.content_hash, config)
+    final = Path(out_dir) if out_dir is not None else cache_dir() / "finetuned" / name
+    existing = _finished_manifest(final)
+    if existing is not None:
+        if existing.get("content_hash") != name:
+            raise FinetuneError(
+                f"{final} holds another finetuning run (content hash {existing.get('content_hash')}, this request {name}); "
+                "choose another output directory"
+            )
+        return FinetuneResult(final, existing, reused=True)
+    if final.exists() and any(final.iterdir()):
+        raise FinetuneError(f"{final} exists and is not a finished graftlens checkpoint; choose another output directory")
+
+    work = final.with_name(final.name + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    run = _Run(loaded, base_print, data, texts, config, name, work, checkpoint_every_s, progress)
+    done = run.train(stop_after_steps)
+    if not done:
+        return FinetuneResult(work, run.manifest(final_eval=None), reused=False)
+    manifest = run.finish()
+    model_dir = work / "model"
+    if final.exists():
+        final.rmdir()  # empty, checked above
+    os.replace(model_dir, final)
+    shutil.rmtree(work, ignore_errors=True)
+    return FinetuneResult(final, manifest, reused=False)
+
+
+def _finished_manifest(path: Path) -> dict | None:
+    m = path / MANIFEST
+    if not m.is_file():
+        return None
+    try:
+        manifest = json.loads(m.read_text())
+    except json.JSONDecodeError:
+        return None
+    return manifest if manifest.get("status") == "complete" else None
+
+
+class _Run:
+    """The state of one training run: model, optimizer, schedule, losses; saved and restored."""
+
+    def __init__(self, loaded: LoadedModel, base_print: str, data: FactDataset, texts: list, config: FinetuneConfig,
+                 name: str, work: Path, checkpoint_every_s: float, progress: ProgressFn | None) -> None:  # fmt: skip
+        self.loaded, self.data, self.config, self.name, self.work = loaded, data, config, name, work
+        self.base_print = base_print
+        self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        spans = None
+        if config.loss_on == "target":
+            facts = {f.id: f for f in data.facts}
+            spans = []
+            for t in texts:
+                target = facts[t.fact_id].slot_values(t.direction)["second_actor"]
+                start = t.text.rindex(target)
+                spans.append((start, start + len(target)))
+        self.items = tokenize_texts(self.tokenizer, [t.text for t in texts], spans)
+        self.pad_id = pad_id_of(self.tokenizer)
+        per_step = config.batch_size * config.grad_accum
+        self.steps_per_epoch = math.ceil(len(self.items) / per_step)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step = 0
+        self.losses: list[float] = []
+        self.seconds = 0.0
+        self.base_eval: dict | None = None
+
+        torch.manual_seed(config.seed)
+        self.test_prompts = tokenize_test(data.test_examples(config.split), self.tokenizer)
+        self.model = self._prepare_model()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(
+            config.schedule if config.schedule != "constant" else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=int(config.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self._restore()
+
+    def _prepare_model(self) -> torch.nn.Module:
+        model = self.loaded.model
+        if self.base_eval is None and not (self.work / STATE).is_file():
+            self.base_eval = self._evaluate(model)
+        if self.config.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            adapter = self.loaded.adapter
+            targets = sorted({s.path.rsplit(".", 1)[-1] for c in self.config.lora.components for s in adapter.sites(c, 0)})
+            lora = LoraConfig(r=self.config.lora.rank, lora_alpha=self.config.lora.alpha,
+                              lora_dropout=self.config.lora.dropout, target_modules=targets)  # fmt: skip
+            model = get_peft_model(model, lora)
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+            if not self.config.train_embeddings:
+                model.get_input_embeddings().weight.requires_grad_(False)
+                model.get_output_embeddings().weight.requires_grad_(False)
+        return model
+
+    def _evaluate(self, model: torch.nn.Module) -> dict:
+        model.eval()
+        scores = evaluate(model, self.test_prompts, self.pad_id, batch_size=32)
+        return evaluation_table(scores, self.test_prompts)
+
+    # -- resumable state -------------------------------------------------------------------
+    def _state_dict(self) -> dict[str, Any]:
+        trainable = {k: v for k, v in self.model.state_dict().items() if _is_trainable(self.model, k)}
+        return {
+            "name": self.name,
+            "step": self.step,
+            "losses": self.losses,
+            "seconds": self.seconds,
+            "base_eval": self.base_eval,
+            "model": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def _save_state(self) -> None:
+        tmp = self.work / (STATE + ".tmp")
+        torch.save(self._state_dict(), tmp)
+        os.replace(tmp, self.work / STATE)
+
+    def _restore(self) -> None:
+        path = self.work / STATE
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("name") != self.name:
+            raise FinetuneError(
+                f"{self.work} holds the state of another run ({state.get('name')}); remove it or choose another output"
+            )
+        missing = self.model.load_state_dict(state["model"], strict=False)
+        if missing.unexpected_keys:
+            raise FinetuneError(f"saved state in {self.work} does not fit the model: {missing.unexpected_keys[:3]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
+        self.base_eval = state["base_eval"]
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, stop_after_steps: int | None) -> bool:
+        """Train until done (True) or until ``stop_after_steps`` (False, state saved)."""
+        from graftlens.train.loss import causal_lm_loss
+
+        cfg = self.config
+        self.model.train()
+        lengths = [len(it.input_ids) for it in self.items]
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        last_save = time.monotonic()
+        if self.progress:
+            self.progress(self.step, self.total_steps, self.losses[-1] if self.losses else float("nan"))
+        while self.step < self.total_steps:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            micro = epoch_batches(len(self.items), lengths, cfg.batch_size, cfg.seed, epoch)
+            group = micro[in_epoch * cfg.grad_accum : (in_epoch + 1) * cfg.grad_accum]
+            t0 = time.perf_counter()
+            n_tokens = sum(sum(self.items[i].loss_mask) for b in group for i in b)
+            step_loss = 0.0
+            for batch in group:
+                ids, attn, labels = collate_train([self.items[i] for i in batch], self.pad_id)
+                ids, attn, labels = ids.to(self.device), attn.to(self.device), labels.to(self.device)
+                with autocast:
+                    loss = causal_lm_loss(self.model, ids, attn, labels)
+                weight = int((labels[:, 1:] != -100).sum()) / n_tokens  # token-weighted mean over the step
+                (loss * weight).backward()
+                step_loss += float(loss.detach()) * weight
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.losses.append(round(step_loss, 6))
+            self.seconds += time.perf_counter() - t0
+            if self.progress:
+                self.progress(self.step, self.total_steps, step_loss)
+            if stop_after_steps is not None and self.step >= stop_after_steps and self.step < self.total_steps:
+                self._save_state()
+                return False
+            if time.monotonic() - last_save > self.checkpoint_every_s and self.step < self.total_steps:
+                self._save_state()
+                last_save = time.monotonic()
+        return True
+
+    def manifest(self, final_eval: dict | None) -> dict:
+        cfg = self.config
+        return {
+            "status": "complete" if final_eval is not None else "partial",
+            "content_hash": self.name,
+            "base_model": {"spec": self.loaded.spec, "source": self.loaded.source, "fingerprint": self.base_print},
+            "dataset": {"content_hash": self.data.content_hash, **{k: self.data.meta[k] for k in ("kind", "n_facts", "seed")}},
+            "split": cfg.split,
+            "hyperparameters": cfg.hyperparameters(),
+            "n_train_texts": len(self.items),
+            "n_trainable_parameters": self.n_trainable,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "losses": self.losses,
+            "train_seconds": round(self.seconds, 2),
+            "evaluation": {"base": self.base_eval, "finetuned": final_eval},
+            "versions": run_versions(),
+            "device": str(self.device),
+        }
+
+    def finish(self) -> dict:
+        """Evaluate, then save the model (LoRA: the peft adapter, merged on load), tokenizer and manifest."""
+        self.model.eval()
+        final_eval = self._evaluate(self.model)
+        out = self.work / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        if self.config.lora is not None:
+            self.model.peft_config["default"].base_model_name_or_path = self.loaded.spec
+            self.model.save_pretrained(out)
+        else:
+            self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        manifest = self.manifest(final_eval)
+        write_json_atomic(out / MANIFEST, manifest)
+        return manifest
+
+
+def _is_trainable(model: torch.nn.Module, key: str) -> bool:
+    params = dict(model.named_parameters())
+    return key in params and params[key].requires_grad
