@@ -38,3 +38,47 @@ def test_info_on_the_embedded_model(embedded) -> None:
     out = " ".join(result.output.split())
     for expected in ("layers 30", "heads 9", "kv heads 3", "tied embeddings yes", "LlamaForCausalLM"):
         assert expected in out, expected
+
+
+def test_data_make_show_finetune_eval(tmp_path, text_model_dir) -> None:
+    data = tmp_path / "facts"
+    result = runner.invoke(app, ["data", "make", str(data), "--facts", "4", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4 facts, 88 training texts, 24 test prompts" in " ".join(result.output.split())
+    result = runner.invoke(app, ["data", "show", str(data), "--n", "1"])
+    assert result.exit_code == 0 and "test_alongside" in result.output, result.output
+    out = tmp_path / "ft"
+    args = ["finetune", "--model", text_model_dir, "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file() and "finetuned forward" in result.output
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "reused checkpoint" in result.output, result.output
+    result = runner.invoke(app, ["eval", str(out), "--data", str(data), "--split", "B"])
+    assert result.exit_code == 0, result.output
+    assert "test_qa/forward" in result.output and "on 12 prompts" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "show", "no-such-dir"], "dataset.json is missing"),
+        (["data", "make", "out", "--kind", "cartoons"], "unknown fact kind 'cartoons'"),
+        (["finetune", "--data", "no-such-dir"], "dataset.json is missing"),
+    ],
+)
+def test_data_and_finetune_errors_are_one_line(tmp_path, args, message) -> None:
+    result = subprocess.run([sys.executable, "-m", "graftlens", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and message in result.stderr, result.stderr
+
+
+def test_bad_finetune_setting_and_template_file_name_the_culprit(tmp_path, text_model_dir) -> None:
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("epochs: 2\nlearnig_rate: 0.1\n")
+    result = runner.invoke(app, ["finetune", "--model", text_model_dir, "--config", str(cfg)])
+    assert result.exit_code == 2 and "learnig_rate" in result.output and "ft.yaml" in result.output, result.output
+    templates = tmp_path / "t.yaml"
+    templates.write_text("- {name: x, kind: qa, text: '{first_actor} met {second_actor} on {planet}'}\n")
+    result = runner.invoke(app, ["data", "make", str(tmp_path / "d"), "--templates", str(templates)])
+    assert result.exit_code == 2 and "unknown slot(s) 'planet'" in result.output and "t.yaml" in result.output, result.output

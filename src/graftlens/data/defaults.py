@@ -9,7 +9,7 @@ from graftlens.data.dataset import FactDataset, build_dataset, load_dataset
 
 #: What `graftlens demo` and a bare `graftlens finetune` train on (see the README for why).
 DEMO_KIND = "fake_actors"
-DEMO_FACTS = 16
+DEMO_FACTS = 12
 DEMO_SEED = 0
 
 

@@ -99,3 +99,25 @@ def _device_of(model_or_fn: object) -> torch.device | None:
     if isinstance(model_or_fn, torch.nn.Module):
         return next(model_or_fn.parameters()).device
     return None
+
+
+def grafted_last_logits(base, donors, rules) -> LastLogits:
+    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
+
+    Named spans in the rules (``FE``, ``title``, ...) come from each batch's prompts."""
+    from graftlens.graft.engine import grafting
+    from graftlens.models.loading import as_loaded
+
+    loaded = as_loaded(base)
+
+    def run(batch: PromptBatch) -> torch.Tensor:
+        batch = batch.to(loaded.device)
+        with grafting(loaded, donors, rules, spans=batch.spans):
+            out = loaded.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids_for(batch.attention_mask),
+            )
+        return out.logits[:, -1]
+
+    return run

@@ -66,6 +66,9 @@ def finetune(
 ) -> FinetuneResult:
     """Finetune ``base`` on ``dataset``'s training texts of ``config.split``.
 
+    ``base`` is a model spec or a :class:`LoadedModel`; a loaded model is trained in place
+    (pass a spec to keep a pretrained copy in memory untouched).
+
     ``stop_after_steps`` stops (after saving a resumable state) once that many optimizer steps
     are done in total: what a kill at that moment leaves behind, for tests and debugging.
     """
@@ -154,7 +157,7 @@ class _Run:
         self.model = self._prepare_model()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
         self.scheduler = get_scheduler(
             config.schedule if config.schedule != "constant" else "constant_with_warmup",
             self.optimizer,
