@@ -92,25 +92,21 @@ def main() -> None:
 
     plain_s, graft_s = statistics.median(t_plain), statistics.median(t_graft)
     ref_s = t_ref * 32 / n_ref
-    print(
-        json.dumps(
-            {
-                "benchmark": "grafted_forward_embedded",
-                "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",
-                "batch": list(ids.shape),
-                "grafted_positions": grafted_positions,
-                "real_positions": int(mask.sum()),
-                "repeats": args.repeats,
-                "plain_s": round(plain_s, 4),
-                "grafted_s": round(graft_s, 4),
-                "grafted_over_plain": round(graft_s / plain_s, 3),
-                "reference_s": round(ref_s, 2),
-                "reference_prompts_timed": n_ref,
-                "engine_speedup_over_reference": round(ref_s / graft_s, 1),
-                "engine_vs_reference_max_abs_logit_diff": max_diff,
-            }
-        )
-    )
+    print(json.dumps({
+        "benchmark": "grafted_forward_embedded",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "batch": list(ids.shape),
+        "grafted_positions": grafted_positions,
+        "real_positions": int(mask.sum()),
+        "repeats": args.repeats,
+        "plain_s": round(plain_s, 4),
+        "grafted_s": round(graft_s, 4),
+        "grafted_over_plain": round(graft_s / plain_s, 3),
+        "reference_s": round(ref_s, 2),
+        "reference_prompts_timed": n_ref,
+        "engine_speedup_over_reference": round(ref_s / graft_s, 1),
+        "engine_vs_reference_max_abs_logit_diff": max_diff,
+    }))
 
 
 if __name__ == "__main__":

@@ -41,16 +41,12 @@ def main() -> None:
             base.model(input_ids=ids, attention_mask=mask, position_ids=pos)
         times["plain"].append(time.perf_counter() - t0)
     plain = statistics.median(times["plain"])
-    print(
-        json.dumps(
-            {
-                "benchmark": "grafted_forward_ablation",
-                "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
-                "plain_s": round(plain, 4),
-                "grafted_over_plain": {k: round(statistics.median(v) / plain, 3) for k, v in times.items() if k != "plain"},
-            }
-        )
-    )
+    print(json.dumps({
+        "benchmark": "grafted_forward_ablation",
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
+        "plain_s": round(plain, 4),
+        "grafted_over_plain": {k: round(statistics.median(v) / plain, 3) for k, v in times.items() if k != "plain"},
+    }))
 
 
 if __name__ == "__main__":
