@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from graftlens.data.facts import DIRECTIONS, MovieFact, generate_facts
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
 from graftlens.data.templates import DEFAULT_TEMPLATES, TARGET_SLOT, Template, check_template_sets
 from graftlens.errors import GraftlensError
+from graftlens.fileio import write_text_atomic
 
 
 class DatasetError(GraftlensError):
@@ -90,10 +90,10 @@ class FactDataset:
         """Write the dataset files (atomically, file by file) and return the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / "facts.jsonl", _jsonl(asdict(f) for f in self.facts))
-        _write_atomic(directory / "train.jsonl", _jsonl(asdict(t) for t in self.train))
-        _write_atomic(directory / "test.jsonl", _jsonl(_test_record(e) for e in self.test))
-        _write_atomic(directory / "dataset.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(directory / "facts.jsonl", _jsonl(asdict(f) for f in self.facts))
+        write_text_atomic(directory / "train.jsonl", _jsonl(asdict(t) for t in self.train))
+        write_text_atomic(directory / "test.jsonl", _jsonl(_test_record(e) for e in self.test))
+        write_text_atomic(directory / "dataset.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return directory
 
 
@@ -204,12 +204,6 @@ def _content_hash(facts: Sequence[MovieFact], train: Sequence[TrainText], test: 
     for part in (_jsonl(asdict(f) for f in facts), _jsonl(asdict(t) for t in train), _jsonl(_test_record(e) for e in test)):
         h.update(part.encode("utf-8"))
     return h.hexdigest()[:16]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def tokenize_test(examples: Sequence[TestExample], tokenizer) -> list[TokenizedPrompt]:

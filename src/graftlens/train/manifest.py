@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.scoring import PromptScore, summarize
+from graftlens.fileio import write_text_atomic
 
 
 def evaluation_table(scores: Sequence[PromptScore], prompts: Sequence[TokenizedPrompt]) -> dict:
@@ -43,6 +43,4 @@ def run_versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
