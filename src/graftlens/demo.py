@@ -21,11 +21,12 @@ from rich.table import Table
 from graftlens.commands.support import metrics_table, progress_bar
 from graftlens.data.dataset import tokenize_test
 from graftlens.data.defaults import demo_dataset
-from graftlens.eval import evaluate, pad_id_of, summarize
+from graftlens.eval import evaluate, pad_id_of
 from graftlens.eval.scoring import grafted_last_logits
 from graftlens.graft import Graft
 from graftlens.models import load_model
 from graftlens.train import FinetuneConfig, finetune
+from graftlens.train.manifest import evaluation_table
 
 POSITION_SETS = ("FE", "LT", "FE+LT", "(FE+LT)^C")
 
@@ -68,9 +69,8 @@ def run_demo(spec: str, console: Console) -> None:
 
         for name, fn in configs:
             scores = evaluate(fn, prompts, pad, batch_size=32, progress=step)
-            for direction in ("forward", "backward"):
-                picked = [s for s, p in zip(scores, prompts) if p.meta["direction"] == direction]
-                rows[f"{name} ({direction})"] = summarize(picked)
+            for direction, metrics in evaluation_table(scores, prompts)["by_direction"].items():
+                rows[f"{name} ({direction})"] = metrics
     console.print(metrics_table("held-out test templates: pretrained, finetuned, and pretrained with finetuned weights "
                                 "grafted at some positions", rows))  # fmt: skip
     _show_example(console, base, tuned, prompts[0])

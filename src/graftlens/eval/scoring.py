@@ -104,15 +104,18 @@ def _device_of(model_or_fn: object) -> torch.device | None:
 def grafted_last_logits(base, donors, rules) -> LastLogits:
     """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
 
-    Named spans in the rules (``FE``, ``title``, ...) come from each batch's prompts."""
-    from graftlens.graft.engine import grafting
+    The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
+    ``title``, ...) come from each batch's prompts."""
+    from graftlens.graft.engine import Grafter
     from graftlens.models.loading import as_loaded
 
     loaded = as_loaded(base)
+    grafter = Grafter(loaded, donors, rules)
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(loaded.device)
-        with grafting(loaded, donors, rules, spans=batch.spans):
+        grafter.spans = batch.spans
+        with grafter:
             out = loaded.model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,

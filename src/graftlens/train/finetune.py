@@ -193,7 +193,8 @@ class _Run:
 
     # -- resumable state -------------------------------------------------------------------
     def _state_dict(self) -> dict[str, Any]:
-        trainable = {k: v for k, v in self.model.state_dict().items() if _is_trainable(self.model, k)}
+        trainable_names = {k for k, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {k: v for k, v in self.model.state_dict().items() if k in trainable_names}
         return {
             "name": self.name,
             "step": self.step,
@@ -239,9 +240,11 @@ class _Run:
         last_save = time.monotonic()
         if self.progress:
             self.progress(self.step, self.total_steps, self.losses[-1] if self.losses else float("nan"))
+        micro_epoch, micro = -1, []
         while self.step < self.total_steps:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-            micro = epoch_batches(len(self.items), lengths, cfg.batch_size, cfg.seed, epoch)
+            if epoch != micro_epoch:  # the epoch's batch order, drawn once per epoch
+                micro_epoch, micro = epoch, epoch_batches(len(self.items), lengths, cfg.batch_size, cfg.seed, epoch)
             group = micro[in_epoch * cfg.grad_accum : (in_epoch + 1) * cfg.grad_accum]
             t0 = time.perf_counter()
             n_tokens = sum(sum(self.items[i].loss_mask) for b in group for i in b)
@@ -307,8 +310,3 @@ class _Run:
         manifest = self.manifest(final_eval)
         write_json_atomic(out / MANIFEST, manifest)
         return manifest
-
-
-def _is_trainable(model: torch.nn.Module, key: str) -> bool:
-    params = dict(model.named_parameters())
-    return key in params and params[key].requires_grad

@@ -1,0 +1,51 @@
+"""Scoring: ranks and probabilities against brute force; batching and grafting identities."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import make_text_model
+from graftlens.data.dataset import tokenize_test
+from graftlens.eval import evaluate, pad_id_of, score_logits
+from graftlens.eval.scoring import grafted_last_logits
+from graftlens.graft import Graft
+from graftlens.models.loading import as_loaded
+
+
+def test_rank_and_probability_match_brute_force(small_facts, text_tokenizer):
+    prompts = tokenize_test(small_facts.test[:5], text_tokenizer)
+    logits = torch.randn(5, len(text_tokenizer))
+    for p, s, row in zip(prompts, score_logits(logits, prompts), logits):
+        order = row.argsort(descending=True).tolist()
+        assert s.target_rank == order.index(p.target_id) + 1
+        assert abs(s.target_prob - row.softmax(-1)[p.target_id].item()) < 1e-6
+        assert s.top_token_ids[0] == order[0]
+
+
+def test_batched_scores_equal_one_prompt_at_a_time(small_facts, text_tokenizer):
+    model = make_text_model("llama", text_tokenizer)
+    prompts = tokenize_test(small_facts.test, text_tokenizer)
+    pad = pad_id_of(text_tokenizer)
+    batched = evaluate(model, prompts, pad, batch_size=7)
+    alone = [evaluate(model, [p], pad)[0] for p in prompts]
+    assert [s.id for s in batched] == [p.id for p in prompts]
+    for a, b in zip(batched, alone):
+        assert a.target_rank == b.target_rank and abs(a.target_prob - b.target_prob) < 1e-5
+
+
+def test_grafted_scoring_identities(small_facts, text_tokenizer):
+    base = as_loaded(make_text_model("llama", text_tokenizer, seed=0), text_tokenizer)
+    donor = make_text_model("llama", text_tokenizer, seed=1)
+    prompts = tokenize_test(small_facts.test, text_tokenizer)
+    pad = pad_id_of(text_tokenizer)
+    plain, tuned = evaluate(base.model, prompts, pad), evaluate(donor, prompts, pad)
+    nothing = evaluate(grafted_last_logits(base, {"d": donor}, []), prompts, pad, batch_size=5)
+    everything = evaluate(grafted_last_logits(base, {"d": donor}, [Graft("d", "all", "all", "all")]), prompts, pad, batch_size=5)
+    fe_lt = evaluate(grafted_last_logits(base, {"d": donor}, [Graft("d", "all", "all", "FE+LT")]), prompts, pad, batch_size=5)
+    # The plain path applies the unembedding to the last position only (logits_to_keep=1), a
+    # matrix product of another shape, so agreement is to float rounding, not bit for bit.
+    for a, b in zip(nothing, plain):
+        assert abs(a.target_prob - b.target_prob) < 1e-7
+    for a, b in zip(everything, tuned):
+        assert abs(a.target_prob - b.target_prob) < 1e-5
+    assert [s.target_prob for s in fe_lt] != [s.target_prob for s in plain]
