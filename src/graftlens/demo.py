@@ -79,7 +79,7 @@ def run_demo(spec: str, console: Console) -> None:
 
 def _show_example(console: Console, base, tuned, prompt) -> None:
     pad = pad_id_of(base.tokenizer)
-    table = Table(title=f"top-5 after {prompt.prompt!r} (target{prompt.target!r})", title_justify="left")
+    table = Table(title=f"top-5 after {prompt.prompt!r} (target {prompt.target!r})", title_justify="left")
     table.add_column("model")
     table.add_column("top-5 next tokens")
     for name, model in (("pretrained", base.model), ("finetuned", tuned.model)):
