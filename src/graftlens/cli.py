@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftlens.commands import data as data_commands
+from graftlens.commands import experiments as experiment_commands
 from graftlens.commands import train as train_commands
 from graftlens.commands.support import console, err_console, friendly_errors
 
@@ -23,6 +24,10 @@ app = typer.Typer(
 app.add_typer(data_commands.app, name="data")
 app.command("finetune")(friendly_errors(train_commands.finetune_cmd))
 app.command("eval")(friendly_errors(train_commands.eval_cmd))
+app.command("run")(friendly_errors(experiment_commands.run_cmd))
+app.command("report")(friendly_errors(experiment_commands.report_cmd))
+app.command("export")(friendly_errors(experiment_commands.export_cmd))
+app.command("recipes")(friendly_errors(experiment_commands.recipes_cmd))
 
 
 @app.command()

@@ -20,31 +20,12 @@ def _dataset(data: Path | None):
 
 
 def _config(config_file: Path | None, overrides: dict):
-    import yaml
-    from pydantic import ValidationError
-
-    from graftlens.errors import GraftlensError
+    from graftlens.configfiles import read_yaml_mapping, validated
     from graftlens.train import FinetuneConfig
 
-    values: dict = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise GraftlensError(f"finetuning config {config_file} does not exist")
-        try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise GraftlensError(f"finetuning config {config_file} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise GraftlensError(f"finetuning config {config_file} must be a mapping of hyperparameters")
-        values.update(loaded)
+    values: dict = read_yaml_mapping(config_file, "finetuning config") if config_file is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return FinetuneConfig(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        source = f" in {config_file}" if config_file is not None else ""
-        raise GraftlensError(f"finetuning setting {where!r}{source}: {err['msg']}") from None
+    return validated(FinetuneConfig, values, "finetuning", config_file)
 
 
 def finetune_cmd(

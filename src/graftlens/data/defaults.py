@@ -15,8 +15,13 @@ DEMO_SEED = 0
 
 def demo_dataset() -> tuple[FactDataset, Path]:
     """The demo's dataset and its directory (written on first use; same bytes every time)."""
-    data = build_dataset(DEMO_KIND, DEMO_FACTS, DEMO_SEED)
-    directory = cache_dir() / "datasets" / f"{DEMO_KIND}-{DEMO_FACTS}-{DEMO_SEED}-{data.content_hash}"
+    return cached_dataset(DEMO_KIND, DEMO_FACTS, DEMO_SEED)
+
+
+def cached_dataset(kind: str, n_facts: int, seed: int) -> tuple[FactDataset, Path]:
+    """The generated dataset ``(kind, n_facts, seed)`` and its directory in the cache."""
+    data = build_dataset(kind, n_facts, seed)
+    directory = cache_dir() / "datasets" / f"{kind}-{n_facts}-{seed}-{data.content_hash}"
     if not (directory / "dataset.json").is_file():
         data.save(directory)
     return load_dataset(directory), directory

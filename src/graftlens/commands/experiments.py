@@ -1,0 +1,135 @@
+"""``graftlens run``, ``graftlens report``, ``graftlens export`` and ``graftlens recipes``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from graftlens.commands.support import console, err_console
+
+RUNS_DIR = Path("runs")
+
+
+@contextmanager
+def sweep_progress() -> Iterator[tuple]:
+    """Progress bars for a run: one per finetuned model (added when it starts) and one for scoring."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]  # fmt: skip
+    with Progress(*columns, console=err_console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_finetune(name: str, step: int, total: int, loss: float) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"finetuning {name}", total=total, extra="")
+            extra = f"loss {loss:.3f}" if loss == loss else ""
+            progress.update(tasks[name], completed=step, total=total, extra=extra)
+
+        def on_score(done: int, total: int) -> None:
+            if "scoring" not in tasks:
+                tasks["scoring"] = progress.add_task("scoring", total=total, extra="prompts")
+            progress.update(tasks["scoring"], completed=done, total=total)
+
+        yield on_finetune, on_score
+
+
+def execute(recipe_source: str, out: Path | None, resume: bool, device: str | None, command: str) -> Path:
+    """Run a recipe and write its report; returns the report's path (shared with ``graftlens demo``)."""
+    from graftlens.experiments import load_recipe, run_recipe
+    from graftlens.report import write_report
+
+    recipe, path = load_recipe(recipe_source)
+    run_dir = out or RUNS_DIR / recipe.name
+    console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(path))}) → {escape(str(run_dir))}")
+    with sweep_progress() as (on_finetune, on_score):
+        summary = run_recipe(recipe, run_dir, recipe_path=path, device=device, resume=resume, command=command,
+                             progress=on_score, finetune_progress=on_finetune)  # fmt: skip
+    reused = summary.total - summary.written
+    console.print(
+        f"{summary.n_configs} configurations × {summary.n_prompts} prompts: {summary.written} results computed"
+        + (f", {reused} already in the store" if reused else "")
+        + f" ({summary.seconds:.0f} s)"
+    )
+    with console.status("drawing figures and writing the report ..."):
+        report = write_report(run_dir)
+    console.print(results_table(run_dir))
+    console.print(f"report: [bold]{escape(str(report))}[/]")
+    return report
+
+
+def results_table(run_dir: Path, max_rows: int = 24) -> Table:
+    """The headline metric of each configuration (bootstrap 95% CI), as a rich table."""
+    from graftlens.report.build import load_run
+
+    run = load_run(run_dir)
+    summary = run.summary(("config",), ("top1", "top5"))
+    table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
+    for col in ("configuration", "n", "top-1", "top-5"):
+        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for c in run.configs[:max_rows]:
+        e = summary.get((c["name"],))
+        if e is not None:
+            table.add_row(escape(c["name"]), str(e["n"]), str(e["top1"]), str(e["top5"]))
+    if len(run.configs) > max_rows:
+        table.caption = f"... and {len(run.configs) - max_rows} more in the report"
+    return table
+
+
+def run_cmd(
+    recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (see `graftlens recipes`)"),
+    out: Path | None = typer.Option(None, help="run directory (default: runs/<recipe name>)"),
+    resume: bool = typer.Option(True, "--resume/--restart", help="keep the results already in the run directory"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: where the models load)"),
+) -> None:
+    """Run a recipe's sweep into a results store, then write its figures and HTML report.
+
+    Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
+    command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
+    execute(recipe, out, resume, device, command)
+
+
+def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)")) -> None:
+    """Redraw the figures and rewrite the HTML report of a run."""
+    from graftlens.report import write_report
+
+    with console.status("drawing figures and writing the report ..."):
+        path = write_report(run_dir)
+    console.print(results_table(run_dir))
+    console.print(f"report: [bold]{escape(str(path))}[/]")
+
+
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)"),
+    csv: Path | None = typer.Option(None, "--csv", help="write a CSV file here"),
+    parquet: Path | None = typer.Option(None, "--parquet", help="write a Parquet file here (needs pyarrow)"),
+) -> None:
+    """Export one row per (configuration, template, example): probability, rank and top-k hits."""
+    from graftlens.errors import GraftlensError
+    from graftlens.experiments.export import write_csv, write_parquet
+    from graftlens.report.build import load_run
+
+    if csv is None and parquet is None:
+        raise GraftlensError("say where to write: --csv OUT.csv and/or --parquet OUT.parquet")
+    run = load_run(run_dir)
+    for path, writer in ((csv, write_csv), (parquet, write_parquet)):
+        if path is not None:
+            n = writer(run, path)
+            console.print(f"{n} rows → {escape(str(path))}")
+
+
+def recipes_cmd() -> None:
+    """List the shipped recipes (run one with `graftlens run NAME`)."""
+    from graftlens.experiments import load_recipe, shipped_recipes
+
+    table = Table(title="shipped recipes", title_justify="left")
+    table.add_column("name")
+    table.add_column("what it runs")
+    for name in shipped_recipes():
+        recipe, _ = load_recipe(name)
+        table.add_row(name, escape(recipe.description.strip().split("\n")[0]))
+    console.print(table)

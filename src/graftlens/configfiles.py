@@ -1,0 +1,74 @@
+"""YAML configuration files validated by pydantic, with one clear error naming the culprit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from graftlens.errors import GraftlensError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigFileError(GraftlensError):
+    """A configuration file is missing, is not YAML, or holds an unknown key or a bad value."""
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping at the top of the YAML file ``path`` (``what`` names the file in errors)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigFileError(f"{what} {path} must be a mapping of keys to values, not a {type(loaded).__name__}")
+    return loaded
+
+
+def validated(model: type[M], values: dict, what: str, source: Path | None = None) -> M:
+    """``model(**values)``, turning pydantic's report into one line naming the first bad key."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigFileError(validation_message(exc, values, what, source)) from None
+
+
+def validation_message(exc: ValidationError, values: object, what: str, source: Path | None = None) -> str:
+    """One line for the most telling error: an unknown key (often a typo) before anything else."""
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    err = (unknown or errors)[0]
+    where = _key_path(values, err["loc"]) or what
+    place = f" in {source}" if source is not None else ""
+    if err["type"] == "extra_forbidden":
+        parent = where.rpartition(".")[0]
+        missing = [_key_path(values, e["loc"]) for e in errors if e["type"] == "missing"]
+        missing = [m.rpartition(".")[2] for m in missing if m.rpartition(".")[0] == parent]
+        hint = f" (missing there: {', '.join(repr(m) for m in missing)})" if missing else ""
+        return f"unknown {what} key {where!r}{place}{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{what} setting {where!r}{place}: {msg}"
+
+
+def _key_path(values: object, loc: tuple) -> str:
+    """The dotted path of ``loc`` in the user's data, without the labels pydantic adds for unions."""
+    parts: list[str] = []
+    node = values
+    for i, key in enumerate(loc):
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+        elif i != len(loc) - 1:
+            continue  # a union member's label, not a key of the file
+        parts.append(str(key))
+    return ".".join(parts)

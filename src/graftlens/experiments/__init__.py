@@ -1,0 +1,18 @@
+"""Experiments: recipes (validated YAML), the resumable sweep runner and its SQLite results store."""
+
+from graftlens.experiments.recipe import Recipe, RecipeError, RunConfig, load_recipe, shipped_recipes
+from graftlens.experiments.runner import RunSummary, run_recipe
+from graftlens.experiments.store import ResultRow, ResultsStore, StoreError
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "ResultRow",
+    "ResultsStore",
+    "RunConfig",
+    "RunSummary",
+    "StoreError",
+    "load_recipe",
+    "run_recipe",
+    "shipped_recipes",
+]

@@ -1,0 +1,80 @@
+"""Metrics of stored results with bootstrap 95% confidence intervals.
+
+Each metric is a mean over examples (top-k hit = 0/1, target probability, target rank); its
+interval is the 2.5th–97.5th percentile of the means of ``n_boot`` resamples of the examples
+(with replacement), drawn from a seeded generator so reports are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from graftlens.experiments.store import ResultRow
+
+METRICS: dict[str, Callable[[ResultRow], float]] = {
+    "top1": lambda r: float(r.hit(1)),
+    "top5": lambda r: float(r.hit(5)),
+    "top10": lambda r: float(r.hit(10)),
+    "mean_prob": lambda r: r.target_prob,
+    "mean_rank": lambda r: float(r.target_rank),
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``; ``(mean, mean)`` when ``n_boot`` is 0."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    if n_boot == 0 or len(values) == 1:
+        m = float(values.mean())
+        return (m, m)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))  # [n_boot, n]
+    means = values[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def estimate(rows: Sequence[ResultRow], metric: str, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    values = np.array([METRICS[metric](r) for r in rows])
+    lo, hi = bootstrap_ci(values, n_boot, seed)
+    return Estimate(float(values.mean()) if len(values) else float("nan"), lo, hi)
+
+
+def grouped(rows: Sequence[ResultRow], *keys: str) -> dict[tuple[str, ...], list[ResultRow]]:
+    """Rows grouped by the values of ``keys`` (``"config"``, ``"template"``, ``"direction"``), in first-seen order."""
+    out: dict[tuple[str, ...], list[ResultRow]] = {}
+    for r in rows:
+        out.setdefault(tuple(getattr(r, k) for k in keys), []).append(r)
+    return out
+
+
+def summary(
+    rows: Sequence[ResultRow],
+    keys: Sequence[str] = ("config",),
+    metrics: Sequence[str] = ("top1", "top5", "mean_prob"),
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[tuple[str, ...], dict[str, Estimate | int]]:
+    """``{group: {"n": count, metric: Estimate, ...}}`` for each group of ``keys``."""
+    out: dict[tuple[str, ...], dict[str, Estimate | int]] = {}
+    for key, group in grouped(rows, *keys).items():
+        entry: dict[str, Estimate | int] = {"n": len(group)}
+        for m in metrics:
+            entry[m] = estimate(group, m, n_boot, seed)
+        out[key] = entry
+    return out

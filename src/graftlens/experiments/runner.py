@@ -1,0 +1,195 @@
+"""The sweep runner: score every configuration of a recipe on its test prompts, resumably.
+
+Work is cut into (configuration, batch) units in a fixed order; each unit's rows are written in
+one transaction. A rerun skips the units already in the store and recomputes the same batches
+as an uninterrupted run would, so the results are the same, row for row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from graftlens.eval.batching import batches, pad_id_of
+from graftlens.eval.scoring import LastLogits, grafted_last_logits, plain_last_logits, score_logits
+from graftlens.experiments.recipe import Recipe, RunConfig
+from graftlens.experiments.setup import FinetuneProgress, check_configs, prepare_models, recipe_dataset, recipe_prompts
+from graftlens.experiments.store import STORE_NAME, ResultRow, ResultsStore, StoreError
+from graftlens.models import LoadedModel
+from graftlens.train.fingerprint import model_fingerprint
+from graftlens.train.manifest import run_versions, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+TOP_TOKENS_KEPT = 5
+
+Progress = Callable[[int, int], None]  # (units done, units in all), in prompts scored
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``stop_after_batches``: what a kill at that moment leaves behind (tests)."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    run_id: str
+    n_configs: int
+    n_prompts: int
+    written: int  # rows this call added
+    total: int  # rows in the store now
+    seconds: float
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    recipe_path: Path | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    command: str | None = None,
+    progress: Progress | None = None,
+    finetune_progress: FinetuneProgress | None = None,
+    stop_after_batches: int | None = None,
+) -> RunSummary:
+    """Run ``recipe`` into ``run_dir`` (``results.sqlite`` + ``manifest.json``).
+
+    With ``resume`` (the default), results already in the store are kept and only the missing
+    ones are computed; a store holding another recipe's results is an error. Without it, the
+    store is emptied first."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_id = recipe.content_hash()
+    with ResultsStore(run_dir / STORE_NAME) as store:
+        previous = store.get_meta("run")
+        if not resume:
+            store.clear()
+        elif previous is not None and previous != run_id:
+            old = (store.get_meta("recipe") or {}).get("name", "?")
+            raise StoreError(
+                f"{run_dir} holds the results of another recipe ({old!r}, id {previous}); "
+                "pass --restart to discard them, or choose another --out"
+            )
+
+        dataset, dataset_dir = recipe_dataset(recipe, recipe_path.parent if recipe_path else None)
+        models, sources = prepare_models(recipe, dataset_dir, device, finetune_progress)
+        recipient = models[recipe.recipient]
+        prompts = recipe_prompts(recipe, dataset, recipient.tokenizer)
+        pad = pad_id_of(recipient.tokenizer)
+        configs = recipe.expanded(n_layers=recipient.adapter.n_layers)
+        check_configs(configs, models, prompts, pad)
+
+        inputs = {
+            "dataset_hash": dataset.content_hash,
+            "models": {name: model_fingerprint(m.model) for name, m in models.items()},
+        }
+        stored_inputs = store.get_meta("inputs")
+        if stored_inputs is not None and stored_inputs != inputs:
+            raise StoreError(
+                f"{run_dir} holds results made from other models or data than this recipe now gives "
+                f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"
+            )
+        manifest = _manifest(recipe, recipe_path, run_id, dataset, dataset_dir, sources, inputs, prompts, configs, command)
+        store.set_meta("run", run_id)
+        store.set_meta("recipe", recipe.model_dump(mode="json"))
+        store.set_meta("inputs", inputs)
+        store.set_meta("manifest", manifest)
+        store.set_configs(run_id, [c.to_json() for c in configs])
+        write_json_atomic(run_dir / MANIFEST_NAME, manifest)
+
+        written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
+                             progress, stop_after_batches)  # fmt: skip
+        total = store.count(run_id)
+    return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
+
+
+def _score_all(
+    store: ResultsStore,
+    run_id: str,
+    configs: list[RunConfig],
+    models: dict[str, LoadedModel],
+    prompts,
+    recipient: LoadedModel,
+    batch_size: int,
+    pad: int,
+    progress: Progress | None,
+    stop_after_batches: int | None,
+) -> int:
+    work = list(batches(prompts, batch_size, pad))  # the same batches on every run
+    total = len(configs) * len(prompts)
+    done_units = written = batches_run = 0
+    for config in configs:
+        done = store.done(run_id, config.name)
+        fn: LastLogits | None = None
+        for batch in work:
+            ids = {p.id for p in batch.prompts}
+            if ids <= done:
+                done_units += len(ids)
+                continue
+            if ids & done:
+                raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
+            if stop_after_batches is not None and batches_run >= stop_after_batches:
+                raise Interrupted(f"stopped after {batches_run} batches")
+            fn = fn or _last_logits(config, models)
+            model = models[config.model]
+            with torch.no_grad():
+                logits = fn(batch.to(model.device))  # [batch, vocab]
+            scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
+            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer) for p, s in zip(batch.prompts, scores)])
+            batches_run += 1
+            written += len(ids)
+            done_units += len(ids)
+            if progress is not None:
+                progress(done_units, total)
+    if progress is not None:
+        progress(done_units, total)
+    return written
+
+
+def _last_logits(config: RunConfig, models: dict[str, LoadedModel]) -> LastLogits:
+    model = models[config.model]
+    if not config.grafts:
+        return plain_last_logits(model.model)
+    donors = {g.donor: models[g.donor] for g in config.grafts}
+    return grafted_last_logits(model, donors, config.rules())
+
+
+def _row(config: str, prompt, score, tokenizer) -> ResultRow:
+    return ResultRow(
+        config=config,
+        example=prompt.id,
+        template=str(prompt.meta.get("template", "")),
+        direction=str(prompt.meta.get("direction", "")),
+        prompt=prompt.prompt,
+        target=prompt.target,
+        target_prob=score.target_prob,
+        target_rank=score.target_rank,
+        top_tokens=tuple(tokenizer.decode([t]) for t in score.top_token_ids),
+    )
+
+
+def _manifest(recipe, recipe_path, run_id, dataset, dataset_dir, sources, inputs, prompts, configs, command) -> dict:
+    return {
+        "run": run_id,
+        "recipe": recipe.name,
+        "recipe_file": str(recipe_path) if recipe_path else None,
+        "command": command,
+        "description": recipe.description,
+        "seed": recipe.seed,
+        "data": {
+            "dir": str(dataset_dir),
+            "files": ["dataset.json", "facts.jsonl", "train.jsonl", "test.jsonl"],
+            "content_hash": dataset.content_hash,
+            "spec": recipe.data.model_dump(mode="json"),
+        },
+        "models": {name: {**src, "fingerprint": inputs["models"][name]} for name, src in sources.items()},
+        "recipient": recipe.recipient,
+        "eval": recipe.eval.model_dump(mode="json"),
+        "n_prompts": len(prompts),
+        "n_configs": len(configs),
+        "versions": run_versions(),
+    }

@@ -1,0 +1,146 @@
+"""The results store of a run: one SQLite file, one row per (run, configuration, example).
+
+Rows are written one batch at a time, each batch in one transaction, so a process killed at
+any moment leaves only whole batches behind; the primary key makes a duplicate row an error
+rather than a silent double count. ``meta`` holds the recipe and the manifest, ``configs`` the
+expanded configurations in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from graftlens.errors import GraftlensError
+
+STORE_NAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS configs (
+    run TEXT NOT NULL, name TEXT NOT NULL, position INTEGER NOT NULL, grp TEXT NOT NULL, spec TEXT NOT NULL,
+    PRIMARY KEY (run, name)
+);
+CREATE TABLE IF NOT EXISTS results (
+    run TEXT NOT NULL,
+    config TEXT NOT NULL,
+    example TEXT NOT NULL,
+    template TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_prob REAL NOT NULL,
+    target_rank INTEGER NOT NULL,
+    top_tokens TEXT NOT NULL,
+    PRIMARY KEY (run, config, example)
+);
+"""
+
+
+class StoreError(GraftlensError):
+    """A run directory's store is missing, or holds another recipe's results."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    config: str
+    example: str
+    template: str
+    direction: str
+    prompt: str
+    target: str
+    target_prob: float
+    target_rank: int  # 1 = the top prediction
+    top_tokens: tuple[str, ...]  # the model's top predictions, decoded, best first
+
+    def hit(self, k: int) -> bool:
+        return self.target_rank <= k
+
+
+class ResultsStore:
+    """``results.sqlite`` of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    @classmethod
+    def open_existing(cls, run_dir: str | Path) -> ResultsStore:
+        path = Path(run_dir) / STORE_NAME
+        if not path.is_file():
+            raise StoreError(f"{run_dir} is not a run directory: {STORE_NAME} is missing")
+        return cls(path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> object | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
+    def clear(self) -> None:
+        """Forget every result and configuration (a restart)."""
+        with self._conn:
+            for table in ("meta", "configs", "results"):
+                self._conn.execute(f"DELETE FROM {table}")
+
+    # --- configurations -------------------------------------------------------------------------
+    def set_configs(self, run: str, configs: Sequence[dict]) -> None:
+        with self._conn:
+            self._conn.execute("DELETE FROM configs WHERE run = ?", (run,))
+            self._conn.executemany(
+                "INSERT INTO configs VALUES (?, ?, ?, ?, ?)",
+                [(run, c["name"], i, c["group"], json.dumps(c, sort_keys=True)) for i, c in enumerate(configs)],
+            )
+
+    def configs(self, run: str) -> list[dict]:
+        rows = self._conn.execute("SELECT spec FROM configs WHERE run = ? ORDER BY position", (run,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    # --- results --------------------------------------------------------------------------------
+    def done(self, run: str, config: str) -> set[str]:
+        """Ids of the examples already scored for ``config``."""
+        rows = self._conn.execute("SELECT example FROM results WHERE run = ? AND config = ?", (run, config)).fetchall()
+        return {r[0] for r in rows}
+
+    def add(self, run: str, rows: Iterable[ResultRow]) -> None:
+        """Write ``rows`` in one transaction: all of them or, if interrupted, none."""
+        with self._conn:
+            self._conn.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run, r.config, r.example, r.template, r.direction, r.prompt, r.target,
+                     r.target_prob, r.target_rank, json.dumps(list(r.top_tokens)))
+                    for r in rows
+                ],
+            )  # fmt: skip
+
+    def rows(self, run: str) -> list[ResultRow]:
+        """Every result of ``run``, in configuration order then example order of writing."""
+        cur = self._conn.execute(
+            "SELECT r.config, r.example, r.template, r.direction, r.prompt, r.target, r.target_prob, r.target_rank, "
+            "r.top_tokens FROM results r JOIN configs c ON c.run = r.run AND c.name = r.config "
+            "WHERE r.run = ? ORDER BY c.position, r.rowid",
+            (run,),
+        )
+        return [ResultRow(*row[:8], tuple(json.loads(row[8]))) for row in cur.fetchall()]
+
+    def count(self, run: str) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM results WHERE run = ?", (run,)).fetchone()[0]

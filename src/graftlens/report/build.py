@@ -1,0 +1,125 @@
+"""A run's results as the report shows them: loaded from the store, summarised with bootstrap
+intervals, and drawn (which figure a group of configurations gets follows from its shape)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from graftlens.experiments.metrics import Estimate, estimate, grouped, summary
+from graftlens.experiments.store import ResultRow, ResultsStore, StoreError
+from graftlens.report import figures
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    run_id: str
+    recipe: dict
+    manifest: dict
+    configs: list[dict]  # expanded configurations, in order (see RunConfig.to_json)
+    rows: list[ResultRow]
+
+    @property
+    def metric(self) -> str:
+        return self.recipe.get("eval", {}).get("metric", "top5")
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.recipe.get("eval", {}).get("bootstrap", 1000))
+
+    @property
+    def seed(self) -> int:
+        return int(self.recipe.get("seed", 0))
+
+    @property
+    def templates(self) -> list[str]:
+        return list(dict.fromkeys(r.template for r in self.rows))
+
+    @property
+    def expected_rows(self) -> int:
+        return len(self.configs) * int(self.manifest.get("n_prompts", 0))
+
+    def reference_configs(self) -> list[dict]:
+        """Configurations without grafts (PRE, SFT, ...): the reference lines of the bar charts."""
+        return [c for c in self.configs if not c["grafts"]]
+
+    def groups(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for c in self.configs:
+            out.setdefault(c["group"], []).append(c)
+        return out
+
+    def summary(self, keys=("config",), metrics=("top1", "top5", "top10", "mean_prob", "mean_rank")):
+        return summary(self.rows, keys, metrics, self.n_boot, self.seed)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    with ResultsStore.open_existing(run_dir) as store:
+        run_id = store.get_meta("run")
+        if run_id is None:
+            raise StoreError(f"{run_dir} holds no run yet (it was stopped before its first configuration was set up)")
+        return RunData(
+            run_dir,
+            str(run_id),
+            dict(store.get_meta("recipe") or {}),
+            dict(store.get_meta("manifest") or {}),
+            store.configs(str(run_id)),
+            store.rows(str(run_id)),
+        )
+
+
+def make_figures(run: RunData, directory: Path | None = None) -> list[figures.SavedFigure]:
+    """Every figure of the run, written as PNG and SVG under ``run_dir/figures``."""
+    directory = directory or run.run_dir / "figures"
+    metric = run.metric
+    by_config = {key[0]: rows for key, rows in grouped(run.rows, "config").items()}
+    references = {c["name"]: estimate(by_config[c["name"]], metric, run.n_boot, run.seed)
+                  for c in run.reference_configs() if c["name"] in by_config}  # fmt: skip
+    groups = run.groups()
+    for stale in [*directory.glob("*.png"), *directory.glob("*.svg")]:
+        stale.unlink()  # figures of an earlier report of this run
+    saved = []
+    for i, (group, configs) in enumerate(groups.items()):
+        names = [c["name"] for c in configs if c["name"] in by_config]
+        if not names:
+            continue
+        coords = [c["coords"] for c in configs]
+        stem = f"{i:02d}-{_slug(group)}"
+        if all("component" in k and "layers" in k for k in coords):
+            fig, title = _heatmap(run, group, configs, by_config, "layers", "grafted layers")
+        elif all("component" in k and "layer" in k for k in coords):
+            fig, title = _heatmap(run, group, configs, by_config, "layer", "centre of the grafted layer window")
+        else:
+            grafted = [c["name"] for c in configs if c["grafts"]]
+            if not grafted and len(groups) > 1:
+                continue  # reference configurations only: they appear as lines and bars elsewhere
+            shown = list(dict.fromkeys([*references, *names]))
+            values = _per_template(run, shown)
+            title = f"{run.recipe.get('name', '')}: {group} ({figures.METRIC_LABELS.get(metric, metric)}, 95% CI)"
+            fig = figures.bar_chart(title, shown, run.templates, values, references, metric)
+        saved.append(figures.save(fig, directory, stem, title))
+    return saved
+
+
+def _per_template(run: RunData, configs: list[str]) -> dict[tuple[str, str], Estimate]:
+    groups = grouped([r for r in run.rows if r.config in configs], "config", "template")
+    return {key: estimate(rows, run.metric, run.n_boot, run.seed) for key, rows in groups.items()}
+
+
+def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col_key: str, xlabel: str):
+    rows = list(dict.fromkeys(c["coords"]["component"] for c in configs))
+    cols = list(dict.fromkeys(c["coords"][col_key] for c in configs))
+    values = {}
+    for c in configs:
+        if c["name"] in by_config:
+            values[(c["coords"]["component"], c["coords"][col_key])] = estimate(by_config[c["name"]], run.metric, 0).value
+    positions = {g["positions"] for c in configs for g in c["grafts"]}
+    where = f" at {', '.join(sorted(positions))}" if positions else ""
+    title = f"{run.recipe.get('name', '')}: {group}{where} ({figures.METRIC_LABELS.get(run.metric, run.metric)})"
+    return figures.heatmap(title, rows, cols, values, run.metric, xlabel), title
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower() or "group"

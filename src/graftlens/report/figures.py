@@ -1,0 +1,103 @@
+"""Figures of a run (matplotlib, headless): bar charts of configurations × test templates with
+bootstrap error bars and reference lines, and heat maps of component × layer sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from graftlens.experiments.metrics import Estimate  # noqa: E402
+
+METRIC_LABELS = {
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "top10": "top-10 accuracy",
+    "mean_prob": "mean target probability",
+    "mean_rank": "mean target rank",
+}
+
+
+@dataclass(frozen=True)
+class SavedFigure:
+    title: str
+    png: Path
+    svg: Path
+
+
+def bar_chart(
+    title: str,
+    configs: Sequence[str],
+    templates: Sequence[str],
+    values: dict[tuple[str, str], Estimate],
+    references: dict[str, Estimate],
+    metric: str,
+) -> Figure:
+    """One group of bars per configuration, one bar per test template, 95% CI error bars;
+    ``references`` (e.g. PRE and SFT over all templates) drawn as labelled dashed lines."""
+    width = 0.8 / max(1, len(templates))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(configs) + 2), 4.2), layout="constrained")
+    x = np.arange(len(configs))
+    colors = plt.get_cmap("tab10").colors
+    for i, template in enumerate(templates):
+        est = [values.get((c, template)) for c in configs]
+        heights = [e.value if e else np.nan for e in est]
+        err = np.array([[e.value - e.lo, e.hi - e.value] if e else [0, 0] for e in est]).T
+        ax.bar(x + (i - (len(templates) - 1) / 2) * width, heights, width, yerr=err, capsize=2,
+               label=template, color=colors[i % len(colors)], error_kw={"elinewidth": 0.8})  # fmt: skip
+    styles = ["--", ":", "-."]
+    for j, (name, est) in enumerate(references.items()):
+        ax.axhline(est.value, color="0.3", linestyle=styles[j % len(styles)], linewidth=1)
+        ax.annotate(f"{name} {est.value:.2f}", (1.0, est.value), xycoords=("axes fraction", "data"),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=8, color="0.3")  # fmt: skip
+    ax.set_xticks(
+        x, configs, rotation=30 if max(map(len, configs)) > 6 else 0, ha="right" if max(map(len, configs)) > 6 else "center"
+    )
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if metric != "mean_rank":
+        ax.set_ylim(0, 1.05)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.legend(title="test template", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.07, 1.0), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: dict[tuple[str, str], float], metric: str,
+            xlabel: str, ylabel: str = "grafted component") -> Figure:  # fmt: skip
+    """A ``rows × cols`` grid of ``values`` with each cell's value written in it."""
+    grid = np.array([[values.get((r, c), np.nan) for c in cols] for r in rows])  # [rows, cols]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(cols) + 2.5), max(2.6, 0.45 * len(rows) + 1.4)), layout="constrained")
+    vmax = 1.0 if metric != "mean_rank" else float(np.nanmax(grid))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(
+        range(len(cols)), cols, rotation=45 if max(map(len, cols)) > 3 else 0, ha="right" if max(map(len, cols)) > 3 else "center"
+    )
+    ax.set_yticks(range(len(rows)), rows)
+    if len(cols) <= 16:
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                v = grid[i, j]
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if v > 0.6 * vmax else "white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left", fontsize=11)
+    fig.colorbar(im, ax=ax, label=METRIC_LABELS.get(metric, metric), shrink=0.9)
+    return fig
+
+
+def save(fig: Figure, directory: Path, stem: str, title: str) -> SavedFigure:
+    """Write ``stem.png`` (for the report) and ``stem.svg`` (for papers) and close the figure."""
+    directory.mkdir(parents=True, exist_ok=True)
+    png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
+    fig.savefig(png, dpi=130)
+    fig.savefig(svg)
+    plt.close(fig)
+    return SavedFigure(title, png, svg)

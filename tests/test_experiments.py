@@ -1,0 +1,330 @@
+"""Recipes, the resumable sweep runner, its SQLite store, metrics, export, figures and the report,
+end to end on a tiny llama with a BPE tokenizer (no download)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from graftlens.cli import app
+from graftlens.configfiles import ConfigFileError
+from graftlens.data.dataset import tokenize_test
+from graftlens.eval import evaluate, pad_id_of
+from graftlens.experiments import RecipeError, StoreError, load_recipe, run_recipe, shipped_recipes
+from graftlens.experiments.metrics import bootstrap_ci
+from graftlens.experiments.runner import Interrupted
+from graftlens.experiments.store import ResultsStore
+from graftlens.models import load_model
+from graftlens.report.build import load_run
+
+runner = CliRunner()
+
+POSITION_SETS = ["FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C"]
+
+
+def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps: str = "") -> str:
+    return (
+        textwrap.dedent(
+            f"""\
+        name: {name}
+        description: a tiny end-to-end run
+        data: {{dir: {data_dir}}}
+        models:
+          pre: {{spec: {model_dir}}}
+          sft: {{finetune: {{base: pre, settings: {{epochs: 2, batch_size: 8, learning_rate: 0.003}}}}}}
+        recipient: pre
+        eval: {{batch_size: 5, bootstrap: 200}}
+        configs:
+          - {{name: PRE, model: pre}}
+          - {{name: SFT, model: sft}}
+          - name: everything
+            grafts: [{{donor: sft, components: all, layers: all, positions: all}}]
+        sweeps:
+          - {{kind: positions, donor: sft, sets: {POSITION_SETS}}}
+          - {{kind: components, donor: sft, positions: LT, components: [attn, o+mlp], layers: [all, half2]}}
+          - {{kind: layer_window, donor: sft, components: [mlp], window: 3}}
+        """
+        )
+        + extra_sweeps
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, small_facts) -> Path:
+    return small_facts.save(tmp_path_factory.mktemp("facts"))
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory, text_model_dir, tiny_data, graftlens_cache) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(recipe_text(text_model_dir, tiny_data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, recipe_file) -> Path:
+    """The tiny recipe run once through the CLI (figures and report included)."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    result = runner.invoke(app, ["run", str(recipe_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output
+    return out
+
+
+N_CONFIGS = 3 + len(POSITION_SETS) + 4 + 4  # written + positions + components + mlp windows over 4 layers
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+
+def test_shipped_recipes_validate_and_name_the_paper_configs() -> None:
+    assert {"demo", "position-grafting", "component-grafting", "hybrid", "layer-sweep", "direction"} <= set(shipped_recipes())
+    recipe, _ = load_recipe("position-grafting")
+    names = [c.name for c in recipe.expanded(n_layers=30)]
+    assert names == ["PRE", "SFT", "FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C"]
+    comps, _ = load_recipe("component-grafting")
+    assert len(comps.expanded(n_layers=30)) == 3 + 7 * 7
+    window, _ = load_recipe("layer-sweep")
+    cfgs = window.expanded(n_layers=30)
+    mlp_l0 = next(c for c in cfgs if c.name == "mlp @ L0")
+    mlp_l29 = next(c for c in cfgs if c.name == "mlp @ L29")
+    assert mlp_l0.grafts[0].layers == [0, 1] and mlp_l29.grafts[0].layers == [28, 29]
+
+
+@pytest.mark.parametrize(
+    ("change", "culprit"),
+    [
+        (lambda t: t.replace("kind: positions, donor", "kind: positions, donr"), "donr"),
+        (lambda t: t.replace("components: [attn, o+mlp]", "components: [attn, o+mpl]"), "mpl"),
+        (lambda t: t.replace("sets: ['FE'", "sets: ['FE+'"), "FE+"),
+        (lambda t: t.replace("{name: SFT, model: sft}", "{name: SFT, model: sf}"), "'sf'"),
+        (lambda t: t.replace("- {name: SFT, model: sft}", "- {name: PRE, model: sft}"), "two configurations are named 'PRE'"),
+        (lambda t: t.replace("bootstrap: 200", "bootstrap: -1"), "eval.bootstrap"),
+        (lambda t: t.replace("recipient: pre", "recipient: pre\nrecipent: x"), "recipent"),
+        (lambda t: t.replace("epochs: 2", "epocs: 2"), "epocs"),
+    ],
+)
+def test_recipe_errors_name_the_key_and_the_file(tmp_path, text_model_dir, tiny_data, change, culprit) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(change(recipe_text(text_model_dir, tiny_data)))
+    with pytest.raises(ConfigFileError) as err:
+        load_recipe(path)
+    assert culprit in str(err.value) and "bad.yaml" in str(err.value), str(err.value)
+
+
+def test_bad_recipe_is_one_line_from_the_cli(tmp_path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nmodels: {pre: {spec: smollm2-135m}}\nrecipient: pre\nconfigs: [{name: PRE, modle: pre}]\n")
+    result = subprocess.run([sys.executable, "-m", "graftlens", "run", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "configs.0.modle" in lines[0] and "r.yaml" in lines[0], result.stderr
+    result = subprocess.run([sys.executable, "-m", "graftlens", "run", "no-such-recipe"], capture_output=True, text=True)
+    assert result.returncode == 2 and "shipped: " in result.stderr and "position-grafting" in result.stderr, result.stderr
+
+
+def test_a_layer_out_of_range_fails_before_any_scoring(tmp_path, text_model_dir, tiny_data, graftlens_cache) -> None:
+    text = recipe_text(text_model_dir, tiny_data).replace("layers: [all, half2]", "layers: [all, 7]")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    recipe, _ = load_recipe(path)
+    with pytest.raises(RecipeError, match=r"configuration 'attn @ 7'.*7"):
+        run_recipe(recipe, tmp_path / "run", recipe_path=path)
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        assert store.count(recipe.content_hash()) == 0
+
+
+def test_a_span_missing_from_the_prompts_names_it(tmp_path, text_model_dir, tiny_data, graftlens_cache) -> None:
+    text = recipe_text(text_model_dir, tiny_data).replace("sets: ['FE'", "sets: ['director'")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    recipe, _ = load_recipe(path)
+    with pytest.raises(RecipeError, match=r"configuration 'director'.*no span 'director'"):
+        run_recipe(recipe, tmp_path / "run", recipe_path=path)
+
+
+# --- the run, its store and its numbers ---------------------------------------------------------
+
+
+def test_run_writes_one_row_per_config_and_example(finished_run, small_facts) -> None:
+    run = load_run(finished_run)
+    n_prompts = len(small_facts.test)
+    assert len(run.configs) == N_CONFIGS and run.manifest["n_prompts"] == n_prompts
+    assert len(run.rows) == N_CONFIGS * n_prompts
+    assert len({(r.config, r.example) for r in run.rows}) == len(run.rows)
+    manifest = run.manifest
+    assert set(manifest["models"]) == {"pre", "sft"}
+    assert "spec" in manifest["models"]["pre"] and Path(manifest["models"]["sft"]["checkpoint"]).is_dir()
+    assert manifest["data"]["content_hash"] == small_facts.content_hash
+    assert all((Path(manifest["data"]["dir"]) / f).is_file() for f in manifest["data"]["files"])
+    assert (finished_run / "manifest.json").is_file()
+
+
+def test_stored_scores_match_the_models_and_the_grafting_identities(finished_run, small_facts) -> None:
+    """PRE equals the pretrained model scored directly; grafting everything everywhere equals SFT."""
+    run = load_run(finished_run)
+    by = {(r.config, r.example): r for r in run.rows}
+    pre = load_model(run.manifest["models"]["pre"]["spec"])
+    prompts = tokenize_test(small_facts.test, pre.tokenizer)
+    direct = evaluate(pre.model, prompts, pad_id_of(pre.tokenizer), batch_size=5)
+    for p, s in zip(prompts, direct):
+        assert by[("PRE", p.id)].target_rank == s.target_rank
+        assert by[("PRE", p.id)].target_prob == pytest.approx(s.target_prob, abs=1e-6)
+    for p in prompts:
+        assert by[("everything", p.id)].target_prob == pytest.approx(by[("SFT", p.id)].target_prob, abs=1e-5)
+        assert by[("everything", p.id)].target_rank == by[("SFT", p.id)].target_rank
+    # FE+LT differs from PRE somewhere: the finetuned weights were grafted
+    assert any(abs(by[("FE+LT", p.id)].target_prob - by[("PRE", p.id)].target_prob) > 1e-4 for p in prompts)
+
+
+def _all_rows(run_dir: Path) -> list[tuple]:
+    con = sqlite3.connect(run_dir / "results.sqlite")
+    rows = con.execute(
+        "SELECT config, example, target_prob, target_rank, top_tokens FROM results ORDER BY config, example"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_resume_after_an_interruption_loses_and_duplicates_nothing(tmp_path, recipe_file, finished_run) -> None:
+    recipe, path = load_recipe(recipe_file)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out, recipe_path=path, stop_after_batches=7)
+    with ResultsStore(out / "results.sqlite") as store:
+        partial = store.count(recipe.content_hash())
+    assert 0 < partial < len(_all_rows(finished_run))
+    summary = run_recipe(recipe, out, recipe_path=path)
+    assert summary.written == summary.total - partial
+    assert _all_rows(out) == _all_rows(finished_run)  # bit for bit, no duplicates, nothing lost
+    again = run_recipe(recipe, out, recipe_path=path)
+    assert again.written == 0 and again.total == summary.total
+
+
+KILLER = """
+import os, signal, sys
+from graftlens.experiments import load_recipe, run_recipe
+recipe, path = load_recipe(sys.argv[1])
+calls = 0
+def progress(done, total):
+    global calls
+    calls += 1
+    if calls == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_recipe(recipe, sys.argv[2], recipe_path=path, progress=progress)
+"""
+
+
+def test_a_killed_process_resumes_with_the_same_command(tmp_path, recipe_file, finished_run, graftlens_cache) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "GRAFTLENS_CACHE": graftlens_cache}
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(recipe_file), str(out)], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert 0 < len(_all_rows(out)) < len(_all_rows(finished_run))
+    result = subprocess.run([sys.executable, "-m", "graftlens", "run", str(recipe_file), "--out", str(out)],
+                            env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _all_rows(out) == _all_rows(finished_run)
+
+
+def test_another_recipe_in_the_same_run_directory_is_refused(tmp_path, text_model_dir, tiny_data, finished_run) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    path = tmp_path / "other.yaml"
+    path.write_text(recipe_text(text_model_dir, tiny_data, name="other"))
+    recipe, _ = load_recipe(path)
+    with pytest.raises(StoreError, match="another recipe.*--restart"):
+        run_recipe(recipe, copy, recipe_path=path)
+    summary = run_recipe(recipe, copy, recipe_path=path, resume=False)
+    assert summary.written == summary.total == len(_all_rows(finished_run))
+
+
+def test_bootstrap_intervals() -> None:
+    assert bootstrap_ci(np.ones(20)) == (1.0, 1.0)
+    values = (np.arange(200) % 3 == 0).astype(float)
+    lo, hi = bootstrap_ci(values, 1000, seed=0)
+    assert lo < values.mean() < hi and hi - lo < 0.2
+    assert bootstrap_ci(values, 1000, seed=0) == (lo, hi)  # seeded
+    lo_small, hi_small = bootstrap_ci(values[:30], 1000, seed=0)
+    assert hi_small - lo_small > hi - lo  # fewer prompts, wider interval
+
+
+# --- export, figures, report ----------------------------------------------------------------------
+
+
+def test_export_csv_and_parquet(tmp_path, finished_run) -> None:
+    result = runner.invoke(
+        app, ["export", str(finished_run), "--csv", str(tmp_path / "r.csv"), "--parquet", str(tmp_path / "r.pq")]
+    )
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n = len(_all_rows(finished_run))
+    assert len(rows) == n
+    required = {"recipe", "config", "template", "example", "prompt", "target", "target_prob", "target_rank", "top1", "top5"}
+    assert required <= set(rows[0])
+    assert {r["config"] for r in rows} >= {"PRE", "SFT", *POSITION_SETS}
+    for r in rows:
+        assert r["top5"] == str(int(int(r["target_rank"]) <= 5))
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(tmp_path / "r.pq")
+    assert table.num_rows == n and required <= set(table.column_names)
+    result = runner.invoke(app, ["export", str(finished_run)])
+    assert result.exit_code == 2 and "--csv" in result.output
+
+
+def test_figures_and_report_files(finished_run) -> None:
+    figures = sorted((finished_run / "figures").glob("*.png"))
+    # bars of the written configs (one is grafted) and of the positions, two heat maps
+    assert [p.stem for p in figures] == ["00-configs", "01-positions", "02-components", "03-layer-window"]
+    assert all(p.with_suffix(".svg").is_file() and p.stat().st_size > 5000 for p in figures)
+    html = (finished_run / "report.html").read_text()
+    assert html.count("<img") == 4 and "data:image/png;base64," in html
+    assert "FE+LT" in html and "Manifest" in html and "graftlens run" in html
+    assert "src='figures/" not in html and 'src="http' not in html  # self-contained
+
+
+def test_report_command_and_bad_run_dir(tmp_path, finished_run) -> None:
+    result = runner.invoke(app, ["report", str(finished_run)])
+    assert result.exit_code == 0 and "report.html" in result.output, result.output
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "results.sqlite is missing" in result.output
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium(tmp_path, finished_run) -> None:
+    """The page loads, every figure decodes to a real image, and nothing is fetched from elsewhere."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        requests: list[str] = []
+        failed: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto((finished_run / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) == 4 and all(ok and w > 200 and h > 100 for ok, w, h in images), images
+        assert page.title().startswith("graftlens")
+        assert page.locator("table").count() >= 3
+        assert not failed and all(u.startswith(("file:", "data:")) for u in requests), (failed, requests)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
