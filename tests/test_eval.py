@@ -7,6 +7,7 @@ import torch
 from conftest import make_text_model
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of, score_logits
+from graftlens.eval.batching import batches
 from graftlens.eval.scoring import grafted_last_logits
 from graftlens.graft import Graft
 from graftlens.models.loading import as_loaded
@@ -49,3 +50,20 @@ def test_grafted_scoring_identities(small_facts, text_tokenizer):
     for a, b in zip(everything, tuned):
         assert abs(a.target_prob - b.target_prob) < 1e-5
     assert [s.target_prob for s in fe_lt] != [s.target_prob for s in plain]
+
+
+def test_grafted_scoring_of_the_last_position_only_equals_the_full_forward(small_facts, text_tokenizer):
+    """Without an unembedding graft, scoring applies lm_head to the last position only; with one, to all."""
+    from graftlens.graft import grafted_forward
+
+    base = as_loaded(make_text_model("llama", text_tokenizer, seed=0), text_tokenizer)
+    donor = make_text_model("llama", text_tokenizer, seed=1)
+    prompts = tokenize_test(small_facts.test, text_tokenizer)
+    batch = next(batches(prompts, 6, pad_id_of(text_tokenizer)))
+    for rules in (
+        [Graft("d", "o+mlp", "half2", "LT"), Graft("d", "ln_final", positions="FE+LT")],
+        [Graft("d", "lm_head", positions="LT")],
+    ):
+        fast = grafted_last_logits(base, {"d": donor}, rules)(batch)  # [batch, vocab]
+        full = grafted_forward(base, {"d": donor}, batch.input_ids, batch.attention_mask, rules, spans=batch.spans)[:, -1]
+        assert torch.allclose(fast, full, atol=1e-5), (rules, (fast - full).abs().max())

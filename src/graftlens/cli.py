@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -77,11 +78,13 @@ def info(
 @friendly_errors
 def demo(
     model: str = typer.Option("smollm2-135m", help="model spec to run the demo on"),
+    out: Path = typer.Option(Path("runs/demo"), help="run directory (results, figures, report.html)"),
+    restart: bool = typer.Option(False, "--restart", help="discard the results already in the run directory"),
 ) -> None:
-    """Run the main job on the embedded default model."""
+    """Run the main job on the embedded default model: finetune, graft, figures, HTML report."""
     from graftlens.demo import run_demo
 
-    run_demo(model, console=console)
+    run_demo(model, console=console, out=out, restart=restart)
 
 
 def _quiet_libraries() -> None:

@@ -38,16 +38,15 @@ def sweep_progress() -> Iterator[tuple]:
         yield on_finetune, on_score
 
 
-def execute(recipe_source: str, out: Path | None, resume: bool, device: str | None, command: str) -> Path:
-    """Run a recipe and write its report; returns the report's path (shared with ``graftlens demo``)."""
-    from graftlens.experiments import load_recipe, run_recipe
+def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: str | None, command: str) -> Path:
+    """Run a loaded recipe and write its report; returns the report's path (shared with ``graftlens demo``)."""
+    from graftlens.experiments import run_recipe
     from graftlens.report import write_report
 
-    recipe, path = load_recipe(recipe_source)
     run_dir = out or RUNS_DIR / recipe.name
-    console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(path))}) → {escape(str(run_dir))}")
+    console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(recipe_path))}) → {escape(str(run_dir))}")
     with sweep_progress() as (on_finetune, on_score):
-        summary = run_recipe(recipe, run_dir, recipe_path=path, device=device, resume=resume, command=command,
+        summary = run_recipe(recipe, run_dir, recipe_path=recipe_path, device=device, resume=resume, command=command,
                              progress=on_score, finetune_progress=on_finetune)  # fmt: skip
     reused = summary.total - summary.written
     console.print(
@@ -57,13 +56,11 @@ def execute(recipe_source: str, out: Path | None, resume: bool, device: str | No
     )
     with console.status("drawing figures and writing the report ..."):
         report = write_report(run_dir)
-    console.print(results_table(run_dir))
-    console.print(f"report: [bold]{escape(str(report))}[/]")
     return report
 
 
-def results_table(run_dir: Path, max_rows: int = 24) -> Table:
-    """The headline metric of each configuration (bootstrap 95% CI), as a rich table."""
+def results_table(run_dir: Path, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
+    """Top-1 and top-5 accuracy of each configuration (bootstrap 95% CI), as a rich table."""
     from graftlens.report.build import load_run
 
     run = load_run(run_dir)
@@ -71,12 +68,14 @@ def results_table(run_dir: Path, max_rows: int = 24) -> Table:
     table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
     for col in ("configuration", "n", "top-1", "top-5"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
-    for c in run.configs[:max_rows]:
+    configs = [c for c in run.configs if groups is None or c["group"] in groups]
+    for c in configs[:max_rows]:
         e = summary.get((c["name"],))
         if e is not None:
             table.add_row(escape(c["name"]), str(e["n"]), str(e["top1"]), str(e["top5"]))
-    if len(run.configs) > max_rows:
-        table.caption = f"... and {len(run.configs) - max_rows} more in the report"
+    if len(configs) < len(run.configs) or len(configs) > max_rows:
+        table.caption = f"{len(run.configs) - min(max_rows, len(configs))} more configurations in the report"
+        table.caption_justify = "left"
     return table
 
 
@@ -89,8 +88,13 @@ def run_cmd(
     """Run a recipe's sweep into a results store, then write its figures and HTML report.
 
     Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
+    from graftlens.experiments import load_recipe
+
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
-    execute(recipe, out, resume, device, command)
+    loaded, path = load_recipe(recipe)
+    report = execute(loaded, path, out, resume, device, command)
+    console.print(results_table(report.parent))
+    console.print(f"report: [bold]{escape(str(report))}[/]")
 
 
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)")) -> None:

@@ -105,12 +105,16 @@ def grafted_last_logits(base, donors, rules) -> LastLogits:
     """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
 
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
-    ``title``, ...) come from each batch's prompts."""
+    ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
+    applied to the last position only, as in the plain model's path."""
     from graftlens.graft.engine import Grafter
+    from graftlens.graft.rules import touched_modules
     from graftlens.models.loading import as_loaded
 
     loaded = as_loaded(base)
     grafter = Grafter(loaded, donors, rules)
+    head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
+    last_only = {} if head_paths & set(touched_modules(loaded.adapter, rules)) else {"logits_to_keep": 1}
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(loaded.device)
@@ -120,6 +124,7 @@ def grafted_last_logits(base, donors, rules) -> LastLogits:
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 position_ids=position_ids_for(batch.attention_mask),
+                **last_only,
             )
         return out.logits[:, -1]
 

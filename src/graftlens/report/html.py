@@ -20,8 +20,9 @@ _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child, td.text { text-align: left; }
+td.text { white-space: normal; max-width: 22em; }
 thead th { background: #f4f4f4; }
 .ci { color: #888; font-size: 11px; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -99,7 +100,7 @@ def _summary_table(run: RunData) -> str:
                            for g in c["grafts"]) or "no grafts"  # fmt: skip
         cells = "".join(_cell(entry[k], 1 if k == "mean_rank" else 3) for k in metrics)
         rows.append(f"<tr><td title='{escape(grafts)}'>{escape(c['name'])}</td><td>{escape(c['model'])}</td>"
-                    f"<td>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>")  # fmt: skip
+                    f"<td class='text'>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>")  # fmt: skip
     return (f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts</th><th>n</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
 
