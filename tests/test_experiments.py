@@ -49,6 +49,10 @@ def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps
           - {{name: SFT, model: sft}}
           - name: everything
             grafts: [{{donor: sft, components: all, layers: all, positions: all}}]
+          - name: two donors
+            grafts:
+              - {{donor: sft, components: all, layers: all, positions: all}}
+              - {{donor: pre, components: all, layers: all, positions: all}}
         sweeps:
           - {{kind: positions, donor: sft, sets: {POSITION_SETS}}}
           - {{kind: components, donor: sft, positions: LT, components: [attn, o+mlp], layers: [all, half2]}}
@@ -81,7 +85,7 @@ def finished_run(tmp_path_factory, recipe_file) -> Path:
     return out
 
 
-N_CONFIGS = 3 + len(POSITION_SETS) + 4 + 4  # written + positions + components + mlp windows over 4 layers
+N_CONFIGS = 4 + len(POSITION_SETS) + 4 + 4  # written + positions + components + mlp windows over 4 layers
 
 
 # --- recipes ----------------------------------------------------------------------------------
@@ -171,7 +175,8 @@ def test_run_writes_one_row_per_config_and_example(finished_run, small_facts) ->
 
 
 def test_stored_scores_match_the_models_and_the_grafting_identities(finished_run, small_facts) -> None:
-    """PRE equals the pretrained model scored directly; grafting everything everywhere equals SFT."""
+    """PRE equals the pretrained model scored directly; grafting everything everywhere equals SFT;
+    with two donors the later rule wins, so grafting pre over sft everywhere gives PRE back."""
     run = load_run(finished_run)
     by = {(r.config, r.example): r for r in run.rows}
     pre = load_model(run.manifest["models"]["pre"]["spec"])
@@ -183,6 +188,8 @@ def test_stored_scores_match_the_models_and_the_grafting_identities(finished_run
     for p in prompts:
         assert by[("everything", p.id)].target_prob == pytest.approx(by[("SFT", p.id)].target_prob, abs=1e-5)
         assert by[("everything", p.id)].target_rank == by[("SFT", p.id)].target_rank
+        assert by[("two donors", p.id)].target_prob == pytest.approx(by[("PRE", p.id)].target_prob, abs=1e-6)
+        assert by[("two donors", p.id)].target_rank == by[("PRE", p.id)].target_rank
     # FE+LT differs from PRE somewhere: the finetuned weights were grafted
     assert any(abs(by[("FE+LT", p.id)].target_prob - by[("PRE", p.id)].target_prob) > 1e-4 for p in prompts)
 
