@@ -57,6 +57,7 @@ def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps
           - {{kind: positions, donor: sft, sets: {POSITION_SETS}}}
           - {{kind: components, donor: sft, positions: LT, components: [attn, o+mlp], layers: [all, half2]}}
           - {{kind: layer_window, donor: sft, components: [mlp], window: 3}}
+          - {{kind: positions, donor: pre, recipient: sft, group: reverse, label: sft ← pre, sets: [FE, LT]}}
         """
         )
         + extra_sweeps
@@ -85,7 +86,7 @@ def finished_run(tmp_path_factory, recipe_file) -> Path:
     return out
 
 
-N_CONFIGS = 4 + len(POSITION_SETS) + 4 + 4  # written + positions + components + mlp windows over 4 layers
+N_CONFIGS = 4 + len(POSITION_SETS) + 4 + 4 + 2  # written + positions + components + mlp windows over 4 layers + reverse
 
 
 # --- recipes ----------------------------------------------------------------------------------
@@ -190,6 +191,10 @@ def test_stored_scores_match_the_models_and_the_grafting_identities(finished_run
         assert by[("everything", p.id)].target_rank == by[("SFT", p.id)].target_rank
         assert by[("two donors", p.id)].target_prob == pytest.approx(by[("PRE", p.id)].target_prob, abs=1e-6)
         assert by[("two donors", p.id)].target_rank == by[("PRE", p.id)].target_rank
+    # every component everywhere: sft with pre's weights at S is pre with sft's weights at S^C
+    for s_ in ("FE", "LT"):
+        for p in prompts:
+            assert by[(f"sft ← pre: {s_}", p.id)].target_prob == pytest.approx(by[(f"{s_}^C", p.id)].target_prob, abs=1e-6)
     # FE+LT differs from PRE somewhere: the finetuned weights were grafted
     assert any(abs(by[("FE+LT", p.id)].target_prob - by[("PRE", p.id)].target_prob) > 1e-4 for p in prompts)
 
@@ -293,10 +298,10 @@ def test_export_csv_and_parquet(tmp_path, finished_run) -> None:
 def test_figures_and_report_files(finished_run) -> None:
     figures = sorted((finished_run / "figures").glob("*.png"))
     # bars of the written configs (one is grafted) and of the positions, two heat maps
-    assert [p.stem for p in figures] == ["00-configs", "01-positions", "02-components", "03-layer-window"]
+    assert [p.stem for p in figures] == ["00-configs", "01-positions", "02-components", "03-layer-window", "04-reverse"]
     assert all(p.with_suffix(".svg").is_file() and p.stat().st_size > 5000 for p in figures)
     html = (finished_run / "report.html").read_text()
-    assert html.count("<img") == 4 and "data:image/png;base64," in html
+    assert html.count("<img") == 5 and "data:image/png;base64," in html
     assert "FE+LT" in html and "Manifest" in html and "graftlens run" in html
     assert "src='figures/" not in html and 'src="http' not in html  # self-contained
 
@@ -330,7 +335,7 @@ def test_report_renders_in_headless_chromium(tmp_path, finished_run) -> None:
         page.goto((finished_run / "report.html").as_uri())
         page.wait_for_load_state("load")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-        assert len(images) == 4 and all(ok and w > 200 and h > 100 for ok, w, h in images), images
+        assert len(images) == 5 and all(ok and w > 200 and h > 100 for ok, w, h in images), images
         assert page.title().startswith("graftlens")
         assert page.locator("table").count() >= 3
         assert not failed and all(u.startswith(("file:", "data:")) for u in requests), (failed, requests)

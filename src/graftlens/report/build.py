@@ -3,6 +3,7 @@ intervals, and drawn (which figure a group of configurations gets follows from i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,4 +123,4 @@ def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col
 
 
 def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-").lower() or "group"
+    return re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower() or "group"

@@ -73,19 +73,31 @@ def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: dict[t
             xlabel: str, ylabel: str = "grafted component") -> Figure:  # fmt: skip
     """A ``rows × cols`` grid of ``values`` with each cell's value written in it."""
     grid = np.array([[values.get((r, c), np.nan) for c in cols] for r in rows])  # [rows, cols]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(cols) + 2.5), max(2.6, 0.45 * len(rows) + 1.4)), layout="constrained")
-    vmax = 1.0 if metric != "mean_rank" else float(np.nanmax(grid))
+    width = min(16.0, max(5.0, (0.55 if len(cols) <= 16 else 0.42) * len(cols) + 2.5))
+    fig, ax = plt.subplots(figsize=(width, max(2.6, 0.45 * len(rows) + 1.4)), layout="constrained")
+    top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
+    if metric == "mean_rank":
+        vmax = top
+    else:
+        # Keep the 0–1 scale comparable across figures unless every value is small: then stretch
+        # the colours (and say so) so that a faint pattern is still visible.
+        vmax = 1.0 if top >= 0.25 else max(0.05, float(np.ceil(top * 20) / 20))
+        if vmax < 1.0:
+            title += f" — colour scale 0–{vmax:.2f}"
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-    ax.set_xticks(
-        range(len(cols)), cols, rotation=45 if max(map(len, cols)) > 3 else 0, ha="right" if max(map(len, cols)) > 3 else "center"
-    )
+    rotate = max(map(len, cols)) > 3
+    ax.set_xticks(range(len(cols)), cols, rotation=45 if rotate else 0, ha="right" if rotate else "center")
     ax.set_yticks(range(len(rows)), rows)
-    if len(cols) <= 16:
+    if len(cols) <= 32:
+        dense = len(cols) > 16
         for i in range(len(rows)):
             for j in range(len(cols)):
                 v = grid[i, j]
                 if not np.isnan(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if v > 0.6 * vmax else "white")
+                    text = f"{v:.2f}"
+                    text = text[1:] if dense and 0 <= v < 1 else text  # ".04": fits a narrow cell
+                    color = "black" if v > 0.6 * vmax else "white"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6 if dense else 8, color=color)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left", fontsize=11)
