@@ -138,24 +138,22 @@ def test_bad_recipe_is_one_line_from_the_cli(tmp_path) -> None:
     assert result.returncode == 2 and "shipped: " in result.stderr and "position-grafting" in result.stderr, result.stderr
 
 
-def test_a_layer_out_of_range_fails_before_any_scoring(tmp_path, text_model_dir, tiny_data, graftlens_cache) -> None:
-    text = recipe_text(text_model_dir, tiny_data).replace("layers: [all, half2]", "layers: [all, 7]")
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("layers: [all, half2]", "layers: [all, 7]", r"configuration 'attn @ 7'.*7"),
+        ("sets: ['FE'", "sets: ['director'", r"configuration 'director'.*no span 'director'"),
+    ],
+)
+def test_configs_that_do_not_fit_fail_before_any_scoring(tmp_path, text_model_dir, tiny_data, graftlens_cache, old, new, message):
+    """A layer out of range, a span the prompts lack: one error naming the configuration, no rows."""
     path = tmp_path / "r.yaml"
-    path.write_text(text)
+    path.write_text(recipe_text(text_model_dir, tiny_data).replace(old, new))
     recipe, _ = load_recipe(path)
-    with pytest.raises(RecipeError, match=r"configuration 'attn @ 7'.*7"):
+    with pytest.raises(RecipeError, match=message):
         run_recipe(recipe, tmp_path / "run", recipe_path=path)
     with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
         assert store.count(recipe.content_hash()) == 0
-
-
-def test_a_span_missing_from_the_prompts_names_it(tmp_path, text_model_dir, tiny_data, graftlens_cache) -> None:
-    text = recipe_text(text_model_dir, tiny_data).replace("sets: ['FE'", "sets: ['director'")
-    path = tmp_path / "r.yaml"
-    path.write_text(text)
-    recipe, _ = load_recipe(path)
-    with pytest.raises(RecipeError, match=r"configuration 'director'.*no span 'director'"):
-        run_recipe(recipe, tmp_path / "run", recipe_path=path)
 
 
 # --- the run, its store and its numbers ---------------------------------------------------------

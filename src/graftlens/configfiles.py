@@ -16,17 +16,22 @@ class ConfigFileError(GraftlensError):
     """A configuration file is missing, is not YAML, or holds an unknown key or a bad value."""
 
 
-def read_yaml_mapping(path: Path, what: str) -> dict:
-    """The mapping at the top of the YAML file ``path`` (``what`` names the file in errors)."""
+def read_yaml(path: Path, what: str) -> object:
+    """The content of the YAML (or JSON) file ``path`` (``what`` names the file in errors)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigFileError(f"{what} {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping at the top of the YAML file ``path`` (``what`` names the file in errors)."""
+    loaded = read_yaml(path, what)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -39,17 +39,11 @@ def make(
 
 
 def _read_templates(path: Path):
-    import yaml
-
+    from graftlens.configfiles import read_yaml
     from graftlens.data.dataset import DatasetError
     from graftlens.data.templates import templates_from_records
 
-    if not path.is_file():
-        raise DatasetError(f"template file {path} does not exist")
-    try:
-        records = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"template file {path} is not valid YAML/JSON: {exc}") from None
+    records = read_yaml(path, "template file")
     if isinstance(records, dict) and "templates" in records:
         records = records["templates"]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

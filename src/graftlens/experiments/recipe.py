@@ -143,46 +143,38 @@ class PositionSweep(_Strict):
         return v
 
 
-class ComponentSweep(_Strict):
+class _ComponentListSweep(_Strict):
+    """What the component and layer-window sweeps share: a donor, positions, component groups."""
+
+    donor: str
+    recipient: str | None = None
+    positions: str = "LT"
+    components: list[str] = Field(min_length=1)
+
+    _positions = field_validator("positions")(_check_positions)
+
+    @field_validator("components")
+    @classmethod
+    def _comps(cls, v: list[str]) -> list[str]:
+        for c in v:
+            _check_components(c)
+        return v
+
+
+class ComponentSweep(_ComponentListSweep):
     """Graft each component group in each layer group from ``donor`` at ``positions``."""
 
     kind: Literal["components"]
-    donor: str
-    recipient: str | None = None
-    positions: str = "LT"
-    components: list[str] = Field(min_length=1)
     layers: list[LayerSpec] = Field(min_length=1)
     group: str = "components"
 
-    _positions = field_validator("positions")(_check_positions)
 
-    @field_validator("components")
-    @classmethod
-    def _comps(cls, v: list[str]) -> list[str]:
-        for c in v:
-            _check_components(c)
-        return v
-
-
-class LayerWindowSweep(_Strict):
+class LayerWindowSweep(_ComponentListSweep):
     """Graft each component group in a window of ``window`` layers centred on each layer."""
 
     kind: Literal["layer_window"]
-    donor: str
-    recipient: str | None = None
-    positions: str = "LT"
-    components: list[str] = Field(min_length=1)
     window: int = Field(1, ge=1)
     group: str = "layer_window"
-
-    _positions = field_validator("positions")(_check_positions)
-
-    @field_validator("components")
-    @classmethod
-    def _comps(cls, v: list[str]) -> list[str]:
-        for c in v:
-            _check_components(c)
-        return v
 
 
 Sweep = Annotated[PositionSweep | ComponentSweep | LayerWindowSweep, Field(discriminator="kind")]
