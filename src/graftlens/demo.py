@@ -24,7 +24,7 @@ from graftlens.commands.experiments import execute, results_table
 from graftlens.experiments import load_recipe
 from graftlens.experiments.metrics import summary
 from graftlens.models import EMBEDDED_SPEC
-from graftlens.report.build import load_run
+from graftlens.report.build import RunData, load_run
 
 DEMO_RECIPE = "demo"
 DEMO_RUN_DIR = Path("runs") / "demo"
@@ -42,16 +42,16 @@ def run_demo(spec: str, console: Console, out: Path = DEMO_RUN_DIR, restart: boo
     )
     command = "graftlens demo" + (f" --model {spec}" if spec != EMBEDDED_SPEC else "")
     report = execute(recipe, path, out, not restart, None, command)
-    console.print(results_table(out, groups=("configs", "positions")))
-    console.print(_by_direction(out))
-    _show_example(console, out)
+    run = load_run(out)
+    console.print(results_table(run, groups=("configs", "positions")))
+    console.print(_by_direction(run))
+    _show_example(console, run)
     console.print(f"report: [bold]{escape(str(report))}[/]  (figures in {escape(str(out / 'figures'))})")
     return report
 
 
-def _by_direction(run_dir: Path) -> Table:
+def _by_direction(run: RunData) -> Table:
     """Top-5 accuracy of the reference and position configurations, forward and backward."""
-    run = load_run(run_dir)
     table_data = summary(run.rows, ("config", "direction"), ("top5",), n_boot=0)
     directions = list(dict.fromkeys(r.direction for r in run.rows))
     table = Table(title="top-5 by direction", title_justify="left")
@@ -64,8 +64,7 @@ def _by_direction(run_dir: Path) -> Table:
     return table
 
 
-def _show_example(console: Console, run_dir: Path) -> None:
-    run = load_run(run_dir)
+def _show_example(console: Console, run: RunData) -> None:
     first = run.rows[0].example
     rows = [r for r in run.rows if r.example == first and r.config in ("PRE", "SFT", "FE+LT")]
     table = Table(title=f"top-5 after {rows[0].prompt!r} (target {rows[0].target!r})", title_justify="left")

@@ -59,11 +59,8 @@ def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: s
     return report
 
 
-def results_table(run_dir: Path, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
-    """Top-1 and top-5 accuracy of each configuration (bootstrap 95% CI), as a rich table."""
-    from graftlens.report.build import load_run
-
-    run = load_run(run_dir)
+def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
+    """Top-1 and top-5 accuracy of each configuration of a loaded run (bootstrap 95% CI), as a rich table."""
     summary = run.summary(("config",), ("top1", "top5"))
     table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
     for col in ("configuration", "n", "top-1", "top-5"):
@@ -89,21 +86,23 @@ def run_cmd(
 
     Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
     from graftlens.experiments import load_recipe
+    from graftlens.report.build import load_run
 
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
     loaded, path = load_recipe(recipe)
     report = execute(loaded, path, out, resume, device, command)
-    console.print(results_table(report.parent))
+    console.print(results_table(load_run(report.parent)))
     console.print(f"report: [bold]{escape(str(report))}[/]")
 
 
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)")) -> None:
     """Redraw the figures and rewrite the HTML report of a run."""
     from graftlens.report import write_report
+    from graftlens.report.build import load_run
 
     with console.status("drawing figures and writing the report ..."):
         path = write_report(run_dir)
-    console.print(results_table(run_dir))
+    console.print(results_table(load_run(run_dir)))
     console.print(f"report: [bold]{escape(str(path))}[/]")
 
 
