@@ -25,7 +25,7 @@ from graftlens.data.facts import KINDS as FACT_KINDS
 from graftlens.errors import GraftlensError
 from graftlens.graft.positions import parse_positions
 from graftlens.graft.rules import Graft
-from graftlens.models.names import expand_components
+from graftlens.models.names import expand_components, layer_window
 from graftlens.train.config import FinetuneConfig
 
 SHIPPED = Path(__file__).parent / "recipes"
@@ -317,17 +317,22 @@ def _expand(sweep: PositionSweep | ComponentSweep, recipient: str) -> list[RunCo
 
 def window_configs(sweep: LayerWindowSweep, recipient: str, n_layers: int) -> list[RunConfig]:
     """A layer-window sweep on a model of ``n_layers`` layers: one config per (component, centre)."""
-    half = sweep.window // 2
     out = []
     for comp in sweep.components:
         for centre in range(n_layers):
-            lo, hi = max(0, centre - half), min(n_layers, centre - half + sweep.window)
             out.append(
                 RunConfig(
                     f"{comp} @ L{centre}",
                     sweep.group,
                     recipient,
-                    (GraftSpec(donor=sweep.donor, components=comp, layers=list(range(lo, hi)), positions=sweep.positions),),
+                    (
+                        GraftSpec(
+                            donor=sweep.donor,
+                            components=comp,
+                            layers=layer_window(centre, sweep.window, n_layers),
+                            positions=sweep.positions,
+                        ),
+                    ),
                     {"component": comp, "layer": str(centre)},
                 )
             )

@@ -128,3 +128,10 @@ def _parse_layer_string(text: str, n_layers: int) -> list[int]:
                 "half1/half2, quarter1..quarter4, eighth1..eighth8"
             )
     return layers
+
+
+def layer_window(centre: int, window: int, n_layers: int) -> list[int]:
+    """The ``window`` layers centred on ``centre`` (cut at the model's ends), as Geva et al.'s knockouts use."""
+    half = window // 2
+    lo, hi = max(0, centre - half), min(n_layers, centre - half + window)
+    return list(range(lo, hi))

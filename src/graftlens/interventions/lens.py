@@ -1,0 +1,65 @@
+"""Vocabulary projection: read an intermediate activation as next-token logits.
+
+``project`` applies the model's final norm (optionally) and its unembedding to any
+``[..., d_model]`` activation: a residual stream (the logit lens), or a sublayer output.
+Geva et al. use it two ways, both built from :func:`point_logits`:
+
+- **attribute rate**: project the residual stream at a position (the subject's last token)
+  after each layer; how often is the fact's answer among the top-k tokens?
+- **extraction events**: project the attention and MLP sublayer outputs at the last position;
+  an event is a sublayer whose top-1 token is the answer.
+
+Gemma's final logit soft-capping is not applied: it is monotonic, so ranks are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from graftlens.errors import UnknownComponentError
+from graftlens.interventions.hooks import PointLike, capture
+from graftlens.interventions.patching import run_logits
+from graftlens.interventions.points import parse_point
+from graftlens.models.loading import LoadedModel, as_loaded
+
+
+def final_norm(loaded: LoadedModel) -> nn.Module:
+    """The norm applied before the unembedding (present even where it has no weights)."""
+    try:
+        path = loaded.adapter.sites("ln_final")[0].path
+    except UnknownComponentError:  # a norm without parameters (OLMo-1) is not a graftable site
+        path = loaded.adapter.family.model_wide["ln_final"][0].rstrip("?")
+    return loaded.model.get_submodule(path)
+
+
+def project(model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True) -> torch.Tensor:
+    """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]``."""
+    loaded = as_loaded(model)
+    with torch.no_grad():
+        if use_final_norm:
+            hidden = final_norm(loaded)(hidden)
+        return loaded.model.get_output_embeddings()(hidden)
+
+
+def point_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    points: list[PointLike],
+    positions: torch.Tensor,
+    use_final_norm: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Projected logits of each stream point at one position per example, from one forward pass.
+
+    ``positions`` is a ``LongTensor[batch]`` of padded indices (e.g. the subject's last token,
+    or -1 for the last token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``."""
+    loaded = as_loaded(model)
+    parsed = [parse_point(p) for p in points]
+    for p in parsed:
+        if p.per_head:
+            raise UnknownComponentError(f"vocabulary projection reads stream points (resid, attn_out, mlp_out), not {p}")
+    with capture(loaded, parsed) as cache:
+        run_logits(loaded, input_ids, attention_mask, last_only=True)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return {str(p): project(loaded, cache[p][rows, positions.to(input_ids.device)], use_final_norm) for p in parsed}

@@ -1,0 +1,218 @@
+"""Activation patching (one model, two inputs) and cross-model activation patching (two models, one input).
+
+A :class:`Patch` writes a *source* activation into a run at some positions (and, for per-head
+points, some heads). Activation patching takes the source from the same model on another input
+(clean → corrupted); CMAP (Prakash et al.) takes it from another model — the finetuned one —
+on the same input, and writes it into the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError
+from graftlens.graft.engine import position_ids_for
+from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
+from graftlens.interventions.points import Point, parse_point
+from graftlens.models.loading import LoadedModel, as_loaded
+
+
+class PatchError(GraftlensError):
+    """A patch does not fit the run it is written into (shape, heads, models)."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Write ``source`` into ``point`` at ``positions`` (``BoolTensor[batch, pos]``; None = all)
+    and, for per-head points, only for ``heads`` (None = all heads)."""
+
+    point: Point
+    source: torch.Tensor  # the point's activation in the source run: [batch, pos, ...]
+    positions: torch.Tensor | None = None
+    heads: tuple[int, ...] | None = None
+
+    def as_edit(self) -> Edit:
+        point, source, positions, heads = self.point, self.source, self.positions, self.heads
+
+        def write(x: torch.Tensor) -> torch.Tensor:
+            if source.shape != x.shape:
+                raise PatchError(f"patch of {point}: source has shape {list(source.shape)}, the run has {list(x.shape)}")
+            where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if positions is None else positions.to(x.device)
+            where = where.reshape(*where.shape, *([1] * (x.dim() - 2)))  # [batch, pos, 1(, 1)]
+            if heads is not None:
+                if not point.per_head:
+                    raise PatchError(f"patch of {point}: heads are given, but {point.name!r} is not a per-head point")
+                bad = [h for h in heads if not 0 <= h < x.shape[2]]
+                if bad:
+                    raise PatchError(f"patch of {point}: heads {bad} out of range (the point has {x.shape[2]} heads)")
+                chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+                chosen[list(heads)] = True
+                where = where & chosen[:, None]  # [batch, pos, head, 1]
+            return torch.where(where, source.to(x.device, x.dtype), x)
+
+        return write
+
+
+def run_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``), with position ids from the mask."""
+    loaded = as_loaded(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    extra = {"logits_to_keep": 1} if last_only else {}
+    with torch.no_grad():
+        out = loaded.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
+        )
+    return out.logits
+
+
+def run_with_cache(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    points: Iterable[PointLike],
+    last_only: bool = False,
+) -> tuple[torch.Tensor, ActivationCache]:
+    """Logits and the activations at ``points`` of one forward pass."""
+    with capture(model, points) as cache:
+        logits = run_logits(model, input_ids, attention_mask, last_only)
+    return logits, cache
+
+
+def patched_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    patches: Sequence[Patch],
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Logits of ``model`` on ``input_ids`` with every patch written in (one forward pass)."""
+    edits: dict[Point, list[Edit]] = {}
+    for p in patches:
+        edits.setdefault(p.point, []).append(p.as_edit())
+
+    def chain(fns: list[Edit]) -> Edit:
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            for fn in fns:
+                x = fn(x)
+            return x
+
+        return apply
+
+    with edit(model, {point: chain(fns) for point, fns in edits.items()}):
+        return run_logits(model, input_ids, attention_mask, last_only)
+
+
+# ---- activation patching sweeps -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchingSweep:
+    """Result of :func:`activation_patching`: the metric after each single patch.
+
+    ``scores[layer, j]``: mean target probability at the last position when the clean
+    activation of ``point_name`` at layer ``layer`` and column ``j`` (a position, or a head with
+    ``by="head"``) is written into the corrupted run. ``clean``/``corrupted`` are the unpatched
+    values; :attr:`recovered` rescales to 0 (corrupted) .. 1 (clean)."""
+
+    point_name: str
+    by: str  # "position" | "head"
+    scores: torch.Tensor  # [layer, pos] or [layer, head]
+    clean: float
+    corrupted: float
+
+    @property
+    def recovered(self) -> torch.Tensor:
+        gap = self.clean - self.corrupted
+        return (self.scores - self.corrupted) / gap if gap != 0 else torch.full_like(self.scores, float("nan"))
+
+
+def _target_prob(logits: torch.Tensor, target_ids: torch.Tensor) -> float:
+    probs = logits[:, -1].float().softmax(-1)  # [batch, vocab]
+    return float(probs.gather(1, target_ids[:, None].to(probs.device)).mean())
+
+
+def activation_patching(
+    model: LoadedModel | nn.Module,
+    clean_ids: torch.Tensor,
+    corrupted_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    point_name: str = "resid_pre",
+    attention_mask: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    by: str = "position",
+) -> PatchingSweep:
+    """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
+    layer × head, at every position) at a time, and record the target's mean probability.
+
+    ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
+    prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``."""
+    loaded = as_loaded(model)
+    if clean_ids.shape != corrupted_ids.shape:
+        raise PatchError(
+            f"clean and corrupted inputs must be token-aligned: shapes {list(clean_ids.shape)} and {list(corrupted_ids.shape)}"
+        )
+    if by not in ("position", "head"):
+        raise PatchError(f"activation_patching by={by!r}: choose 'position' or 'head'")
+    layers = list(range(loaded.adapter.n_layers)) if layers is None else list(layers)
+    points = [Point(point_name, layer) for layer in layers]
+    if by == "head" and not points[0].per_head:
+        raise PatchError(f"by='head' needs a per-head point (z, q, k, v), got {point_name!r}")
+    clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
+    corrupted = _target_prob(run_logits(loaded, corrupted_ids, attention_mask, last_only=True), target_ids)
+    batch, seq = clean_ids.shape
+    columns = clean_cache[points[0]].shape[2] if by == "head" else seq
+    scores = torch.empty(len(layers), columns)
+    for i, point in enumerate(points):
+        for j in range(columns):
+            if by == "head":
+                patch = Patch(point, clean_cache[point], None, (j,))
+            else:
+                where = torch.zeros(batch, seq, dtype=torch.bool)
+                where[:, j] = True
+                patch = Patch(point, clean_cache[point], where)
+            logits = patched_logits(loaded, corrupted_ids, attention_mask, [patch], last_only=True)
+            scores[i, j] = _target_prob(logits, target_ids)
+    return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
+
+
+# ---- cross-model activation patching ------------------------------------------------------------
+
+
+def check_same_shapes(base: LoadedModel, donor: LoadedModel) -> None:
+    """CMAP needs activations of equal shapes: same family, layers, heads and widths."""
+    a, b = base.adapter, donor.adapter
+    if (a.model_type, a.dims) != (b.model_type, b.dims):
+        raise PatchError(
+            f"cannot patch activations of {donor.spec!r} ({b.model_type}, {b.dims}) into {base.spec!r} ({a.model_type}, {a.dims})"
+        )
+
+
+def cross_model_patched_logits(
+    base: LoadedModel | nn.Module,
+    donor_cache: Mapping[Point, torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    heads: Mapping[PointLike, Sequence[int] | None],
+    positions: torch.Tensor | None = None,
+    last_only: bool = True,
+) -> torch.Tensor:
+    """Logits of ``base`` with the donor's activations (``donor_cache``, captured on the same
+    input by :func:`run_with_cache`) written in at ``heads`` (point → head list, None = all
+    heads or the whole stream point) and ``positions``."""
+    patches = []
+    for key, hs in heads.items():
+        point = parse_point(key)
+        if point not in donor_cache:
+            raise PatchError(f"the donor activations hold no {point}; capture it first")
+        patches.append(Patch(point, donor_cache[point], positions, None if hs is None else tuple(hs)))
+    return patched_logits(base, input_ids, attention_mask, patches, last_only)

@@ -1,0 +1,267 @@
+"""Activation-level methods on tiny random models of every family: identities and hand computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import VOCAB, make_tiny_model
+from graftlens import LayerSelectionError
+from graftlens.interventions import (
+    POINT_NAMES,
+    KnockoutError,
+    Patch,
+    PatchError,
+    Point,
+    PointError,
+    activation_patching,
+    attention_knockout,
+    capture,
+    cross_model_patched_logits,
+    edit,
+    knockout_edges,
+    parse_point,
+    patched_logits,
+    point_logits,
+    run_logits,
+    run_with_cache,
+)
+from graftlens.models.loading import as_loaded as as_loaded_model
+
+SEQ = 7
+
+
+def _inputs(batch: int = 3, seq: int = SEQ, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, seq), generator=g)
+
+
+def _all_points(n_layers: int) -> list[Point]:
+    return [Point(name, layer) for name in POINT_NAMES for layer in range(n_layers)]
+
+
+def test_points_parse_and_errors():
+    assert parse_point("z.5") == Point("z", 5)
+    assert str(Point("resid_post", 2)) == "resid_post.2"
+    with pytest.raises(PointError, match="unknown hook point 'zz'"):
+        parse_point("zz.1")
+    with pytest.raises(PointError, match="NAME.LAYER"):
+        parse_point("z")
+    model = make_tiny_model("llama")
+    with pytest.raises(LayerSelectionError, match="layer 9 out of range"), capture(model, ["z.9"]):
+        pass
+
+
+def test_capture_shapes_and_consistency(family):
+    model = make_tiny_model(family)
+    loaded = as_loaded_model(model)
+    a = loaded.adapter
+    ids = _inputs()
+    logits, cache = run_with_cache(model, ids, None, _all_points(a.n_layers))
+    assert torch.equal(logits, run_logits(model, ids))  # capturing changes nothing
+    for layer in range(a.n_layers):
+        assert cache[f"z.{layer}"].shape == (3, SEQ, a.n_heads, a.d_head)
+        assert cache[f"q.{layer}"].shape == (3, SEQ, a.n_heads, a.d_head)
+        assert cache[f"k.{layer}"].shape == (3, SEQ, a.n_kv_heads, a.d_head)
+        assert cache[f"v.{layer}"].shape == (3, SEQ, a.n_kv_heads, a.d_head)
+        for name in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
+            assert cache[f"{name}.{layer}"].shape == (3, SEQ, a.d_model)
+        # attn_out is the output projection applied to the concatenated head outputs
+        o_proj = model.get_submodule(a.sites("o", layer)[0].path)
+        torch.testing.assert_close(o_proj(cache[f"z.{layer}"].flatten(-2)), cache[f"attn_out.{layer}"], rtol=0, atol=1e-6)
+        if layer + 1 < a.n_layers:
+            assert torch.equal(cache[f"resid_post.{layer}"], cache[f"resid_pre.{layer + 1}"])
+
+
+def test_identity_edits_and_self_patching_change_nothing(family):
+    """Writing every point back unchanged, or patching a run into itself, is bit for bit the model."""
+    model = make_tiny_model(family)
+    n = as_loaded_model(model).adapter.n_layers
+    ids = _inputs()
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding in one row
+    plain = run_logits(model, ids, mask)
+    with edit(model, {p: (lambda x: x) for p in _all_points(n)}):
+        assert torch.equal(run_logits(model, ids, mask), plain)
+    _, cache = run_with_cache(model, ids, mask, _all_points(n))
+    patches = [Patch(p, cache[p]) for p in _all_points(n)]
+    assert torch.equal(patched_logits(model, ids, mask, patches), plain)
+
+
+def test_cmap_with_the_base_as_donor_changes_nothing(family):
+    base = make_tiny_model(family)
+    n = as_loaded_model(base).adapter.n_layers
+    ids = _inputs()
+    points = [Point(name, layer) for name in ("z", "q", "k", "v") for layer in range(n)]
+    _, donor_cache = run_with_cache(base, ids, None, points)
+    heads = {p: None for p in points}
+    assert torch.equal(cross_model_patched_logits(base, donor_cache, ids, None, heads, last_only=False), run_logits(base, ids))
+
+
+def test_cmap_patches_only_the_chosen_heads_and_positions():
+    base, donor = make_tiny_model("llama", seed=0), make_tiny_model("llama", seed=1)
+    ids = _inputs()
+    where = torch.zeros_like(ids, dtype=torch.bool)
+    where[:, 2] = True
+    _, donor_cache = run_with_cache(donor, ids, None, ["z.1"])
+    with capture(base, ["z.1"]) as patched:
+        cross_model_patched_logits(base, donor_cache, ids, None, {"z.1": [3]}, where)
+    _, base_cache = run_with_cache(base, ids, None, ["z.1"])
+    got, want_base, want_donor = patched["z.1"], base_cache["z.1"], donor_cache["z.1"]
+    assert torch.equal(got[:, 2, 3], want_donor[:, 2, 3])
+    keep = torch.ones_like(got, dtype=torch.bool)
+    keep[:, 2, 3] = False
+    assert torch.equal(got[keep], want_base[keep])
+    assert not torch.equal(want_base[:, 2, 3], want_donor[:, 2, 3])
+    with pytest.raises(PatchError, match="heads \\[7\\] out of range"):
+        cross_model_patched_logits(base, donor_cache, ids, None, {"z.1": [7]}, where)
+    with pytest.raises(PatchError, match="no z.2"):
+        cross_model_patched_logits(base, donor_cache, ids, None, {"z.2": None}, where)
+
+
+def _rotary(model, q, k, position_ids):
+    """Rotary embeddings as the llama family applies them (q, k: [batch, head, pos, d_head])."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos, sin = model.model.rotary_emb(q, position_ids)
+    return apply_rotary_pos_emb(q, k, cos, sin)
+
+
+def _heads_by_hand(family: str, model, cache, layer: int, blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """Head outputs ``[batch, pos, head, d_head]`` from hooked q, k, v: softmax(q·k/√d + mask) · v."""
+    q = cache[f"q.{layer}"].transpose(1, 2)  # [batch, head, pos, d_head]
+    k = cache[f"k.{layer}"].transpose(1, 2)
+    v = cache[f"v.{layer}"].transpose(1, 2)
+    batch, _, seq, d = q.shape
+    if family == "llama":
+        q, k = _rotary(model, q, k, torch.arange(seq)[None].expand(batch, seq))
+        rep = q.shape[1] // k.shape[1]  # grouped-query attention: each KV head serves `rep` query heads
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = q @ k.transpose(-1, -2) / d**0.5  # [batch, head, pos, pos]
+    allowed = torch.ones(seq, seq, dtype=torch.bool).tril()[None, None]
+    if blocked is not None:
+        allowed = allowed & ~blocked[:, None]
+    pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)  # [batch, head, query, key]
+    return (pattern @ v).transpose(1, 2)  # [batch, pos, head, d_head]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_head_outputs_match_a_hand_computation(family):
+    model = make_tiny_model(family)
+    ids = _inputs()
+    _, cache = run_with_cache(model, ids, None, ["q.2", "k.2", "v.2", "z.2"])
+    torch.testing.assert_close(_heads_by_hand(family, model, cache, 2), cache["z.2"], rtol=0, atol=1e-5)
+
+
+def test_knockout_of_nothing_changes_nothing(family):
+    model = make_tiny_model(family)
+    n = as_loaded_model(model).adapter.n_layers
+    ids = _inputs()
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    plain = run_logits(model, ids, mask)
+    with attention_knockout(model, torch.zeros(3, SEQ, SEQ, dtype=torch.bool), range(n)):
+        assert torch.equal(run_logits(model, ids, mask), plain)
+    assert torch.equal(run_logits(model, ids, mask), plain)  # and the model is restored afterwards
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_knockout_matches_a_hand_masked_attention(family):
+    model = make_tiny_model(family)
+    ids = _inputs()
+    sources = torch.zeros_like(ids, dtype=torch.bool)
+    sources[:, 1:3] = True
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, -1] = True
+    edges = knockout_edges(sources, targets)
+    with attention_knockout(model, edges, [1]), capture(model, ["q.1", "k.1", "v.1", "z.1"]) as cache:
+        run_logits(model, ids)
+    torch.testing.assert_close(_heads_by_hand(family, model, cache, 1, edges), cache["z.1"], rtol=0, atol=1e-5)
+    _, plain = run_with_cache(model, ids, None, ["z.1"])
+    assert torch.equal(cache["z.1"][:, :-1], plain["z.1"][:, :-1])  # only the last query row moved
+    assert not torch.allclose(cache["z.1"][:, -1], plain["z.1"][:, -1])
+
+
+def test_a_fully_blocked_row_attends_to_nothing(family):
+    """Blocking every edge of the last position gives that row zero head outputs, not NaN or uniform attention."""
+    model = make_tiny_model(family)
+    ids = _inputs()
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, -1] = True
+    edges = knockout_edges(torch.ones_like(targets), targets)
+    with attention_knockout(model, edges, [0]), capture(model, ["z.0", "z.1"]) as cache:
+        logits = run_logits(model, ids, mask)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(cache["z.0"][:, -1], torch.zeros_like(cache["z.0"][:, -1]))
+    assert cache["z.0"][:, :-1].abs().sum() > 0
+
+
+def test_knockout_per_example_results_do_not_depend_on_padding():
+    model = make_tiny_model("llama")
+    short, long = _inputs(1, 4, seed=3), _inputs(1, SEQ, seed=4)
+    ids = torch.cat([torch.cat([torch.zeros(1, SEQ - 4, dtype=torch.long), short], 1), long])
+    mask = torch.ones_like(ids)
+    mask[0, : SEQ - 4] = 0
+    sources = torch.zeros_like(ids, dtype=torch.bool)
+    sources[0, SEQ - 4] = sources[1, 0] = True  # each row's first real token
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, -1] = True
+    with attention_knockout(model, knockout_edges(sources, targets), [0, 1]):
+        batched = run_logits(model, ids, mask)[:, -1]
+    for row, alone in ((0, short), (1, long)):
+        s = torch.zeros_like(alone, dtype=torch.bool)
+        s[0, 0] = True
+        t = torch.zeros_like(alone, dtype=torch.bool)
+        t[0, -1] = True
+        with attention_knockout(model, knockout_edges(s, t), [0, 1]):
+            torch.testing.assert_close(run_logits(model, alone)[:, -1], batched[row : row + 1], rtol=0, atol=1e-5)
+
+
+def test_knockout_errors():
+    model = make_tiny_model("llama")
+    ids = _inputs()
+    none = torch.zeros(3, SEQ, SEQ, dtype=torch.bool)
+    with pytest.raises(LayerSelectionError, match="knockout layers \\[4\\]"), attention_knockout(model, none, [4]):
+        pass
+    with pytest.raises(KnockoutError, match="BoolTensor"), attention_knockout(model, torch.zeros(3, SEQ), [0]):
+        pass
+    with pytest.raises(KnockoutError, match="do not fit a batch of 2"), attention_knockout(model, none, [0]):
+        run_logits(model, ids[:2])
+    assert model.config._attn_implementation == "sdpa"  # restored after the error
+
+
+def test_activation_patching_recovers_the_clean_run_at_the_changed_token():
+    model = make_tiny_model("llama")
+    clean = _inputs(2)
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 5) % VOCAB
+    targets = run_logits(model, clean)[:, -1].argmax(-1)
+    sweep = activation_patching(model, clean, corrupted, targets, "resid_pre")
+    assert sweep.scores.shape == (4, SEQ)
+    # Layer 0's input differs only at the changed token: patching it there gives the clean run back.
+    assert sweep.scores[0, 2].item() == pytest.approx(sweep.clean, abs=1e-6)
+    assert sweep.recovered[0, 2].item() == pytest.approx(1.0, abs=1e-5)
+    assert sweep.scores[0, 0].item() == pytest.approx(sweep.corrupted, abs=1e-6)  # an unchanged token: nothing
+    # Clean into clean: every patch gives the clean value.
+    same = activation_patching(model, clean, clean, targets, "z", by="head")
+    assert same.scores.shape == (4, 4)
+    torch.testing.assert_close(same.scores, torch.full((4, 4), same.clean), rtol=0, atol=1e-6)
+    with pytest.raises(PatchError, match="token-aligned"):
+        activation_patching(model, clean, corrupted[:, :-1], targets)
+    with pytest.raises(PatchError, match="per-head point"):
+        activation_patching(model, clean, corrupted, targets, "resid_pre", by="head")
+
+
+def test_projecting_the_last_residual_gives_the_model_logits(family):
+    model = make_tiny_model(family)
+    n = as_loaded_model(model).adapter.n_layers
+    ids = _inputs()
+    last = torch.full((3,), SEQ - 1)
+    got = point_logits(model, ids, None, [f"resid_post.{n - 1}"], last)[f"resid_post.{n - 1}"]
+    want = run_logits(model, ids)[:, -1]
+    if family == "gemma2":  # final logit soft-capping is left out: monotonic, same ranking
+        assert torch.equal(got.argsort(-1), want.argsort(-1))
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
