@@ -78,3 +78,12 @@ def summary(
             entry[m] = estimate(group, m, n_boot, seed)
         out[key] = entry
     return out
+
+
+def relative_change(rows: Sequence[ResultRow], baseline: Sequence[ResultRow], n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Mean relative change (%) of each example's target probability against ``baseline``'s
+    (the knockout metric of Geva et al.), paired by example, with a bootstrap interval."""
+    base = {r.example: r.target_prob for r in baseline}
+    values = np.array([100.0 * (r.target_prob / base[r.example] - 1.0) for r in rows if base.get(r.example, 0) > 0])
+    lo, hi = bootstrap_ci(values, n_boot, seed)
+    return Estimate(float(values.mean()) if len(values) else float("nan"), lo, hi)

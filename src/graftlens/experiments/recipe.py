@@ -17,54 +17,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from graftlens.configfiles import read_yaml_mapping, validated
 from graftlens.data.facts import DIRECTIONS
 from graftlens.data.facts import KINDS as FACT_KINDS
-from graftlens.errors import GraftlensError
-from graftlens.graft.positions import parse_positions
+from graftlens.experiments.method_specs import (
+    CmapSpec,
+    CmapSweep,
+    KnockoutSpec,
+    KnockoutSweep,
+    LensSpec,
+    LensSweep,
+    cmap_configs,
+    knockout_configs,
+    lens_configs,
+)
+from graftlens.experiments.specbase import (
+    LayerSpec,
+    RecipeError,
+    Strict,
+    check_components,
+    check_positions,
+    layers_label,
+)
 from graftlens.graft.rules import Graft
-from graftlens.models.names import expand_components, layer_window
+from graftlens.models.names import layer_window
 from graftlens.train.config import FinetuneConfig
 
 SHIPPED = Path(__file__).parent / "recipes"
 
-LayerSpec = int | str | list[int]
 
-
-class RecipeError(GraftlensError):
-    """A recipe cannot be found or does not fit the models it runs on."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_components(value: str | list[str]) -> str | list[str]:
-    try:
-        expand_components(value)
-    except GraftlensError as exc:  # pydantic reports ValueErrors with the key they belong to
-        raise ValueError(str(exc)) from None
-    return value
-
-
-def _check_positions(value: str) -> str:
-    try:
-        parse_positions(value)
-    except GraftlensError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-def _layers_label(layers: LayerSpec) -> str:
-    return ",".join(map(str, layers)) if isinstance(layers, list) else str(layers)
-
-
-class DataSpec(_Strict):
-    """Generated facts (``kind``, ``facts``, ``seed``) or an existing dataset directory (``dir``)."""
+class DataSpec(Strict):
+    """Generated facts (``kind``, ``facts``, ``seed``), an existing dataset directory (``dir``), or
+    well-known facts (``known_facts``: ``shipped`` or a JSONL file) for the activation-level methods."""
 
     dir: str | None = None
+    known_facts: str | None = None
     kind: str = "fake_actors"
     facts: int = Field(12, ge=1)
     seed: int = 0
@@ -76,15 +65,21 @@ class DataSpec(_Strict):
             raise ValueError(f"unknown fact kind {v!r}; known: {', '.join(FACT_KINDS)}")
         return v
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if self.dir is not None and self.known_facts is not None:
+            raise ValueError("give at most one of 'dir' or 'known_facts'")
+        return self
 
-class FinetuneSpec(_Strict):
+
+class FinetuneSpec(Strict):
     """Finetune model ``base`` of the recipe on the recipe's data with ``settings``."""
 
     base: str
     settings: FinetuneConfig = FinetuneConfig()
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Exactly one of ``spec`` (hub id, directory, ``smollm2-135m``) or ``finetune``."""
 
     spec: str | None = None
@@ -97,7 +92,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class GraftSpec(_Strict):
+class GraftSpec(Strict):
     """One graft rule: ``donor`` computes ``components`` of ``layers`` at ``positions``."""
 
     donor: str
@@ -105,14 +100,14 @@ class GraftSpec(_Strict):
     layers: LayerSpec = "all"
     positions: str = "all"
 
-    _components = field_validator("components")(_check_components)
-    _positions = field_validator("positions")(_check_positions)
+    _components = field_validator("components")(check_components)
+    _positions = field_validator("positions")(check_positions)
 
     def to_graft(self) -> Graft:
         return Graft(self.donor, self.components, self.layers, self.positions)
 
 
-class ConfigSpec(_Strict):
+class ConfigSpec(Strict):
     """One configuration: ``model`` (default: the recipe's recipient) with ``grafts`` applied."""
 
     name: str = Field(min_length=1)
@@ -121,7 +116,7 @@ class ConfigSpec(_Strict):
     group: str = "configs"
 
 
-class PositionSweep(_Strict):
+class PositionSweep(Strict):
     """Graft ``components`` of ``layers`` from ``donor`` at each position set (one config each)."""
 
     kind: Literal["positions"]
@@ -133,17 +128,17 @@ class PositionSweep(_Strict):
     group: str = "positions"
     label: str | None = None  # config names become "label: set"
 
-    _components = field_validator("components")(_check_components)
+    _components = field_validator("components")(check_components)
 
     @field_validator("sets")
     @classmethod
     def _sets(cls, v: list[str]) -> list[str]:
         for s in v:
-            _check_positions(s)
+            check_positions(s)
         return v
 
 
-class _ComponentListSweep(_Strict):
+class _ComponentListSweep(Strict):
     """What the component and layer-window sweeps share: a donor, positions, component groups."""
 
     donor: str
@@ -151,13 +146,13 @@ class _ComponentListSweep(_Strict):
     positions: str = "LT"
     components: list[str] = Field(min_length=1)
 
-    _positions = field_validator("positions")(_check_positions)
+    _positions = field_validator("positions")(check_positions)
 
     @field_validator("components")
     @classmethod
     def _comps(cls, v: list[str]) -> list[str]:
         for c in v:
-            _check_components(c)
+            check_components(c)
         return v
 
 
@@ -177,10 +172,14 @@ class LayerWindowSweep(_ComponentListSweep):
     group: str = "layer_window"
 
 
-Sweep = Annotated[PositionSweep | ComponentSweep | LayerWindowSweep, Field(discriminator="kind")]
+Sweep = Annotated[
+    PositionSweep | ComponentSweep | LayerWindowSweep | KnockoutSweep | LensSweep | CmapSweep,
+    Field(discriminator="kind"),
+]
+_DEPTH_SWEEPS = (LayerWindowSweep, KnockoutSweep, LensSweep)  # expanded once the model's depth is known
 
 
-class EvalSpec(_Strict):
+class EvalSpec(Strict):
     """Which test prompts are scored, and how."""
 
     split: Literal["all", "A", "B"] = "all"
@@ -189,6 +188,7 @@ class EvalSpec(_Strict):
     batch_size: int = Field(32, ge=1)
     metric: Literal["top1", "top5", "top10", "mean_prob"] = "top5"
     bootstrap: int = Field(1000, ge=0)
+    only_correct: bool = False  # keep only the prompts whose target is the recipient's top-1
 
     @field_validator("directions")
     @classmethod
@@ -199,7 +199,7 @@ class EvalSpec(_Strict):
         return v
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str
     description: str = ""
     seed: int = 0
@@ -236,8 +236,19 @@ class Recipe(_Strict):
             for g in c.grafts:
                 known(g.donor, f"config {c.name!r}")
         for s in self.sweeps:
-            known(s.donor, f"{s.kind} sweep")
+            known(getattr(s, "donor", None), f"{s.kind} sweep")
             known(s.recipient, f"{s.kind} sweep")
+            if isinstance(s, KnockoutSweep):
+                plain = [c.name for c in self.configs if not c.grafts]
+                if s.baseline not in plain:
+                    raise ValueError(
+                        f"knockout sweep: baseline {s.baseline!r} must name a configuration without grafts "
+                        f"(written under 'configs'); plain configurations: {', '.join(plain) or 'none'}"
+                    )
+        if self.data.known_facts is not None:
+            tuned = [name for name, spec in self.models.items() if spec.finetune is not None]
+            if tuned:
+                raise ValueError(f"models {', '.join(tuned)} finetune on the data, but known facts have no training documents")
         seen: set[str] = set()
         for rc in self.expanded(n_layers=None):
             if rc.name in seen:
@@ -250,12 +261,21 @@ class Recipe(_Strict):
     def expanded(self, n_layers: int | None) -> list[RunConfig]:
         """Every configuration, in order: the written ones, then each sweep's.
 
-        Layer-window sweeps depend on the model's depth ``n_layers``; with ``None`` they are left out."""
+        Layer-window, knockout and lens sweeps depend on the model's depth ``n_layers``; with
+        ``None`` they are left out."""
         out = [RunConfig(c.name, c.group, c.model or self.recipient, tuple(c.grafts)) for c in self.configs]
         for s in self.sweeps:
             recipient = s.recipient or self.recipient
+            if isinstance(s, _DEPTH_SWEEPS) and n_layers is None:
+                continue
             if isinstance(s, LayerWindowSweep):
-                out.extend(window_configs(s, recipient, n_layers) if n_layers is not None else [])
+                out.extend(window_configs(s, recipient, n_layers))
+            elif isinstance(s, KnockoutSweep):
+                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in knockout_configs(s, recipient, n_layers))
+            elif isinstance(s, LensSweep):
+                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in lens_configs(s, n_layers))
+            elif isinstance(s, CmapSweep):
+                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in cmap_configs(s))
             else:
                 out.extend(_expand(s, recipient))
         return out
@@ -267,7 +287,8 @@ class Recipe(_Strict):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One configuration the runner scores: ``model`` runs the prompts with ``grafts`` applied.
+    """One configuration the runner scores: ``model`` runs the prompts with ``grafts`` applied,
+    or with an activation-level ``method`` (knockout, lens, CMAP).
 
     ``coords`` place it in a figure (``{"component": "o+mlp", "layers": "quarter4"}``)."""
 
@@ -276,6 +297,12 @@ class RunConfig:
     model: str
     grafts: tuple[GraftSpec, ...] = ()
     coords: dict[str, str] = field(default_factory=dict, compare=False)
+    method: KnockoutSpec | LensSpec | CmapSpec | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No grafts and no method: the model as it is."""
+        return not self.grafts and self.method is None
 
     def rules(self) -> list[Graft]:
         return [g.to_graft() for g in self.grafts]
@@ -287,6 +314,7 @@ class RunConfig:
             "model": self.model,
             "grafts": [g.model_dump(mode="json") for g in self.grafts],
             "coords": self.coords,
+            "method": self.method.model_dump(mode="json") if self.method is not None else None,
         }
 
 
@@ -304,11 +332,11 @@ def _expand(sweep: PositionSweep | ComponentSweep, recipient: str) -> list[RunCo
         ]
     return [
         RunConfig(
-            f"{comp} @ {_layers_label(layers)}",
+            f"{comp} @ {layers_label(layers)}",
             sweep.group,
             recipient,
             (GraftSpec(donor=sweep.donor, components=comp, layers=layers, positions=sweep.positions),),
-            {"component": comp, "layers": _layers_label(layers)},
+            {"component": comp, "layers": layers_label(layers)},
         )
         for comp in sweep.components
         for layers in sweep.layers

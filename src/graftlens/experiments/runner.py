@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from graftlens.eval.batching import batches, pad_id_of
-from graftlens.eval.scoring import LastLogits, grafted_last_logits, plain_last_logits, score_logits
+from graftlens.eval.scoring import LastLogits, score_logits
+from graftlens.experiments.readouts import DonorActivations, last_logits
 from graftlens.experiments.recipe import Recipe, RunConfig
-from graftlens.experiments.setup import FinetuneProgress, check_configs, prepare_models, recipe_dataset, recipe_prompts
+from graftlens.experiments.setup import FinetuneProgress, check_configs, correct_only, prepare_models, recipe_data
 from graftlens.experiments.store import STORE_NAME, ResultRow, ResultsStore, StoreError
 from graftlens.models import LoadedModel
 from graftlens.train.fingerprint import model_fingerprint
@@ -75,16 +76,18 @@ def run_recipe(
                 "pass --restart to discard them, or choose another --out"
             )
 
-        dataset, dataset_dir = recipe_dataset(recipe, recipe_path.parent if recipe_path else None)
-        models, sources = prepare_models(recipe, dataset_dir, device, finetune_progress)
+        data = recipe_data(recipe, recipe_path.parent if recipe_path else None)
+        models, sources = prepare_models(recipe, data.dataset_dir, device, finetune_progress)
         recipient = models[recipe.recipient]
-        prompts = recipe_prompts(recipe, dataset, recipient.tokenizer)
         pad = pad_id_of(recipient.tokenizer)
+        prompts = data.prompts(recipe, recipient.tokenizer)
+        if recipe.eval.only_correct:
+            prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers)
         check_configs(configs, models, prompts, pad)
 
         inputs = {
-            "dataset_hash": dataset.content_hash,
+            "dataset_hash": data.content_hash,
             "models": {name: model_fingerprint(m.model) for name, m in models.items()},
         }
         stored_inputs = store.get_meta("inputs")
@@ -93,7 +96,7 @@ def run_recipe(
                 f"{run_dir} holds results made from other models or data than this recipe now gives "
                 f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"
             )
-        manifest = _manifest(recipe, recipe_path, run_id, dataset, dataset_dir, sources, inputs, prompts, configs, command)
+        manifest = _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command)
         store.set_meta("run", run_id)
         store.set_meta("recipe", recipe.model_dump(mode="json"))
         store.set_meta("inputs", inputs)
@@ -120,6 +123,7 @@ def _score_all(
     stop_after_batches: int | None,
 ) -> int:
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
+    donor_cache = DonorActivations()
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     for config in configs:
@@ -134,7 +138,7 @@ def _score_all(
                 raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
             if stop_after_batches is not None and batches_run >= stop_after_batches:
                 raise Interrupted(f"stopped after {batches_run} batches")
-            fn = fn or _last_logits(config, models)
+            fn = fn or last_logits(config, models, donor_cache)
             model = models[config.model]
             with torch.no_grad():
                 logits = fn(batch.to(model.device))  # [batch, vocab]
@@ -150,19 +154,11 @@ def _score_all(
     return written
 
 
-def _last_logits(config: RunConfig, models: dict[str, LoadedModel]) -> LastLogits:
-    model = models[config.model]
-    if not config.grafts:
-        return plain_last_logits(model.model)
-    donors = {g.donor: models[g.donor] for g in config.grafts}
-    return grafted_last_logits(model, donors, config.rules())
-
-
 def _row(config: str, prompt, score, tokenizer) -> ResultRow:
     return ResultRow(
         config=config,
         example=prompt.id,
-        template=str(prompt.meta.get("template", "")),
+        template=str(prompt.meta.get("template", prompt.meta.get("relation", ""))),
         direction=str(prompt.meta.get("direction", "")),
         prompt=prompt.prompt,
         target=prompt.target,
@@ -172,7 +168,7 @@ def _row(config: str, prompt, score, tokenizer) -> ResultRow:
     )
 
 
-def _manifest(recipe, recipe_path, run_id, dataset, dataset_dir, sources, inputs, prompts, configs, command) -> dict:
+def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command) -> dict:
     return {
         "run": run_id,
         "recipe": recipe.name,
@@ -180,12 +176,8 @@ def _manifest(recipe, recipe_path, run_id, dataset, dataset_dir, sources, inputs
         "command": command,
         "description": recipe.description,
         "seed": recipe.seed,
-        "data": {
-            "dir": str(dataset_dir),
-            "files": ["dataset.json", "facts.jsonl", "train.jsonl", "test.jsonl"],
-            "content_hash": dataset.content_hash,
-            "spec": recipe.data.model_dump(mode="json"),
-        },
+        "data": data.manifest,
+        "prompts": [p.id for p in prompts],
         "models": {name: {**src, "fingerprint": inputs["models"][name]} for name, src in sources.items()},
         "recipient": recipe.recipient,
         "eval": recipe.eval.model_dump(mode="json"),

@@ -3,47 +3,85 @@ its test prompts, and a check of every configuration against the models."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.defaults import cached_dataset
+from graftlens.data.known_facts import KnownFact, load_known_facts, tokenize_known_facts
 from graftlens.data.prompts import TokenizedPrompt, check_tokenizer_fits, tokenizer_fingerprint
 from graftlens.errors import GraftlensError
 from graftlens.eval.batching import batches
+from graftlens.eval.scoring import plain_last_logits, score_logits
 from graftlens.experiments.recipe import Recipe, RecipeError, RunConfig
 from graftlens.graft.positions import resolve_positions
 from graftlens.graft.rules import rule_sites
+from graftlens.interventions.patching import check_same_shapes
 from graftlens.models import LoadedModel, load_model
+from graftlens.models.names import select_layers
 from graftlens.train import finetune
 
 FinetuneProgress = Callable[[str, int, int, float], None]  # (model name, step, total steps, loss)
 
 
 @dataclass
-class PreparedRun:
-    dataset: FactDataset
-    dataset_dir: Path
-    models: dict[str, LoadedModel]
-    sources: dict[str, dict]  # model name → {"spec": ...} or {"checkpoint": ..., "finetuned_from": ...}
-    prompts: list[TokenizedPrompt]
+class RecipeData:
+    """The prompts' source: a fact dataset (with its directory, for finetuning) or known facts."""
+
+    content_hash: str
+    manifest: dict  # what manifest.json records about the data
+    dataset: FactDataset | None = None
+    dataset_dir: Path | None = None
+    known: list[KnownFact] | None = None
+
+    def prompts(self, recipe: Recipe, tokenizer) -> list[TokenizedPrompt]:
+        if self.known is not None:
+            return tokenize_known_facts(self.known, tokenizer)
+        assert self.dataset is not None
+        return recipe_prompts(recipe, self.dataset, tokenizer)
+
+
+def recipe_data(recipe: Recipe, base_dir: Path | None = None) -> RecipeData:
+    """The recipe's data, whichever kind it names."""
+    spec = recipe.data
+    if spec.known_facts is not None:
+        path = None if spec.known_facts == "shipped" else _relative(Path(spec.known_facts), base_dir)
+        known = load_known_facts(path)
+        text = json.dumps([f.__dict__ for f in known], sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return RecipeData(digest, {"known_facts": str(path or "shipped"), "content_hash": digest,
+                                   "n_facts": len(known)}, known=known)  # fmt: skip
+    dataset, directory = recipe_dataset(recipe, base_dir)
+    manifest = {
+        "dir": str(directory),
+        "files": ["dataset.json", "facts.jsonl", "train.jsonl", "test.jsonl"],
+        "content_hash": dataset.content_hash,
+        "spec": spec.model_dump(mode="json"),
+    }
+    return RecipeData(dataset.content_hash, manifest, dataset, directory)
+
+
+def _relative(path: Path, base_dir: Path | None) -> Path:
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 def recipe_dataset(recipe: Recipe, base_dir: Path | None = None) -> tuple[FactDataset, Path]:
     """The recipe's dataset: a directory (relative paths from the recipe file's folder) or generated facts."""
     spec = recipe.data
     if spec.dir is not None:
-        directory = Path(spec.dir)
-        if not directory.is_absolute() and base_dir is not None:
-            directory = base_dir / directory
+        directory = _relative(Path(spec.dir), base_dir)
         return load_dataset(directory), directory
     return cached_dataset(spec.kind, spec.facts, spec.seed)
 
 
 def prepare_models(
     recipe: Recipe,
-    dataset_dir: Path,
+    dataset_dir: Path | None,
     device: str | None = None,
     finetune_progress: FinetuneProgress | None = None,
 ) -> tuple[dict[str, LoadedModel], dict[str, dict]]:
@@ -56,6 +94,8 @@ def prepare_models(
             sources[name] = {"spec": spec.spec}
             continue
         assert spec.finetune is not None
+        if dataset_dir is None:
+            raise RecipeError(f"model {name!r} finetunes on the recipe's data, which has no training documents")
         base_source = sources[spec.finetune.base]
         base_spec = base_source.get("checkpoint", base_source.get("spec"))
 
@@ -109,10 +149,41 @@ def check_configs(configs: list[RunConfig], models: dict[str, LoadedModel], prom
     all_batches = list(batches(prompts, 64, pad_id))
     for config in configs:
         adapter = models[config.model].adapter
-        for rule in config.rules():
-            try:
+        try:
+            selectors = []
+            for rule in config.rules():
                 rule_sites(adapter, rule)
+                selectors.append(rule.positions)
+            method = config.method
+            if method is not None and method.kind == "knockout":
+                selectors += [method.sources, method.targets]
+            elif method is not None and method.kind == "lens":
+                selectors.append(method.position)
+            elif method is not None and method.kind == "cmap":
+                check_same_shapes(models[config.model], models[method.donor])
+                select_layers(method.layers, adapter.n_layers)
+                n_heads = {"q": adapter.n_heads, "z": adapter.n_heads}
+                for point in method.points:
+                    bad = [h for h in method.heads or [] if not 0 <= h < n_heads.get(point, adapter.n_kv_heads)]
+                    if bad:
+                        raise RecipeError(f"heads {bad} out of range for {point!r}")
+                selectors.append(method.positions)
+            for selector in selectors:
                 for batch in all_batches:
-                    resolve_positions(rule.positions, batch.attention_mask, batch.spans)
-            except GraftlensError as exc:
-                raise RecipeError(f"configuration {config.name!r}: {exc}") from None
+                    resolve_positions(selector, batch.attention_mask, batch.spans)
+        except GraftlensError as exc:
+            raise RecipeError(f"configuration {config.name!r}: {exc}") from None
+
+
+def correct_only(model: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int, pad_id: int) -> list[TokenizedPrompt]:
+    """The prompts whose target is ``model``'s top-1 prediction (in their original order)."""
+    run = plain_last_logits(model.model)
+    right: set[str] = set()
+    with torch.no_grad():
+        for batch in batches(prompts, batch_size, pad_id):
+            scores = score_logits(run(batch.to(model.device)), batch.prompts, keep_top=1)
+            right.update(s.id for s in scores if s.target_rank == 1)
+    kept = [p for p in prompts if p.id in right]
+    if not kept:
+        raise RecipeError(f"eval.only_correct: the recipient {model.spec!r} gets none of the {len(prompts)} prompts right")
+    return kept

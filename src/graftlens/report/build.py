@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from graftlens.experiments.metrics import Estimate, estimate, grouped, summary
+from graftlens.experiments.metrics import Estimate, estimate, grouped, relative_change, summary
 from graftlens.experiments.store import ResultRow, ResultsStore, StoreError
 from graftlens.report import figures
 
@@ -42,8 +42,8 @@ class RunData:
         return len(self.configs) * int(self.manifest.get("n_prompts", 0))
 
     def reference_configs(self) -> list[dict]:
-        """Configurations without grafts (PRE, SFT, ...): the reference lines of the bar charts."""
-        return [c for c in self.configs if not c["grafts"]]
+        """Configurations without grafts or methods (PRE, SFT, ...): the reference lines of the bar charts."""
+        return [c for c in self.configs if not c["grafts"] and not c.get("method")]
 
     def groups(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
@@ -92,8 +92,12 @@ def make_figures(run: RunData, directory: Path | None = None) -> list[figures.Sa
             fig, title = _heatmap(run, group, configs, by_config, "layers", "grafted layers")
         elif all("component" in k and "layer" in k for k in coords):
             fig, title = _heatmap(run, group, configs, by_config, "layer", "centre of the grafted layer window")
+        elif all("source" in k and "layer" in k for k in coords):
+            fig, title = _knockout_curves(run, group, configs, by_config)
+        elif all("point" in k and "layer" in k for k in coords):
+            fig, title = _lens_curves(run, group, configs, by_config)
         else:
-            grafted = [c["name"] for c in configs if c["grafts"]]
+            grafted = [c["name"] for c in configs if c["grafts"] or c.get("method")]
             if not grafted and len(groups) > 1:
                 continue  # reference configurations only: they appear as lines and bars elsewhere
             shown = list(dict.fromkeys([*references, *names]))
@@ -120,6 +124,44 @@ def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col
     where = f" at {', '.join(sorted(positions))}" if positions else ""
     title = f"{run.recipe.get('name', '')}: {group}{where} ({figures.METRIC_LABELS.get(run.metric, run.metric)})"
     return figures.heatmap(title, rows, cols, values, run.metric, xlabel), title
+
+
+def knockout_table(run: RunData, configs: list[dict]) -> dict[tuple[str, str], Estimate]:
+    """``(source, layer) → relative change (%)`` of the target probability against each knockout's baseline."""
+    by_config = {key[0]: rows for key, rows in grouped(run.rows, "config").items()}
+    out = {}
+    for c in configs:
+        k = c["coords"]
+        if c["name"] in by_config and k["baseline"] in by_config:
+            out[(k["source"], k["layer"])] = relative_change(by_config[c["name"]], by_config[k["baseline"]], run.n_boot, run.seed)
+    return out
+
+
+def _curves(configs: list[dict], key: str, values: dict[tuple[str, str], Estimate]):
+    layers = list(dict.fromkeys(c["coords"]["layer"] for c in configs))
+    labels = list(dict.fromkeys(c["coords"][key] for c in configs))
+    return layers, {label: [values.get((label, layer)) for layer in layers] for label in labels}
+
+
+def _knockout_curves(run: RunData, group: str, configs: list[dict], by_config: dict):
+    values = knockout_table(run, configs)
+    layers, series = _curves(configs, "source", values)
+    windows = {len(c["method"]["layers"]) for c in configs if c.get("method")}
+    window = f", window of {max(windows)} layers" if windows else ""
+    title = f"{run.recipe.get('name', '')}: {group} — blocking last → source{window} (95% CI)"
+    fig = figures.line_chart(title, layers, series, "change in target probability (%)", "centre layer of the window",
+                             zero_line=True)  # fmt: skip
+    return fig, title
+
+
+def _lens_curves(run: RunData, group: str, configs: list[dict], by_config: dict):
+    values = {(c["coords"]["point"], c["coords"]["layer"]): estimate(by_config[c["name"]], run.metric, run.n_boot, run.seed)
+              for c in configs if c["name"] in by_config}  # fmt: skip
+    layers, series = _curves(configs, "point", values)
+    label = figures.METRIC_LABELS.get(run.metric, run.metric)
+    title = f"{run.recipe.get('name', '')}: {group} — target in the projection ({label}, 95% CI)"
+    ylim = None if run.metric == "mean_rank" else (0.0, 1.05)
+    return figures.line_chart(title, layers, series, f"{label} of the projection", "layer", ylim=ylim), title
 
 
 def _slug(text: str) -> str:

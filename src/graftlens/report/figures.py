@@ -1,5 +1,6 @@
 """Figures of a run (matplotlib, headless): bar charts of configurations × test templates with
-bootstrap error bars and reference lines, and heat maps of component × layer sweeps."""
+bootstrap error bars and reference lines, heat maps of component × layer sweeps, and line
+charts over layers (knockout curves, vocabulary projection rates) with CI bands."""
 
 from __future__ import annotations
 
@@ -53,10 +54,8 @@ def bar_chart(
         ax.bar(x + (i - (len(templates) - 1) / 2) * width, heights, width, yerr=err, capsize=2,
                label=template, color=colors[i % len(colors)], error_kw={"elinewidth": 0.8})  # fmt: skip
     styles = ["--", ":", "-."]
-    for j, (name, est) in enumerate(references.items()):
-        ax.axhline(est.value, color="0.3", linestyle=styles[j % len(styles)], linewidth=1)
-        ax.annotate(f"{name} {est.value:.2f}", (1.0, est.value), xycoords=("axes fraction", "data"),
-                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=8, color="0.3")  # fmt: skip
+    for j, (name, est) in enumerate(references.items()):  # in the legend: equal values would overlap as labels
+        ax.axhline(est.value, color="0.3", linestyle=styles[j % len(styles)], linewidth=1, label=f"{name} {est.value:.2f}")
     ax.set_xticks(
         x, configs, rotation=30 if max(map(len, configs)) > 6 else 0, ha="right" if max(map(len, configs)) > 6 else "center"
     )
@@ -64,7 +63,42 @@ def bar_chart(
     if metric != "mean_rank":
         ax.set_ylim(0, 1.05)
     ax.set_title(title, loc="left", fontsize=11)
-    ax.legend(title="test template", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.07, 1.0), frameon=False)
+    ax.legend(title="test template / reference", fontsize=8, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)  # fmt: skip
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def line_chart(
+    title: str,
+    xs: Sequence[str],
+    series: dict[str, Sequence[Estimate | None]],
+    ylabel: str,
+    xlabel: str,
+    zero_line: bool = False,
+    ylim: tuple[float, float] | None = None,
+) -> Figure:
+    """One line per series over ``xs`` (e.g. layers), with its 95% CI as a shaded band."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(xs) + 3.5), 4.0), layout="constrained")
+    x = np.arange(len(xs))
+    colors = plt.get_cmap("tab10").colors
+    for i, (label, ests) in enumerate(series.items()):
+        mid = np.array([e.value if e else np.nan for e in ests])
+        lo = np.array([e.lo if e else np.nan for e in ests])
+        hi = np.array([e.hi if e else np.nan for e in ests])
+        color = colors[i % len(colors)]
+        ax.plot(x, mid, marker="o", markersize=3, linewidth=1.5, color=color, label=label)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+    if zero_line:
+        ax.axhline(0, color="0.5", linewidth=0.8)
+    step = max(1, len(xs) // 15)
+    ax.set_xticks(x[::step], [xs[i] for i in range(0, len(xs), step)])
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 

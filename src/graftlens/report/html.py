@@ -10,7 +10,7 @@ from pathlib import Path
 
 from graftlens.experiments.metrics import Estimate
 from graftlens.fileio import write_text_atomic
-from graftlens.report.build import RunData, load_run, make_figures
+from graftlens.report.build import RunData, knockout_table, load_run, make_figures
 from graftlens.report.figures import METRIC_LABELS
 
 REPORT_NAME = "report.html"
@@ -64,6 +64,7 @@ def _page(run: RunData, figures_html: str) -> str:
         )
     parts += ["<h2>Figures</h2>", figures_html or "<p>No figures.</p>"]
     parts += ["<h2>All configurations</h2>", _summary_table(run)]
+    parts.append(_knockout_section(run))
     parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
     parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
     parts += ["<h2>Example predictions</h2>", _examples(run)]
@@ -96,12 +97,11 @@ def _summary_table(run: RunData) -> str:
         entry = table.get((c["name"],))
         if entry is None:
             continue
-        grafts = "; ".join(f"{g['donor']}: {_as_text(g['components'])} @ layers {_as_text(g['layers'])} @ {g['positions']}"
-                           for g in c["grafts"]) or "no grafts"  # fmt: skip
+        grafts = _describe(c)
         cells = "".join(_cell(entry[k], 1 if k == "mean_rank" else 3) for k in metrics)
         rows.append(f"<tr><td title='{escape(grafts)}'>{escape(c['name'])}</td><td>{escape(c['model'])}</td>"
                     f"<td class='text'>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>")  # fmt: skip
-    return (f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts</th><th>n</th>{head}</tr></thead>"
+    return (f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts / method</th><th>n</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
 
 
@@ -144,6 +144,33 @@ def _reproduce(run: RunData) -> str:
         "The recipe as run:</p>"
         f"<pre>{escape(json.dumps(run.recipe, indent=2))}</pre>"
     )
+
+
+def _describe(config: dict) -> str:
+    """What a configuration does, in one line: its grafts, or its method."""
+    method = config.get("method")
+    if method:
+        return method["kind"] + ": " + ", ".join(f"{k} {_as_text(v)}" for k, v in method.items() if k != "kind" and v is not None)
+    return "; ".join(f"{g['donor']}: {_as_text(g['components'])} @ layers {_as_text(g['layers'])} @ {g['positions']}"
+                     for g in config["grafts"]) or "no grafts"  # fmt: skip
+
+
+def _knockout_section(run: RunData) -> str:
+    """Per-layer relative change (%) of each knockout source, with 95% CIs."""
+    out = []
+    for group, configs in run.groups().items():
+        if not configs or not all("source" in c["coords"] and "baseline" in c["coords"] for c in configs):
+            continue
+        values = knockout_table(run, configs)
+        sources = list(dict.fromkeys(c["coords"]["source"] for c in configs))
+        layers = list(dict.fromkeys(c["coords"]["layer"] for c in configs))
+        head = "".join(f"<th>{escape(s)}</th>" for s in sources)
+        rows = "".join(f"<tr><td>{escape(layer)}</td>{''.join(_cell(values.get((s, layer)), 1) for s in sources)}</tr>"
+                       for layer in layers)  # fmt: skip
+        baseline = configs[0]["coords"]["baseline"]
+        out.append(f"<h2>{escape(group)}: change in target probability (%) against {escape(baseline)}</h2>"
+                   f"<table><thead><tr><th>centre layer</th>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+    return "\n".join(out)
 
 
 def _as_text(value) -> str:
