@@ -127,7 +127,7 @@ def knockout_configs(sweep: KnockoutSweep, recipient: str, n_layers: int) -> lis
 def lens_configs(sweep: LensSweep, n_layers: int) -> list[tuple[str, dict, LensSpec]]:
     return [
         (
-            f"lens {point} @ L{layer}",
+            f"lens {point} @ {sweep.position} @ L{layer}",
             {"point": point, "layer": str(layer)},
             LensSpec(point=point, layer=layer, position=sweep.position, final_norm=sweep.final_norm),
         )
