@@ -148,9 +148,10 @@ def _knockout_curves(run: RunData, group: str, configs: list[dict], by_config: d
     layers, series = _curves(configs, "source", values)
     windows = {len(c["method"]["layers"]) for c in configs if c.get("method")}
     window = f", window of {max(windows)} layers" if windows else ""
-    title = f"{run.recipe.get('name', '')}: {group} — blocking last → source{window} (95% CI)"
+    targets = next((c["method"]["targets"] for c in configs if c.get("method")), "LT")
+    title = f"{run.recipe.get('name', '')}: {group} — attention edges {targets} → source blocked{window} (95% CI)"
     fig = figures.line_chart(title, layers, series, "change in target probability (%)", "centre layer of the window",
-                             zero_line=True)  # fmt: skip
+                             zero_line=True, legend_title="blocked source")  # fmt: skip
     return fig, title
 
 
@@ -160,8 +161,11 @@ def _lens_curves(run: RunData, group: str, configs: list[dict], by_config: dict)
     layers, series = _curves(configs, "point", values)
     label = figures.METRIC_LABELS.get(run.metric, run.metric)
     title = f"{run.recipe.get('name', '')}: {group} — target in the projection ({label}, 95% CI)"
-    ylim = None if run.metric == "mean_rank" else (0.0, 1.05)
-    return figures.line_chart(title, layers, series, f"{label} of the projection", "layer", ylim=ylim), title
+    top = max((e.hi for e in values.values() if e.hi == e.hi), default=1.0)
+    # A 0–1 axis unless every rate is small: then the axis is stretched (its ticks say so).
+    ylim = None if run.metric == "mean_rank" else (0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top))
+    fig = figures.line_chart(title, layers, series, f"{label} of the projection", "layer", ylim=ylim, legend_title="projected")
+    return fig, title
 
 
 def _slug(text: str) -> str:

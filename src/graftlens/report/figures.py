@@ -4,6 +4,7 @@ charts over layers (knockout curves, vocabulary projection rates) with CI bands.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +78,11 @@ def line_chart(
     xlabel: str,
     zero_line: bool = False,
     ylim: tuple[float, float] | None = None,
+    legend_title: str | None = None,
 ) -> Figure:
     """One line per series over ``xs`` (e.g. layers), with its 95% CI as a shaded band."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(xs) + 3.5), 4.0), layout="constrained")
+    width = max(6.0, 0.22 * len(xs) + 3.5)
+    fig, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
     x = np.arange(len(xs))
     colors = plt.get_cmap("tab10").colors
     for i, (label, ests) in enumerate(series.items()):
@@ -97,8 +100,8 @@ def line_chart(
         ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, loc="left", fontsize=11)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("\n".join(textwrap.wrap(title, int(width * 9))), loc="left", fontsize=11)
+    ax.legend(title=legend_title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
