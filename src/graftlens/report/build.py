@@ -92,6 +92,9 @@ def make_figures(run: RunData, directory: Path | None = None) -> list[figures.Sa
             fig, title = _heatmap(run, group, configs, by_config, "layers", "grafted layers")
         elif all("component" in k and "layer" in k for k in coords):
             fig, title = _heatmap(run, group, configs, by_config, "layer", "centre of the grafted layer window")
+        elif all("points" in k and "layers" in k and "positions" in k for k in coords):
+            fig, title = _heatmap(run, group, configs, by_config, "layers+positions", "patched layers @ positions",
+                                  row_key="points", ylabel="patched from the donor")  # fmt: skip
         elif all("source" in k and "layer" in k for k in coords):
             fig, title = _knockout_curves(run, group, configs, by_config)
         elif all("point" in k and "layer" in k for k in coords):
@@ -113,17 +116,23 @@ def _per_template(run: RunData, configs: list[str]) -> dict[tuple[str, str], Est
     return {key: estimate(rows, run.metric, run.n_boot, run.seed) for key, rows in groups.items()}
 
 
-def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col_key: str, xlabel: str):
-    rows = list(dict.fromkeys(c["coords"]["component"] for c in configs))
-    cols = list(dict.fromkeys(c["coords"][col_key] for c in configs))
+def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col_key: str, xlabel: str,
+             row_key: str = "component", ylabel: str = "grafted component"):  # fmt: skip
+    """Rows ``coords[row_key]`` × columns ``coords[col_key]`` (``"a+b"`` joins two coordinates)."""
+
+    def col(c: dict) -> str:
+        return " @ ".join(c["coords"][k] for k in col_key.split("+"))
+
+    rows = list(dict.fromkeys(c["coords"][row_key] for c in configs))
+    cols = list(dict.fromkeys(col(c) for c in configs))
     values = {}
     for c in configs:
         if c["name"] in by_config:
-            values[(c["coords"]["component"], c["coords"][col_key])] = estimate(by_config[c["name"]], run.metric, 0).value
+            values[(c["coords"][row_key], col(c))] = estimate(by_config[c["name"]], run.metric, 0).value
     positions = {g["positions"] for c in configs for g in c["grafts"]}
     where = f" at {', '.join(sorted(positions))}" if positions else ""
     title = f"{run.recipe.get('name', '')}: {group}{where} ({figures.METRIC_LABELS.get(run.metric, run.metric)})"
-    return figures.heatmap(title, rows, cols, values, run.metric, xlabel), title
+    return figures.heatmap(title, rows, cols, values, run.metric, xlabel, ylabel), title
 
 
 def knockout_table(run: RunData, configs: list[dict]) -> dict[tuple[str, str], Estimate]:
