@@ -232,7 +232,7 @@ def test_knockout_errors():
     assert model.config._attn_implementation == "sdpa"  # restored after the error
 
 
-def test_activation_patching_recovers_the_clean_run_at_the_changed_token():
+def test_activation_patching_recovers_the_clean_run_at_the_changed_token(tmp_path):
     model = make_tiny_model("llama")
     clean = _inputs(2)
     corrupted = clean.clone()
@@ -248,6 +248,10 @@ def test_activation_patching_recovers_the_clean_run_at_the_changed_token():
     same = activation_patching(model, clean, clean, targets, "z", by="head")
     assert same.scores.shape == (4, 4)
     torch.testing.assert_close(same.scores, torch.full((4, 4), same.clean), rtol=0, atol=1e-6)
+    from graftlens.report.figures import patching_heatmap, save
+
+    saved = save(patching_heatmap(sweep, [f"t{j}" for j in range(SEQ)]), tmp_path, "patching", "patching")
+    assert saved.png.stat().st_size > 1000
     with pytest.raises(PatchError, match="token-aligned"):
         activation_patching(model, clean, corrupted[:, :-1], targets)
     with pytest.raises(PatchError, match="per-head point"):

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.experiments.specbase import LayerSpec, Strict, check_positions, layers_label
+from graftlens.experiments.specbase import LayerSpec, Strict, check_position_list, check_positions, layers_label
 from graftlens.interventions.points import HEAD_POINTS, STREAM_POINTS
 from graftlens.models.names import layer_window
 
@@ -103,12 +103,7 @@ class CmapSweep(Strict):
     recipient: str | None = None
     group: str = "cmap"
 
-    @field_validator("positions")
-    @classmethod
-    def _sets(cls, v: list[str]) -> list[str]:
-        for s in v:
-            check_positions(s)
-        return v
+    _positions = field_validator("positions")(check_position_list)
 
 
 def knockout_configs(sweep: KnockoutSweep, recipient: str, n_layers: int) -> list[tuple[str, dict, KnockoutSpec]]:

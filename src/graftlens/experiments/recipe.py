@@ -38,6 +38,7 @@ from graftlens.experiments.specbase import (
     RecipeError,
     Strict,
     check_components,
+    check_position_list,
     check_positions,
     layers_label,
 )
@@ -130,12 +131,7 @@ class PositionSweep(Strict):
 
     _components = field_validator("components")(check_components)
 
-    @field_validator("sets")
-    @classmethod
-    def _sets(cls, v: list[str]) -> list[str]:
-        for s in v:
-            check_positions(s)
-        return v
+    _sets = field_validator("sets")(check_position_list)
 
 
 class _ComponentListSweep(Strict):

@@ -37,5 +37,11 @@ def check_positions(value: str) -> str:
     return value
 
 
+def check_position_list(values: list[str]) -> list[str]:
+    for v in values:
+        check_positions(v)
+    return values
+
+
 def layers_label(layers: LayerSpec) -> str:
     return ",".join(map(str, layers)) if isinstance(layers, list) else str(layers)

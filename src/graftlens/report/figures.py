@@ -150,3 +150,17 @@ def save(fig: Figure, directory: Path, stem: str, title: str) -> SavedFigure:
     fig.savefig(svg)
     plt.close(fig)
     return SavedFigure(title, png, svg)
+
+
+def patching_heatmap(sweep, columns: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Layer × position (or layer × head) heat map of an activation-patching sweep's recovered
+    fraction (0 = the corrupted run, 1 = the clean run); ``columns`` labels positions (tokens)."""
+    recovered = sweep.recovered  # [layer, column]
+    n_layers, n_cols = recovered.shape
+    cols = list(columns) if columns is not None else [str(j) for j in range(n_cols)]
+    if len(cols) != n_cols:
+        raise ValueError(f"{len(cols)} column labels for {n_cols} columns")
+    rows = [str(i) for i in range(n_layers)]
+    values = {(rows[i], cols[j]): float(recovered[i, j]) for i in range(n_layers) for j in range(n_cols)}
+    title = title or f"activation patching of {sweep.point_name}: share of the clean run recovered"
+    return heatmap(title, rows, cols, values, "recovered (clean = 1)", sweep.by, "layer")
