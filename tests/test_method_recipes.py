@@ -80,6 +80,7 @@ def test_known_facts_run_stores_every_config_and_draws_curves(known_run):
     html = (known_run / "report.html").read_text()
     assert "change in target probability (%) against clean" in html
     assert "knockout: layers 0,1, sources subject, targets LT" in html
+    assert "knockout: layers 0–2, sources subject, targets LT" in html  # a run of layers
 
 
 def test_stored_knockout_rows_match_the_library(known_run, text_model_dir):

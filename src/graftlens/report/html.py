@@ -174,7 +174,11 @@ def _knockout_section(run: RunData) -> str:
 
 
 def _as_text(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if isinstance(value, list):
+        if len(value) > 2 and all(isinstance(v, int) for v in value) and value == list(range(value[0], value[-1] + 1)):
+            return f"{value[0]}–{value[-1]}"  # a run of layers
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def report_path(run_dir: str | Path) -> Path:
