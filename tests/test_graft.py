@@ -72,6 +72,23 @@ def test_engine_equals_reference_on_random_rules(family: str, seed: int) -> None
     assert (got[real] - base_logits(base, ids, mask)[real]).abs().max() > 1e-3  # the rules did something
 
 
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt_neox"])
+def test_overwrite_path_for_wide_outputs_equals_reference(family: str, monkeypatch) -> None:
+    """Wide outputs (the unembedding) compute every row with the base and overwrite donor rows;
+    forced onto every linear module here (fused ones included), it must still equal the reference."""
+    from graftlens.graft import engine
+
+    monkeypatch.setattr(engine, "WIDE_OUTPUT", 0)
+    base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(7)
+    for seed in range(3):
+        rules = random_rules(family, random.Random(f"wide-{family}-{seed}"), *ids.shape)
+        got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules)
+        want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules)
+        real = mask.bool()
+        assert (got[real] - want[real]).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_single_fused_part_equals_reference(component: str) -> None:
     for family in ("gpt2", "gpt_neox", "phi3"):

@@ -28,6 +28,7 @@ from graftlens.models.adapters import Rows, rows_index
 from graftlens.models.loading import LoadedModel, as_loaded
 
 DonorLike = LoadedModel | nn.Module | str | Path
+WIDE_OUTPUT = 8  # out_features / in_features above which donor rows overwrite a full recipient product
 
 
 def _twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -96,6 +97,9 @@ class _GraftedModule:
         device = next(module.parameters()).device
         self.row_index = [rows_index(rows, device) for rows in segments]
         self.shape: tuple[int, int] = (0, 0)
+        self._all_base = tuple(0 for _ in segments)
+        in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        self.wide_output = bool(in_f and out_f and out_f >= WIDE_OUTPUT * in_f)  # measured: benchmarks/bench_graft.py
 
     def set_plan(self, plan: ModulePlan | None, shape: tuple[int, int], cache: dict[bytes, PositionGroups]) -> None:
         self.plan, self.shape = plan, shape
@@ -126,6 +130,19 @@ class _GraftedModule:
         assert groups is not None
         if len(groups.owners) == 1 and len(set(groups.owners[0])) == 1:  # one owner everywhere
             return self.compute(groups.owners[0][0], x)
+        base_group = groups.owners.index(self._all_base) if self._all_base in groups.owners else None
+        if base_group is not None and self.wide_output:
+            # A wide output (the unembedding): gathering and copying back every row of it costs
+            # more than computing the donors' rows twice. Compute every row with the recipient's
+            # weights (as the plain model does), then overwrite the rows donors own.
+            out = self.compute(0, x)  # [batch, pos, ...]
+            flat_out = out.view(batch * seq, *out.shape[2:])
+            flat_x = x.reshape(batch * seq, *x.shape[2:])
+            for g, owners in enumerate(groups.owners):
+                if g != base_group:
+                    idx = groups.order[groups.bounds[g] : groups.bounds[g + 1]]
+                    flat_out.index_copy_(0, idx, self._compute_group(owners, flat_x.index_select(0, idx)))
+            return out
         # Gather positions group after group, compute each group's slice with its owners'
         # weights, and copy each slice's rows back to their places in the output.
         flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [batch*pos, ...]
@@ -133,19 +150,24 @@ class _GraftedModule:
         for g, owners in enumerate(groups.owners):
             xi = flat[groups.bounds[g] : groups.bounds[g + 1]]  # [n_g, ...]
             idx = groups.order[groups.bounds[g] : groups.bounds[g + 1]]
-            distinct = list(dict.fromkeys(owners))
-            y = self.compute(distinct[0], xi)
-            for other in distinct[1:]:
-                y_other = self.compute(other, xi)
-                for k, owner in enumerate(owners):
-                    if owner == other:
-                        rows = self.row_index[k]
-                        y[..., rows] = y_other[..., rows] if rows is not None else y_other
+            y = self._compute_group(owners, xi)
             if out is None:
                 out = y.new_empty((batch * seq, *y.shape[1:]))  # [batch*pos, ...]
             out.index_copy_(0, idx, y)
         assert out is not None
         return out.view(batch, seq, *out.shape[1:])
+
+    def _compute_group(self, owners: tuple[int, ...], xi: torch.Tensor) -> torch.Tensor:
+        """Rows ``xi`` whose segments are owned by ``owners``: each segment from its owner's weights."""
+        distinct = list(dict.fromkeys(owners))
+        y = self.compute(distinct[0], xi)
+        for other in distinct[1:]:
+            y_other = self.compute(other, xi)
+            for k, owner in enumerate(owners):
+                if owner == other:
+                    rows = self.row_index[k]
+                    y[..., rows] = y_other[..., rows] if rows is not None else y_other
+        return y
 
     def install(self) -> None:
         self.module.forward = self  # type: ignore[method-assign]
