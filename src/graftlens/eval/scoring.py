@@ -14,7 +14,7 @@ import torch
 
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import PromptBatch, batches
-from graftlens.graft.engine import position_ids_for
+from graftlens.graft.engine import run_logits
 
 LastLogits = Callable[[PromptBatch], torch.Tensor]
 
@@ -36,13 +36,7 @@ def plain_last_logits(model: torch.nn.Module) -> LastLogits:
     """Last-position logits of the unmodified model (left-padded batches)."""
 
     def run(batch: PromptBatch) -> torch.Tensor:
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids_for(batch.attention_mask),
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1]
+        return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
 
     return run
 
@@ -114,18 +108,12 @@ def grafted_last_logits(base, donors, rules) -> LastLogits:
     loaded = as_loaded(base)
     grafter = Grafter(loaded, donors, rules)
     head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
-    last_only = {} if head_paths & set(touched_modules(loaded.adapter, rules)) else {"logits_to_keep": 1}
+    last_only = not head_paths & set(touched_modules(loaded.adapter, rules))
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(loaded.device)
         grafter.spans = batch.spans
         with grafter:
-            out = loaded.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_for(batch.attention_mask),
-                **last_only,
-            )
-        return out.logits[:, -1]
+            return run_logits(loaded, batch.input_ids, batch.attention_mask, last_only)[:, -1]
 
     return run

@@ -267,6 +267,23 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def run_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``) of one full-prompt
+    forward pass, with position ids from the mask; every way graftlens runs a model goes through it."""
+    module = model.model if isinstance(model, LoadedModel) else model
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    extra = {"logits_to_keep": 1} if last_only else {}
+    with torch.no_grad():
+        out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra)
+    return out.logits
+
+
 def grafted_forward(
     base: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
@@ -276,9 +293,6 @@ def grafted_forward(
     spans: Sequence[Spans] | None = None,
 ) -> torch.Tensor:
     """Logits ``[batch, pos, vocab]`` of ``base`` with ``rules`` grafting ``donors`` in, one pass."""
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
     loaded = as_loaded(base)
-    with torch.no_grad(), grafting(loaded, donors, rules, spans):
-        out = loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
-    return out.logits
+    with grafting(loaded, donors, rules, spans):
+        return run_logits(loaded, input_ids, attention_mask)

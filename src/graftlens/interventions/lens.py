@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from graftlens.errors import UnknownComponentError
+from graftlens.graft.engine import run_logits
 from graftlens.interventions.hooks import PointLike, capture
-from graftlens.interventions.patching import run_logits
 from graftlens.interventions.points import parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
-from graftlens.graft.engine import position_ids_for
+from graftlens.graft.engine import run_logits
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -55,24 +55,6 @@ class Patch:
             return torch.where(where, source.to(x.device, x.dtype), x)
 
         return write
-
-
-def run_logits(
-    model: LoadedModel | nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    last_only: bool = False,
-) -> torch.Tensor:
-    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``), with position ids from the mask."""
-    loaded = as_loaded(model)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    extra = {"logits_to_keep": 1} if last_only else {}
-    with torch.no_grad():
-        out = loaded.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
-        )
-    return out.logits
 
 
 def run_with_cache(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from graftlens.experiments.metrics import Estimate, estimate, grouped, relative_change, summary
@@ -41,6 +42,11 @@ class RunData:
     def expected_rows(self) -> int:
         return len(self.configs) * int(self.manifest.get("n_prompts", 0))
 
+    @cached_property
+    def by_config(self) -> dict[str, list[ResultRow]]:
+        """The rows of each configuration (grouped once, for every figure and table)."""
+        return {key[0]: rows for key, rows in grouped(self.rows, "config").items()}
+
     def reference_configs(self) -> list[dict]:
         """Configurations without grafts or methods (PRE, SFT, ...): the reference lines of the bar charts."""
         return [c for c in self.configs if not c["grafts"] and not c.get("method")]
@@ -75,7 +81,7 @@ def make_figures(run: RunData, directory: Path | None = None) -> list[figures.Sa
     """Every figure of the run, written as PNG and SVG under ``run_dir/figures``."""
     directory = directory or run.run_dir / "figures"
     metric = run.metric
-    by_config = {key[0]: rows for key, rows in grouped(run.rows, "config").items()}
+    by_config = run.by_config
     references = {c["name"]: estimate(by_config[c["name"]], metric, run.n_boot, run.seed)
                   for c in run.reference_configs() if c["name"] in by_config}  # fmt: skip
     groups = run.groups()
@@ -89,14 +95,14 @@ def make_figures(run: RunData, directory: Path | None = None) -> list[figures.Sa
         coords = [c["coords"] for c in configs]
         stem = f"{i:02d}-{_slug(group)}"
         if all("component" in k and "layers" in k for k in coords):
-            fig, title = _heatmap(run, group, configs, by_config, "layers", "grafted layers")
+            fig, title = _heatmap(run, group, configs, by_config, ("layers",), "grafted layers")
         elif all("component" in k and "layer" in k for k in coords):
-            fig, title = _heatmap(run, group, configs, by_config, "layer", "centre of the grafted layer window")
+            fig, title = _heatmap(run, group, configs, by_config, ("layer",), "centre of the grafted layer window")
         elif all("points" in k and "layers" in k and "positions" in k for k in coords):
-            fig, title = _heatmap(run, group, configs, by_config, "layers+positions", "patched layers @ positions",
+            fig, title = _heatmap(run, group, configs, by_config, ("layers", "positions"), "patched layers @ positions",
                                   row_key="points", ylabel="patched from the donor")  # fmt: skip
         elif all("source" in k and "layer" in k for k in coords):
-            fig, title = _knockout_curves(run, group, configs, by_config)
+            fig, title = _knockout_curves(run, group, configs)
         elif all("point" in k and "layer" in k for k in coords):
             fig, title = _lens_curves(run, group, configs, by_config)
         else:
@@ -116,12 +122,12 @@ def _per_template(run: RunData, configs: list[str]) -> dict[tuple[str, str], Est
     return {key: estimate(rows, run.metric, run.n_boot, run.seed) for key, rows in groups.items()}
 
 
-def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col_key: str, xlabel: str,
+def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col_keys: tuple[str, ...], xlabel: str,
              row_key: str = "component", ylabel: str = "grafted component"):  # fmt: skip
-    """Rows ``coords[row_key]`` × columns ``coords[col_key]`` (``"a+b"`` joins two coordinates)."""
+    """Rows ``coords[row_key]`` × columns of the ``col_keys`` coordinates (joined by " @ ")."""
 
     def col(c: dict) -> str:
-        return " @ ".join(c["coords"][k] for k in col_key.split("+"))
+        return " @ ".join(c["coords"][k] for k in col_keys)
 
     rows = list(dict.fromkeys(c["coords"][row_key] for c in configs))
     cols = list(dict.fromkeys(col(c) for c in configs))
@@ -137,7 +143,7 @@ def _heatmap(run: RunData, group: str, configs: list[dict], by_config: dict, col
 
 def knockout_table(run: RunData, configs: list[dict]) -> dict[tuple[str, str], Estimate]:
     """``(source, layer) → relative change (%)`` of the target probability against each knockout's baseline."""
-    by_config = {key[0]: rows for key, rows in grouped(run.rows, "config").items()}
+    by_config = run.by_config
     out = {}
     for c in configs:
         k = c["coords"]
@@ -152,7 +158,7 @@ def _curves(configs: list[dict], key: str, values: dict[tuple[str, str], Estimat
     return layers, {label: [values.get((label, layer)) for layer in layers] for label in labels}
 
 
-def _knockout_curves(run: RunData, group: str, configs: list[dict], by_config: dict):
+def _knockout_curves(run: RunData, group: str, configs: list[dict]):
     values = knockout_table(run, configs)
     layers, series = _curves(configs, "source", values)
     windows = {len(c["method"]["layers"]) for c in configs if c.get("method")}
