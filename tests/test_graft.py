@@ -73,20 +73,76 @@ def test_engine_equals_reference_on_random_rules(family: str, seed: int) -> None
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "gpt_neox"])
-def test_overwrite_path_for_wide_outputs_equals_reference(family: str, monkeypatch) -> None:
-    """Wide outputs (the unembedding) compute every row with the base and overwrite donor rows;
-    forced onto every linear module here (fused ones included), it must still equal the reference."""
-    from graftlens.graft import engine
+def test_buffer_path_for_wide_outputs_equals_reference(family: str, monkeypatch) -> None:
+    """Wide outputs (the unembedding) are computed group by group into one reused buffer; forced
+    onto every unfused linear module here (with and without bias), it must still equal the reference."""
+    from graftlens.graft import grafted
 
-    monkeypatch.setattr(engine, "WIDE_OUTPUT", 0)
+    monkeypatch.setattr(grafted, "WIDE_OUTPUT", 0)
     base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
-    ids, mask = batch(7)
-    for seed in range(3):
+    for seed in range(3):  # the buffer is reused across calls of different shapes
+        ids, mask = batch(7 + seed, b=3 + seed, t=7 - seed)
         rules = random_rules(family, random.Random(f"wide-{family}-{seed}"), *ids.shape)
         got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules)
         want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules)
         real = mask.bool()
         assert (got[real] - want[real]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt2"])
+def test_mlp_is_grafted_as_one_block(family: str, monkeypatch) -> None:
+    """The MLP runs once per owner group (gate/up/down each with that group's owners), and
+    equals the reference when gate, up and down have different owners."""
+    from graftlens.graft.grafted import GraftedBlock
+
+    runs: list[tuple[int, ...]] = []
+    original = GraftedBlock._run
+    monkeypatch.setattr(GraftedBlock, "_run", lambda self, owners, x: runs.append(owners) or original(self, owners, x))
+    base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(11)
+    first = "gate" if adapter_for(base).gated_mlp else "up"
+    rules = [Graft("a", "mlp", "all", "FE"), Graft("b", first, [1, 2], "LT"), Graft("b", "down", 2, "0")]
+    spans = [{"FE": (1, 3)}, {"FE": (0, 2)}, {"FE": (4, 6)}]
+    got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules, spans=spans)
+    want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules, spans=spans)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert len(runs) > 4 * 2 and any(len(set(o)) > 1 for o in runs)  # every layer, mixed owners in some group
+
+
+def test_mlp_block_falls_back_when_a_member_has_hooks() -> None:
+    """A hook inside the MLP must see the whole [batch, pos, ...] tensor, so the block steps aside."""
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(12)
+    rules = [Graft("ft", "mlp", "all", "0,-1")]
+    seen: list[tuple[int, ...]] = []
+    handle = base.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    try:
+        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+    finally:
+        handle.remove()
+    want = reference_forward(base, {"ft": donor}, ids, mask, rules)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert seen == [(*ids.shape, base.config.hidden_size)]
+
+
+def test_a_norm_output_changed_in_place_is_read_again() -> None:
+    """The projections reuse a norm's grouped output only while it is unchanged: a hook that
+    edits the norm's output in place must reach q/k/v exactly as in the reference."""
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(13)
+    rules = [Graft("ft", "all", "all", "0,-1")]
+    norm = base.model.layers[2].input_layernorm
+    handle = norm.register_forward_hook(lambda m, i, o: o.mul_(3.0))
+    try:
+        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        want = reference_forward(base, {"ft": donor}, ids, mask, rules)
+    finally:
+        handle.remove()
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert (got[real] - grafted_forward(base, {"ft": donor}, ids, mask, rules)[real]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("component", ["q", "k", "v"])

@@ -121,6 +121,9 @@ class Family:
     model_wide: Mapping[str, tuple[str, ...]]
     gated_mlp: bool
     notes: str = ""
+    mlp_block: str = "mlp"
+    """The per-layer module (relative to a layer) holding gate/up/down. Its forward must act on
+    each position independently: the engine then grafts it as one block (one gather, one scatter)."""
 
 
 _LLAMA_ATTN = {
@@ -341,6 +344,14 @@ class ArchitectureAdapter:
                 f"(per-layer components: {', '.join(self.layer_components)})"
             )
         return list(sites)
+
+    def mlp_block(self, layer: int) -> str | None:
+        """The path of ``layer``'s position-wise MLP module, when every gate/up/down site lies in it."""
+        block = f"{self.family.layers}.{layer}.{self.family.mlp_block}"
+        paths = [s.path for c in ("gate", "up", "down") for s in self._layer_sites[layer].get(c, [])]
+        if not paths or not all(p.startswith(block + ".") for p in paths):
+            return None
+        return block
 
     def component_map(self) -> dict[str, list[str]]:
         """Human-readable map: component → module paths (layer 0 shown as ``{i}``)."""

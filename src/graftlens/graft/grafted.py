@@ -1,0 +1,336 @@
+"""The replacement forwards the engine installs: one module, or one position-wise block, run with
+each owner's weights on the positions that owner claims.
+
+Rows (flat ``batch*pos`` indices) are grouped by who owns each segment of a module there; each
+group's rows are gathered, computed with the owners' weights, and copied back to their places.
+Three things keep the copies few, because on a CPU they, not the extra matrix products, are
+what grafting costs (``benchmarks/bench_graft.py``):
+
+- A norm's or embedding's output is *remembered* in its grouped form, so the projections that
+  read it (q, k, v, the MLP) skip the gather when their grouping is the same.
+- The MLP is grafted as one block: its input is gathered once and its output copied back once,
+  and gate/up/down compute each group with that group's owners, so the wide hidden activations
+  are never copied.
+- A wide linear output (the unembedding) is computed group by group straight into one reused
+  buffer, then copied back in one call.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError
+from graftlens.models.adapters import Rows, rows_index
+
+WIDE_OUTPUT = 8  # out_features / in_features from which a linear output goes through the reused buffer
+
+
+def twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A shallow copy of ``module`` whose parameters are ``params`` (no data copied)."""
+    clone = copy.copy(module)
+    clone.__dict__.pop("forward", None)
+    # Keep every registered name (a Linear without bias registers bias=None).
+    clone._parameters = {name: params.get(name) for name in module._parameters}  # type: ignore[assignment]
+    return clone
+
+
+@dataclass
+class PositionGroups:
+    """Positions (flat ``batch*pos`` indices) grouped by who owns each segment there.
+
+    ``order`` lists the positions group after group; ``bounds[g]:bounds[g+1]`` is group ``g``'s
+    slice of it, ``owners[g]`` its owner per segment.
+    """
+
+    owners: list[tuple[int, ...]]
+    bounds: list[int]
+    order: torch.Tensor  # [batch*pos]
+
+    def rows(self, g: int) -> torch.Tensor:
+        """The flat positions of group ``g``: ``[n_g]``."""
+        return self.order[self.bounds[g] : self.bounds[g + 1]]
+
+    @property
+    def single_owner(self) -> int | None:
+        """The owner of every segment at every position, when there is only one."""
+        if len(self.owners) == 1 and len(set(self.owners[0])) == 1:
+            return self.owners[0][0]
+        return None
+
+    def same_partition(self, other: PositionGroups) -> bool:
+        return other is self or (other.bounds == self.bounds and torch.equal(other.order, self.order))
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """What makes two tensors hold the same values: storage, geometry and in-place version."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t._version, t.dtype)
+
+
+class Workspace:
+    """One flat buffer reused by wide outputs across calls, so it is paged in once.
+
+    Fresh memory is paged in on first touch; for a 49k-wide unembedding that costs as much as a
+    third of the product itself. The buffer grows to the largest wide output asked for (at most
+    one full-logits tensor) and lives as long as its model (:func:`workspace_for`).
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def matrix(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        n = rows * cols
+        b = self._buffer
+        if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
+            b = self._buffer = torch.empty(n, dtype=like.dtype, device=like.device)
+        return b[:n].view(rows, cols)
+
+
+_WORKSPACES: weakref.WeakKeyDictionary[nn.Module, Workspace] = weakref.WeakKeyDictionary()
+
+
+def workspace_for(model: nn.Module) -> Workspace:
+    """The workspace of ``model``'s grafted wide outputs, shared by every grafting context on it."""
+    if model not in _WORKSPACES:
+        _WORKSPACES[model] = Workspace()
+    return _WORKSPACES[model]
+
+
+class BatchState:
+    """What every grafted module shares during one forward call of the base model."""
+
+    def __init__(self, shape: tuple[int, int], workspace: Workspace):
+        self.shape = shape  # (batch, pos)
+        self.workspace = workspace
+        self._groups: dict[bytes, PositionGroups] = {}
+        self._remembered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
+
+    def groups(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups:
+        """Group positions by their owner per segment (``owner_maps``: ``[batch, pos]`` each)."""
+        n_owners = 1 + max(int(o.max()) for o in owner_maps)
+        code = torch.zeros_like(owner_maps[0].reshape(-1))  # [batch*pos]: one number per owner combination
+        for o in owner_maps:
+            code = code * n_owners + o.reshape(-1)
+        key = code.cpu().numpy().tobytes() + bytes([n_owners, len(owner_maps)])
+        if key in self._groups:  # many modules share the same ownership: group once per batch
+            return self._groups[key]
+        values, counts = torch.unique(code, return_counts=True)  # sorted codes
+        order = torch.argsort(code, stable=True)  # positions sorted by code = grouped
+        owners = []
+        for v in values.tolist():
+            digits = []
+            for _ in owner_maps:
+                digits.append(v % n_owners)
+                v //= n_owners
+            owners.append(tuple(reversed(digits)))
+        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        groups = self._groups[key] = PositionGroups(owners, bounds, order)
+        return groups
+
+    def batched(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """``x`` as ``[batch, pos, ...]``, broadcasting a shared ``[1, pos, ...]`` input."""
+        batch, seq = self.shape
+        if tuple(x.shape[:2]) == (batch, seq):
+            return x
+        if x.dim() >= 2 and x.shape[0] == 1 and x.shape[1] == seq:  # e.g. shared position ids
+            return x.expand(batch, *x.shape[1:])
+        raise GraftlensError(
+            f"cannot graft {path}: its input has shape {list(x.shape)}, expected [batch={batch}, pos={seq}, ...]"
+        )
+
+    def grouped_rows(self, x: torch.Tensor, groups: PositionGroups) -> list[torch.Tensor]:
+        """``x``'s rows of each group (``[n_g, ...]``), reusing a remembered grouped output."""
+        kept = self._remembered
+        if kept is not None and kept[0] == _identity(x) and groups.same_partition(kept[2]):
+            return kept[3]
+        batch, seq = self.shape
+        flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [batch*pos, ...] grouped
+        return [flat[groups.bounds[g] : groups.bounds[g + 1]] for g in range(len(groups.owners))]
+
+    def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups, remember: bool) -> torch.Tensor:
+        """Copy each group's rows back to their places: ``[batch, pos, ...]``."""
+        batch, seq = self.shape
+        out = parts[0].new_empty((batch * seq, *parts[0].shape[1:]))  # [batch*pos, ...]
+        for g, y in enumerate(parts):
+            out.index_copy_(0, groups.rows(g), y)
+        out = out.view(batch, seq, *out.shape[1:])
+        if remember:
+            self._remembered = (_identity(out), out, groups, list(parts))
+        return out
+
+
+class _Replacement:
+    """A callable installed as ``module.forward`` for the life of a grafting context."""
+
+    def __init__(self, module: nn.Module, path: str):
+        self.module = module
+        self.path = path
+        self.original_forward = module.forward  # bound; may be an accelerate wrapper
+        self.had_instance_forward = "forward" in module.__dict__
+
+    def install(self) -> None:
+        self.module.forward = self  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        if self.had_instance_forward:
+            self.module.forward = self.original_forward  # type: ignore[method-assign]
+        else:
+            del self.module.forward
+
+
+class GraftedModule(_Replacement):
+    """The replacement forward of one module: per-owner gather → compute → scatter.
+
+    ``remember``: keep the output in grouped form for the modules that read it next (set for
+    norms and embeddings, whose outputs feed the projections).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        path: str,
+        segments: Sequence[Rows | None],
+        donor_params: Sequence[Mapping[str, torch.Tensor]],
+        remember: bool = False,
+    ):
+        super().__init__(module, path)
+        self.remember = remember
+        self.twins = [twin(module, p) for p in donor_params]  # index i-1 ↔ owner i
+        self.params = [dict(module.named_parameters(recurse=False)), *donor_params]  # owner → its tensors
+        device = next(module.parameters()).device
+        self.row_index = [rows_index(rows, device) for rows in segments]  # output rows of each segment
+        self.state: BatchState | None = None
+        self.groups: PositionGroups | None = None
+        self.forced: tuple[int, ...] | None = None  # owners per segment while a grafted block runs it
+        in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        self.wide_linear = (
+            type(module) is nn.Linear
+            and not self.had_instance_forward
+            and len(segments) == 1
+            and bool(in_f and out_f and out_f >= WIDE_OUTPUT * in_f)
+        )
+
+    def set_plan(self, owner_maps: Sequence[torch.Tensor] | None, state: BatchState | None) -> None:
+        """This batch's owner map per segment (``[batch, pos]`` each); None when nothing is grafted."""
+        self.state = state
+        if state is None or owner_maps is None or not any(bool(o.any()) for o in owner_maps):
+            self.groups = None
+        else:
+            self.groups = state.groups(owner_maps)
+
+    def has_hooks(self) -> bool:
+        return bool(self.module._forward_hooks or self.module._forward_pre_hooks)
+
+    def compute(self, owner: int, x: torch.Tensor) -> torch.Tensor:
+        if owner == 0:
+            return self.original_forward(x)
+        return type(self.module).forward(self.twins[owner - 1], x)
+
+    def compute_group(self, owners: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        """Rows ``x`` whose segments are owned by ``owners``: each segment from its owner's weights."""
+        distinct = list(dict.fromkeys(owners))
+        y = self.compute(distinct[0], x)
+        for other in distinct[1:]:
+            y_other = self.compute(other, x)
+            for k, owner in enumerate(owners):
+                if owner == other:
+                    rows = self.row_index[k]
+                    y[..., rows] = y_other[..., rows] if rows is not None else y_other
+        return y
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.forced is not None:  # inside a grafted block: x holds one group's rows
+            return self.compute_group(self.forced, x)
+        if self.groups is None:
+            return self.original_forward(x, *args, **kwargs)
+        if args or kwargs:
+            raise GraftlensError(f"cannot graft {self.path}: its forward takes more than one input")
+        state, groups = self.state, self.groups
+        assert state is not None
+        x = state.batched(x, self.path)
+        single = groups.single_owner
+        if single is not None:
+            return self.compute(single, x)
+        parts = state.grouped_rows(x, groups)
+        if self.wide_linear:
+            return self._wide_linear(parts, groups, state)
+        ys = [self.compute_group(owners, xi) for owners, xi in zip(groups.owners, parts)]
+        return state.scatter(ys, groups, self.remember)
+
+    def _wide_linear(self, parts: list[torch.Tensor], groups: PositionGroups, state: BatchState) -> torch.Tensor:
+        """Each group's product written into the model's reused buffer, then copied back in one
+        call. Computing every row with the recipient and overwriting the donors' rows costs the
+        donors' share of the product again; fresh per-group outputs cost their paging-in."""
+        batch, seq = state.shape
+        out_f = self.module.out_features
+        grouped = state.workspace.matrix(batch * seq, out_f, parts[0])  # [batch*pos, out] in group order
+        for g, ((owner,), xi) in enumerate(zip(groups.owners, parts)):
+            weight, bias = self.params[owner]["weight"], self.params[owner].get("bias")
+            dst = grouped[groups.bounds[g] : groups.bounds[g + 1]]
+            xi = xi.reshape(-1, xi.shape[-1])
+            if bias is None:
+                torch.mm(xi, weight.t(), out=dst)
+            else:
+                torch.addmm(bias, xi, weight.t(), out=dst)
+        out = grouped.new_empty(batch * seq, out_f)
+        out.index_copy_(0, groups.order, grouped)
+        return out.view(batch, seq, out_f)
+
+
+
+class GraftedBlock(_Replacement):
+    """A position-wise block (the MLP) grafted as a whole: one gather and one scatter for all
+    its grafted modules, which compute each group of rows with that group's owners.
+
+    Falls back to per-module grafting when a module inside carries hooks (a hook must see the
+    whole ``[batch, pos, ...]`` tensor).
+    """
+
+    def __init__(self, module: nn.Module, path: str, members: Sequence[GraftedModule]):
+        super().__init__(module, path)
+        self.members = list(members)
+        self.state: BatchState | None = None
+        self.groups: PositionGroups | None = None
+        self._slices: list[tuple[GraftedModule, slice]] = []
+
+    def set_plan(self, owner_maps: Mapping[str, Sequence[torch.Tensor]], state: BatchState | None) -> None:
+        """Group positions by the owners of every segment of every grafted member."""
+        self.state, self.groups, self._slices = state, None, []
+        if state is None:
+            return
+        maps: list[torch.Tensor] = []
+        for m in self.members:
+            if m.groups is not None:
+                own = owner_maps[m.path]
+                self._slices.append((m, slice(len(maps), len(maps) + len(own))))
+                maps.extend(own)
+        if maps:
+            self.groups = state.groups(maps)
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.groups is None or args or kwargs or any(m.has_hooks() for m in self.members):
+            return self.original_forward(x, *args, **kwargs)
+        state, groups = self.state, self.groups
+        assert state is not None
+        x = state.batched(x, self.path)
+        try:
+            if len(groups.owners) == 1:  # one owner combination everywhere: no gather needed
+                return self._run(groups.owners[0], x)
+            parts = state.grouped_rows(x, groups)
+            ys = [self._run(owners, xi) for owners, xi in zip(groups.owners, parts)]
+        finally:
+            for member, _ in self._slices:
+                member.forced = None
+        return state.scatter(ys, groups, remember=False)
+
+    def _run(self, owners: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        for member, sl in self._slices:
+            member.forced = owners[sl]
+        return self.original_forward(x)
+
