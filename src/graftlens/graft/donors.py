@@ -77,12 +77,11 @@ def donor_weights(
         if donor_type != base_type:
             raise DonorError(f"donor {name!r} is a {donor_type} model, the base is {base_type}")
         tensors: dict[str, dict[str, torch.Tensor]] = {}
+        donor_modules = dict(donor.named_modules())
         for path in paths:
-            try:
-                module = donor.get_submodule(path)
-            except AttributeError:
-                raise DonorError(f"donor {name!r} has no module {path!r}") from None
-            tensors[path] = {k: v.detach() for k, v in _module_params(module).items()}
+            if path not in donor_modules:
+                raise DonorError(f"donor {name!r} has no module {path!r}")
+            tensors[path] = {k: v.detach() for k, v in _module_params(donor_modules[path]).items()}
         weights = DonorWeights(name, type(donor).__name__, tensors, owned=False)
     else:
         weights = _lazy_from_checkpoint(name, Path(donor), base, paths)
@@ -98,8 +97,9 @@ def donor_weights(
 
 
 def _check_shapes(weights: DonorWeights, base: nn.Module, paths: list[str]) -> None:
+    base_modules = dict(base.named_modules())
     for path in paths:
-        base_params = _module_params(base.get_submodule(path))
+        base_params = _module_params(base_modules[path])
         donor_params = weights.tensors[path]
         for pname, bp in base_params.items():
             dp = donor_params.get(pname)

@@ -53,9 +53,10 @@ class Grafter:
             name: donor_weights(name, donor, model, paths) for name, donor in donors.items()
         }
         stream = _stream_paths(adapter)
+        submodules = dict(model.named_modules())
         self._modules = {
             path: GraftedModule(
-                model.get_submodule(path),
+                submodules[path],
                 path,
                 self._all_sites[path],
                 [self.donor_weights[n].params_for(path) for n in self.donor_names],
@@ -63,7 +64,7 @@ class Grafter:
             )
             for path in paths
         }
-        self._blocks = _mlp_blocks(adapter, model, self._modules)
+        self._blocks = _mlp_blocks(adapter, submodules, self._modules)
         self._workspace = workspace_for(model)
         self._hook: Any = None
 
@@ -123,17 +124,22 @@ def _stream_paths(adapter: ArchitectureAdapter) -> set[str]:
     return paths
 
 
-def _mlp_blocks(adapter: ArchitectureAdapter, model: nn.Module, modules: Mapping[str, GraftedModule]) -> list[GraftedBlock]:
+def _mlp_blocks(
+    adapter: ArchitectureAdapter, submodules: Mapping[str, nn.Module], modules: Mapping[str, GraftedModule]
+) -> list[GraftedBlock]:
     """One grafted block per layer whose position-wise MLP holds grafted modules."""
-    blocks = []
+    blocks: dict[str, list[GraftedModule]] = {}
     for layer in range(adapter.n_layers):
-        path = adapter.mlp_block(layer)
-        if path is None:
-            continue
-        members = [m for p, m in modules.items() if p.startswith(path + ".")]
-        if members:
-            blocks.append(GraftedBlock(model.get_submodule(path), path, members))
-    return blocks
+        block = adapter.mlp_block(layer)
+        if block is not None:
+            blocks[block] = []
+    for path, module in modules.items():
+        parts = path.split(".")
+        enclosing = (".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1))
+        block = next((p for p in enclosing if p in blocks), None)
+        if block is not None:
+            blocks[block].append(module)
+    return [GraftedBlock(submodules[path], path, members) for path, members in blocks.items() if members]
 
 
 def grafting(
