@@ -21,7 +21,7 @@ from torch import nn
 
 from graftlens.errors import GraftlensError
 from graftlens.graft.donors import DonorWeights, donor_weights
-from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule, workspace_for
+from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.positions import Spans
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
@@ -65,7 +65,6 @@ class Grafter:
             for path in paths
         }
         self._blocks = _mlp_blocks(adapter, submodules, self._modules)
-        self._workspace = workspace_for(model)
         self._hook: Any = None
 
     @property
@@ -87,7 +86,7 @@ class Grafter:
         if mask is None:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
         plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self.spans, self._all_sites)
-        state = BatchState((int(mask.shape[0]), int(mask.shape[1])), self._workspace)
+        state = BatchState((int(mask.shape[0]), int(mask.shape[1])))
         owner_maps = {path: plan.owners for path, plan in plans.items()}
         for path, grafted in self._modules.items():
             grafted.set_plan(owner_maps.get(path), state)

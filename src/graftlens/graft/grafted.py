@@ -11,14 +11,13 @@ what grafting costs (``benchmarks/bench_graft.py``):
 - The MLP is grafted as one block: its input is gathered once and its output copied back once,
   and gate/up/down compute each group with that group's owners, so the wide hidden activations
   are never copied.
-- A wide linear output (the unembedding) is computed group by group straight into one reused
-  buffer, then copied back in one call.
+- A wide linear output (the unembedding) is computed in chunks of columns, each copied back
+  while it is still in cache.
 """
 
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,9 @@ from torch import nn
 from graftlens.errors import GraftlensError
 from graftlens.models.adapters import Rows, rows_index
 
-WIDE_OUTPUT = 8  # out_features / in_features from which a linear output goes through the reused buffer
+WIDE_OUTPUT = 8  # out_features / in_features from which a linear output is computed in column chunks
+CHUNK_BYTES = 4 << 20  # one column chunk of a wide output, all rows: small enough to stay in cache
+MIN_CHUNK_COLUMNS = 64
 
 
 def twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -73,41 +74,11 @@ def _identity(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), tuple(t.shape), t.stride(), t._version, t.dtype)
 
 
-class Workspace:
-    """One flat buffer reused by wide outputs across calls, so it is paged in once.
-
-    Fresh memory is paged in on first touch; for a 49k-wide unembedding that costs as much as a
-    third of the product itself. The buffer grows to the largest wide output asked for (at most
-    one full-logits tensor) and lives as long as its model (:func:`workspace_for`).
-    """
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-
-    def matrix(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-        n = rows * cols
-        b = self._buffer
-        if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
-            b = self._buffer = torch.empty(n, dtype=like.dtype, device=like.device)
-        return b[:n].view(rows, cols)
-
-
-_WORKSPACES: weakref.WeakKeyDictionary[nn.Module, Workspace] = weakref.WeakKeyDictionary()
-
-
-def workspace_for(model: nn.Module) -> Workspace:
-    """The workspace of ``model``'s grafted wide outputs, shared by every grafting context on it."""
-    if model not in _WORKSPACES:
-        _WORKSPACES[model] = Workspace()
-    return _WORKSPACES[model]
-
-
 class BatchState:
     """What every grafted module shares during one forward call of the base model."""
 
-    def __init__(self, shape: tuple[int, int], workspace: Workspace):
+    def __init__(self, shape: tuple[int, int]):
         self.shape = shape  # (batch, pos)
-        self.workspace = workspace
         self._groups: dict[bytes, PositionGroups] = {}
         self._remembered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
 
@@ -264,24 +235,28 @@ class GraftedModule(_Replacement):
         return state.scatter(ys, groups, self.remember)
 
     def _wide_linear(self, parts: list[torch.Tensor], groups: PositionGroups, state: BatchState) -> torch.Tensor:
-        """Each group's product written into the model's reused buffer, then copied back in one
-        call. Computing every row with the recipient and overwriting the donors' rows costs the
-        donors' share of the product again; fresh per-group outputs cost their paging-in."""
+        """A wide output (the 49k-wide unembedding) in chunks of columns: each group's product is
+        written into a small buffer, which is copied to the output rows while still in cache.
+        Whole-width group outputs would be written, paged in and read back once more; computing
+        every row with the recipient and overwriting the donors' rows would redo their share."""
         batch, seq = state.shape
-        out_f = self.module.out_features
-        grouped = state.workspace.matrix(batch * seq, out_f, parts[0])  # [batch*pos, out] in group order
-        for g, ((owner,), xi) in enumerate(zip(groups.owners, parts)):
-            weight, bias = self.params[owner]["weight"], self.params[owner].get("bias")
-            dst = grouped[groups.bounds[g] : groups.bounds[g + 1]]
-            xi = xi.reshape(-1, xi.shape[-1])
-            if bias is None:
-                torch.mm(xi, weight.t(), out=dst)
-            else:
-                torch.addmm(bias, xi, weight.t(), out=dst)
-        out = grouped.new_empty(batch * seq, out_f)
-        out.index_copy_(0, groups.order, grouped)
+        n, out_f = batch * seq, self.module.out_features
+        out = parts[0].new_empty(n, out_f)  # [batch*pos, out]
+        cols = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (n * out.element_size()))
+        buffer = out.new_empty(n * min(cols, out_f))
+        rows = [xi.reshape(-1, xi.shape[-1]) for xi in parts]
+        for c0 in range(0, out_f, cols):
+            c1 = min(out_f, c0 + cols)
+            grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [batch*pos, chunk] in group order
+            for g, (owner,) in enumerate(groups.owners):
+                weight, bias = self.params[owner]["weight"][c0:c1], self.params[owner].get("bias")
+                dst = grouped[groups.bounds[g] : groups.bounds[g + 1]]
+                if bias is None:
+                    torch.mm(rows[g], weight.t(), out=dst)
+                else:
+                    torch.addmm(bias[c0:c1], rows[g], weight.t(), out=dst)
+            out[:, c0:c1].index_copy_(0, groups.order, grouped)
         return out.view(batch, seq, out_f)
-
 
 
 class GraftedBlock(_Replacement):
