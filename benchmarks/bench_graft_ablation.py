@@ -1,26 +1,47 @@
-"""Where the grafting overhead goes: grafted/plain time per component group, on the embedded model.
+"""Where the grafting overhead goes, on the embedded model: grafted/plain time per component
+group, and the engine with each of its copy-saving techniques turned off in turn.
 
-Same batch as bench_graft.py (32 prompts, FE+LT). Prints one JSON object of ratios
-(median over --repeats interleaved runs). Run it once as is and once with glibc's mmap threshold
-raised to see the share of page faults from large fresh buffers:
-  MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=4000000000 python benchmarks/bench_graft_ablation.py
+Same batch as bench_graft.py (32 prompts, FE+LT, every layer). Every variant and the plain
+forward are interleaved in each of --repeats rounds; medians are reported. Prints one JSON
+object. Usage: python benchmarks/bench_graft_ablation.py [--repeats 5]
+
+Techniques (graftlens.graft.grafted):
+  no_mlp_block     gate/up/down grafted module by module (each gathers and scatters its rows)
+  no_remembered    q/k/v/MLP gather the norm's output again instead of reusing its grouped rows
+  no_wide_chunks   the unembedding gathered and scattered whole like any other module
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 from bench_graft import make_batch
 
 import graftlens
-from graftlens.graft import position_ids_for
+from graftlens.graft import engine, grafted, position_ids_for
 
-VARIANTS = {"all": "all", "no_lm_head": "layer+embed+ln_final", "lm_head_only": "lm_head", "attn": "attn", "mlp": "mlp"}
+COMPONENT_GROUPS = {"all": "all", "no_lm_head": "layer+embed+ln_final", "lm_head_only": "lm_head", "attn": "attn", "mlp": "mlp"}
+
+
+@contextlib.contextmanager
+def without(technique: str) -> Iterator[None]:
+    saved = engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT
+    if technique == "no_mlp_block":
+        engine._mlp_blocks = lambda *args: []
+    elif technique == "no_remembered":
+        engine.STREAM_COMPONENTS = ()
+    elif technique == "no_wide_chunks":
+        grafted.WIDE_OUTPUT = 10**9
+    try:
+        yield
+    finally:
+        engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT = saved
 
 
 def main() -> None:
@@ -28,24 +49,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     base, donor = graftlens.load_model("smollm2-135m"), graftlens.load_model("smollm2-135m")
+    with torch.no_grad():  # a donor that differs from the base, as in bench_graft.py
+        g = torch.Generator().manual_seed(0)
+        for p in donor.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
     ids, mask, spans = make_batch(base.tokenizer, 32)
     pos = position_ids_for(mask)
-    times: dict[str, list[float]] = {k: [] for k in [*VARIANTS, "plain"]}
-    for _ in range(args.repeats):
-        for name, comps in VARIANTS.items():
-            t0 = time.perf_counter()
-            graftlens.grafted_forward(base, {"ft": donor}, ids, mask, [graftlens.Graft("ft", comps, "all", "FE+LT")], spans=spans)
-            times[name].append(time.perf_counter() - t0)
+
+    variants: dict[str, tuple[str, str]] = {f"components={k}": (v, "") for k, v in COMPONENT_GROUPS.items()}
+    variants |= {f"all, {t}": ("all", t) for t in ("no_mlp_block", "no_remembered", "no_wide_chunks")}
+    times: dict[str, list[float]] = {k: [] for k in [*variants, "plain"]}
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for name, (components, technique) in variants.items():
+            with without(technique):
+                t0 = time.perf_counter()
+                graftlens.grafted_forward(base, {"ft": donor}, ids, mask, [graftlens.Graft("ft", components, "all", "FE+LT")], spans=spans)
+                times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.no_grad():
             base.model(input_ids=ids, attention_mask=mask, position_ids=pos)
         times["plain"].append(time.perf_counter() - t0)
-    plain = statistics.median(times["plain"])
+    plain = statistics.median(times["plain"][1:])
     print(json.dumps({
         "benchmark": "grafted_forward_ablation",
-        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
+        "repeats": args.repeats,
         "plain_s": round(plain, 4),
-        "grafted_over_plain": {k: round(statistics.median(v) / plain, 3) for k, v in times.items() if k != "plain"},
+        "grafted_over_plain": {k: round(statistics.median(v[1:]) / plain, 3) for k, v in times.items() if k != "plain"},
     }))
 
 
