@@ -216,6 +216,31 @@ def test_results_do_not_depend_on_batch_or_padding_side() -> None:
             assert (logits[i, last[i]] - alone[i]).abs().max() < 1e-5, (side, i)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_padded_rows_are_left_uncomputed(family: str) -> None:
+    """Grafted modules skip padded positions (their rows are zero; no real position reads them),
+    real positions still equal the reference, and a row of padding only is harmless."""
+    base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+    ids, mask = batch(14, b=4)
+    mask[1, 3:] = 0  # right padding
+    mask[3] = 0  # nothing but padding
+    chosen = torch.rand(ids.shape, generator=torch.Generator().manual_seed(14)) < 0.5  # padded ones too
+    rules = [Graft("ft", "all", "all", chosen)]
+    site = adapter_for(base).sites("o", 1)[0].path
+    outputs: list[torch.Tensor] = []
+    handle = base.get_submodule(site).register_forward_hook(lambda m, i, o: outputs.append(o))
+    try:
+        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+    finally:
+        handle.remove()
+    want = reference_forward(base, {"ft": donor}, ids, mask, rules)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert torch.isfinite(got).all()
+    (o_out,) = outputs
+    assert not o_out[~real].any() and o_out[real].abs().sum(-1).min() > 0
+
+
 def test_lean_donor_from_checkpoint_matches_loaded_donor(tmp_path) -> None:
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     donor.save_pretrained(tmp_path / "ft")

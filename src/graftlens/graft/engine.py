@@ -86,7 +86,7 @@ class Grafter:
         if mask is None:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
         plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self.spans, self._all_sites)
-        state = BatchState((int(mask.shape[0]), int(mask.shape[1])))
+        state = BatchState((int(mask.shape[0]), int(mask.shape[1])), padding=~mask.bool())
         owner_maps = {path: plan.owners for path, plan in plans.items()}
         for path, grafted in self._modules.items():
             grafted.set_plan(owner_maps.get(path), state)

@@ -46,13 +46,15 @@ def twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
 class PositionGroups:
     """Positions (flat ``batch*pos`` indices) grouped by who owns each segment there.
 
-    ``order`` lists the positions group after group; ``bounds[g]:bounds[g+1]`` is group ``g``'s
-    slice of it, ``owners[g]`` its owner per segment.
+    ``order`` lists the real positions group after group; ``bounds[g]:bounds[g+1]`` is group
+    ``g``'s slice of it, ``owners[g]`` its owner per segment. ``skipped`` holds the padded
+    positions, which nothing reads: they are not computed, and their rows are zero.
     """
 
     owners: list[tuple[int, ...]]
     bounds: list[int]
-    order: torch.Tensor  # [batch*pos]
+    order: torch.Tensor  # [n_real]
+    skipped: torch.Tensor | None = None  # [n_pad]
 
     def rows(self, g: int) -> torch.Tensor:
         """The flat positions of group ``g``: ``[n_g]``."""
@@ -60,7 +62,9 @@ class PositionGroups:
 
     @property
     def single_owner(self) -> int | None:
-        """The owner of every segment at every position, when there is only one."""
+        """The owner of every segment at every real position, when there is only one."""
+        if not self.owners:  # nothing but padding
+            return 0
         if len(self.owners) == 1 and len(set(self.owners[0])) == 1:
             return self.owners[0][0]
         return None
@@ -75,10 +79,16 @@ def _identity(t: torch.Tensor) -> tuple:
 
 
 class BatchState:
-    """What every grafted module shares during one forward call of the base model."""
+    """What every grafted module shares during one forward call of the base model.
 
-    def __init__(self, shape: tuple[int, int]):
+    ``padding``: ``BoolTensor[batch, pos]``, True where the attention mask is 0. No real position
+    attends to a padded one, so grafted modules leave padded rows uncomputed (zero), as the
+    literal definition does.
+    """
+
+    def __init__(self, shape: tuple[int, int], padding: torch.Tensor | None = None):
         self.shape = shape  # (batch, pos)
+        self.padding = padding.reshape(-1) if padding is not None and bool(padding.any()) else None  # [batch*pos]
         self._groups: dict[bytes, PositionGroups] = {}
         self._remembered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
 
@@ -88,11 +98,17 @@ class BatchState:
         code = torch.zeros_like(owner_maps[0].reshape(-1))  # [batch*pos]: one number per owner combination
         for o in owner_maps:
             code = code * n_owners + o.reshape(-1)
+        if self.padding is not None:
+            code[self.padding] = -1  # padded positions sort first, then are set aside
         key = code.cpu().numpy().tobytes() + bytes([n_owners, len(owner_maps)])
         if key in self._groups:  # many modules share the same ownership: group once per batch
             return self._groups[key]
         values, counts = torch.unique(code, return_counts=True)  # sorted codes
         order = torch.argsort(code, stable=True)  # positions sorted by code = grouped
+        skipped = None
+        if int(values[0]) == -1:
+            skipped, order = order[: int(counts[0])], order[int(counts[0]) :]
+            values, counts = values[1:], counts[1:]
         owners = []
         for v in values.tolist():
             digits = []
@@ -101,7 +117,7 @@ class BatchState:
                 v //= n_owners
             owners.append(tuple(reversed(digits)))
         bounds = [0, *torch.cumsum(counts, 0).tolist()]
-        groups = self._groups[key] = PositionGroups(owners, bounds, order)
+        groups = self._groups[key] = PositionGroups(owners, bounds, order, skipped)
         return groups
 
     def batched(self, x: torch.Tensor, path: str) -> torch.Tensor:
@@ -121,7 +137,7 @@ class BatchState:
         if kept is not None and kept[0] == _identity(x) and groups.same_partition(kept[2]):
             return kept[3]
         batch, seq = self.shape
-        flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [batch*pos, ...] grouped
+        flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [n_real, ...] grouped
         return [flat[groups.bounds[g] : groups.bounds[g + 1]] for g in range(len(groups.owners))]
 
     def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups, remember: bool) -> torch.Tensor:
@@ -130,6 +146,8 @@ class BatchState:
         out = parts[0].new_empty((batch * seq, *parts[0].shape[1:]))  # [batch*pos, ...]
         for g, y in enumerate(parts):
             out.index_copy_(0, groups.rows(g), y)
+        if groups.skipped is not None:
+            out.index_fill_(0, groups.skipped, 0)
         out = out.view(batch, seq, *out.shape[1:])
         if remember:
             self._remembered = (_identity(out), out, groups, list(parts))
@@ -240,9 +258,9 @@ class GraftedModule(_Replacement):
         Whole-width group outputs would be written, paged in and read back once more; computing
         every row with the recipient and overwriting the donors' rows would redo their share."""
         batch, seq = state.shape
-        n, out_f = batch * seq, self.module.out_features
-        out = parts[0].new_empty(n, out_f)  # [batch*pos, out]
-        cols = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (n * out.element_size()))
+        n, out_f = len(groups.order), self.module.out_features  # real rows, output width
+        out = parts[0].new_empty(batch * seq, out_f)  # [batch*pos, out]
+        cols = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (max(n, 1) * out.element_size()))
         buffer = out.new_empty(n * min(cols, out_f))
         rows = [xi.reshape(-1, xi.shape[-1]) for xi in parts]
         for c0 in range(0, out_f, cols):
@@ -256,6 +274,8 @@ class GraftedModule(_Replacement):
                 else:
                     torch.addmm(bias[c0:c1], rows[g], weight.t(), out=dst)
             out[:, c0:c1].index_copy_(0, groups.order, grouped)
+        if groups.skipped is not None:
+            out.index_fill_(0, groups.skipped, 0)
         return out.view(batch, seq, out_f)
 
 
@@ -295,8 +315,8 @@ class GraftedBlock(_Replacement):
         assert state is not None
         x = state.batched(x, self.path)
         try:
-            if len(groups.owners) == 1:  # one owner combination everywhere: no gather needed
-                return self._run(groups.owners[0], x)
+            if len(groups.owners) <= 1:  # one owner combination everywhere: no gather needed
+                return self._run(groups.owners[0], x) if groups.owners else self.original_forward(x)
             parts = state.grouped_rows(x, groups)
             ys = [self._run(owners, xi) for owners, xi in zip(groups.owners, parts)]
         finally:
