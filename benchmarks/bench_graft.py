@@ -1,25 +1,55 @@
 """Speed of the grafting engine on the embedded model.
 
 32 prompts of ~16 tokens in one batch: a plain forward, a grafted forward (FE+LT, every
-component, every layer) and the literal token-by-token reference over the same prompts.
-Plain and grafted runs are interleaved and repeated; medians are reported. Prints one JSON
-object. Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32]
+component, every layer) and the literal token-by-token reference over the same prompts. The
+engine leaves padded positions uncomputed and the plain forward does not, so the grafted
+forward is also timed with padded positions computed. Plain and grafted runs are interleaved
+and repeated; medians are reported. Prints one JSON object. Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
 import graftlens
-from graftlens.graft import position_ids_for
+from graftlens.graft import engine, grafted, position_ids_for
 from graftlens.graft.reference import reference_forward
+
+TECHNIQUES = {
+    "no_padding_skip": "padded positions computed like real ones (as the plain forward does)",
+    "no_mlp_block": "gate/up/down grafted module by module, each gathering and scattering its rows",
+    "no_remembered": "q/k/v and the MLP gather the norm's output again instead of reusing its grouped rows",
+    "no_wide_chunks": "the unembedding gathered and scattered whole like any other module",
+}
+
+
+@contextlib.contextmanager
+def without(technique: str) -> Iterator[None]:
+    """The engine with one of its techniques (TECHNIQUES) turned off; "" turns off nothing."""
+    saved = engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT
+    if technique == "no_padding_skip":
+        engine.BatchState = lambda shape, padding=None: grafted.BatchState(shape)
+    elif technique == "no_mlp_block":
+        engine._mlp_blocks = lambda *args: []
+    elif technique == "no_remembered":
+        engine.STREAM_COMPONENTS = ()
+    elif technique == "no_wide_chunks":
+        grafted.WIDE_OUTPUT = 10**9
+    elif technique:
+        raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
+    try:
+        yield
+    finally:
+        engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT = saved
 
 FIRST = ["Maren", "Tobias", "Ilse", "Corwin", "Dagny", "Ferris", "Odile", "Lucan"]
 LAST = ["Holloway", "Quist", "Brandt", "Okafor", "Vance", "Sorensen", "Achterberg", "Pell"]
@@ -70,16 +100,22 @@ def main() -> None:
         with torch.no_grad():
             base.model(input_ids=ids, attention_mask=mask, position_ids=pos)
 
-    def grafted() -> None:
+    def grafted_forward() -> None:
         graftlens.grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
 
-    plain(), grafted()  # warm-up
-    t_plain, t_graft = [], []
+    def grafted_padding_computed() -> None:
+        with without("no_padding_skip"):
+            grafted_forward()
+
+    runs = {"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for fn, acc in ((plain, t_plain), (grafted, t_graft)):
+        for name, fn in runs.items():
             t0 = time.perf_counter()
             fn()
-            acc.append(time.perf_counter() - t0)
+            times[name].append(time.perf_counter() - t0)
 
     n_ref = args.reference_prompts
     t0 = time.perf_counter()
@@ -90,7 +126,7 @@ def main() -> None:
     max_diff = float((eng[real] - ref[real]).abs().max())
     grafted_positions = sum(e - s + 1 for s, e in (sp["FE"] for sp in spans))
 
-    plain_s, graft_s = statistics.median(t_plain), statistics.median(t_graft)
+    plain_s, graft_s, padded_s = (statistics.median(times[k]) for k in runs)
     ref_s = t_ref * 32 / n_ref
     print(json.dumps({
         "benchmark": "grafted_forward_embedded",
@@ -102,6 +138,8 @@ def main() -> None:
         "plain_s": round(plain_s, 4),
         "grafted_s": round(graft_s, 4),
         "grafted_over_plain": round(graft_s / plain_s, 3),
+        "grafted_padding_computed_s": round(padded_s, 4),
+        "grafted_padding_computed_over_plain": round(padded_s / plain_s, 3),
         "reference_s": round(ref_s, 2),
         "reference_prompts_timed": n_ref,
         "engine_speedup_over_reference": round(ref_s / graft_s, 1),

@@ -5,43 +5,23 @@ Same batch as bench_graft.py (32 prompts, FE+LT, every layer). Every variant and
 forward are interleaved in each of --repeats rounds; medians are reported. Prints one JSON
 object. Usage: python benchmarks/bench_graft_ablation.py [--repeats 5]
 
-Techniques (graftlens.graft.grafted):
-  no_mlp_block     gate/up/down grafted module by module (each gathers and scatters its rows)
-  no_remembered    q/k/v/MLP gather the norm's output again instead of reusing its grouped rows
-  no_wide_chunks   the unembedding gathered and scattered whole like any other module
+Techniques: see TECHNIQUES in bench_graft.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
-from collections.abc import Iterator
 
 import torch
-from bench_graft import make_batch
+from bench_graft import TECHNIQUES, make_batch, without
 
 import graftlens
-from graftlens.graft import engine, grafted, position_ids_for
+from graftlens.graft import position_ids_for
 
 COMPONENT_GROUPS = {"all": "all", "no_lm_head": "layer+embed+ln_final", "lm_head_only": "lm_head", "attn": "attn", "mlp": "mlp"}
-
-
-@contextlib.contextmanager
-def without(technique: str) -> Iterator[None]:
-    saved = engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT
-    if technique == "no_mlp_block":
-        engine._mlp_blocks = lambda *args: []
-    elif technique == "no_remembered":
-        engine.STREAM_COMPONENTS = ()
-    elif technique == "no_wide_chunks":
-        grafted.WIDE_OUTPUT = 10**9
-    try:
-        yield
-    finally:
-        engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT = saved
 
 
 def main() -> None:
@@ -57,7 +37,7 @@ def main() -> None:
     pos = position_ids_for(mask)
 
     variants: dict[str, tuple[str, str]] = {f"components={k}": (v, "") for k, v in COMPONENT_GROUPS.items()}
-    variants |= {f"all, {t}": ("all", t) for t in ("no_mlp_block", "no_remembered", "no_wide_chunks")}
+    variants |= {f"all, {t}": ("all", t) for t in TECHNIQUES}
     times: dict[str, list[float]] = {k: [] for k in [*variants, "plain"]}
     for _ in range(args.repeats + 1):  # the first round warms up
         for name, (components, technique) in variants.items():
