@@ -33,19 +33,20 @@ TECHNIQUES = {
 
 
 @contextlib.contextmanager
-def without(technique: str) -> Iterator[None]:
-    """The engine with one of its techniques (TECHNIQUES) turned off; "" turns off nothing."""
+def without(*techniques: str) -> Iterator[None]:
+    """The engine with some of its techniques (TECHNIQUES) turned off."""
     saved = engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT
-    if technique == "no_padding_skip":
-        engine.BatchState = lambda shape, padding=None: grafted.BatchState(shape)
-    elif technique == "no_mlp_block":
-        engine._mlp_blocks = lambda *args: []
-    elif technique == "no_remembered":
-        engine.STREAM_COMPONENTS = ()
-    elif technique == "no_wide_chunks":
-        grafted.WIDE_OUTPUT = 10**9
-    elif technique:
-        raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
+    for technique in techniques:
+        if technique == "no_padding_skip":
+            engine.BatchState = lambda shape, padding=None: grafted.BatchState(shape)
+        elif technique == "no_mlp_block":
+            engine._mlp_blocks = lambda *args: []
+        elif technique == "no_remembered":
+            engine.STREAM_COMPONENTS = ()
+        elif technique == "no_wide_chunks":
+            grafted.WIDE_OUTPUT = 10**9
+        else:
+            raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
     try:
         yield
     finally:
