@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -52,6 +54,15 @@ def random_rules(family: str, rng: random.Random, b: int, t: int) -> list[Graft]
         positions = torch.rand(b, t, generator=torch.Generator().manual_seed(rng.randint(0, 10**6))) < 0.4
         rules.append(Graft(rng.choice(["a", "b"]), comps, layers, positions))
     return rules
+
+
+@contextlib.contextmanager
+def forward_hook(module: torch.nn.Module, hook) -> Iterator[None]:
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def base_logits(model, ids, mask):
@@ -119,11 +130,8 @@ def test_mlp_block_falls_back_when_a_member_has_hooks() -> None:
     ids, mask = batch(12)
     rules = [Graft("ft", "mlp", "all", "0,-1")]
     seen: list[tuple[int, ...]] = []
-    handle = base.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    try:
+    with forward_hook(base.model.layers[1].mlp.down_proj, lambda m, i, o: seen.append(tuple(o.shape))):
         got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
-    finally:
-        handle.remove()
     want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
@@ -136,13 +144,9 @@ def test_a_norm_output_changed_in_place_is_read_again() -> None:
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     ids, mask = batch(13)
     rules = [Graft("ft", "all", "all", "0,-1")]
-    norm = base.model.layers[2].input_layernorm
-    handle = norm.register_forward_hook(lambda m, i, o: o.mul_(3.0))
-    try:
+    with forward_hook(base.model.layers[2].input_layernorm, lambda m, i, o: o.mul_(3.0)):
         got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
         want = reference_forward(base, {"ft": donor}, ids, mask, rules)
-    finally:
-        handle.remove()
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
     assert (got[real] - grafted_forward(base, {"ft": donor}, ids, mask, rules)[real]).abs().max() > 1e-3
@@ -228,11 +232,8 @@ def test_padded_rows_are_left_uncomputed(family: str) -> None:
     rules = [Graft("ft", "all", "all", chosen)]
     site = adapter_for(base).sites("o", 1)[0].path
     outputs: list[torch.Tensor] = []
-    handle = base.get_submodule(site).register_forward_hook(lambda m, i, o: outputs.append(o))
-    try:
+    with forward_hook(base.get_submodule(site), lambda m, i, o: outputs.append(o)):
         got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
-    finally:
-        handle.remove()
     want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
