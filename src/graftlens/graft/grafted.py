@@ -48,7 +48,8 @@ class PositionGroups:
 
     ``order`` lists the real positions group after group; ``bounds[g]:bounds[g+1]`` is group
     ``g``'s slice of it, ``owners[g]`` its owner per segment. ``skipped`` holds the padded
-    positions, which nothing reads: they are not computed, and their rows are zero.
+    positions, which no real position reads: when rows are split among owners they are left
+    out, and their output rows are zero (with one owner everywhere, every row is computed).
     """
 
     owners: list[tuple[int, ...]]
@@ -265,7 +266,7 @@ class GraftedModule(_Replacement):
         rows = [xi.reshape(-1, xi.shape[-1]) for xi in parts]
         for c0 in range(0, out_f, cols):
             c1 = min(out_f, c0 + cols)
-            grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [batch*pos, chunk] in group order
+            grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [n_real, chunk] in group order
             for g, (owner,) in enumerate(groups.owners):
                 weight, bias = self.params[owner]["weight"][c0:c1], self.params[owner].get("bias")
                 dst = grouped[groups.bounds[g] : groups.bounds[g + 1]]
