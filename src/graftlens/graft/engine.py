@@ -23,7 +23,7 @@ from graftlens.errors import GraftlensError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.positions import Spans
-from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, touched_modules
+from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
 from graftlens.models.loading import LoadedModel, as_loaded
 
@@ -87,11 +87,10 @@ class Grafter:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
         plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self.spans, self._all_sites)
         state = BatchState((int(mask.shape[0]), int(mask.shape[1])), padding=~mask.bool())
-        owner_maps = {path: plan.owners for path, plan in plans.items()}
         for path, grafted in self._modules.items():
-            grafted.set_plan(owner_maps.get(path), state)
+            grafted.set_plan(plans.get(path), state)
         for block in self._blocks:
-            block.set_plan(owner_maps, state)
+            block.set_plan(plans, state)
 
     def __enter__(self) -> Grafter:
         for grafted in [*self._modules.values(), *self._blocks]:
@@ -113,14 +112,10 @@ class Grafter:
 
 def _stream_paths(adapter: ArchitectureAdapter) -> set[str]:
     """Modules whose outputs feed the projections (norms, embeddings)."""
-    paths = set()
-    for comp in STREAM_COMPONENTS:
-        if comp in adapter.model_components:
-            paths.update(s.path for s in adapter.sites(comp))
-        elif comp in adapter.layer_components:
-            for layer in range(adapter.n_layers):
-                paths.update(s.path for s in adapter.sites(comp, layer))
-    return paths
+    present = [c for c in STREAM_COMPONENTS if c in adapter.layer_components + adapter.model_components]
+    if not present:
+        return set()
+    return {site.path for site in rule_sites(adapter, Graft("", present, "all"))}
 
 
 def _mlp_blocks(

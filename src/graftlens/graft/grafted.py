@@ -13,6 +13,8 @@ what grafting costs (``benchmarks/bench_graft.py``):
   are never copied.
 - A wide linear output (the unembedding) is computed in chunks of columns, each copied back
   while it is still in cache.
+
+Padded positions, which no real position reads, are left out of the groups altogether.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
+from graftlens.graft.rules import ModulePlan
 from graftlens.models.adapters import Rows, rows_index
 
 WIDE_OUTPUT = 8  # out_features / in_features from which a linear output is computed in column chunks
@@ -57,9 +60,13 @@ class PositionGroups:
     order: torch.Tensor  # [n_real]
     skipped: torch.Tensor | None = None  # [n_pad]
 
+    def span(self, g: int) -> slice:
+        """Group ``g``'s slice of ``order`` (and of any tensor laid out in group order)."""
+        return slice(self.bounds[g], self.bounds[g + 1])
+
     def rows(self, g: int) -> torch.Tensor:
         """The flat positions of group ``g``: ``[n_g]``."""
-        return self.order[self.bounds[g] : self.bounds[g + 1]]
+        return self.order[self.span(g)]
 
     @property
     def single_owner(self) -> int | None:
@@ -139,7 +146,7 @@ class BatchState:
             return kept[3]
         batch, seq = self.shape
         flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [n_real, ...] grouped
-        return [flat[groups.bounds[g] : groups.bounds[g + 1]] for g in range(len(groups.owners))]
+        return [flat[groups.span(g)] for g in range(len(groups.owners))]
 
     def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups, remember: bool) -> torch.Tensor:
         """Copy each group's rows back to their places: ``[batch, pos, ...]``."""
@@ -150,7 +157,7 @@ class BatchState:
         if groups.skipped is not None:
             out.index_fill_(0, groups.skipped, 0)
         out = out.view(batch, seq, *out.shape[1:])
-        if remember:
+        if remember:  # ``out`` is held so that its storage cannot be reused under the same identity
             self._remembered = (_identity(out), out, groups, list(parts))
         return out
 
@@ -206,13 +213,13 @@ class GraftedModule(_Replacement):
             and bool(in_f and out_f and out_f >= WIDE_OUTPUT * in_f)
         )
 
-    def set_plan(self, owner_maps: Sequence[torch.Tensor] | None, state: BatchState | None) -> None:
-        """This batch's owner map per segment (``[batch, pos]`` each); None when nothing is grafted."""
+    def set_plan(self, plan: ModulePlan | None, state: BatchState | None) -> None:
+        """This batch's plan for the module; None when nothing is grafted."""
         self.state = state
-        if state is None or owner_maps is None or not any(bool(o.any()) for o in owner_maps):
+        if state is None or plan is None or plan.is_trivial():
             self.groups = None
         else:
-            self.groups = state.groups(owner_maps)
+            self.groups = state.groups(plan.owners)
 
     def has_hooks(self) -> bool:
         return bool(self.module._forward_hooks or self.module._forward_pre_hooks)
@@ -269,7 +276,7 @@ class GraftedModule(_Replacement):
             grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [n_real, chunk] in group order
             for g, (owner,) in enumerate(groups.owners):
                 weight, bias = self.params[owner]["weight"][c0:c1], self.params[owner].get("bias")
-                dst = grouped[groups.bounds[g] : groups.bounds[g + 1]]
+                dst = grouped[groups.span(g)]
                 if bias is None:
                     torch.mm(rows[g], weight.t(), out=dst)
                 else:
@@ -295,7 +302,7 @@ class GraftedBlock(_Replacement):
         self.groups: PositionGroups | None = None
         self._slices: list[tuple[GraftedModule, slice]] = []
 
-    def set_plan(self, owner_maps: Mapping[str, Sequence[torch.Tensor]], state: BatchState | None) -> None:
+    def set_plan(self, plans: Mapping[str, ModulePlan], state: BatchState | None) -> None:
         """Group positions by the owners of every segment of every grafted member."""
         self.state, self.groups, self._slices = state, None, []
         if state is None:
@@ -303,7 +310,7 @@ class GraftedBlock(_Replacement):
         maps: list[torch.Tensor] = []
         for m in self.members:
             if m.groups is not None:
-                own = owner_maps[m.path]
+                own = plans[m.path].owners
                 self._slices.append((m, slice(len(maps), len(maps) + len(own))))
                 maps.extend(own)
         if maps:
