@@ -91,6 +91,59 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_facts, text_mode
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+class _Planted:
+    """A pickle whose loading runs a command: what a planted state file would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_state_file_never_runs(tmp_path, small_facts, text_model_dir):
+    import pickle
+
+    config = FinetuneConfig(**{**FAST, "batch_size": 4})
+    marker = tmp_path / "ran"
+    payload = pickle.dumps({"name": "x", "model": _Planted(marker)})
+    # Sanity: the payload does run when unpickled the unsafe way (so the test below can fail).
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+
+    # A state file of the old layout, or of unknown origin, with no JSON: refused unread.
+    planted = tmp_path / "a.partial"
+    planted.mkdir()
+    (planted / "state.pt").write_bytes(payload)
+    with pytest.raises(FinetuneError, match="not read"):
+        finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "a")
+    assert not marker.exists()
+
+    # A real saved state whose tensor file is swapped for the payload: the owner matches, and the
+    # tensor file is still read without running anything.
+    part = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "b", stop_after_steps=1)
+    meta = json.loads((part.path / "state.json").read_text())
+    assert sorted(p.name for p in part.path.glob("state-*.pt")) == [meta["tensors"]]
+    for plant in ("raw pickle", "torch.save archive"):
+        if plant == "raw pickle":
+            (part.path / meta["tensors"]).write_bytes(payload)
+        else:
+            torch.save({"model": _Planted(marker)}, part.path / meta["tensors"])
+        with pytest.raises(FinetuneError, match="not a graftlens training state"):
+            finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "b")
+        assert not marker.exists(), plant
+
+    # Another run's state: refused from the JSON alone, before any tensor is read.
+    meta["name"] = "someone-else"
+    (part.path / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(FinetuneError, match="state of another run"):
+        finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "b")
+    assert not marker.exists()
+
+
 def test_target_only_loss_and_frozen_embeddings(tmp_path, small_facts, text_model_dir):
     config = FinetuneConfig(**{**FAST, "epochs": 1, "loss_on": "target", "train_embeddings": False, "split": "A"})
     r = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "t")

@@ -36,7 +36,11 @@ from graftlens.train.fingerprint import model_fingerprint
 from graftlens.train.manifest import evaluation_table, run_versions, write_json_atomic
 
 MANIFEST = "manifest.json"
-STATE = "state.pt"
+# A resumable state is two files: STATE (JSON: whose run it is, the step, the losses, and the
+# name of its tensor file) and ``state-<step>.pt`` (model, optimizer and scheduler tensors).
+# The JSON is read first and its owner checked; the tensor file is then read with torch's
+# weights-only unpickler, which builds tensors and plain containers and never runs code.
+STATE = "state.json"
 
 
 class FinetuneError(GraftlensError):
@@ -192,41 +196,59 @@ class _Run:
         return evaluation_table(scores, self.test_prompts)
 
     # -- resumable state -------------------------------------------------------------------
-    def _state_dict(self) -> dict[str, Any]:
+    def _tensor_state(self) -> dict[str, Any]:
         trainable_names = {k for k, p in self.model.named_parameters() if p.requires_grad}
         trainable = {k: v for k, v in self.model.state_dict().items() if k in trainable_names}
-        return {
-            "name": self.name,
-            "step": self.step,
-            "losses": self.losses,
-            "seconds": self.seconds,
-            "base_eval": self.base_eval,
-            "model": trainable,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        return {"model": trainable, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def _save_state(self) -> None:
-        tmp = self.work / (STATE + ".tmp")
-        torch.save(self._state_dict(), tmp)
-        os.replace(tmp, self.work / STATE)
+        """Write the tensors under a new name, then point the JSON at them, then drop older tensors.
+
+        A kill at any moment leaves a JSON that names a complete tensor file."""
+        tensors = f"state-{self.step:08d}.pt"
+        tmp = self.work / (tensors + ".tmp")
+        torch.save(self._tensor_state(), tmp)
+        os.replace(tmp, self.work / tensors)
+        meta = {"name": self.name, "step": self.step, "losses": self.losses, "seconds": self.seconds,
+                "base_eval": self.base_eval, "tensors": tensors}  # fmt: skip
+        write_json_atomic(self.work / STATE, meta)
+        for old in self.work.glob("state-*.pt*"):
+            if old.name != tensors:
+                old.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         path = self.work / STATE
         if not path.is_file():
+            if any(self.work.glob("state*.pt")):
+                raise FinetuneError(
+                    f"{self.work} holds a training state without {STATE} (of an older graftlens or of unknown origin); "
+                    "it is not read: remove the directory to start over"
+                )
             return
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("name") != self.name:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FinetuneError(f"{path} is damaged ({e}); remove {self.work} to start over") from None
+        if not isinstance(meta, dict) or meta.get("name") != self.name:
+            owner = meta.get("name") if isinstance(meta, dict) else None
             raise FinetuneError(
-                f"{self.work} holds the state of another run ({state.get('name')}); remove it or choose another output"
+                f"{self.work} holds the state of another run ({owner}); remove it or choose another output"
             )
+        tensors = self.work / str(meta.get("tensors", ""))
+        if tensors.parent != self.work or not tensors.is_file():
+            raise FinetuneError(f"{path} names a tensor file that is not in {self.work}; remove the directory to start over")
+        try:
+            state = torch.load(tensors, map_location=self.device, weights_only=True)
+        except Exception as e:  # the weights-only unpickler refuses anything but tensors and plain data
+            raise FinetuneError(f"{tensors} is not a graftlens training state ({type(e).__name__}); it was not run. "
+                                f"Remove {self.work} to start over") from None  # fmt: skip
         missing = self.model.load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys:
             raise FinetuneError(f"saved state in {self.work} does not fit the model: {missing.unexpected_keys[:3]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
-        self.base_eval = state["base_eval"]
+        self.step, self.losses, self.seconds = meta["step"], meta["losses"], meta["seconds"]
+        self.base_eval = meta["base_eval"]
 
     # -- training ----------------------------------------------------------------------------
     def train(self, stop_after_steps: int | None) -> bool:
