@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from graftlens.experiments.metrics import summary
-from graftlens.report.build import load_run
+from graftlens.results import summary
+from graftlens.results import load_run
 
 
 def run(args: list[str], cache: str, cwd: str) -> float:

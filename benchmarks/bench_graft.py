@@ -102,7 +102,7 @@ def main() -> None:
             base.model(input_ids=ids, attention_mask=mask, position_ids=pos)
 
     def grafted_forward() -> None:
-        graftlens.grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
+        graftlens.grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)
 
     def grafted_padding_computed() -> None:
         with without("no_padding_skip"):
@@ -122,7 +122,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ref = reference_forward(base, {"ft": donor}, ids[:n_ref], mask[:n_ref], rules, spans=spans[:n_ref])
     t_ref = time.perf_counter() - t0
-    eng = graftlens.grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)[:n_ref]
+    eng = graftlens.grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)[:n_ref]
     real = mask[:n_ref].bool()
     max_diff = float((eng[real] - ref[real]).abs().max())
     grafted_positions = sum(e - s + 1 for s, e in (sp["FE"] for sp in spans))

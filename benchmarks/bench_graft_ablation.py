@@ -53,7 +53,7 @@ def main() -> None:
             return
         with without(*techniques):
             rules = [graftlens.Graft("ft", components, "all", "FE+LT")]
-            graftlens.grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
+            graftlens.grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)
 
     times: dict[str, list[float]] = {k: [] for k in variants}
     order = list(variants)

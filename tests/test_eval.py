@@ -8,7 +8,7 @@ from conftest import make_text_model
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of, score_logits
 from graftlens.eval.batching import batches
-from graftlens.eval.scoring import grafted_last_logits
+from graftlens.methods.grafting import grafted_last_logits
 from graftlens.graft import Graft
 from graftlens.models.loading import as_loaded
 
@@ -65,5 +65,5 @@ def test_grafted_scoring_of_the_last_position_only_equals_the_full_forward(small
         [Graft("d", "lm_head", positions="LT")],
     ):
         fast = grafted_last_logits(base, {"d": donor}, rules)(batch)  # [batch, vocab]
-        full = grafted_forward(base, {"d": donor}, batch.input_ids, batch.attention_mask, rules, spans=batch.spans)[:, -1]
+        full = grafted_forward(base, {"d": donor}, rules, batch.input_ids, batch.attention_mask, spans=batch.spans)[:, -1]
         assert torch.allclose(fast, full, atol=1e-5), (rules, (fast - full).abs().max())

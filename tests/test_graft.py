@@ -76,7 +76,7 @@ def test_engine_equals_reference_on_random_rules(family: str, seed: int) -> None
     ids, mask = batch(seed)
     rules = random_rules(family, random.Random(f"{family}-{seed}"), *ids.shape)
     donors = {"a": a, "b": b}
-    got = grafted_forward(base, donors, ids, mask, rules)
+    got = grafted_forward(base, donors, rules, ids, mask)
     want = reference_forward(base, donors, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
@@ -97,7 +97,7 @@ def test_chunked_wide_outputs_equal_reference(family: str, monkeypatch) -> None:
     for seed in range(3):
         ids, mask = batch(7 + seed, b=3 + seed, t=7 - seed)
         rules = random_rules(family, random.Random(f"wide-{family}-{seed}"), *ids.shape)
-        got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules)
+        got = grafted_forward(base, {"a": a, "b": b}, rules, ids, mask)
         want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules)
         real = mask.bool()
         assert (got[real] - want[real]).abs().max() < 1e-4
@@ -117,7 +117,7 @@ def test_mlp_is_grafted_as_one_block(family: str, monkeypatch) -> None:
     first = "gate" if adapter_for(base).gated_mlp else "up"
     rules = [Graft("a", "mlp", "all", "FE"), Graft("b", first, [1, 2], "LT"), Graft("b", "down", 2, "0")]
     spans = [{"FE": (1, 3)}, {"FE": (0, 2)}, {"FE": (4, 6)}]
-    got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules, spans=spans)
+    got = grafted_forward(base, {"a": a, "b": b}, rules, ids, mask, spans=spans)
     want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules, spans=spans)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
@@ -131,7 +131,7 @@ def test_mlp_block_falls_back_when_a_member_has_hooks() -> None:
     rules = [Graft("ft", "mlp", "all", "0,-1")]
     seen: list[tuple[int, ...]] = []
     with forward_hook(base.model.layers[1].mlp.down_proj, lambda m, i, o: seen.append(tuple(o.shape))):
-        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        got = grafted_forward(base, {"ft": donor}, rules, ids, mask)
     want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
@@ -145,11 +145,11 @@ def test_a_norm_output_changed_in_place_is_read_again() -> None:
     ids, mask = batch(13)
     rules = [Graft("ft", "all", "all", "0,-1")]
     with forward_hook(base.model.layers[2].input_layernorm, lambda m, i, o: o.mul_(3.0)):
-        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        got = grafted_forward(base, {"ft": donor}, rules, ids, mask)
         want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
-    assert (got[real] - grafted_forward(base, {"ft": donor}, ids, mask, rules)[real]).abs().max() > 1e-3
+    assert (got[real] - grafted_forward(base, {"ft": donor}, rules, ids, mask)[real]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("component", ["q", "k", "v"])
@@ -158,7 +158,7 @@ def test_single_fused_part_equals_reference(component: str) -> None:
         base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
         ids, mask = batch(5)
         rules = [Graft("ft", component, "all", "0,-1")]
-        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        got = grafted_forward(base, {"ft": donor}, rules, ids, mask)
         want = reference_forward(base, {"ft": donor}, ids, mask, rules)
         real = mask.bool()
         assert (got[real] - want[real]).abs().max() < 1e-4, family
@@ -169,7 +169,7 @@ def test_overlapping_rules_later_wins() -> None:
     base, a, b = (make_tiny_model("gpt_neox", s) for s in range(3))
     ids, mask = batch(3)
     rules = [Graft("a", "all", "all", None), Graft("b", "attn", "half2", "LT"), Graft("a", "q", "3", "LT")]
-    got = grafted_forward(base, {"a": a, "b": b}, ids, mask, rules)
+    got = grafted_forward(base, {"a": a, "b": b}, rules, ids, mask)
     want = reference_forward(base, {"a": a, "b": b}, ids, mask, rules)
     assert (got[mask.bool()] - want[mask.bool()]).abs().max() < 1e-4
 
@@ -177,21 +177,21 @@ def test_overlapping_rules_later_wins() -> None:
 def test_no_rules_is_the_base_bit_for_bit(family: str) -> None:
     base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
     ids, mask = batch(4)
-    assert torch.equal(grafted_forward(base, {"ft": donor}, ids, mask, []), base_logits(base, ids, mask))
+    assert torch.equal(grafted_forward(base, {"ft": donor}, [], ids, mask), base_logits(base, ids, mask))
 
 
 def test_rules_claiming_no_position_are_the_base_bit_for_bit() -> None:
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     ids, mask = batch(4)
     none = torch.zeros_like(mask, dtype=torch.bool)
-    got = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", none)])
+    got = grafted_forward(base, {"ft": donor}, [Graft("ft", "all", "all", none)], ids, mask)
     assert torch.equal(got, base_logits(base, ids, mask))
 
 
 def test_everything_everywhere_is_the_donor(family: str) -> None:
     base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
     ids, mask = batch(6)
-    got = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", None)])
+    got = grafted_forward(base, {"ft": donor}, [Graft("ft", "all", "all", None)], ids, mask)
     real = mask.bool()
     assert (got[real] - base_logits(donor, ids, mask)[real]).abs().max() < 1e-5
 
@@ -211,10 +211,10 @@ def test_results_do_not_depend_on_batch_or_padding_side() -> None:
             ids[i, sl], mask[i, sl] = p, 1
         return ids, mask
 
-    alone = [grafted_forward(base, {"ft": donor}, p[None], None, rules)[0, -1] for p in prompts]
+    alone = [grafted_forward(base, {"ft": donor}, rules, p[None], None)[0, -1] for p in prompts]
     for side in ("left", "right"):
         ids, mask = padded(side)
-        logits = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        logits = grafted_forward(base, {"ft": donor}, rules, ids, mask)
         last = mask.sum(-1) - 1 if side == "right" else torch.full((3,), ids.shape[1] - 1)
         for i in range(3):
             assert (logits[i, last[i]] - alone[i]).abs().max() < 1e-5, (side, i)
@@ -233,7 +233,7 @@ def test_padded_rows_are_left_uncomputed(family: str) -> None:
     site = adapter_for(base).sites("o", 1)[0].path
     outputs: list[torch.Tensor] = []
     with forward_hook(base.get_submodule(site), lambda m, i, o: outputs.append(o)):
-        got = grafted_forward(base, {"ft": donor}, ids, mask, rules)
+        got = grafted_forward(base, {"ft": donor}, rules, ids, mask)
     want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
@@ -247,8 +247,8 @@ def test_lean_donor_from_checkpoint_matches_loaded_donor(tmp_path) -> None:
     donor.save_pretrained(tmp_path / "ft")
     ids, mask = batch(7)
     rules = [Graft("ft", "o+mlp", "half2", "LT"), Graft("ft", "lm_head", None, "LT")]
-    from_model = grafted_forward(base, {"ft": donor}, ids, mask, rules)
-    from_dir = grafted_forward(base, {"ft": tmp_path / "ft"}, ids, mask, rules)
+    from_model = grafted_forward(base, {"ft": donor}, rules, ids, mask)
+    from_dir = grafted_forward(base, {"ft": tmp_path / "ft"}, rules, ids, mask)
     assert torch.equal(from_model, from_dir)
     with grafting(base, {"ft": tmp_path / "ft"}, rules) as g:
         held = g.donor_bytes["ft"]
@@ -265,11 +265,11 @@ def test_embed_alone_does_not_graft_the_tied_lm_head() -> None:
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     assert adapter_for(base).tied_embeddings
     ids, mask = batch(8)
-    embed_only = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed", None, None)])
+    embed_only = grafted_forward(base, {"ft": donor}, [Graft("ft", "embed", None, None)], ids, mask)
     want = reference_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed", None, None)])
     real = mask.bool()
     assert (embed_only[real] - want[real]).abs().max() < 1e-4
-    both = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "embed+lm_head", None, None)])
+    both = grafted_forward(base, {"ft": donor}, [Graft("ft", "embed+lm_head", None, None)], ids, mask)
     assert (both[real] - embed_only[real]).abs().max() > 1e-3
 
 
@@ -291,11 +291,11 @@ def test_named_spans_resolve_per_example() -> None:
     ids, mask = batch(11)
     spans = [{"FE": (0, 2)}, {"FE": (1, 3)}, {"FE": (2, 4)}]
     rules = [Graft("ft", "all", "all", "FE+LT")]
-    got = grafted_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
+    got = grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)
     want = reference_forward(base, {"ft": donor}, ids, mask, rules, spans=spans)
     assert (got[mask.bool()] - want[mask.bool()]).abs().max() < 1e-4
     explicit = [[0, 1, -1], [1, 2, -1], [2, 3, -1]]
-    same = grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "all", "all", explicit)])
+    same = grafted_forward(base, {"ft": donor}, [Graft("ft", "all", "all", explicit)], ids, mask)
     assert torch.equal(got, same)
 
 
@@ -306,43 +306,43 @@ def test_unknown_component_is_named() -> None:
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     ids, mask = batch(0)
     with pytest.raises(UnknownComponentError, match="'mlp_out'"):
-        grafted_forward(base, {"ft": donor}, ids, mask, [Graft("ft", "mlp_out")])
+        grafted_forward(base, {"ft": donor}, [Graft("ft", "mlp_out")], ids, mask)
     with pytest.raises(UnknownComponentError, match="'gate' is absent"):
         gpt2 = make_tiny_model("gpt2")
-        grafted_forward(gpt2, {"ft": gpt2}, ids, mask, [Graft("ft", "gate")])
+        grafted_forward(gpt2, {"ft": gpt2}, [Graft("ft", "gate")], ids, mask)
 
 
 def test_layer_out_of_range_is_named() -> None:
     base = make_tiny_model("llama", 0)
     ids, mask = batch(0)
     with pytest.raises(LayerSelectionError, match="layer 9 out of range"):
-        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", [1, 9])])
+        grafted_forward(base, {"ft": base}, [Graft("ft", "q", [1, 9])], ids, mask)
 
 
 def test_position_mask_of_wrong_shape_is_named() -> None:
     base = make_tiny_model("llama", 0)
     ids, mask = batch(0)
     with pytest.raises(PositionError, match=r"shape \[batch, pos\] = \[3, 7\], got torch.bool \[3, 6\]"):
-        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", "all", torch.ones(3, 6, dtype=torch.bool))])
+        grafted_forward(base, {"ft": base}, [Graft("ft", "q", "all", torch.ones(3, 6, dtype=torch.bool))], ids, mask)
     with pytest.raises(PositionError, match="no span 'FE'"):
-        grafted_forward(base, {"ft": base}, ids, mask, [Graft("ft", "q", "all", "FE")])
+        grafted_forward(base, {"ft": base}, [Graft("ft", "q", "all", "FE")], ids, mask)
 
 
 def test_unknown_donor_is_named() -> None:
     base = make_tiny_model("llama", 0)
     ids, mask = batch(0)
     with pytest.raises(GraftRuleError, match="names donor 'task'; the donors are: ft"):
-        grafted_forward(base, {"ft": base}, ids, mask, [Graft("task", "q")])
+        grafted_forward(base, {"ft": base}, [Graft("task", "q")], ids, mask)
 
 
 def test_donor_of_another_architecture_is_named(tmp_path) -> None:
     base, other = make_tiny_model("llama", 0), make_tiny_model("gpt2", 0)
     ids, mask = batch(0)
     with pytest.raises(DonorError, match="donor 'ft' is a gpt2 model, the base is llama"):
-        grafted_forward(base, {"ft": other}, ids, mask, [Graft("ft", "q")])
+        grafted_forward(base, {"ft": other}, [Graft("ft", "q")], ids, mask)
     other.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(DonorError, match="donor 'ft' .* is a gpt2 model, the base is llama"):
-        grafted_forward(base, {"ft": tmp_path / "gpt2"}, ids, mask, [Graft("ft", "q")])
+        grafted_forward(base, {"ft": tmp_path / "gpt2"}, [Graft("ft", "q")], ids, mask)
 
 
 def test_donor_with_other_shapes_is_named() -> None:
@@ -363,7 +363,7 @@ def test_donor_with_other_shapes_is_named() -> None:
     with pytest.raises(
         DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the base has \[48, 32\]"
     ):
-        grafted_forward(base, {"ft": wide}, ids, mask, [Graft("ft", "up", 0)])
+        grafted_forward(base, {"ft": wide}, [Graft("ft", "up", 0)], ids, mask)
 
 
 # ---- the embedded model ------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_embedded_model_grafted_into_itself_is_unchanged(embedded) -> None:
     tok = embedded.tokenizer
     enc = tok(["The capital of France is", "Apple was founded by Steve"], return_tensors="pt", padding=True)
     rules = [Graft("self", "all", "all", "0+LT")]
-    got = grafted_forward(embedded, {"self": embedded.source}, enc.input_ids, enc.attention_mask, rules)
+    got = grafted_forward(embedded, {"self": embedded.source}, rules, enc.input_ids, enc.attention_mask)
     want = base_logits(embedded.model, enc.input_ids, enc.attention_mask)
     real = enc.attention_mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4

@@ -95,14 +95,13 @@ def test_cmap_with_the_base_as_donor_changes_nothing(family):
     points = [Point(name, layer) for name in ("z", "q", "k", "v") for layer in range(n)]
     _, donor_cache = run_with_cache(base, ids, None, points)
     heads = {p: None for p in points}
-    assert torch.equal(cross_model_patched_logits(base, donor_cache, ids, None, heads, last_only=False), run_logits(base, ids))
+    assert torch.equal(cross_model_patched_logits(base, donor_cache, ids, None, heads), run_logits(base, ids))
 
 
 def test_cmap_patches_only_the_chosen_heads_and_positions():
     base, donor = make_tiny_model("llama", seed=0), make_tiny_model("llama", seed=1)
     ids = _inputs()
-    where = torch.zeros_like(ids, dtype=torch.bool)
-    where[:, 2] = True
+    where = "2"  # prompt position 2 of every example
     _, donor_cache = run_with_cache(donor, ids, None, ["z.1"])
     with capture(base, ["z.1"]) as patched:
         cross_model_patched_logits(base, donor_cache, ids, None, {"z.1": [3]}, where)
@@ -160,7 +159,7 @@ def test_knockout_of_nothing_changes_nothing(family):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     plain = run_logits(model, ids, mask)
-    with attention_knockout(model, torch.zeros(3, SEQ, SEQ, dtype=torch.bool), range(n)):
+    with attention_knockout(model, range(n), edges=torch.zeros(3, SEQ, SEQ, dtype=torch.bool)):
         assert torch.equal(run_logits(model, ids, mask), plain)
     assert torch.equal(run_logits(model, ids, mask), plain)  # and the model is restored afterwards
 
@@ -174,7 +173,7 @@ def test_knockout_matches_a_hand_masked_attention(family):
     targets = torch.zeros_like(ids, dtype=torch.bool)
     targets[:, -1] = True
     edges = knockout_edges(sources, targets)
-    with attention_knockout(model, edges, [1]), capture(model, ["q.1", "k.1", "v.1", "z.1"]) as cache:
+    with attention_knockout(model, [1], edges=edges), capture(model, ["q.1", "k.1", "v.1", "z.1"]) as cache:
         run_logits(model, ids)
     torch.testing.assert_close(_heads_by_hand(family, model, cache, 1, edges), cache["z.1"], rtol=0, atol=1e-5)
     _, plain = run_with_cache(model, ids, None, ["z.1"])
@@ -191,7 +190,7 @@ def test_a_fully_blocked_row_attends_to_nothing(family):
     targets = torch.zeros_like(ids, dtype=torch.bool)
     targets[:, -1] = True
     edges = knockout_edges(torch.ones_like(targets), targets)
-    with attention_knockout(model, edges, [0]), capture(model, ["z.0", "z.1"]) as cache:
+    with attention_knockout(model, [0], edges=edges), capture(model, ["z.0", "z.1"]) as cache:
         logits = run_logits(model, ids, mask)
     assert torch.isfinite(logits).all()
     assert torch.equal(cache["z.0"][:, -1], torch.zeros_like(cache["z.0"][:, -1]))
@@ -208,14 +207,14 @@ def test_knockout_per_example_results_do_not_depend_on_padding():
     sources[0, SEQ - 4] = sources[1, 0] = True  # each row's first real token
     targets = torch.zeros_like(ids, dtype=torch.bool)
     targets[:, -1] = True
-    with attention_knockout(model, knockout_edges(sources, targets), [0, 1]):
+    with attention_knockout(model, [0, 1], edges=knockout_edges(sources, targets)):
         batched = run_logits(model, ids, mask)[:, -1]
     for row, alone in ((0, short), (1, long)):
         s = torch.zeros_like(alone, dtype=torch.bool)
         s[0, 0] = True
         t = torch.zeros_like(alone, dtype=torch.bool)
         t[0, -1] = True
-        with attention_knockout(model, knockout_edges(s, t), [0, 1]):
+        with attention_knockout(model, [0, 1], edges=knockout_edges(s, t)):
             torch.testing.assert_close(run_logits(model, alone)[:, -1], batched[row : row + 1], rtol=0, atol=1e-5)
 
 
@@ -223,11 +222,11 @@ def test_knockout_errors():
     model = make_tiny_model("llama")
     ids = _inputs()
     none = torch.zeros(3, SEQ, SEQ, dtype=torch.bool)
-    with pytest.raises(LayerSelectionError, match="knockout layers \\[4\\]"), attention_knockout(model, none, [4]):
+    with pytest.raises(LayerSelectionError, match="knockout layers \\[4\\]"), attention_knockout(model, [4], edges=none):
         pass
-    with pytest.raises(KnockoutError, match="BoolTensor"), attention_knockout(model, torch.zeros(3, SEQ), [0]):
+    with pytest.raises(KnockoutError, match="BoolTensor"), attention_knockout(model, [0], edges=torch.zeros(3, SEQ)):
         pass
-    with pytest.raises(KnockoutError, match="do not fit a batch of 2"), attention_knockout(model, none, [0]):
+    with pytest.raises(KnockoutError, match="do not fit a batch of 2"), attention_knockout(model, [0], edges=none):
         run_logits(model, ids[:2])
     assert model.config._attn_implementation == "sdpa"  # restored after the error
 
@@ -248,7 +247,7 @@ def test_activation_patching_recovers_the_clean_run_at_the_changed_token(tmp_pat
     same = activation_patching(model, clean, clean, targets, "z", by="head")
     assert same.scores.shape == (4, 4)
     torch.testing.assert_close(same.scores, torch.full((4, 4), same.clean), rtol=0, atol=1e-6)
-    from graftlens.report.figures import patching_heatmap, save
+    from graftlens.charts import patching_heatmap, save
 
     saved = save(patching_heatmap(sweep, [f"t{j}" for j in range(SEQ)]), tmp_path, "patching", "patching")
     assert saved.png.stat().st_size > 1000
@@ -262,8 +261,7 @@ def test_projecting_the_last_residual_gives_the_model_logits(family):
     model = make_tiny_model(family)
     n = as_loaded_model(model).adapter.n_layers
     ids = _inputs()
-    last = torch.full((3,), SEQ - 1)
-    got = point_logits(model, ids, None, [f"resid_post.{n - 1}"], last)[f"resid_post.{n - 1}"]
+    got = point_logits(model, ids, None, [f"resid_post.{n - 1}"], "LT")[f"resid_post.{n - 1}"]
     want = run_logits(model, ids)[:, -1]
     if family == "gemma2":  # final logit soft-capping is left out: monotonic, same ranking
         assert torch.equal(got.argsort(-1), want.argsort(-1))

@@ -20,7 +20,7 @@ from graftlens.experiments import RecipeError, load_recipe, run_recipe
 from graftlens.graft.positions import resolve_positions
 from graftlens.interventions import attention_knockout, knockout_edges, run_logits
 from graftlens.models import load_model
-from graftlens.report.build import load_run
+from graftlens.results import load_run
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def test_stored_knockout_rows_match_the_library(known_run, text_model_dir):
     batch = next(batches(prompts, 64, pad_id_of(model.tokenizer)))
     sources = resolve_positions("subject", batch.attention_mask, batch.spans)
     targets = resolve_positions("LT", batch.attention_mask, batch.spans)
-    with attention_knockout(model, knockout_edges(sources, targets), [0, 1]):  # window 3 centred on layer 0
+    with attention_knockout(model, [0, 1], edges=knockout_edges(sources, targets)):  # window 3 centred on layer 0
         probs = run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1].softmax(-1)
     stored = {r.example: r.target_prob for r in run.rows if r.config == "knockout subject @ L0"}
     for i, p in enumerate(batch.prompts):
@@ -202,9 +202,9 @@ def test_knockout_recipe_relative_change_is_zero_without_blocking(tmp_path, text
         tmp_path / "none.yaml",
     )
     run_recipe(load_recipe(recipe)[0], tmp_path / "run", recipe_path=recipe)
-    from graftlens.report.build import knockout_table
+    from graftlens.methods.knockout import knockout_table
 
     run = load_run(tmp_path / "run")
-    table = knockout_table(run, [c for c in run.configs if c.get("method")])
+    table = knockout_table(run, [c for c in run.configs if c.method])
     assert table and all(e.value == 0.0 for e in table.values())
     assert torch.tensor([r.target_prob for r in run.rows]).isfinite().all()

@@ -82,7 +82,7 @@ def demo(
     restart: bool = typer.Option(False, "--restart", help="discard the results already in the run directory"),
 ) -> None:
     """Run the main job on the embedded default model: finetune, graft, figures, HTML report."""
-    from graftlens.demo import run_demo
+    from graftlens.commands.demo import run_demo
 
     run_demo(model, console=console, out=out, restart=restart)
 

@@ -65,11 +65,11 @@ def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None
     table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
     for col in ("configuration", "n", "top-1", "top-5"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
-    configs = [c for c in run.configs if groups is None or c["group"] in groups]
+    configs = [c for c in run.configs if groups is None or c.group in groups]
     for c in configs[:max_rows]:
-        e = summary.get((c["name"],))
+        e = summary.get((c.name,))
         if e is not None:
-            table.add_row(escape(c["name"]), str(e["n"]), str(e["top1"]), str(e["top5"]))
+            table.add_row(escape(c.name), str(e["n"]), str(e["top1"]), str(e["top5"]))
     if len(configs) < len(run.configs) or len(configs) > max_rows:
         table.caption = f"{len(run.configs) - min(max_rows, len(configs))} more configurations in the report"
         table.caption_justify = "left"
@@ -86,7 +86,7 @@ def run_cmd(
 
     Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
     from graftlens.experiments import load_recipe
-    from graftlens.report.build import load_run
+    from graftlens.results import load_run
 
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
     loaded, path = load_recipe(recipe)
@@ -98,7 +98,7 @@ def run_cmd(
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)")) -> None:
     """Redraw the figures and rewrite the HTML report of a run."""
     from graftlens.report import write_report
-    from graftlens.report.build import load_run
+    from graftlens.results import load_run
 
     with console.status("drawing figures and writing the report ..."):
         path = write_report(run_dir)
@@ -113,8 +113,8 @@ def export_cmd(
 ) -> None:
     """Export one row per (configuration, template, example): probability, rank and top-k hits."""
     from graftlens.errors import GraftlensError
-    from graftlens.experiments.export import write_csv, write_parquet
-    from graftlens.report.build import load_run
+    from graftlens.results.export import write_csv, write_parquet
+    from graftlens.results import load_run
 
     if csv is None and parquet is None:
         raise GraftlensError("say where to write: --csv OUT.csv and/or --parquet OUT.parquet")

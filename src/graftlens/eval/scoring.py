@@ -1,8 +1,8 @@
 """Next-token metrics of a model on a prompt set: target probability, rank, top-k hits.
 
 The model is anything that maps a :class:`PromptBatch` to last-position logits ``[batch,
-vocab]``; :func:`plain_last_logits` is the unmodified model, and the grafting and patching
-methods pass their own. All metrics are of the first target token.
+vocab]``; :func:`plain_last_logits` is the unmodified model, and the methods in
+:mod:`graftlens.methods` pass their own. All metrics are of the first target token.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import PromptBatch, batches
-from graftlens.graft.engine import run_logits
+from graftlens.models.run import run_logits
 
 LastLogits = Callable[[PromptBatch], torch.Tensor]
 
@@ -93,27 +93,3 @@ def _device_of(model_or_fn: object) -> torch.device | None:
     if isinstance(model_or_fn, torch.nn.Module):
         return next(model_or_fn.parameters()).device
     return None
-
-
-def grafted_last_logits(base, donors, rules) -> LastLogits:
-    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
-
-    The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
-    ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
-    applied to the last position only, as in the plain model's path."""
-    from graftlens.graft.engine import Grafter
-    from graftlens.graft.rules import touched_modules
-    from graftlens.models.loading import as_loaded
-
-    loaded = as_loaded(base)
-    grafter = Grafter(loaded, donors, rules)
-    head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
-    last_only = not head_paths & set(touched_modules(loaded.adapter, rules))
-
-    def run(batch: PromptBatch) -> torch.Tensor:
-        batch = batch.to(loaded.device)
-        grafter.spans = batch.spans
-        with grafter:
-            return run_logits(loaded, batch.input_ids, batch.attention_mask, last_only)[:, -1]
-
-    return run

@@ -1,8 +1,8 @@
-"""Experiments: recipes (validated YAML), the resumable sweep runner and its SQLite results store."""
+"""Experiments: recipes (validated YAML) and the resumable sweep runner that writes a run's results store."""
 
 from graftlens.experiments.recipe import Recipe, RecipeError, RunConfig, load_recipe, shipped_recipes
 from graftlens.experiments.runner import RunSummary, run_recipe
-from graftlens.experiments.store import ResultRow, ResultsStore, StoreError
+from graftlens.results.store import ResultRow, ResultsStore, StoreError
 
 __all__ = [
     "Recipe",

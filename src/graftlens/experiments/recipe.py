@@ -13,38 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from graftlens.configfiles import read_yaml_mapping, validated
 from graftlens.data.facts import DIRECTIONS
 from graftlens.data.facts import KINDS as FACT_KINDS
-from graftlens.experiments.method_specs import (
-    CmapSpec,
-    CmapSweep,
-    KnockoutSpec,
-    KnockoutSweep,
-    LensSpec,
-    LensSweep,
-    cmap_configs,
-    knockout_configs,
-    lens_configs,
-)
-from graftlens.experiments.specbase import (
-    LayerSpec,
-    RecipeError,
-    Strict,
-    check_components,
-    check_position_list,
-    check_positions,
-    layers_label,
-)
-from graftlens.graft.rules import Graft
-from graftlens.models.names import layer_window
+from graftlens.methods import RecipeError, RunConfig, Strict, method_for, sweep_types
+from graftlens.methods.configs import ConfigSpec, WrittenConfigs
 from graftlens.train.config import FinetuneConfig
+
+__all__ = ["ConfigSpec", "Recipe", "RecipeError", "RunConfig", "load_recipe", "shipped_recipes"]
 
 SHIPPED = Path(__file__).parent / "recipes"
 
@@ -93,86 +74,8 @@ class ModelSpec(Strict):
         return self
 
 
-class GraftSpec(Strict):
-    """One graft rule: ``donor`` computes ``components`` of ``layers`` at ``positions``."""
-
-    donor: str
-    components: str | list[str] = "all"
-    layers: LayerSpec = "all"
-    positions: str = "all"
-
-    _components = field_validator("components")(check_components)
-    _positions = field_validator("positions")(check_positions)
-
-    def to_graft(self) -> Graft:
-        return Graft(self.donor, self.components, self.layers, self.positions)
-
-
-class ConfigSpec(Strict):
-    """One configuration: ``model`` (default: the recipe's recipient) with ``grafts`` applied."""
-
-    name: str = Field(min_length=1)
-    model: str | None = None
-    grafts: list[GraftSpec] = []
-    group: str = "configs"
-
-
-class PositionSweep(Strict):
-    """Graft ``components`` of ``layers`` from ``donor`` at each position set (one config each)."""
-
-    kind: Literal["positions"]
-    donor: str
-    recipient: str | None = None
-    sets: list[str] = Field(min_length=1)
-    components: str | list[str] = "all"
-    layers: LayerSpec = "all"
-    group: str = "positions"
-    label: str | None = None  # config names become "label: set"
-
-    _components = field_validator("components")(check_components)
-
-    _sets = field_validator("sets")(check_position_list)
-
-
-class _ComponentListSweep(Strict):
-    """What the component and layer-window sweeps share: a donor, positions, component groups."""
-
-    donor: str
-    recipient: str | None = None
-    positions: str = "LT"
-    components: list[str] = Field(min_length=1)
-
-    _positions = field_validator("positions")(check_positions)
-
-    @field_validator("components")
-    @classmethod
-    def _comps(cls, v: list[str]) -> list[str]:
-        for c in v:
-            check_components(c)
-        return v
-
-
-class ComponentSweep(_ComponentListSweep):
-    """Graft each component group in each layer group from ``donor`` at ``positions``."""
-
-    kind: Literal["components"]
-    layers: list[LayerSpec] = Field(min_length=1)
-    group: str = "components"
-
-
-class LayerWindowSweep(_ComponentListSweep):
-    """Graft each component group in a window of ``window`` layers centred on each layer."""
-
-    kind: Literal["layer_window"]
-    window: int = Field(1, ge=1)
-    group: str = "layer_window"
-
-
-Sweep = Annotated[
-    PositionSweep | ComponentSweep | LayerWindowSweep | KnockoutSweep | LensSweep | CmapSweep,
-    Field(discriminator="kind"),
-]
-_DEPTH_SWEEPS = (LayerWindowSweep, KnockoutSweep, LensSweep)  # expanded once the model's depth is known
+# Every registered method's recipe part, told apart by its `kind`.
+Sweep = Annotated[Union[sweep_types()], Field(discriminator="kind")]  # noqa: UP007
 
 
 class EvalSpec(Strict):
@@ -231,16 +134,11 @@ class Recipe(Strict):
             known(c.model, f"config {c.name!r}")
             for g in c.grafts:
                 known(g.donor, f"config {c.name!r}")
+        plain = [c.name for c in self.configs if not c.grafts]
         for s in self.sweeps:
-            known(getattr(s, "donor", None), f"{s.kind} sweep")
-            known(s.recipient, f"{s.kind} sweep")
-            if isinstance(s, KnockoutSweep):
-                plain = [c.name for c in self.configs if not c.grafts]
-                if s.baseline not in plain:
-                    raise ValueError(
-                        f"knockout sweep: baseline {s.baseline!r} must name a configuration without grafts "
-                        f"(written under 'configs'); plain configurations: {', '.join(plain) or 'none'}"
-                    )
+            for name in s.model_references():
+                known(name, f"{s.kind} sweep")
+            s.check_in_recipe(plain)
         if self.data.known_facts is not None:
             tuned = [name for name, spec in self.models.items() if spec.finetune is not None]
             if tuned:
@@ -257,110 +155,21 @@ class Recipe(Strict):
     def expanded(self, n_layers: int | None) -> list[RunConfig]:
         """Every configuration, in order: the written ones, then each sweep's.
 
-        Layer-window, knockout and lens sweeps depend on the model's depth ``n_layers``; with
-        ``None`` they are left out."""
-        out = [RunConfig(c.name, c.group, c.model or self.recipient, tuple(c.grafts)) for c in self.configs]
+        Sweeps whose method needs the model's depth (layer windows, knockout, lens) are left out
+        when ``n_layers`` is None."""
+        written = method_for("configs")
+        assert isinstance(written, WrittenConfigs)
+        out = written.expand_written(self.configs, self.recipient)
         for s in self.sweeps:
-            recipient = s.recipient or self.recipient
-            if isinstance(s, _DEPTH_SWEEPS) and n_layers is None:
+            method = method_for(s.kind)
+            if method.needs_depth and n_layers is None:
                 continue
-            if isinstance(s, LayerWindowSweep):
-                out.extend(window_configs(s, recipient, n_layers))
-            elif isinstance(s, KnockoutSweep):
-                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in knockout_configs(s, recipient, n_layers))
-            elif isinstance(s, LensSweep):
-                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in lens_configs(s, n_layers))
-            elif isinstance(s, CmapSweep):
-                out.extend(RunConfig(n, s.group, recipient, (), c, m) for n, c, m in cmap_configs(s))
-            else:
-                out.extend(_expand(s, recipient))
+            out.extend(method.expand(s, s.recipient or self.recipient, n_layers))
         return out
 
     def content_hash(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One configuration the runner scores: ``model`` runs the prompts with ``grafts`` applied,
-    or with an activation-level ``method`` (knockout, lens, CMAP).
-
-    ``coords`` place it in a figure (``{"component": "o+mlp", "layers": "quarter4"}``)."""
-
-    name: str
-    group: str
-    model: str
-    grafts: tuple[GraftSpec, ...] = ()
-    coords: dict[str, str] = field(default_factory=dict, compare=False)
-    method: KnockoutSpec | LensSpec | CmapSpec | None = None
-
-    @property
-    def plain(self) -> bool:
-        """No grafts and no method: the model as it is."""
-        return not self.grafts and self.method is None
-
-    def rules(self) -> list[Graft]:
-        return [g.to_graft() for g in self.grafts]
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "group": self.group,
-            "model": self.model,
-            "grafts": [g.model_dump(mode="json") for g in self.grafts],
-            "coords": self.coords,
-            "method": self.method.model_dump(mode="json") if self.method is not None else None,
-        }
-
-
-def _expand(sweep: PositionSweep | ComponentSweep, recipient: str) -> list[RunConfig]:
-    if isinstance(sweep, PositionSweep):
-        return [
-            RunConfig(
-                f"{sweep.label}: {s}" if sweep.label else s,
-                sweep.group,
-                recipient,
-                (GraftSpec(donor=sweep.donor, components=sweep.components, layers=sweep.layers, positions=s),),
-                {"positions": s},
-            )
-            for s in sweep.sets
-        ]
-    return [
-        RunConfig(
-            f"{comp} @ {layers_label(layers)}",
-            sweep.group,
-            recipient,
-            (GraftSpec(donor=sweep.donor, components=comp, layers=layers, positions=sweep.positions),),
-            {"component": comp, "layers": layers_label(layers)},
-        )
-        for comp in sweep.components
-        for layers in sweep.layers
-    ]
-
-
-def window_configs(sweep: LayerWindowSweep, recipient: str, n_layers: int) -> list[RunConfig]:
-    """A layer-window sweep on a model of ``n_layers`` layers: one config per (component, centre)."""
-    out = []
-    for comp in sweep.components:
-        for centre in range(n_layers):
-            out.append(
-                RunConfig(
-                    f"{comp} @ L{centre}",
-                    sweep.group,
-                    recipient,
-                    (
-                        GraftSpec(
-                            donor=sweep.donor,
-                            components=comp,
-                            layers=layer_window(centre, sweep.window, n_layers),
-                            positions=sweep.positions,
-                        ),
-                    ),
-                    {"component": comp, "layer": str(centre)},
-                )
-            )
-    return out
 
 
 def load_recipe(source: str | Path) -> tuple[Recipe, Path]:

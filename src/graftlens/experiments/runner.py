@@ -16,13 +16,13 @@ import torch
 
 from graftlens.eval.batching import batches, pad_id_of
 from graftlens.eval.scoring import LastLogits, score_logits
-from graftlens.experiments.readouts import DonorActivations, last_logits
-from graftlens.experiments.recipe import Recipe, RunConfig
+from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.setup import FinetuneProgress, check_configs, correct_only, prepare_models, recipe_data
-from graftlens.experiments.store import STORE_NAME, ResultRow, ResultsStore, StoreError
-from graftlens.models import LoadedModel
-from graftlens.train.fingerprint import model_fingerprint
-from graftlens.train.manifest import run_versions, write_json_atomic
+from graftlens.fileio import write_json_atomic
+from graftlens.methods import Context, RunConfig, method_for
+from graftlens.models import LoadedModel, model_fingerprint
+from graftlens.provenance import run_versions
+from graftlens.results.store import STORE_NAME, ResultRow, ResultsStore, StoreError
 
 MANIFEST_NAME = "manifest.json"
 TOP_TOKENS_KEPT = 5
@@ -123,7 +123,7 @@ def _score_all(
     stop_after_batches: int | None,
 ) -> int:
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    donor_cache = DonorActivations()
+    context = Context(models)
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     for config in configs:
@@ -138,7 +138,7 @@ def _score_all(
                 raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
             if stop_after_batches is not None and batches_run >= stop_after_batches:
                 raise Interrupted(f"stopped after {batches_run} batches")
-            fn = fn or last_logits(config, models, donor_cache)
+            fn = fn or method_for(config.kind).readout(config, context)
             model = models[config.model]
             with torch.no_grad():
                 logits = fn(batch.to(model.device))  # [batch, vocab]

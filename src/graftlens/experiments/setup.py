@@ -15,15 +15,11 @@ from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.defaults import cached_dataset
 from graftlens.data.known_facts import KnownFact, load_known_facts, tokenize_known_facts
 from graftlens.data.prompts import TokenizedPrompt, check_tokenizer_fits, tokenizer_fingerprint
-from graftlens.errors import GraftlensError
 from graftlens.eval.batching import batches
 from graftlens.eval.scoring import plain_last_logits, score_logits
-from graftlens.experiments.recipe import Recipe, RecipeError, RunConfig
-from graftlens.graft.positions import resolve_positions
-from graftlens.graft.rules import rule_sites
-from graftlens.interventions.patching import check_same_shapes
+from graftlens.experiments.recipe import Recipe
+from graftlens.methods import RecipeError, RunConfig, check_config
 from graftlens.models import LoadedModel, load_model
-from graftlens.models.names import select_layers
 from graftlens.train import finetune
 
 FinetuneProgress = Callable[[str, int, int, float], None]  # (model name, step, total steps, loss)
@@ -143,36 +139,12 @@ def recipe_prompts(recipe: Recipe, dataset: FactDataset, tokenizer) -> list[Toke
 
 
 def check_configs(configs: list[RunConfig], models: dict[str, LoadedModel], prompts: list[TokenizedPrompt], pad_id: int) -> None:
-    """Every configuration's components, layers and position sets fit its model and every prompt.
+    """Every configuration fits its model and every prompt (each method says what to check).
 
     Run before scoring, so a bad recipe fails at once rather than after hours of sweeping."""
     all_batches = list(batches(prompts, 64, pad_id))
     for config in configs:
-        adapter = models[config.model].adapter
-        try:
-            selectors = []
-            for rule in config.rules():
-                rule_sites(adapter, rule)
-                selectors.append(rule.positions)
-            method = config.method
-            if method is not None and method.kind == "knockout":
-                selectors += [method.sources, method.targets]
-            elif method is not None and method.kind == "lens":
-                selectors.append(method.position)
-            elif method is not None and method.kind == "cmap":
-                check_same_shapes(models[config.model], models[method.donor])
-                select_layers(method.layers, adapter.n_layers)
-                n_heads = {"q": adapter.n_heads, "z": adapter.n_heads}
-                for point in method.points:
-                    bad = [h for h in method.heads or [] if not 0 <= h < n_heads.get(point, adapter.n_kv_heads)]
-                    if bad:
-                        raise RecipeError(f"heads {bad} out of range for {point!r}")
-                selectors.append(method.positions)
-            for selector in selectors:
-                for batch in all_batches:
-                    resolve_positions(selector, batch.attention_mask, batch.spans)
-        except GraftlensError as exc:
-            raise RecipeError(f"configuration {config.name!r}: {exc}") from None
+        check_config(config, models, all_batches)
 
 
 def correct_only(model: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int, pad_id: int) -> list[TokenizedPrompt]:

@@ -1,7 +1,8 @@
 """Dynamic weight grafting: the batched engine and its literal reference."""
 
 from graftlens.graft.donors import DonorError, DonorWeights
-from graftlens.graft.engine import Grafter, grafted_forward, grafting, position_ids_for, run_logits
+from graftlens.graft.engine import Grafter, grafted_forward, grafting
+from graftlens.models.run import position_ids_for, run_logits
 from graftlens.graft.positions import ALL, LT, PositionError, Selector, Span, parse_positions, resolve_positions
 from graftlens.graft.rules import Graft, GraftRuleError
 

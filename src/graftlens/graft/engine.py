@@ -12,7 +12,8 @@ they were computed — the literal token-by-token definition, in one batched pas
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from graftlens.graft.positions import Spans
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
 
 DonorLike = LoadedModel | nn.Module | str | Path
 STREAM_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # outputs the projections read next
@@ -35,15 +37,23 @@ class Grafter:
     """Grafts donors into a base model for any number of forward calls (a context manager).
 
     Each forward call of the base model resolves the rules' positions for its batch from the
-    call's ``attention_mask`` and from :attr:`spans` (set it per batch when rules use named
-    spans). Full-prompt forward passes only: a call that continues a KV cache is refused.
+    call's ``attention_mask`` and from the examples' named spans: ``spans`` given here, or per
+    batch with ``with grafter.on(batch_spans): ...`` (the donors' weights are prepared once and
+    reused by every block). Full-prompt forward passes only: a call that continues a KV cache is
+    refused.
     """
 
-    def __init__(self, base: LoadedModel | nn.Module, donors: Mapping[str, DonorLike], rules: Sequence[Graft]):
+    def __init__(
+        self,
+        base: LoadedModel | nn.Module,
+        donors: Mapping[str, DonorLike],
+        rules: Sequence[Graft],
+        spans: Sequence[Spans] | None = None,
+    ):
         self.base = as_loaded(base)
         self.rules = list(rules)
         self.donor_names = list(donors)
-        self.spans: Sequence[Spans] | None = None
+        self._spans = spans
         adapter = self.base.adapter
         self._all_sites = module_sites(adapter)
         check_donor_names(self.rules, self.donor_names)  # before loading any donor tensor
@@ -68,6 +78,21 @@ class Grafter:
         self._hook: Any = None
 
     @property
+    def spans(self) -> Sequence[Spans] | None:
+        """The named spans of the examples the next forward calls run on (see :meth:`on`)."""
+        return self._spans
+
+    @contextmanager
+    def on(self, spans: Sequence[Spans] | None) -> Iterator[Grafter]:
+        """Graft every forward call inside the block, for examples whose named spans are ``spans``."""
+        previous, self._spans = self._spans, spans
+        try:
+            with self:
+                yield self
+        finally:
+            self._spans = previous
+
+    @property
     def donor_bytes(self) -> dict[str, int]:
         """Bytes of donor tensors held beyond already-loaded models, per donor."""
         return {name: w.bytes_held for name, w in self.donor_weights.items()}
@@ -85,7 +110,7 @@ class Grafter:
         mask = kwargs.get("attention_mask")
         if mask is None:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
-        plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self.spans, self._all_sites)
+        plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self._spans, self._all_sites)
         state = BatchState((int(mask.shape[0]), int(mask.shape[1])), padding=~mask.bool())
         for path, grafted in self._modules.items():
             grafted.set_plan(plans.get(path), state)
@@ -143,42 +168,21 @@ def grafting(
     spans: Sequence[Spans] | None = None,
 ) -> Grafter:
     """``with grafting(base, {"ft": ft}, [Graft("ft", "all", "all", "FE+LT")]) as g: base.model(...)``."""
-    grafter = Grafter(base, donors, rules)
-    grafter.spans = spans
-    return grafter
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions 0..n-1 over each row's real tokens, so left and right padding give equal results."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def run_logits(
-    model: LoadedModel | nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    last_only: bool = False,
-) -> torch.Tensor:
-    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``) of one full-prompt
-    forward pass, with position ids from the mask; every way graftlens runs a model goes through it."""
-    module = model.model if isinstance(model, LoadedModel) else model
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    extra = {"logits_to_keep": 1} if last_only else {}
-    with torch.no_grad():
-        out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra)
-    return out.logits
+    return Grafter(base, donors, rules, spans)
 
 
 def grafted_forward(
     base: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
     rules: Sequence[Graft],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
     spans: Sequence[Spans] | None = None,
+    grad: bool = False,
 ) -> torch.Tensor:
-    """Logits ``[batch, pos, vocab]`` of ``base`` with ``rules`` grafting ``donors`` in, one pass."""
+    """Logits ``[batch, pos, vocab]`` of ``base`` with ``rules`` grafting ``donors`` in, one pass.
+
+    The arguments come in the order of :func:`grafting` (base, donors, rules), then the inputs."""
     loaded = as_loaded(base)
     with grafting(loaded, donors, rules, spans):
-        return run_logits(loaded, input_ids, attention_mask)
+        return run_logits(loaded, input_ids, attention_mask, grad=grad)

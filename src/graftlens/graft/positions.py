@@ -85,7 +85,7 @@ class Indices(Selector):
         return m
 
     def __str__(self) -> str:
-        return "[" + ",".join(map(str, self.indices)) + "]"
+        return ",".join(map(str, self.indices))
 
 
 @dataclass(frozen=True)

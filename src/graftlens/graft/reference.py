@@ -4,22 +4,102 @@ For each example, token by token with a KV cache: before feeding token t, write 
 copy of the base model, for every grafted site, the weights of whoever owns that site at t
 (base or donor; for fused projections, row by row), then run the one token. Later tokens read
 the keys/values that earlier tokens computed under their own weights.
+
+This module shares no code with the engine's rule compilation (``rules.compile_rules``), its
+position resolution (``Selector.resolve``) or its donor collection (``donors.donor_weights``):
+it decides who owns each token by walking the rules in order and evaluating each position
+selector at that one token, with the plain set semantics of the selector tree. So a bug in
+any of those shows up as a mismatch in the engine-vs-reference tests instead of hiding in both.
+It takes from the model layer only the architecture description (which module and rows compute
+a component) and the canonical names.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from graftlens.graft.donors import donor_weights
-from graftlens.graft.engine import DonorLike
-from graftlens.graft.positions import Spans
-from graftlens.graft.rules import Graft, compile_rules, touched_modules
+from graftlens.graft.positions import (
+    AllPositions,
+    Complement,
+    Indices,
+    LastToken,
+    PositionError,
+    Selector,
+    Span,
+    Spans,
+    Union,
+    parse_positions,
+)
+from graftlens.graft.rules import Graft, GraftRuleError
+from graftlens.models.adapters import Rows
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
+
+DonorSource = LoadedModel | nn.Module | str | Path
+
+
+def selector_claims(selector: Selector, t: int, n: int, spans: Spans | None) -> bool:
+    """Does ``selector`` claim token ``t`` (prompt coordinates) of an example of ``n`` tokens?"""
+    if isinstance(selector, AllPositions):
+        return True
+    if isinstance(selector, LastToken):
+        return t == n - 1
+    if isinstance(selector, Indices):
+        for i in selector.indices:
+            if not -n <= i < n:
+                raise PositionError(f"position {i} out of range for an example with {n} tokens")
+        return t in {i % n for i in selector.indices}
+    if isinstance(selector, Span):
+        if spans is None or selector.name not in spans:
+            raise PositionError(f"the example has no span {selector.name!r}")
+        start, stop = spans[selector.name]
+        return start <= t < stop
+    if isinstance(selector, Union):
+        return any(selector_claims(p, t, n, spans) for p in selector.parts)
+    if isinstance(selector, Complement):
+        return not selector_claims(selector.inner, t, n, spans)
+    raise TypeError(f"unknown selector {selector!r}")
+
+
+def rule_claims(positions, b: int, col: int, t: int, n: int, spans: Spans | None) -> bool:
+    """Does a rule's ``positions`` (any accepted form) claim example ``b``'s token ``t``, which
+    sits at padded column ``col`` of an example with ``n`` real tokens?"""
+    if positions is None:
+        return True
+    if isinstance(positions, torch.Tensor):  # padded BoolTensor[batch, pos]
+        return bool(positions[b, col])
+    if isinstance(positions, str):
+        positions = parse_positions(positions)
+    if isinstance(positions, Selector):
+        return selector_claims(positions, t, n, spans)
+    return selector_claims(Indices(tuple(int(i) for i in list(positions)[b])), t, n, spans)
+
+
+def _as_module(name: str, donor: DonorSource, like: nn.Module) -> nn.Module:
+    if isinstance(donor, LoadedModel):
+        return donor.model
+    if isinstance(donor, nn.Module):
+        return donor
+    return AutoModelForCausalLM.from_pretrained(str(donor), torch_dtype=next(like.parameters()).dtype)
+
+
+def _rule_sites(loaded: LoadedModel, rule: Graft) -> list[tuple[str, Rows | None]]:
+    """(module path, rows) of every site the rule names."""
+    adapter = loaded.adapter
+    comps = expand_components(rule.components, available=adapter.layer_components + adapter.model_components)
+    out = []
+    for comp in comps:
+        layers = [None] if comp in MODEL_COMPONENTS else select_layers(rule.layers, adapter.n_layers)
+        for layer in layers:
+            out.extend((s.path, s.rows) for s in adapter.sites(comp, layer))
+    return out
 
 
 def _out_dim(module: nn.Module, pname: str) -> int:
@@ -30,7 +110,7 @@ def _out_dim(module: nn.Module, pname: str) -> int:
 @torch.no_grad()
 def reference_forward(
     base: LoadedModel | nn.Module,
-    donors: Mapping[str, DonorLike],
+    donors: Mapping[str, DonorSource],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     rules: Sequence[Graft],
@@ -40,10 +120,12 @@ def reference_forward(
     loaded = as_loaded(base)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    names = list(donors)
-    paths = touched_modules(loaded.adapter, rules)
-    weights = [donor_weights(n, donors[n], loaded.model, paths) for n in names]
-    plans = compile_rules(loaded.adapter, rules, names, attention_mask, spans)
+    for rule in rules:
+        if rule.donor not in donors:
+            raise GraftRuleError(f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donors)}")
+    donor_models = {name: _as_module(name, d, loaded.model) for name, d in donors.items()}
+    sites = [_rule_sites(loaded, rule) for rule in rules]  # per rule: [(path, rows)]
+    paths = list(dict.fromkeys(path for rule_sites in sites for path, _ in rule_sites))
 
     model = copy.deepcopy(loaded.model)  # the copy whose weights get overwritten
     originals: dict[str, dict[str, torch.Tensor]] = {}
@@ -59,27 +141,31 @@ def reference_forward(
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = torch.full((batch, seq, vocab), float("nan"), dtype=torch.float32)
     for b in range(batch):
-        real = attention_mask[b].bool().nonzero().squeeze(1).tolist()  # padded indices of real tokens
+        real = attention_mask[b].bool().nonzero().squeeze(1).tolist()  # padded columns of real tokens
+        n = len(real)
+        example_spans = spans[b] if spans is not None else None
         cache = None
         for t, col in enumerate(real):
+            # Start from the base weights, then let each claiming rule write, in order (later wins).
             for path in paths:
-                module = model.get_submodule(path)
-                plan = plans.get(path)
                 for pname, original in originals[path].items():
-                    w = original.clone()
-                    if plan is not None:
-                        for rows, owner_map in zip(plan.segments, plan.owners):
-                            owner = int(owner_map[b, col])
-                            if owner == 0:
-                                continue
-                            donor_w = weights[owner - 1].params_for(path)[pname]
-                            if rows is None:
-                                w = donor_w.clone()
-                            else:
-                                dim = _out_dim(module, pname)
-                                for a, z in rows:
-                                    w.narrow(dim, a, z - a).copy_(donor_w.narrow(dim, a, z - a))
-                    getattr(module, pname).copy_(w)
+                    getattr(model.get_submodule(path), pname).copy_(original)
+            for rule, rule_sites in zip(rules, sites):
+                if not rule_claims(rule.positions, b, col, t, n, example_spans):
+                    continue
+                donor = donor_models[rule.donor]
+                for path, rows in rule_sites:
+                    module = model.get_submodule(path)
+                    donor_params = dict(donor.get_submodule(path).named_parameters(recurse=False))
+                    for pname in originals[path]:
+                        w = getattr(module, pname)
+                        donor_w = donor_params[pname].to(device=w.device, dtype=w.dtype)
+                        if rows is None:
+                            w.copy_(donor_w)
+                        else:
+                            dim = _out_dim(module, pname)
+                            for a, z in rows:
+                                w.narrow(dim, a, z - a).copy_(donor_w.narrow(dim, a, z - a))
             out = model(
                 input_ids=input_ids[b : b + 1, col : col + 1],
                 position_ids=torch.tensor([[t]], device=input_ids.device),

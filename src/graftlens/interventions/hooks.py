@@ -98,14 +98,17 @@ def _hooked(
 
 
 @contextmanager
-def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike]) -> Iterator[ActivationCache]:
-    """Record ``points`` on every forward call inside the block (the last call's values win)."""
+def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_graph: bool = False) -> Iterator[ActivationCache]:
+    """Record ``points`` on every forward call inside the block (the last call's values win).
+
+    By default the values are detached copies; with ``keep_graph`` they stay in the autograd
+    graph (for gradients of a metric with respect to an activation)."""
     cache = ActivationCache()
     wanted = sorted({parse_point(p) for p in points})
 
     def recorder(point: Point) -> Callable[[torch.Tensor], None]:
         def record(x: torch.Tensor) -> None:
-            cache[point] = x.detach().clone()
+            cache[point] = x.clone() if keep_graph else x.detach().clone()
 
         return record
 

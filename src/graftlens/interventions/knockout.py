@@ -1,11 +1,19 @@
 """Attention knockout (Geva et al.): block attention edges from target to source positions.
 
+Which edges are blocked is said in prompt coordinates, like every position in graftlens: a
+``sources`` and a ``targets`` selector (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, ...), resolved on each
+forward call from that call's attention mask and the examples' ``spans``.
+
 Blocking is done inside the model's own attention implementation: for the duration of a
 :func:`attention_knockout` block, the model's config names an attention function registered
 through transformers' ``AttentionInterface`` that narrows the attention mask of the chosen
 layers and then calls the implementation the model had (SDPA stays SDPA; a model loaded with
 eager attention keeps its own eager function). Layers outside the knockout pass through
 unchanged, so knocking out nothing reproduces the model bit for bit.
+
+The block is scoped: the registration and the config's attention implementation are restored
+when the outermost block on a model ends (the function is unregistered once no block uses it).
+Blocks nest: inside another block, the edges of both are blocked.
 
 **A query row whose every edge is blocked** (for example last → every position, the last one
 included) would make softmax undefined: SDPA returns NaN and an additive mask turns it into
@@ -17,7 +25,8 @@ projection then adds only its bias), and its attention weights, where returned, 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +34,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError, LayerSelectionError
+from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
 from graftlens.models.loading import LoadedModel, as_loaded
 
 _PREFIX = "graftlens_knockout|"
@@ -70,9 +80,15 @@ def _knockout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     """The registered attention function: the model's own, with the edges of this layer narrowed."""
     implementation = module.config._attn_implementation.removeprefix(_PREFIX)
     inner = _inner_function(module, implementation)
-    blocked = getattr(module, _BLOCKED, None)  # BoolTensor[batch, pos, pos] or None
-    if blocked is None:
+    blocks = getattr(module, _BLOCKED, None)  # the active knockouts of this layer, innermost last
+    edges = [b.edges for b in blocks or () if b.edges is not None]  # each BoolTensor[batch, pos, pos]
+    if not edges:
         return inner(module, query, key, value, attention_mask, **kwargs)
+    blocked = edges[0]
+    for more in edges[1:]:
+        if more.shape != blocked.shape:
+            raise KnockoutError(f"nested knockout edges of shapes {list(blocked.shape)} and {list(more.shape)} differ")
+        blocked = blocked | more
     q_len, kv_len = query.shape[2], key.shape[2]
     if blocked.shape[0] != query.shape[0] or blocked.shape[1] < q_len or blocked.shape[2] < kv_len:
         raise KnockoutError(
@@ -96,16 +112,31 @@ def _knockout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     return out, weights
 
 
+_REGISTERED: Counter[str] = Counter()  # knockout function name → blocks using it now
+
+
 def _register(implementation: str) -> str:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     name = _PREFIX + implementation
-    if name not in ALL_ATTENTION_FUNCTIONS:
+    if _REGISTERED[name] == 0:
         ALL_ATTENTION_FUNCTIONS.register(name, _knockout_attention)
         # The same masks as the wrapped implementation builds (SDPA's may be None: causal fast path).
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
+    _REGISTERED[name] += 1
     return name
+
+
+def _unregister(name: str) -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    _REGISTERED[name] -= 1
+    if _REGISTERED[name] <= 0:
+        del _REGISTERED[name]
+        for registry in (ALL_ATTENTION_FUNCTIONS, ALL_MASK_ATTENTION_FUNCTIONS):
+            registry._global_mapping.pop(name, None)  # what `register` wrote (a class-wide mapping)
 
 
 def attention_module(loaded: LoadedModel, layer: int) -> nn.Module:
@@ -114,30 +145,72 @@ def attention_module(loaded: LoadedModel, layer: int) -> nn.Module:
     return loaded.model.get_submodule(o_path.rsplit(".", 1)[0])
 
 
+class _Block:
+    """One active knockout: its edges for the current forward call."""
+
+    def __init__(self, edges: torch.Tensor | None):
+        self.edges = edges  # BoolTensor[batch, query, key] in padded coordinates, or None until resolved
+
+
 @contextmanager
-def attention_knockout(model: LoadedModel | nn.Module, edges: torch.Tensor, layers: Iterable[int]) -> Iterator[None]:
-    """Block ``edges`` (``BoolTensor[batch, query, key]``, True = blocked, padded coordinates) in
-    every head of ``layers`` on each forward call inside the block."""
+def attention_knockout(
+    model: LoadedModel | nn.Module,
+    layers: Iterable[int],
+    sources: PositionsLike = None,
+    targets: PositionsLike = "LT",
+    *,
+    spans: Sequence[Spans] | None = None,
+    edges: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Block attention from ``targets`` to ``sources`` in every head of ``layers`` on each
+    forward call inside the block.
+
+    ``sources``/``targets`` are position selectors in prompt coordinates (``"FE"``, ``"LT"``, index
+    lists, ...), resolved per call from its attention mask and ``spans``. ``edges``
+    (``BoolTensor[batch, query, key]``, True = blocked, padded coordinates) may be given instead,
+    for edges no pair of selectors describes."""
     loaded = as_loaded(model)
     layers = sorted(set(int(layer) for layer in layers))
     n = loaded.adapter.n_layers
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise LayerSelectionError(f"knockout layers {bad} out of range (the model has layers 0..{n - 1})")
-    if edges.dtype != torch.bool or edges.dim() != 3 or edges.shape[1] != edges.shape[2]:
+    if (sources is None) == (edges is None):
+        raise KnockoutError("attention_knockout needs either sources (a position selector) or edges, not both")
+    if edges is not None and (edges.dtype != torch.bool or edges.dim() != 3 or edges.shape[1] != edges.shape[2]):
         raise KnockoutError(f"knockout edges must be a BoolTensor[batch, pos, pos], got {edges.dtype} {list(edges.shape)}")
     config = loaded.model.config
     previous = config._attn_implementation
-    if previous is None or previous.startswith(_PREFIX):
-        raise KnockoutError("attention knockouts cannot be nested, and need a model with a set attention implementation")
+    if previous is None:
+        raise KnockoutError("attention knockout needs a model with a set attention implementation")
     modules = [attention_module(loaded, layer) for layer in layers]
-    config._attn_implementation = _register(previous)
+    block = _Block(edges)
+
+    def resolve(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            shape = input_ids.shape[:2] if input_ids is not None else kwargs["inputs_embeds"].shape[:2]
+            mask = torch.ones(shape, dtype=torch.long, device=loaded.device)
+        block.edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
+
+    outermost = not previous.startswith(_PREFIX)
+    name = _register(previous) if outermost else previous
+    hook = loaded.model.register_forward_pre_hook(resolve, with_kwargs=True) if sources is not None else None
+    config._attn_implementation = name
     try:
         for m in modules:
-            setattr(m, _BLOCKED, edges)
+            m.__dict__.setdefault(_BLOCKED, []).append(block)
         yield
     finally:
         for m in modules:
-            if hasattr(m, _BLOCKED):
-                delattr(m, _BLOCKED)
-        config._attn_implementation = previous
+            active = m.__dict__.get(_BLOCKED, [])
+            if block in active:
+                active.remove(block)
+            if not active:
+                m.__dict__.pop(_BLOCKED, None)
+        if hook is not None:
+            hook.remove()
+        if outermost:
+            config._attn_implementation = previous
+            _unregister(name)

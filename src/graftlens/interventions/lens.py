@@ -14,11 +14,14 @@ Gemma's final logit soft-capping is not applied: it is monotonic, so ranks are u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from graftlens.errors import UnknownComponentError
-from graftlens.graft.engine import run_logits
+from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
+from graftlens.models.run import run_logits
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.interventions.points import parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -33,13 +36,19 @@ def final_norm(loaded: LoadedModel) -> nn.Module:
     return loaded.model.get_submodule(path)
 
 
-def project(model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True) -> torch.Tensor:
-    """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]``."""
+def project(model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True, grad: bool = False) -> torch.Tensor:
+    """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]`` (with ``grad``, keeping the graph)."""
     loaded = as_loaded(model)
-    with torch.no_grad():
+    with torch.enable_grad() if grad else torch.no_grad():
         if use_final_norm:
             hidden = final_norm(loaded)(hidden)
         return loaded.model.get_output_embeddings()(hidden)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """``LongTensor[batch]``: the last True position of each row of ``mask[batch, pos]``."""
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, pos, -1).max(-1).values
 
 
 def point_logits(
@@ -47,19 +56,25 @@ def point_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     points: list[PointLike],
-    positions: torch.Tensor,
+    positions: PositionsLike = "LT",
     use_final_norm: bool = True,
+    *,
+    spans: Sequence[Spans] | None = None,
+    grad: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Projected logits of each stream point at one position per example, from one forward pass.
 
-    ``positions`` is a ``LongTensor[batch]`` of padded indices (e.g. the subject's last token,
-    or -1 for the last token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``."""
+    ``positions`` is a selector in prompt coordinates (``"LT"``, ``"subject"``, per-example index
+    lists, ...); each example is read at the *last* position it picks (e.g. the subject's last
+    token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``."""
     loaded = as_loaded(model)
     parsed = [parse_point(p) for p in points]
     for p in parsed:
         if p.per_head:
             raise UnknownComponentError(f"vocabulary projection reads stream points (resid, attn_out, mlp_out), not {p}")
-    with capture(loaded, parsed) as cache:
-        run_logits(loaded, input_ids, attention_mask, last_only=True)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    where = last_index(resolve_positions(positions, mask, spans))  # [batch], padded indices
+    with capture(loaded, parsed, keep_graph=grad) as cache:
+        run_logits(loaded, input_ids, attention_mask, last_only=True, grad=grad)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return {str(p): project(loaded, cache[p][rows, positions.to(input_ids.device)], use_final_norm) for p in parsed}
+    return {str(p): project(loaded, cache[p][rows, where.to(input_ids.device)], use_final_norm, grad) for p in parsed}

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
-from graftlens.graft.engine import run_logits
+from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
+from graftlens.models.run import run_logits
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -27,21 +28,27 @@ class PatchError(GraftlensError):
 
 @dataclass(frozen=True)
 class Patch:
-    """Write ``source`` into ``point`` at ``positions`` (``BoolTensor[batch, pos]``; None = all)
-    and, for per-head points, only for ``heads`` (None = all heads)."""
+    """Write ``source`` into ``point`` at ``positions`` and, for per-head points, only for
+    ``heads`` (None = all heads).
+
+    ``positions`` are named as everywhere in graftlens: a selector in prompt coordinates
+    (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, per-example index lists; None = every position),
+    resolved on the run the patch is written into, with that run's spans."""
 
     point: Point
     source: torch.Tensor  # the point's activation in the source run: [batch, pos, ...]
-    positions: torch.Tensor | None = None
+    positions: PositionsLike = None
     heads: tuple[int, ...] | None = None
 
-    def as_edit(self) -> Edit:
-        point, source, positions, heads = self.point, self.source, self.positions, self.heads
+    def as_edit(self, where: torch.Tensor | None) -> Edit:
+        """The edit writing this patch at ``where`` (``BoolTensor[batch, pos]``, the resolved positions)."""
+        point, source, heads = self.point, self.source, self.heads
 
         def write(x: torch.Tensor) -> torch.Tensor:
+            nonlocal where
             if source.shape != x.shape:
                 raise PatchError(f"patch of {point}: source has shape {list(source.shape)}, the run has {list(x.shape)}")
-            where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if positions is None else positions.to(x.device)
+            where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if where is None else where.to(x.device)
             where = where.reshape(*where.shape, *([1] * (x.dim() - 2)))  # [batch, pos, 1(, 1)]
             if heads is not None:
                 if not point.per_head:
@@ -63,10 +70,11 @@ def run_with_cache(
     attention_mask: torch.Tensor | None,
     points: Iterable[PointLike],
     last_only: bool = False,
+    grad: bool = False,
 ) -> tuple[torch.Tensor, ActivationCache]:
-    """Logits and the activations at ``points`` of one forward pass."""
-    with capture(model, points) as cache:
-        logits = run_logits(model, input_ids, attention_mask, last_only)
+    """Logits and the activations at ``points`` of one forward pass (with ``grad``, both keep the graph)."""
+    with capture(model, points, keep_graph=grad) as cache:
+        logits = run_logits(model, input_ids, attention_mask, last_only, grad=grad)
     return logits, cache
 
 
@@ -76,11 +84,17 @@ def patched_logits(
     attention_mask: torch.Tensor | None,
     patches: Sequence[Patch],
     last_only: bool = False,
+    spans: Sequence[Spans] | None = None,
+    grad: bool = False,
 ) -> torch.Tensor:
-    """Logits of ``model`` on ``input_ids`` with every patch written in (one forward pass)."""
+    """Logits of ``model`` on ``input_ids`` with every patch written in (one forward pass).
+
+    Named spans in the patches' positions come from ``spans`` (one mapping per example)."""
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     edits: dict[Point, list[Edit]] = {}
     for p in patches:
-        edits.setdefault(p.point, []).append(p.as_edit())
+        where = None if p.positions is None else resolve_positions(p.positions, mask, spans)
+        edits.setdefault(p.point, []).append(p.as_edit(where))
 
     def chain(fns: list[Edit]) -> Edit:
         def apply(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +105,7 @@ def patched_logits(
         return apply
 
     with edit(model, {point: chain(fns) for point, fns in edits.items()}):
-        return run_logits(model, input_ids, attention_mask, last_only)
+        return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
 
 
 # ---- activation patching sweeps -----------------------------------------------------------------
@@ -185,16 +199,20 @@ def cross_model_patched_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     heads: Mapping[PointLike, Sequence[int] | None],
-    positions: torch.Tensor | None = None,
-    last_only: bool = True,
+    positions: PositionsLike = None,
+    *,
+    spans: Sequence[Spans] | None = None,
+    last_only: bool = False,
+    grad: bool = False,
 ) -> torch.Tensor:
     """Logits of ``base`` with the donor's activations (``donor_cache``, captured on the same
     input by :func:`run_with_cache`) written in at ``heads`` (point → head list, None = all
-    heads or the whole stream point) and ``positions``."""
+    heads or the whole stream point) and ``positions`` (a selector in prompt coordinates, as for
+    :class:`Patch`; None = every position)."""
     patches = []
     for key, hs in heads.items():
         point = parse_point(key)
         if point not in donor_cache:
             raise PatchError(f"the donor activations hold no {point}; capture it first")
         patches.append(Patch(point, donor_cache[point], positions, None if hs is None else tuple(hs)))
-    return patched_logits(base, input_ids, attention_mask, patches, last_only)
+    return patched_logits(base, input_ids, attention_mask, patches, last_only, spans, grad)

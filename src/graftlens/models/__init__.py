@@ -2,8 +2,10 @@
 
 from graftlens.models.adapters import ArchitectureAdapter, Site, adapter_for, supported_model_types
 from graftlens.models.embedded import EMBEDDED_SPEC
+from graftlens.models.fingerprint import model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded, load_model
 from graftlens.models.names import expand_components, select_layers
+from graftlens.models.run import position_ids_for, run_logits
 
 __all__ = [
     "EMBEDDED_SPEC",
@@ -14,6 +16,9 @@ __all__ = [
     "as_loaded",
     "expand_components",
     "load_model",
+    "model_fingerprint",
+    "position_ids_for",
+    "run_logits",
     "select_layers",
     "supported_model_types",
 ]

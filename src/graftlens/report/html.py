@@ -8,10 +8,12 @@ import json
 from html import escape
 from pathlib import Path
 
-from graftlens.experiments.metrics import Estimate
+from graftlens.charts import METRIC_LABELS
 from graftlens.fileio import write_text_atomic
-from graftlens.report.build import RunData, knockout_table, load_run, make_figures
-from graftlens.report.figures import METRIC_LABELS
+from graftlens.methods import Table
+from graftlens.report.build import make_figures, method_tables
+from graftlens.results.metrics import Estimate
+from graftlens.results.rundata import RunData, StoredConfig, load_run
 
 REPORT_NAME = "report.html"
 EXAMPLES_SHOWN = 4
@@ -46,7 +48,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 def _page(run: RunData, figures_html: str) -> str:
     m = run.manifest
-    name = escape(str(run.recipe.get("name", "run")))
+    name = escape(run.name or "run")
     metric = run.metric
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>graftlens · {name}</title>",
@@ -64,7 +66,7 @@ def _page(run: RunData, figures_html: str) -> str:
         )
     parts += ["<h2>Figures</h2>", figures_html or "<p>No figures.</p>"]
     parts += ["<h2>All configurations</h2>", _summary_table(run)]
-    parts.append(_knockout_section(run))
+    parts.append("\n".join(_table(t) for t in method_tables(run)))
     parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
     parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
     parts += ["<h2>Example predictions</h2>", _examples(run)]
@@ -94,12 +96,12 @@ def _summary_table(run: RunData) -> str:
     head = "".join(f"<th>{escape(METRIC_LABELS[k])}</th>" for k in metrics)
     rows = []
     for c in run.configs:
-        entry = table.get((c["name"],))
+        entry = table.get((c.name,))
         if entry is None:
             continue
         grafts = _describe(c)
         cells = "".join(_cell(entry[k], 1 if k == "mean_rank" else 3) for k in metrics)
-        rows.append(f"<tr><td title='{escape(grafts)}'>{escape(c['name'])}</td><td>{escape(c['model'])}</td>"
+        rows.append(f"<tr><td title='{escape(grafts)}'>{escape(c.name)}</td><td>{escape(c.model)}</td>"
                     f"<td class='text'>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>")  # fmt: skip
     return (f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts / method</th><th>n</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
@@ -111,13 +113,13 @@ def _split_table(run: RunData, key: str) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
     for c in run.configs:
-        cells = "".join(_cell(table.get((c["name"], col), {}).get(run.metric)) for col in columns)
-        rows.append(f"<tr><td>{escape(c['name'])}</td>{cells}</tr>")
+        cells = "".join(_cell(table.get((c.name, col), {}).get(run.metric)) for col in columns)
+        rows.append(f"<tr><td>{escape(c.name)}</td>{cells}</tr>")
     return f"<table><thead><tr><th>configuration</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _examples(run: RunData) -> str:
-    shown = [c["name"] for c in run.reference_configs()] or [run.configs[0]["name"]]
+    shown = [c.name for c in run.reference_configs()] or [run.configs[0].name]
     by_key = {(r.config, r.example): r for r in run.rows}
     examples = list(dict.fromkeys(r.example for r in run.rows))[:EXAMPLES_SHOWN]
     out = []
@@ -146,31 +148,22 @@ def _reproduce(run: RunData) -> str:
     )
 
 
-def _describe(config: dict) -> str:
+def _describe(config: StoredConfig) -> str:
     """What a configuration does, in one line: its grafts, or its method."""
-    method = config.get("method")
+    method = config.method
     if method:
         return method["kind"] + ": " + ", ".join(f"{k} {_as_text(v)}" for k, v in method.items() if k != "kind" and v is not None)
     return "; ".join(f"{g['donor']}: {_as_text(g['components'])} @ layers {_as_text(g['layers'])} @ {g['positions']}"
-                     for g in config["grafts"]) or "no grafts"  # fmt: skip
+                     for g in config.grafts) or "no grafts"  # fmt: skip
 
 
-def _knockout_section(run: RunData) -> str:
-    """Per-layer relative change (%) of each knockout source, with 95% CIs."""
-    out = []
-    for group, configs in run.groups().items():
-        if not configs or not all("source" in c["coords"] and "baseline" in c["coords"] for c in configs):
-            continue
-        values = knockout_table(run, configs)
-        sources = list(dict.fromkeys(c["coords"]["source"] for c in configs))
-        layers = list(dict.fromkeys(c["coords"]["layer"] for c in configs))
-        head = "".join(f"<th>{escape(s)}</th>" for s in sources)
-        rows = "".join(f"<tr><td>{escape(layer)}</td>{''.join(_cell(values.get((s, layer)), 1) for s in sources)}</tr>"
-                       for layer in layers)  # fmt: skip
-        baseline = configs[0]["coords"]["baseline"]
-        out.append(f"<h2>{escape(group)}: change in target probability (%) against {escape(baseline)}</h2>"
-                   f"<table><thead><tr><th>centre layer</th>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
-    return "\n".join(out)
+def _table(table: Table) -> str:
+    """A method's table (e.g. knockout: per-layer change of each source), with 95% CIs."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    rows = "".join(f"<tr><td>{escape(label)}</td>{''.join(_cell(v, table.digits) for v in values)}</tr>"
+                   for label, values in table.rows)  # fmt: skip
+    return (f"<h2>{escape(table.title)}</h2>"
+            f"<table><thead><tr><th>{escape(table.corner)}</th>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
 
 
 def _as_text(value) -> str:

@@ -32,8 +32,10 @@ from graftlens.eval.scoring import evaluate
 from graftlens.models.loading import LoadedModel, load_model
 from graftlens.train.batches import collate_train, epoch_batches, tokenize_texts
 from graftlens.train.config import FinetuneConfig, content_hash
-from graftlens.train.fingerprint import model_fingerprint
-from graftlens.train.manifest import evaluation_table, run_versions, write_json_atomic
+from graftlens.models.fingerprint import model_fingerprint
+from graftlens.fileio import write_json_atomic
+from graftlens.provenance import run_versions
+from graftlens.train.manifest import evaluation_table
 
 MANIFEST = "manifest.json"
 # A resumable state is two files: STATE (JSON: whose run it is, the step, the losses, and the

@@ -1,17 +1,12 @@
-"""Manifest helpers: evaluation tables, package versions, atomic JSON writes."""
+"""The evaluation table a finetuning manifest records."""
 
 from __future__ import annotations
 
-import json
-import platform
 from collections import defaultdict
 from collections.abc import Sequence
-from importlib import metadata
-from pathlib import Path
 
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.scoring import PromptScore, summarize
-from graftlens.fileio import write_text_atomic
 
 
 def evaluation_table(scores: Sequence[PromptScore], prompts: Sequence[TokenizedPrompt]) -> dict:
@@ -30,17 +25,3 @@ def evaluation_table(scores: Sequence[PromptScore], prompts: Sequence[TokenizedP
 
 def _rounded(d: dict) -> dict:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
-
-
-def run_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("graftlens", "torch", "transformers", "peft", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

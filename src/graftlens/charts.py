@@ -1,6 +1,10 @@
-"""Figures of a run (matplotlib, headless): bar charts of configurations × test templates with
-bootstrap error bars and reference lines, heat maps of component × layer sweeps, and line
-charts over layers (knockout curves, vocabulary projection rates) with CI bands."""
+"""Drawing primitives of the report (matplotlib, headless): bar charts of configurations × test
+templates with bootstrap error bars and reference lines, heat maps, and line charts over layers
+with CI bands. Each method picks one of them for its figure.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects with their own Agg canvas, never
+through ``pyplot``: importing this module leaves the caller's matplotlib backend and pyplot's
+figure registry alone."""
 
 from __future__ import annotations
 
@@ -9,14 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from graftlens.experiments.metrics import Estimate  # noqa: E402
+from graftlens.results.metrics import Estimate
 
 METRIC_LABELS = {
     "top1": "top-1 accuracy",
@@ -25,6 +27,13 @@ METRIC_LABELS = {
     "mean_prob": "mean target probability",
     "mean_rank": "mean target rank",
 }
+
+
+def _figure(figsize: tuple[float, float]):
+    """A constrained-layout figure with one axes, on its own Agg canvas (no pyplot state)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,9 @@ def bar_chart(
     """One group of bars per configuration, one bar per test template, 95% CI error bars;
     ``references`` (e.g. PRE and SFT over all templates) drawn as labelled dashed lines."""
     width = 0.8 / max(1, len(templates))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(configs) + 2), 4.2), layout="constrained")
+    fig, ax = _figure((max(6.0, 1.1 * len(configs) + 2), 4.2))
     x = np.arange(len(configs))
-    colors = plt.get_cmap("tab10").colors
+    colors = colormaps["tab10"].colors
     for i, template in enumerate(templates):
         est = [values.get((c, template)) for c in configs]
         heights = [e.value if e else np.nan for e in est]
@@ -82,9 +91,9 @@ def line_chart(
 ) -> Figure:
     """One line per series over ``xs`` (e.g. layers), with its 95% CI as a shaded band."""
     width = max(6.0, 0.22 * len(xs) + 3.5)
-    fig, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
+    fig, ax = _figure((width, 4.0))
     x = np.arange(len(xs))
-    colors = plt.get_cmap("tab10").colors
+    colors = colormaps["tab10"].colors
     for i, (label, ests) in enumerate(series.items()):
         mid = np.array([e.value if e else np.nan for e in ests])
         lo = np.array([e.lo if e else np.nan for e in ests])
@@ -111,7 +120,7 @@ def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: dict[t
     """A ``rows × cols`` grid of ``values`` with each cell's value written in it."""
     grid = np.array([[values.get((r, c), np.nan) for c in cols] for r in rows])  # [rows, cols]
     width = min(16.0, max(5.0, (0.55 if len(cols) <= 16 else 0.42) * len(cols) + 2.5))
-    fig, ax = plt.subplots(figsize=(width, max(2.6, 0.45 * len(rows) + 1.4)), layout="constrained")
+    fig, ax = _figure((width, max(2.6, 0.45 * len(rows) + 1.4)))
     top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
     if metric == "mean_rank":
         vmax = top
@@ -148,7 +157,6 @@ def save(fig: Figure, directory: Path, stem: str, title: str) -> SavedFigure:
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
     fig.savefig(png, dpi=130)
     fig.savefig(svg)
-    plt.close(fig)
     return SavedFigure(title, png, svg)
 
 

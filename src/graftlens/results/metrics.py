@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graftlens.experiments.store import ResultRow
+from graftlens.results.store import ResultRow
 
 METRICS: dict[str, Callable[[ResultRow], float]] = {
     "top1": lambda r: float(r.hit(1)),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graftlens.errors import GraftlensError
 from graftlens.fileio import write_text_atomic
-from graftlens.report.build import RunData
+from graftlens.results.rundata import RunData
 
 COLUMNS = (
     "recipe", "config", "group", "template", "direction", "example", "prompt", "target",
@@ -18,8 +18,8 @@ COLUMNS = (
 
 
 def table_rows(run: RunData) -> list[dict]:
-    recipe = str(run.recipe.get("name", ""))
-    groups = {c["name"]: c["group"] for c in run.configs}
+    recipe = run.name
+    groups = {c.name: c.group for c in run.configs}
     return [
         {
             "recipe": recipe,

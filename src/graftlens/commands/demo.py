@@ -22,9 +22,8 @@ from rich.table import Table
 
 from graftlens.commands.experiments import execute, results_table
 from graftlens.experiments import load_recipe
-from graftlens.experiments.metrics import summary
 from graftlens.models import EMBEDDED_SPEC
-from graftlens.report.build import RunData, load_run
+from graftlens.results import RunData, load_run, summary
 
 DEMO_RECIPE = "demo"
 DEMO_RUN_DIR = Path("runs") / "demo"
@@ -59,8 +58,8 @@ def _by_direction(run: RunData) -> Table:
     for d in directions:
         table.add_column(d, justify="right")
     for c in run.configs:
-        if c["group"] in ("configs", "positions"):
-            table.add_row(escape(c["name"]), *(f"{table_data[(c['name'], d)]['top5'].value:.2f}" for d in directions))
+        if c.group in ("configs", "positions"):
+            table.add_row(escape(c.name), *(f"{table_data[(c.name, d)]['top5'].value:.2f}" for d in directions))
     return table
 
 

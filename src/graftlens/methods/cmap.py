@@ -1,0 +1,139 @@
+"""``cmap``: cross-model activation patching (Prakash et al.): write the donor's per-head
+activations (``z``, ``q``, ``k``, ``v``) of some layers and positions into the recipient, on the
+same prompts."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits
+from graftlens.interventions.hooks import ActivationCache
+from graftlens.interventions.patching import check_same_shapes, cross_model_patched_logits, run_with_cache
+from graftlens.interventions.points import HEAD_POINTS, Point
+from graftlens.methods.base import LayerSpec, RecipeError, RunConfig, Strict, Sweep, check_position_list, check_positions, layers_label
+from graftlens.methods.figures import heatmap_of
+from graftlens.methods.registry import Context, Method, register
+from graftlens.models import LoadedModel
+from graftlens.models.names import select_layers
+
+HeadPoint = Literal["z", "q", "k", "v"]
+assert set(HeadPoint.__args__) == set(HEAD_POINTS)  # type: ignore[attr-defined]
+
+
+class CmapSpec(Strict):
+    kind: Literal["cmap"] = "cmap"
+    donor: str
+    points: list[HeadPoint] = Field(["z"], min_length=1)
+    layers: LayerSpec = "all"
+    heads: list[int] | None = None  # None: every head
+    positions: str = "all"
+
+    _positions = field_validator("positions")(check_positions)
+
+
+class CmapSweep(Sweep):
+    """Patch the donor's ``points`` of each layer group at each position set into the recipient."""
+
+    kind: Literal["cmap"]
+    donor: str
+    points: list[list[HeadPoint]] = Field([["z"]], min_length=1)
+    layers: list[LayerSpec] = Field(["all"], min_length=1)
+    positions: list[str] = Field(["all"], min_length=1)
+    heads: list[int] | None = None
+    recipient: str | None = None
+    group: str = "cmap"
+
+    _positions = field_validator("positions")(check_position_list)
+
+
+class DonorActivations:
+    """Donor activations per (donor, batch, point), reused across the configurations of a sweep.
+
+    CMAP sweeps patch many head sets from one donor run; the runner scores configuration after
+    configuration, so each batch's donor activations are kept (up to ``max_bytes``, oldest
+    dropped first) instead of being recomputed for every configuration."""
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self._store: OrderedDict[tuple[str, tuple[str, ...], Point], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, name: str, donor: LoadedModel, batch: PromptBatch, points: list[Point]) -> ActivationCache:
+        key = tuple(p.id for p in batch.prompts)
+        missing = [p for p in points if (name, key, p) not in self._store]
+        if missing:
+            _, cache = run_with_cache(donor, batch.input_ids, batch.attention_mask, missing, last_only=True)
+            for p in missing:
+                self._put((name, key, p), cache[p])
+        out = ActivationCache()
+        for p in points:
+            self._store.move_to_end((name, key, p))
+            out[p] = self._store[(name, key, p)]
+        return out
+
+    def _put(self, key: tuple[str, tuple[str, ...], Point], value: torch.Tensor) -> None:
+        self._store[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_bytes and len(self._store) > 1:
+            _, old = self._store.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+
+@register
+class CrossModelPatching(Method):
+    """A heat map: patched points × (layers @ positions)."""
+
+    kind = "cmap"
+    sweep = CmapSweep
+
+    def expand(self, sweep: CmapSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        out = []
+        for points in sweep.points:
+            for layers in sweep.layers:
+                for positions in sweep.positions:
+                    label = "+".join(points)
+                    spec = CmapSpec(donor=sweep.donor, points=points, layers=layers, heads=sweep.heads, positions=positions)
+                    coords = {"points": label, "layers": layers_label(layers), "positions": positions}
+                    name = f"cmap {label} @ {layers_label(layers)} @ {positions}"
+                    out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
+        return out
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        assert isinstance(spec, CmapSpec)
+        adapter = models[config.model].adapter
+        check_same_shapes(models[config.model], models[spec.donor])
+        select_layers(spec.layers, adapter.n_layers)
+        n_heads = {"q": adapter.n_heads, "z": adapter.n_heads}
+        for point in spec.points:
+            bad = [h for h in spec.heads or [] if not 0 <= h < n_heads.get(point, adapter.n_kv_heads)]
+            if bad:
+                raise RecipeError(f"heads {bad} out of range for {point!r}")
+        return [spec.positions]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        base, spec = context.models[config.model], config.method
+        assert isinstance(spec, CmapSpec)
+        donor = context.models[spec.donor]
+        check_same_shapes(base, donor)
+        donor_cache: DonorActivations = context.state(self.kind, DonorActivations)
+        layers = select_layers(spec.layers, base.adapter.n_layers)
+        points = [Point(name, layer) for name in spec.points for layer in layers]
+        heads = {p: spec.heads for p in points}
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            cache = donor_cache.get(spec.donor, donor, batch, points)
+            return cross_model_patched_logits(base, cache, batch.input_ids, batch.attention_mask, heads, spec.positions,
+                                              spans=batch.spans, last_only=True)[:, -1]  # fmt: skip
+
+        return run
+
+    def figure(self, run, group, configs):
+        return heatmap_of(run, group, configs, ("layers", "positions"), "patched layers @ positions",
+                          row_key="points", ylabel="patched from the donor")  # fmt: skip

@@ -1,0 +1,45 @@
+"""``components``: graft each component group in each layer group at fixed positions (Nief et al., Figure 3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from graftlens.methods.base import GraftSpec, LayerSpec, RunConfig, layers_label
+from graftlens.methods.figures import heatmap_of
+from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
+from graftlens.methods.registry import register
+
+
+class ComponentSweep(ComponentListSweep):
+    """Graft each component group in each layer group from ``donor`` at ``positions``."""
+
+    kind: Literal["components"]
+    layers: list[LayerSpec] = Field(min_length=1)
+    group: str = "components"
+
+
+@register
+class ComponentGrafting(GraftingMethod):
+    """A heat map: component groups × layer groups."""
+
+    kind = "components"
+    sweep = ComponentSweep
+
+    def expand(self, sweep: ComponentSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        return [
+            RunConfig(
+                f"{comp} @ {layers_label(layers)}",
+                sweep.group,
+                recipient,
+                (GraftSpec(donor=sweep.donor, components=comp, layers=layers, positions=sweep.positions),),
+                {"component": comp, "layers": layers_label(layers)},
+                kind=self.kind,
+            )
+            for comp in sweep.components
+            for layers in sweep.layers
+        ]
+
+    def figure(self, run, group, configs):
+        return heatmap_of(run, group, configs, ("layers",), "grafted layers")

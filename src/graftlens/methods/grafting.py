@@ -1,0 +1,72 @@
+"""What the weight-grafting methods share: checks of graft rules, and the grafted readout."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pydantic import Field, field_validator
+
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits, plain_last_logits
+from graftlens.graft.engine import Grafter
+from graftlens.graft.rules import Graft, rule_sites, touched_modules
+from graftlens.methods.base import RunConfig, Sweep, check_components, check_positions
+from graftlens.methods.registry import Context, Method
+from graftlens.models import LoadedModel
+from graftlens.models.loading import as_loaded
+from graftlens.models.run import run_logits
+
+
+def grafted_last_logits(base, donors, rules: list[Graft]) -> LastLogits:
+    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
+
+    The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
+    ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
+    applied to the last position only, as in the plain model's path."""
+    loaded = as_loaded(base)
+    grafter = Grafter(loaded, donors, rules)
+    head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
+    last_only = not head_paths & set(touched_modules(loaded.adapter, rules))
+
+    def run(batch: PromptBatch) -> torch.Tensor:
+        batch = batch.to(loaded.device)
+        with grafter.on(batch.spans):
+            return run_logits(loaded, batch.input_ids, batch.attention_mask, last_only)[:, -1]
+
+    return run
+
+
+class GraftingMethod(Method):
+    """A method whose configurations are graft rules (or none: the model as it is)."""
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        adapter = models[config.model].adapter
+        for rule in config.rules():
+            rule_sites(adapter, rule)
+        return [g.positions for g in config.grafts]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        model = context.models[config.model]
+        if not config.grafts:
+            return plain_last_logits(model.model)
+        donors = {g.donor: context.models[g.donor] for g in config.grafts}
+        return grafted_last_logits(model, donors, config.rules())
+
+
+class ComponentListSweep(Sweep):
+    """What the component and layer-window sweeps share: a donor, positions, component groups."""
+
+    donor: str
+    recipient: str | None = None
+    positions: str = "LT"
+    components: list[str] = Field(min_length=1)
+
+    _positions = field_validator("positions")(check_positions)
+
+    @field_validator("components")
+    @classmethod
+    def _comps(cls, v: list[str]) -> list[str]:
+        for c in v:
+            check_components(c)
+        return v

@@ -1,0 +1,130 @@
+"""``knockout``: block attention edges from ``targets`` to a source set in a window of layers
+centred on each layer (Geva et al.), scored as the change of the target's probability against a
+plain ``baseline`` configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits
+from graftlens.interventions.knockout import attention_knockout
+from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.figures import curves
+from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.models import LoadedModel
+from graftlens.models.run import run_logits
+from graftlens.results.metrics import Estimate, relative_change
+from graftlens.results.rundata import RunData, StoredConfig
+from graftlens import charts
+from graftlens.models.names import layer_window
+
+
+class KnockoutSpec(Strict):
+    kind: Literal["knockout"] = "knockout"
+    sources: str
+    targets: str = "LT"
+    layers: list[int]
+
+    _positions = field_validator("sources", "targets")(check_positions)
+
+
+class KnockoutSweep(Sweep):
+    """For each source set and each layer ℓ: block ``targets`` → source in the ``window`` layers around ℓ."""
+
+    kind: Literal["knockout"]
+    sources: dict[str, str] = Field(min_length=1)  # label → position selector
+    targets: str = "LT"
+    window: int = Field(9, ge=1)
+    baseline: str  # a configuration without interventions, the denominator of the relative change
+    recipient: str | None = None
+    group: str = "knockout"
+
+    _targets = field_validator("targets")(check_positions)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: dict[str, str]) -> dict[str, str]:
+        for s in v.values():
+            check_positions(s)
+        return v
+
+    def check_in_recipe(self, plain_configs: list[str]) -> None:
+        if self.baseline not in plain_configs:
+            raise ValueError(
+                f"knockout sweep: baseline {self.baseline!r} must name a configuration without grafts "
+                f"(written under 'configs'); plain configurations: {', '.join(plain_configs) or 'none'}"
+            )
+
+
+def knockout_table(run: RunData, configs: list[StoredConfig]) -> dict[tuple[str, str], Estimate]:
+    """``(source, layer) → relative change (%)`` of the target probability against each knockout's baseline."""
+    by_config = run.by_config
+    out = {}
+    for c in configs:
+        k = c.coords
+        if c.name in by_config and k["baseline"] in by_config:
+            out[(k["source"], k["layer"])] = relative_change(by_config[c.name], by_config[k["baseline"]], run.n_boot, run.seed)
+    return out
+
+
+@register
+class AttentionKnockout(Method):
+    kind = "knockout"
+    sweep = KnockoutSweep
+    needs_depth = True
+
+    def expand(self, sweep: KnockoutSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        assert n_layers is not None
+        return [
+            RunConfig(
+                f"knockout {label} @ L{centre}",
+                sweep.group,
+                recipient,
+                (),
+                {"source": label, "layer": str(centre), "baseline": sweep.baseline},
+                KnockoutSpec(sources=selector, targets=sweep.targets, layers=layer_window(centre, sweep.window, n_layers)),
+                kind=self.kind,
+            )
+            for label, selector in sweep.sources.items()
+            for centre in range(n_layers)
+        ]
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        assert isinstance(spec, KnockoutSpec)
+        return [spec.sources, spec.targets]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        model, spec = context.models[config.model], config.method
+        assert isinstance(spec, KnockoutSpec)
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            with attention_knockout(model, spec.layers, sources=spec.sources, targets=spec.targets, spans=batch.spans):
+                return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
+
+        return run
+
+    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+        values = knockout_table(run, configs)
+        layers, series = curves(configs, "source", values)
+        windows = {len(c.method["layers"]) for c in configs if c.method}
+        window = f", window of {max(windows)} layers" if windows else ""
+        targets = next((c.method["targets"] for c in configs if c.method), "LT")
+        title = f"{run.name}: {group} — attention edges {targets} → source blocked{window} (95% CI)"
+        fig = charts.line_chart(title, layers, series, "change in target probability (%)", "centre layer of the window",
+                                zero_line=True, legend_title="blocked source")  # fmt: skip
+        return fig, title
+
+    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+        """Per-layer relative change (%) of each knockout source, with 95% CIs."""
+        values = knockout_table(run, configs)
+        sources = list(dict.fromkeys(c.coords["source"] for c in configs))
+        layers = list(dict.fromkeys(c.coords["layer"] for c in configs))
+        baseline = configs[0].coords["baseline"]
+        rows = [(layer, [values.get((s, layer)) for s in sources]) for layer in layers]
+        return [Table(f"{group}: change in target probability (%) against {baseline}", "centre layer", sources, rows, 1)]

@@ -1,0 +1,49 @@
+"""``layer_window``: graft each component group in a window of layers centred on each layer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from graftlens.methods.base import GraftSpec, RunConfig
+from graftlens.methods.figures import heatmap_of
+from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
+from graftlens.methods.registry import register
+from graftlens.models.names import layer_window
+
+
+class LayerWindowSweep(ComponentListSweep):
+    """Graft each component group in a window of ``window`` layers centred on each layer."""
+
+    kind: Literal["layer_window"]
+    window: int = Field(1, ge=1)
+    group: str = "layer_window"
+
+
+@register
+class LayerWindowGrafting(GraftingMethod):
+    """A heat map: component groups × the window's centre layer."""
+
+    kind = "layer_window"
+    sweep = LayerWindowSweep
+    needs_depth = True
+
+    def expand(self, sweep: LayerWindowSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        assert n_layers is not None
+        return [
+            RunConfig(
+                f"{comp} @ L{centre}",
+                sweep.group,
+                recipient,
+                (GraftSpec(donor=sweep.donor, components=comp, layers=layer_window(centre, sweep.window, n_layers),
+                           positions=sweep.positions),),  # fmt: skip
+                {"component": comp, "layer": str(centre)},
+                kind=self.kind,
+            )
+            for comp in sweep.components
+            for centre in range(n_layers)
+        ]
+
+    def figure(self, run, group, configs):
+        return heatmap_of(run, group, configs, ("layer",), "centre of the grafted layer window")

@@ -1,0 +1,97 @@
+"""``lens``: project a stream point of each layer, at one position per prompt, to the vocabulary
+(Geva et al.'s extraction events and attribute rate)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from graftlens import charts
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits
+from graftlens.interventions.lens import point_logits
+from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.figures import curves, metric_label
+from graftlens.methods.registry import Context, Method, register
+from graftlens.models import LoadedModel
+from graftlens.results.metrics import estimate
+from graftlens.results.rundata import RunData, StoredConfig
+
+StreamPoint = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
+
+
+class LensSpec(Strict):
+    kind: Literal["lens"] = "lens"
+    point: StreamPoint
+    layer: int
+    position: str = "LT"  # the last position of this selector in each prompt
+    final_norm: bool = True
+
+    _position = field_validator("position")(check_positions)
+
+
+class LensSweep(Sweep):
+    """For each point and each layer: project the point at ``position`` to the vocabulary."""
+
+    kind: Literal["lens"]
+    points: list[StreamPoint] = Field(["attn_out", "mlp_out"], min_length=1)
+    position: str = "LT"
+    final_norm: bool = True
+    recipient: str | None = None
+    group: str = "lens"
+
+    _position = field_validator("position")(check_positions)
+
+
+@register
+class VocabularyProjection(Method):
+    kind = "lens"
+    sweep = LensSweep
+    needs_depth = True
+
+    def expand(self, sweep: LensSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        assert n_layers is not None
+        return [
+            RunConfig(
+                f"lens {point} @ {sweep.position} @ L{layer}",
+                sweep.group,
+                recipient,
+                (),
+                {"point": point, "layer": str(layer)},
+                LensSpec(point=point, layer=layer, position=sweep.position, final_norm=sweep.final_norm),
+                kind=self.kind,
+            )
+            for point in sweep.points
+            for layer in range(n_layers)
+        ]
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        assert isinstance(config.method, LensSpec)
+        return [config.method.position]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        model, spec = context.models[config.model], config.method
+        assert isinstance(spec, LensSpec)
+        point = f"{spec.point}.{spec.layer}"
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            return point_logits(model, batch.input_ids, batch.attention_mask, [point], spec.position, spec.final_norm,
+                                spans=batch.spans)[point]  # fmt: skip
+
+        return run
+
+    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+        by_config = run.by_config
+        values = {(c.coords["point"], c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
+                  for c in configs if c.name in by_config}  # fmt: skip
+        layers, series = curves(configs, "point", values)
+        label = metric_label(run.metric)
+        title = f"{run.name}: {group} — target in the projection ({label}, 95% CI)"
+        top = max((e.hi for e in values.values() if e.hi == e.hi), default=1.0)
+        # A 0–1 axis unless every rate is small: then the axis is stretched (its ticks say so).
+        ylim = None if run.metric == "mean_rank" else (0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top))
+        fig = charts.line_chart(title, layers, series, f"{label} of the projection", "layer", ylim=ylim, legend_title="projected")
+        return fig, title

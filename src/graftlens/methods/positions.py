@@ -1,0 +1,49 @@
+"""``positions``: graft a donor's components at each of several position sets (Nief et al., Figure 2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from graftlens.methods.base import GraftSpec, LayerSpec, RunConfig, Sweep, check_components, check_position_list
+from graftlens.methods.grafting import GraftingMethod
+from graftlens.methods.registry import register
+
+
+class PositionSweep(Sweep):
+    """Graft ``components`` of ``layers`` from ``donor`` at each position set (one config each)."""
+
+    kind: Literal["positions"]
+    donor: str
+    recipient: str | None = None
+    sets: list[str] = Field(min_length=1)
+    components: str | list[str] = "all"
+    layers: LayerSpec = "all"
+    group: str = "positions"
+    label: str | None = None  # config names become "label: set"
+
+    _components = field_validator("components")(check_components)
+
+    _sets = field_validator("sets")(check_position_list)
+
+
+@register
+class PositionGrafting(GraftingMethod):
+    """One bar group per position set, beside the reference configurations."""
+
+    kind = "positions"
+    sweep = PositionSweep
+
+    def expand(self, sweep: PositionSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        return [
+            RunConfig(
+                f"{sweep.label}: {s}" if sweep.label else s,
+                sweep.group,
+                recipient,
+                (GraftSpec(donor=sweep.donor, components=sweep.components, layers=sweep.layers, positions=s),),
+                {"positions": s},
+                kind=self.kind,
+            )
+            for s in sweep.sets
+        ]

@@ -1,0 +1,127 @@
+"""The one registry of methods: each kind of experiment is a :class:`Method` in a module of its own.
+
+A method owns, for its kind:
+
+- its recipe part (``sweep``, a :class:`~graftlens.methods.base.Sweep` with a ``kind`` literal) and
+  how that part expands into :class:`~graftlens.methods.base.RunConfig` s (:meth:`Method.expand`);
+- the checks of one configuration against the models, before anything is scored
+  (:meth:`Method.check`, which also names the position selectors to try on every prompt);
+- its readout: ``batch → last-position logits`` (:meth:`Method.readout`);
+- its figure and tables in the report (:meth:`Method.figure`, :meth:`Method.tables`).
+
+Recipes, the runner, the checks and the report find methods here by ``kind``, never by looking
+at field names. Adding a method is adding one module to this package that calls
+:func:`register`; :mod:`graftlens.methods` imports every module of the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from graftlens.errors import GraftlensError
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits
+from graftlens.graft.positions import resolve_positions
+from graftlens.methods.base import RecipeError, RunConfig, Sweep
+from graftlens.models import LoadedModel
+from graftlens.results.metrics import Estimate
+from graftlens.results.rundata import RunData, StoredConfig
+
+
+@dataclass
+class Context:
+    """What readouts share across the configurations of one run: the loaded models, and state a
+    method keeps between its configurations (e.g. donor activations), by key."""
+
+    models: Mapping[str, LoadedModel]
+    _state: dict[str, Any] = field(default_factory=dict)
+
+    def state(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._state:
+            self._state[key] = make()
+        return self._state[key]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the report: ``rows`` of (label, one estimate per column), values to ``digits``."""
+
+    title: str
+    corner: str
+    columns: list[str]
+    rows: list[tuple[str, list[Estimate | None]]]
+    digits: int = 3
+
+
+class Method:
+    """One kind of experiment. Subclass it in a module of this package and decorate with :func:`register`."""
+
+    kind: ClassVar[str]
+    sweep: ClassVar[type[Sweep] | None] = None  # its part under `sweeps:` (None: configurations written out)
+    needs_depth: ClassVar[bool] = False  # expansion needs the model's number of layers
+
+    def expand(self, sweep: Sweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        """The configurations of one sweep (``n_layers`` is None before the models are loaded;
+        a method that ``needs_depth`` is then not asked)."""
+        raise NotImplementedError
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        """Raise a :class:`GraftlensError` if ``config`` does not fit the models; return the
+        position selectors it uses, which are then resolved on every prompt."""
+        raise NotImplementedError
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        """``batch → logits[batch, vocab]`` at each prompt's last position."""
+        raise NotImplementedError
+
+    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+        """``(Figure, title)`` of one group of this method's configurations, or None for none.
+
+        The default: one bar per test template per configuration, the plain configurations as
+        reference lines (:func:`graftlens.methods.figures.bar_chart_of`)."""
+        from graftlens.methods.figures import bar_chart_of
+
+        return bar_chart_of(run, group, configs)
+
+    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+        """Extra tables of one group in the report (none by default)."""
+        return []
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` the method of its ``kind``."""
+    if cls.kind in _METHODS and type(_METHODS[cls.kind]) is not cls:
+        raise GraftlensError(f"two methods of kind {cls.kind!r}: {type(_METHODS[cls.kind]).__name__} and {cls.__name__}")
+    _METHODS[cls.kind] = cls()
+    return cls
+
+
+def method_for(kind: str) -> Method:
+    try:
+        return _METHODS[kind]
+    except KeyError:
+        raise GraftlensError(f"unknown method kind {kind!r}; known: {', '.join(sorted(_METHODS))}") from None
+
+
+def methods() -> list[Method]:
+    return list(_METHODS.values())
+
+
+def sweep_types() -> tuple[type[Sweep], ...]:
+    """Every method's recipe part under ``sweeps:``, in registration order."""
+    return tuple(m.sweep for m in _METHODS.values() if m.sweep is not None)
+
+
+def check_config(config: RunConfig, models: Mapping[str, LoadedModel], batches: Sequence[PromptBatch]) -> None:
+    """``config`` fits its models and every prompt, or one :class:`RecipeError` naming it."""
+    try:
+        for selector in method_for(config.kind).check(config, models):
+            for batch in batches:
+                resolve_positions(selector, batch.attention_mask, batch.spans)
+    except GraftlensError as exc:
+        raise RecipeError(f"configuration {config.name!r}: {exc}") from None

@@ -1,0 +1,34 @@
+"""One forward helper for every way graftlens runs a model: plain, grafted, patched, knocked out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from graftlens.models.loading import LoadedModel
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0..n-1 over each row's real tokens, so left and right padding give equal results."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def run_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    last_only: bool = False,
+    grad: bool = False,
+) -> torch.Tensor:
+    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``) of one full-prompt
+    forward pass, with position ids from the mask.
+
+    Without ``grad`` the pass runs under ``torch.no_grad()``; with it, the logits keep the graph
+    (for learned masks and attribution methods), whatever the caller's grad mode."""
+    module = model.model if isinstance(model, LoadedModel) else model
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    extra = {"logits_to_keep": 1} if last_only else {}
+    with torch.enable_grad() if grad else torch.no_grad():
+        out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra)
+    return out.logits
