@@ -18,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graftlens.results import summary
-from graftlens.results import load_run
+from graftlens.results import load_run, summary
 
 
 def run(args: list[str], cache: str, cwd: str) -> float:

@@ -4,7 +4,8 @@
 component, every layer) and the literal token-by-token reference over the same prompts. The
 engine leaves padded positions uncomputed and the plain forward does not, so the grafted
 forward is also timed with padded positions computed. Plain and grafted runs are interleaved
-and repeated; medians are reported. Prints one JSON object. Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32]
+and repeated; medians are reported. Prints one JSON object.
+Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32]
 """
 
 from __future__ import annotations

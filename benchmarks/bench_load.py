@@ -15,7 +15,9 @@ import sys
 import tempfile
 import time
 
-CHILD = "import time; t=time.perf_counter(); import graftlens; m=graftlens.load_model('smollm2-135m'); print(time.perf_counter()-t)"
+CHILD = (
+    "import time; t=time.perf_counter(); import graftlens; m=graftlens.load_model('smollm2-135m'); print(time.perf_counter()-t)"
+)
 
 
 def timed_load(cache: str) -> tuple[float, float]:
@@ -33,15 +35,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         cold_wall, cold_load = timed_load(cache)
         warm = [timed_load(cache) for _ in range(args.repeats)]
-    print(json.dumps({
-        "benchmark": "load_embedded_model",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
-        "cold_process_s": round(cold_wall, 2),
-        "cold_import_and_load_s": round(cold_load, 2),
-        "warm_process_s_median": round(statistics.median(w for w, _ in warm), 2),
-        "warm_import_and_load_s_median": round(statistics.median(inner for _, inner in warm), 2),
-        "warm_repeats": args.repeats,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "load_embedded_model",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
+                "cold_process_s": round(cold_wall, 2),
+                "cold_import_and_load_s": round(cold_load, 2),
+                "warm_process_s_median": round(statistics.median(w for w, _ in warm), 2),
+                "warm_import_and_load_s_median": round(statistics.median(inner for _, inner in warm), 2),
+                "warm_repeats": args.repeats,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from conftest import make_text_model
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of, score_logits
 from graftlens.eval.batching import batches
-from graftlens.methods.grafting import grafted_last_logits
 from graftlens.graft import Graft
+from graftlens.methods.grafting import grafted_last_logits
 from graftlens.models.loading import as_loaded
 
 

@@ -21,11 +21,11 @@ from graftlens.configfiles import ConfigFileError
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of
 from graftlens.experiments import RecipeError, StoreError, load_recipe, run_recipe, shipped_recipes
-from graftlens.results.metrics import bootstrap_ci
 from graftlens.experiments.runner import Interrupted
-from graftlens.results.store import ResultsStore
 from graftlens.models import load_model
 from graftlens.results import load_run
+from graftlens.results.metrics import bootstrap_ci
+from graftlens.results.store import ResultsStore
 
 runner = CliRunner()
 

@@ -267,3 +267,123 @@ def test_projecting_the_last_residual_gives_the_model_logits(family):
         assert torch.equal(got.argsort(-1), want.argsort(-1))
     else:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+# ---- the redesign's promises: one position convention, scoped knockout, aliases, gradients ----
+
+
+def test_transformerlens_names_are_aliases():
+    from graftlens.interventions.points import TL_ALIASES
+
+    for alias, name in TL_ALIASES.items():
+        assert parse_point(alias.format(l=3)) == Point(name, 3)
+    with pytest.raises(PointError, match="'blocks.1.hook_resid_mid' has no graftlens point"):
+        parse_point("blocks.1.hook_resid_mid")
+    model = make_tiny_model("llama")
+    ids = _inputs()
+    _, by_tl = run_with_cache(model, ids, None, ["blocks.2.attn.hook_z", "blocks.1.hook_resid_post"])
+    _, by_name = run_with_cache(model, ids, None, ["z.2", "resid_post.1"])
+    assert torch.equal(by_tl["z.2"], by_name["blocks.2.attn.hook_z"])
+    assert torch.equal(by_tl["blocks.1.hook_resid_post"], by_name["resid_post.1"])
+
+
+def _left_padded() -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    ids = _inputs()
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # example 0: 5 real tokens, starting at column 2
+    mask[2, :1] = 0  # example 2: 6 real tokens, starting at column 1
+    spans = [{"FE": (0, 2)}, {"FE": (1, 3)}, {"FE": (2, 4)}]
+    return ids, mask, spans
+
+
+def test_knockout_selectors_equal_their_padded_edges(family):
+    """Selectors in prompt coordinates, resolved per call, block what the hand-built padded edges block."""
+    model = make_tiny_model(family)
+    ids, mask, spans = _left_padded()
+    sources = torch.zeros_like(ids, dtype=torch.bool)
+    sources[0, 2:4] = sources[1, 1:3] = sources[2, 3:5] = True  # FE of each example, in padded columns
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, -1] = True
+    with attention_knockout(model, [0, 2], edges=knockout_edges(sources, targets)):
+        by_edges = run_logits(model, ids, mask)
+    with attention_knockout(model, [0, 2], "FE", "LT", spans=spans):
+        by_selectors = run_logits(model, ids, mask)
+    assert torch.equal(by_selectors, by_edges)
+    assert not torch.equal(by_edges, run_logits(model, ids, mask))
+
+
+def test_nested_knockouts_block_the_union_and_leave_no_trace():
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = make_tiny_model("llama")
+    ids, mask, spans = _left_padded()
+    plain = run_logits(model, ids, mask)
+    before = (set(ALL_ATTENTION_FUNCTIONS._global_mapping), set(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping))
+    with attention_knockout(model, [1], "0,1", "LT"), attention_knockout(model, [1, 2], "FE", "LT", spans=spans):
+        nested = run_logits(model, ids, mask)
+        with attention_knockout(model, [3], "all", "all"):
+            deeper = run_logits(model, ids, mask)
+        assert torch.equal(run_logits(model, ids, mask), nested)  # the inner block's exit undid only itself
+    with attention_knockout(model, [1], "0,1+FE", "LT", spans=spans), attention_knockout(model, [2], "FE", "LT", spans=spans):
+        union = run_logits(model, ids, mask)
+    assert torch.equal(nested, union)
+    assert not torch.equal(deeper, nested)
+    assert torch.equal(run_logits(model, ids, mask), plain)
+    assert model.config._attn_implementation == "sdpa"
+    after = (set(ALL_ATTENTION_FUNCTIONS._global_mapping), set(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping))
+    assert after == before  # nothing left registered in transformers' global registries
+
+
+def test_patch_positions_are_selectors_in_prompt_coordinates():
+    """A patch at "FE" writes each example's own span, whatever its padding; the same as a padded mask."""
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask, spans = _left_padded()
+    _, source = run_with_cache(donor, ids, mask, ["resid_pre.2"])
+    where = torch.zeros_like(ids, dtype=torch.bool)
+    where[0, 2:4] = where[1, 1:3] = where[2, 3:5] = True
+    by_mask = patched_logits(base, ids, mask, [Patch(Point("resid_pre", 2), source["resid_pre.2"], where)])
+    by_span = patched_logits(base, ids, mask, [Patch(Point("resid_pre", 2), source["resid_pre.2"], "FE")], spans=spans)
+    assert torch.equal(by_mask, by_span)
+    by_lists = patched_logits(base, ids, mask, [Patch(Point("resid_pre", 2), source["resid_pre.2"], [[0, 1], [1, 2], [2, 3]])])
+    assert torch.equal(by_mask, by_lists)
+    lens = point_logits(base, ids, mask, ["resid_post.3"], "FE", spans=spans)["resid_post.3"]  # last FE token
+    full = run_with_cache(base, ids, mask, ["resid_post.3"])[1]["resid_post.3"]
+    from graftlens.interventions.lens import project
+
+    torch.testing.assert_close(lens, project(base, full[torch.arange(3), torch.tensor([3, 2, 4])]), rtol=0, atol=0)
+
+
+def test_gradients_flow_through_captures_patches_and_grafts(family):
+    """With ``grad``, a learnable scale on a head output gets the gradient finite differences give,
+    in a plain, a patched and a grafted run; without it nothing keeps a graph."""
+    from graftlens import Graft, grafting
+
+    base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+    ids, mask, _ = _left_padded()
+    scale = torch.tensor(1.0, requires_grad=True)
+    rules = [Graft("ft", "attn+mlp", [0, 1], "LT")]
+
+    def loss(s: torch.Tensor, grafted: bool, grad: bool) -> torch.Tensor:
+        with edit(base, {"z.1": lambda z: z * s}), grafting(base, {"ft": donor}, rules) if grafted else _nothing():
+            logits = run_logits(base, ids, mask, last_only=True, grad=grad)
+        return logits.float().logsumexp(-1).sum()
+
+    for grafted in (False, True):
+        value = loss(scale, grafted, grad=True)
+        (got,) = torch.autograd.grad(value, scale)
+        eps = 1e-2
+        with torch.no_grad():
+            want = (loss(torch.tensor(1 + eps), grafted, False) - loss(torch.tensor(1 - eps), grafted, False)) / (2 * eps)
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+        assert not loss(scale, grafted, grad=False).requires_grad
+    _, cache = run_with_cache(base, ids, mask, ["resid_post.0"], grad=True)
+    assert cache["resid_post.0"].requires_grad and cache["resid_post.0"].grad_fn is not None
+    _, detached = run_with_cache(base, ids, mask, ["resid_post.0"])
+    assert not detached["resid_post.0"].requires_grad
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

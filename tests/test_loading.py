@@ -121,3 +121,19 @@ def test_gguf_file_spec_matches_the_cached_copy(embedded) -> None:
     ids = embedded.tokenizer("Hello there, general", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(direct.model(ids).logits, embedded.model(ids).logits, rtol=0, atol=0)
+
+
+def test_loading_leaves_the_tokenizer_as_saved(tmp_path) -> None:
+    """A tokenizer saved without a pad token comes back without one (padding uses ``pad_id_of``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import make_text_model, make_text_tokenizer
+    from graftlens.eval import pad_id_of
+
+    tok = make_text_tokenizer(["a tiny corpus for a tiny tokenizer"] * 4, vocab_size=280)
+    bare = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>")
+    make_text_model("llama", bare).save_pretrained(tmp_path / "m")
+    bare.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.tokenizer.pad_token is None
+    assert pad_id_of(loaded.tokenizer) == loaded.tokenizer.eos_token_id

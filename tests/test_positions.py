@@ -11,7 +11,8 @@ import torch
 from conftest import VOCAB, make_tiny_model
 from graftlens import Graft, PositionError, grafted_forward
 from graftlens.graft import rules as rules_module
-from graftlens.graft.positions import (
+from graftlens.graft.reference import reference_forward, rule_claims, selector_claims
+from graftlens.positions import (
     ALL,
     LT,
     AllPositions,
@@ -23,7 +24,6 @@ from graftlens.graft.positions import (
     parse_positions,
     resolve_positions,
 )
-from graftlens.graft.reference import reference_forward, rule_claims, selector_claims
 
 PARSED = {
     "LT": LT,

@@ -1,6 +1,7 @@
 """graftlens: where does a finetuned model keep what it newly learned, and how does it retrieve it?
 
-Start with :func:`load_model`; see the README for the grafting and patching methods.
+Start with :func:`load_model`; graft with :func:`grafting` / :func:`grafted_forward`; read and
+write activations with :func:`capture`, :func:`edit` and :class:`Patch`; see the README.
 """
 
 from graftlens.errors import (
@@ -20,6 +21,20 @@ from graftlens.graft import (
     grafting,
     parse_positions,
 )
+from graftlens.interventions import (
+    ActivationCache,
+    Patch,
+    Point,
+    attention_knockout,
+    capture,
+    cross_model_patched_logits,
+    edit,
+    parse_point,
+    patched_logits,
+    point_logits,
+    project,
+    run_with_cache,
+)
 from graftlens.models import (
     EMBEDDED_SPEC,
     ArchitectureAdapter,
@@ -27,6 +42,7 @@ from graftlens.models import (
     adapter_for,
     expand_components,
     load_model,
+    run_logits,
     select_layers,
     supported_model_types,
 )
@@ -34,6 +50,19 @@ from graftlens.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationCache",
+    "Patch",
+    "Point",
+    "attention_knockout",
+    "capture",
+    "cross_model_patched_logits",
+    "edit",
+    "parse_point",
+    "patched_logits",
+    "point_logits",
+    "project",
+    "run_logits",
+    "run_with_cache",
     "EMBEDDED_SPEC",
     "DonorError",
     "Graft",

@@ -113,8 +113,8 @@ def export_cmd(
 ) -> None:
     """Export one row per (configuration, template, example): probability, rank and top-k hits."""
     from graftlens.errors import GraftlensError
-    from graftlens.results.export import write_csv, write_parquet
     from graftlens.results import load_run
+    from graftlens.results.export import write_csv, write_parquet
 
     if csv is None and parquet is None:
         raise GraftlensError("say where to write: --csv OUT.csv and/or --parquet OUT.parquet")

@@ -49,7 +49,7 @@ def run_recipe(
     recipe: Recipe,
     run_dir: str | Path,
     *,
-    recipe_path: Path | None = None,
+    recipe_path: str | Path | None = None,
     device: str | None = None,
     resume: bool = True,
     command: str | None = None,
@@ -76,6 +76,7 @@ def run_recipe(
                 "pass --restart to discard them, or choose another --out"
             )
 
+        recipe_path = Path(recipe_path) if recipe_path is not None else None
         data = recipe_data(recipe, recipe_path.parent if recipe_path else None)
         models, sources = prepare_models(recipe, data.dataset_dir, device, finetune_progress)
         recipient = models[recipe.recipient]

@@ -2,9 +2,9 @@
 
 from graftlens.graft.donors import DonorError, DonorWeights
 from graftlens.graft.engine import Grafter, grafted_forward, grafting
-from graftlens.models.run import position_ids_for, run_logits
-from graftlens.graft.positions import ALL, LT, PositionError, Selector, Span, parse_positions, resolve_positions
 from graftlens.graft.rules import Graft, GraftRuleError
+from graftlens.models.run import position_ids_for, run_logits
+from graftlens.positions import ALL, LT, PositionError, Selector, Span, parse_positions, resolve_positions
 
 __all__ = [
     "ALL",

@@ -23,11 +23,11 @@ from torch import nn
 from graftlens.errors import GraftlensError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
-from graftlens.graft.positions import Spans
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
+from graftlens.positions import Spans
 
 DonorLike = LoadedModel | nn.Module | str | Path
 STREAM_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # outputs the projections read next

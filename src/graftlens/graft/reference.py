@@ -25,7 +25,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from graftlens.graft.positions import (
+from graftlens.graft.rules import Graft, GraftRuleError
+from graftlens.models.adapters import Rows
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
+from graftlens.positions import (
     AllPositions,
     Complement,
     Indices,
@@ -37,10 +41,6 @@ from graftlens.graft.positions import (
     Union,
     parse_positions,
 )
-from graftlens.graft.rules import Graft, GraftRuleError
-from graftlens.models.adapters import Rows
-from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
 
 DonorSource = LoadedModel | nn.Module | str | Path
 

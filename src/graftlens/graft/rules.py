@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from graftlens.errors import GraftlensError
-from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
 from graftlens.models.adapters import ArchitectureAdapter, Rows
 from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 LayersLike = int | str | Sequence[int] | range | None
 

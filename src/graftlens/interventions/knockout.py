@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError, LayerSelectionError
-from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 _PREFIX = "graftlens_knockout|"
 _BLOCKED = "_graftlens_blocked_edges"

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from graftlens.errors import UnknownComponentError
-from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
-from graftlens.models.run import run_logits
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.interventions.points import parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 
 def final_norm(loaded: LoadedModel) -> nn.Module:
@@ -36,7 +36,9 @@ def final_norm(loaded: LoadedModel) -> nn.Module:
     return loaded.model.get_submodule(path)
 
 
-def project(model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True, grad: bool = False) -> torch.Tensor:
+def project(
+    model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True, grad: bool = False
+) -> torch.Tensor:
     """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]`` (with ``grad``, keeping the graph)."""
     loaded = as_loaded(model)
     with torch.enable_grad() if grad else torch.no_grad():

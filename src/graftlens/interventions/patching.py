@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
-from graftlens.graft.positions import PositionsLike, Spans, resolve_positions
-from graftlens.models.run import run_logits
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 
 class PatchError(GraftlensError):

@@ -17,6 +17,11 @@ Points are hooked at module level (projections, decoder layers), so fused projec
 ``qkv_proj``) expose q, k, v through the adapter's row intervals, and the decoder layers'
 output format (tuple or tensor, by transformers version) does not matter.
 
+TransformerLens names are accepted as aliases wherever a point is named:
+``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_resid_post``, ``blocks.{l}.hook_attn_out``,
+``blocks.{l}.hook_mlp_out``, ``blocks.{l}.attn.hook_z`` (and ``hook_q``/``hook_k``/``hook_v``):
+each means the graftlens point of the same name (see :data:`TL_ALIASES`).
+
 In families with a norm after each sublayer (Gemma-2, OLMo-2), ``attn_out``/``mlp_out`` are
 the projections' outputs before that norm: the residual stream receives their normed version.
 """
@@ -59,13 +64,40 @@ class Point:
         return self.name in HEAD_POINTS
 
 
+TL_ALIASES = {
+    "blocks.{l}.hook_resid_pre": "resid_pre",
+    "blocks.{l}.hook_resid_post": "resid_post",
+    "blocks.{l}.hook_attn_out": "attn_out",
+    "blocks.{l}.hook_mlp_out": "mlp_out",
+    "blocks.{l}.attn.hook_z": "z",
+    "blocks.{l}.attn.hook_q": "q",
+    "blocks.{l}.attn.hook_k": "k",
+    "blocks.{l}.attn.hook_v": "v",
+}
+"""TransformerLens hook names → graftlens point names (``{l}`` is the layer)."""
+
+_TL_PATTERN = re.compile(r"blocks\.(\d+)\.((?:attn\.)?hook_[a-z_]+)")
+_TL_BY_SUFFIX = {alias.removeprefix("blocks.{l}."): name for alias, name in TL_ALIASES.items()}
+
+
 def parse_point(text: str | Point) -> Point:
-    """``"z.5"`` → ``Point("z", 5)``."""
+    """``"z.5"`` or its TransformerLens alias ``"blocks.5.attn.hook_z"`` → ``Point("z", 5)``."""
     if isinstance(text, Point):
         return text
-    m = re.fullmatch(r"\s*([a-z_]+)\.(\d+)\s*", str(text))
+    stripped = str(text).strip()
+    tl = _TL_PATTERN.fullmatch(stripped)
+    if tl is not None:
+        name = _TL_BY_SUFFIX.get(tl.group(2))
+        if name is None:
+            known = ", ".join(TL_ALIASES)
+            raise PointError(f"TransformerLens hook {text!r} has no graftlens point; the aliases are: {known}")
+        return Point(name, int(tl.group(1)))
+    m = re.fullmatch(r"([a-z_]+)\.(\d+)", stripped)
     if m is None:
-        raise PointError(f"hook point {text!r} is not of the form NAME.LAYER (e.g. 'z.5'); names: {', '.join(POINT_NAMES)}")
+        raise PointError(
+            f"hook point {text!r} is not of the form NAME.LAYER (e.g. 'z.5') or a TransformerLens name "
+            f"(e.g. 'blocks.5.attn.hook_z'); names: {', '.join(POINT_NAMES)}"
+        )
     return Point(m.group(1), int(m.group(2)))
 
 

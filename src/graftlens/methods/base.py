@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from graftlens.errors import GraftlensError
-from graftlens.graft.positions import parse_positions
 from graftlens.graft.rules import Graft
 from graftlens.models.names import expand_components
+from graftlens.positions import parse_positions
 
 LayerSpec = int | str | list[int]
 

@@ -16,7 +16,16 @@ from graftlens.eval.scoring import LastLogits
 from graftlens.interventions.hooks import ActivationCache
 from graftlens.interventions.patching import check_same_shapes, cross_model_patched_logits, run_with_cache
 from graftlens.interventions.points import HEAD_POINTS, Point
-from graftlens.methods.base import LayerSpec, RecipeError, RunConfig, Strict, Sweep, check_position_list, check_positions, layers_label
+from graftlens.methods.base import (
+    LayerSpec,
+    RecipeError,
+    RunConfig,
+    Strict,
+    Sweep,
+    check_position_list,
+    check_positions,
+    layers_label,
+)
 from graftlens.methods.figures import heatmap_of
 from graftlens.methods.registry import Context, Method, register
 from graftlens.models import LoadedModel

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from graftlens import charts
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits
 from graftlens.interventions.knockout import attention_knockout
@@ -17,11 +18,10 @@ from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
 from graftlens.methods.figures import curves
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.models import LoadedModel
+from graftlens.models.names import layer_window
 from graftlens.models.run import run_logits
 from graftlens.results.metrics import Estimate, relative_change
 from graftlens.results.rundata import RunData, StoredConfig
-from graftlens import charts
-from graftlens.models.names import layer_window
 
 
 class KnockoutSpec(Strict):

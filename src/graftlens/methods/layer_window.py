@@ -36,8 +36,14 @@ class LayerWindowGrafting(GraftingMethod):
                 f"{comp} @ L{centre}",
                 sweep.group,
                 recipient,
-                (GraftSpec(donor=sweep.donor, components=comp, layers=layer_window(centre, sweep.window, n_layers),
-                           positions=sweep.positions),),  # fmt: skip
+                (
+                    GraftSpec(
+                        donor=sweep.donor,
+                        components=comp,
+                        layers=layer_window(centre, sweep.window, n_layers),
+                        positions=sweep.positions,
+                    ),
+                ),  # fmt: skip
                 {"component": comp, "layer": str(centre)},
                 kind=self.kind,
             )

@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 from graftlens.errors import GraftlensError
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits
-from graftlens.graft.positions import resolve_positions
 from graftlens.methods.base import RecipeError, RunConfig, Sweep
 from graftlens.models import LoadedModel
+from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 from graftlens.results.rundata import RunData, StoredConfig
 

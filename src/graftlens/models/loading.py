@@ -161,8 +161,7 @@ def load_model(
     if device is not None:
         model = model.to(device)
     model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    # The tokenizer is returned as loaded (its pad token too): graftlens pads with `pad_id_of`.
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=spec_str, source=source)
 
 

@@ -29,12 +29,12 @@ from graftlens.data.prompts import check_tokenizer_fits
 from graftlens.errors import GraftlensError
 from graftlens.eval.batching import pad_id_of
 from graftlens.eval.scoring import evaluate
+from graftlens.fileio import write_json_atomic
+from graftlens.models.fingerprint import model_fingerprint
 from graftlens.models.loading import LoadedModel, load_model
+from graftlens.provenance import run_versions
 from graftlens.train.batches import collate_train, epoch_batches, tokenize_texts
 from graftlens.train.config import FinetuneConfig, content_hash
-from graftlens.models.fingerprint import model_fingerprint
-from graftlens.fileio import write_json_atomic
-from graftlens.provenance import run_versions
 from graftlens.train.manifest import evaluation_table
 
 MANIFEST = "manifest.json"

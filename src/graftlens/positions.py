@@ -1,4 +1,7 @@
-"""Position selectors: which token positions of each example a graft rule claims.
+"""Position selectors: the one way every method names token positions.
+
+A graft rule, an activation patch, a lens readout and an attention knockout all take the same
+forms: a selector (or its string), per-example index lists, or a padded ``BoolTensor``.
 
 Selectors work in *prompt coordinates*: 0 is an example's first real token, -1 its last real
 token (``LT``), whatever the padding side. They resolve to a ``BoolTensor[batch, pos]`` in the

@@ -1,0 +1,167 @@
+"""Data flows one way: each unit of the package imports only units of lower layers, no module
+import cycle exists, and every package imports on its own in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import subprocess
+import sys
+from pathlib import Path
+
+import graftlens
+
+SRC = Path(graftlens.__file__).parent
+
+# Lower layers first. A unit may import itself and any unit of a strictly lower layer.
+LAYERS: list[set[str]] = [
+    {"errors"},
+    {"fileio", "cache", "provenance", "configfiles", "positions"},
+    {"models"},
+    {"data"},
+    {"eval", "graft", "interventions"},
+    {"train"},
+    {"results"},
+    {"charts"},
+    {"methods"},
+    {"experiments"},
+    {"report"},
+    {"commands"},
+    {"cli"},
+    {"__main__"},
+]
+# graftlens/__init__.py: the public names, re-exported from the layers below the commands, and
+# importable only by the command layers above them.
+FACADE = "__init__"
+RANK = {unit: k for k, layer in enumerate(LAYERS) for unit in layer}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else FACADE
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute names of the graftlens modules a file imports (anywhere in it, lazily or not)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            # `from graftlens import charts` imports the module graftlens.charts.
+            out += [f"{name}.{a.name}" if _is_module(f"{name}.{a.name}") else name for a in node.names]
+    return [n for n in out if n == "graftlens" or n.startswith("graftlens.")]
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return (SRC / rel).with_suffix(".py").is_file() or (SRC / rel / "__init__.py").is_file()
+
+
+def _files() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {_unit(_module_name(f)) for f in _files()}
+    assert units - {FACADE} <= set(RANK), f"units without a layer: {sorted(units - {FACADE} - set(RANK))}"
+
+
+def _edges() -> dict[str, list[str]]:
+    """Module → the graftlens modules it imports."""
+    return {_module_name(f): _imports(f) for f in _files()}
+
+
+def _violations(edges: dict[str, list[str]]) -> list[str]:
+    wrong = []
+    for module, names in edges.items():
+        unit = _unit(module)
+        for name in names:
+            target = _unit(name)
+            if target == unit:
+                continue
+            if target == FACADE and RANK.get(unit, -1) < RANK["commands"]:
+                wrong.append(f"{module} imports the package facade ({name})")
+            elif target != FACADE and unit != FACADE and RANK[target] >= RANK[unit]:
+                wrong.append(f"{module} ({unit}) imports {name} ({target})")
+            elif unit == FACADE and RANK[target] >= RANK["commands"]:
+                wrong.append(f"the facade imports {name} from the command layer")
+    return wrong
+
+
+def test_no_unit_imports_from_a_layer_above_or_beside_it() -> None:
+    wrong = _violations(_edges())
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_checker_sees_a_backward_or_sideways_import() -> None:
+    """The layering check is not vacuous: planted wrong imports are reported."""
+    edges = _edges()
+    edges["graftlens.models.planted"] = ["graftlens.report.build"]
+    edges["graftlens.graft.planted"] = ["graftlens.interventions.hooks"]
+    edges["graftlens.data.planted"] = ["graftlens"]
+    assert _violations(edges) == [
+        "graftlens.models.planted (models) imports graftlens.report.build (report)",
+        "graftlens.graft.planted (graft) imports graftlens.interventions.hooks (interventions)",
+        "graftlens.data.planted imports the package facade (graftlens)",
+    ]
+
+
+def test_module_imports_form_no_cycle() -> None:
+    graph = {module: set(names) - {module} for module, names in _edges().items()}
+    graphlib.TopologicalSorter(graph).static_order()  # raises CycleError naming the cycle
+    graph["graftlens.models.loading"].add("graftlens.models.embedded")
+    graph["graftlens.models.embedded"].add("graftlens.models.loading")
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError:
+        pass
+    else:
+        raise AssertionError("a planted cycle went unnoticed")
+
+
+def test_each_package_imports_alone() -> None:
+    """Each package, imported first in a fresh set of graftlens modules, loads without a cycle."""
+    packages = sorted({_module_name(f) for f in _files() if f.name != "__main__.py"})
+    script = (
+        "import importlib, sys\n"
+        f"for name in {packages!r}:\n"
+        "    for m in [m for m in sys.modules if m == 'graftlens' or m.startswith('graftlens.')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok")
+
+
+def test_importing_graftlens_changes_no_global_state() -> None:
+    """The figures neither switch matplotlib's backend nor load pyplot; knockout registers nothing
+    in transformers until a knockout block is entered."""
+    script = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS\n"
+        "before = set(ALL_ATTENTION_FUNCTIONS._global_mapping)\n"
+        "import graftlens, graftlens.charts, graftlens.methods, graftlens.report, graftlens.interventions, graftlens.cli\n"
+        "assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert set(ALL_ATTENTION_FUNCTIONS._global_mapping) == before\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
