@@ -251,6 +251,9 @@ def test_activation_patching_recovers_the_clean_run_at_the_changed_token(tmp_pat
 
     saved = save(patching_heatmap(sweep, [f"t{j}" for j in range(SEQ)]), tmp_path, "patching", "patching")
     assert saved.png.stat().st_size > 1000
+    again = save(patching_heatmap(sweep, [f"t{j}" for j in range(SEQ)]), tmp_path / "again", "patching", "patching")
+    assert again.png.read_bytes() == saved.png.read_bytes()  # figures are reproducible, byte for byte
+    assert again.svg.read_bytes() == saved.svg.read_bytes()
     with pytest.raises(PatchError, match="token-aligned"):
         activation_patching(model, clean, corrupted[:, :-1], targets)
     with pytest.raises(PatchError, match="per-head point"):

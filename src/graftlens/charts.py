@@ -152,11 +152,17 @@ def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: dict[t
 
 
 def save(fig: Figure, directory: Path, stem: str, title: str) -> SavedFigure:
-    """Write ``stem.png`` (for the report) and ``stem.svg`` (for papers) and close the figure."""
+    """Write ``stem.png`` (for the report) and ``stem.svg`` (for papers).
+
+    Both are byte-for-byte reproducible: no creation date, and the SVG's element ids salted with
+    the stem instead of a random value (set for this call only, not globally)."""
+    import matplotlib
+
     directory.mkdir(parents=True, exist_ok=True)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
     fig.savefig(png, dpi=130)
-    fig.savefig(svg)
+    with matplotlib.rc_context({"svg.hashsalt": f"graftlens-{stem}"}):
+        fig.savefig(svg, metadata={"Date": None})
     return SavedFigure(title, png, svg)
 
 
