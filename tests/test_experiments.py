@@ -106,6 +106,45 @@ def test_shipped_recipes_validate_and_name_the_paper_configs() -> None:
     assert mlp_l0.grafts[0].layers == [0, 1] and mlp_l29.grafts[0].layers == [28, 29]
 
 
+def test_hybrid_recipe_grafts_what_the_paper_defines() -> None:
+    """Figure 5 of Nief et al.: at LT, the task model's q, k, v and the relation model's O and MLP
+    in the final half only; at FE, the variant's task components in every layer; nothing else."""
+    from conftest import make_tiny_model
+    from graftlens.graft.reference import site_owners
+    from graftlens.models import adapter_for
+
+    model = make_tiny_model("llama")  # 4 layers: the final half is layers 2 and 3
+    adapter = adapter_for(model)
+    n, fe, lt = 6, (1, 3), 5
+    recipe, _ = load_recipe("hybrid")
+    configs = {c.name: c for c in recipe.expanded(n_layers=4)}
+    at_fe = {
+        "hybrid: FE nothing": set(),
+        "hybrid: FE ATTN": {"q", "k", "v"},
+        "hybrid: FE FFN": {"gate", "up", "down"},
+        "hybrid: FE O+FFN": {"o", "gate", "up", "down"},
+        "hybrid: FE everything": set(adapter.layer_components),
+    }
+    for name, fe_components in at_fe.items():
+        owners = site_owners(model, configs[name].rules(), n, {"FE": fe})
+        for component in adapter.layer_components:
+            for layer in range(4):
+                for site in adapter.sites(component, layer):
+                    who = owners.get((site.path, site.rows), [None] * n)
+                    if layer >= 2 and component in ("q", "k", "v"):
+                        want_lt = "task"
+                    elif layer >= 2 and component in ("o", "gate", "up", "down"):
+                        want_lt = "relation"
+                    else:
+                        want_lt = None
+                    assert who[lt] == want_lt, (name, component, layer)
+                    want_fe = "task" if component in fe_components else None
+                    assert who[fe[0]] == who[fe[1] - 1] == want_fe, (name, component, layer)
+                    assert who[0] is None and who[3] is None and who[4] is None, (name, component, layer)
+        model_wide = "task" if name == "hybrid: FE everything" else None
+        assert owners.get((adapter.sites("embed")[0].path, None), [None] * n)[fe[0]] == model_wide
+
+
 @pytest.mark.parametrize(
     ("change", "culprit"),
     [

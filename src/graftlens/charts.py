@@ -26,6 +26,7 @@ METRIC_LABELS = {
     "top10": "top-10 accuracy",
     "mean_prob": "mean target probability",
     "mean_rank": "mean target rank",
+    "attribute_rate": "attribute rate (top-50)",
 }
 
 

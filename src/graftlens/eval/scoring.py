@@ -55,6 +55,13 @@ def score_logits(logits: torch.Tensor, prompts: Sequence[TokenizedPrompt], keep_
     ]
 
 
+def attribute_rate(logits: torch.Tensor, attributes: Sequence[frozenset[int]], k: int = 50) -> list[float]:
+    """Geva et al.'s attribute rate of each row of ``logits[batch, vocab]``: the share of its
+    top-``k`` tokens that are in that row's attribute set."""
+    top = logits.float().topk(k, dim=-1).indices.tolist()  # [batch, k]
+    return [sum(t in attrs for t in row) / k for row, attrs in zip(top, attributes)]
+
+
 @torch.no_grad()
 def evaluate(
     model_or_fn: torch.nn.Module | LastLogits,

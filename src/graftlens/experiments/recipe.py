@@ -85,7 +85,9 @@ class EvalSpec(Strict):
     templates: list[str] | None = None  # None: every test template of the dataset
     directions: list[str] = list(DIRECTIONS)
     batch_size: int = Field(32, ge=1)
-    metric: Literal["top1", "top5", "top10", "mean_prob"] = "top5"
+    # attribute_rate: Geva et al.'s share of the top-50 tokens that are attributes of the subject
+    # (known facts only, from the subject texts)
+    metric: Literal["top1", "top5", "top10", "mean_prob", "attribute_rate"] = "top5"
     bootstrap: int = Field(1000, ge=0)
     only_correct: bool = False  # keep only the prompts whose target is the recipient's top-1
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import batches, pad_id_of
-from graftlens.eval.scoring import LastLogits, score_logits
+from graftlens.eval.scoring import LastLogits, attribute_rate, score_logits
 from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.setup import FinetuneProgress, check_configs, correct_only, prepare_models, recipe_data
 from graftlens.fileio import write_json_atomic
@@ -86,6 +87,7 @@ def run_recipe(
             prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers)
         check_configs(configs, models, prompts, pad)
+        attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
 
         inputs = {
             "dataset_hash": data.content_hash,
@@ -106,7 +108,7 @@ def run_recipe(
         write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
         written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
-                             progress, stop_after_batches)  # fmt: skip
+                             progress, stop_after_batches, attributes)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
 
@@ -122,7 +124,10 @@ def _score_all(
     pad: int,
     progress: Progress | None,
     stop_after_batches: int | None,
+    attributes: dict[str, frozenset[int]] | None = None,
 ) -> int:
+    """Score every (configuration, batch) not yet in the store. With ``attributes`` (prompt id →
+    attribute token ids), each row also stores its attribute rate."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
     context = Context(models)
     total = len(configs) * len(prompts)
@@ -144,7 +149,11 @@ def _score_all(
             with torch.no_grad():
                 logits = fn(batch.to(model.device))  # [batch, vocab]
             scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
-            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer) for p, s in zip(batch.prompts, scores)])
+            extras: list[dict[str, float]] = [{} for _ in batch.prompts]
+            if attributes is not None:
+                rates = attribute_rate(logits, [attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
+                extras = [{"attribute_rate": rate} for rate in rates]
+            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer, e) for p, s, e in zip(batch.prompts, scores, extras)])
             batches_run += 1
             written += len(ids)
             done_units += len(ids)
@@ -155,7 +164,7 @@ def _score_all(
     return written
 
 
-def _row(config: str, prompt, score, tokenizer) -> ResultRow:
+def _row(config: str, prompt, score, tokenizer, extra: dict[str, float]) -> ResultRow:
     return ResultRow(
         config=config,
         example=prompt.id,
@@ -166,6 +175,7 @@ def _row(config: str, prompt, score, tokenizer) -> ResultRow:
         target_prob=score.target_prob,
         target_rank=score.target_rank,
         top_tokens=tuple(tokenizer.decode([t]) for t in score.top_token_ids),
+        extra=extra,
     )
 
 

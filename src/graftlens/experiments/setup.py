@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from graftlens.data.attributes import SUBJECT_TEXTS, load_subject_texts, subject_attribute_sets
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.defaults import cached_dataset
 from graftlens.data.known_facts import KnownFact, load_known_facts, tokenize_known_facts
@@ -34,6 +35,15 @@ class RecipeData:
     dataset: FactDataset | None = None
     dataset_dir: Path | None = None
     known: list[KnownFact] | None = None
+    subject_texts: dict[str, str] | None = None  # for the attribute rate (known facts only)
+
+    def attribute_sets(self, prompts: list[TokenizedPrompt], tokenizer) -> dict[str, frozenset[int]]:
+        """``prompt id → attribute token ids of its subject`` (the attribute rate's candidate sets)."""
+        if self.subject_texts is None:
+            raise RecipeError("eval.metric attribute_rate needs known facts (data: {known_facts: ...}) with subject texts")
+        source = str(self.manifest.get("subject_texts", SUBJECT_TEXTS))
+        sets = subject_attribute_sets([str(p.meta["subject"]) for p in prompts], self.subject_texts, tokenizer, source)
+        return {p.id: sets[str(p.meta["subject"])] for p in prompts}
 
     def prompts(self, recipe: Recipe, tokenizer) -> list[TokenizedPrompt]:
         if self.known is not None:
@@ -48,10 +58,16 @@ def recipe_data(recipe: Recipe, base_dir: Path | None = None) -> RecipeData:
     if spec.known_facts is not None:
         path = None if spec.known_facts == "shipped" else _relative(Path(spec.known_facts), base_dir)
         known = load_known_facts(path)
+        manifest: dict = {"known_facts": str(path or "shipped")}
         text = json.dumps([f.__dict__ for f in known], sort_keys=True)
+        texts = None
+        if recipe.eval.metric == "attribute_rate":  # the subject texts become part of the data
+            texts = load_subject_texts(path)
+            text += json.dumps(texts, sort_keys=True)
+            manifest["subject_texts"] = str(path.parent / SUBJECT_TEXTS) if path else f"{SUBJECT_TEXTS} (shipped)"
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        return RecipeData(digest, {"known_facts": str(path or "shipped"), "content_hash": digest,
-                                   "n_facts": len(known)}, known=known)  # fmt: skip
+        manifest.update({"content_hash": digest, "n_facts": len(known)})
+        return RecipeData(digest, manifest, known=known, subject_texts=texts)
     dataset, directory = recipe_dataset(recipe, base_dir)
     manifest = {
         "dir": str(directory),

@@ -102,6 +102,29 @@ def _rule_sites(loaded: LoadedModel, rule: Graft) -> list[tuple[str, Rows | None
     return out
 
 
+def site_owners(
+    base: LoadedModel | nn.Module, rules: Sequence[Graft], n_tokens: int, spans: Spans | None = None
+) -> dict[tuple[str, Rows | None], list[str | None]]:
+    """Who computes each site the rules touch, token by token, in one example of ``n_tokens``
+    tokens: ``{(module path, rows): [donor name or None (the base), one per token]}``.
+
+    The plain reading of the rules (in order, a later one wins), for tests that check what a
+    recipe grafts where."""
+    loaded = as_loaded(base)
+    sites = [_rule_sites(loaded, rule) for rule in rules]
+    keys = list(dict.fromkeys(site for rule_sites in sites for site in rule_sites))
+    owners: dict[tuple[str, Rows | None], list[str | None]] = {key: [None] * n_tokens for key in keys}
+    for t in range(n_tokens):
+        for rule, rule_sites in zip(rules, sites):
+            if not rule_claims(rule.positions, 0, t, t, n_tokens, spans):
+                continue
+            for path, rows in rule_sites:
+                for key in keys:
+                    if key[0] == path and (rows is None or key[1] == rows):
+                        owners[key][t] = rule.donor
+    return owners
+
+
 def _out_dim(module: nn.Module, pname: str) -> int:
     """Dimension of a parameter that indexes output features (Conv1D stores weight as [in, out])."""
     return 1 if isinstance(module, Conv1D) and pname == "weight" else 0

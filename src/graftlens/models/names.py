@@ -1,6 +1,7 @@
 """The one vocabulary of component and layer names, used by the library and the CLI alike.
 
-Per layer: ``q k v o`` (group ``attn``), ``gate up down`` (group ``mlp``; ``gate`` only on gated
+Per layer: ``q k v o`` (group ``attn``; ``qkv`` is attention without its output projection, the
+papers' "ATTN" beside "O"), ``gate up down`` (group ``mlp``; ``gate`` only on gated
 MLPs), ``ln_attn ln_mlp`` (group ``ln``). Model-wide: ``embed lm_head ln_final``. ``all`` is
 every component. Several names join with ``+`` or ``,``: ``"o+mlp"``.
 
@@ -21,6 +22,7 @@ LAYER_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "
 MODEL_COMPONENTS: tuple[str, ...] = ("embed", "lm_head", "ln_final")
 COMPONENT_GROUPS: dict[str, tuple[str, ...]] = {
     "attn": ("q", "k", "v", "o"),
+    "qkv": ("q", "k", "v"),
     "mlp": ("gate", "up", "down"),
     "ln": ("ln_attn", "ln_mlp"),
     "layer": LAYER_COMPONENTS,

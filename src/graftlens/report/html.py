@@ -69,6 +69,11 @@ def _page(run: RunData, figures_html: str) -> str:
     parts.append("\n".join(_table(t) for t in method_tables(run)))
     parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
     parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
+    if len({r.direction for r in run.rows}) > 1:  # each test sentence in each direction: one bar of the paper's figures
+        parts += [
+            f"<h2>By test template and direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>",
+            _split_table(run, "template", "direction"),
+        ]
     parts += ["<h2>Example predictions</h2>", _examples(run)]
     parts += ["<h2>Reproduce</h2>", _reproduce(run)]
     parts += ["<h2>Manifest</h2>", f"<pre>{escape(json.dumps(m, indent=2, sort_keys=True))}</pre>"]
@@ -92,6 +97,7 @@ def _cell(e: Estimate | int | None, digits: int = 3) -> str:
 
 def _summary_table(run: RunData) -> str:
     metrics = ("top1", "top5", "top10", "mean_prob", "mean_rank")
+    metrics += (run.metric,) if run.metric not in metrics else ()
     table = run.summary(("config",), metrics)
     head = "".join(f"<th>{escape(METRIC_LABELS[k])}</th>" for k in metrics)
     rows = []
@@ -107,13 +113,13 @@ def _summary_table(run: RunData) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
 
 
-def _split_table(run: RunData, key: str) -> str:
-    table = run.summary(("config", key), (run.metric,))
-    columns = list(dict.fromkeys(getattr(r, key) for r in run.rows))
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+def _split_table(run: RunData, *keys: str) -> str:
+    table = run.summary(("config", *keys), (run.metric,))
+    columns = list(dict.fromkeys(tuple(getattr(r, k) for k in keys) for r in run.rows))
+    head = "".join(f"<th>{escape(' · '.join(c))}</th>" for c in columns)
     rows = []
     for c in run.configs:
-        cells = "".join(_cell(table.get((c.name, col), {}).get(run.metric)) for col in columns)
+        cells = "".join(_cell(table.get((c.name, *col), {}).get(run.metric)) for col in columns)
         rows.append(f"<tr><td>{escape(c.name)}</td>{cells}</tr>")
     return f"<table><thead><tr><th>configuration</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -17,9 +17,15 @@ COLUMNS = (
 )  # fmt: skip
 
 
+def extra_columns(run: RunData) -> list[str]:
+    """The further measures some row holds (``attribute_rate``), sorted; none for most runs."""
+    return sorted({key for r in run.rows for key in r.extra})
+
+
 def table_rows(run: RunData) -> list[dict]:
     recipe = run.name
     groups = {c.name: c.group for c in run.configs}
+    extras = extra_columns(run)
     return [
         {
             "recipe": recipe,
@@ -36,6 +42,7 @@ def table_rows(run: RunData) -> list[dict]:
             "top5": int(r.hit(5)),
             "top10": int(r.hit(10)),
             "top_tokens": json.dumps(list(r.top_tokens), ensure_ascii=False),
+            **{key: r.extra.get(key, "") for key in extras},
         }
         for r in run.rows
     ]
@@ -44,7 +51,7 @@ def table_rows(run: RunData) -> list[dict]:
 def write_csv(run: RunData, path: Path) -> int:
     rows = table_rows(run)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, *extra_columns(run)], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(Path(path), buf.getvalue())
@@ -58,7 +65,11 @@ def write_parquet(run: RunData, path: Path) -> int:
     except ImportError:
         raise GraftlensError("--parquet needs pyarrow: pip install 'graftlens[parquet]' (or use --csv)") from None
     rows = table_rows(run)
-    table = pa.table({c: [r[c] for r in rows] for c in COLUMNS})
+    extras = extra_columns(run)
+    table = pa.table({
+        **{c: [r[c] for r in rows] for c in COLUMNS},
+        **{c: [r[c] if r[c] != "" else None for r in rows] for c in extras},  # float, null where absent
+    })  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return len(rows)

@@ -1,6 +1,7 @@
 """Metrics of stored results with bootstrap 95% confidence intervals.
 
-Each metric is a mean over examples (top-k hit = 0/1, target probability, target rank); its
+Each metric is a mean over examples (top-k hit = 0/1, target probability, target rank, and
+measures stored beside them such as the attribute rate); its
 interval is the 2.5th–97.5th percentile of the means of ``n_boot`` resamples of the examples
 (with replacement), drawn from a seeded generator so reports are reproducible.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graftlens.errors import GraftlensError
 from graftlens.results.store import ResultRow
 
 METRICS: dict[str, Callable[[ResultRow], float]] = {
@@ -20,7 +22,17 @@ METRICS: dict[str, Callable[[ResultRow], float]] = {
     "top10": lambda r: float(r.hit(10)),
     "mean_prob": lambda r: r.target_prob,
     "mean_rank": lambda r: float(r.target_rank),
+    "attribute_rate": lambda r: _extra(r, "attribute_rate"),
 }
+
+
+def _extra(row: ResultRow, name: str) -> float:
+    try:
+        return float(row.extra[name])
+    except KeyError:
+        raise GraftlensError(
+            f"result {row.config!r}/{row.example!r} has no {name!r}: the run was not scored with that metric"
+        ) from None
 
 
 @dataclass(frozen=True)

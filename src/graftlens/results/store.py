@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from graftlens.errors import GraftlensError
@@ -35,9 +35,12 @@ CREATE TABLE IF NOT EXISTS results (
     target_prob REAL NOT NULL,
     target_rank INTEGER NOT NULL,
     top_tokens TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run, config, example)
 );
 """
+# Stores written before the `extra` column existed get it on open (older rows read as no extras).
+_MIGRATIONS = {"extra": "ALTER TABLE results ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'"}
 
 
 class StoreError(GraftlensError):
@@ -55,6 +58,7 @@ class ResultRow:
     target_prob: float
     target_rank: int  # 1 = the top prediction
     top_tokens: tuple[str, ...]  # the model's top predictions, decoded, best first
+    extra: Mapping[str, float] = field(default_factory=dict)  # further per-example measures (attribute_rate)
 
     def hit(self, k: int) -> bool:
         return self.target_rank <= k
@@ -69,6 +73,11 @@ class ResultsStore:
         self._conn = sqlite3.connect(self.path)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+        for column, statement in _MIGRATIONS.items():
+            if column not in columns:
+                with self._conn:
+                    self._conn.execute(statement)
 
     @classmethod
     def open_existing(cls, run_dir: str | Path) -> ResultsStore:
@@ -124,10 +133,10 @@ class ResultsStore:
         """Write ``rows`` in one transaction: all of them or, if interrupted, none."""
         with self._conn:
             self._conn.executemany(
-                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (run, r.config, r.example, r.template, r.direction, r.prompt, r.target,
-                     r.target_prob, r.target_rank, json.dumps(list(r.top_tokens)))
+                     r.target_prob, r.target_rank, json.dumps(list(r.top_tokens)), json.dumps(dict(r.extra), sort_keys=True))
                     for r in rows
                 ],
             )  # fmt: skip
@@ -136,11 +145,11 @@ class ResultsStore:
         """Every result of ``run``, in configuration order then example order of writing."""
         cur = self._conn.execute(
             "SELECT r.config, r.example, r.template, r.direction, r.prompt, r.target, r.target_prob, r.target_rank, "
-            "r.top_tokens FROM results r JOIN configs c ON c.run = r.run AND c.name = r.config "
+            "r.top_tokens, r.extra FROM results r JOIN configs c ON c.run = r.run AND c.name = r.config "
             "WHERE r.run = ? ORDER BY c.position, r.rowid",
             (run,),
         )
-        return [ResultRow(*row[:8], tuple(json.loads(row[8]))) for row in cur.fetchall()]
+        return [ResultRow(*row[:8], tuple(json.loads(row[8])), json.loads(row[9])) for row in cur.fetchall()]
 
     def count(self, run: str) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results WHERE run = ?", (run,)).fetchone()[0]
