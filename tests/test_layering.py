@@ -16,7 +16,8 @@ SRC = Path(graftlens.__file__).parent
 # Lower layers first. A unit may import itself and any unit of a strictly lower layer.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"fileio", "cache", "provenance", "configfiles", "positions"},
+    {"fileio"},
+    {"cache", "provenance", "configfiles", "positions"},
     {"models"},
     {"data"},
     {"eval", "graft", "interventions"},

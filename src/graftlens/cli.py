@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.table import Table
 from graftlens.commands import data as data_commands
 from graftlens.commands import experiments as experiment_commands
 from graftlens.commands import train as train_commands
-from graftlens.commands.support import console, err_console, friendly_errors
+from graftlens.commands.support import DEBUG_ENV, INTERRUPTED_EXIT, console, err_console, friendly_errors
 
 app = typer.Typer(
     name="graftlens",
@@ -106,7 +107,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error."),
 ) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     _quiet_libraries()
 
 
@@ -114,9 +118,9 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside any command (while typer parses, say)
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 if __name__ == "__main__":

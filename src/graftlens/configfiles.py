@@ -8,6 +8,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from graftlens.errors import GraftlensError
+from graftlens.fileio import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,7 +25,7 @@ def read_yaml(path: Path, what: str) -> object:
     if not path.is_file():
         raise ConfigFileError(f"{what} {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{what} {path} is not valid YAML: {exc}") from None
 

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one (write aside, then rename)."""
+"""Files: written so that a reader never sees half of one (write aside, then rename), and read
+as UTF-8 text with one error naming the file and line when they are not."""
 
 from __future__ import annotations
 
@@ -6,14 +7,42 @@ import json
 import os
 from pathlib import Path
 
+from graftlens.errors import GraftlensError
+
+
+class FileEncodingError(GraftlensError):
+    """A text file graftlens reads is not UTF-8."""
+
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling of ``path`` and rename it into place."""
+    """Write ``text`` to a temporary sibling of ``path`` and rename it into place (creating the
+    folders on the way). On any failure the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """``data`` as sorted, indented JSON, written atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_utf8(path: str | Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 is one error naming it, the line and the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise FileEncodingError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None

@@ -59,17 +59,24 @@ def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: s
     return report
 
 
+_SHORT_LABELS = {
+    "top1": "top-1", "top5": "top-5", "top10": "top-10", "mean_prob": "mean prob", "attribute_rate": "attribute rate",
+}  # fmt: skip
+
+
 def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
-    """Top-1 and top-5 accuracy of each configuration of a loaded run (bootstrap 95% CI), as a rich table."""
-    summary = run.summary(("config",), ("top1", "top5"))
+    """Top-1 and top-5 accuracy (and the run's own metric) of each configuration of a loaded run
+    (bootstrap 95% CI), as a rich table."""
+    metrics = ("top1", "top5") if run.metric in ("top1", "top5") else ("top1", "top5", run.metric)
+    summary = run.summary(("config",), metrics)
     table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
-    for col in ("configuration", "n", "top-1", "top-5"):
+    for col in ("configuration", "n", *(_SHORT_LABELS.get(m, m) for m in metrics)):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     configs = [c for c in run.configs if groups is None or c.group in groups]
     for c in configs[:max_rows]:
         e = summary.get((c.name,))
         if e is not None:
-            table.add_row(escape(c.name), str(e["n"]), str(e["top1"]), str(e["top5"]))
+            table.add_row(escape(c.name), str(e["n"]), *(str(e[m]) for m in metrics))
     if len(configs) < len(run.configs) or len(configs) > max_rows:
         table.caption = f"{len(run.configs) - min(max_rows, len(configs))} more configurations in the report"
         table.caption_justify = "left"

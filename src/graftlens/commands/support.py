@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -20,18 +24,79 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEBUG_ENV = "GRAFTLENS_DEBUG"
+INTERRUPTED_EXIT = 130
+
+
+def debugging() -> bool:
+    """``--debug`` (or ``GRAFTLENS_DEBUG=1``): let unexpected errors show their traceback."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a filesystem fault: what, which file, and what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.filename2:
+        where += f" → {exc.filename2}"
+    reason = exc.strerror or str(exc)
+    hints = {
+        errno.ENOSPC: "free some space and rerun the same command (finished results are kept)",
+        errno.EDQUOT: "free some space and rerun the same command (finished results are kept)",
+        errno.EACCES: "choose a place you may write to, or change its permissions",
+        errno.EPERM: "choose a place you may write to, or change its permissions",
+        errno.EROFS: "choose a place on a writable file system",
+        errno.ENOENT: "check the path (a folder on the way may be missing)",
+        errno.EISDIR: "give a file name, not a folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EEXIST: "choose another name, or remove what is there",
+    }
+    hint = hints.get(exc.errno or -1)
+    return f"{reason}:{where}" + (f" — {hint}" if hint else "")
+
+
 def friendly_errors(fn: F) -> F:
-    """Turn any :class:`GraftlensError` into one red line and exit status 2."""
+    """The CLI's one boundary for errors: every fault a user can cause or meet is one red line
+    (exit 2), an interrupt says what was kept (exit 130), and anything else is reported as a bug
+    with the way to see its traceback (exit 1; ``--debug`` re-raises it)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
         except GraftlensError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(describe_os_error(exc))
+        except UnicodeDecodeError as exc:
+            _fail(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8")
+        except sqlite3.DatabaseError as exc:
+            _fail(f"the results store cannot be read ({exc}): rerun with --restart to move it aside and start over")
+        except KeyboardInterrupt:
+            err_console.print(
+                "[bold yellow]interrupted:[/] everything finished so far is kept; run the same command again to go on",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=INTERRUPTED_EXIT) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, never a silent traceback
+            if debugging():
+                raise
+            err_console.print(
+                f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}. This is a bug in graftlens: "
+                f"rerun with --debug (or {DEBUG_ENV}=1) to see the traceback, and report it.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2) from None
 
 
 @contextmanager

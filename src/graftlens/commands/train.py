@@ -41,6 +41,7 @@ def finetune_cmd(
     config: Path | None = typer.Option(None, help="YAML file of hyperparameters (flags override it)"),
     out: Path | None = typer.Option(None, help="output directory (default: the cache, named by content hash)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)"),
+    checkpoint_every: float = typer.Option(120.0, min=0.0, help="seconds between resumable saves of the training state"),
 ) -> None:
     """Finetune a model on new facts; the same request reuses its checkpoint, a killed run resumes."""
     from graftlens.train import finetune
@@ -51,7 +52,7 @@ def finetune_cmd(
     cfg = _config(config, overrides)
     console.print(f"finetuning {escape(model)} on {escape(str(directory))} (split {cfg.split})")
     with progress_bar("finetuning", show_loss=True) as update:
-        result = finetune(model, dataset, cfg, out_dir=out, device=device,
+        result = finetune(model, dataset, cfg, out_dir=out, device=device, checkpoint_every_s=checkpoint_every,
                           progress=lambda step, total, loss: update(step, total, loss))  # fmt: skip
     m = result.manifest
     verb = "reused" if result.reused else f"trained in {m['train_seconds']:.0f} s,"

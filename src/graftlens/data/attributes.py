@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from graftlens.data.dataset import DatasetError
+from graftlens.fileio import read_utf8
 
 SUBJECT_TEXTS = "subject_texts.jsonl"
 ATTRIBUTE_K = 50  # the top-k of the projection that is compared with the attribute set (Geva et al.)
@@ -52,7 +53,7 @@ def load_subject_texts(known_facts_path: str | Path | None = None) -> dict[str, 
                 f"the attribute rate needs a text about each subject: put {SUBJECT_TEXTS} beside "
                 f"{known_facts_path} (one JSON object per line: subject, text)"
             )
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_utf8(path), str(path)
     out: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -25,7 +25,7 @@ from graftlens.data.facts import DIRECTIONS, MovieFact, generate_facts
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
 from graftlens.data.templates import DEFAULT_TEMPLATES, TARGET_SLOT, Template, check_template_sets
 from graftlens.errors import GraftlensError
-from graftlens.fileio import write_text_atomic
+from graftlens.fileio import read_utf8, write_text_atomic
 
 
 class DatasetError(GraftlensError):
@@ -149,7 +149,7 @@ def load_dataset(directory: str | Path) -> FactDataset:
             f"{directory} is not a graftlens dataset: {meta_path.name} is missing (make one with `graftlens data make`)"
         )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_utf8(meta_path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{meta_path}: not valid JSON ({exc})") from None
     facts = tuple(MovieFact(**r) for r in _read_jsonl(directory / "facts.jsonl", MovieFact))
@@ -185,7 +185,7 @@ def _read_jsonl(path: Path, kind: type) -> list[dict]:
         raise DatasetError(f"dataset file {path} is missing")
     expected = set(kind.__dataclass_fields__)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -195,8 +195,35 @@ def _read_jsonl(path: Path, kind: type) -> list[dict]:
         if not isinstance(rec, dict) or set(rec) != expected:
             got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
             raise DatasetError(f"{path}:{n}: expected the keys {sorted(expected)}, got {got}")
+        for key, value in rec.items():
+            if key == "char_spans":
+                _check_spans(value, f"{path}:{n}")
+            elif not isinstance(value, str):
+                raise DatasetError(f"{path}:{n}: {key!r} must be a string, got {type(value).__name__} {value!r}")
         rows.append(rec)
+    seen: dict[str, int] = {}
+    for n, rec in enumerate(rows, start=1):
+        if "id" in rec and rec["id"] in seen:
+            raise DatasetError(f"{path}: the id {rec['id']!r} appears more than once (ids must be unique)")
+        seen[rec.get("id", "")] = n
     return rows
+
+
+def _check_spans(value: object, where: str) -> None:
+    """``char_spans`` is ``{name: [start, stop]}`` with integers ``0 <= start < stop``."""
+    if not isinstance(value, dict):
+        raise DatasetError(f"{where}: 'char_spans' must map span names to [start, stop], got {type(value).__name__}")
+    for name, span in value.items():
+        ok = (
+            isinstance(span, list | tuple)
+            and len(span) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+            and 0 <= span[0] < span[1]
+        )
+        if not ok:
+            raise DatasetError(
+                f"{where}: char_spans[{name!r}] must be [start, stop] with integers 0 <= start < stop, got {span!r}"
+            )
 
 
 def _content_hash(facts: Sequence[MovieFact], train: Sequence[TrainText], test: Sequence[TestExample]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from graftlens.data.dataset import DatasetError
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
+from graftlens.fileio import read_utf8
 
 _KEYS = ("id", "relation", "subject", "prompt", "target")
 
@@ -42,7 +43,7 @@ def load_known_facts(path: str | Path | None = None) -> list[KnownFact]:
         p = Path(path)
         if not p.is_file():
             raise DatasetError(f"known-facts file {p} does not exist")
-        text, source = p.read_text(encoding="utf-8"), str(p)
+        text, source = read_utf8(p), str(p)
     facts: list[KnownFact] = []
     seen: set[str] = set()
     for n, line in enumerate(text.splitlines(), start=1):

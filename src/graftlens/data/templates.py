@@ -38,12 +38,23 @@ class Template:
     text: str
 
     def slots(self) -> list[str]:
-        """Slot names in order of appearance (repeats kept)."""
+        """Slot names in order of appearance (repeats kept).
+
+        A slot is a plain ``{name}``: a format spec (``{first_actor:>40}``) or a conversion
+        (``{first_actor!r}``) would change the rendered text around the value, so the entity
+        spans grafting relies on would be wrong; they are refused."""
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.text) if f is not None]
+            parsed = list(string.Formatter().parse(self.text))
         except ValueError as exc:
             raise TemplateError(f"template {self.name!r} is malformed ({exc}): {self.text!r}") from None
-        return fields
+        for _, field, spec, conversion in parsed:
+            if field is not None and (spec or conversion):
+                written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise TemplateError(
+                    f"template {self.name!r} writes the slot {written}: format specs and conversions are not "
+                    f"allowed (the spans would be wrong); write {{{field}}}"
+                )
+        return [f for _, f, _, _ in parsed if f is not None]
 
     def validate(self) -> None:
         """Raise :class:`TemplateError` naming the template when it cannot be rendered."""

@@ -7,6 +7,7 @@ as an uninterrupted run would, so the results are the same, row for row.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +19,19 @@ from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import batches, pad_id_of
 from graftlens.eval.scoring import LastLogits, attribute_rate, score_logits
 from graftlens.experiments.recipe import Recipe
-from graftlens.experiments.setup import FinetuneProgress, check_configs, correct_only, prepare_models, recipe_data
+from graftlens.experiments.setup import (
+    FinetuneProgress,
+    check_configs,
+    check_prompt_lengths,
+    correct_only,
+    prepare_models,
+    recipe_data,
+)
 from graftlens.fileio import write_json_atomic
 from graftlens.methods import Context, RunConfig, method_for
-from graftlens.models import LoadedModel, model_fingerprint
+from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
+from graftlens.results.lock import run_lock
 from graftlens.results.store import STORE_NAME, ResultRow, ResultsStore, StoreError
 
 MANIFEST_NAME = "manifest.json"
@@ -65,17 +74,48 @@ def run_recipe(
     store is emptied first."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    check_device(device)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StoreError(f"--out {run_dir} is a file: the run directory must be a folder (or not exist yet)")
+    created = not run_dir.exists()
+    try:
+        with run_lock(run_dir):
+            return _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
+                               stop_after_batches)  # fmt: skip
+    except BaseException:
+        if created:
+            _discard_if_empty(run_dir)
+        raise
+
+
+def _discard_if_empty(run_dir: Path) -> None:
+    """Remove a run directory this run created when it holds no result (a run that failed early)."""
+    store_path = run_dir / STORE_NAME
+    try:
+        if store_path.exists():
+            with ResultsStore(store_path) as store:
+                if store.total() > 0:
+                    return
+    except StoreError:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, stop_after_batches):
     run_id = recipe.content_hash()
-    with ResultsStore(run_dir / STORE_NAME) as store:
+    with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
         previous = store.get_meta("run")
         if not resume:
             store.clear()
-        elif previous is not None and previous != run_id:
+        elif previous is not None and previous != run_id and store.total() > 0:
             old = (store.get_meta("recipe") or {}).get("name", "?")
             raise StoreError(
                 f"{run_dir} holds the results of another recipe ({old!r}, id {previous}); "
                 "pass --restart to discard them, or choose another --out"
             )
+        # Claimed at once (the lock keeps other writers out until this run ends).
+        store.set_meta("run", run_id)
+        store.set_meta("recipe", recipe.model_dump(mode="json"))
 
         recipe_path = Path(recipe_path) if recipe_path is not None else None
         data = recipe_data(recipe, recipe_path.parent if recipe_path else None)
@@ -83,6 +123,7 @@ def run_recipe(
         recipient = models[recipe.recipient]
         pad = pad_id_of(recipient.tokenizer)
         prompts = data.prompts(recipe, recipient.tokenizer)
+        check_prompt_lengths(prompts, models)
         if recipe.eval.only_correct:
             prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers)
@@ -94,7 +135,7 @@ def run_recipe(
             "models": {name: model_fingerprint(m.model) for name, m in models.items()},
         }
         stored_inputs = store.get_meta("inputs")
-        if stored_inputs is not None and stored_inputs != inputs:
+        if stored_inputs is not None and stored_inputs != inputs and store.total() > 0:
             raise StoreError(
                 f"{run_dir} holds results made from other models or data than this recipe now gives "
                 f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"

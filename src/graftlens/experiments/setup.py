@@ -158,9 +158,34 @@ def check_configs(configs: list[RunConfig], models: dict[str, LoadedModel], prom
     """Every configuration fits its model and every prompt (each method says what to check).
 
     Run before scoring, so a bad recipe fails at once rather than after hours of sweeping."""
+    check_prompt_lengths(prompts, models)
     all_batches = list(batches(prompts, 64, pad_id))
     for config in configs:
         check_config(config, models, all_batches)
+
+
+def context_length(model: LoadedModel) -> int | None:
+    """How many positions the model takes (None when its config does not say)."""
+    config = model.model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_lengths(prompts: list[TokenizedPrompt], models: dict[str, LoadedModel]) -> None:
+    """No prompt is longer than a model's context (it would be scored on positions the model never saw)."""
+    if not prompts:
+        return
+    longest = max(prompts, key=lambda p: len(p.input_ids))
+    for name, model in models.items():
+        limit = context_length(model)
+        if limit is not None and len(longest.input_ids) > limit:
+            raise RecipeError(
+                f"prompt {longest.id!r} has {len(longest.input_ids)} tokens, more than model {name!r} takes "
+                f"({limit} positions): shorten it or leave it out of the data"
+            )
 
 
 def correct_only(model: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int, pad_id: int) -> list[TokenizedPrompt]:

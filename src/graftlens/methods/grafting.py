@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits, plain_last_logits
+from graftlens.graft.donors import donor_weights
 from graftlens.graft.engine import Grafter
 from graftlens.graft.rules import Graft, rule_sites, touched_modules
 from graftlens.methods.base import RunConfig, Sweep, check_components, check_positions
@@ -41,9 +42,15 @@ class GraftingMethod(Method):
     """A method whose configurations are graft rules (or none: the model as it is)."""
 
     def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
-        adapter = models[config.model].adapter
-        for rule in config.rules():
-            rule_sites(adapter, rule)
+        """Every rule names real components and layers, and every donor has the recipient's
+        architecture and the shapes of every tensor the rules graft (no copy is made)."""
+        recipient = models[config.model]
+        rules = config.rules()
+        for rule in rules:
+            rule_sites(recipient.adapter, rule)
+        for donor in dict.fromkeys(g.donor for g in config.grafts):
+            paths = touched_modules(recipient.adapter, [r for r in rules if r.donor == donor])
+            donor_weights(donor, models[donor], recipient.model, paths)
         return [g.positions for g in config.grafts]
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:

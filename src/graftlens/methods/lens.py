@@ -89,7 +89,9 @@ class VocabularyProjection(Method):
                   for c in configs if c.name in by_config}  # fmt: skip
         layers, series = curves(configs, "point", values)
         label = metric_label(run.metric)
-        title = f"{run.name}: {group} — target in the projection ({label}, 95% CI)"
+        attributes = run.metric == "attribute_rate"
+        what = "the subject's attributes in the top 50" if attributes else f"target in the projection ({label})"
+        title = f"{run.name}: {group} — {what}, 95% CI"
         top = max((e.hi for e in values.values() if e.hi == e.hi), default=1.0)
         # A 0–1 axis unless every rate is small: then the axis is stretched (its ticks say so).
         ylim = None if run.metric == "mean_rank" else (0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top))

@@ -47,8 +47,21 @@ def embedded_model_dir() -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / _COMPLETE_MARKER).exists():  # another process converted it meanwhile
             return target
+        remove_leftovers(target)
         convert_gguf_to_safetensors(embedded_gguf_path(), target)
     return target
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Delete half-written conversions of ``target`` (``NAME.XXXXXX`` folders a killed process left).
+
+    Called while holding ``target``'s lock, so no live conversion is touched."""
+    removed = []
+    for path in target.parent.glob(target.name + ".*"):
+        if path.is_dir() and not (path / _COMPLETE_MARKER).exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> None:

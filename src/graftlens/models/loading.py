@@ -103,6 +103,27 @@ def _load_peft(path: Path, dtype: Any, device_map: Any) -> tuple[nn.Module, Any,
     return merged, base.tokenizer, f"{path} (merged into {base.source})"
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` this machine has, or one :class:`ModelLoadError` saying why not."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ModelLoadError(
+                f"device {str(device)!r}: no CUDA device is available here (torch {torch.__version__}, {built}); use --device cpu"
+            )
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {str(device)!r}: MPS is not available on this machine")
+    return d
+
+
 def load_model(
     spec: str | Path,
     *,
@@ -117,6 +138,7 @@ def load_model(
     The model is returned in eval mode.
     """
     spec_str = str(spec)
+    check_device(device)
     torch_dtype = _resolve_dtype(dtype)
     path = Path(spec_str).expanduser()
     try:

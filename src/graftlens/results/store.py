@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,25 @@ class StoreError(GraftlensError):
     """A run directory's store is missing, or holds another recipe's results."""
 
 
+class DamagedStoreError(StoreError):
+    """``results.sqlite`` is not a readable SQLite database (overwritten, truncated, ...)."""
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged store (and its WAL files) to ``NAME.damaged-YYYYmmdd-HHMMSS``; returns the new name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
+
+
 @dataclass(frozen=True)
 class ResultRow:
     config: str
@@ -71,13 +91,35 @@ class ResultsStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
-        for column, statement in _MIGRATIONS.items():
-            if column not in columns:
-                with self._conn:
-                    self._conn.execute(statement)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    with self._conn:
+                        self._conn.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise DamagedStoreError(
+                f"{self.path} is damaged ({exc}): rerun its recipe with `graftlens run RECIPE --restart` to move it aside "
+                f"(kept as {self.path.name}.damaged-*) and start over"
+            ) from None
+
+    @classmethod
+    def open_for_run(cls, path: str | Path, restart: bool) -> ResultsStore:
+        """The store a run writes into; with ``restart``, a damaged store is moved aside (never
+        deleted) and a new one begun."""
+        try:
+            return cls(path)
+        except DamagedStoreError:
+            if not restart:
+                raise
+        move_aside(Path(path))
+        return cls(path)
 
     @classmethod
     def open_existing(cls, run_dir: str | Path) -> ResultsStore:
@@ -150,6 +192,10 @@ class ResultsStore:
             (run,),
         )
         return [ResultRow(*row[:8], tuple(json.loads(row[8])), json.loads(row[9])) for row in cur.fetchall()]
+
+    def total(self) -> int:
+        """Results of any run in this store."""
+        return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def count(self, run: str) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results WHERE run = ?", (run,)).fetchone()[0]

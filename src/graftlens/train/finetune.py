@@ -31,7 +31,7 @@ from graftlens.eval.batching import pad_id_of
 from graftlens.eval.scoring import evaluate
 from graftlens.fileio import write_json_atomic
 from graftlens.models.fingerprint import model_fingerprint
-from graftlens.models.loading import LoadedModel, load_model
+from graftlens.models.loading import LoadedModel, check_device, load_model
 from graftlens.provenance import run_versions
 from graftlens.train.batches import collate_train, epoch_batches, tokenize_texts
 from graftlens.train.config import FinetuneConfig, content_hash
@@ -83,7 +83,8 @@ def finetune(
     texts = [t for t in data.train if config.split == "all" or t.split == config.split]
     if not texts:
         raise FinetuneError(f"dataset {data.content_hash} has no training texts in split {config.split!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = config.precision if config.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
     config = config.model_copy(update={"precision": precision})
 
