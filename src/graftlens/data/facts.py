@@ -137,14 +137,18 @@ def generate_facts(kind: str = "fake_actors", n_facts: int = 16, seed: int = 0) 
         raise FactError(f"unknown fact kind {kind!r}; choose one of {', '.join(KINDS)}")
     if n_facts < 1:
         raise FactError(f"n_facts must be at least 1, not {n_facts}")
+    max_titles = len(_TITLE_ADJECTIVES) * len(_TITLE_NOUNS)
+    if n_facts > max_titles:
+        raise FactError(f"at most {max_titles} distinct titles can be made; asked for {n_facts} facts")
+    if kind == "fake_actors":  # each fact takes two names with first and last names not used before
+        capacity = min(len(set(PersonProvider.first_names)), len(set(PersonProvider.last_names))) // 2
+        if n_facts > capacity:
+            raise FactError(f"at most {capacity} fake_actors facts can have actors with distinct names; asked for {n_facts}")
     rng = random.Random(seed)
     faker = Faker("en_US")
     faker.seed_instance(seed)
     pool = _NamePool()
     names = _fake_actor_names(2 * n_facts, faker, pool) if kind == "fake_actors" else _real_actor_names(2 * n_facts, rng, pool)
-    max_titles = len(_TITLE_ADJECTIVES) * len(_TITLE_NOUNS)
-    if n_facts > max_titles:
-        raise FactError(f"at most {max_titles} distinct titles can be made; asked for {n_facts} facts")
     titles = rng.sample([f"The {a} {b}" for a in _TITLE_ADJECTIVES for b in _TITLE_NOUNS], n_facts)
     facts = []
     for i in range(n_facts):
