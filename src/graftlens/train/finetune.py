@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import get_scheduler
 
 from graftlens.cache import cache_dir
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
@@ -165,6 +164,10 @@ class _Run:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+        # Imported here: `transformers.get_scheduler` pulls in the trainer and peft (seconds), which
+        # every command that merely reads a recipe would otherwise pay for.
+        from transformers import get_scheduler
+
         self.scheduler = get_scheduler(
             config.schedule if config.schedule != "constant" else "constant_with_warmup",
             self.optimizer,
