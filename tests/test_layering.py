@@ -166,3 +166,21 @@ def test_importing_graftlens_changes_no_global_state() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_facade_is_lazy_and_every_public_name_resolves() -> None:
+    """``import graftlens`` loads no torch; each name of ``__all__`` resolves to the object of its home module."""
+    script = (
+        "import sys, graftlens\n"
+        "assert 'torch' not in sys.modules, 'import graftlens loaded torch'\n"
+        "missing = [n for n in graftlens.__all__ if getattr(graftlens, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "from graftlens.graft import Graft\n"
+        "from graftlens.interventions import capture\n"
+        "assert graftlens.Graft is Graft and graftlens.capture is capture\n"
+        "assert set(graftlens.__all__) == set(graftlens._LAZY) | {'GraftlensError', 'LayerSelectionError', 'ModelLoadError',"
+        " 'UnknownComponentError', 'UnsupportedArchitectureError', '__version__'}\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -2,7 +2,15 @@
 
 Start with :func:`load_model`; graft with :func:`grafting` / :func:`grafted_forward`; read and
 write activations with :func:`capture`, :func:`edit` and :class:`Patch`; see the README.
+
+The names below are loaded on first use (PEP 562), so ``import graftlens`` and the commands that
+do not run a model (``--help``, ``recipes``, a recipe with a typo) do not import torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from graftlens.errors import (
     GraftlensError,
@@ -11,45 +19,85 @@ from graftlens.errors import (
     UnknownComponentError,
     UnsupportedArchitectureError,
 )
-from graftlens.graft import (
-    DonorError,
-    Graft,
-    Grafter,
-    GraftRuleError,
-    PositionError,
-    grafted_forward,
-    grafting,
-    parse_positions,
-)
-from graftlens.interventions import (
-    ActivationCache,
-    Patch,
-    Point,
-    attention_knockout,
-    capture,
-    cross_model_patched_logits,
-    edit,
-    parse_point,
-    patched_logits,
-    point_logits,
-    project,
-    run_with_cache,
-)
-from graftlens.models import (
-    EMBEDDED_SPEC,
-    ArchitectureAdapter,
-    LoadedModel,
-    adapter_for,
-    expand_components,
-    load_model,
-    run_logits,
-    select_layers,
-    supported_model_types,
-)
 
 __version__ = "0.1.0"
 
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ["DonorError", "Graft", "Grafter", "GraftRuleError", "grafted_forward", "grafting"],
+        "graftlens.graft",
+    ),
+    **dict.fromkeys(["PositionError", "parse_positions"], "graftlens.positions"),
+    **dict.fromkeys(
+        ["ActivationCache", "Patch", "Point", "attention_knockout", "capture", "cross_model_patched_logits", "edit",
+         "parse_point", "patched_logits", "point_logits", "project", "run_with_cache"],
+        "graftlens.interventions",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ["EMBEDDED_SPEC", "ArchitectureAdapter", "LoadedModel", "adapter_for", "expand_components", "load_model",
+         "run_logits", "select_layers", "supported_model_types"],
+        "graftlens.models",
+    ),  # fmt: skip
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graftlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from graftlens.graft import DonorError, Graft, Grafter, GraftRuleError, grafted_forward, grafting
+    from graftlens.interventions import (
+        ActivationCache,
+        Patch,
+        Point,
+        attention_knockout,
+        capture,
+        cross_model_patched_logits,
+        edit,
+        parse_point,
+        patched_logits,
+        point_logits,
+        project,
+        run_with_cache,
+    )
+    from graftlens.models import (
+        EMBEDDED_SPEC,
+        ArchitectureAdapter,
+        LoadedModel,
+        adapter_for,
+        expand_components,
+        load_model,
+        run_logits,
+        select_layers,
+        supported_model_types,
+    )
+    from graftlens.positions import PositionError, parse_positions
+
 __all__ = [
+    "GraftlensError",
+    "LayerSelectionError",
+    "ModelLoadError",
+    "UnknownComponentError",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "DonorError",
+    "Graft",
+    "Grafter",
+    "GraftRuleError",
+    "grafted_forward",
+    "grafting",
+    "PositionError",
+    "parse_positions",
     "ActivationCache",
     "Patch",
     "Point",
@@ -61,28 +109,14 @@ __all__ = [
     "patched_logits",
     "point_logits",
     "project",
-    "run_logits",
     "run_with_cache",
     "EMBEDDED_SPEC",
-    "DonorError",
-    "Graft",
-    "GraftRuleError",
-    "Grafter",
-    "PositionError",
-    "grafted_forward",
-    "grafting",
-    "parse_positions",
     "ArchitectureAdapter",
-    "GraftlensError",
-    "LayerSelectionError",
     "LoadedModel",
-    "ModelLoadError",
-    "UnknownComponentError",
-    "UnsupportedArchitectureError",
-    "__version__",
     "adapter_for",
     "expand_components",
     "load_model",
+    "run_logits",
     "select_layers",
     "supported_model_types",
 ]
