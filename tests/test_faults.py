@@ -460,3 +460,35 @@ def test_leftover_conversions_are_removed_on_the_next_start(tmp_path) -> None:
     removed = remove_leftovers(target)
     assert [p.name for p in removed] == ["smollm2.abc123"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["other.x1", "smollm2.lock"]
+
+
+def test_a_store_left_by_a_full_disk_stays_usable(tmp_path, text_model_dir, finished_fault_run, monkeypatch) -> None:
+    """The disk fills while the third batch is committed: one line, exit 2; after space is freed
+    the same command finishes, and the stored rows equal an uninterrupted run's."""
+    import sqlite3
+
+    from graftlens.results.store import ResultsStore
+
+    data, run = finished_fault_run
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(BASE_RECIPE.format(model=text_model_dir, data=data))
+    add = ResultsStore.add
+    calls = {"n": 0}
+
+    def filling(self, run_id, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return add(self, run_id, rows)
+
+    monkeypatch.setattr(ResultsStore, "add", filling)
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "database or disk is full" in errors[0] and "free some space" in errors[0]
+    monkeypatch.setattr(ResultsStore, "add", add)
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    for path, name in ((tmp_path / "run", "a.csv"), (run, "b.csv")):
+        assert runner.invoke(app, ["export", str(path), "--csv", str(tmp_path / name)]).exit_code == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
