@@ -11,13 +11,12 @@ file ``facts.jsonl`` takes its texts from ``subject_texts.jsonl`` in the same fo
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
-from graftlens.data.dataset import DatasetError
+from graftlens.data.dataset import DatasetError, jsonl_records
 from graftlens.fileio import read_utf8
 
 SUBJECT_TEXTS = "subject_texts.jsonl"
@@ -55,13 +54,7 @@ def load_subject_texts(known_facts_path: str | Path | None = None) -> dict[str, 
             )
         text, source = read_utf8(path), str(path)
     out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{source}:{n}: not valid JSON ({exc})") from None
+    for n, rec in jsonl_records(text, source):
         if not isinstance(rec, dict) or sorted(rec) != ["subject", "text"] or not all(isinstance(v, str) for v in rec.values()):
             raise DatasetError(f"{source}:{n}: expected the keys subject, text (strings)")
         if rec["subject"] in out:

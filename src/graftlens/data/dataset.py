@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,18 +180,24 @@ def _jsonl(records: Iterable[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
+def jsonl_records(text: str, source: str) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed value)`` of each non-blank line of JSONL ``text``; a line that is not
+    JSON is a :class:`DatasetError` naming ``source`` and the line."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{source}:{n}: not valid JSON ({exc})") from None
+
+
 def _read_jsonl(path: Path, kind: type) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"dataset file {path} is missing")
     expected = set(kind.__dataclass_fields__)
     rows = []
-    for n, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{n}: not valid JSON ({exc})") from None
+    for n, rec in jsonl_records(read_utf8(path), str(path)):
         if not isinstance(rec, dict) or set(rec) != expected:
             got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
             raise DatasetError(f"{path}:{n}: expected the keys {sorted(expected)}, got {got}")

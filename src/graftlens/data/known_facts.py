@@ -8,12 +8,11 @@ gets right, so not every fact needs to be known by every model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from graftlens.data.dataset import DatasetError
+from graftlens.data.dataset import DatasetError, jsonl_records
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
 from graftlens.fileio import read_utf8
 
@@ -46,13 +45,7 @@ def load_known_facts(path: str | Path | None = None) -> list[KnownFact]:
         text, source = read_utf8(p), str(p)
     facts: list[KnownFact] = []
     seen: set[str] = set()
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{source}:{n}: not valid JSON ({exc})") from None
+    for n, rec in jsonl_records(text, source):
         if not isinstance(rec, dict) or sorted(rec) != sorted(_KEYS):
             raise DatasetError(f"{source}:{n}: expected the keys {', '.join(_KEYS)}")
         fact = KnownFact(**{k: str(rec[k]) for k in _KEYS})
