@@ -15,7 +15,7 @@ SRC = Path(graftlens.__file__).parent
 
 # Lower layers first. A unit may import itself and any unit of a strictly lower layer.
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "lazy"},
     {"fileio"},
     {"cache", "provenance", "configfiles", "positions"},
     {"models"},
@@ -184,3 +184,29 @@ def test_the_facade_is_lazy_and_every_public_name_resolves() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
+    """Reading every shipped recipe, and refusing a bad one through the CLI, loads neither torch,
+    transformers nor matplotlib (so the error comes at once; their imports take seconds)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {kind: fake_actors}\nmodels: {pre: {spec: smollm2-135m}}\nrecipient: pre\n"
+                   "configs:\n  - {name: a, model: pree}\n")  # fmt: skip
+    script = (
+        "import sys\n"
+        "from graftlens.experiments import load_recipe, shipped_recipes\n"
+        "for name in shipped_recipes():\n"
+        "    recipe, _ = load_recipe(name)\n"
+        "    recipe.expanded(n_layers=None)\n"
+        "from graftlens.cli import app\n"
+        "try:\n"
+        f"    app(['run', {str(bad)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 2, exc.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "names model 'pree'" in done.stderr and done.stdout.strip().endswith("ok")

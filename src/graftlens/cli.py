@@ -89,11 +89,18 @@ def demo(
 
 
 def _quiet_libraries() -> None:
-    """graftlens shows its own progress; silence transformers' per-load bars and notices."""
-    from transformers.utils import logging as hf_logging
+    """graftlens shows its own progress; silence transformers' per-load bars and notices.
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    Through the environment variables transformers reads when it is first imported, so commands
+    that never load a model do not import it (half a second). A user's own settings win."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _version(value: bool) -> None:

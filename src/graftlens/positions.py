@@ -15,12 +15,15 @@ Strings parse to selectors: ``"LT"``, ``"FE+LT"`` (union), ``"FE^C"`` / ``"(FE+L
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from graftlens.errors import GraftlensError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PositionError(GraftlensError):
@@ -35,6 +38,8 @@ class Selector:
 
     def resolve(self, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None) -> torch.Tensor:
         """``BoolTensor[batch, pos]`` of the positions claimed, in padded coordinates."""
+        import torch
+
         lengths = attention_mask.sum(-1).tolist()
         local = torch.zeros(attention_mask.shape, dtype=torch.bool, device=attention_mask.device)
         for b, n in enumerate(lengths):
@@ -59,6 +64,8 @@ class Selector:
 def _prompt_order(real: torch.Tensor) -> torch.Tensor:
     """Boolean mask over ``[batch, pos]`` picking, row by row, the first ``n_real`` entries:
     the prompt-coordinate values that belong on the real positions (in order)."""
+    import torch
+
     n_real = real.sum(-1, keepdim=True)
     idx = torch.arange(real.shape[1], device=real.device).expand_as(real)
     return idx < n_real
@@ -67,6 +74,8 @@ def _prompt_order(real: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class AllPositions(Selector):
     def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
         return torch.ones(n, dtype=torch.bool)
 
     def __str__(self) -> str:
@@ -80,6 +89,8 @@ class Indices(Selector):
     indices: tuple[int, ...]
 
     def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
         m = torch.zeros(n, dtype=torch.bool)
         for i in self.indices:
             if not -n <= i < n:
@@ -94,6 +105,8 @@ class Indices(Selector):
 @dataclass(frozen=True)
 class LastToken(Selector):
     def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
         m = torch.zeros(n, dtype=torch.bool)
         m[n - 1] = True
         return m
@@ -109,6 +122,8 @@ class Span(Selector):
     name: str
 
     def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
         if spans is None or self.name not in spans:
             known = ", ".join(sorted(spans)) if spans else "none"
             raise PositionError(f"example {example} has no span {self.name!r} (its spans: {known})")
@@ -128,6 +143,8 @@ class Union(Selector):
     parts: tuple[Selector, ...]
 
     def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
         m = torch.zeros(n, dtype=torch.bool)
         for p in self.parts:
             m |= p._mask(n, spans, example)
@@ -208,7 +225,8 @@ def _parse_atom(tokens: list[str], text: str) -> tuple[Selector, list[str]]:
     return sel, tokens
 
 
-PositionsLike = Selector | str | torch.Tensor | Sequence[Sequence[int]] | None
+# A forward reference to torch.Tensor: this module loads without torch (recipes are checked with it).
+PositionsLike = typing.Union[Selector, str, "torch.Tensor", Sequence[Sequence[int]], None]  # noqa: UP007
 
 
 def resolve_positions(
@@ -221,6 +239,8 @@ def resolve_positions(
     ``None`` = every position; a BoolTensor is used as is (its shape must match); a selector or
     string resolves per example; a list of index lists gives prompt-coordinate indices per example.
     """
+    import torch
+
     batch, seq = attention_mask.shape
     if positions is None:
         return torch.ones(batch, seq, dtype=torch.bool, device=attention_mask.device)

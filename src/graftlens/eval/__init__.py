@@ -1,7 +1,29 @@
-"""Evaluation: batching prompts and scoring next-token predictions."""
+"""Batching prompts and scoring next-token predictions."""
 
-from graftlens.eval.batching import PromptBatch, batches, collate, pad_id_of
-from graftlens.eval.scoring import PromptScore, evaluate, plain_last_logits, score_logits, summarize
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graftlens.lazy import lazy_exports
+
+lazy_exports(
+    globals(),
+    {
+        "PromptBatch": "graftlens.eval.batching",
+        "batches": "graftlens.eval.batching",
+        "collate": "graftlens.eval.batching",
+        "pad_id_of": "graftlens.eval.batching",
+        "PromptScore": "graftlens.eval.scoring",
+        "evaluate": "graftlens.eval.scoring",
+        "plain_last_logits": "graftlens.eval.scoring",
+        "score_logits": "graftlens.eval.scoring",
+        "summarize": "graftlens.eval.scoring",
+    },
+)
+
+if TYPE_CHECKING:
+    from graftlens.eval.batching import PromptBatch, batches, collate, pad_id_of
+    from graftlens.eval.scoring import PromptScore, evaluate, plain_last_logits, score_logits, summarize
 
 __all__ = [
     "PromptBatch",

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from graftlens.errors import GraftlensError
-from graftlens.models.adapters import ArchitectureAdapter, Rows
 from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
 from graftlens.positions import PositionsLike, Spans, resolve_positions
+
+if TYPE_CHECKING:  # rules are parsed when recipes are read, without torch
+    import torch
+
+    from graftlens.models.adapters import ArchitectureAdapter, Rows
 
 LayersLike = int | str | Sequence[int] | range | None
 
@@ -111,6 +114,8 @@ def compile_rules(
     all_sites: Mapping[str, list[Rows | None]] | None = None,
 ) -> dict[str, ModulePlan]:
     """Owner maps of every module some rule touches, for this batch."""
+    import torch
+
     all_sites = all_sites if all_sites is not None else module_sites(adapter)
     batch, seq = attention_mask.shape
     plans: dict[str, ModulePlan] = {}

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from graftlens.errors import GraftlensError, LayerSelectionError
-from graftlens.models.adapters import ArchitectureAdapter
+
+if TYPE_CHECKING:  # point names are checked when recipes are read, without torch
+    import torch
+
+    from graftlens.models.adapters import ArchitectureAdapter
 
 HEAD_POINTS = ("z", "q", "k", "v")
 STREAM_POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out")

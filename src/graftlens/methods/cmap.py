@@ -6,15 +6,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator
 
-from graftlens.eval.batching import PromptBatch
-from graftlens.eval.scoring import LastLogits
-from graftlens.interventions.hooks import ActivationCache
-from graftlens.interventions.patching import check_same_shapes, cross_model_patched_logits, run_with_cache
 from graftlens.interventions.points import HEAD_POINTS, Point
 from graftlens.methods.base import (
     LayerSpec,
@@ -28,8 +23,15 @@ from graftlens.methods.base import (
 )
 from graftlens.methods.figures import heatmap_of
 from graftlens.methods.registry import Context, Method, register
-from graftlens.models import LoadedModel
 from graftlens.models.names import select_layers
+
+if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.interventions.hooks import ActivationCache
+    from graftlens.models import LoadedModel
 
 HeadPoint = Literal["z", "q", "k", "v"]
 assert set(HeadPoint.__args__) == set(HEAD_POINTS)  # type: ignore[attr-defined]
@@ -74,6 +76,9 @@ class DonorActivations:
         self._bytes = 0
 
     def get(self, name: str, donor: LoadedModel, batch: PromptBatch, points: list[Point]) -> ActivationCache:
+        from graftlens.interventions.hooks import ActivationCache
+        from graftlens.interventions.patching import run_with_cache
+
         key = tuple(p.id for p in batch.prompts)
         missing = [p for p in points if (name, key, p) not in self._store]
         if missing:
@@ -116,6 +121,8 @@ class CrossModelPatching(Method):
     def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
         assert isinstance(spec, CmapSpec)
+        from graftlens.interventions.patching import check_same_shapes
+
         adapter = models[config.model].adapter
         check_same_shapes(models[config.model], models[spec.donor])
         select_layers(spec.layers, adapter.n_layers)
@@ -129,6 +136,8 @@ class CrossModelPatching(Method):
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
         base, spec = context.models[config.model], config.method
         assert isinstance(spec, CmapSpec)
+        from graftlens.interventions.patching import check_same_shapes, cross_model_patched_logits
+
         donor = context.models[spec.donor]
         check_same_shapes(base, donor)
         donor_cache: DonorActivations = context.state(self.kind, DonorActivations)

@@ -3,17 +3,27 @@ two coordinates, or as curves over layers (drawn with :mod:`graftlens.charts`)."
 
 from __future__ import annotations
 
-from graftlens import charts
+from typing import TYPE_CHECKING
+
 from graftlens.results.metrics import Estimate, estimate, grouped
-from graftlens.results.rundata import RunData, StoredConfig
+
+if TYPE_CHECKING:
+    from graftlens.results.rundata import RunData, StoredConfig
+
+# graftlens.charts (matplotlib) is imported where a figure is drawn: method modules load without
+# it, so reading a recipe stays fast.
 
 
 def metric_label(metric: str) -> str:
+    from graftlens import charts
+
     return charts.METRIC_LABELS.get(metric, metric)
 
 
 def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
     """Bars per test template for each configuration of the group; plain configurations as reference lines."""
+    from graftlens import charts
+
     by_config = run.by_config
     references = {c.name: estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
                   for c in run.reference_configs() if c.name in by_config}  # fmt: skip
@@ -30,6 +40,7 @@ def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
 def heatmap_of(run: RunData, group: str, configs: list[StoredConfig], col_keys: tuple[str, ...], xlabel: str,
                row_key: str = "component", ylabel: str = "grafted component"):  # fmt: skip
     """Rows ``coords[row_key]`` × columns of the ``col_keys`` coordinates (joined by " @ ")."""
+    from graftlens import charts
 
     def col(c: StoredConfig) -> str:
         return " @ ".join(c.coords[k] for k in col_keys)

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field, field_validator
 
-from graftlens.eval.batching import PromptBatch
-from graftlens.eval.scoring import LastLogits, plain_last_logits
-from graftlens.graft.donors import donor_weights
-from graftlens.graft.engine import Grafter
 from graftlens.graft.rules import Graft, rule_sites, touched_modules
 from graftlens.methods.base import RunConfig, Sweep, check_components, check_positions
 from graftlens.methods.registry import Context, Method
-from graftlens.models import LoadedModel
-from graftlens.models.loading import as_loaded
-from graftlens.models.run import run_logits
+
+if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
 
 
 def grafted_last_logits(base, donors, rules: list[Graft]) -> LastLogits:
@@ -25,6 +25,10 @@ def grafted_last_logits(base, donors, rules: list[Graft]) -> LastLogits:
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
     ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
     applied to the last position only, as in the plain model's path."""
+    from graftlens.graft.engine import Grafter
+    from graftlens.models.loading import as_loaded
+    from graftlens.models.run import run_logits
+
     loaded = as_loaded(base)
     grafter = Grafter(loaded, donors, rules)
     head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
@@ -44,6 +48,8 @@ class GraftingMethod(Method):
     def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
         """Every rule names real components and layers, and every donor has the recipient's
         architecture and the shapes of every tensor the rules graft (no copy is made)."""
+        from graftlens.graft.donors import donor_weights
+
         recipient = models[config.model]
         rules = config.rules()
         for rule in rules:
@@ -54,6 +60,8 @@ class GraftingMethod(Method):
         return [g.positions for g in config.grafts]
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        from graftlens.eval.scoring import plain_last_logits
+
         model = context.models[config.model]
         if not config.grafts:
             return plain_last_logits(model.model)

@@ -5,23 +5,23 @@ plain ``baseline`` configuration."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator
 
-from graftlens import charts
-from graftlens.eval.batching import PromptBatch
-from graftlens.eval.scoring import LastLogits
-from graftlens.interventions.knockout import attention_knockout
 from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
 from graftlens.methods.figures import curves
 from graftlens.methods.registry import Context, Method, Table, register
-from graftlens.models import LoadedModel
 from graftlens.models.names import layer_window
-from graftlens.models.run import run_logits
 from graftlens.results.metrics import Estimate, relative_change
-from graftlens.results.rundata import RunData, StoredConfig
+
+if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
 
 
 class KnockoutSpec(Strict):
@@ -103,6 +103,9 @@ class AttentionKnockout(Method):
         model, spec = context.models[config.model], config.method
         assert isinstance(spec, KnockoutSpec)
 
+        from graftlens.interventions.knockout import attention_knockout
+        from graftlens.models.run import run_logits
+
         def run(batch: PromptBatch) -> torch.Tensor:
             with attention_knockout(model, spec.layers, sources=spec.sources, targets=spec.targets, spans=batch.spans):
                 return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
@@ -116,6 +119,8 @@ class AttentionKnockout(Method):
         window = f", window of {max(windows)} layers" if windows else ""
         targets = next((c.method["targets"] for c in configs if c.method), "LT")
         title = f"{run.name}: {group} — attention edges {targets} → source blocked{window} (95% CI)"
+        from graftlens import charts
+
         fig = charts.line_chart(title, layers, series, "change in target probability (%)", "centre layer of the window",
                                 zero_line=True, legend_title="blocked source")  # fmt: skip
         return fig, title

@@ -4,21 +4,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator
 
-from graftlens import charts
-from graftlens.eval.batching import PromptBatch
-from graftlens.eval.scoring import LastLogits
-from graftlens.interventions.lens import point_logits
 from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
 from graftlens.methods.figures import curves, metric_label
 from graftlens.methods.registry import Context, Method, register
-from graftlens.models import LoadedModel
 from graftlens.results.metrics import estimate
-from graftlens.results.rundata import RunData, StoredConfig
+
+if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
 
 StreamPoint = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 
@@ -76,6 +77,7 @@ class VocabularyProjection(Method):
         model, spec = context.models[config.model], config.method
         assert isinstance(spec, LensSpec)
         point = f"{spec.point}.{spec.layer}"
+        from graftlens.interventions.lens import point_logits
 
         def run(batch: PromptBatch) -> torch.Tensor:
             return point_logits(model, batch.input_ids, batch.attention_mask, [point], spec.position, spec.final_norm,
@@ -95,5 +97,7 @@ class VocabularyProjection(Method):
         top = max((e.hi for e in values.values() if e.hi == e.hi), default=1.0)
         # A 0–1 axis unless every rate is small: then the axis is stretched (its ticks say so).
         ylim = None if run.metric == "mean_rank" else (0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top))
+        from graftlens import charts
+
         fig = charts.line_chart(title, layers, series, f"{label} of the projection", "layer", ylim=ylim, legend_title="projected")
         return fig, title

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from graftlens.errors import GraftlensError
-from graftlens.eval.batching import PromptBatch
-from graftlens.eval.scoring import LastLogits
 from graftlens.methods.base import RecipeError, RunConfig, Sweep
-from graftlens.models import LoadedModel
 from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
-from graftlens.results.rundata import RunData, StoredConfig
+
+if TYPE_CHECKING:  # methods register (and recipes validate) without torch; readouts import it when they run
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
 
 
 @dataclass
