@@ -395,3 +395,76 @@ def test_token_span_handles_folded_leading_spaces(embedded) -> None:
     assert token_span(tok, prompt, "named") == (len(ids) - 1, len(ids))
     with pytest.raises(SpanError, match="'Ada Lovelace' .* not found in prompt"):
         token_span(tok, prompt, "Ada Lovelace")
+
+
+# ---- KV-cache continuation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [4, 6])
+def test_a_grafted_continuation_of_a_plain_prefix_equals_the_full_pass(family: str, split: int) -> None:
+    """Rules that claim only positions after ``split`` leave the prefix the base model's own: the
+    prefix run plainly once, then continued from its KV cache under grafting, gives the logits of
+    one full grafted pass (the new positions' owners come from rules resolved on the whole sequence)."""
+    from transformers import DynamicCache
+
+    base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(7, b=3, t=7, left_pad=2)  # left padding: the last tokens share columns
+    rules = [Graft("a", "attn+mlp", [0, 2], "LT"), Graft("b", "o+ln_mlp+embed+lm_head", [1, 3], "-1"),
+             Graft("b", "q+up", "all", "-1")]  # fmt: skip
+    if split == 4:
+        rules.append(Graft("a", "k+v+ln_attn", [1, 2], "-3"))  # the third-last token: column 4
+    donors = {"a": a, "b": b}
+    full = grafted_forward(base, donors, rules, ids, mask)
+    positions = position_ids_for(mask)
+    cache = DynamicCache(config=base.config)
+    with torch.no_grad():
+        first = base(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=positions[:, :split],
+                     past_key_values=cache, use_cache=True).logits  # fmt: skip
+        with grafting(base, donors, rules):
+            rest = base(input_ids=ids[:, split:], attention_mask=mask, position_ids=positions[:, split:],
+                        past_key_values=cache, use_cache=True).logits  # fmt: skip
+    got = torch.cat([first, rest], 1)
+    real = mask.bool()
+    real[:, :split] &= False  # the prefix is the base's own; compare what was grafted, and the prefix below
+    torch.testing.assert_close(got[real], full[real], rtol=1e-4, atol=1e-4)
+    prefix = mask.bool().clone()
+    prefix[:, split:] = False
+    torch.testing.assert_close(got[prefix], full[prefix], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(full[:, -1], base_logits(base, ids, mask)[:, -1])  # something was grafted
+
+
+def test_a_continuation_with_a_short_mask_is_refused() -> None:
+    from transformers import DynamicCache
+
+    base, a = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(1, b=2, t=6, left_pad=0)
+    cache = DynamicCache(config=base.config)
+    with torch.no_grad(), grafting(base, {"a": a}, [Graft("a", "mlp", "all", "LT")]):
+        base(input_ids=ids[:, :4], attention_mask=mask[:, :4], past_key_values=cache, use_cache=True)
+        with pytest.raises(GraftRuleError.__mro__[1], match="4 cached \\+ 2 new positions, the mask has 2"):
+            base(input_ids=ids[:, 4:], attention_mask=mask[:, 4:], past_key_values=cache, use_cache=True)
+
+
+def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str) -> None:
+    """Many LT-only configurations served from one prefix cache (restored after each) score as
+    full grafted passes do; a configuration that claims earlier positions takes the full pass."""
+    from graftlens.data.prompts import TokenizedPrompt
+    from graftlens.eval.batching import collate
+    from graftlens.graft.prefix import PrefixCaches
+    from graftlens.methods.grafting import grafted_last_logits
+
+    base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
+    g = torch.Generator().manual_seed(3)
+    prompts = [
+        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (0, 2)})
+        for i, n in enumerate([5, 7, 3, 6])
+    ]
+    batch = collate(prompts, pad_id=0)
+    prefixes = PrefixCaches()
+    configs = [[Graft("ft", "o+mlp", "all", "LT")], [Graft("ft", "q+k+v", [1, 2], "LT")], [Graft("ft", "all", [3], "LT")],
+               [Graft("ft", "attn", "all", "FE+LT")], [Graft("ft", "mlp+embed+lm_head", [0, 3], "LT")]]  # fmt: skip
+    for rules in configs * 2:  # twice: the second round reuses the cached prefix
+        shared = grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base")(batch)
+        full = grafted_last_logits(base, {"ft": donor}, rules)(batch)
+        torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    assert len(prefixes._store) == 1  # one prefix for the batch, whatever the configuration

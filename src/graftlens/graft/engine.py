@@ -39,8 +39,9 @@ class Grafter:
     Each forward call of the base model resolves the rules' positions for its batch from the
     call's ``attention_mask`` and from the examples' named spans: ``spans`` given here, or per
     batch with ``with grafter.on(batch_spans): ...`` (the donors' weights are prepared once and
-    reused by every block). Full-prompt forward passes only: a call that continues a KV cache is
-    refused.
+    reused by every block). A call that continues a KV cache (``past_key_values``) grafts the new
+    positions by the same rules, resolved on the whole sequence: the mask must cover the cached
+    and the new positions, as transformers expects anyway.
     """
 
     def __init__(
@@ -105,12 +106,22 @@ class Grafter:
                 raise GraftlensError("grafting needs input_ids (or inputs_embeds) in the forward call")
             input_ids = input_ids[..., 0]
         past = kwargs.get("past_key_values")
-        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
-            raise GraftlensError("grafting runs full-prompt forward passes; continuing a KV cache is not supported")
+        cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+        n_new = int(input_ids.shape[1])
         mask = kwargs.get("attention_mask")
         if mask is None:
-            mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
+            mask = torch.ones((input_ids.shape[0], cached + n_new), dtype=torch.long, device=input_ids.device)
+        if mask.shape[1] != cached + n_new:
+            raise GraftlensError(
+                f"grafting a cache continuation needs the attention mask of the whole sequence: "
+                f"{cached} cached + {n_new} new positions, the mask has {mask.shape[1]}"
+            )
+        # Rules resolve on the whole sequence (prompt coordinates: FE, LT, ... as in a full pass);
+        # a continuation computes only the last n_new positions, so only their owners are used.
         plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self._spans, self._all_sites)
+        if cached:
+            plans = {path: plan.last(n_new) for path, plan in plans.items()}
+            mask = mask[:, -n_new:]
         state = BatchState((int(mask.shape[0]), int(mask.shape[1])), padding=~mask.bool())
         for path, grafted in self._modules.items():
             grafted.set_plan(plans.get(path), state)

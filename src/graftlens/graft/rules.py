@@ -97,6 +97,10 @@ class ModulePlan:
     def is_trivial(self) -> bool:
         return all(not bool(o.any()) for o in self.owners)
 
+    def last(self, n: int) -> ModulePlan:
+        """The plan of the last ``n`` positions only (a KV-cache continuation computes just those)."""
+        return ModulePlan(self.path, self.segments, [o[:, -n:] for o in self.owners])
+
 
 def check_donor_names(rules: Sequence[Graft], donor_names: Sequence[str]) -> None:
     """Every rule must name one of the donors."""

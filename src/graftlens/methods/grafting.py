@@ -16,16 +16,20 @@ if TYPE_CHECKING:  # imported where they run: a method module loads without torc
 
     from graftlens.eval.batching import PromptBatch
     from graftlens.eval.scoring import LastLogits
+    from graftlens.graft.prefix import PrefixCaches
     from graftlens.models import LoadedModel
 
 
-def grafted_last_logits(base, donors, rules: list[Graft]) -> LastLogits:
-    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (one batched pass).
+def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches | None = None, name: str = "") -> LastLogits:
+    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in.
 
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
     ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
-    applied to the last position only, as in the plain model's path."""
+    applied to the last position only, as in the plain model's path. With ``prefixes``, a batch
+    whose rules claim only its last token continues the recipient's shared prefix cache (keyed by
+    ``name`` and the batch's prompts) instead of running every position again."""
     from graftlens.graft.engine import Grafter
+    from graftlens.graft.prefix import claims_only_last, continue_last
     from graftlens.models.loading import as_loaded
     from graftlens.models.run import run_logits
 
@@ -36,6 +40,11 @@ def grafted_last_logits(base, donors, rules: list[Graft]) -> LastLogits:
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(loaded.device)
+        if prefixes is not None and claims_only_last(rules, batch.attention_mask, batch.spans):
+            key = (name, tuple(p.id for p in batch.prompts))
+            cache = prefixes.get(key, loaded, batch.input_ids, batch.attention_mask)
+            with grafter.on(batch.spans):
+                return continue_last(loaded, cache, batch.input_ids, batch.attention_mask)
         with grafter.on(batch.spans):
             return run_logits(loaded, batch.input_ids, batch.attention_mask, last_only)[:, -1]
 
@@ -65,8 +74,11 @@ class GraftingMethod(Method):
         model = context.models[config.model]
         if not config.grafts:
             return plain_last_logits(model.model)
+        from graftlens.graft.prefix import PrefixCaches
+
         donors = {g.donor: context.models[g.donor] for g in config.grafts}
-        return grafted_last_logits(model, donors, config.rules())
+        prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
+        return grafted_last_logits(model, donors, config.rules(), prefixes, config.model)
 
 
 class ComponentListSweep(Sweep):

@@ -1,0 +1,89 @@
+"""Shared prefixes: a component sweep at the last token, one full grafted forward per
+configuration against one shared prefix and a grafted last-token continuation per configuration.
+
+The embedded model, 32 prompts of ~16 tokens (bench_graft's batch), the 49 component × layer-group
+configurations of the demo (attn, q, k, v, o, mlp, o+mlp × all, halves, quarters) grafted at LT
+from a perturbed copy. Rounds are interleaved; medians per configuration are reported, and the
+largest difference of the last-position probabilities between the two paths. One thread
+(``torch.set_num_threads(1)``) unless ``--threads`` says otherwise. Prints one JSON object.
+Usage: python benchmarks/bench_prefix.py [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from bench_graft import make_batch
+
+import graftlens
+from graftlens.data.prompts import TokenizedPrompt
+from graftlens.eval.batching import collate
+from graftlens.graft.prefix import PrefixCaches
+from graftlens.methods.grafting import grafted_last_logits
+
+COMPONENTS = ["attn", "q", "k", "v", "o", "mlp", "o+mlp"]
+LAYERS = ["all", "half1", "half2", "quarter1", "quarter2", "quarter3", "quarter4"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = graftlens.load_model("smollm2-135m")
+    donor = graftlens.load_model("smollm2-135m")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in donor.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    ids, mask, spans = make_batch(base.tokenizer, 32)
+    prompts = [
+        TokenizedPrompt(f"p{i}", "", " x", tuple(ids[i][mask[i].bool()].tolist()), (0,), spans[i]) for i in range(len(ids))
+    ]
+    batch = collate(prompts, pad_id=int(ids[0, 0]))
+    configs = [[graftlens.Graft("ft", c, layers, "LT")] for c in COMPONENTS for layers in LAYERS]
+    full_fns = [grafted_last_logits(base, {"ft": donor}, rules) for rules in configs]
+
+    full_times, shared_times, prefix_times, max_diff = [], [], [], 0.0
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        full_out = [fn(batch) for fn in full_fns]
+        full_times.append((time.perf_counter() - t0) / len(configs))
+        prefixes = PrefixCaches()
+        shared_fns = [grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base") for rules in configs]
+        t0 = time.perf_counter()
+        prefixes.get(("base", tuple(p.id for p in batch.prompts)), base, batch.input_ids, batch.attention_mask)
+        prefix_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        shared_out = [fn(batch) for fn in shared_fns]
+        shared_times.append((time.perf_counter() - t0) / len(configs))
+        for a, b in zip(full_out, shared_out):
+            max_diff = max(max_diff, float((a.softmax(-1) - b.softmax(-1)).abs().max()))
+
+    full_s, shared_s, prefix_s = (statistics.median(t) for t in (full_times, shared_times, prefix_times))
+    n = len(configs)
+    print(json.dumps({
+        "benchmark": "shared_prefix_component_sweep",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "batch": list(batch.input_ids.shape),
+        "configurations": n,
+        "rounds": args.rounds,
+        "full_pass_s_per_config": round(full_s, 4),
+        "continuation_s_per_config": round(shared_s, 4),
+        "prefix_s_once": round(prefix_s, 4),
+        "speedup_per_config": round(full_s / shared_s, 2),
+        "speedup_sweep_including_prefix": round(full_s * n / (shared_s * n + prefix_s), 2),
+        "max_abs_prob_diff": max_diff,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

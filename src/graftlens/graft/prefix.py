@@ -1,0 +1,103 @@
+"""Shared prefixes: compute the recipient's own positions once, graft only the last one.
+
+A configuration whose rules claim only each prompt's last token (component sweeps at LT, the
+paper's Figure 4) leaves every earlier position the recipient's own computation, the same for
+every such configuration. So the prompts' prefixes (all but the last column of a left-padded
+batch) are run once with a KV cache, and each configuration continues that cache for the last
+token under grafting (the engine resolves its rules on the whole sequence). The cache is
+restored after each continuation, so one prefix serves every configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from graftlens.models.run import position_ids_for
+from graftlens.positions import Spans, resolve_positions
+
+if TYPE_CHECKING:
+    from graftlens.graft.rules import Graft
+    from graftlens.models.loading import LoadedModel
+
+DEFAULT_PREFIX_BYTES = 1 << 30  # prefixes kept at once (oldest dropped first)
+
+
+def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> bool:
+    """Do the rules, resolved on this (left-padded) batch, claim nothing but its last column?"""
+    if attention_mask.shape[1] < 2 or not bool(attention_mask[:, -1].all()):
+        return False  # not left-padded, or nothing to share
+    for rule in rules:
+        claimed = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]
+        if bool(claimed[:, :-1].any()):
+            return False
+    return True
+
+
+def _cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _keeps_every_position(cache, length: int) -> bool:
+    """Can the cache drop an appended token again (a sliding-window layer may have evicted one)?"""
+    for layer in getattr(cache, "layers", []):
+        window = getattr(layer, "sliding_window", None)
+        if window is not None and length + 1 > window - 1:
+            return False
+    return True
+
+
+class PrefixCaches:
+    """The plain KV caches of batches' prefixes, by key, up to ``max_bytes`` (oldest dropped first)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_PREFIX_BYTES):
+        self.max_bytes = max_bytes
+        self._store: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The cache of ``model``'s plain forward over all but the last column (made on first use)."""
+        from transformers import DynamicCache
+
+        if key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key][0]
+        cache = DynamicCache(config=model.model.config)
+        prefix_mask = attention_mask[:, :-1]
+        with torch.no_grad():
+            model.model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
+                        position_ids=position_ids_for(attention_mask)[:, :-1], past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)  # fmt: skip
+        size = _cache_bytes(cache)
+        self._store[key] = (cache, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and len(self._store) > 1:
+            _, (_, old) = self._store.popitem(last=False)
+            self._bytes -= old
+        return cache
+
+
+def continue_last(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` of the last column, continuing ``cache`` (grafted if a grafter is
+    active); the cache is left as it was."""
+    length = int(cache.get_seq_length())
+    reusable = _keeps_every_position(cache, length)
+    work = cache if reusable else copy.deepcopy(cache)
+    try:
+        with torch.no_grad():
+            logits = model.model(input_ids=input_ids[:, -1:], attention_mask=attention_mask,
+                                 position_ids=position_ids_for(attention_mask)[:, -1:], past_key_values=work,
+                                 use_cache=True).logits  # fmt: skip
+    finally:
+        if reusable and cache.get_seq_length() > length:
+            cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended
+    return logits[:, -1]
