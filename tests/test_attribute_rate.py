@@ -148,3 +148,19 @@ def test_a_store_without_the_extra_column_still_opens(tmp_path) -> None:
     with ResultsStore(path) as store:
         (row,) = store.rows("r")
     assert row.target_rank == 2 and row.extra == {}
+
+
+def test_answer_rate_of_a_hand_built_projection() -> None:
+    """The answer rate (the old measure) is a top-10 hit of the fact's own answer: rank 10 counts, 11 not."""
+    from graftlens.data.prompts import TokenizedPrompt
+    from graftlens.results.metrics import METRICS
+    from graftlens.results.store import ResultRow
+
+    logits = torch.linspace(5, 0, 100).repeat(2, 1)  # token i has rank i + 1 in both rows
+    prompts = [TokenizedPrompt(f"p{i}", "", " x", (1,), (target,), {}) for i, target in enumerate([9, 10])]
+    from graftlens.eval.scoring import score_logits
+
+    scores = score_logits(logits, prompts)
+    assert [s.target_rank for s in scores] == [10, 11]
+    rows = [ResultRow("c", s.id, "t", "d", "", "", s.target_prob, s.target_rank, ()) for s in scores]
+    assert [METRICS["top10"](r) for r in rows] == [1.0, 0.0]
