@@ -168,27 +168,32 @@ def _score_all(
     attributes: dict[str, frozenset[int]] | None = None,
 ) -> int:
     """Score every (configuration, batch) not yet in the store. With ``attributes`` (prompt id →
-    attribute token ids), each row also stores its attribute rate."""
+    attribute token ids), each row also stores its attribute rate.
+
+    Batch by batch, every configuration of a batch in turn: what configurations share for a batch
+    (the recipient's prefix cache, a donor's activations) is made once and then dropped, so it
+    never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
     context = Context(models)
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
-    for config in configs:
-        done = store.done(run_id, config.name)
-        fn: LastLogits | None = None
-        for batch in work:
-            ids = {p.id for p in batch.prompts}
-            if ids <= done:
+    done = {config.name: store.done(run_id, config.name) for config in configs}
+    readouts: dict[str, LastLogits] = {}
+    for batch in work:
+        ids = {p.id for p in batch.prompts}
+        for config in configs:
+            if ids <= done[config.name]:
                 done_units += len(ids)
                 continue
-            if ids & done:
+            if ids & done[config.name]:
                 raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
             if stop_after_batches is not None and batches_run >= stop_after_batches:
                 raise Interrupted(f"stopped after {batches_run} batches")
-            fn = fn or method_for(config.kind).readout(config, context)
+            if config.name not in readouts:
+                readouts[config.name] = method_for(config.kind).readout(config, context)
             model = models[config.model]
             with torch.no_grad():
-                logits = fn(batch.to(model.device))  # [batch, vocab]
+                logits = readouts[config.name](batch.to(model.device))  # [batch, vocab]
             scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
             extras: list[dict[str, float]] = [{} for _ in batch.prompts]
             if attributes is not None:
