@@ -468,3 +468,18 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
         full = grafted_last_logits(base, {"ft": donor}, rules)(batch)
         torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
     assert len(prefixes._store) == 1  # one prefix for the batch, whatever the configuration
+
+
+def test_bounded_store_drops_the_least_recently_used_but_never_the_newest() -> None:
+    from graftlens.bounded import BoundedStore
+
+    store: BoundedStore[str] = BoundedStore(max_bytes=10)
+    store.put("a", "A", 4)
+    store.put("b", "B", 4)
+    assert store.get("a") == "A"  # now "b" is the least recently used
+    store.put("c", "C", 4)  # 12 bytes: "b" goes
+    assert "b" not in store and "a" in store and "c" in store
+    store.put("c", "C2", 6)  # replacing counts the new size only: 10 bytes, nothing dropped
+    assert len(store) == 2 and store.get("c") == "C2"
+    store.put("big", "BIG", 50)  # over the budget alone: everything else goes, the newest stays
+    assert len(store) == 1 and store.get("big") == "BIG"

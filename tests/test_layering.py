@@ -16,7 +16,7 @@ SRC = Path(graftlens.__file__).parent
 # Lower layers first. A unit may import itself and any unit of a strictly lower layer.
 LAYERS: list[set[str]] = [
     {"errors", "lazy"},
-    {"fileio"},
+    {"fileio", "bounded"},
     {"cache", "provenance", "configfiles", "positions"},
     {"models"},
     {"data"},

@@ -3,6 +3,7 @@ as UTF-8 text with one error naming the file and line when they are not."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     folders on the way). On any failure the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(21, "Is a directory", str(path))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

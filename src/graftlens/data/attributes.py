@@ -85,10 +85,8 @@ def attribute_token_ids(tokenizer, text: str, subject: str) -> frozenset[int]:
                 out.update(bare)
         return out
 
-    subject_words = _WORD.findall(subject)
-    subject_ids = starts(subject_words) | {
-        t for w in subject_words for v in (w, " " + w) for t in tokenizer.encode(v, add_special_tokens=False)
-    }
+    # Every token of the subject's words, bare or after a space (a superset of their starts).
+    subject_ids = {t for w in _WORD.findall(subject) for v in (w, " " + w) for t in tokenizer.encode(v, add_special_tokens=False)}
     keep = set()
     for token in starts(_content_words(text)) - subject_ids:
         piece = tokenizer.decode([token]).strip()

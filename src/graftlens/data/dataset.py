@@ -197,6 +197,7 @@ def _read_jsonl(path: Path, kind: type) -> list[dict]:
         raise DatasetError(f"dataset file {path} is missing")
     expected = set(kind.__dataclass_fields__)
     rows = []
+    ids: set[str] = set()
     for n, rec in jsonl_records(read_utf8(path), str(path)):
         if not isinstance(rec, dict) or set(rec) != expected:
             got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
@@ -206,12 +207,11 @@ def _read_jsonl(path: Path, kind: type) -> list[dict]:
                 _check_spans(value, f"{path}:{n}")
             elif not isinstance(value, str):
                 raise DatasetError(f"{path}:{n}: {key!r} must be a string, got {type(value).__name__} {value!r}")
+        if "id" in rec:
+            if rec["id"] in ids:
+                raise DatasetError(f"{path}: the id {rec['id']!r} appears more than once (ids must be unique)")
+            ids.add(rec["id"])
         rows.append(rec)
-    seen: dict[str, int] = {}
-    for n, rec in enumerate(rows, start=1):
-        if "id" in rec and rec["id"] in seen:
-            raise DatasetError(f"{path}: the id {rec['id']!r} appears more than once (ids must be unique)")
-        seen[rec.get("id", "")] = n
     return rows
 
 

@@ -157,8 +157,8 @@ def recipe_prompts(recipe: Recipe, dataset: FactDataset, tokenizer) -> list[Toke
 def check_configs(configs: list[RunConfig], models: dict[str, LoadedModel], prompts: list[TokenizedPrompt], pad_id: int) -> None:
     """Every configuration fits its model and every prompt (each method says what to check).
 
-    Run before scoring, so a bad recipe fails at once rather than after hours of sweeping."""
-    check_prompt_lengths(prompts, models)
+    Run before scoring, so a bad recipe fails at once rather than after hours of sweeping. (The
+    prompts' lengths are checked once, before any of them is scored: see ``check_prompt_lengths``.)"""
     all_batches = list(batches(prompts, 64, pad_id))
     for config in configs:
         check_config(config, models, all_batches)

@@ -11,12 +11,12 @@ restored after each continuation, so one prefix serves every configuration.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from graftlens.bounded import BoundedStore
 from graftlens.models.run import position_ids_for
 from graftlens.positions import Spans, resolve_positions
 
@@ -60,29 +60,21 @@ class PrefixCaches:
     """The plain KV caches of batches' prefixes, by key, up to ``max_bytes`` (oldest dropped first)."""
 
     def __init__(self, max_bytes: int = DEFAULT_PREFIX_BYTES):
-        self.max_bytes = max_bytes
-        self._store: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
-        self._bytes = 0
+        self._store: BoundedStore[object] = BoundedStore(max_bytes)
 
     def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The cache of ``model``'s plain forward over all but the last column (made on first use)."""
         from transformers import DynamicCache
 
         if key in self._store:
-            self._store.move_to_end(key)
-            return self._store[key][0]
+            return self._store.get(key)
         cache = DynamicCache(config=model.model.config)
         prefix_mask = attention_mask[:, :-1]
         with torch.no_grad():
             model.model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
                         position_ids=position_ids_for(attention_mask)[:, :-1], past_key_values=cache, use_cache=True,
                         logits_to_keep=1)  # fmt: skip
-        size = _cache_bytes(cache)
-        self._store[key] = (cache, size)
-        self._bytes += size
-        while self._bytes > self.max_bytes and len(self._store) > 1:
-            _, (_, old) = self._store.popitem(last=False)
-            self._bytes -= old
+        self._store.put(key, cache, _cache_bytes(cache))
         return cache
 
 

@@ -4,12 +4,12 @@ same prompts."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
+from graftlens.bounded import BoundedStore
 from graftlens.interventions.points import HEAD_POINTS, Point
 from graftlens.methods.base import (
     LayerSpec,
@@ -66,14 +66,12 @@ class CmapSweep(Sweep):
 class DonorActivations:
     """Donor activations per (donor, batch, point), reused across the configurations of a sweep.
 
-    CMAP sweeps patch many head sets from one donor run; the runner scores configuration after
-    configuration, so each batch's donor activations are kept (up to ``max_bytes``, oldest
-    dropped first) instead of being recomputed for every configuration."""
+    CMAP sweeps patch many head sets from one donor run; the runner scores every configuration of
+    a batch in turn, so each batch's donor activations are kept (up to ``max_bytes``, least
+    recently used dropped first) instead of being recomputed for every configuration."""
 
     def __init__(self, max_bytes: int = 2 << 30):
-        self.max_bytes = max_bytes
-        self._store: OrderedDict[tuple[str, tuple[str, ...], Point], torch.Tensor] = OrderedDict()
-        self._bytes = 0
+        self._store: BoundedStore[torch.Tensor] = BoundedStore(max_bytes)
 
     def get(self, name: str, donor: LoadedModel, batch: PromptBatch, points: list[Point]) -> ActivationCache:
         from graftlens.interventions.hooks import ActivationCache
@@ -84,19 +82,11 @@ class DonorActivations:
         if missing:
             _, cache = run_with_cache(donor, batch.input_ids, batch.attention_mask, missing, last_only=True)
             for p in missing:
-                self._put((name, key, p), cache[p])
+                self._store.put((name, key, p), cache[p], cache[p].numel() * cache[p].element_size())
         out = ActivationCache()
         for p in points:
-            self._store.move_to_end((name, key, p))
-            out[p] = self._store[(name, key, p)]
+            out[p] = self._store.get((name, key, p))
         return out
-
-    def _put(self, key: tuple[str, tuple[str, ...], Point], value: torch.Tensor) -> None:
-        self._store[key] = value
-        self._bytes += value.numel() * value.element_size()
-        while self._bytes > self.max_bytes and len(self._store) > 1:
-            _, old = self._store.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
 
 
 @register
