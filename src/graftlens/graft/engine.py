@@ -26,7 +26,7 @@ from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.run import run_logits
+from graftlens.models.run import call_sequence, run_logits
 from graftlens.positions import Spans
 
 DonorLike = LoadedModel | nn.Module | str | Path
@@ -99,18 +99,7 @@ class Grafter:
         return {name: w.bytes_held for name, w in self.donor_weights.items()}
 
     def _prepare(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            input_ids = kwargs.get("inputs_embeds")
-            if input_ids is None:
-                raise GraftlensError("grafting needs input_ids (or inputs_embeds) in the forward call")
-            input_ids = input_ids[..., 0]
-        past = kwargs.get("past_key_values")
-        cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
-        n_new = int(input_ids.shape[1])
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones((input_ids.shape[0], cached + n_new), dtype=torch.long, device=input_ids.device)
+        mask, cached, n_new = call_sequence(args, kwargs, "grafting")
         if mask.shape[1] != cached + n_new:
             raise GraftlensError(
                 f"grafting a cache continuation needs the attention mask of the whole sequence: "

@@ -35,6 +35,7 @@ from torch import nn
 
 from graftlens.errors import GraftlensError, LayerSelectionError
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import call_sequence
 from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 _PREFIX = "graftlens_knockout|"
@@ -187,11 +188,7 @@ def attention_knockout(
     block = _Block(edges)
 
     def resolve(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            shape = input_ids.shape[:2] if input_ids is not None else kwargs["inputs_embeds"].shape[:2]
-            mask = torch.ones(shape, dtype=torch.long, device=loaded.device)
+        mask, _, _ = call_sequence(args, kwargs, "attention knockout")
         block.edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
 
     outermost = not previous.startswith(_PREFIX)

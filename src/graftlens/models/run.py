@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from graftlens.errors import GraftlensError
 from graftlens.models.loading import LoadedModel
 
 
@@ -32,3 +33,23 @@ def run_logits(
     with torch.enable_grad() if grad else torch.no_grad():
         out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra)
     return out.logits
+
+
+def call_sequence(args: tuple, kwargs: dict, who: str) -> tuple[torch.Tensor, int, int]:
+    """What a hook on a model's ``forward`` needs of the call: ``(attention mask, cached, new)``.
+
+    The mask covers the whole sequence (``cached`` positions in ``past_key_values`` and the
+    ``new`` ones of ``input_ids``/``inputs_embeds``); when the call gives none, every position is
+    real. ``who`` names the caller in the error for a call without inputs."""
+    inputs = kwargs.get("input_ids", args[0] if args else None)
+    if inputs is None:
+        inputs = kwargs.get("inputs_embeds")
+        if inputs is None:
+            raise GraftlensError(f"{who} needs input_ids (or inputs_embeds) in the forward call")
+    past = kwargs.get("past_key_values")
+    cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+    new = int(inputs.shape[1])
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones((inputs.shape[0], cached + new), dtype=torch.long, device=inputs.device)
+    return mask, cached, new
