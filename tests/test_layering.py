@@ -76,6 +76,13 @@ def _files() -> list[Path]:
     return sorted(SRC.rglob("*.py"))
 
 
+def _in_fresh_interpreter(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a new Python process (nothing imported yet); it must succeed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_every_unit_has_a_layer() -> None:
     units = {_unit(_module_name(f)) for f in _files()}
     assert units - {FACADE} <= set(RANK), f"units without a layer: {sorted(units - {FACADE} - set(RANK))}"
@@ -145,8 +152,7 @@ def test_each_package_imports_alone() -> None:
         "    importlib.import_module(name)\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _in_fresh_interpreter(script)
     assert done.stdout.startswith("ok")
 
 
@@ -164,8 +170,7 @@ def test_importing_graftlens_changes_no_global_state() -> None:
         "assert set(ALL_ATTENTION_FUNCTIONS._global_mapping) == before\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_fresh_interpreter(script)
 
 
 def test_the_facade_is_lazy_and_every_public_name_resolves() -> None:
@@ -182,8 +187,7 @@ def test_the_facade_is_lazy_and_every_public_name_resolves() -> None:
         " 'UnknownComponentError', 'UnsupportedArchitectureError', '__version__'}\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_fresh_interpreter(script)
 
 
 def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
@@ -207,6 +211,5 @@ def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
         "assert not heavy, heavy\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _in_fresh_interpreter(script)
     assert "names model 'pree'" in done.stderr and done.stdout.strip().endswith("ok")
