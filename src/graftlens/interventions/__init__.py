@@ -1,4 +1,5 @@
-"""Activation-level methods: a hook layer, activation patching, CMAP, attention knockout, vocabulary projection."""
+"""Activation-level methods: a hook layer, activation patching, CMAP, attention knockout, vocabulary projection,
+path patching, mean-ablated circuits and learned head masks (DCM)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from graftlens.lazy import lazy_exports
 lazy_exports(
     globals(),
     {
+        "Circuit": "graftlens.interventions.circuits",
+        "CircuitError": "graftlens.interventions.circuits",
+        "HeadGroup": "graftlens.interventions.circuits",
+        "head_means": "graftlens.interventions.circuits",
+        "mean_ablated_logits": "graftlens.interventions.circuits",
+        "random_circuit": "graftlens.interventions.circuits",
+        "DcmSettings": "graftlens.interventions.masks",
+        "DesideratumBatch": "graftlens.interventions.masks",
+        "LearnedMask": "graftlens.interventions.masks",
+        "learn_mask": "graftlens.interventions.masks",
+        "desideratum_accuracy": "graftlens.interventions.masks",
+        "PathInputs": "graftlens.interventions.path_patching",
+        "PathPatchingError": "graftlens.interventions.path_patching",
+        "Receiver": "graftlens.interventions.path_patching",
+        "path_patched_logits": "graftlens.interventions.path_patching",
+        "path_patching": "graftlens.interventions.path_patching",
+        "top_heads": "graftlens.interventions.path_patching",
         "ActivationCache": "graftlens.interventions.hooks",
         "capture": "graftlens.interventions.hooks",
         "edit": "graftlens.interventions.hooks",
@@ -35,9 +53,11 @@ lazy_exports(
 )
 
 if TYPE_CHECKING:
+    from graftlens.interventions.circuits import Circuit, CircuitError, HeadGroup, head_means, mean_ablated_logits, random_circuit
     from graftlens.interventions.hooks import ActivationCache, capture, edit
     from graftlens.interventions.knockout import KnockoutError, attention_knockout, knockout_edges
     from graftlens.interventions.lens import point_logits, project
+    from graftlens.interventions.masks import DcmSettings, DesideratumBatch, LearnedMask, desideratum_accuracy, learn_mask
     from graftlens.interventions.patching import (
         Patch,
         PatchError,
@@ -48,29 +68,54 @@ if TYPE_CHECKING:
         run_logits,
         run_with_cache,
     )
+    from graftlens.interventions.path_patching import (
+        PathInputs,
+        PathPatchingError,
+        Receiver,
+        path_patched_logits,
+        path_patching,
+        top_heads,
+    )
     from graftlens.interventions.points import HEAD_POINTS, POINT_NAMES, Point, PointError, hook_site, parse_point
 
 __all__ = [
     "ActivationCache",
+    "Circuit",
+    "CircuitError",
+    "DcmSettings",
+    "DesideratumBatch",
     "HEAD_POINTS",
+    "HeadGroup",
     "KnockoutError",
+    "LearnedMask",
     "POINT_NAMES",
     "Patch",
     "PatchError",
     "PatchingSweep",
+    "PathInputs",
+    "PathPatchingError",
     "Point",
     "PointError",
+    "Receiver",
     "activation_patching",
     "attention_knockout",
     "capture",
     "cross_model_patched_logits",
+    "desideratum_accuracy",
     "edit",
+    "head_means",
     "hook_site",
     "knockout_edges",
+    "learn_mask",
+    "mean_ablated_logits",
     "parse_point",
     "patched_logits",
+    "path_patched_logits",
+    "path_patching",
     "point_logits",
     "project",
+    "random_circuit",
     "run_logits",
     "run_with_cache",
+    "top_heads",
 ]

@@ -130,7 +130,7 @@ class HookSite:
         if self.heads is not None:
             value = value.flatten(-2)
         if self.rows is None:
-            return value.to(x.dtype)
+            return value.to(x.dtype).contiguous()  # an edit may return a broadcast view
         out = x.clone()
         out[..., self.rows.to(x.device)] = value.to(x.dtype)
         return out

@@ -1,0 +1,191 @@
+"""Circuits of attention heads, and how faithful they are (Prakash et al., after Wang et al.).
+
+A :class:`Circuit` names groups of heads and the positions where each group works (value
+fetchers at the last token, position detectors at the query box label, ...). Evaluating a
+circuit *mean-ablates* every head outside it: at a position where some group works, the heads
+not in that group output their mean over reference prompts; at every other position, all heads
+do. Faithfulness is the circuit's accuracy over the full model's.
+
+Means are taken per position in prompt coordinates, so reference prompts and evaluated prompts
+must have the same length (entity-tracking prompts of one box count do).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError
+from graftlens.interventions.hooks import capture, edit
+from graftlens.interventions.points import Point
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
+from graftlens.positions import PositionsLike, Spans, resolve_positions
+
+Head = tuple[int, int]  # (layer, head)
+
+
+class CircuitError(GraftlensError):
+    """A circuit names an unknown group, a head out of range, or does not fit the prompts."""
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """Heads that work at ``positions`` (a selector in prompt coordinates, such as ``"LT"``)."""
+
+    heads: tuple[Head, ...]
+    positions: str
+
+    def __post_init__(self) -> None:
+        if len(set(self.heads)) != len(self.heads):
+            raise CircuitError(f"a head group names a head twice: {sorted(self.heads)}")
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """Named groups of heads (``{"value_fetchers": HeadGroup(...), ...}``), in order."""
+
+    groups: Mapping[str, HeadGroup]
+
+    def group(self, name: str) -> HeadGroup:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise CircuitError(f"the circuit has no group {name!r}; its groups: {', '.join(self.groups) or 'none'}") from None
+
+    def check(self, n_layers: int, n_heads: int) -> None:
+        for name, g in self.groups.items():
+            bad = [h for h in g.heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+            if bad:
+                raise CircuitError(
+                    f"group {name!r}: heads {bad} out of range (the model has layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
+                )
+
+    @property
+    def size(self) -> int:
+        return sum(len(g.heads) for g in self.groups.values())
+
+    def to_json(self) -> dict:
+        return {name: {"positions": g.positions, "heads": [list(h) for h in g.heads]} for name, g in self.groups.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Circuit:
+        try:
+            return cls({name: HeadGroup(tuple((int(h[0]), int(h[1])) for h in g["heads"]), str(g["positions"]))
+                        for name, g in data.items()})  # fmt: skip
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise CircuitError(
+                f"not a circuit: each group needs 'positions' and 'heads' as [layer, head] pairs ({exc!r})"
+            ) from None
+
+
+def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int) -> Circuit:
+    """A circuit with the same groups, positions and sizes, each group's heads drawn uniformly
+    *without replacement* from all ``n_layers × n_heads`` heads (independently per group).
+
+    (Prakash et al.'s released code drew with replacement and decoded ``index // n_layers``,
+    which is right only when the model has as many layers as heads.)"""
+    rng = random.Random(seed)
+    everything = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    groups = {}
+    for name, g in circuit.groups.items():
+        if len(g.heads) > len(everything):
+            raise CircuitError(f"group {name!r} has {len(g.heads)} heads; the model has only {len(everything)}")
+        groups[name] = HeadGroup(tuple(sorted(rng.sample(everything, len(g.heads)))), g.positions)
+    return Circuit(groups)
+
+
+def head_means(
+    model: LoadedModel | nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
+) -> dict[int, torch.Tensor]:
+    """Per layer, every head's mean output ``z`` per position over the prompts of ``batches``
+    (``(input_ids, attention_mask)`` pairs, all prompts of one length): ``{layer: [pos, head, d_head]}``."""
+    loaded = as_loaded(model)
+    points = [Point("z", layer) for layer in range(loaded.adapter.n_layers)]
+    sums: dict[int, torch.Tensor] = {}
+    count, length = 0, None
+    for ids, mask in batches:
+        lengths = (mask.sum(-1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])).tolist()
+        if len(set(lengths)) != 1 or (length is not None and lengths[0] != length):
+            raise CircuitError(
+                f"mean activations need prompts of one length; got lengths {sorted(set(lengths) | {length} - {None})}"
+            )
+        length = int(lengths[0])
+        with torch.no_grad(), capture(loaded, points) as cache:
+            run_logits(loaded, ids, mask, last_only=True)
+        for p in points:
+            z = cache[p][:, -length:].float().sum(0)  # [pos, head, d_head] (left padding: real tokens last)
+            sums[p.layer] = z if p.layer not in sums else sums[p.layer] + z
+        count += ids.shape[0]
+    if count == 0:
+        raise CircuitError("mean activations need at least one prompt")
+    return {layer: s / count for layer, s in sums.items()}
+
+
+def mean_ablation_edits(
+    n_layers: int,
+    n_heads: int,
+    circuit: Circuit | None,
+    means: Mapping[int, torch.Tensor],
+    attention_mask: torch.Tensor,
+    spans: Sequence[Spans] | None = None,
+) -> dict[Point, object]:
+    """The ``z`` edits that keep ``circuit``'s heads (at their groups' positions) and give every
+    other head at every position its mean. ``circuit=None`` keeps everything (no edit)."""
+    if circuit is None:
+        return {}
+    circuit.check(n_layers, n_heads)
+    batch, width = attention_mask.shape
+    keep = torch.zeros(n_layers, batch, width, n_heads, dtype=torch.bool)
+    for g in circuit.groups.values():
+        where = resolve_positions(g.positions, attention_mask, spans).cpu()  # [batch, pos]
+        for layer, head in g.heads:
+            keep[layer, :, :, head] |= where
+    lengths = attention_mask.sum(-1).tolist()
+    if len(set(lengths)) != 1 or int(lengths[0]) != next(iter(means.values())).shape[0]:
+        n = next(iter(means.values())).shape[0]
+        raise CircuitError(f"the mean activations are of {n}-token prompts; these prompts have {sorted(set(lengths))} tokens")
+    n = int(lengths[0])
+
+    def fn_for(layer: int):
+        mean = means[layer]  # [n, head, d_head]
+
+        def fn(z: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
+            full = z.clone()
+            full[:, -n:] = mean.to(z.device, z.dtype)
+            k = keep[layer].to(z.device)[..., None]
+            return torch.where(k, z, full)
+
+        return fn
+
+    return {Point("z", layer): fn_for(layer) for layer in range(n_layers)}
+
+
+def mean_ablated_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    circuit: Circuit | None,
+    means: Mapping[int, torch.Tensor],
+    spans: Sequence[Spans] | None = None,
+) -> torch.Tensor:
+    """Last-position logits ``[batch, vocab]`` with every head outside ``circuit`` mean-ablated."""
+    loaded = as_loaded(model)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    a = loaded.adapter
+    with edit(loaded, mean_ablation_edits(a.n_layers, a.n_heads, circuit, means, mask, spans)):
+        return run_logits(loaded, input_ids, attention_mask, last_only=True)[:, -1]
+
+
+def accuracy(logits: torch.Tensor, target_ids: torch.Tensor) -> float:
+    """Share of rows whose top token is the target."""
+    return float((logits.argmax(-1) == target_ids.to(logits.device)).float().mean())
+
+
+def circuit_positions(circuit: Circuit) -> list[PositionsLike]:
+    """The selectors a circuit's groups use (checked on every prompt before a run)."""
+    return [g.positions for g in circuit.groups.values()]

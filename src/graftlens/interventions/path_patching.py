@@ -1,0 +1,267 @@
+"""Path patching (Wang et al. 2023; Goldowsky-Dill et al. 2023), as Prakash et al. use it to find
+the entity-tracking circuit: the effect of one *sender* head's output, passed only through chosen
+*receivers*, from a *source* run into a *base* run.
+
+One path-patched forward is two runs of the model on the base input:
+
+1. **Sender run.** Every head's output (``z``) at every layer is frozen to its value in the base
+   run, except the sender's, which takes its value in the source run at the sender positions.
+   The change can then reach later layers only through the residual stream and the MLPs.
+2. **Receiver run** (when receivers are heads). The base run again, with only the receivers'
+   queries, keys or values, at the receiver positions, replaced by their values in the sender run.
+
+With ``receivers="logits"`` the sender run's logits are the result (the sender's effect on the
+output through no other head); with ``receivers="everything"`` nothing is frozen and the result is
+ordinary activation patching of the sender head. Prakash et al. patch the *corrupted* sender into
+the *clean* run and rank heads by the relative drop of the correct answer's probability,
+``(p_patched - p_clean) / p_clean``; :func:`path_patching` computes that score per head.
+
+Receivers of ``k``/``v`` under grouped-query attention are key/value heads: patching one changes
+every query head of its group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from graftlens.errors import GraftlensError
+from graftlens.interventions.hooks import ActivationCache, capture, edit
+from graftlens.interventions.points import Point
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
+from graftlens.positions import PositionsLike, Spans, resolve_positions
+
+Head = tuple[int, int]  # (layer, head)
+
+
+class PathPatchingError(GraftlensError):
+    """A sender, receiver or position set does not fit the model or the inputs."""
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The input ``point`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` at layer ``layer``."""
+
+    point: Literal["q", "k", "v"]
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"{self.point}.{self.layer}.{self.head}"
+
+
+Receivers = Literal["logits", "everything"] | Sequence[Receiver]
+
+
+@dataclass(frozen=True)
+class PathInputs:
+    """A base and a source input of equal batch size, with their masks and span annotations.
+
+    The two may differ in length: positions are selectors resolved on each input separately."""
+
+    base_ids: torch.Tensor  # LongTensor[batch, pos]
+    source_ids: torch.Tensor  # LongTensor[batch, pos']
+    base_mask: torch.Tensor | None = None  # LongTensor[batch, pos]
+    source_mask: torch.Tensor | None = None  # LongTensor[batch, pos']
+    base_spans: Sequence[Spans] | None = None
+    source_spans: Sequence[Spans] | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_ids.shape[0] != self.source_ids.shape[0]:
+            raise PathPatchingError(
+                "base and source inputs need one row each per example: "
+                f"{self.base_ids.shape[0]} and {self.source_ids.shape[0]} rows"
+            )
+
+    @property
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.base_mask if self.base_mask is not None else torch.ones_like(self.base_ids)
+        source = self.source_mask if self.source_mask is not None else torch.ones_like(self.source_ids)
+        return base, source
+
+
+def paired_positions(base_where: torch.Tensor, source_where: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
+    """``(rows, base positions, source positions)``: the i-th claimed position of each base row
+    paired with the i-th claimed position of the same source row (equal counts required)."""
+    rows, base_pos, source_pos = [], [], []
+    for b in range(base_where.shape[0]):
+        bp = base_where[b].nonzero().flatten()
+        sp = source_where[b].nonzero().flatten()
+        if len(bp) != len(sp) or len(bp) == 0:
+            raise PathPatchingError(
+                f"{what} positions: example {b} has {len(bp)} in the base input and {len(sp)} in the source input; "
+                "they must claim the same number (at least one) in each"
+            )
+        rows += [b] * len(bp)
+        base_pos.append(bp)
+        source_pos.append(sp)
+    return torch.tensor(rows, dtype=torch.long), torch.cat(base_pos), torch.cat(source_pos)
+
+
+def _check_head(adapter, layer: int, head: int, n_heads: int, what: str) -> None:
+    if not 0 <= layer < adapter.n_layers:
+        raise PathPatchingError(f"{what}: layer {layer} out of range (the model has layers 0..{adapter.n_layers - 1})")
+    if not 0 <= head < n_heads:
+        raise PathPatchingError(f"{what}: head {head} out of range (layer {layer} has heads 0..{n_heads - 1})")
+
+
+def head_outputs(
+    model: LoadedModel | nn.Module, ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, ActivationCache]:
+    """Last-position logits and every layer's per-head outputs ``z`` of one run."""
+    loaded = as_loaded(model)
+    points = [Point("z", layer) for layer in range(loaded.adapter.n_layers)]
+    with capture(loaded, points) as cache:
+        logits = run_logits(loaded, ids, mask, last_only=True)[:, -1]
+    return logits, cache
+
+
+def path_patched_logits(
+    model: LoadedModel | nn.Module,
+    inputs: PathInputs,
+    sender: Head | None,
+    *,
+    sender_positions: PositionsLike = "LT",
+    source_positions: PositionsLike | None = None,
+    receivers: Receivers = "logits",
+    receiver_positions: PositionsLike = "LT",
+    base_cache: ActivationCache | None = None,
+    source_cache: ActivationCache | None = None,
+) -> torch.Tensor:
+    """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
+    passed only through ``receivers`` (see the module docstring).
+
+    ``sender=None`` patches nothing: the result is the base run. ``source_positions`` (default:
+    ``sender_positions``) are where the sender's value is read in the source run. ``base_cache``
+    and ``source_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs."""
+    loaded = as_loaded(model)
+    adapter = loaded.adapter
+    base_mask, source_mask = inputs.masks
+    if base_cache is None:
+        _, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask)
+    layers = range(adapter.n_layers)
+    edits = {}
+    if receivers != "everything":
+        for layer in layers:  # every head frozen to the base run ...
+            edits[Point("z", layer)] = _replace_with(base_cache[Point("z", layer)])
+    if sender is not None:  # ... but the sender
+        layer, head = sender
+        _check_head(adapter, layer, head, adapter.n_heads, "sender")
+        if source_cache is None or Point("z", layer) not in source_cache:
+            _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+        where_base = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+        where_source = resolve_positions(
+            sender_positions if source_positions is None else source_positions, source_mask, inputs.source_spans
+        )
+        rows, bpos, spos = paired_positions(where_base, where_source, "sender")
+        value = source_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
+        frozen = edits.get(Point("z", layer))
+        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value)
+
+    receiver_points: dict[Point, list[int]] = {}
+    if not isinstance(receivers, str):
+        for r in receivers:
+            if r.point not in ("q", "k", "v"):
+                raise PathPatchingError(f"receiver {r}: a receiver reads a head's q, k or v, not {r.point!r}")
+            _check_head(adapter, r.layer, r.head, adapter.n_heads if r.point == "q" else adapter.n_kv_heads, f"receiver {r}")
+            receiver_points.setdefault(Point(r.point, r.layer), []).append(r.head)
+
+    with edit(loaded, edits), capture(loaded, receiver_points) as sent:
+        logits = run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+    if not receiver_points:
+        return logits
+    where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
+    receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
+    with edit(loaded, receiver_edits):
+        return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+
+
+def _replace_with(value: torch.Tensor):
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return value.to(x.device, x.dtype)
+
+    return fn
+
+
+def _sender_edit(frozen, rows: torch.Tensor, positions: torch.Tensor, head: int, value: torch.Tensor):
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = (frozen(x) if frozen is not None else x).clone()  # [batch, pos, head, d_head]
+        out[rows.to(x.device), positions.to(x.device), head] = value.to(x.device, x.dtype)
+        return out
+
+    return fn
+
+
+def _receiver_edit(sent: torch.Tensor, where: torch.Tensor, heads: list[int]):
+    def fn(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
+        chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+        chosen[heads] = True
+        mask = where.to(x.device)[:, :, None, None] & chosen[None, None, :, None]
+        return torch.where(mask, sent.to(x.device, x.dtype), x)
+
+    return fn
+
+
+@dataclass(frozen=True)
+class PathPatchingScores:
+    """Per sender head: the mean relative change of the target's probability,
+    ``(p_patched - p_base) / p_base`` (``scores[layer, head]``), and the base probability."""
+
+    scores: torch.Tensor  # [layer, head]
+    base_prob: torch.Tensor  # [batch]
+
+    def top(self, k: int, largest: bool = False) -> list[Head]:
+        """The ``k`` heads with the most negative scores (or the largest with ``largest``)."""
+        return top_heads(self.scores, k, largest)
+
+
+def top_heads(scores: torch.Tensor, k: int, largest: bool = False) -> list[Head]:
+    """The ``k`` heads of ``scores[layer, head]`` ranked first (most negative unless ``largest``),
+    ties broken by (layer, head) order."""
+    n_heads = scores.shape[1]
+    flat = scores.flatten()
+    if not 0 <= k <= flat.numel():
+        raise PathPatchingError(f"cannot pick {k} heads among {flat.numel()}")
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]) if largest else float(flat[i]), i))
+    return [(i // n_heads, i % n_heads) for i in order[:k]]
+
+
+def target_probs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits)[b, target_ids[b]]`` for last-position logits ``[batch, vocab]``."""
+    return logits.float().softmax(-1).gather(1, target_ids[:, None].to(logits.device))[:, 0]
+
+
+def path_patching(
+    model: LoadedModel | nn.Module,
+    inputs: PathInputs,
+    target_ids: torch.Tensor,
+    *,
+    senders: Sequence[Head] | None = None,
+    sender_positions: PositionsLike = "LT",
+    source_positions: PositionsLike | None = None,
+    receivers: Receivers = "logits",
+    receiver_positions: PositionsLike = "LT",
+) -> PathPatchingScores:
+    """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
+    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked."""
+    loaded = as_loaded(model)
+    adapter = loaded.adapter
+    with torch.no_grad():
+        base_logits, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask)
+        _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+        base_prob = target_probs(base_logits, target_ids)
+        scores = torch.zeros(adapter.n_layers, adapter.n_heads)
+        if senders is None:
+            senders = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
+        for layer, head in senders:
+            logits = path_patched_logits(
+                loaded, inputs, (layer, head), sender_positions=sender_positions, source_positions=source_positions,
+                receivers=receivers, receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache,
+            )  # fmt: skip
+            scores[layer, head] = ((target_probs(logits, target_ids) - base_prob) / base_prob).mean()
+    return PathPatchingScores(scores, base_prob)
