@@ -221,3 +221,48 @@ def test_entity_tracking_is_seeded_and_consistent(text_tokenizer):
         assert tokenizer.decode(p.input_ids[s:e]).strip() == ex.boxes[query]
     with pytest.raises(DatasetError, match="single-token"):
         make_entity_tracking(text_tokenizer, 3, n_boxes=5)
+
+
+def _letters_tokenizer():
+    from conftest import make_text_tokenizer
+    from graftlens.data.entity_tracking import OBJECTS
+
+    return make_text_tokenizer([" ".join(OBJECTS) * 3, " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3] * 20, vocab_size=400)
+
+
+def test_entity_tracking_pairs_follow_their_definitions():
+    from graftlens.data.entity_tracking import make_pairs, mean_reference, vocabulary
+
+    tokenizer = _letters_tokenizer()
+    train, test = vocabulary(tokenizer, "train"), vocabulary(tokenizer, "test")
+    assert not set(train.objects) & set(test.objects) and not set(train.labels) & set(test.labels)
+    assert len(test.labels) >= 8
+
+    def scene(ex):
+        query = ex.prompt[slice(*ex.char_spans["query_box"])]
+        return ex.boxes, query, ex.query_index, list(ex.boxes)
+
+    for kind in ("corrupted", "position", "object", "box_label"):
+        pairs = make_pairs(tokenizer, kind, 30, n_boxes=4, seed=3, half="test")
+        assert pairs == make_pairs(tokenizer, kind, 30, n_boxes=4, seed=3, half="test")
+        prompts = tokenize_entity_tracking(pairs, tokenizer)
+        assert len({len(p.input_ids) for p in prompts} | {len(p.meta["source"].input_ids) for p in prompts}) == 1
+        for ex, p in zip(pairs, prompts):
+            boxes, query, qi, labels = scene(ex)
+            s_boxes, s_query, s_qi, s_labels = scene(ex.source)
+            assert set(boxes.values()) <= set(test.objects) and set(labels) <= set(test.labels)
+            assert len(set(s_labels)) == 4 and len(p.target_ids) == 1
+            assert p.meta["template"] == ("4 boxes" if kind == "corrupted" else kind)
+            if kind == "corrupted":
+                assert s_query not in s_labels and s_qi != qi and ex.target == " " + boxes[query]
+            elif kind == "position":
+                assert s_qi != qi and ex.target == " " + boxes[labels[s_qi]]
+            elif kind == "object":
+                assert s_qi != qi and ex.target == " " + s_boxes[s_query]
+            else:
+                assert s_query in labels and s_query != query and ex.target == " " + boxes[s_query]
+                assert s_labels[s_qi] == s_query
+    for ex in mean_reference(tokenizer, 10, 4, half="test"):
+        assert scene(ex)[1] not in scene(ex)[3]
+    with pytest.raises(DatasetError, match="unknown entity-tracking pair kind 'shuffle'"):
+        make_pairs(tokenizer, "shuffle", 3)
