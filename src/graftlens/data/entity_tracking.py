@@ -176,7 +176,7 @@ def make_pairs(
             labels[other] = taken
             source = Scene(source.objects, tuple(labels), other, taken)
             answer = base.objects[other]
-        sid = f"{kind}-{seed}-{i:04d}"
+        sid = f"{kind}-{n_boxes}b-{seed}-{i:04d}"
         src = _example(sid + "-source", source, source.objects[source.query])
         out.append(_example(sid, base, answer, kind, src))
     return out
@@ -191,7 +191,7 @@ def mean_reference(tokenizer, n_examples: int, n_boxes: int, seed: int = 0, half
     for i in range(n_examples):
         scene = _scene(vocab, n_boxes, rng)
         scene = replace(scene, query_label=rng.choice([x for x in vocab.labels if x not in scene.labels]))
-        out.append(_example(f"mean-{seed}-{i:04d}", scene, scene.objects[scene.query]))
+        out.append(_example(f"mean-{n_boxes}b-{seed}-{i:04d}", scene, scene.objects[scene.query]))
     return out
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from graftlens.configfiles import read_yaml_mapping, validated
 from graftlens.data.facts import DIRECTIONS
@@ -30,12 +30,46 @@ __all__ = ["ConfigSpec", "Recipe", "RecipeError", "RunConfig", "load_recipe", "s
 SHIPPED = Path(__file__).parent / "recipes"
 
 
+def _without_unset_options(handler, value, names: tuple[str, ...]) -> dict:
+    """A dump without the options added later when they are unset, so the run ids (hashes of the
+    dumped recipe) of recipes written before them stay what they were."""
+    out = handler(value)
+    for name in names:
+        if out.get(name) is None:
+            out.pop(name, None)
+    return out
+
+
+class EntityTrackingData(Strict):
+    """Entity-tracking prompts (:mod:`graftlens.data.entity_tracking`): ``examples`` per box count
+    in ``boxes``, from the ``half`` of the objects and labels an entity-tracking finetune never sees.
+
+    ``pairs`` gives each prompt a source prompt: ``corrupted`` (path patching) or desiderata
+    (``position``, ``object``, ``box_label``: one prompt set per desideratum, DCM)."""
+
+    boxes: list[int] = Field([2, 3, 4, 5, 6, 7], min_length=1)
+    examples: int = Field(100, ge=1)
+    seed: int = 0
+    half: Literal["all", "train", "test"] = "test"
+    pairs: list[Literal["corrupted", "position", "object", "box_label"]] = ["corrupted"]
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if n < 2]
+        if bad:
+            raise ValueError(f"entity tracking needs at least 2 boxes; got {bad}")
+        return v
+
+
 class DataSpec(Strict):
-    """Generated facts (``kind``, ``facts``, ``seed``), an existing dataset directory (``dir``), or
-    well-known facts (``known_facts``: ``shipped`` or a JSONL file) for the activation-level methods."""
+    """Generated facts (``kind``, ``facts``, ``seed``), an existing dataset directory (``dir``),
+    well-known facts (``known_facts``: ``shipped`` or a JSONL file) for the activation-level
+    methods, or entity-tracking prompts (``entity_tracking``)."""
 
     dir: str | None = None
     known_facts: str | None = None
+    entity_tracking: EntityTrackingData | None = None
     kind: str = "fake_actors"
     facts: int = Field(12, ge=1)
     seed: int = 0
@@ -49,16 +83,34 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if self.dir is not None and self.known_facts is not None:
-            raise ValueError("give at most one of 'dir' or 'known_facts'")
+        if sum(x is not None for x in (self.dir, self.known_facts, self.entity_tracking)) > 1:
+            raise ValueError("give at most one of 'dir', 'known_facts' or 'entity_tracking'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        return _without_unset_options(handler, self, ("entity_tracking",))
 
 
 class FinetuneSpec(Strict):
-    """Finetune model ``base`` of the recipe on the recipe's data with ``settings``."""
+    """Finetune model ``base`` of the recipe on the recipe's data with ``settings``, or, with
+    ``task``, on ``examples`` texts of a task (:mod:`graftlens.data.tasks`: ``arithmetic``, the
+    Goat analogue of Prakash et al., or ``entity_tracking`` on the vocabulary's train half)."""
 
     base: str
     settings: FinetuneConfig = FinetuneConfig()
+    task: Literal["arithmetic", "entity_tracking"] | None = None
+    examples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _examples_need_a_task(self) -> FinetuneSpec:
+        if self.examples is not None and self.task is None:
+            raise ValueError("'examples' sets the size of a task finetune: give 'task' too")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        return _without_unset_options(handler, self, ("task", "examples"))
 
 
 class ModelSpec(Strict):
@@ -141,10 +193,13 @@ class Recipe(Strict):
             for name in s.model_references():
                 known(name, f"{s.kind} sweep")
             s.check_in_recipe(plain)
-        if self.data.known_facts is not None:
-            tuned = [name for name, spec in self.models.items() if spec.finetune is not None]
+        if self.data.known_facts is not None or self.data.entity_tracking is not None:
+            tuned = [name for name, spec in self.models.items() if spec.finetune is not None and spec.finetune.task is None]
             if tuned:
-                raise ValueError(f"models {', '.join(tuned)} finetune on the data, but known facts have no training documents")
+                what = "known facts" if self.data.known_facts is not None else "entity-tracking prompts"
+                raise ValueError(
+                    f"models {', '.join(tuned)} finetune on the data, but {what} have no training documents (give a 'task')"
+                )
         seen: set[str] = set()
         for rc in self.expanded(n_layers=None):
             if rc.name in seen:
@@ -154,7 +209,7 @@ class Recipe(Strict):
             raise ValueError("the recipe has no configurations: add 'configs' or 'sweeps'")
         return self
 
-    def expanded(self, n_layers: int | None) -> list[RunConfig]:
+    def expanded(self, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         """Every configuration, in order: the written ones, then each sweep's.
 
         Sweeps whose method needs the model's depth (layer windows, knockout, lens) are left out
@@ -164,9 +219,10 @@ class Recipe(Strict):
         out = written.expand_written(self.configs, self.recipient)
         for s in self.sweeps:
             method = method_for(s.kind)
-            if method.needs_depth and n_layers is None:
+            if (method.needs_depth and n_layers is None) or (method.needs_heads and n_heads is None):
                 continue
-            out.extend(method.expand(s, s.recipient or self.recipient, n_layers))
+            sized = {"n_heads": n_heads} if method.needs_heads else {}
+            out.extend(method.expand(s, s.recipient or self.recipient, n_layers, **sized))
         return out
 
     def content_hash(self) -> str:

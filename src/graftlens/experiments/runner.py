@@ -126,7 +126,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         check_prompt_lengths(prompts, models)
         if recipe.eval.only_correct:
             prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
-        configs = recipe.expanded(n_layers=recipient.adapter.n_layers)
+        configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)
         check_configs(configs, models, prompts, pad)
         attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
 
@@ -170,18 +170,19 @@ def _score_all(
     """Score every (configuration, batch) not yet in the store. With ``attributes`` (prompt id →
     attribute token ids), each row also stores its attribute rate.
 
-    Batch by batch, every configuration of a batch in turn: what configurations share for a batch
-    (the recipient's prefix cache, a donor's activations) is made once and then dropped, so it
-    never has to be kept for every batch at once."""
+    Phase by phase (most recipes have one), then batch by batch, every configuration of a batch in
+    turn: what configurations share for a batch (the recipient's prefix cache, a donor's
+    activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    context = Context(models)
+    context = Context(models, results=lambda names: store.target_probs(run_id, names))
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     done = {config.name: store.done(run_id, config.name) for config in configs}
     readouts: dict[str, LastLogits] = {}
-    for batch in work:
+    phases = sorted({c.phase for c in configs})
+    for batch, phase_configs in ((b, [c for c in configs if c.phase == ph]) for ph in phases for b in work):
         ids = {p.id for p in batch.prompts}
-        for config in configs:
+        for config in phase_configs:
             if ids <= done[config.name]:
                 done_units += len(ids)
                 continue

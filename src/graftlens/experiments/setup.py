@@ -14,14 +14,18 @@ import torch
 from graftlens.data.attributes import SUBJECT_TEXTS, load_subject_texts, subject_attribute_sets
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.defaults import cached_dataset
+from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.data.known_facts import KnownFact, load_known_facts, tokenize_known_facts
 from graftlens.data.prompts import TokenizedPrompt, check_tokenizer_fits, tokenizer_fingerprint
+from graftlens.data.tasks import task_dataset
 from graftlens.eval.batching import batches
 from graftlens.eval.scoring import plain_last_logits, score_logits
-from graftlens.experiments.recipe import Recipe
+from graftlens.experiments.recipe import EntityTrackingData, Recipe
 from graftlens.methods import RecipeError, RunConfig, check_config
 from graftlens.models import LoadedModel, load_model
 from graftlens.train import finetune
+
+TASK_EXAMPLES = 2000  # training texts of a task finetune when the recipe does not say
 
 FinetuneProgress = Callable[[str, int, int, float], None]  # (model name, step, total steps, loss)
 
@@ -35,6 +39,7 @@ class RecipeData:
     dataset: FactDataset | None = None
     dataset_dir: Path | None = None
     known: list[KnownFact] | None = None
+    entity_tracking: EntityTrackingData | None = None
     subject_texts: dict[str, str] | None = None  # for the attribute rate (known facts only)
 
     def attribute_sets(self, prompts: list[TokenizedPrompt], tokenizer) -> dict[str, frozenset[int]]:
@@ -48,6 +53,8 @@ class RecipeData:
     def prompts(self, recipe: Recipe, tokenizer) -> list[TokenizedPrompt]:
         if self.known is not None:
             return tokenize_known_facts(self.known, tokenizer)
+        if self.entity_tracking is not None:
+            return entity_tracking_prompts(self.entity_tracking, recipe, tokenizer)
         assert self.dataset is not None
         return recipe_prompts(recipe, self.dataset, tokenizer)
 
@@ -68,6 +75,10 @@ def recipe_data(recipe: Recipe, base_dir: Path | None = None) -> RecipeData:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         manifest.update({"content_hash": digest, "n_facts": len(known)})
         return RecipeData(digest, manifest, known=known, subject_texts=texts)
+    if spec.entity_tracking is not None:
+        dumped = spec.entity_tracking.model_dump(mode="json")
+        digest = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+        return RecipeData(digest, {"entity_tracking": dumped, "content_hash": digest}, entity_tracking=spec.entity_tracking)
     dataset, directory = recipe_dataset(recipe, base_dir)
     manifest = {
         "dir": str(directory),
@@ -106,7 +117,8 @@ def prepare_models(
             sources[name] = {"spec": spec.spec}
             continue
         assert spec.finetune is not None
-        if dataset_dir is None:
+        task = spec.finetune.task
+        if dataset_dir is None and task is None:
             raise RecipeError(f"model {name!r} finetunes on the recipe's data, which has no training documents")
         base_source = sources[spec.finetune.base]
         base_spec = base_source.get("checkpoint", base_source.get("spec"))
@@ -115,12 +127,18 @@ def prepare_models(
             if finetune_progress is not None:
                 finetune_progress(_name, step, total, loss)
 
-        result = finetune(base_spec, dataset_dir, spec.finetune.settings, device=device, progress=report)
+        data: FactDataset | Path | None = dataset_dir
+        if task is not None:
+            n = spec.finetune.examples or TASK_EXAMPLES
+            data = task_dataset(task, models[spec.finetune.base].tokenizer, n, seed=spec.finetune.settings.seed)
+        assert data is not None
+        result = finetune(base_spec, data, spec.finetune.settings, device=device, progress=report)
         models[name] = load_model(result.path, device=device)
         sources[name] = {
             "checkpoint": str(result.path),
             "finetuned_from": spec.finetune.base,
             "settings": spec.finetune.settings.model_dump(mode="json"),
+            **({"task": task, "examples": spec.finetune.examples or TASK_EXAMPLES} if task else {}),
             "reused": result.reused,
         }
     _check_shared_tokenizer(models)
@@ -135,6 +153,24 @@ def _check_shared_tokenizer(models: dict[str, LoadedModel]) -> None:
             raise RecipeError(f"models {first!r} and {name!r} have different tokenizers; grafting needs one vocabulary")
     for name, m in models.items():
         check_tokenizer_fits(m.model, m.tokenizer, f"model {name!r}")
+
+
+def entity_tracking_prompts(spec: EntityTrackingData, recipe: Recipe, tokenizer) -> list[TokenizedPrompt]:
+    """Every box count's pairs of every kind the recipe asks for (templates: ``"N boxes"`` for
+    corrupted pairs, the desideratum's name otherwise)."""
+    examples = [
+        e for kind in spec.pairs for n in spec.boxes for e in make_pairs(tokenizer, kind, spec.examples, n, spec.seed, spec.half)
+    ]
+    prompts = tokenize_entity_tracking(examples, tokenizer)
+    if recipe.eval.templates is not None:
+        known = sorted({str(p.meta["template"]) for p in prompts})
+        for t in recipe.eval.templates:
+            if t not in known:
+                raise RecipeError(
+                    f"eval.templates names {t!r}, which the entity-tracking prompts have none of; they have: {', '.join(known)}"
+                )
+        prompts = [p for p in prompts if p.meta["template"] in recipe.eval.templates]
+    return prompts
 
 
 def recipe_prompts(recipe: Recipe, dataset: FactDataset, tokenizer) -> list[TokenizedPrompt]:

@@ -96,6 +96,9 @@ class RunConfig:
     coords: dict[str, str] = field(default_factory=dict, compare=False)
     method: Strict | None = None
     kind: str = "configs"
+    # Configurations are scored phase by phase: a readout may read the stored results of earlier
+    # phases (path patching picks a stage's receivers from the stage before it).
+    phase: int = field(default=0, compare=False)
 
     @property
     def plain(self) -> bool:
@@ -114,4 +117,5 @@ class RunConfig:
             "grafts": [g.model_dump(mode="json") for g in self.grafts],
             "coords": self.coords,
             "method": self.method.model_dump(mode="json") if self.method is not None else None,
+            **({"phase": self.phase} if self.phase else {}),
         }

@@ -38,6 +38,9 @@ class Context:
     method keeps between its configurations (e.g. donor activations), by key."""
 
     models: Mapping[str, LoadedModel]
+    # ``results(config names) -> {config: {example: target probability}}``: what the store holds
+    # (every configuration of an earlier phase is complete when a later phase starts).
+    results: Callable[[Sequence[str]], dict[str, dict[str, float]]] | None = None
     _state: dict[str, Any] = field(default_factory=dict)
 
     def state(self, key: str, make: Callable[[], Any]) -> Any:
@@ -63,6 +66,7 @@ class Method:
     kind: ClassVar[str]
     sweep: ClassVar[type[Sweep] | None] = None  # its part under `sweeps:` (None: configurations written out)
     needs_depth: ClassVar[bool] = False  # expansion needs the model's number of layers
+    needs_heads: ClassVar[bool] = False  # expansion also needs its heads per layer (``expand(..., n_heads=)``)
 
     def expand(self, sweep: Sweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
         """The configurations of one sweep (``n_layers`` is None before the models are loaded;

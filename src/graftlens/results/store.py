@@ -193,6 +193,14 @@ class ResultsStore:
         )
         return [ResultRow(*row[:8], tuple(json.loads(row[8])), json.loads(row[9])) for row in cur.fetchall()]
 
+    def target_probs(self, run: str, configs: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{config: {example: target probability}}`` of the results stored so far for ``configs``."""
+        out: dict[str, dict[str, float]] = {c: {} for c in configs}
+        for c in configs:
+            cur = self._conn.execute("SELECT example, target_prob FROM results WHERE run = ? AND config = ?", (run, c))
+            out[c] = dict(cur.fetchall())
+        return out
+
     def total(self) -> int:
         """Results of any run in this store."""
         return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
