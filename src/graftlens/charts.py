@@ -179,3 +179,52 @@ def patching_heatmap(sweep, columns: Sequence[str] | None = None, title: str | N
     values = {(rows[i], cols[j]): float(recovered[i, j]) for i in range(n_layers) for j in range(n_cols)}
     title = title or f"activation patching of {sweep.point_name}: share of the clean run recovered"
     return heatmap(title, rows, cols, values, "recovered (clean = 1)", sweep.by, "layer")
+
+
+def head_heatmap(title: str, scores: np.ndarray, selected: Sequence[tuple[int, int]], label: str) -> Figure:
+    """A layer × head grid of ``scores[layer, head]`` on a diverging scale centred on 0, the
+    ``selected`` heads outlined (path patching: the heads a stage picks)."""
+    n_layers, n_heads = scores.shape
+    fig, ax = _figure((max(4.5, 0.42 * n_heads + 2.6), max(3.2, 0.2 * n_layers + 1.4)))
+    finite = np.abs(scores[np.isfinite(scores)])
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    im = ax.imshow(scores, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    for layer, head in selected:
+        ax.add_patch(_outline(head, layer))
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 15)))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+    return fig
+
+
+def _outline(x: int, y: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.4)
+
+
+def circuit_diagram(
+    title: str, groups: Sequence[tuple[str, str, Sequence[tuple[int, int]]]], edges: Sequence[tuple[int, int, str]]
+) -> Figure:
+    """Head groups as boxes from left to right (``(name, positions, heads)``), arrows ``(from,
+    to, label)`` between them (group indices; ``len(groups)`` is the output logits)."""
+    n = len(groups)
+    fig, ax = _figure((max(7.0, 2.6 * (n + 1)), 3.6))
+    ax.set_xlim(-0.5, n + 0.5)
+    ax.set_ylim(-1.2, 1.2)
+    ax.axis("off")
+    colors = colormaps["tab10"].colors
+    for i, (name, positions, heads) in enumerate(groups):
+        listed = ", ".join(f"{la}.{h}" for la, h in heads[:12]) + (" …" if len(heads) > 12 else "")
+        text = f"{name}\n@ {positions}\n{len(heads)} heads\n" + "\n".join(textwrap.wrap(listed, 22))
+        box = {"boxstyle": "round,pad=0.5", "facecolor": (*colors[i % 10][:3], 0.18), "edgecolor": colors[i % 10]}
+        ax.text(i, 0, text, ha="center", va="center", fontsize=7.5, bbox=box)
+    ax.text(n, 0, "logits", ha="center", va="center", fontsize=9, bbox={"boxstyle": "round,pad=0.5", "facecolor": "white"})
+    for a, b, label in edges:
+        ax.annotate("", xy=(b - 0.38, 0.0), xytext=(a + 0.38, 0.0), arrowprops={"arrowstyle": "->", "linewidth": 1.3})
+        ax.text((a + b) / 2, 0.18, label, ha="center", va="bottom", fontsize=7.5)
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    return fig

@@ -95,6 +95,15 @@ class Method:
         """Extra tables of one group in the report (none by default)."""
         return []
 
+    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
+        """Text files the report writes next to itself for one group (``{name: text}``; none by
+        default): what a later recipe can read back, such as a found circuit."""
+        return {}
+
+    #: Whether the report lists the method's configurations one by one in its summary tables
+    #: (a sweep of hundreds of heads is shown as its heat map instead).
+    summarised: ClassVar[bool] = True
+
 
 _METHODS: dict[str, Method] = {}
 

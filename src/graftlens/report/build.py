@@ -42,3 +42,12 @@ def method_tables(run: RunData) -> list[Table]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower() or "group"
+
+
+def method_files(run: RunData) -> dict[str, str]:
+    """The text files every group's method writes next to the report (a found circuit, ...)."""
+    out: dict[str, str] = {}
+    for group, configs in run.groups().items():
+        if configs:
+            out.update(group_method(configs).files(run, group, configs))
+    return out

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from graftlens.charts import METRIC_LABELS
 from graftlens.fileio import write_text_atomic
-from graftlens.methods import Table
-from graftlens.report.build import make_figures, method_tables
+from graftlens.methods import Table, method_for
+from graftlens.report.build import make_figures, method_files, method_tables
 from graftlens.results.metrics import Estimate
 from graftlens.results.rundata import RunData, StoredConfig, load_run
 
@@ -39,6 +39,8 @@ def write_report(run_dir: str | Path) -> Path:
     """Draw the figures and write ``run_dir/report.html``; returns its path."""
     run = load_run(run_dir)
     saved = make_figures(run)
+    for name, text in method_files(run).items():
+        write_text_atomic(run.run_dir / name, text)
     figures_html = "\n".join(_figure(f.png, f.title) for f in saved)
     html = _page(run, figures_html)
     path = run.run_dir / REPORT_NAME
@@ -95,13 +97,19 @@ def _cell(e: Estimate | int | None, digits: int = 3) -> str:
     return f"<td>{e.value:.{digits}f} <span class='ci'>[{e.lo:.{digits}f}, {e.hi:.{digits}f}]</span></td>"
 
 
+def _listed(run: RunData) -> list[StoredConfig]:
+    """The configurations the summary tables list one by one (not those of head-by-head sweeps)."""
+    return [c for c in run.configs if method_for(c.kind).summarised]
+
+
 def _summary_table(run: RunData) -> str:
     metrics = ("top1", "top5", "top10", "mean_prob", "mean_rank")
     metrics += (run.metric,) if run.metric not in metrics else ()
-    table = run.summary(("config",), metrics)
+    listed = _listed(run)
+    table = run.summary(("config",), metrics, {c.name for c in listed})
     head = "".join(f"<th>{escape(METRIC_LABELS[k])}</th>" for k in metrics)
     rows = []
-    for c in run.configs:
+    for c in listed:
         entry = table.get((c.name,))
         if entry is None:
             continue
@@ -114,11 +122,12 @@ def _summary_table(run: RunData) -> str:
 
 
 def _split_table(run: RunData, *keys: str) -> str:
-    table = run.summary(("config", *keys), (run.metric,))
+    listed = _listed(run)
+    table = run.summary(("config", *keys), (run.metric,), {c.name for c in listed})
     columns = list(dict.fromkeys(tuple(getattr(r, k) for k in keys) for r in run.rows))
     head = "".join(f"<th>{escape(' · '.join(c))}</th>" for c in columns)
     rows = []
-    for c in run.configs:
+    for c in listed:
         cells = "".join(_cell(table.get((c.name, *col), {}).get(run.metric)) for col in columns)
         rows.append(f"<tr><td>{escape(c.name)}</td>{cells}</tr>")
     return f"<table><thead><tr><th>configuration</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

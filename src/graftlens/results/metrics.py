@@ -99,3 +99,26 @@ def relative_change(rows: Sequence[ResultRow], baseline: Sequence[ResultRow], n_
     values = np.array([100.0 * (r.target_prob / base[r.example] - 1.0) for r in rows if base.get(r.example, 0) > 0])
     lo, hi = bootstrap_ci(values, n_boot, seed)
     return Estimate(float(values.mean()) if len(values) else float("nan"), lo, hi)
+
+
+def ratio_estimate(rows: Sequence[ResultRow], baseline: Sequence[ResultRow], n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Top-1 accuracy of ``rows`` over that of ``baseline`` (faithfulness), with a bootstrap
+    interval: prompts resampled together when both score the same prompts, separately otherwise."""
+    num = np.array([r.hit(1) for r in rows], dtype=float)
+    den = np.array([r.hit(1) for r in baseline], dtype=float)
+    value = float(num.mean() / den.mean()) if len(num) and den.mean() > 0 else float("nan")
+    if n_boot <= 0 or not len(num) or not len(den):
+        return Estimate(value, value, value)
+    rng = np.random.default_rng(seed)
+    paired = [r.example for r in rows] == [r.example for r in baseline]
+    ratios = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(num), len(num))
+        j = i if paired else rng.integers(0, len(den), len(den))
+        d = den[j].mean()
+        if d > 0:
+            ratios.append(num[i].mean() / d)
+    if not ratios:
+        return Estimate(value, float("nan"), float("nan"))
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return Estimate(value, float(lo), float(hi))

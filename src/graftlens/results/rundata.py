@@ -94,8 +94,10 @@ class RunData:
             out.setdefault(c.group, []).append(c)
         return out
 
-    def summary(self, keys=("config",), metrics=("top1", "top5", "top10", "mean_prob", "mean_rank")):
-        return summary(self.rows, keys, metrics, self.n_boot, self.seed)
+    def summary(self, keys=("config",), metrics=("top1", "top5", "top10", "mean_prob", "mean_rank"), configs=None):
+        """Estimates per group of ``keys``; ``configs`` (names) limits it to those configurations."""
+        rows = self.rows if configs is None else [r for r in self.rows if r.config in configs]
+        return summary(rows, keys, metrics, self.n_boot, self.seed)
 
 
 def load_run(run_dir: str | Path) -> RunData:

@@ -1,0 +1,137 @@
+"""What the entity-tracking circuit methods share (Prakash et al.): the four head groups and where
+they work, the path-patching stages that find them, and where a recipe's circuit comes from.
+
+The groups, in the order path patching finds them (each stage's receivers are the group before):
+
+| group | works at | found through |
+|---|---|---|
+| ``value_fetchers`` (A) | the last token | the logits directly |
+| ``position_transmitters`` (B) | the last token | the value fetchers' queries |
+| ``position_detectors`` (C) | the query box label | the position transmitters' values |
+| ``structure_readers`` (D) | the queried box's label in the context | the position detectors' values |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from graftlens.methods.base import RecipeError, Strict
+
+if TYPE_CHECKING:
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.interventions.circuits import Circuit
+    from graftlens.interventions.path_patching import PathInputs
+
+GROUP_POSITIONS = {
+    "value_fetchers": "LT",
+    "position_transmitters": "LT",
+    "position_detectors": "query_box",
+    "structure_readers": "correct_box",
+}
+GROUPS = tuple(GROUP_POSITIONS)
+RECEIVER_POINT = {"position_transmitters": "q", "position_detectors": "v", "structure_readers": "v"}
+SHIPPED_CIRCUITS = Path(__file__).resolve().parent.parent / "data" / "files" / "circuits"
+
+Results = Callable[[Sequence[str]], dict[str, dict[str, float]]]
+
+
+class GroupSizes(Strict):
+    """How many heads each path-patching stage keeps (the most negative scores, as in the paper's code)."""
+
+    value_fetchers: int = Field(10, ge=1)
+    position_transmitters: int = Field(5, ge=1)
+    position_detectors: int = Field(5, ge=1)
+    structure_readers: int = Field(3, ge=1)
+
+
+def stage_config_name(stage: str, layer: int, head: int) -> str:
+    return f"path patching {stage} {layer}.{head}"
+
+
+def stage_scores(results: Results, clean: str, stage: str, n_layers: int, n_heads: int) -> torch.Tensor:
+    """``[layer, head]``: the mean over prompts of ``(p_patched - p_clean) / p_clean`` for every
+    sender of ``stage`` (Prakash et al.'s score), from the stored results."""
+    import torch
+
+    names = [stage_config_name(stage, layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    probs = results([clean, *names])
+    base = probs[clean]
+    scores = torch.zeros(n_layers, n_heads)
+    for i, name in enumerate(names):
+        values = [(p - base[ex]) / base[ex] for ex, p in probs[name].items() if base.get(ex, 0) > 0]
+        if len(probs[name]) == 0:
+            raise RecipeError(f"path patching: no stored result for {name!r}; its stage has not been run")
+        scores[i // n_heads, i % n_heads] = sum(values) / len(values) if values else 0.0
+    return scores
+
+
+def discovered_circuit(results: Results, clean: str, sizes: GroupSizes, n_layers: int, n_heads: int, upto: int = 4) -> Circuit:
+    """The first ``upto`` groups as the stored path-patching results pick them. A head that is
+    both a value fetcher and a position transmitter counts as a transmitter (as in the paper)."""
+    from graftlens.interventions.circuits import Circuit, HeadGroup
+    from graftlens.interventions.path_patching import top_heads
+
+    picked: dict[str, list[tuple[int, int]]] = {}
+    for stage in GROUPS[:upto]:
+        picked[stage] = top_heads(stage_scores(results, clean, stage, n_layers, n_heads), getattr(sizes, stage))
+    if "position_transmitters" in picked:
+        picked["value_fetchers"] = [h for h in picked["value_fetchers"] if h not in picked["position_transmitters"]]
+    return Circuit({stage: HeadGroup(tuple(heads), GROUP_POSITIONS[stage]) for stage, heads in picked.items()})
+
+
+def load_circuit(source: str, base_dir: Path | None = None) -> Circuit:
+    """A circuit from ``shipped:NAME`` (``graftlens/data/files/circuits/NAME.json``) or a JSON file
+    (as ``graftlens report`` writes it next to an et-circuit run's report)."""
+    from graftlens.fileio import read_utf8
+    from graftlens.interventions.circuits import Circuit, CircuitError
+
+    if source.startswith("shipped:"):
+        path = SHIPPED_CIRCUITS / f"{source.removeprefix('shipped:')}.json"
+        if not path.is_file():
+            known = ", ".join(sorted(f"shipped:{p.stem}" for p in SHIPPED_CIRCUITS.glob("*.json"))) or "none"
+            raise RecipeError(f"no shipped circuit {source!r}; shipped: {known}")
+    else:
+        path = Path(source)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise RecipeError(f"circuit file {path} does not exist (write one with an et-circuit run's `graftlens report`)")
+    try:
+        data = json.loads(read_utf8(path))
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"circuit file {path}: not valid JSON ({exc})") from None
+    try:
+        circuit = Circuit.from_json(data.get("groups", data) if isinstance(data, dict) else data)
+    except CircuitError as exc:
+        raise RecipeError(f"circuit file {path}: {exc}") from None
+    unknown = [g for g in circuit.groups if g not in GROUP_POSITIONS]
+    if unknown:
+        raise RecipeError(f"circuit file {path}: unknown group(s) {unknown}; the groups are {', '.join(GROUPS)}")
+    return circuit
+
+
+def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
+    """The batch as base prompts with their sources (``meta["source"]``, entity-tracking pairs)."""
+    from graftlens.eval.batching import collate
+    from graftlens.interventions.path_patching import PathInputs
+
+    missing = [p.id for p in batch.prompts if "source" not in p.meta]
+    if missing:
+        raise RecipeError(
+            f"prompt {missing[0]!r} has no source prompt: circuit methods need entity-tracking pairs "
+            "(data: {entity_tracking: {pairs: [corrupted]}} or a desideratum)"
+        )
+    sources = collate([p.meta["source"] for p in batch.prompts], pad_id)
+    return PathInputs(batch.input_ids, sources.input_ids.to(batch.input_ids.device), batch.attention_mask,
+                      sources.attention_mask.to(batch.input_ids.device), batch.spans, sources.spans)  # fmt: skip
+
+
+def batch_key(batch: PromptBatch) -> tuple[str, ...]:
+    return tuple(p.id for p in batch.prompts)

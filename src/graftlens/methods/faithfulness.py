@@ -1,0 +1,172 @@
+"""``circuit`` configurations: the model with every head outside a circuit mean-ablated
+(Prakash et al.'s faithfulness test). The circuit is the one path patching found in the same run
+(``discovered``), a shipped one (``shipped:NAME``) or a JSON file; ``seed`` replaces it by a random
+circuit of the same group sizes. Head means come from prompts whose query label names no box,
+of the same box count and vocabulary half."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from graftlens.methods.base import RecipeError, RunConfig, Strict
+from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, GroupSizes, discovered_circuit, load_circuit
+from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.results.metrics import Estimate, estimate, ratio_estimate
+
+if TYPE_CHECKING:
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.interventions.circuits import Circuit
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
+
+
+class CircuitSpec(Strict):
+    kind: Literal["circuit"] = "circuit"
+    circuit: str  # "discovered", "shipped:NAME" or a JSON file
+    clean: str
+    sizes: GroupSizes = GroupSizes()
+    seed: int | None = None  # a random circuit of the same sizes
+    mean_prompts: int = Field(100, ge=1)
+    half: Literal["all", "train", "test"] = "test"
+
+
+def circuit_of(spec: CircuitSpec, context: Context, model: LoadedModel) -> Circuit:
+    """The spec's circuit (the found one, or a random one of its sizes), checked against the model."""
+    from graftlens.interventions.circuits import random_circuit
+
+    a = model.adapter
+    if spec.circuit == "discovered":
+        if context.results is None:
+            raise RecipeError("a discovered circuit needs the stored path-patching results of the run")
+        sizes = spec.sizes
+        circuit = context.state(
+            ("circuit", spec.clean, sizes), lambda: discovered_circuit(context.results, spec.clean, sizes, a.n_layers, a.n_heads)
+        )
+    else:
+        circuit = load_circuit(spec.circuit)
+    circuit.check(a.n_layers, a.n_heads)
+    return circuit if spec.seed is None else random_circuit(circuit, a.n_layers, a.n_heads, spec.seed)
+
+
+def reference_means(context: Context, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0):
+    """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run)."""
+
+    def make():
+        from graftlens.data.entity_tracking import mean_reference, tokenize_entity_tracking
+        from graftlens.eval.batching import batches, pad_id_of
+        from graftlens.interventions.circuits import head_means
+
+        prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half), model.tokenizer)
+        work = [(b.input_ids.to(model.device), b.attention_mask.to(model.device))
+                for b in batches(prompts, 32, pad_id_of(model.tokenizer))]  # fmt: skip
+        return head_means(model, work)
+
+    return context.state(("head-means", model_name, n_boxes, n, half, seed), make)
+
+
+def boxes_of(batch: PromptBatch) -> int:
+    counts = {p.meta.get("n_boxes") for p in batch.prompts}
+    if len(counts) != 1 or None in counts:
+        raise RecipeError("mean ablation needs entity-tracking prompts of one box count per batch")
+    return int(counts.pop())
+
+
+@register
+class CircuitAblation(Method):
+    """The found circuit as a diagram of head groups; a table of accuracy and faithfulness."""
+
+    kind = "circuit"
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        assert isinstance(spec, CircuitSpec)
+        if spec.circuit != "discovered":
+            a = models[config.model].adapter
+            load_circuit(spec.circuit).check(a.n_layers, a.n_heads)
+        return list(GROUP_POSITIONS.values())
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        spec = config.method
+        assert isinstance(spec, CircuitSpec)
+        from graftlens.interventions.circuits import mean_ablated_logits
+
+        model = context.models[config.model]
+        circuit = circuit_of(spec, context, model)
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            means = reference_means(context, config.model, model, boxes_of(batch), spec.mean_prompts, spec.half)
+            return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
+
+        return run
+
+    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+        circuit = stored_circuit(run, configs)
+        if circuit is None:
+            return None
+        from graftlens import charts
+
+        names = [g for g in reversed(GROUPS) if g in circuit.groups]  # structure readers first, as the flow goes
+        groups = [(n.replace("_", " "), circuit.groups[n].positions, circuit.groups[n].heads) for n in names]
+        reads = {"structure_readers": "V", "position_detectors": "V", "position_transmitters": "Q", "value_fetchers": "direct"}
+        edges = [(i, i + 1, reads[n]) for i, n in enumerate(names)]
+        title = f"{run.name}: the circuit path patching found (arrows: which input of the next group it reaches)"
+        return charts.circuit_diagram(title, groups, edges), title
+
+    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+        """Accuracy of the full model, the circuit and random circuits, and faithfulness (their ratio)."""
+        by_config = run.by_config
+        spec = next((c.method for c in configs if c.method), None)
+        if spec is None or spec["clean"] not in by_config:
+            return []
+        full = by_config[spec["clean"]]
+        rows: list[tuple[str, list[Estimate | None]]] = [
+            (f"full model ({spec['clean']})", [estimate(full, "top1", run.n_boot, run.seed), None])
+        ]
+        randoms = [c for c in configs if c.method and c.method.get("seed") is not None and c.name in by_config]
+        for c in configs:
+            if c.name in by_config and c.method and c.method.get("seed") is None:
+                rows.append((c.name, [estimate(by_config[c.name], "top1", run.n_boot, run.seed),
+                                      ratio_estimate(by_config[c.name], full, run.n_boot, run.seed)]))  # fmt: skip
+        if randoms:
+            pooled = [r for c in randoms for r in by_config[c.name]]
+            label = f"random circuits (mean of {len(randoms)})"
+            values = [estimate(pooled, "top1", run.n_boot, run.seed), ratio_estimate(pooled, full, run.n_boot, run.seed)]
+            rows.append((label, values))
+        return [Table(f"{group}: accuracy with every head outside the circuit mean-ablated", "circuit",
+                      ["accuracy (top-1)", "faithfulness (÷ full model)"], rows)]  # fmt: skip
+
+    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
+        circuit = stored_circuit(run, configs)
+        if circuit is None:
+            return {}
+        return {"circuit.json": json.dumps({"model": run.manifest.get("recipient"), "run": run.run_id,
+                                            "groups": circuit.to_json()}, indent=2) + "\n"}  # fmt: skip
+
+
+def stored_circuit(run: RunData, configs: list[StoredConfig]) -> Circuit | None:
+    """The circuit of a faithfulness group, rebuilt from the stored results (None if incomplete)."""
+    spec = next((c.method for c in configs if c.method and c.method.get("seed") is None), None)
+    if spec is None:
+        return None
+    if spec["circuit"] != "discovered":
+        return load_circuit(spec["circuit"])
+    pp = [c for c in run.configs if c.kind == "path_patching"]
+    if not pp:
+        return None
+    by_config = run.by_config
+    if any(c.name not in by_config for c in pp) or spec["clean"] not in by_config:
+        return None
+    n_layers = 1 + max(int(c.coords["layer"]) for c in pp)
+    n_heads = 1 + max(int(c.coords["head"]) for c in pp)
+
+    def results(names):
+        return {n: {r.example: r.target_prob for r in by_config.get(n, [])} for n in names}
+
+    return discovered_circuit(results, spec["clean"], GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
