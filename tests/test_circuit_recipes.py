@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import make_text_model, make_text_tokenizer
@@ -132,3 +133,113 @@ def test_circuit_recipe_errors(tmp_path, et_model_dir):
     (tmp_path / "b.yaml").write_text(bad)
     result = runner.invoke(app, ["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "at least 2 boxes" in result.output
+
+
+def _later_recipe(path: Path, model_dir: str, donor_dir: str, circuit: Path, sweeps: str, pairs: str = "[corrupted]") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        name: tiny-et-later
+        data: {{entity_tracking: {{boxes: [3], examples: 5, seed: 0, pairs: {pairs}}}}}
+        models:
+          pre: {{spec: {model_dir}}}
+          other: {{spec: {donor_dir}}}
+        recipient: pre
+        eval: {{batch_size: 8, bootstrap: 50, metric: top1}}
+        configs:
+          - {{name: clean, model: pre}}
+          - {{name: other, model: other}}
+        sweeps:
+        """) + textwrap.indent(textwrap.dedent(sweeps).replace("CIRCUIT", str(circuit)), "  "))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory, et_model_dir) -> str:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(et_model_dir)
+    path = tmp_path_factory.mktemp("et-other")
+    make_text_model("llama", tokenizer, seed=9).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def circuit_file(circuit_run) -> Path:
+    if not (circuit_run / "circuit.json").exists():
+        assert runner.invoke(app, ["report", str(circuit_run)]).exit_code == 0
+    return circuit_run / "circuit.json"
+
+
+def test_circuit_cmap_of_a_model_into_itself_changes_nothing(tmp_path, et_model_dir, other_dir, circuit_file):
+    sweeps = """\
+        - {kind: circuit_cmap, donor: pre, circuit: CIRCUIT, group: self}
+        - {kind: circuit_cmap, donor: other, circuit: CIRCUIT}
+        - {kind: circuit_cmap, donor: pre, recipient: other, circuit: CIRCUIT, group: reverse}
+        """
+    recipe = _later_recipe(tmp_path / "cmap.yaml", et_model_dir, other_dir, circuit_file, sweeps)
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    by_config = load_run(tmp_path / "run").by_config
+    clean = [r.target_prob for r in by_config["clean"]]
+    names = [n for n in by_config if n.endswith("from pre into pre")]
+    assert len(names) == 5  # four groups and all of them
+    for name in names:
+        assert [r.target_prob for r in by_config[name]] == clean
+    patched = [r.target_prob for r in by_config["all groups from other into pre"]]
+    assert patched != clean
+    assert "all groups from pre into other" in by_config
+
+
+def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tmp_path, et_model_dir, other_dir, circuit_file):
+    from graftlens.interventions.masks import DesideratumBatch, masked_patch_logits
+
+    sweeps = """\
+        - {kind: dcm, circuit: CIRCUIT, groups: [value_fetchers, position_detectors], desiderata: [position, object],
+           boxes: 3, train_examples: 8, epochs: 2, batch_size: 4}
+        """
+    recipe = _later_recipe(tmp_path / "dcm.yaml", et_model_dir, other_dir, circuit_file, sweeps, "[position, object]")
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    assert {r.template for r in run.rows} == {"position", "object"}
+    masked = run.by_config["value fetchers: mask for position"]
+    circuit = Circuit.from_json(json.loads(circuit_file.read_text())["groups"])
+    heads = circuit.groups["value_fetchers"].heads
+    assert sorted(masked[0].extra) == sorted(f"mask {la}.{h}" for la, h in heads)
+    assert all(0 < v < 1 for v in masked[0].extra.values())
+    # "all heads": the group patched whole, as the library computes it
+    model = load_model(et_model_dir)
+    pad = pad_id_of(model.tokenizer)
+    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, "object", 5, 3, 0, "test"), model.tokenizer)
+    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
+    inputs = PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans)
+    with torch.no_grad():
+        logits = masked_patch_logits(model, DesideratumBatch(inputs, base.target_ids), list(heads), torch.ones(len(heads)), "LT")
+    expected = logits.float().softmax(-1).gather(1, base.target_ids[:, None])[:, 0].tolist()
+    stored = {r.example: r.target_prob for r in run.by_config["value fetchers: all heads"] if r.template == "object"}
+    assert [stored[p.id] for p in prompts] == pytest.approx(expected, rel=1e-5)
+    assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
+    assert json.loads((tmp_path / "run" / "dcm_masks.json").read_text()).keys() == {
+        "value fetchers: mask for position", "value fetchers: mask for object",
+        "position detectors: mask for position", "position detectors: mask for object",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("groups: [value_fetchers]", "groups: [movers]"), "groups.0"),
+        (lambda s: s.replace("WHERE", "nowhere.json"), "circuit file"),
+        (lambda s: s.replace("WHERE", "shipped:nothing"), "no shipped circuit 'shipped:nothing'"),
+        (lambda s: s.replace("WHERE", "BAD_HEADS"), "heads [(2, 9)] out of range"),
+    ],
+)
+def test_circuit_method_errors_name_the_problem(tmp_path, et_model_dir, other_dir, edit, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"groups": {"value_fetchers": {"positions": "LT", "heads": [[2, 9]]}}}))
+    sweeps = "- {kind: dcm, circuit: WHERE, groups: [value_fetchers], desiderata: [position]}\n"
+    recipe = _later_recipe(tmp_path / "r.yaml", et_model_dir, other_dir, Path("unused"), sweeps, "[position]")
+    recipe.write_text(edit(recipe.read_text()).replace("BAD_HEADS", str(bad)))
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output

@@ -196,10 +196,10 @@ def _score_all(
             with torch.no_grad():
                 logits = readouts[config.name](batch.to(model.device))  # [batch, vocab]
             scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
-            extras: list[dict[str, float]] = [{} for _ in batch.prompts]
+            extras: list[dict[str, float]] = [context.extras(config.name) for _ in batch.prompts]
             if attributes is not None:
                 rates = attribute_rate(logits, [attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
-                extras = [{"attribute_rate": rate} for rate in rates]
+                extras = [{**e, "attribute_rate": rate} for e, rate in zip(extras, rates)]
             store.add(run_id, [_row(config.name, p, s, recipient.tokenizer, e) for p, s, e in zip(batch.prompts, scores, extras)])
             batches_run += 1
             written += len(ids)

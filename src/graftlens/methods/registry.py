@@ -42,11 +42,20 @@ class Context:
     # (every configuration of an earlier phase is complete when a later phase starts).
     results: Callable[[Sequence[str]], dict[str, dict[str, float]]] | None = None
     _state: dict[str, Any] = field(default_factory=dict)
+    _extras: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def state(self, key: str, make: Callable[[], Any]) -> Any:
+    def state(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._state:
             self._state[key] = make()
         return self._state[key]
+
+    def note(self, config: str, values: Mapping[str, float]) -> None:
+        """Measures stored with every result row of ``config`` (e.g. a learned mask), so the
+        report can show them from the store alone."""
+        self._extras.setdefault(config, {}).update(values)
+
+    def extras(self, config: str) -> dict[str, float]:
+        return dict(self._extras.get(config, {}))
 
 
 @dataclass(frozen=True)

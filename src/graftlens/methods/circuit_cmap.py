@@ -1,0 +1,103 @@
+"""``circuit_cmap``: cross-model activation patching of a circuit's head groups (Prakash et al.).
+
+On the same prompt, the donor's outputs (``z``) of one group's heads, at that group's positions,
+are written into the recipient: which step of the circuit does the donor (a finetune) do better?
+One configuration per group, one for every group at once. Run it in both directions (finetune into
+base, base into finetune) with two sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
+from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, load_circuit
+from graftlens.methods.cmap import DonorActivations
+from graftlens.methods.registry import Context, Method, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
+
+GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
+
+
+class CircuitCmapSpec(Strict):
+    kind: Literal["circuit_cmap"] = "circuit_cmap"
+    donor: str
+    circuit: str
+    groups: list[GroupName] = Field(min_length=1)
+
+
+class CircuitCmapSweep(Sweep):
+    """Patch the donor's heads of each group (and of all groups together) into the recipient."""
+
+    kind: Literal["circuit_cmap"]
+    donor: str
+    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
+    groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    recipient: str | None = None
+    group: str = "circuit CMAP"
+
+
+@register
+class CircuitCrossModelPatching(Method):
+    """Bars: accuracy with each group patched from the donor; the plain models as reference lines."""
+
+    kind = "circuit_cmap"
+    sweep = CircuitCmapSweep
+
+    def expand(self, sweep: CircuitCmapSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        sets = [[g] for g in sweep.groups] + ([list(sweep.groups)] if len(sweep.groups) > 1 else [])
+        out = []
+        for groups in sets:
+            label = "all groups" if len(groups) > 1 else groups[0].replace("_", " ")
+            spec = CircuitCmapSpec(donor=sweep.donor, circuit=sweep.circuit, groups=groups)
+            name = f"{label} from {sweep.donor} into {recipient}"
+            out.append(RunConfig(name, sweep.group, recipient, (), {"groups": label, "donor": sweep.donor}, spec, kind=self.kind))
+        return out
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        assert isinstance(spec, CircuitCmapSpec)
+        from graftlens.interventions.patching import check_same_shapes
+
+        check_same_shapes(models[config.model], models[spec.donor])
+        a = models[config.model].adapter
+        circuit = load_circuit(spec.circuit)
+        circuit.check(a.n_layers, a.n_heads)
+        for g in spec.groups:
+            circuit.group(g)
+        return [GROUP_POSITIONS[g] for g in spec.groups]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        spec = config.method
+        assert isinstance(spec, CircuitCmapSpec)
+        from graftlens.interventions.patching import Patch, patched_logits
+        from graftlens.interventions.points import Point
+
+        base, donor = context.models[config.model], context.models[spec.donor]
+        circuit = load_circuit(spec.circuit)
+        per_point: list[tuple[Point, str, tuple[int, ...]]] = []
+        for g in spec.groups:
+            group = circuit.group(g)
+            layers = sorted({layer for layer, _ in group.heads})
+            for layer in layers:
+                heads = tuple(h for la, h in group.heads if la == layer)
+                per_point.append((Point("z", layer), group.positions, heads))
+        if not per_point:
+            raise RecipeError(f"configuration {config.name!r}: the groups {spec.groups} have no heads")
+        points = sorted({p for p, _, _ in per_point})
+        donor_cache: DonorActivations = context.state("cmap", DonorActivations)
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            cache = donor_cache.get(spec.donor, donor, batch, points)
+            patches = [Patch(p, cache[p], positions, heads) for p, positions, heads in per_point]
+            return patched_logits(base, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]
+
+        return run

@@ -1,0 +1,206 @@
+"""``dcm``: which heads of each circuit group carry which information (desiderata-based component
+masking, Prakash et al. after Davies et al.).
+
+For each group and each desideratum (``position``, ``object``, ``box_label``; see
+:mod:`graftlens.data.entity_tracking`), a sigmoid mask over the group's heads is trained on
+desideratum pairs of its own (another seed than the scored prompts) with an L1 term; the heads
+whose mask ends above 0.5 are then patched from each scored prompt's source into its base run at
+the group's positions. Every configuration is scored on every desideratum's prompts (the
+recipe's data), so the report shows how well a mask trained for one desideratum realises each.
+Each row stores the learned mask values (``mask L.H`` columns) with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
+from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, load_circuit, pair_inputs
+from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.results.metrics import estimate
+
+if TYPE_CHECKING:
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
+
+GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
+Desideratum = Literal["position", "object", "box_label"]
+
+
+class DcmSpec(Strict):
+    kind: Literal["dcm"] = "dcm"
+    circuit: str
+    group: GroupName
+    desideratum: Desideratum | None  # None: every head of the group patched (no mask learned)
+    boxes: int = Field(7, ge=2)
+    train_examples: int = Field(120, ge=1)
+    epochs: int = Field(10, ge=1)
+    lam: float = Field(0.01, ge=0)
+    lr: float = Field(0.1, gt=0)
+    batch_size: int = Field(24, ge=1)
+    seed: int = 0
+    half: Literal["all", "train", "test"] = "test"
+
+
+class DcmSweep(Sweep):
+    """A mask per (group, desideratum), plus each group patched whole."""
+
+    kind: Literal["dcm"]
+    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
+    groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    desiderata: list[Desideratum] = Field(["position", "object", "box_label"], min_length=1)
+    boxes: int = Field(7, ge=2)  # box count of the training pairs (the scored prompts' own)
+    train_examples: int = Field(120, ge=1)
+    epochs: int = Field(10, ge=1)
+    lam: float = Field(0.01, ge=0)  # λ of the L1 term (Prakash et al.: 0.01)
+    lr: float = Field(0.1, gt=0)  # Adam's learning rate (Prakash et al.: 0.1)
+    batch_size: int = Field(24, ge=1)
+    seed: int = 0
+    half: Literal["all", "train", "test"] = "test"
+    recipient: str | None = None
+    group: str = "dcm"
+
+
+def mask_key(layer: int, head: int) -> str:
+    return f"mask {layer}.{head}"
+
+
+@register
+class DesiderataMasking(Method):
+    """Bars: each configuration's accuracy on each desideratum's prompts."""
+
+    kind = "dcm"
+    sweep = DcmSweep
+
+    def expand(self, sweep: DcmSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+        out = []
+        common = sweep.model_dump(
+            include={"circuit", "boxes", "train_examples", "epochs", "lam", "lr", "batch_size", "seed", "half"}
+        )
+        for group in sweep.groups:
+            for desideratum in [None, *sweep.desiderata]:
+                spec = DcmSpec(group=group, desideratum=desideratum, **common)
+                label = group.replace("_", " ")
+                name = f"{label}: all heads" if desideratum is None else f"{label}: mask for {desideratum}"
+                coords = {"group": group, "desideratum": desideratum or "all heads"}
+                out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
+        return out
+
+    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        assert isinstance(spec, DcmSpec)
+        a = models[config.model].adapter
+        circuit = load_circuit(spec.circuit)
+        circuit.check(a.n_layers, a.n_heads)
+        circuit.group(spec.group)
+        return [GROUP_POSITIONS[spec.group]]
+
+    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+        spec = config.method
+        assert isinstance(spec, DcmSpec)
+        import torch
+
+        from graftlens.eval.batching import pad_id_of
+        from graftlens.interventions.circuits import CircuitError
+        from graftlens.interventions.masks import masked_patch_logits
+
+        model = context.models[config.model]
+        pad = pad_id_of(model.tokenizer)
+        try:
+            heads = list(load_circuit(spec.circuit).group(spec.group).heads)
+        except CircuitError as exc:
+            raise RecipeError(f"configuration {config.name!r}: {exc}") from None
+        position = GROUP_POSITIONS[spec.group]
+        if spec.desideratum is None:
+            chosen = heads
+        else:
+            learned = context.state(("dcm", config.model, spec), lambda: _train(model, spec, heads, pad))
+            chosen = learned.selected
+            context.note(config.name, {mask_key(la, h): round(float(v), 6) for (la, h), v in zip(heads, learned.values)})
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            from graftlens.interventions.masks import DesideratumBatch
+
+            inputs = pair_inputs(batch, pad)
+            if not chosen:
+                from graftlens.models.run import run_logits
+
+                return run_logits(model, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+            return masked_patch_logits(
+                model, DesideratumBatch(inputs, batch.target_ids), chosen, torch.ones(len(chosen)), position
+            )
+
+        return run
+
+    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+        """Accuracy of each configuration on each desideratum's prompts, and the heads each mask kept."""
+        by_config = run.by_config
+        desiderata = list(dict.fromkeys(r.template for r in run.rows))
+        rows = []
+        for c in configs:
+            if c.name not in by_config:
+                continue
+            per = {d: [r for r in by_config[c.name] if r.template == d] for d in desiderata}
+            rows.append((c.name, [estimate(per[d], "top1", run.n_boot, run.seed) if per[d] else None for d in desiderata]))
+        return [Table(f"{group}: accuracy on each desideratum's prompts (heads patched from the source)", "configuration",
+                      desiderata, rows)]  # fmt: skip
+
+    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+        from graftlens.methods.figures import bar_chart_of
+
+        drawn = bar_chart_of(run, group, configs)
+        if drawn is None:
+            return None
+        fig, title = drawn
+        masks = selected_heads(run, configs)
+        if masks:
+            fig.text(0.01, 0.005, "kept: " + "; ".join(f"{k} → {v}" for k, v in masks.items()), fontsize=6, wrap=True)
+        return fig, title
+
+    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
+        import json
+
+        masks = {c.name: _mask_values(run, c) for c in configs if _mask_values(run, c)}
+        return {"dcm_masks.json": json.dumps(masks, indent=2, sort_keys=True) + "\n"} if masks else {}
+
+
+def _mask_values(run: RunData, config: StoredConfig) -> dict[str, float]:
+    rows = run.by_config.get(config.name, [])
+    return {k: v for k, v in (rows[0].extra.items() if rows else []) if k.startswith("mask ")}
+
+
+def selected_heads(run: RunData, configs: list[StoredConfig]) -> dict[str, str]:
+    """``config → "L.H, ..."``: the heads each learned mask kept (value above 0.5)."""
+    out = {}
+    for c in configs:
+        values = _mask_values(run, c)
+        if values:
+            kept = [k.removeprefix("mask ") for k, v in values.items() if v > 0.5]
+            out[c.name] = ", ".join(kept) or "none"
+    return out
+
+
+def _train(model: LoadedModel, spec: DcmSpec, heads: list[tuple[int, int]], pad: int):
+    """The mask of ``spec``'s group for its desideratum, trained on pairs of another seed than the scored ones."""
+    from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
+    from graftlens.eval.batching import batches
+    from graftlens.interventions.masks import DcmSettings, DesideratumBatch, learn_mask
+
+    assert spec.desideratum is not None
+    examples = make_pairs(
+        model.tokenizer, spec.desideratum, spec.train_examples, spec.boxes, seed=spec.seed + 1_000, half=spec.half
+    )
+    prompts = tokenize_entity_tracking(examples, model.tokenizer)
+    train = []
+    for batch in batches(prompts, spec.batch_size, pad):
+        batch = batch.to(model.device)
+        train.append(DesideratumBatch(pair_inputs(batch, pad), batch.target_ids))
+    settings = DcmSettings(lam=spec.lam, lr=spec.lr, epochs=spec.epochs, seed=spec.seed)
+    return learn_mask(model, train, heads, settings, GROUP_POSITIONS[spec.group])
