@@ -294,3 +294,28 @@ def test_dcm_errors():
         learn_mask(model, batches, [(0, 0), (0, 0)], DcmSettings(epochs=1))
     with pytest.raises(MaskError, match="at least one"):
         learn_mask(model, batches, [], DcmSettings(epochs=1))
+
+
+def test_a_shared_prefix_gives_the_full_path_patching(family):
+    from graftlens.interventions.path_patching import first_touched_column
+
+    model = make_tiny_model(family)
+    g = torch.Generator().manual_seed(8)
+    base = torch.randint(3, VOCAB, (3, 9), generator=g)
+    source = torch.randint(3, VOCAB, (3, 9), generator=g)
+    mask = torch.ones_like(base)
+    mask[0, :2] = 0  # left padding in one row
+    spans = [{"query": (4, 5)}, {"query": (6, 7)}, {"query": (5, 6)}]
+    inputs = PathInputs(base, source, mask, mask, spans, spans)
+    targets = torch.randint(3, VOCAB, (3,), generator=g)
+    for positions, receivers, receiver_positions in [
+        ("LT", "logits", "LT"),
+        ("LT", [Receiver("q", 3, 1), Receiver("k", 2, 0)], "LT"),
+        ("query", [Receiver("v", 3, 0)], "query"),
+    ]:
+        assert first_touched_column(inputs, positions, receivers, receiver_positions) > 0
+        kw = dict(sender_positions=positions, receivers=receivers, receiver_positions=receiver_positions)
+        shared = path_patching(model, inputs, targets, senders=[(0, 1), (1, 3), (2, 0)], **kw)
+        full = path_patching(model, inputs, targets, senders=[(0, 1), (1, 3), (2, 0)], share_prefix=False, **kw)
+        torch.testing.assert_close(shared.scores, full.scores, rtol=1e-4, atol=1e-5)
+        assert shared.scores.abs().sum() > 0

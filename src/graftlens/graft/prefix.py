@@ -10,14 +10,13 @@ restored after each continuation, so one prefix serves every configuration.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from graftlens.bounded import BoundedStore
-from graftlens.models.run import position_ids_for
+from graftlens.models.prefix import cache_bytes, continue_prefix, run_prefix
 from graftlens.positions import Spans, resolve_positions
 
 if TYPE_CHECKING:
@@ -38,24 +37,6 @@ def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans
     return True
 
 
-def _cache_bytes(cache) -> int:
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
-
-
-def _keeps_every_position(cache, length: int) -> bool:
-    """Can the cache drop an appended token again (a sliding-window layer may have evicted one)?"""
-    for layer in getattr(cache, "layers", []):
-        window = getattr(layer, "sliding_window", None)
-        if window is not None and length + 1 > window - 1:
-            return False
-    return True
-
-
 class PrefixCaches:
     """The plain KV caches of batches' prefixes, by key, up to ``max_bytes`` (oldest dropped first)."""
 
@@ -64,32 +45,14 @@ class PrefixCaches:
 
     def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The cache of ``model``'s plain forward over all but the last column (made on first use)."""
-        from transformers import DynamicCache
-
         if key in self._store:
             return self._store.get(key)
-        cache = DynamicCache(config=model.model.config)
-        prefix_mask = attention_mask[:, :-1]
-        with torch.no_grad():
-            model.model(input_ids=input_ids[:, :-1], attention_mask=prefix_mask,
-                        position_ids=position_ids_for(attention_mask)[:, :-1], past_key_values=cache, use_cache=True,
-                        logits_to_keep=1)  # fmt: skip
-        self._store.put(key, cache, _cache_bytes(cache))
+        cache = run_prefix(model, input_ids, attention_mask, input_ids.shape[1] - 1)
+        self._store.put(key, cache, cache_bytes(cache))
         return cache
 
 
 def continue_last(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Logits ``[batch, vocab]`` of the last column, continuing ``cache`` (grafted if a grafter is
     active); the cache is left as it was."""
-    length = int(cache.get_seq_length())
-    reusable = _keeps_every_position(cache, length)
-    work = cache if reusable else copy.deepcopy(cache)
-    try:
-        with torch.no_grad():
-            logits = model.model(input_ids=input_ids[:, -1:], attention_mask=attention_mask,
-                                 position_ids=position_ids_for(attention_mask)[:, -1:], past_key_values=work,
-                                 use_cache=True).logits  # fmt: skip
-    finally:
-        if reusable and cache.get_seq_length() > length:
-            cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended
-    return logits[:, -1]
+    return continue_prefix(model, cache, input_ids, attention_mask)

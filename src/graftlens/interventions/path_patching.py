@@ -132,13 +132,17 @@ def path_patched_logits(
     receiver_positions: PositionsLike = "LT",
     base_cache: ActivationCache | None = None,
     source_cache: ActivationCache | None = None,
+    prefix=None,
 ) -> torch.Tensor:
     """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
     passed only through ``receivers`` (see the module docstring).
 
     ``sender=None`` patches nothing: the result is the base run. ``source_positions`` (default:
     ``sender_positions``) are where the sender's value is read in the source run. ``base_cache``
-    and ``source_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs."""
+    and ``source_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs.
+    ``prefix``: the base run's KV cache of its first columns (:func:`graftlens.models.prefix.run_prefix`),
+    none of which the sender or the receivers may touch (see :func:`first_touched_column`); both
+    runs then compute only the columns after it."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
     base_mask, source_mask = inputs.masks
@@ -161,7 +165,7 @@ def path_patched_logits(
         rows, bpos, spos = paired_positions(where_base, where_source, "sender")
         value = source_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
         frozen = edits.get(Point("z", layer))
-        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value)
+        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value, inputs.base_ids.shape[1])
 
     receiver_points: dict[Point, list[int]] = {}
     if not isinstance(receivers, str):
@@ -171,27 +175,39 @@ def path_patched_logits(
             _check_head(adapter, r.layer, r.head, adapter.n_heads if r.point == "q" else adapter.n_kv_heads, f"receiver {r}")
             receiver_points.setdefault(Point(r.point, r.layer), []).append(r.head)
 
+    def forward() -> torch.Tensor:
+        if prefix is not None:
+            from graftlens.models.prefix import continue_prefix
+
+            return continue_prefix(loaded, prefix, inputs.base_ids, base_mask)
+        return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+
     with edit(loaded, edits), capture(loaded, receiver_points) as sent:
-        logits = run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+        logits = forward()
     if not receiver_points:
         return logits
     where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
     receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
     with edit(loaded, receiver_edits):
-        return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+        return forward()
+
+
+# The edits below take the columns a forward call computes: all of them, or, continuing a cached
+# prefix, only the last ``x.shape[1]``; what they write is aligned on the right.
 
 
 def _replace_with(value: torch.Tensor):
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return value.to(x.device, x.dtype)
+        return value[:, value.shape[1] - x.shape[1] :].to(x.device, x.dtype)
 
     return fn
 
 
-def _sender_edit(frozen, rows: torch.Tensor, positions: torch.Tensor, head: int, value: torch.Tensor):
+def _sender_edit(frozen, rows: torch.Tensor, positions: torch.Tensor, head: int, value: torch.Tensor, width: int):
     def fn(x: torch.Tensor) -> torch.Tensor:
         out = (frozen(x) if frozen is not None else x).clone()  # [batch, pos, head, d_head]
-        out[rows.to(x.device), positions.to(x.device), head] = value.to(x.device, x.dtype)
+        shifted = positions.to(x.device) - (width - x.shape[1])
+        out[rows.to(x.device), shifted, head] = value.to(x.device, x.dtype)
         return out
 
     return fn
@@ -201,10 +217,24 @@ def _receiver_edit(sent: torch.Tensor, where: torch.Tensor, heads: list[int]):
     def fn(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
         chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
         chosen[heads] = True
-        mask = where.to(x.device)[:, :, None, None] & chosen[None, None, :, None]
+        mask = where[:, where.shape[1] - x.shape[1] :].to(x.device)[:, :, None, None] & chosen[None, None, :, None]
         return torch.where(mask, sent.to(x.device, x.dtype), x)
 
     return fn
+
+
+def first_touched_column(inputs: PathInputs, sender_positions: PositionsLike, receivers: Receivers,
+                         receiver_positions: PositionsLike) -> int:  # fmt: skip
+    """The first column of the (left-padded) base batch that a path-patched run changes: every
+    column before it is the base run's own, so a KV cache of them can be shared (0: none)."""
+    base_mask, _ = inputs.masks
+    if not bool(base_mask[:, -1].all()):
+        return 0  # not left-padded
+    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+    if not isinstance(receivers, str):
+        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
+    columns = where.any(0).nonzero().flatten()
+    return int(columns[0]) if len(columns) else 0
 
 
 @dataclass(frozen=True)
@@ -246,9 +276,14 @@ def path_patching(
     source_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
+    share_prefix: bool = True,
 ) -> PathPatchingScores:
     """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
-    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked."""
+    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked.
+
+    With ``share_prefix`` the columns before the first one any sender or receiver touches are run
+    once, with a KV cache, and every sender continues from there (the same result, computed on
+    fewer columns)."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
     with torch.no_grad():
@@ -258,10 +293,17 @@ def path_patching(
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
         if senders is None:
             senders = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
+        prefix = None
+        cut = first_touched_column(inputs, sender_positions, receivers, receiver_positions) if share_prefix else 0
+        if cut > 0:
+            from graftlens.models.prefix import run_prefix
+
+            prefix = run_prefix(loaded, inputs.base_ids, inputs.masks[0], cut)
         for layer, head in senders:
             logits = path_patched_logits(
                 loaded, inputs, (layer, head), sender_positions=sender_positions, source_positions=source_positions,
                 receivers=receivers, receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache,
+                prefix=prefix,
             )  # fmt: skip
             scores[layer, head] = ((target_probs(logits, target_ids) - base_prob) / base_prob).mean()
     return PathPatchingScores(scores, base_prob)

@@ -98,7 +98,8 @@ class PathPatching(Method):
         spec = config.method
         assert isinstance(spec, PathPatchSpec)
         from graftlens.eval.batching import pad_id_of
-        from graftlens.interventions.path_patching import Receiver, head_outputs, path_patched_logits
+        from graftlens.interventions.path_patching import Receiver, first_touched_column, head_outputs, path_patched_logits
+        from graftlens.models.prefix import cache_bytes, run_prefix
 
         model = context.models[config.model]
         a = model.adapter
@@ -133,9 +134,17 @@ class PathPatching(Method):
                 size = sum(t.numel() * t.element_size() for t in (*base.values(), *source.values()))
                 caches.put(key, (base, source), size)
             base_cache, source_cache = caches.get(key)
+            # The columns before the first one this stage touches are the clean run's own: run once, shared.
+            cut = first_touched_column(inputs, position, receivers, receiver_positions)
+            prefix = None
+            if cut > 0:
+                if (key, cut) not in caches:
+                    made = run_prefix(model, inputs.base_ids, inputs.masks[0], cut)
+                    caches.put((key, cut), made, cache_bytes(made))
+                prefix = caches.get((key, cut))
             return path_patched_logits(
                 model, inputs, (spec.layer, spec.head), sender_positions=position, receivers=receivers,
-                receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache,
+                receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache, prefix=prefix,
             )  # fmt: skip
 
         return run

@@ -1,0 +1,67 @@
+"""Run a batch's first columns once with a KV cache, then continue only the columns after them.
+
+Interventions that change nothing before some column (a graft of the last token, a path-patched
+sender at the query label) need not recompute what comes before it: every configuration continues
+the same cached prefix. :func:`continue_prefix` leaves the cache as it found it, so one prefix
+serves many continuations.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from graftlens.models.loading import LoadedModel
+from graftlens.models.run import position_ids_for
+
+
+def cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _keeps_every_position(cache, length: int, more: int) -> bool:
+    """Can the cache drop ``more`` appended tokens again (a sliding-window layer may have evicted some)?"""
+    for layer in getattr(cache, "layers", []):
+        window = getattr(layer, "sliding_window", None)
+        if window is not None and length + more > window - 1:
+            return False
+    return True
+
+
+def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int):
+    """The KV cache of ``model``'s plain forward over columns ``[0, cut)`` of a left-padded batch."""
+    from transformers import DynamicCache
+
+    if not 0 < cut < input_ids.shape[1]:
+        raise ValueError(f"a prefix cut at column {cut} of a {input_ids.shape[1]}-column batch leaves nothing to share")
+    cache = DynamicCache(config=model.model.config)
+    with torch.no_grad():
+        model.model(input_ids=input_ids[:, :cut], attention_mask=attention_mask[:, :cut],
+                    position_ids=position_ids_for(attention_mask)[:, :cut], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+    return cache
+
+
+def continue_prefix(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` of the last column, computing only the columns after the cached
+    prefix (hooks and grafts active around the call see only those columns); the cache is left as
+    it was."""
+    length = int(cache.get_seq_length())
+    more = input_ids.shape[1] - length
+    reusable = _keeps_every_position(cache, length, more)
+    work = cache if reusable else copy.deepcopy(cache)
+    try:
+        with torch.no_grad():
+            logits = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
+                                 position_ids=position_ids_for(attention_mask)[:, length:], past_key_values=work,
+                                 use_cache=True, logits_to_keep=1).logits  # fmt: skip
+    finally:
+        if reusable and cache.get_seq_length() > length:
+            cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended
+    return logits[:, -1]
