@@ -243,3 +243,56 @@ def test_circuit_method_errors_name_the_problem(tmp_path, et_model_dir, other_di
     result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_task_finetunes_train_on_their_task_and_are_cached(tmp_path, et_model_dir, graftlens_cache):
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        name: tiny-et-finetunes
+        data: {{entity_tracking: {{boxes: [2, 3], examples: 4}}}}
+        models:
+          pre: {{spec: {et_model_dir}}}
+          et: {{finetune: {{base: pre, task: entity_tracking, examples: 8, settings: {{epochs: 1, batch_size: 4}}}}}}
+          arith: {{finetune: {{base: et, task: arithmetic, examples: 8, settings: {{epochs: 1, batch_size: 4}}}}}}
+        recipient: pre
+        eval: {{metric: top1, bootstrap: 20}}
+        configs:
+          - {{name: PRE, model: pre}}
+          - {{name: ET, model: et}}
+          - {{name: ET+ARITH, model: arith}}
+        """))  # fmt: skip
+    for attempt in range(2):
+        result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / f"run{attempt}")])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / f"run{attempt}" / "manifest.json").read_text())
+        assert manifest["models"]["et"]["task"] == "entity_tracking" and manifest["models"]["arith"]["task"] == "arithmetic"
+        assert manifest["models"]["et"]["reused"] is (attempt == 1)  # the second run reuses the cached finetunes
+    by_config = load_run(tmp_path / "run0").by_config
+    assert [r.target_prob for r in by_config["ET"]] != [r.target_prob for r in by_config["PRE"]]
+    assert {r.template for r in by_config["PRE"]} == {"2 boxes", "3 boxes"}
+    bad = recipe.read_text().replace("task: arithmetic, examples: 8", "examples: 8")
+    (tmp_path / "bad.yaml").write_text(bad)
+    result = runner.invoke(app, ["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "'examples' sets the size of a task finetune: give 'task' too" in result.output
+
+
+def test_task_datasets_are_seeded_and_disjoint_from_the_scored_vocabulary():
+    from graftlens.data.entity_tracking import vocabulary
+    from graftlens.data.tasks import task_dataset
+
+    tokenizer = make_text_tokenizer([" ".join(OBJECTS) * 3, " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3] * 20, 400)
+    et = task_dataset("entity_tracking", tokenizer, 30, seed=1)
+    assert et.content_hash == task_dataset("entity_tracking", tokenizer, 30, seed=1).content_hash
+    assert et.content_hash != task_dataset("entity_tracking", tokenizer, 30, seed=2).content_hash
+    test_objects = set(vocabulary(tokenizer, "test").objects)
+    for t in et.train:
+        words = {w.strip(",.") for w in t.text.split()}
+        assert not words & test_objects
+    arith = task_dataset("arithmetic", tokenizer, 50, seed=0)
+    for t in arith.train:
+        question, answer = t.text.split(" = ")
+        expr = question.split("? ")[1]
+        assert eval(expr) == int(answer)  # noqa: S307 (digits and + - * only)
+    assert {e.prompt for e in arith.test}.isdisjoint({t.text.rsplit(" ", 1)[0] for t in arith.train})
+    with pytest.raises(ValueError, match="unknown finetuning task 'poetry'"):
+        task_dataset("poetry", tokenizer, 3)

@@ -33,7 +33,7 @@ from graftlens.errors import GraftlensError
 from graftlens.interventions.hooks import ActivationCache, capture, edit
 from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.run import run_logits
+from graftlens.models.run import position_ids_for, run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 Head = tuple[int, int]  # (layer, head)
@@ -111,11 +111,11 @@ def _check_head(adapter, layer: int, head: int, n_heads: int, what: str) -> None
 
 
 def head_outputs(
-    model: LoadedModel | nn.Module, ids: torch.Tensor, mask: torch.Tensor | None
+    model: LoadedModel | nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, points: Sequence[Point] = ()
 ) -> tuple[torch.Tensor, ActivationCache]:
-    """Last-position logits and every layer's per-head outputs ``z`` of one run."""
+    """Last-position logits and every layer's per-head outputs ``z`` (and ``points``) of one run."""
     loaded = as_loaded(model)
-    points = [Point("z", layer) for layer in range(loaded.adapter.n_layers)]
+    points = [Point("z", layer) for layer in range(loaded.adapter.n_layers)] + list(points)
     with capture(loaded, points) as cache:
         logits = run_logits(loaded, ids, mask, last_only=True)[:, -1]
     return logits, cache
@@ -133,6 +133,8 @@ def path_patched_logits(
     base_cache: ActivationCache | None = None,
     source_cache: ActivationCache | None = None,
     prefix=None,
+    one_column: bool = True,
+    base_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
     passed only through ``receivers`` (see the module docstring).
@@ -142,7 +144,9 @@ def path_patched_logits(
     and ``source_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs.
     ``prefix``: the base run's KV cache of its first columns (:func:`graftlens.models.prefix.run_prefix`),
     none of which the sender or the receivers may touch (see :func:`first_touched_column`); both
-    runs then compute only the columns after it."""
+    runs then compute only the columns after it. With ``one_column`` (when heads are frozen and
+    the sender and its receivers share one column per row) the sender run computes that column alone;
+    ``base_logits`` (the base run's last-position logits) then saves a run when the receivers are the logits."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
     base_mask, source_mask = inputs.masks
@@ -182,6 +186,31 @@ def path_patched_logits(
             return continue_prefix(loaded, prefix, inputs.base_ids, base_mask)
         return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
 
+    columns = _sender_columns(inputs, sender, sender_positions, receivers, receiver_positions) if one_column else None
+    if columns is not None:
+        # Every head frozen: each column's residual stream depends on that column alone, so the
+        # sender run computes just the one column a row needs (the sender's, where its receivers
+        # are), with and without the sender; what the sender changes is added to the base run's
+        # values (a sender that changes nothing leaves them exactly as they are). ``base_cache``
+        # may hold the receivers' base inputs too (:func:`head_outputs` with ``points``).
+        frozen_only = {Point("z", layer): _replace_with(base_cache[Point("z", layer)]) for layer in layers}
+        logits, sent = _one_column_run(loaded, inputs, columns, base_cache, edits, receiver_points)
+        logits_0, sent_0 = _one_column_run(loaded, inputs, columns, base_cache, frozen_only, receiver_points)
+        if not receiver_points:
+            if base_logits is None:
+                base_logits = forward()
+            return base_logits + (logits - logits_0).to(base_logits.dtype)
+        missing = [p for p in receiver_points if p not in base_cache]
+        if missing:
+            with capture(loaded, missing) as more, torch.no_grad():
+                run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)
+            base_cache = ActivationCache({**base_cache, **more})
+        # Each receiver's input in the sender run: its base value plus what the sender changed.
+        moved = {point: base_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points}
+        where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
+        receiver_edits = {point: _receiver_edit(moved[point], where, heads) for point, heads in receiver_points.items()}
+        with edit(loaded, receiver_edits):
+            return forward()
     with edit(loaded, edits), capture(loaded, receiver_points) as sent:
         logits = forward()
     if not receiver_points:
@@ -190,6 +219,53 @@ def path_patched_logits(
     receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
     with edit(loaded, receiver_edits):
         return forward()
+
+
+def _sender_columns(inputs: PathInputs, sender: Head | None, sender_positions: PositionsLike, receivers: Receivers,
+                    receiver_positions: PositionsLike) -> torch.Tensor | None:  # fmt: skip
+    """``LongTensor[batch]``: the one column each base row's sender run must compute (the sender's
+    column, where the receivers are too; the last one for the logits), or None when heads are not
+    frozen, nothing is sent, or a row needs more than one column."""
+    if receivers == "everything" or sender is None:
+        return None
+    base_mask, _ = inputs.masks
+    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+    if receivers == "logits":
+        where = where.clone()
+        where[:, -1] = True  # left-padded or not, the logits are read at the last column
+    else:
+        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
+    if not bool((where.sum(1) == 1).all()) or not bool(base_mask.gather(1, where.float().argmax(1, keepdim=True)).all()):
+        return None
+    return where.float().argmax(1)
+
+
+def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, base_cache: ActivationCache, edits, receiver_points):
+    """The sender run on one column per row (``[batch, 1]`` forward, the column's position id):
+    its logits and the receivers' inputs there, scattered back to full width."""
+    base_mask, _ = inputs.masks
+    rows = torch.arange(inputs.base_ids.shape[0], device=inputs.base_ids.device)
+    cols = columns.to(inputs.base_ids.device)
+    ids = inputs.base_ids[rows, cols][:, None]  # [batch, 1]
+    positions = position_ids_for(base_mask)[rows, cols][:, None]
+    one = {}
+    for point, fn in edits.items():
+        full = base_cache[point]  # [batch, pos, head, d_head]
+
+        def column_edit(x: torch.Tensor, fn=fn, full=full) -> torch.Tensor:
+            # Apply the full-width edit to the base values, then keep each row's column.
+            return fn(full.to(x.device, x.dtype))[rows.to(x.device), cols.to(x.device)][:, None]
+
+        one[point] = column_edit
+    with edit(loaded, one), capture(loaded, receiver_points) as sent_one, torch.no_grad():
+        logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, logits_to_keep=1).logits
+    sent = ActivationCache()
+    for point in receiver_points:
+        value = sent_one[point]  # [batch, 1, head, d_head]
+        full = value.new_zeros((value.shape[0], inputs.base_ids.shape[1], *value.shape[2:]))
+        full[rows.to(value.device), cols.to(value.device)] = value[:, 0]
+        sent[point] = full
+    return logits[:, -1], sent
 
 
 # The edits below take the columns a forward call computes: all of them, or, continuing a cached
@@ -218,7 +294,7 @@ def _receiver_edit(sent: torch.Tensor, where: torch.Tensor, heads: list[int]):
         chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
         chosen[heads] = True
         mask = where[:, where.shape[1] - x.shape[1] :].to(x.device)[:, :, None, None] & chosen[None, None, :, None]
-        return torch.where(mask, sent.to(x.device, x.dtype), x)
+        return torch.where(mask, sent[:, sent.shape[1] - x.shape[1] :].to(x.device, x.dtype), x)
 
     return fn
 
@@ -286,8 +362,9 @@ def path_patching(
     fewer columns)."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
+    points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
     with torch.no_grad():
-        base_logits, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask)
+        base_logits, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask, points)
         _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
         base_prob = target_probs(base_logits, target_ids)
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
@@ -303,7 +380,7 @@ def path_patching(
             logits = path_patched_logits(
                 loaded, inputs, (layer, head), sender_positions=sender_positions, source_positions=source_positions,
                 receivers=receivers, receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache,
-                prefix=prefix,
+                prefix=prefix, base_logits=base_logits,
             )  # fmt: skip
             scores[layer, head] = ((target_probs(logits, target_ids) - base_prob) / base_prob).mean()
     return PathPatchingScores(scores, base_prob)

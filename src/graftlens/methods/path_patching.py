@@ -99,6 +99,7 @@ class PathPatching(Method):
         assert isinstance(spec, PathPatchSpec)
         from graftlens.eval.batching import pad_id_of
         from graftlens.interventions.path_patching import Receiver, first_touched_column, head_outputs, path_patched_logits
+        from graftlens.interventions.points import Point
         from graftlens.models.prefix import cache_bytes, run_prefix
 
         model = context.models[config.model]
@@ -125,15 +126,17 @@ class PathPatching(Method):
             receiver_positions = GROUP_POSITIONS[previous]
         caches: BoundedStore = context.state(("pp-caches", config.model), lambda: BoundedStore(2 << 30))
 
+        receiver_points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
+
         def run(batch: PromptBatch) -> torch.Tensor:
             inputs = pair_inputs(batch, pad)
             key = batch_key(batch)
-            if key not in caches:
-                base = head_outputs(model, inputs.base_ids, inputs.base_mask)[1]
+            if (key, spec.stage) not in caches:  # the clean run (with this stage's receivers' inputs) and the corrupted one
+                base_logits, base = head_outputs(model, inputs.base_ids, inputs.base_mask, receiver_points)
                 source = head_outputs(model, inputs.source_ids, inputs.source_mask)[1]
                 size = sum(t.numel() * t.element_size() for t in (*base.values(), *source.values()))
-                caches.put(key, (base, source), size)
-            base_cache, source_cache = caches.get(key)
+                caches.put((key, spec.stage), (base_logits, base, source), size)
+            base_logits, base_cache, source_cache = caches.get((key, spec.stage))
             # The columns before the first one this stage touches are the clean run's own: run once, shared.
             cut = first_touched_column(inputs, position, receivers, receiver_positions)
             prefix = None
@@ -145,6 +148,7 @@ class PathPatching(Method):
             return path_patched_logits(
                 model, inputs, (spec.layer, spec.head), sender_positions=position, receivers=receivers,
                 receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache, prefix=prefix,
+                base_logits=base_logits,
             )  # fmt: skip
 
         return run

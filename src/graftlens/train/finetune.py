@@ -306,7 +306,10 @@ class _Run:
             "status": "complete" if final_eval is not None else "partial",
             "content_hash": self.name,
             "base_model": {"spec": self.loaded.spec, "source": self.loaded.source, "fingerprint": self.base_print},
-            "dataset": {"content_hash": self.data.content_hash, **{k: self.data.meta[k] for k in ("kind", "n_facts", "seed")}},
+            "dataset": {
+                "content_hash": self.data.content_hash,
+                **{k: self.data.meta[k] for k in ("kind", "n_facts", "n_train", "seed") if k in self.data.meta},
+            },
             "split": cfg.split,
             "hyperparameters": cfg.hyperparameters(),
             "n_train_texts": len(self.items),
