@@ -34,6 +34,14 @@ def _keeps_every_position(cache, length: int, more: int) -> bool:
     return True
 
 
+def _cache_argument(model: LoadedModel) -> str:
+    """The name of a forward's KV-cache argument: ``cache`` in newer transformers (which warn about
+    ``past_key_values``), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
+
+
 def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int):
     """The KV cache of ``model``'s plain forward over columns ``[0, cut)`` of a left-padded batch."""
     from transformers import DynamicCache
@@ -43,8 +51,8 @@ def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
     cache = DynamicCache(config=model.model.config)
     with torch.no_grad():
         model.model(input_ids=input_ids[:, :cut], attention_mask=attention_mask[:, :cut],
-                    position_ids=position_ids_for(attention_mask)[:, :cut], past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)  # fmt: skip
+                    position_ids=position_ids_for(attention_mask)[:, :cut], use_cache=True, logits_to_keep=1,
+                    **{_cache_argument(model): cache})  # fmt: skip
     return cache
 
 
@@ -59,8 +67,8 @@ def continue_prefix(model: LoadedModel, cache, input_ids: torch.Tensor, attentio
     try:
         with torch.no_grad():
             logits = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
-                                 position_ids=position_ids_for(attention_mask)[:, length:], past_key_values=work,
-                                 use_cache=True, logits_to_keep=1).logits  # fmt: skip
+                                 position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
+                                 logits_to_keep=1, **{_cache_argument(model): work}).logits  # fmt: skip
     finally:
         if reusable and cache.get_seq_length() > length:
             cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended

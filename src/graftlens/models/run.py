@@ -38,7 +38,7 @@ def run_logits(
 def call_sequence(args: tuple, kwargs: dict, who: str) -> tuple[torch.Tensor, int, int]:
     """What a hook on a model's ``forward`` needs of the call: ``(attention mask, cached, new)``.
 
-    The mask covers the whole sequence (``cached`` positions in ``past_key_values`` and the
+    The mask covers the whole sequence (``cached`` positions in the KV cache and the
     ``new`` ones of ``input_ids``/``inputs_embeds``); when the call gives none, every position is
     real. ``who`` names the caller in the error for a call without inputs."""
     inputs = kwargs.get("input_ids", args[0] if args else None)
@@ -46,7 +46,7 @@ def call_sequence(args: tuple, kwargs: dict, who: str) -> tuple[torch.Tensor, in
         inputs = kwargs.get("inputs_embeds")
         if inputs is None:
             raise GraftlensError(f"{who} needs input_ids (or inputs_embeds) in the forward call")
-    past = kwargs.get("past_key_values")
+    past = kwargs.get("cache", kwargs.get("past_key_values"))  # newer transformers name it ``cache``
     cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
     new = int(inputs.shape[1])
     mask = kwargs.get("attention_mask")
