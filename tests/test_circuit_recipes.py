@@ -95,6 +95,40 @@ def test_stored_value_fetcher_scores_agree_with_the_library(circuit_run, et_mode
             assert stored == pytest.approx(float(library.scores[layer, head]), rel=1e-4, abs=1e-6)
 
 
+def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
+    """Each stage's receivers are the heads the stage before picked, read at the sender's column."""
+    from graftlens.interventions.path_patching import Receiver
+    from graftlens.methods.circuits import discovered_circuit
+
+    run = load_run(circuit_run)
+    by_config = run.by_config
+    model = load_model(et_model_dir)
+    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, "corrupted", 6, 3, 0, "test"), model.tokenizer)
+    pad = pad_id_of(model.tokenizer)
+    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
+    inputs = PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans)
+
+    def results(names):
+        return {n: {r.example: r.target_prob for r in by_config[n]} for n in names}
+
+    from graftlens.methods.circuits import GroupSizes
+
+    sizes = GroupSizes(value_fetchers=3, position_transmitters=2, position_detectors=2, structure_readers=1)
+    circuit = discovered_circuit(results, "clean", sizes, 4, 4, upto=3)
+    per_kv = 2  # the tiny llama: 4 query heads, 2 KV heads
+    receivers = sorted({Receiver("v", la, h // per_kv) for la, h in circuit.group("position_transmitters").heads},
+                       key=lambda r: (r.layer, r.head))  # fmt: skip
+    library = path_patching(model, inputs, base.target_ids, sender_positions="query_box", receivers=receivers,
+                            receiver_positions="query_box")  # fmt: skip
+    clean = {r.example: r.target_prob for r in by_config["clean"]}
+    for layer in range(4):
+        for head in range(4):
+            rows = by_config[stage_config_name("position_detectors", layer, head)]
+            stored = sum((r.target_prob - clean[r.example]) / clean[r.example] for r in rows) / len(rows)
+            assert stored == pytest.approx(float(library.scores[layer, head]), rel=1e-4, abs=1e-6)
+    assert library.scores.abs().sum() > 0
+
+
 def test_report_writes_the_circuit_heat_maps_and_faithfulness(circuit_run):
     result = runner.invoke(app, ["report", str(circuit_run)])
     assert result.exit_code == 0, result.output

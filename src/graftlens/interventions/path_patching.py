@@ -23,7 +23,7 @@ every query head of its group.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -135,6 +135,7 @@ def path_patched_logits(
     prefix=None,
     one_column: bool = True,
     base_logits: torch.Tensor | None = None,
+    column_runs: dict | None = None,
 ) -> torch.Tensor:
     """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
     passed only through ``receivers`` (see the module docstring).
@@ -146,7 +147,8 @@ def path_patched_logits(
     none of which the sender or the receivers may touch (see :func:`first_touched_column`); both
     runs then compute only the columns after it. With ``one_column`` (when heads are frozen and
     the sender and its receivers share one column per row) the sender run computes that column alone;
-    ``base_logits`` (the base run's last-position logits) then saves a run when the receivers are the logits."""
+    ``base_logits`` (the base run's last-position logits) then saves a run when the receivers are the
+    logits, and ``column_runs`` (a dict the caller keeps per input) the one-column run without sender."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
     base_mask, source_mask = inputs.masks
@@ -154,6 +156,7 @@ def path_patched_logits(
         _, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask)
     layers = range(adapter.n_layers)
     edits = {}
+    sent_value = None
     if receivers != "everything":
         for layer in layers:  # every head frozen to the base run ...
             edits[Point("z", layer)] = _replace_with(base_cache[Point("z", layer)])
@@ -168,6 +171,7 @@ def path_patched_logits(
         )
         rows, bpos, spos = paired_positions(where_base, where_source, "sender")
         value = source_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
+        sent_value = (layer, head, rows, bpos, value)
         frozen = edits.get(Point("z", layer))
         edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value, inputs.base_ids.shape[1])
 
@@ -186,6 +190,11 @@ def path_patched_logits(
             return continue_prefix(loaded, prefix, inputs.base_ids, base_mask)
         return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
 
+    if receiver_points and sender is not None and sender[0] >= max(point.layer for point in receiver_points):
+        # A head's q, k, v are read from the residual stream before its layer's attention: a
+        # sender in that layer or after it reaches no receiver, and the base run is the result.
+        return base_logits if base_logits is not None else forward()
+
     columns = _sender_columns(inputs, sender, sender_positions, receivers, receiver_positions) if one_column else None
     if columns is not None:
         # Every head frozen: each column's residual stream depends on that column alone, so the
@@ -193,9 +202,12 @@ def path_patched_logits(
         # are), with and without the sender; what the sender changes is added to the base run's
         # values (a sender that changes nothing leaves them exactly as they are). ``base_cache``
         # may hold the receivers' base inputs too (:func:`head_outputs` with ``points``).
-        frozen_only = {Point("z", layer): _replace_with(base_cache[Point("z", layer)]) for layer in layers}
-        logits, sent = _one_column_run(loaded, inputs, columns, base_cache, edits, receiver_points)
-        logits_0, sent_0 = _one_column_run(loaded, inputs, columns, base_cache, frozen_only, receiver_points)
+        memo = column_runs if column_runs is not None else {}
+        key = (tuple(columns.tolist()), tuple(receiver_points))
+        if key not in memo:  # the run without the sender: the same for every sender of these columns
+            memo[key] = _one_column_run(loaded, inputs, columns, base_cache, None, receiver_points)
+        logits_0, sent_0 = memo[key]
+        logits, sent = _one_column_run(loaded, inputs, columns, base_cache, sent_value, receiver_points)
         if not receiver_points:
             if base_logits is None:
                 base_logits = forward()
@@ -240,24 +252,25 @@ def _sender_columns(inputs: PathInputs, sender: Head | None, sender_positions: P
     return where.float().argmax(1)
 
 
-def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, base_cache: ActivationCache, edits, receiver_points):
-    """The sender run on one column per row (``[batch, 1]`` forward, the column's position id):
-    its logits and the receivers' inputs there, scattered back to full width."""
+def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, base_cache: ActivationCache, sender, receiver_points):
+    """The frozen-head run on one column per row (a ``[batch, 1]`` forward at the column's position
+    id), every head's output the base run's there but the ``sender``'s (``(layer, head, rows,
+    positions, value)`` or None): its logits and the receivers' inputs, scattered back to full width."""
     base_mask, _ = inputs.masks
-    rows = torch.arange(inputs.base_ids.shape[0], device=inputs.base_ids.device)
-    cols = columns.to(inputs.base_ids.device)
+    device = inputs.base_ids.device
+    rows = torch.arange(inputs.base_ids.shape[0], device=device)
+    cols = columns.to(device)
     ids = inputs.base_ids[rows, cols][:, None]  # [batch, 1]
     positions = position_ids_for(base_mask)[rows, cols][:, None]
-    one = {}
-    for point, fn in edits.items():
-        full = base_cache[point]  # [batch, pos, head, d_head]
-
-        def column_edit(x: torch.Tensor, fn=fn, full=full) -> torch.Tensor:
-            # Apply the full-width edit to the base values, then keep each row's column.
-            return fn(full.to(x.device, x.dtype))[rows.to(x.device), cols.to(x.device)][:, None]
-
-        one[point] = column_edit
-    with edit(loaded, one), capture(loaded, receiver_points) as sent_one, torch.no_grad():
+    frozen = {}
+    for layer in range(loaded.adapter.n_layers):
+        z = base_cache[Point("z", layer)][rows, cols]  # [batch, head, d_head]
+        if sender is not None and sender[0] == layer:
+            _, head, s_rows, _, value = sender  # one sender position per row: the row's column
+            z = z.clone()
+            z[s_rows.to(z.device), head] = value.to(z.device, z.dtype)
+        frozen[Point("z", layer)] = _replace_with(z[:, None])
+    with edit(loaded, frozen), capture(loaded, receiver_points) as sent_one, torch.no_grad():
         logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, logits_to_keep=1).logits
     sent = ActivationCache()
     for point in receiver_points:
@@ -342,6 +355,86 @@ def target_probs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor
     return logits.float().softmax(-1).gather(1, target_ids[:, None].to(logits.device))[:, 0]
 
 
+@dataclass
+class _Part:
+    """Rows of a batch that one sender run serves: their inputs, clean and source activations, the
+    KV cache of the columns before the first one they touch, and the runs without sender."""
+
+    rows: torch.Tensor  # LongTensor[n]: their indices in the batch
+    inputs: PathInputs
+    base_logits: torch.Tensor
+    base_cache: ActivationCache
+    source_cache: ActivationCache
+    prefix: object | None
+    column_runs: dict = field(default_factory=dict)
+
+
+class PreparedBatch:
+    """A batch made ready for every sender of one path-patching stage (sender and receiver
+    positions fixed): the clean and source runs once, then the rows split by the first column any
+    edit touches, so each part continues its own shared prefix (the queried box sits at another
+    column in each prompt; the earliest one would set everyone's prefix otherwise)."""
+
+    def __init__(self, model: LoadedModel | nn.Module, inputs: PathInputs, *, sender_positions: PositionsLike = "LT",
+                 source_positions: PositionsLike | None = None, receivers: Receivers = "logits",
+                 receiver_positions: PositionsLike = "LT", share_prefix: bool = True) -> None:  # fmt: skip
+        from graftlens.models.prefix import run_prefix
+
+        self.model = as_loaded(model)
+        self.batch = inputs.base_ids.shape[0]
+        self.kwargs = dict(sender_positions=sender_positions, source_positions=source_positions, receivers=receivers,
+                           receiver_positions=receiver_positions)  # fmt: skip
+        points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
+        with torch.no_grad():
+            base_logits, base_cache = head_outputs(self.model, inputs.base_ids, inputs.base_mask, points)
+            _, source_cache = head_outputs(self.model, inputs.source_ids, inputs.source_mask)
+        self.base_logits = base_logits
+        first = _first_columns(inputs, sender_positions, receivers, receiver_positions) if share_prefix else None
+        groups = {int(c): (first == c).nonzero().flatten() for c in first.unique()} if first is not None else {0: None}
+        self.parts: list[_Part] = []
+        for cut, rows in sorted(groups.items()):
+            part_inputs = inputs if rows is None else _subset(inputs, rows)
+            take = (lambda t: t) if rows is None else (lambda t, r=rows: t[r.to(t.device)])
+            prefix = run_prefix(self.model, part_inputs.base_ids, part_inputs.masks[0], cut) if cut > 0 else None
+            self.parts.append(_Part(
+                torch.arange(self.batch) if rows is None else rows, part_inputs, take(base_logits),
+                ActivationCache({p: take(t) for p, t in base_cache.items()}),
+                ActivationCache({p: take(t) for p, t in source_cache.items()}), prefix,
+            ))  # fmt: skip
+
+    def logits(self, sender: Head | None) -> torch.Tensor:
+        """Last-position logits ``[batch, vocab]`` of the path-patched run for ``sender``."""
+        out = self.base_logits.new_empty(self.base_logits.shape)
+        for part in self.parts:
+            out[part.rows.to(out.device)] = path_patched_logits(
+                self.model, part.inputs, sender, base_cache=part.base_cache, source_cache=part.source_cache,
+                prefix=part.prefix, base_logits=part.base_logits, column_runs=part.column_runs, **self.kwargs,
+            )  # fmt: skip
+        return out
+
+
+def _first_columns(inputs: PathInputs, sender_positions, receivers, receiver_positions) -> torch.Tensor | None:
+    """Per row, the first column an edit touches (None when the batch is not left-padded)."""
+    base_mask, _ = inputs.masks
+    if not bool(base_mask[:, -1].all()):
+        return None
+    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+    if not isinstance(receivers, str):
+        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
+    if not bool(where.any(1).all()):
+        return None
+    return where.float().argmax(1).cpu()  # the first True of each row
+
+
+def _subset(inputs: PathInputs, rows: torch.Tensor) -> PathInputs:
+    def pick(t):
+        return None if t is None else t[rows.to(t.device)]
+
+    spans = lambda sp: None if sp is None else [sp[int(i)] for i in rows]  # noqa: E731
+    return PathInputs(pick(inputs.base_ids), pick(inputs.source_ids), pick(inputs.base_mask), pick(inputs.source_mask),
+                      spans(inputs.base_spans), spans(inputs.source_spans))  # fmt: skip
+
+
 def path_patching(
     model: LoadedModel | nn.Module,
     inputs: PathInputs,
@@ -360,27 +453,29 @@ def path_patching(
     With ``share_prefix`` the columns before the first one any sender or receiver touches are run
     once, with a KV cache, and every sender continues from there (the same result, computed on
     fewer columns)."""
-    loaded = as_loaded(model)
-    adapter = loaded.adapter
-    points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
+    adapter = as_loaded(model).adapter
     with torch.no_grad():
-        base_logits, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask, points)
-        _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
-        base_prob = target_probs(base_logits, target_ids)
+        prepared = PreparedBatch(
+            model, inputs, sender_positions=sender_positions, source_positions=source_positions,
+            receivers=receivers, receiver_positions=receiver_positions, share_prefix=share_prefix,
+        )  # fmt: skip
+        base_prob = target_probs(prepared.base_logits, target_ids)
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
         if senders is None:
             senders = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
-        prefix = None
-        cut = first_touched_column(inputs, sender_positions, receivers, receiver_positions) if share_prefix else 0
-        if cut > 0:
-            from graftlens.models.prefix import run_prefix
-
-            prefix = run_prefix(loaded, inputs.base_ids, inputs.masks[0], cut)
         for layer, head in senders:
-            logits = path_patched_logits(
-                loaded, inputs, (layer, head), sender_positions=sender_positions, source_positions=source_positions,
-                receivers=receivers, receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache,
-                prefix=prefix, base_logits=base_logits,
-            )  # fmt: skip
-            scores[layer, head] = ((target_probs(logits, target_ids) - base_prob) / base_prob).mean()
+            p = target_probs(prepared.logits((layer, head)), target_ids)
+            scores[layer, head] = ((p - base_prob) / base_prob).mean()
     return PathPatchingScores(scores, base_prob)
+
+
+def prepared_bytes(prepared: PreparedBatch) -> int:
+    """About how much memory a prepared batch holds (activations and KV prefixes)."""
+    from graftlens.models.prefix import cache_bytes
+
+    total = 0
+    for part in prepared.parts:
+        for t in (*part.base_cache.values(), *part.source_cache.values()):
+            total += t.numel() * t.element_size()
+        total += cache_bytes(part.prefix) if part.prefix is not None else 0
+    return total

@@ -98,9 +98,7 @@ class PathPatching(Method):
         spec = config.method
         assert isinstance(spec, PathPatchSpec)
         from graftlens.eval.batching import pad_id_of
-        from graftlens.interventions.path_patching import Receiver, first_touched_column, head_outputs, path_patched_logits
-        from graftlens.interventions.points import Point
-        from graftlens.models.prefix import cache_bytes, run_prefix
+        from graftlens.interventions.path_patching import PreparedBatch, Receiver, prepared_bytes
 
         model = context.models[config.model]
         a = model.adapter
@@ -123,33 +121,19 @@ class PathPatching(Method):
                 {Receiver(point, layer, head if point == "q" else head // per_kv) for layer, head in chosen.heads},
                 key=lambda r: (r.layer, r.head),
             )
-            receiver_positions = GROUP_POSITIONS[previous]
+            # The receivers read the sender's column: value fetchers' queries at the last token,
+            # transmitters' values at the query label, detectors' values at the queried box.
+            receiver_positions = position
         caches: BoundedStore = context.state(("pp-caches", config.model), lambda: BoundedStore(2 << 30))
 
-        receiver_points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
-
         def run(batch: PromptBatch) -> torch.Tensor:
-            inputs = pair_inputs(batch, pad)
-            key = batch_key(batch)
-            if (key, spec.stage) not in caches:  # the clean run (with this stage's receivers' inputs) and the corrupted one
-                base_logits, base = head_outputs(model, inputs.base_ids, inputs.base_mask, receiver_points)
-                source = head_outputs(model, inputs.source_ids, inputs.source_mask)[1]
-                size = sum(t.numel() * t.element_size() for t in (*base.values(), *source.values()))
-                caches.put((key, spec.stage), (base_logits, base, source), size)
-            base_logits, base_cache, source_cache = caches.get((key, spec.stage))
-            # The columns before the first one this stage touches are the clean run's own: run once, shared.
-            cut = first_touched_column(inputs, position, receivers, receiver_positions)
-            prefix = None
-            if cut > 0:
-                if (key, cut) not in caches:
-                    made = run_prefix(model, inputs.base_ids, inputs.masks[0], cut)
-                    caches.put((key, cut), made, cache_bytes(made))
-                prefix = caches.get((key, cut))
-            return path_patched_logits(
-                model, inputs, (spec.layer, spec.head), sender_positions=position, receivers=receivers,
-                receiver_positions=receiver_positions, base_cache=base_cache, source_cache=source_cache, prefix=prefix,
-                base_logits=base_logits,
-            )  # fmt: skip
+            key = (batch_key(batch), spec.stage)
+            if key not in caches:  # the clean and corrupted runs and the shared prefixes, once per batch and stage
+                inputs = pair_inputs(batch, pad)
+                prepared = PreparedBatch(model, inputs, sender_positions=position, receivers=receivers,
+                                         receiver_positions=receiver_positions)  # fmt: skip
+                caches.put(key, prepared, prepared_bytes(prepared))
+            return caches.get(key).logits((spec.layer, spec.head))
 
         return run
 
