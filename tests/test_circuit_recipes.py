@@ -330,3 +330,22 @@ def test_task_datasets_are_seeded_and_disjoint_from_the_scored_vocabulary():
     assert {e.prompt for e in arith.test}.isdisjoint({t.text.rsplit(" ", 1)[0] for t in arith.train})
     with pytest.raises(ValueError, match="unknown finetuning task 'poetry'"):
         task_dataset("poetry", tokenizer, 3)
+
+
+def test_shipped_entity_tracking_recipes_and_circuit():
+    from graftlens.methods.circuits import GROUPS, load_circuit
+
+    circuit = load_circuit("shipped:smollm2-135m-et")
+    assert list(circuit.groups) == list(GROUPS)
+    circuit.check(30, 9)  # SmolLM2-135M: 30 layers of 9 heads
+    for name, kinds in [("entity-tracking", {"configs"}), ("et-circuit", {"configs", "path_patching", "circuit"}),
+                        ("et-dcm", {"configs", "dcm"}), ("et-cmap", {"configs", "circuit_cmap"})]:  # fmt: skip
+        recipe, _ = load_recipe(name)
+        configs = recipe.expanded(n_layers=30, n_heads=9)
+        assert {c.kind for c in configs} == kinds
+    recipe, _ = load_recipe("et-circuit")
+    configs = recipe.expanded(n_layers=30, n_heads=9)
+    assert sum(c.kind == "path_patching" for c in configs) == 4 * 30 * 9
+    assert [c.phase for c in configs if c.kind == "circuit"] == [5] * 6
+    with pytest.raises(Exception, match="no shipped circuit 'shipped:gpt2'"):
+        load_circuit("shipped:gpt2")

@@ -344,3 +344,29 @@ def test_the_one_column_sender_run_gives_the_full_sender_run(family):
                 full = path_patched_logits(model, inputs, sender, one_column=False, **kw)
                 torch.testing.assert_close(one, full, rtol=1e-4, atol=1e-5)
                 assert not torch.allclose(full, path_patched_logits(model, inputs, None, **kw))
+
+
+def test_masked_patching_over_a_shared_prefix_gives_the_full_pass_and_its_gradient(family):
+    from graftlens.interventions.masks import _prepare, masked_patch_logits
+
+    model = make_tiny_model(family)
+    g = torch.Generator().manual_seed(12)
+    base = torch.randint(3, VOCAB, (3, 8), generator=g)
+    source = torch.randint(3, VOCAB, (3, 8), generator=g)
+    mask = torch.ones_like(base)
+    mask[2, :2] = 0
+    spans = [{"query": (5, 6)}, {"query": (6, 7)}, {"query": (4, 5)}]
+    batch = DesideratumBatch(PathInputs(base, source, mask, mask, spans, spans), torch.tensor([5, 6, 7]))
+    heads = [(1, 0), (2, 3), (3, 1)]
+    source_cache, prefix = _prepare(as_loaded(model), batch, "query")
+    assert prefix is not None
+    grads = []
+    for shared in (True, False):
+        m = torch.full((3,), 0.7, requires_grad=True)
+        kw = dict(source_cache=source_cache, prefix=prefix) if shared else {}
+        out = masked_patch_logits(model, batch, heads, m, "query", grad=True, **kw)
+        out.logsumexp(-1).sum().backward()
+        grads.append((out.detach(), m.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-3, atol=1e-5)
+    assert grads[1][1].abs().sum() > 0

@@ -212,9 +212,9 @@ def circuit_diagram(
     """Head groups as boxes from left to right (``(name, positions, heads)``), arrows ``(from,
     to, label)`` between them (group indices; ``len(groups)`` is the output logits)."""
     n = len(groups)
-    fig, ax = _figure((max(7.0, 2.6 * (n + 1)), 3.6))
+    fig, ax = _figure((max(6.0, 1.9 * (n + 1)), 2.9))
     ax.set_xlim(-0.5, n + 0.5)
-    ax.set_ylim(-1.2, 1.2)
+    ax.set_ylim(-0.9, 0.9)
     ax.axis("off")
     colors = colormaps["tab10"].colors
     for i, (name, positions, heads) in enumerate(groups):
@@ -224,7 +224,7 @@ def circuit_diagram(
         ax.text(i, 0, text, ha="center", va="center", fontsize=7.5, bbox=box)
     ax.text(n, 0, "logits", ha="center", va="center", fontsize=9, bbox={"boxstyle": "round,pad=0.5", "facecolor": "white"})
     for a, b, label in edges:
-        ax.annotate("", xy=(b - 0.38, 0.0), xytext=(a + 0.38, 0.0), arrowprops={"arrowstyle": "->", "linewidth": 1.3})
+        ax.annotate("", xy=(b - 0.42, 0.0), xytext=(a + 0.42, 0.0), arrowprops={"arrowstyle": "->", "linewidth": 1.3})
         ax.text((a + b) / 2, 0.18, label, ha="center", va="bottom", fontsize=7.5)
-    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     return fig

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
-from graftlens.interventions.hooks import edit
+from graftlens.interventions.hooks import ActivationCache, edit
 from graftlens.interventions.path_patching import Head, PathInputs, head_outputs, paired_positions
 from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -83,9 +83,15 @@ def masked_patch_logits(
     positions: PositionsLike = "LT",
     source_positions: PositionsLike | None = None,
     grad: bool = False,
+    source_cache: ActivationCache | None = None,
+    prefix=None,
 ) -> torch.Tensor:
     """Last-position logits of the base run with each head's output at ``positions`` moved
-    toward its source output by its mask value (``mask[i]`` for ``heads[i]``; 1 = patched)."""
+    toward its source output by its mask value (``mask[i]`` for ``heads[i]``; 1 = patched).
+
+    ``source_cache`` (the source run's ``z``, from :func:`head_outputs`) saves that run;
+    ``prefix`` (a KV cache of the base run's columns before the first patched one, from
+    :func:`graftlens.models.prefix.run_prefix`) makes the pass compute only the columns after it."""
     loaded = as_loaded(model)
     a = loaded.adapter
     for layer, head in heads:
@@ -95,8 +101,10 @@ def masked_patch_logits(
             )
     inputs = batch.inputs
     base_mask, source_mask = inputs.masks
-    with torch.no_grad():
-        _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+    if source_cache is None:
+        with torch.no_grad():
+            _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+    width = inputs.base_ids.shape[1]
     where_base = resolve_positions(positions, base_mask, inputs.base_spans)
     where_source = resolve_positions(
         positions if source_positions is None else source_positions, source_mask, inputs.source_spans
@@ -113,7 +121,7 @@ def masked_patch_logits(
 
         def fn(z: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
             m = mask[idx].to(z.device, z.dtype)[None, :, None]  # [1, k, 1]
-            r, p = rows.to(z.device), bpos.to(z.device)
+            r, p = rows.to(z.device), bpos.to(z.device) - (width - z.shape[1])  # a continuation computes the last columns
             base = z[r, p][:, hs.to(z.device)]  # [n, k, d_head]
             out = z.clone()
             out[r[:, None], p[:, None], hs.to(z.device)[None, :]] = base + m * (source.to(z.device, z.dtype) - base)
@@ -122,7 +130,25 @@ def masked_patch_logits(
         return fn
 
     with edit(loaded, {Point("z", layer): edit_for(layer) for layer in by_layer}):
+        if prefix is not None:
+            from graftlens.models.prefix import continue_prefix
+
+            return continue_prefix(loaded, prefix, inputs.base_ids, base_mask, grad=grad)
         return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True, grad=grad)[:, -1]
+
+
+def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsLike):
+    """A batch's source activations and the KV cache of its base columns before the first patched one."""
+    from graftlens.models.prefix import run_prefix
+
+    inputs = batch.inputs
+    base_mask, _ = inputs.masks
+    with torch.no_grad():
+        _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+    where = resolve_positions(positions, base_mask, inputs.base_spans)
+    columns = where.any(0).nonzero().flatten()
+    cut = int(columns[0]) if len(columns) and bool(base_mask[:, -1].all()) else 0
+    return source_cache, (run_prefix(loaded, inputs.base_ids, base_mask, cut) if cut > 0 else None)
 
 
 def learn_mask(
@@ -144,12 +170,14 @@ def learn_mask(
     logits = torch.full((len(heads),), settings.init, requires_grad=True)
     opt = torch.optim.Adam([logits], lr=settings.lr)
     losses = []
+    prepared = [_prepare(loaded, batch, positions) for batch in batches]  # source runs and clean prefixes, once
     with _frozen_parameters(loaded.model):
         for epoch in range(settings.epochs):
             total = 0.0
-            for batch in batches:
+            for batch, (source_cache, prefix) in zip(batches, prepared):
                 mask = torch.sigmoid(logits)
-                out = masked_patch_logits(loaded, batch, heads, mask, positions, source_positions, grad=True)
+                out = masked_patch_logits(loaded, batch, heads, mask, positions, source_positions, grad=True,
+                                          source_cache=source_cache, prefix=prefix)  # fmt: skip
                 loss = nn.functional.cross_entropy(out.float(), batch.answer_ids.to(out.device)) + settings.lam * mask.sum()
                 opt.zero_grad()
                 loss.backward()

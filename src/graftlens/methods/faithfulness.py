@@ -146,8 +146,7 @@ class CircuitAblation(Method):
         circuit = stored_circuit(run, configs)
         if circuit is None:
             return {}
-        return {"circuit.json": json.dumps({"model": run.manifest.get("recipient"), "run": run.run_id,
-                                            "groups": circuit.to_json()}, indent=2) + "\n"}  # fmt: skip
+        return {"circuit.json": circuit_json(circuit, run.manifest.get("recipient"), run.run_id)}
 
 
 def stored_circuit(run: RunData, configs: list[StoredConfig]) -> Circuit | None:
@@ -170,3 +169,13 @@ def stored_circuit(run: RunData, configs: list[StoredConfig]) -> Circuit | None:
         return {n: {r.example: r.target_prob for r in by_config.get(n, [])} for n in names}
 
     return discovered_circuit(results, spec["clean"], GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
+
+
+def circuit_json(circuit: Circuit, model: object, run_id: str) -> str:
+    """A circuit file, one group per block and its heads on one line (``[[layer, head], ...]``)."""
+    groups = []
+    for name, g in circuit.groups.items():
+        heads = json.dumps([list(h) for h in g.heads])
+        groups.append(f'    "{name}": {{"positions": {json.dumps(g.positions)}, "heads": {heads}}}')
+    body = ",\n".join(groups)
+    return f'{{\n  "model": {json.dumps(model)},\n  "run": {json.dumps(run_id)},\n  "groups": {{\n{body}\n  }}\n}}\n'

@@ -56,16 +56,18 @@ def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
     return cache
 
 
-def continue_prefix(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def continue_prefix(
+    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, grad: bool = False
+) -> torch.Tensor:
     """Logits ``[batch, vocab]`` of the last column, computing only the columns after the cached
     prefix (hooks and grafts active around the call see only those columns); the cache is left as
-    it was."""
+    it was. With ``grad`` the logits keep the graph of those columns (the prefix is constant)."""
     length = int(cache.get_seq_length())
     more = input_ids.shape[1] - length
     reusable = _keeps_every_position(cache, length, more)
     work = cache if reusable else copy.deepcopy(cache)
     try:
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             logits = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
                                  position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
                                  logits_to_keep=1, **{_cache_argument(model): work}).logits  # fmt: skip
