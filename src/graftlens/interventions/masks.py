@@ -182,7 +182,7 @@ def learn_mask(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
+                total += float(loss.detach())
             losses.append(total / max(len(batches), 1))
             if progress is not None:
                 progress(epoch + 1, losses[-1])

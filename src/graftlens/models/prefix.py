@@ -64,7 +64,9 @@ def continue_prefix(
     it was. With ``grad`` the logits keep the graph of those columns (the prefix is constant)."""
     length = int(cache.get_seq_length())
     more = input_ids.shape[1] - length
-    reusable = _keeps_every_position(cache, length, more)
+    # A pass with gradients keeps the tensors the cache appends in its graph: it works on a copy, so
+    # the shared prefix never holds a view into a graph that a backward pass frees.
+    reusable = _keeps_every_position(cache, length, more) and not grad
     work = cache if reusable else copy.deepcopy(cache)
     try:
         with torch.enable_grad() if grad else torch.no_grad():
