@@ -163,6 +163,10 @@ def test_circuit_recipe_errors(tmp_path, et_model_dir):
     (tmp_path / "a.yaml").write_text(bad)
     result = runner.invoke(app, ["run", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "clean 'nothing' must name a configuration without grafts" in result.output
+    bad = _circuit_recipe(tmp_path / "c.yaml", et_model_dir).read_text().replace("seed: 0}", "seed: 0, pairs: [object]}")
+    (tmp_path / "c.yaml").write_text(bad)
+    result = runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "path patching needs clean prompts with corrupted sources" in result.output
     bad = _circuit_recipe(tmp_path / "b.yaml", et_model_dir).read_text().replace("boxes: [3]", "boxes: [1]")
     (tmp_path / "b.yaml").write_text(bad)
     result = runner.invoke(app, ["run", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "o")])
@@ -266,6 +270,7 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
         (lambda s: s.replace("WHERE", "nowhere.json"), "circuit file"),
         (lambda s: s.replace("WHERE", "shipped:nothing"), "no shipped circuit 'shipped:nothing'"),
         (lambda s: s.replace("WHERE", "BAD_HEADS"), "heads [(2, 9)] out of range"),
+        (lambda s: s.replace("pairs: [position]", "pairs: [corrupted]"), "the scored prompts must be desideratum pairs"),
     ],
 )
 def test_circuit_method_errors_name_the_problem(tmp_path, et_model_dir, other_dir, edit, message):

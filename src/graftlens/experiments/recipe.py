@@ -193,6 +193,7 @@ class Recipe(Strict):
             for name in s.model_references():
                 known(name, f"{s.kind} sweep")
             s.check_in_recipe(plain)
+            s.check_data(self.data.model_dump(mode="json"))
         if self.data.known_facts is not None or self.data.entity_tracking is not None:
             tuned = [name for name, spec in self.models.items() if spec.finetune is not None and spec.finetune.task is None]
             if tuned:

@@ -80,6 +80,10 @@ class Sweep(Strict):
         """Raise ``ValueError`` if the sweep does not fit the rest of its recipe (``plain_configs``:
         the names of the written configurations without grafts)."""
 
+    def check_data(self, data: dict) -> None:
+        """Raise ``ValueError`` if the sweep cannot score the recipe's prompts (``data``: the
+        recipe's ``data`` part, dumped)."""
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -67,6 +67,14 @@ class DcmSweep(Sweep):
     recipient: str | None = None
     group: str = "dcm"
 
+    def check_data(self, data: dict) -> None:
+        pairs = (data.get("entity_tracking") or {}).get("pairs")
+        if not pairs or "corrupted" in pairs:
+            raise ValueError(
+                "dcm sweep: the scored prompts must be desideratum pairs: data: {entity_tracking: {pairs: "
+                f"[position, object, box_label]}} (got {pairs or 'no entity-tracking prompts'})"
+            )
+
 
 def mask_key(layer: int, head: int) -> str:
     return f"mask {layer}.{head}"

@@ -67,6 +67,13 @@ class CircuitSweep(Sweep):
     recipient: str | None = None
     group: str = "path patching"
 
+    def check_data(self, data: dict) -> None:
+        if (data.get("entity_tracking") or {}).get("pairs") != ["corrupted"]:
+            raise ValueError(
+                "et_circuit sweep: path patching needs clean prompts with corrupted sources: "
+                "data: {entity_tracking: {pairs: [corrupted]}}"
+            )
+
     def check_in_recipe(self, plain_configs: list[str]) -> None:
         if self.clean not in plain_configs:
             raise ValueError(
