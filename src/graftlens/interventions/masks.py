@@ -47,7 +47,7 @@ class DcmSettings:
     lam: float = 0.01
     lr: float = 0.1
     epochs: int = 10
-    init: float = 3.0  # mask logits start here: sigmoid(3) ≈ 0.95, every head patched
+    init: float = 0.0  # mask logits start here: sigmoid(0) = 0.5, undecided (a few epochs then decide each head)
     seed: int = 0
 
 

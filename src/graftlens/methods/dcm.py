@@ -45,6 +45,7 @@ class DcmSpec(Strict):
     lam: float = Field(0.01, ge=0)
     lr: float = Field(0.1, gt=0)
     batch_size: int = Field(24, ge=1)
+    init: float = 0.0
     seed: int = 0
     half: Literal["all", "train", "test"] = "test"
 
@@ -62,6 +63,7 @@ class DcmSweep(Sweep):
     lam: float = Field(0.01, ge=0)  # λ of the L1 term (Prakash et al.: 0.01)
     lr: float = Field(0.1, gt=0)  # Adam's learning rate (Prakash et al.: 0.1)
     batch_size: int = Field(24, ge=1)
+    init: float = 0.0  # the mask logits' start (sigmoid 0.5: every head undecided)
     seed: int = 0
     half: Literal["all", "train", "test"] = "test"
     recipient: str | None = None
@@ -90,7 +92,7 @@ class DesiderataMasking(Method):
     def expand(self, sweep: DcmSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
         out = []
         common = sweep.model_dump(
-            include={"circuit", "boxes", "train_examples", "epochs", "lam", "lr", "batch_size", "seed", "half"}
+            include={"circuit", "boxes", "train_examples", "epochs", "lam", "lr", "batch_size", "init", "seed", "half"}
         )
         for group in sweep.groups:
             for desideratum in [None, *sweep.desiderata]:
@@ -210,5 +212,5 @@ def _train(model: LoadedModel, spec: DcmSpec, heads: list[tuple[int, int]], pad:
     for batch in batches(prompts, spec.batch_size, pad):
         batch = batch.to(model.device)
         train.append(DesideratumBatch(pair_inputs(batch, pad), batch.target_ids))
-    settings = DcmSettings(lam=spec.lam, lr=spec.lr, epochs=spec.epochs, seed=spec.seed)
+    settings = DcmSettings(lam=spec.lam, lr=spec.lr, epochs=spec.epochs, init=spec.init, seed=spec.seed)
     return learn_mask(model, train, heads, settings, GROUP_POSITIONS[spec.group])
