@@ -162,18 +162,6 @@ class DesiderataMasking(Method):
         return [Table(f"{group}: accuracy on each desideratum's prompts (heads patched from the source)", "configuration",
                       desiderata, rows)]  # fmt: skip
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
-        from graftlens.methods.figures import bar_chart_of
-
-        drawn = bar_chart_of(run, group, configs)
-        if drawn is None:
-            return None
-        fig, title = drawn
-        masks = selected_heads(run, configs)
-        if masks:
-            fig.text(0.01, 0.005, "kept: " + "; ".join(f"{k} → {v}" for k, v in masks.items()), fontsize=6, wrap=True)
-        return fig, title
-
     def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
         import json
 
