@@ -213,3 +213,17 @@ def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
     )
     done = _in_fresh_interpreter(script)
     assert "names model 'pree'" in done.stderr and done.stdout.strip().endswith("ok")
+
+
+def test_a_lazy_name_is_not_shadowed_by_its_submodule():
+    """``graftlens.train.finetune`` is both a module and the function it exports: asking for
+    another name of that module first must not leave the package attribute the module."""
+    code = (
+        "import types\n"
+        "from graftlens.train import FinetuneError, finetune\n"
+        "assert callable(finetune) and not isinstance(finetune, types.ModuleType)\n"
+    )
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,9 +23,14 @@ def lazy_exports(namespace: dict[str, Any], exports: Mapping[str, str]) -> None:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        namespace[name] = value
-        return value
+        loaded = importlib.import_module(module)
+        # Bind every name this module exports at once: importing ``package.finetune`` sets the
+        # package attribute ``finetune`` to the submodule, which would shadow the exported
+        # function of that name if it were asked for after another name of the same module.
+        for other, home in exports.items():
+            if home == module:
+                namespace[other] = getattr(loaded, other)
+        return namespace[name]
 
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(exports))
