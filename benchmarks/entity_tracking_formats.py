@@ -28,7 +28,9 @@ def _context(objects, labels, sep=", ") -> str:
 FORMATS = {
     "graftlens (the X is in Box L, ...)": lambda o, b, q: _context(o, b) + f". Box {b[q]} contains the",
     "sentences": lambda o, b, q: " ".join(f"The {x} is in Box {y}." for x, y in zip(o, b)) + f" Box {b[q]} contains the",
-    "Box L contains the X": lambda o, b, q: ", ".join(f"Box {y} contains the {x}" for x, y in zip(o, b)) + f". Box {b[q]} contains the",
+    "Box L contains the X": lambda o, b, q: (
+        ", ".join(f"Box {y} contains the {x}" for x, y in zip(o, b)) + f". Box {b[q]} contains the"
+    ),
     "numbered boxes": lambda o, b, q: _context(o, [str(i) for i in range(len(o))]) + f". Box {q} contains the",
     "question / answer": lambda o, b, q: _context(o, b) + f".\nQuestion: What does Box {b[q]} contain?\nAnswer: the",
 }
