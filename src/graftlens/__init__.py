@@ -29,34 +29,13 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(["PositionError", "parse_positions"], "graftlens.positions"),
     **dict.fromkeys(
-        [
-            "ActivationCache",
-            "Patch",
-            "Point",
-            "attention_knockout",
-            "capture",
-            "cross_model_patched_logits",
-            "edit",
-            "parse_point",
-            "patched_logits",
-            "point_logits",
-            "project",
-            "run_with_cache",
-        ],
+        ["ActivationCache", "Patch", "Point", "attention_knockout", "capture", "cross_model_patched_logits", "edit",
+         "parse_point", "patched_logits", "point_logits", "project", "run_with_cache"],
         "graftlens.interventions",
     ),  # fmt: skip
     **dict.fromkeys(
-        [
-            "EMBEDDED_SPEC",
-            "ArchitectureAdapter",
-            "LoadedModel",
-            "adapter_for",
-            "expand_components",
-            "load_model",
-            "run_logits",
-            "select_layers",
-            "supported_model_types",
-        ],
+        ["EMBEDDED_SPEC", "ArchitectureAdapter", "LoadedModel", "adapter_for", "expand_components", "load_model",
+         "run_logits", "select_layers", "supported_model_types"],
         "graftlens.models",
     ),  # fmt: skip
 }

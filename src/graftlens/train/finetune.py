@@ -237,7 +237,9 @@ class _Run:
             raise FinetuneError(f"{path} is damaged ({e}); remove {self.work} to start over") from None
         if not isinstance(meta, dict) or meta.get("name") != self.name:
             owner = meta.get("name") if isinstance(meta, dict) else None
-            raise FinetuneError(f"{self.work} holds the state of another run ({owner}); remove it or choose another output")
+            raise FinetuneError(
+                f"{self.work} holds the state of another run ({owner}); remove it or choose another output"
+            )
         tensors = self.work / str(meta.get("tensors", ""))
         if tensors.parent != self.work or not tensors.is_file():
             raise FinetuneError(f"{path} names a tensor file that is not in {self.work}; remove the directory to start over")
