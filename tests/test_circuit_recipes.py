@@ -41,6 +41,15 @@ def et_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+def _pairs(model, kind: str, n: int):
+    """The recipes' 3-box pairs of ``kind`` (seed 0, test half): prompts, the base batch, and the inputs."""
+    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, kind, n, 3, 0, "test"), model.tokenizer)
+    pad = pad_id_of(model.tokenizer)
+    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
+    return prompts, base, PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans,
+                                     source.spans)  # fmt: skip
+
+
 def _circuit_recipe(path: Path, model_dir: str, extra: str = "") -> Path:
     path.write_text(textwrap.dedent(f"""\
         name: tiny-et-circuit
@@ -81,10 +90,7 @@ def test_circuit_run_scores_every_stage_and_head(circuit_run):
 def test_stored_value_fetcher_scores_agree_with_the_library(circuit_run, et_model_dir):
     run = load_run(circuit_run)
     model = load_model(et_model_dir)
-    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, "corrupted", 6, 3, 0, "test"), model.tokenizer)
-    pad = pad_id_of(model.tokenizer)
-    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
-    inputs = PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans)
+    prompts, base, inputs = _pairs(model, "corrupted", 6)
     library = path_patching(model, inputs, base.target_ids, receivers="logits", sender_positions="LT")
     by_config = run.by_config
     clean = {r.example: r.target_prob for r in by_config["clean"]}
@@ -103,10 +109,7 @@ def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
     run = load_run(circuit_run)
     by_config = run.by_config
     model = load_model(et_model_dir)
-    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, "corrupted", 6, 3, 0, "test"), model.tokenizer)
-    pad = pad_id_of(model.tokenizer)
-    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
-    inputs = PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans)
+    prompts, base, inputs = _pairs(model, "corrupted", 6)
 
     def results(names):
         return {n: {r.example: r.target_prob for r in by_config[n]} for n in names}
@@ -247,10 +250,7 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
     assert all(0 < v < 1 for v in masked[0].extra.values())
     # "all heads": the group patched whole, as the library computes it
     model = load_model(et_model_dir)
-    pad = pad_id_of(model.tokenizer)
-    prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, "object", 5, 3, 0, "test"), model.tokenizer)
-    base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
-    inputs = PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans)
+    prompts, base, inputs = _pairs(model, "object", 5)
     with torch.no_grad():
         logits = masked_patch_logits(model, DesideratumBatch(inputs, base.target_ids), list(heads), torch.ones(len(heads)), "LT")
     expected = logits.float().softmax(-1).gather(1, base.target_ids[:, None])[:, 0].tolist()

@@ -297,17 +297,23 @@ def test_dcm_errors():
         learn_mask(model, batches, [], DcmSettings(epochs=1))
 
 
+def _padded_pairs(g: torch.Generator, width: int, padded_row: int, padding: int, queries: tuple[int, ...]) -> PathInputs:
+    """Three random base/source rows of ``width`` columns, one of them left-padded, each with a
+    one-token ``query`` span (prompt coordinates) at ``queries[row]``."""
+    base = torch.randint(3, VOCAB, (3, width), generator=g)
+    source = torch.randint(3, VOCAB, (3, width), generator=g)
+    mask = torch.ones_like(base)
+    mask[padded_row, :padding] = 0
+    spans = [{"query": (q, q + 1)} for q in queries]
+    return PathInputs(base, source, mask, mask, spans, spans)
+
+
 def test_a_shared_prefix_gives_the_full_path_patching(family):
     from graftlens.interventions.path_patching import first_touched_column
 
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(8)
-    base = torch.randint(3, VOCAB, (3, 9), generator=g)
-    source = torch.randint(3, VOCAB, (3, 9), generator=g)
-    mask = torch.ones_like(base)
-    mask[0, :2] = 0  # left padding in one row
-    spans = [{"query": (4, 5)}, {"query": (6, 7)}, {"query": (5, 6)}]
-    inputs = PathInputs(base, source, mask, mask, spans, spans)
+    inputs = _padded_pairs(g, 9, padded_row=0, padding=2, queries=(4, 6, 5))
     targets = torch.randint(3, VOCAB, (3,), generator=g)
     for positions, receivers, receiver_positions in [
         ("LT", "logits", "LT"),
@@ -325,12 +331,7 @@ def test_a_shared_prefix_gives_the_full_path_patching(family):
 def test_the_one_column_sender_run_gives_the_full_sender_run(family):
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(9)
-    base = torch.randint(3, VOCAB, (3, 8), generator=g)
-    source = torch.randint(3, VOCAB, (3, 8), generator=g)
-    mask = torch.ones_like(base)
-    mask[1, :3] = 0  # left padding: position ids differ from column numbers
-    spans = [{"query": (4, 5)}, {"query": (2, 3)}, {"query": (6, 7)}]
-    inputs = PathInputs(base, source, mask, mask, spans, spans)
+    inputs = _padded_pairs(g, 8, padded_row=1, padding=3, queries=(4, 2, 6))  # position ids ≠ column numbers
     cases = [
         ("LT", "logits", "LT"),
         ("LT", [Receiver("q", 3, 2)], "LT"),
@@ -351,12 +352,7 @@ def test_masked_patching_over_a_shared_prefix_gives_the_full_pass_and_its_gradie
 
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(12)
-    base = torch.randint(3, VOCAB, (3, 8), generator=g)
-    source = torch.randint(3, VOCAB, (3, 8), generator=g)
-    mask = torch.ones_like(base)
-    mask[2, :2] = 0
-    spans = [{"query": (5, 6)}, {"query": (6, 7)}, {"query": (4, 5)}]
-    batch = DesideratumBatch(PathInputs(base, source, mask, mask, spans, spans), torch.tensor([5, 6, 7]))
+    batch = DesideratumBatch(_padded_pairs(g, 8, padded_row=2, padding=2, queries=(5, 6, 4)), torch.tensor([5, 6, 7]))
     heads = [(1, 0), (2, 3), (3, 1)]
     source_cache, prefix = _prepare(as_loaded(model), batch, "query")
     assert prefix is not None

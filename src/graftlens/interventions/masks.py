@@ -21,7 +21,7 @@ from torch import nn
 
 from graftlens.errors import GraftlensError
 from graftlens.interventions.hooks import ActivationCache, edit
-from graftlens.interventions.path_patching import Head, PathInputs, head_outputs, paired_positions
+from graftlens.interventions.path_patching import Head, PathInputs, first_touched_column, head_outputs, paired_positions
 from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
@@ -145,9 +145,7 @@ def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsL
     base_mask, _ = inputs.masks
     with torch.no_grad():
         _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
-    where = resolve_positions(positions, base_mask, inputs.base_spans)
-    columns = where.any(0).nonzero().flatten()
-    cut = int(columns[0]) if len(columns) and bool(base_mask[:, -1].all()) else 0
+    cut = first_touched_column(inputs, positions, "logits", "LT")
     return source_cache, (run_prefix(loaded, inputs.base_ids, base_mask, cut) if cut > 0 else None)
 
 

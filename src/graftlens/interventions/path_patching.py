@@ -218,15 +218,12 @@ def path_patched_logits(
                 run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)
             base_cache = ActivationCache({**base_cache, **more})
         # Each receiver's input in the sender run: its base value plus what the sender changed.
-        moved = {point: base_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points}
-        where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
-        receiver_edits = {point: _receiver_edit(moved[point], where, heads) for point, heads in receiver_points.items()}
-        with edit(loaded, receiver_edits):
-            return forward()
-    with edit(loaded, edits), capture(loaded, receiver_points) as sent:
-        logits = forward()
-    if not receiver_points:
-        return logits
+        sent = ActivationCache({point: base_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points})
+    else:
+        with edit(loaded, edits), capture(loaded, receiver_points) as sent:
+            logits = forward()
+        if not receiver_points:
+            return logits
     where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
     receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
     with edit(loaded, receiver_edits):
@@ -316,14 +313,8 @@ def first_touched_column(inputs: PathInputs, sender_positions: PositionsLike, re
                          receiver_positions: PositionsLike) -> int:  # fmt: skip
     """The first column of the (left-padded) base batch that a path-patched run changes: every
     column before it is the base run's own, so a KV cache of them can be shared (0: none)."""
-    base_mask, _ = inputs.masks
-    if not bool(base_mask[:, -1].all()):
-        return 0  # not left-padded
-    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
-    if not isinstance(receivers, str):
-        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
-    columns = where.any(0).nonzero().flatten()
-    return int(columns[0]) if len(columns) else 0
+    first = _first_columns(inputs, sender_positions, receivers, receiver_positions)
+    return int(first.min()) if first is not None else 0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from graftlens.eval.batching import PromptBatch
     from graftlens.interventions.circuits import Circuit
     from graftlens.interventions.path_patching import PathInputs
+    from graftlens.results.rundata import RunData
 
 GROUP_POSITIONS = {
     "value_fetchers": "LT",
@@ -49,6 +50,16 @@ class GroupSizes(Strict):
     position_transmitters: int = Field(5, ge=1)
     position_detectors: int = Field(5, ge=1)
     structure_readers: int = Field(3, ge=1)
+
+
+def stored_results(run: RunData) -> Results:
+    """What ``Context.results`` gives a readout, read from a finished run (for its report)."""
+    by_config = run.by_config
+
+    def results(names: Sequence[str]) -> dict[str, dict[str, float]]:
+        return {n: {r.example: r.target_prob for r in by_config.get(n, [])} for n in names}
+
+    return results
 
 
 def stage_config_name(stage: str, layer: int, head: int) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from graftlens.methods.base import RecipeError, RunConfig, Strict
-from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, GroupSizes, discovered_circuit, load_circuit
+from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, GroupSizes, discovered_circuit, load_circuit, stored_results
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate, ratio_estimate
 
@@ -164,11 +164,7 @@ def stored_circuit(run: RunData, configs: list[StoredConfig]) -> Circuit | None:
         return None
     n_layers = 1 + max(int(c.coords["layer"]) for c in pp)
     n_heads = 1 + max(int(c.coords["head"]) for c in pp)
-
-    def results(names):
-        return {n: {r.example: r.target_prob for r in by_config.get(n, [])} for n in names}
-
-    return discovered_circuit(results, spec["clean"], GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
+    return discovered_circuit(stored_results(run), spec["clean"], GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
 
 
 def circuit_json(circuit: Circuit, model: object, run_id: str) -> str:

@@ -31,6 +31,7 @@ from graftlens.methods.circuits import (
     pair_inputs,
     stage_config_name,
     stage_scores,
+    stored_results,
 )
 from graftlens.methods.faithfulness import CircuitSpec
 from graftlens.methods.registry import Context, Method, register
@@ -156,19 +157,10 @@ class PathPatching(Method):
         by_config = run.by_config
         if any(c.name not in by_config for c in configs) or clean not in by_config:
             return None
-        scores = stage_scores(_stored_results(run), clean, stage, n_layers, n_heads)
+        scores = stage_scores(stored_results(run), clean, stage, n_layers, n_heads)
         picked = top_heads(scores, getattr(sizes, stage))
         title = f"{run.name}: {group} — relative change of the correct object's probability; picked heads outlined"
         return charts.head_heatmap(title, scores.numpy(), picked, "(p_patched − p_clean) / p_clean"), title
-
-
-def _stored_results(run: RunData):
-    by_config = run.by_config
-
-    def results(names):
-        return {n: {r.example: r.target_prob for r in by_config.get(n, [])} for n in names}
-
-    return results
 
 
 def expand_circuit_sweep(sweep: CircuitSweep, recipient: str, n_layers: int, n_heads: int) -> list[RunConfig]:
