@@ -206,7 +206,7 @@ class Recipe(Strict):
             if rc.name in seen:
                 raise ValueError(f"two configurations are named {rc.name!r}")
             seen.add(rc.name)
-        if not seen:
+        if not seen and not self.sweeps:
             raise ValueError("the recipe has no configurations: add 'configs' or 'sweeps'")
         return self
 

@@ -149,7 +149,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
         written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
-                             progress, stop_after_batches, attributes)  # fmt: skip
+                             progress, stop_after_batches, attributes, run_dir)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
 
@@ -166,6 +166,7 @@ def _score_all(
     progress: Progress | None,
     stop_after_batches: int | None,
     attributes: dict[str, frozenset[int]] | None = None,
+    run_dir: Path | None = None,
 ) -> int:
     """Score every (configuration, batch) not yet in the store. With ``attributes`` (prompt id →
     attribute token ids), each row also stores its attribute rate.
@@ -174,7 +175,7 @@ def _score_all(
     turn: what configurations share for a batch (the recipient's prefix cache, a donor's
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    context = Context(models, results=lambda names: store.target_probs(run_id, names))
+    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work, directory=run_dir)
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     done = {config.name: store.done(run_id, config.name) for config in configs}

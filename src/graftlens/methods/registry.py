@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graftlens.errors import GraftlensError
@@ -41,13 +42,32 @@ class Context:
     # ``results(config names) -> {config: {example: target probability}}``: what the store holds
     # (every configuration of an earlier phase is complete when a later phase starts).
     results: Callable[[Sequence[str]], dict[str, dict[str, float]]] | None = None
+    # Every batch of the run, in scoring order (for statistics over the dataset: mean-ablation means).
+    batches: Sequence[PromptBatch] = ()
+    # The run directory, where a method keeps what it computed beside the store (None: not kept).
+    directory: Path | None = None
     _state: dict[str, Any] = field(default_factory=dict)
+    _batch_state: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     _extras: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def state(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._state:
             self._state[key] = make()
         return self._state[key]
+
+    def for_batch(self, key: str, batch: PromptBatch, make: Callable[[], Any], variant: Any = None) -> Any:
+        """What configurations share for one batch: ``make()`` once per (``key``, batch,
+        ``variant``); one value per ``key`` is kept, so a new batch or variant drops the old one.
+
+        The runner scores every configuration of a batch before the next batch, so a value shared
+        by configurations expanded next to each other is made once."""
+        ids = tuple(p.id for p in batch.prompts)
+        slot = self._batch_state.get(key)
+        if slot is None or slot[0] != ids or slot[1] != variant:
+            self._batch_state.pop(key, None)  # free the old value before making the new one
+            slot = (ids, variant, make())
+            self._batch_state[key] = slot
+        return slot[2]
 
     def note(self, config: str, values: Mapping[str, float]) -> None:
         """Measures stored with every result row of ``config`` (e.g. a learned mask), so the
@@ -65,7 +85,7 @@ class Table:
     title: str
     corner: str
     columns: list[str]
-    rows: list[tuple[str, list[Estimate | None]]]
+    rows: list[tuple[str, list[Estimate | int | str | None]]]
     digits: int = 3
 
 

@@ -89,11 +89,11 @@ def _figure(png: Path, title: str) -> str:
     return f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
 
 
-def _cell(e: Estimate | int | None, digits: int = 3) -> str:
+def _cell(e: Estimate | int | str | None, digits: int = 3) -> str:
     if e is None:
         return "<td>–</td>"
-    if isinstance(e, int):
-        return f"<td>{e}</td>"
+    if isinstance(e, int | str):
+        return f"<td>{escape(str(e))}</td>"
     return f"<td>{e.value:.{digits}f} <span class='ci'>[{e.lo:.{digits}f}, {e.hi:.{digits}f}]</span></td>"
 
 
