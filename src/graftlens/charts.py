@@ -181,18 +181,22 @@ def patching_heatmap(sweep, columns: Sequence[str] | None = None, title: str | N
     return heatmap(title, rows, cols, values, "recovered (clean = 1)", sweep.by, "layer")
 
 
-def head_heatmap(title: str, scores: np.ndarray, selected: Sequence[tuple[int, int]], label: str) -> Figure:
-    """A layer × head grid of ``scores[layer, head]`` on a diverging scale centred on 0, the
-    ``selected`` heads outlined (path patching: the heads a stage picks)."""
+def head_heatmap(title: str, scores: np.ndarray, selected: Sequence[tuple[int, int]], label: str,
+                 sequential: bool = False, first_layer: int = 0) -> Figure:  # fmt: skip
+    """A layer × head grid of ``scores[layer, head]`` on a diverging scale centred on 0 (with
+    ``sequential``, from 0 up: shares, counts), the ``selected`` heads outlined (path patching: the
+    heads a stage picks). Row ``i`` is layer ``first_layer + i``."""
     n_layers, n_heads = scores.shape
     fig, ax = _figure((max(4.5, 0.42 * n_heads + 2.6), max(3.2, 0.2 * n_layers + 1.4)))
     finite = np.abs(scores[np.isfinite(scores)])
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    im = ax.imshow(scores, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    cmap, vmin = ("Blues", 0.0) if sequential else ("RdBu", -vmax)
+    im = ax.imshow(scores, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     for layer, head in selected:
-        ax.add_patch(_outline(head, layer))
+        ax.add_patch(_outline(head, layer - first_layer))
     ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 15)))
+    rows = range(0, n_layers, max(1, n_layers // 15))
+    ax.set_yticks(rows, [str(first_layer + r) for r in rows])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)

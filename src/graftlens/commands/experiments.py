@@ -86,6 +86,25 @@ def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None
     return table
 
 
+def summary_tables(run) -> list[Table]:
+    """What the CLI prints after a run: the summary of its configurations, or, when every
+    configuration is one head of a head-by-head sweep, the method's own tables."""
+    from graftlens.methods import method_for
+    from graftlens.report.build import method_tables
+
+    if any(method_for(c.kind).summarised for c in run.configs):
+        return [results_table(run)]
+    out = []
+    for t in method_tables(run):
+        table = Table(title=t.title, title_justify="left")
+        for col in (t.corner, *t.columns):
+            table.add_column(escape(col), overflow="fold")
+        for label, values in t.rows:
+            table.add_row(escape(label), *("–" if v is None else escape(v if isinstance(v, str) else str(v)) for v in values))
+        out.append(table)
+    return out
+
+
 def run_cmd(
     recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (see `graftlens recipes`)"),
     out: Path | None = typer.Option(None, help="run directory (default: runs/<recipe name>)"),
@@ -101,7 +120,8 @@ def run_cmd(
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
     loaded, path = load_recipe(recipe)
     report = execute(loaded, path, out, resume, device, command)
-    console.print(results_table(load_run(report.parent)))
+    for table in summary_tables(load_run(report.parent)):
+        console.print(table)
     console.print(f"report: [bold]{escape(str(report))}[/]")
 
 
@@ -112,7 +132,8 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds 
 
     with console.status("drawing figures and writing the report ..."):
         path = write_report(run_dir)
-    console.print(results_table(load_run(run_dir)))
+    for table in summary_tables(load_run(run_dir)):
+        console.print(table)
     console.print(f"report: [bold]{escape(str(path))}[/]")
 
 
