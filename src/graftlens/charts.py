@@ -190,7 +190,9 @@ def head_heatmap(title: str, scores: np.ndarray, selected: Sequence[tuple[int, i
     fig, ax = _figure((max(4.5, 0.42 * n_heads + 2.6), max(3.2, 0.2 * n_layers + 1.4)))
     finite = np.abs(scores[np.isfinite(scores)])
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    cmap, vmin = ("Blues", 0.0) if sequential else ("RdBu", -vmax)
+    name, vmin = ("Blues", 0.0) if sequential else ("RdBu", -vmax)
+    cmap = colormaps[name].copy()
+    cmap.set_bad("0.85")  # no value: grey, told apart from 0
     im = ax.imshow(scores, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     for layer, head in selected:
         ax.add_patch(_outline(head, layer - first_layer))

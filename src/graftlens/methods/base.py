@@ -47,6 +47,16 @@ def check_position_list(values: list[str]) -> list[str]:
     return values
 
 
+def sweep_layers(sweep: Sweep, field: str, n_layers: int) -> list[int]:
+    """The layers a sweep's ``field`` selects on a model of ``n_layers``, or one error naming the field."""
+    from graftlens.models.names import select_layers
+
+    try:
+        return list(select_layers(getattr(sweep, field), n_layers))
+    except GraftlensError as exc:
+        raise RecipeError(f"{getattr(sweep, 'kind', 'a')} sweep, {field}: {exc}") from None
+
+
 def layers_label(layers: LayerSpec) -> str:
     return ",".join(map(str, layers)) if isinstance(layers, list) else str(layers)
 

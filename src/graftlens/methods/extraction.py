@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions, layers_label
+from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions, layers_label, sweep_layers
 from graftlens.methods.figures import curves
 from graftlens.methods.registry import Context, Method, Table, register
-from graftlens.models.names import select_layers
 from graftlens.results.metrics import Estimate, bootstrap_ci, estimate
 
 if TYPE_CHECKING:
@@ -80,8 +79,8 @@ class Extraction(Method):
 
     def expand(self, sweep: ExtractionSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
         assert n_layers is not None
-        enrichment = list(select_layers(sweep.enrichment_layers, n_layers))
-        relation = list(select_layers(sweep.relation_layers, n_layers))
+        enrichment = sweep_layers(sweep, "enrichment_layers", n_layers)
+        relation = sweep_layers(sweep, "relation_layers", n_layers)
         out = []
         for condition in sweep.conditions:  # condition first: its points and layers share one pass
             for point in sweep.points:

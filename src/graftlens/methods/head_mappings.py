@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions, sweep_layers
 from graftlens.methods.registry import Context, Method, Table, register
-from graftlens.models.names import select_layers
 from graftlens.results.metrics import Estimate, bootstrap_ci
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ class HeadMappings(Method):
         self, sweep: HeadMappingSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
     ) -> list[RunConfig]:
         assert n_layers is not None and n_heads is not None
-        layers = list(select_layers(sweep.layers, n_layers))
+        layers = sweep_layers(sweep, "layers", n_layers)
         common = dict(layers=layers, subject=sweep.subject, position=sweep.position, top_k=sweep.top_k,
                       final_norm=sweep.final_norm)  # fmt: skip
         out = [RunConfig(f"attention output @ {sweep.position} @ L{layer}", sweep.group, recipient, (),
@@ -142,7 +141,7 @@ class HeadMappings(Method):
             if s == source:
                 scores[layer - first, head] = share
         title = (f"{run.name}: {group} — share of extraction events at each layer whose head's value–output map of "
-                 f"{SOURCE_LABELS[source]} ranks the answer in the top {table.top_k}")  # fmt: skip
+                 f"{SOURCE_LABELS[source]} ranks the answer in the top {table.top_k} (grey: no event at that layer)")  # fmt: skip
         from graftlens import charts
 
         fig = charts.head_heatmap(title, scores, [], "share of the layer's extraction events", sequential=True, first_layer=first)
