@@ -222,8 +222,8 @@ def test_recall_runs_resume_to_the_same_rows(tmp_path, text_model_dir, mapping_r
         ("{kind: enrichment, read_layer: 4}", "read_layer 4 out of range (the model has layers 0..3)"),
         ("{kind: extraction, enrichment_layers: '0-6'}", "extraction sweep, enrichment_layers: layer 4 out of range"),
         ("{kind: head_mappings, layers: [7]}", "head_mappings sweep, layers: layer 7 out of range"),
-        ("{kind: head_mappings, subject: movie}", "movie"),
-        ("{kind: enrichment, sublayers: [ffn]}", "sublayers"),
+        ("{kind: head_mappings, subject: movie}", "has no span 'movie'"),
+        ("{kind: enrichment, sublayers: [ffn]}", "Input should be 'mlp' or 'attn'"),
     ],
 )
 def test_bad_recall_input_gets_one_clear_line(tmp_path, text_model_dir, graftlens_cache, sweep: str, message: str) -> None:
