@@ -198,6 +198,7 @@ def test_head_mapping_tables_count_events_and_mappings(mapping_run) -> None:
     html = write_report(run.run_dir).read_text()
     assert "heads whose map of the subject&#x27;s representation ranks the answer in the top 20" in html
     assert "head 3.2 maps subject" not in html  # head by head: a heat map and tables, not summary rows
+    assert "<h2>All configurations</h2>" not in html and "<td class='text'>" in html
     result = runner.invoke(app, ["report", str(run.run_dir)])
     assert result.exit_code == 0 and "extraction events whose layer has a head" in result.output
 

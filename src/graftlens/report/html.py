@@ -25,6 +25,7 @@ table { border-collapse: collapse; margin: .8em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child, td.text { text-align: left; }
 td.text { white-space: normal; max-width: 22em; }
+table td.text:last-child { max-width: 40em; }
 thead th { background: #f4f4f4; }
 .ci { color: #888; font-size: 11px; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -67,11 +68,15 @@ def _page(run: RunData, figures_html: str) -> str:
             "Rerun the same command to finish it.</p>"
         )
     parts += ["<h2>Figures</h2>", figures_html or "<p>No figures.</p>"]
-    parts += ["<h2>All configurations</h2>", _summary_table(run)]
+    listed = bool(_listed(run))  # a run of head-by-head sweeps alone has its figures and tables instead
+    if listed:
+        parts += ["<h2>All configurations</h2>", _summary_table(run)]
     parts.append("\n".join(_table(t) for t in method_tables(run)))
-    parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
-    parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
-    if len({r.direction for r in run.rows}) > 1:  # each test sentence in each direction: one bar of the paper's figures
+    if listed:
+        parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
+        parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
+    # each test sentence in each direction: one bar of the paper's figures
+    if listed and len({r.direction for r in run.rows}) > 1:
         parts += [
             f"<h2>By test template and direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>",
             _split_table(run, "template", "direction"),
@@ -92,8 +97,10 @@ def _figure(png: Path, title: str) -> str:
 def _cell(e: Estimate | int | str | None, digits: int = 3) -> str:
     if e is None:
         return "<td>–</td>"
-    if isinstance(e, int | str):
-        return f"<td>{escape(str(e))}</td>"
+    if isinstance(e, int):
+        return f"<td>{e}</td>"
+    if isinstance(e, str):
+        return f"<td class='text'>{escape(e)}</td>"
     return f"<td>{e.value:.{digits}f} <span class='ci'>[{e.lo:.{digits}f}, {e.hi:.{digits}f}]</span></td>"
 
 
