@@ -30,7 +30,8 @@ runner = CliRunner()
 BATCH = 64  # three batches of the 161 shipped facts
 
 
-def _recipe(path, model_dir: str, sweep: str, metric: str = "top1", only_correct: bool = False):
+def _recipe(path, model_dir: str, sweep: str | list[str], metric: str = "top1", only_correct: bool = False):
+    sweeps = "\n".join(f"  - {s}" for s in ([sweep] if isinstance(sweep, str) else sweep))
     path.write_text(
         textwrap.dedent(
             f"""\
@@ -41,14 +42,15 @@ def _recipe(path, model_dir: str, sweep: str, metric: str = "top1", only_correct
             recipient: pre
             eval: {{batch_size: {BATCH}, bootstrap: 50, metric: {metric}, only_correct: {str(only_correct).lower()}}}
             sweeps:
-              - {sweep}
             """
         )
+        + sweeps
+        + "\n"
     )
     return path
 
 
-def _run(tmp_path, model_dir, name: str, sweep: str, metric: str = "top1"):
+def _run(tmp_path, model_dir, name: str, sweep: str | list[str], metric: str = "top1"):
     recipe, path = load_recipe(_recipe(tmp_path / f"{name}.yaml", model_dir, sweep, metric))
     run_recipe(recipe, tmp_path / name, recipe_path=path)
     return load_run(tmp_path / name)
@@ -238,3 +240,29 @@ def test_no_fact_right_is_one_clear_line(tmp_path, text_model_dir, graftlens_cac
     path = _recipe(tmp_path / "none.yaml", text_model_dir, ENRICHMENT, only_correct=True)
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "gets none of the 161 prompts right" in result.output
+
+
+def test_every_family_runs_the_three_steps(tmp_path, family, text_tokenizer, graftlens_cache) -> None:
+    """One recipe with all three sweeps on each family's tiny model: every configuration scored,
+    and a head's stored map equal to the library's."""
+    from conftest import make_text_model
+
+    model_dir = tmp_path / family
+    model = make_text_model(family, text_tokenizer)
+    model.resize_token_embeddings(len(text_tokenizer) + 16)  # room for tokens a family's tokenizer class adds (Qwen2)
+    model.save_pretrained(model_dir)
+    text_tokenizer.save_pretrained(model_dir)
+    sweeps = [
+        "{kind: enrichment, window: 2, read_layer: 1, sublayers: [mlp]}",
+        "{kind: extraction, points: [attn_out], enrichment_layers: '0', relation_layers: '0-1'}",
+        "{kind: head_mappings, layers: '3'}",
+    ]
+    run = _run(tmp_path, str(model_dir), "run", sweeps)
+    assert len(run.rows) == run.expected_rows == len(run.configs) * 161
+    model, work = _library(str(model_dir))
+    want = {}
+    for batch in work:
+        vectors = head_mapping_vectors(model, batch.input_ids, batch.attention_mask, [3], "subject", "embedding",
+                                       spans=batch.spans)  # fmt: skip
+        want |= _probs(project(model, vectors[:, 0, 3]), batch)
+    assert _stored(run, "head 3.3 maps subject (embedding)") == pytest.approx(want, abs=1e-6)
