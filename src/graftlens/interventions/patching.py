@@ -137,22 +137,7 @@ def _target_prob(logits: torch.Tensor, target_ids: torch.Tensor) -> float:
     return float(probs.gather(1, target_ids[:, None].to(probs.device)).mean())
 
 
-def activation_patching(
-    model: LoadedModel | nn.Module,
-    clean_ids: torch.Tensor,
-    corrupted_ids: torch.Tensor,
-    target_ids: torch.Tensor,
-    point_name: str = "resid_pre",
-    attention_mask: torch.Tensor | None = None,
-    layers: Sequence[int] | None = None,
-    by: str = "position",
-) -> PatchingSweep:
-    """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
-    layer × head, at every position) at a time, and record the target's mean probability.
-
-    ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
-    prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``."""
-    loaded = as_loaded(model)
+def _sweep_inputs(loaded: LoadedModel, clean_ids, corrupted_ids, point_name: str, layers, by: str) -> list[Point]:
     if clean_ids.shape != corrupted_ids.shape:
         raise PatchError(
             f"clean and corrupted inputs must be token-aligned: shapes {list(clean_ids.shape)} and {list(corrupted_ids.shape)}"
@@ -163,11 +148,93 @@ def activation_patching(
     points = [Point(point_name, layer) for layer in layers]
     if by == "head" and not points[0].per_head:
         raise PatchError(f"by='head' needs a per-head point (z, q, k, v), got {point_name!r}")
+    return points
+
+
+DEFAULT_TOKENS_PER_PASS = 8192  # variants batched into one pass: at most this many (row, column) tokens
+
+
+def activation_patching(
+    model: LoadedModel | nn.Module,
+    clean_ids: torch.Tensor,
+    corrupted_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    point_name: str = "resid_pre",
+    attention_mask: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    by: str = "position",
+    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+) -> PatchingSweep:
+    """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
+    layer × head, at every position) at a time, and record the target's mean probability.
+
+    ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
+    prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``.
+
+    Only what a patch can change is computed (:mod:`~graftlens.interventions.continuation`): a
+    patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
+    one layer are patched as variants of one pass of up to ``tokens_per_pass`` tokens. The result
+    equals :func:`activation_patching_loop`, one full forward per patch, to float rounding."""
+    from graftlens.interventions.continuation import CachedRun
+
+    loaded = as_loaded(model)
+    points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
+    clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
+    run = CachedRun(loaded, corrupted_ids, attention_mask)
+    batch, seq = clean_ids.shape
+    columns = clean_cache[points[0]].shape[2] if by == "head" else seq
+    scores = torch.empty(len(points), columns)
+    for i, point in enumerate(points):
+        source = clean_cache[point]
+        if by == "position":
+            for j in range(seq):
+
+                def write_column(x: torch.Tensor, j: int = j) -> torch.Tensor:  # x: [batch, columns from j, ...]
+                    x = x.clone()
+                    x[:, 0] = source[:, j].to(x.dtype)
+                    return x
+
+                with edit(loaded, {point: write_column}):
+                    scores[i, j] = _target_prob(run.continued(point.layer, j)[:, None], target_ids)
+            continue
+        per_pass = max(1, tokens_per_pass // (batch * seq))
+        for start in range(0, columns, per_pass):
+            heads = list(range(start, min(columns, start + per_pass)))
+
+            def write_heads(x: torch.Tensor, heads: list[int] = heads) -> torch.Tensor:  # [batch * variants, pos, head, d]
+                x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, pos, head, d]
+                for v, h in enumerate(heads):
+                    x[:, v, :, h] = source[:, :, h].to(x.dtype)
+                return x.flatten(0, 1)
+
+            with edit(loaded, {point: write_heads}):
+                logits = run.continued(point.layer, 0, repeat=len(heads)).unflatten(0, (batch, len(heads)))
+            for v, h in enumerate(heads):
+                scores[i, h] = _target_prob(logits[:, v, None], target_ids)
+    corrupted = _target_prob(run.logits[:, None], target_ids)
+    return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
+
+
+def activation_patching_loop(
+    model: LoadedModel | nn.Module,
+    clean_ids: torch.Tensor,
+    corrupted_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    point_name: str = "resid_pre",
+    attention_mask: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    by: str = "position",
+) -> PatchingSweep:
+    """:func:`activation_patching` the straightforward way: one full forward pass per patch, as a
+    hand-written loop in any library does. The reference the fast sweep is tested and
+    benchmarked against."""
+    loaded = as_loaded(model)
+    points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
     corrupted = _target_prob(run_logits(loaded, corrupted_ids, attention_mask, last_only=True), target_ids)
     batch, seq = clean_ids.shape
     columns = clean_cache[points[0]].shape[2] if by == "head" else seq
-    scores = torch.empty(len(layers), columns)
+    scores = torch.empty(len(points), columns)
     for i, point in enumerate(points):
         for j in range(columns):
             if by == "head":

@@ -1,0 +1,126 @@
+"""Compute only what an intervention can change: continue a kept run from (layer, column).
+
+An intervention at layer ``l`` leaves every layer below ``l`` as in the unmodified run, and one
+that starts at column ``j`` leaves every column before ``j`` unchanged (attention is causal). So a
+sweep of interventions runs the model once (:class:`CachedRun`: the KV cache of every column and
+the residual stream entering every layer), then each intervention continues it:
+
+- the columns before ``j`` come from the kept KV cache (the model's own cache objects, so rotary
+  and grouped-query attention need nothing special);
+- the layers below ``l`` are not run at all: the stream entering layer ``l`` at columns ``≥ j`` is
+  taken from the kept run;
+- only the last position's logits are computed.
+
+Hooks, edits and knockouts active around :meth:`CachedRun.continued` apply as usual, but see
+only columns ``≥ j`` of layers ``≥ l``. The caller promises the intervention changes nothing
+before (``l``, ``j``); in exchange the logits equal a full pass with the intervention, to float
+rounding (tested against the straightforward loop on every family).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from graftlens.interventions.hooks import capture
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.prefix import _cache_argument, _keeps_every_position
+from graftlens.models.run import position_ids_for
+
+
+class _Skipped(nn.Module):
+    """Stands in for a decoder layer below the start layer: hands on the stream it is given, or,
+    as the last skipped layer, the kept stream entering the start layer."""
+
+    def __init__(self, stream: torch.Tensor | None):
+        super().__init__()
+        self.stream = stream  # [batch, new columns, d_model] or None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states if self.stream is None else self.stream.to(hidden_states.dtype)
+
+
+@contextmanager
+def _layers_skipped(loaded: LoadedModel, below: int, stream: torch.Tensor) -> Iterator[None]:
+    """Within the block, layers ``0 .. below-1`` are not run; layer ``below`` receives ``stream``."""
+    if below == 0:
+        yield
+        return
+    layers = loaded.model.get_submodule(loaded.adapter.family.layers)  # nn.ModuleList
+    kept = [layers[i] for i in range(below)]
+    try:
+        for i in range(below):
+            layers[i] = _Skipped(stream if i == below - 1 else None)
+        yield
+    finally:
+        for i, module in enumerate(kept):
+            layers[i] = module
+
+
+class CachedRun:
+    """One plain forward pass of ``model`` on a batch, kept to be continued from any (layer, column).
+
+    ``logits``: ``[batch, vocab]`` at the last column. Expand a batch for many variants at once
+    with :meth:`repeated`."""
+
+    def __init__(self, model: LoadedModel | nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        from transformers import DynamicCache
+
+        self.model = as_loaded(model)
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        self.position_ids = position_ids_for(self.attention_mask)
+        n = self.model.adapter.n_layers
+        self.cache = DynamicCache(config=self.model.model.config)
+        with torch.no_grad(), capture(self.model, [f"resid_pre.{layer}" for layer in range(n)]) as streams:
+            out = self.model.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
+                                   use_cache=True, logits_to_keep=1, **{_cache_argument(self.model): self.cache})  # fmt: skip
+        self.logits = out.logits[:, -1]
+        self.streams = [streams[f"resid_pre.{layer}"] for layer in range(n)]  # each [batch, pos, d_model]
+        # A sliding-window layer may have evicted columns: then no column is reused (layers still are).
+        self.columns_reusable = _keeps_every_position(self.cache, 0, input_ids.shape[1])
+
+    @property
+    def n_columns(self) -> int:
+        return self.input_ids.shape[1]
+
+    def _cache_of(self, column: int, repeat: int):
+        """A KV cache holding columns ``[0, column)`` (``repeat`` copies of each row), or None."""
+        if column == 0:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.crop(column - self.n_columns)  # drop the columns from `column` on
+        if repeat > 1:
+            cache.batch_repeat_interleave(repeat)
+        return cache
+
+    def continued(self, layer: int = 0, column: int = 0, repeat: int = 1) -> torch.Tensor:
+        """Logits ``[batch * repeat, vocab]`` at the last column, computing only layers ``≥ layer``
+        at columns ``≥ column`` (interventions active around the call apply there).
+
+        With ``repeat``, each row runs ``repeat`` times, consecutively (row ``b`` of variant ``v``
+        is row ``b * repeat + v``): many variants of an intervention in one pass."""
+        from transformers import DynamicCache
+
+        n = self.model.adapter.n_layers
+        if not 0 <= layer < n or not 0 <= column < self.n_columns:
+            raise ValueError(
+                f"cannot continue from layer {layer}, column {column} (layers 0..{n - 1}, columns 0..{self.n_columns - 1})"
+            )
+        if not self.columns_reusable:
+            column = 0
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat_interleave(repeat, 0) if repeat > 1 else t
+
+        cache = self._cache_of(column, repeat) or DynamicCache(config=self.model.model.config)
+        stream = rows(self.streams[layer][:, column:])  # [batch * repeat, new, d_model]
+        with torch.no_grad(), _layers_skipped(self.model, layer, stream):
+            out = self.model.model(input_ids=rows(self.input_ids[:, column:]), attention_mask=rows(self.attention_mask),
+                                   position_ids=rows(self.position_ids[:, column:]), use_cache=True, logits_to_keep=1,
+                                   **{_cache_argument(self.model): cache})  # fmt: skip
+        return out.logits[:, -1]
