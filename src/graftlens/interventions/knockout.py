@@ -211,3 +211,32 @@ def attention_knockout(
         if outermost:
             config._attn_implementation = previous
             _unregister(name)
+
+
+def first_column(selector: PositionsLike, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None) -> int:
+    """The first padded column any row's ``selector`` picks (the batch's width when none does)."""
+    picked = resolve_positions(selector, attention_mask, spans).any(0)  # [pos]
+    hits = picked.nonzero()
+    return int(hits[0]) if len(hits) else attention_mask.shape[1]
+
+
+def knockout_logits(
+    run,
+    layers: Iterable[int],
+    sources: PositionsLike,
+    targets: PositionsLike = "LT",
+    *,
+    spans: Sequence[Spans] | None = None,
+) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` at the last position with the knockout of
+    :func:`attention_knockout`, continuing a :class:`~graftlens.interventions.continuation.CachedRun`
+    of the unmodified model: a knockout changes nothing below its lowest layer, nor before the
+    first target column, so only the rest is computed."""
+    layers = sorted(set(int(layer) for layer in layers))
+    mask = run.attention_mask
+    edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
+    if not layers or not bool(edges.any()):
+        return run.logits  # nothing blocked: the unmodified run, bit for bit
+    column = min(first_column(targets, mask, spans), run.n_columns - 1)
+    with attention_knockout(run.model, layers, sources=sources, targets=targets, spans=spans):
+        return run.continued(layers[0], column)

@@ -108,6 +108,39 @@ def patched_logits(
         return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
 
 
+def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` at the last position of ``run``'s batch with every patch written
+    in, like :func:`patched_logits`, computing only what the patches can change: ``run`` (a
+    :class:`~graftlens.interventions.continuation.CachedRun` of the unpatched model) is continued
+    from the lowest patched layer and the first patched column."""
+    mask = run.attention_mask
+    resolved = []
+    for p in patches:
+        where = torch.ones_like(mask, dtype=torch.bool) if p.positions is None else resolve_positions(p.positions, mask, spans)
+        resolved.append((p, where))
+    claimed = [where.any(0).nonzero() for _, where in resolved]  # columns some row patches, per patch
+    columns = [int(c[0]) for c in claimed if len(c)]
+    if not columns:
+        return run.logits
+    column = min(min(columns), run.n_columns - 1)
+    layer = min(p.point.layer for p in patches)
+    edits: dict[Point, list[Edit]] = {}
+    for p, where in resolved:
+        sliced = Patch(p.point, p.source[:, column:], None, p.heads)
+        edits.setdefault(p.point, []).append(sliced.as_edit(where[:, column:]))
+
+    def chain(fns: list[Edit]) -> Edit:
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            for fn in fns:
+                x = fn(x)
+            return x
+
+        return apply
+
+    with edit(run.model, {point: chain(fns) for point, fns in edits.items()}):
+        return run.continued(layer, column)
+
+
 # ---- activation patching sweeps -----------------------------------------------------------------
 
 

@@ -126,19 +126,20 @@ class CrossModelPatching(Method):
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
         base, spec = context.models[config.model], config.method
         assert isinstance(spec, CmapSpec)
-        from graftlens.interventions.patching import check_same_shapes, cross_model_patched_logits
+        from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits
+        from graftlens.methods.registry import unmodified_run
 
         donor = context.models[spec.donor]
         check_same_shapes(base, donor)
         donor_cache: DonorActivations = context.state(self.kind, DonorActivations)
         layers = select_layers(spec.layers, base.adapter.n_layers)
         points = [Point(name, layer) for name in spec.points for layer in layers]
-        heads = {p: spec.heads for p in points}
 
         def run(batch: PromptBatch) -> torch.Tensor:
             cache = donor_cache.get(spec.donor, donor, batch, points)
-            return cross_model_patched_logits(base, cache, batch.input_ids, batch.attention_mask, heads, spec.positions,
-                                              spans=batch.spans, last_only=True)[:, -1]  # fmt: skip
+            # The base model's run is continued from the lowest patched layer and first patched column.
+            patches = [Patch(p, cache[p], spec.positions, None if spec.heads is None else tuple(spec.heads)) for p in points]
+            return continued_patched_logits(unmodified_run(context, config.model, batch), patches, batch.spans)
 
         return run
 

@@ -100,15 +100,16 @@ class AttentionKnockout(Method):
         return [spec.sources, spec.targets]
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+        spec = config.method
         assert isinstance(spec, KnockoutSpec)
 
-        from graftlens.interventions.knockout import attention_knockout
-        from graftlens.models.run import run_logits
+        from graftlens.interventions.knockout import knockout_logits
+        from graftlens.methods.registry import unmodified_run
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            with attention_knockout(model, spec.layers, sources=spec.sources, targets=spec.targets, spans=batch.spans):
-                return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
+            # Only the layers from the window's first and the columns from the first target are computed.
+            kept = unmodified_run(context, config.model, batch)
+            return knockout_logits(kept, spec.layers, spec.sources, spec.targets, spans=batch.spans)
 
         return run
 

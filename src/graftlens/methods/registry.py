@@ -78,6 +78,17 @@ class Context:
         return dict(self._extras.get(config, {}))
 
 
+def unmodified_run(context: Context, model_name: str, batch: PromptBatch):
+    """The batch's plain run of ``model_name``, kept to be continued
+    (:class:`~graftlens.interventions.continuation.CachedRun`): made once per batch and shared by
+    every configuration of the batch that intervenes on that model."""
+    from graftlens.interventions.continuation import CachedRun
+
+    model = context.models[model_name]
+    return context.for_batch(f"unmodified run of {model_name}", batch,
+                             lambda: CachedRun(model, batch.input_ids, batch.attention_mask))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Table:
     """A table of the report: ``rows`` of (label, one estimate per column), values to ``digits``."""

@@ -1,0 +1,141 @@
+"""Computing only what an intervention can change: a kept run continued from (layer, column)
+equals the full pass, and every fast sweep equals the straightforward loop, on every family's
+tiny model (left-padded rows, prompts of different lengths) and on the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from graftlens.interventions import attention_knockout, capture
+from graftlens.interventions.continuation import CachedRun
+from graftlens.interventions.knockout import knockout_logits
+from graftlens.interventions.patching import (
+    Patch,
+    activation_patching,
+    activation_patching_loop,
+    continued_patched_logits,
+    cross_model_patched_logits,
+    run_with_cache,
+)
+from graftlens.interventions.points import parse_point
+from graftlens.models.loading import as_loaded
+from graftlens.models.run import run_logits
+
+SEQ = 7
+SPANS = [{"subject": (1, 3)}, {"subject": (0, 2)}, {"subject": (2, 4)}]
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts of 7, 5 and 6 tokens, left-padded."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 90, (3, SEQ), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :1] = 0
+    return ids, mask
+
+
+def test_a_kept_run_continued_from_anywhere_is_the_full_pass(family: str) -> None:
+    model = as_loaded(make_tiny_model(family))
+    ids, mask = _batch()
+    full = run_logits(model, ids, mask, last_only=True)[:, -1]
+    layers_before = list(model.model.get_submodule(model.adapter.family.layers))
+    run = CachedRun(model, ids, mask)
+    torch.testing.assert_close(run.logits, full, atol=0, rtol=0)
+    for layer in range(4):
+        for column in range(SEQ):
+            torch.testing.assert_close(run.continued(layer, column), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.continued(layer, 3, repeat=2), full.repeat_interleave(2, 0), atol=1e-5, rtol=1e-5)
+    assert list(model.model.get_submodule(model.adapter.family.layers)) == layers_before  # every layer put back
+    assert torch.equal(run_logits(model, ids, mask, last_only=True)[:, -1], full)
+    with pytest.raises(ValueError, match="cannot continue from layer 4"):
+        run.continued(4, 0)
+
+
+@pytest.mark.parametrize(
+    "point, by",
+    [
+        ("resid_pre", "position"),
+        ("resid_post", "position"),
+        ("attn_out", "position"),
+        ("mlp_out", "position"),
+        ("k", "position"),
+        ("z", "head"),
+        ("q", "head"),
+        ("v", "head"),
+    ],  # fmt: skip
+)
+def test_fast_activation_patching_is_the_loop(family: str, point: str, by: str) -> None:
+    model = as_loaded(make_tiny_model(family))
+    clean, mask = _batch()
+    corrupted = clean.clone()
+    corrupted[:, 3] = (clean[:, 3] + 7) % 90 + 3
+    targets = torch.tensor([5, 9, 11])
+    # A small pass forces the heads of a layer into several chunks of variants.
+    fast = activation_patching(model, clean, corrupted, targets, point, mask, by=by, tokens_per_pass=3 * SEQ * 3)
+    loop = activation_patching_loop(model, clean, corrupted, targets, point, mask, by=by)
+    torch.testing.assert_close(fast.scores, loop.scores, atol=1e-7, rtol=1e-5)
+    assert fast.corrupted == pytest.approx(loop.corrupted, abs=1e-7) and fast.clean == pytest.approx(loop.clean, abs=1e-7)
+    assert float(fast.scores.max() - fast.scores.min()) > 1e-6  # the patches move the metric, beyond atol
+
+
+def test_patching_a_run_into_itself_changes_nothing() -> None:
+    model = as_loaded(make_tiny_model("llama"))
+    ids, mask = _batch()
+    targets = torch.tensor([5, 9, 11])
+    for point, by in (("resid_pre", "position"), ("z", "head")):
+        sweep = activation_patching(model, ids, ids, targets, point, mask, by=by)
+        torch.testing.assert_close(sweep.scores, torch.full_like(sweep.scores, sweep.corrupted), atol=1e-6, rtol=0)
+
+
+def test_fast_knockout_is_the_full_knockout(family: str) -> None:
+    model = as_loaded(make_tiny_model(family))
+    ids, mask = _batch()
+    run = CachedRun(model, ids, mask)
+    for layers in ([0], [1, 2], [3], [0, 1, 2, 3]):
+        for sources, targets in (("subject", "LT"), ("(subject+LT)^C", "LT"), ("LT", "LT"), ("0", "subject")):
+            with attention_knockout(model, layers, sources=sources, targets=targets, spans=SPANS):
+                full = run_logits(model, ids, mask, last_only=True)[:, -1]
+            torch.testing.assert_close(knockout_logits(run, layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5)
+    assert torch.equal(knockout_logits(run, [1], "all^C", "LT", spans=SPANS), run.logits)  # nothing blocked: bit for bit
+
+
+def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
+    base, donor = as_loaded(make_tiny_model(family)), as_loaded(make_tiny_model(family, seed=1))
+    ids, mask = _batch()
+    run = CachedRun(base, ids, mask)
+    cases = ((["z.2", "z.3"], [0, 2], "LT"), (["resid_pre.1"], None, "subject"), (["v.0", "q.3"], None, None),
+             (["mlp_out.2"], None, "subject+LT"))  # fmt: skip
+    for points, heads, positions in cases:
+        _, cache = run_with_cache(donor, ids, mask, points)
+        per_point = {p: heads if parse_point(p).per_head else None for p in points}
+        full = cross_model_patched_logits(base, cache, ids, mask, per_point, positions, spans=SPANS, last_only=True)[:, -1]
+        patches = [
+            Patch(parse_point(p), cache[p], positions, None if per_point[p] is None else tuple(per_point[p])) for p in points
+        ]
+        torch.testing.assert_close(continued_patched_logits(run, patches, SPANS), full, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_inside_a_continuation_see_only_the_continued_columns() -> None:
+    model = as_loaded(make_tiny_model("llama"))
+    ids, mask = _batch()
+    run = CachedRun(model, ids, mask)
+    with capture(model, ["resid_pre.0", "resid_pre.2", "mlp_out.3"]) as cache:
+        run.continued(2, 4)
+    assert "resid_pre.0" not in cache  # layers below the start are not run
+    assert cache["resid_pre.2"].shape[1] == SEQ - 4 and cache["mlp_out.3"].shape[1] == SEQ - 4
+    torch.testing.assert_close(cache["resid_pre.2"], run.streams[2][:, 4:])
+
+
+def test_fast_patching_on_the_embedded_model_is_the_loop(embedded) -> None:
+    tok = embedded.tokenizer
+    clean = tok(["The capital of France is", "The capital of Spain is"], return_tensors="pt").input_ids
+    corrupted = tok(["The capital of Japan is", "The capital of Italy is"], return_tensors="pt").input_ids
+    assert clean.shape == corrupted.shape
+    targets = torch.tensor([tok(" Paris").input_ids[0], tok(" Madrid").input_ids[0]])
+    for point, by, layers in (("resid_pre", "position", [0, 11, 29]), ("z", "head", [20, 29])):
+        fast = activation_patching(embedded, clean, corrupted, targets, point, layers=layers, by=by)
+        loop = activation_patching_loop(embedded, clean, corrupted, targets, point, layers=layers, by=by)
+        torch.testing.assert_close(fast.scores, loop.scores, atol=1e-5, rtol=0)
