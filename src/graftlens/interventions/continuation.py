@@ -20,13 +20,13 @@ rounding (tested against the straightforward loop on every family).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from graftlens.interventions.hooks import capture
+from graftlens.interventions.hooks import PointLike, capture
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.prefix import _cache_argument, _keeps_every_position
 from graftlens.models.run import position_ids_for
@@ -64,10 +64,16 @@ def _layers_skipped(loaded: LoadedModel, below: int, stream: torch.Tensor) -> It
 class CachedRun:
     """One plain forward pass of ``model`` on a batch, kept to be continued from any (layer, column).
 
-    ``logits``: ``[batch, vocab]`` at the last column. Expand a batch for many variants at once
-    with :meth:`repeated`."""
+    ``logits``: ``[batch, vocab]`` at the last column; ``captured``: the activations of ``points``
+    (and the streams entering each layer). :meth:`continued` runs variants of a batch at once."""
 
-    def __init__(self, model: LoadedModel | nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        points: Iterable[PointLike] = (),
+    ):
         from transformers import DynamicCache
 
         self.model = as_loaded(model)
@@ -76,11 +82,13 @@ class CachedRun:
         self.position_ids = position_ids_for(self.attention_mask)
         n = self.model.adapter.n_layers
         self.cache = DynamicCache(config=self.model.model.config)
-        with torch.no_grad(), capture(self.model, [f"resid_pre.{layer}" for layer in range(n)]) as streams:
+        streams_at = [f"resid_pre.{layer}" for layer in range(n)]
+        with torch.no_grad(), capture(self.model, [*streams_at, *points]) as streams:
             out = self.model.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
                                    use_cache=True, logits_to_keep=1, **{_cache_argument(self.model): self.cache})  # fmt: skip
         self.logits = out.logits[:, -1]
-        self.streams = [streams[f"resid_pre.{layer}"] for layer in range(n)]  # each [batch, pos, d_model]
+        self.streams = [streams[p] for p in streams_at]  # each [batch, pos, d_model]
+        self.captured = streams  # ``points`` (and the streams) of this run, by point
         # A sliding-window layer may have evicted columns: then no column is reused (layers still are).
         self.columns_reusable = _keeps_every_position(self.cache, 0, input_ids.shape[1])
 

@@ -187,6 +187,19 @@ def _sweep_inputs(loaded: LoadedModel, clean_ids, corrupted_ids, point_name: str
 DEFAULT_TOKENS_PER_PASS = 8192  # variants batched into one pass: at most this many (row, column) tokens
 
 
+def _position_groups(changed: list[int], batch: int, seq: int, tokens_per_pass: int) -> list[list[int]]:
+    """The ``changed`` columns, in order, grouped as variants of one pass each, every group
+    continuing from its first column: as many as fit ``tokens_per_pass`` (each variant computes
+    every column from the group's first)."""
+    groups: list[list[int]] = []
+    for j in changed:
+        if groups and batch * (len(groups[-1]) + 1) * (seq - groups[-1][0]) <= tokens_per_pass:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    return groups
+
+
 def activation_patching(
     model: LoadedModel | nn.Module,
     clean_ids: torch.Tensor,
@@ -213,38 +226,49 @@ def activation_patching(
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
-    run = CachedRun(loaded, corrupted_ids, attention_mask)
+    run = CachedRun(loaded, corrupted_ids, attention_mask, points)
+    corrupted = _target_prob(run.logits[:, None], target_ids)
     batch, seq = clean_ids.shape
     columns = clean_cache[points[0]].shape[2] if by == "head" else seq
-    scores = torch.empty(len(points), columns)
+    # A patch writing what the corrupted run already holds changes nothing (in minimal pairs, every
+    # column before the first differing token): its score is the corrupted one, and a patch that
+    # does change something changes nothing before its first differing column.
+    scores = torch.full((len(points), columns), corrupted)
     for i, point in enumerate(points):
-        source = clean_cache[point]
+        source, own = clean_cache[point], run.captured[point]  # [batch, pos, ...]
+        differs = (source != own).flatten(2).any(-1)  # [batch, pos]: columns (all heads) where the patch writes new values
         if by == "position":
-            for j in range(seq):
+            changed = [j for j in range(seq) if bool(differs[:, j].any())]
+            for group in _position_groups(changed, batch, seq, tokens_per_pass):
 
-                def write_column(x: torch.Tensor, j: int = j) -> torch.Tensor:  # x: [batch, columns from j, ...]
-                    x = x.clone()
-                    x[:, 0] = source[:, j].to(x.dtype)
-                    return x
+                def write_columns(x: torch.Tensor, group: list[int] = group) -> torch.Tensor:
+                    x = x.clone().unflatten(0, (batch, len(group)))  # [batch, variant, columns from the first, ...]
+                    for v, j in enumerate(group):
+                        x[:, v, j - group[0]] = source[:, j].to(x.dtype)
+                    return x.flatten(0, 1)
 
-                with edit(loaded, {point: write_column}):
-                    scores[i, j] = _target_prob(run.continued(point.layer, j)[:, None], target_ids)
+                with edit(loaded, {point: write_columns}):
+                    logits = run.continued(point.layer, group[0], repeat=len(group)).unflatten(0, (batch, len(group)))
+                for v, j in enumerate(group):
+                    scores[i, j] = _target_prob(logits[:, v, None], target_ids)
             continue
+        head_differs = (source != own).any(-1).any(0)  # [pos, head]
+        changed = [h for h in range(columns) if bool(head_differs[:, h].any())]
         per_pass = max(1, tokens_per_pass // (batch * seq))
-        for start in range(0, columns, per_pass):
-            heads = list(range(start, min(columns, start + per_pass)))
+        for start in range(0, len(changed), per_pass):
+            heads = changed[start : start + per_pass]
+            first = min(int(head_differs[:, h].nonzero()[0]) for h in heads)  # nothing changes before it
 
-            def write_heads(x: torch.Tensor, heads: list[int] = heads) -> torch.Tensor:  # [batch * variants, pos, head, d]
-                x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, pos, head, d]
+            def write_heads(x: torch.Tensor, heads: list[int] = heads, first: int = first) -> torch.Tensor:
+                x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, columns from first, head, d]
                 for v, h in enumerate(heads):
-                    x[:, v, :, h] = source[:, :, h].to(x.dtype)
+                    x[:, v, :, h] = source[:, first:, h].to(x.dtype)
                 return x.flatten(0, 1)
 
             with edit(loaded, {point: write_heads}):
-                logits = run.continued(point.layer, 0, repeat=len(heads)).unflatten(0, (batch, len(heads)))
+                logits = run.continued(point.layer, first, repeat=len(heads)).unflatten(0, (batch, len(heads)))
             for v, h in enumerate(heads):
                 scores[i, h] = _target_prob(logits[:, v, None], target_ids)
-    corrupted = _target_prob(run.logits[:, None], target_ids)
     return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
 
 

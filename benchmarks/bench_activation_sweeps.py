@@ -1,0 +1,152 @@
+"""Activation-level sweeps on the embedded model: graftlens' fast sweeps against the
+straightforward loop (one full forward per intervention), and against nnsight's version of the
+same loop when nnsight is installed (``pip install nnsight``; never a graftlens dependency).
+
+Sweeps (8 token-aligned known-fact pairs, "The capital of X is" style; targets the clean answers):
+
+- ``resid_pre``: activation patching of the residual stream entering each layer, every layer × position;
+- ``z``: activation patching of each head's output, every layer × head, at every position;
+- ``knockout``: Geva et al.'s window sweep, last → subject blocked in the 9 layers around each layer.
+
+Each round runs every implementation once, in turn; medians of ``--rounds`` rounds, and the
+largest difference of each implementation's scores from the loop's. ``torch.set_num_threads(1)``
+(this machine's second core is often busy). Prints one JSON object.
+Usage: python benchmarks/bench_activation_sweeps.py [--rounds 3]  (about 6 minutes on one core)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
+from graftlens.eval.batching import collate, pad_id_of
+from graftlens.interventions.continuation import CachedRun
+from graftlens.interventions.knockout import attention_knockout, knockout_logits
+from graftlens.interventions.patching import activation_patching, activation_patching_loop
+from graftlens.models import load_model
+from graftlens.models.names import layer_window
+from graftlens.models.run import run_logits
+
+N_PAIRS = 8
+WINDOW = 9
+
+
+def pairs(model):
+    """``N_PAIRS`` clean/corrupted prompt pairs of one relation and token length (the subject swapped)."""
+    tok = model.tokenizer
+    facts = [f for f in load_known_facts() if f.relation == "capital"]
+    prompts = tokenize_known_facts(facts, tok)
+    by_length = defaultdict(list)
+    for p in prompts:
+        by_length[len(p.input_ids)].append(p)
+    group = max(by_length.values(), key=len)
+    assert len(group) >= N_PAIRS + 1, "not enough capital facts of one length"
+    clean = collate(group[:N_PAIRS], pad_id_of(tok))
+    corrupted = collate(group[1 : N_PAIRS + 1], pad_id_of(tok))
+    targets = torch.tensor([p.target_ids[0] for p in group[:N_PAIRS]])
+    return clean, corrupted, targets
+
+
+def nnsight_patching(model, clean_ids, corrupted_ids, targets, point: str):
+    """The same sweep as a user writes it in nnsight: one traced forward per patch."""
+    from nnsight import NNsight
+
+    traced = NNsight(model.model)
+    layers = traced.model.layers
+    n_layers, n_heads, d_head = model.adapter.n_layers, model.adapter.n_heads, model.adapter.d_head
+    saved = []  # made outside the trace: nnsight runs the block in its own frame
+    with traced.trace(clean_ids):
+        for layer in range(n_layers):
+            site = layers[layer] if point == "resid_pre" else layers[layer].self_attn.o_proj
+            saved.append(site.input.save())
+    columns = clean_ids.shape[1] if point == "resid_pre" else n_heads
+    scores = torch.empty(n_layers, columns)
+    for layer in range(n_layers):
+        for j in range(columns):
+            logits = None
+            with traced.trace(corrupted_ids):
+                if point == "resid_pre":
+                    layers[layer].input[:, j] = saved[layer][:, j]
+                else:
+                    sl = slice(j * d_head, (j + 1) * d_head)
+                    layers[layer].self_attn.o_proj.input[:, :, sl] = saved[layer][:, :, sl]
+                logits = traced.lm_head.output[:, -1].save()
+            scores[layer, j] = float(logits.softmax(-1).gather(1, targets[:, None]).mean())
+    return scores
+
+
+def knockout_loop(model, batch):
+    n = model.adapter.n_layers
+    out = []
+    for centre in range(n):
+        with attention_knockout(model, layer_window(centre, WINDOW, n), sources="subject", targets="LT", spans=batch.spans):
+            out.append(run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1])
+    return torch.stack(out)
+
+
+def knockout_fast(model, batch):
+    n = model.adapter.n_layers
+    run = CachedRun(model, batch.input_ids, batch.attention_mask)
+    return torch.stack([knockout_logits(run, layer_window(c, WINDOW, n), "subject", "LT", spans=batch.spans) for c in range(n)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = load_model("smollm2-135m")
+    clean, corrupted, targets = pairs(model)
+    try:
+        import nnsight  # noqa: F401
+
+        have_nnsight = True
+    except ImportError:
+        have_nnsight = False
+
+    def patching(point, by):
+        impls = {
+            "loop": lambda: activation_patching_loop(model, clean.input_ids, corrupted.input_ids, targets, point, by=by).scores,
+            "graftlens": lambda: activation_patching(model, clean.input_ids, corrupted.input_ids, targets, point, by=by).scores,
+        }
+        if have_nnsight:
+            impls["nnsight"] = lambda: nnsight_patching(model, clean.input_ids, corrupted.input_ids, targets, point)
+        return impls
+
+    sweeps = {
+        "resid_pre layer × position": patching("resid_pre", "position"),
+        "z layer × head": patching("z", "head"),
+        f"knockout last → subject, window {WINDOW}": {
+            "loop": lambda: knockout_loop(model, clean).softmax(-1),
+            "graftlens": lambda: knockout_fast(model, clean).softmax(-1),
+        },
+    }
+    seconds = {s: defaultdict(list) for s in sweeps}
+    results = {s: {} for s in sweeps}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for sweep, impls in sweeps.items():
+                for name, fn in impls.items():
+                    t0 = time.perf_counter()
+                    results[sweep][name] = fn()
+                    seconds[sweep][name].append(time.perf_counter() - t0)
+    out = {"pairs": N_PAIRS, "columns": clean.input_ids.shape[1], "rounds": args.rounds, "threads": 1, "sweeps": {}}
+    for sweep in sweeps:
+        med = {name: statistics.median(ts) for name, ts in seconds[sweep].items()}
+        ref = results[sweep]["loop"]
+        out["sweeps"][sweep] = {
+            "seconds": {k: round(v, 3) for k, v in med.items()},
+            "speed-up over the loop": {k: round(med["loop"] / v, 2) for k, v in med.items() if k != "loop"},
+            "max |diff| from the loop": {k: float((r - ref).abs().max()) for k, r in results[sweep].items() if k != "loop"},
+        }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
