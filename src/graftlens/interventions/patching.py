@@ -210,6 +210,7 @@ def activation_patching(
     layers: Sequence[int] | None = None,
     by: str = "position",
     tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    approx: bool = False,
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
     layer × head, at every position) at a time, and record the target's mean probability.
@@ -220,8 +221,14 @@ def activation_patching(
     Only what a patch can change is computed (:mod:`~graftlens.interventions.continuation`): a
     patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
     one layer are patched as variants of one pass of up to ``tokens_per_pass`` tokens. The result
-    equals :func:`activation_patching_loop`, one full forward per patch, to float rounding."""
+    equals :func:`activation_patching_loop`, one full forward per patch, to float rounding.
+
+    With ``approx``, :func:`attribution_patching` instead: a first-order estimate of every score
+    from one forward and one backward pass."""
     from graftlens.interventions.continuation import CachedRun
+
+    if approx:
+        return attribution_patching(model, clean_ids, corrupted_ids, target_ids, point_name, attention_mask, layers, by)
 
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
@@ -270,6 +277,48 @@ def activation_patching(
             for v, h in enumerate(heads):
                 scores[i, h] = _target_prob(logits[:, v, None], target_ids)
     return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
+
+
+def attribution_patching(
+    model: LoadedModel | nn.Module,
+    clean_ids: torch.Tensor,
+    corrupted_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    point_name: str = "resid_pre",
+    attention_mask: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    by: str = "position",
+) -> PatchingSweep:
+    """Attribution patching: the first-order estimate of :func:`activation_patching`'s scores,
+    ``corrupted + Σ (clean − corrupted activation) · ∂metric/∂activation`` with the gradient taken
+    on the corrupted run, summed over the features of each (layer, position) — or, with
+    ``by="head"``, over each head's features at every position. One forward and one backward pass
+    give every score; how well they track the exact ones is measured in the README."""
+    loaded = as_loaded(model)
+    points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
+    clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
+    deltas: dict[Point, torch.Tensor] = {}
+
+    def through_delta(point: Point) -> Edit:
+        def add(x: torch.Tensor) -> torch.Tensor:  # x + 0, with the 0 a leaf to differentiate against
+            deltas[point] = torch.zeros_like(x, requires_grad=True)
+            return x + deltas[point]
+
+        return add
+
+    with capture(loaded, points) as own, edit(loaded, {p: through_delta(p) for p in points}):
+        logits = run_logits(loaded, corrupted_ids, attention_mask, last_only=True, grad=True)  # [batch, 1, vocab]
+    wide = logits[:, -1].to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, float64 kept
+    probs = wide.softmax(-1).gather(1, target_ids[:, None].to(logits.device))  # [batch, 1]
+    metric = probs.mean()
+    grads = torch.autograd.grad(metric, [deltas[p] for p in points])
+    scores = []
+    for point, grad in zip(points, grads):
+        effect = ((clean_cache[point] - own[point]) * grad).detach().double()  # [batch, pos, ...]
+        scores.append(effect.sum((0, 1, 3)) if by == "head" else effect.flatten(2).sum((0, 2)))
+    corrupted = float(metric.detach())
+    estimates = (torch.stack(scores) + corrupted).float()  # [layer, pos] or [layer, head]
+    return PatchingSweep(point_name, by, estimates, _target_prob(clean_logits, target_ids), corrupted)
 
 
 def activation_patching_loop(
