@@ -1,12 +1,17 @@
 """Activation-level sweeps on the embedded model: graftlens' fast sweeps against the
 straightforward loop (one full forward per intervention), and against nnsight's version of the
-same loop when nnsight is installed (``pip install nnsight``; never a graftlens dependency).
+same loop when nnsight is installed (``pip install 'graftlens[bench]'``; never a graftlens dependency).
 
-Sweeps (8 token-aligned known-fact pairs, "The capital of X is" style; targets the clean answers):
+Sweeps (8 token-aligned known-fact pairs, "The capital of X is" with another country as the
+corrupted prompt; targets the clean answers):
 
 - ``resid_pre``: activation patching of the residual stream entering each layer, every layer × position;
 - ``z``: activation patching of each head's output, every layer × head, at every position;
+- ``resid_pre``, every column differing: the same with the corrupted prompts' first token replaced
+  too, so that no patch is skipped and every one starts at column 0 or later (the worst case);
 - ``knockout``: Geva et al.'s window sweep, last → subject blocked in the 9 layers around each layer.
+
+Also the correlation of attribution patching (``approx=True``) with the exact scores.
 
 Each round runs every implementation once, in turn; medians of ``--rounds`` rounds, and the
 largest difference of each implementation's scores from the loop's. ``torch.set_num_threads(1)``
@@ -110,18 +115,22 @@ def main() -> None:
     except ImportError:
         have_nnsight = False
 
-    def patching(point, by):
+    other = corrupted.input_ids.clone()
+    other[:, 0] = model.tokenizer(" Today").input_ids[0]  # every column now differs from the clean run
+
+    def patching(point, by, corrupted_ids, with_nnsight=True):
         impls = {
-            "loop": lambda: activation_patching_loop(model, clean.input_ids, corrupted.input_ids, targets, point, by=by).scores,
-            "graftlens": lambda: activation_patching(model, clean.input_ids, corrupted.input_ids, targets, point, by=by).scores,
+            "loop": lambda: activation_patching_loop(model, clean.input_ids, corrupted_ids, targets, point, by=by).scores,
+            "graftlens": lambda: activation_patching(model, clean.input_ids, corrupted_ids, targets, point, by=by).scores,
         }
-        if have_nnsight:
-            impls["nnsight"] = lambda: nnsight_patching(model, clean.input_ids, corrupted.input_ids, targets, point)
+        if have_nnsight and with_nnsight:
+            impls["nnsight"] = lambda: nnsight_patching(model, clean.input_ids, corrupted_ids, targets, point)
         return impls
 
     sweeps = {
-        "resid_pre layer × position": patching("resid_pre", "position"),
-        "z layer × head": patching("z", "head"),
+        "resid_pre layer × position": patching("resid_pre", "position", corrupted.input_ids),
+        "z layer × head": patching("z", "head", corrupted.input_ids),
+        "resid_pre layer × position, every column differing": patching("resid_pre", "position", other, False),
         f"knockout last → subject, window {WINDOW}": {
             "loop": lambda: knockout_loop(model, clean).softmax(-1),
             "graftlens": lambda: knockout_fast(model, clean).softmax(-1),
@@ -144,6 +153,17 @@ def main() -> None:
             "seconds": {k: round(v, 3) for k, v in med.items()},
             "speed-up over the loop": {k: round(med["loop"] / v, 2) for k, v in med.items() if k != "loop"},
             "max |diff| from the loop": {k: float((r - ref).abs().max()) for k, r in results[sweep].items() if k != "loop"},
+        }
+    out["attribution patching (approx) vs exact"] = {}
+    for point, by in (("resid_pre", "position"), ("z", "head")):
+        exact = activation_patching(model, clean.input_ids, corrupted.input_ids, targets, point, by=by)
+        t0 = time.perf_counter()
+        approx = activation_patching(model, clean.input_ids, corrupted.input_ids, targets, point, by=by, approx=True)
+        seconds_approx = time.perf_counter() - t0
+        x, y = (exact.scores - exact.corrupted).flatten(), (approx.scores - approx.corrupted).flatten()
+        out["attribution patching (approx) vs exact"][point] = {
+            "pearson": round(float(torch.corrcoef(torch.stack([x, y]))[0, 1]), 3),
+            "seconds": round(seconds_approx, 3),
         }
     print(json.dumps(out, indent=2))
 
