@@ -470,6 +470,38 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
     assert len(prefixes._store) == 1  # one prefix for the batch, whatever the configuration
 
 
+@pytest.mark.parametrize("rows", [8, 256])  # two configurations per pass, or all of them in one
+def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family: str, rows: int, monkeypatch) -> None:
+    """A recipe's LT-only configurations continue the batch's prefix together, each grafting the
+    rows of its own variant; each scores as its own full grafted pass. FE+LT takes the full pass."""
+    from graftlens.data.prompts import TokenizedPrompt
+    from graftlens.eval.batching import collate
+    from graftlens.methods import grafting
+    from graftlens.methods.base import GraftSpec, RunConfig
+    from graftlens.methods.grafting import grafted_last_logits
+    from graftlens.methods.registry import Context, method_for
+    from graftlens.models.loading import as_loaded
+
+    monkeypatch.setattr(grafting, "VARIANT_ROWS", rows)
+    base, donor = as_loaded(make_tiny_model(family, 0)), as_loaded(make_tiny_model(family, 1))
+    g = torch.Generator().manual_seed(3)
+    prompts = [
+        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (0, 2)})
+        for i, n in enumerate([5, 7, 3, 6])
+    ]
+    batch = collate(prompts, pad_id=0)
+    specs = [("o+mlp", "all", "LT"), ("q+k+v", [1, 2], "LT"), ("all", [3], "LT"), ("attn", "all", "FE+LT"),
+             ("mlp+embed+lm_head", [0, 3], "LT"), ("k", "all", "LT"), ("v", [0], "LT")]  # fmt: skip
+    configs = [RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
+               for i, (c, layers, p) in enumerate(specs)]  # fmt: skip
+    context = Context({"base": base, "ft": donor}, configs=configs)
+    readouts = [method_for(c.kind).readout(c, context) for c in configs]
+    for config, readout in zip(configs, readouts):
+        full = grafted_last_logits(base, {"ft": donor}, config.rules())(batch)
+        torch.testing.assert_close(readout(batch), full, rtol=1e-5, atol=1e-5)
+    assert any(key == "grafted variants" for key in context._batch_state)  # the shared pass did run
+
+
 def test_bounded_store_drops_the_least_recently_used_but_never_the_newest() -> None:
     from graftlens.bounded import BoundedStore
 

@@ -175,7 +175,8 @@ def _score_all(
     turn: what configurations share for a batch (the recipient's prefix cache, a donor's
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work, directory=run_dir)
+    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work, directory=run_dir,
+                      configs=configs)  # fmt: skip
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     done = {config.name: store.done(run_id, config.name) for config in configs}

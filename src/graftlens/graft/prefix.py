@@ -17,7 +17,7 @@ import torch
 
 from graftlens.bounded import BoundedStore
 from graftlens.models.prefix import cache_bytes, continue_prefix, run_prefix
-from graftlens.positions import Spans, resolve_positions
+from graftlens.positions import Selector, Spans, parse_positions, resolve_positions
 
 if TYPE_CHECKING:
     from graftlens.graft.rules import Graft
@@ -56,3 +56,48 @@ def continue_last(model: LoadedModel, cache, input_ids: torch.Tensor, attention_
     """Logits ``[batch, vocab]`` of the last column, continuing ``cache`` (grafted if a grafter is
     active); the cache is left as it was."""
     return continue_prefix(model, cache, input_ids, attention_mask)
+
+
+class VariantRows(Selector):
+    """The positions ``inner`` picks, in the rows of one variant only: a batch of ``variants``
+    variants holds row ``b`` of variant ``v`` at ``b * variants + v`` (``repeat_interleave``)."""
+
+    def __init__(self, inner: Selector, variant: int, variants: int):
+        self.inner, self.variant, self.variants = inner, variant, variants
+
+    def resolve(self, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None) -> torch.Tensor:
+        picked = self.inner.resolve(attention_mask, spans)  # [batch * variants, pos]
+        rows = torch.arange(picked.shape[0], device=picked.device) % self.variants == self.variant
+        return picked & rows[:, None]
+
+    def __str__(self) -> str:
+        return f"{self.inner} (variant {self.variant} of {self.variants})"
+
+
+def variant_rules(rule_sets: Sequence[Sequence[Graft]]) -> list[Graft]:
+    """One rule list grafting each rule set into the rows of its own variant."""
+    from graftlens.graft.rules import Graft
+
+    out = []
+    for v, rules in enumerate(rule_sets):
+        for g in rules:
+            inner = parse_positions(g.positions) if isinstance(g.positions, str) else g.positions
+            if not isinstance(inner, Selector):
+                raise TypeError(f"variant rules need selector positions, got {type(g.positions).__name__}")
+            out.append(Graft(g.donor, g.components, g.layers, VariantRows(inner, v, len(rule_sets))))
+    return out
+
+
+def continue_last_variants(
+    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int
+) -> torch.Tensor:
+    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` once per
+    variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own way);
+    the cache is left as it was."""
+    import copy
+
+    work = copy.deepcopy(cache)
+    work.batch_repeat_interleave(variants)
+    rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
+    logits = continue_prefix(model, work, *rows)  # [batch * variants, vocab]
+    return logits.unflatten(0, (input_ids.shape[0], variants))

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from graftlens.graft.rules import Graft, rule_sites, touched_modules
 from graftlens.methods.base import RunConfig, Sweep, check_components, check_positions
-from graftlens.methods.registry import Context, Method
+from graftlens.methods.registry import Context, Method, method_for
 
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
@@ -51,6 +51,45 @@ def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches
     return run
 
 
+VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
+
+
+def shared_last_logits(config: RunConfig, siblings: list[RunConfig], context: Context, donors, prefixes, alone) -> LastLogits:
+    """``config``'s readout when every grafting configuration of the run that, on a batch, claims
+    only its last token continues the batch's shared prefix in one pass with its neighbours: each
+    configuration grafts the rows of its own variant, so the donors' weights are read once per
+    pass instead of once per configuration (:func:`graftlens.graft.prefix.variant_rules`).
+    Batches where ``config`` claims more than the last token use ``alone``."""
+    from graftlens.graft.engine import Grafter
+    from graftlens.graft.prefix import claims_only_last, continue_last_variants, variant_rules
+
+    model = context.models[config.model]
+
+    def run(batch: PromptBatch) -> torch.Tensor:
+        batch = batch.to(model.device)
+        mask, spans = batch.attention_mask, batch.spans
+        if not claims_only_last(config.rules(), mask, spans):
+            return alone(batch)
+        group = [c for c in siblings if claims_only_last(c.rules(), mask, spans)]
+        per_pass = max(1, VARIANT_ROWS // batch.input_ids.shape[0])
+        start = group.index(config) // per_pass * per_pass
+        chunk = group[start : start + per_pass]
+        names = tuple(c.name for c in chunk)
+
+        def compute() -> torch.Tensor:  # [batch, variants, vocab]
+            grafter = context.state(("variant grafter", names),
+                                    lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
+            key = (config.model, tuple(p.id for p in batch.prompts))
+            cache = prefixes.get(key, model, batch.input_ids, mask)
+            repeated = None if spans is None else [s for s in spans for _ in chunk]
+            with grafter.on(repeated):
+                return continue_last_variants(model, cache, batch.input_ids, mask, len(chunk))
+
+        return context.for_batch("grafted variants", batch, compute, names)[:, names.index(config.name)]
+
+    return run
+
+
 class GraftingMethod(Method):
     """A method whose configurations are graft rules (or none: the model as it is)."""
 
@@ -78,7 +117,13 @@ class GraftingMethod(Method):
 
         donors = {g.donor: context.models[g.donor] for g in config.grafts}
         prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
-        return grafted_last_logits(model, donors, config.rules(), prefixes, config.model)
+        alone = grafted_last_logits(model, donors, config.rules(), prefixes, config.model)
+        siblings = [c for c in context.configs if c.grafts and c.model == config.model and c.phase == config.phase
+                    and isinstance(method_for(c.kind), GraftingMethod)
+                    and {g.donor for g in c.grafts} == set(donors)]  # fmt: skip
+        if len(siblings) < 2:
+            return alone
+        return shared_last_logits(config, siblings, context, donors, prefixes, alone)
 
 
 class ComponentListSweep(Sweep):

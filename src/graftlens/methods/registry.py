@@ -46,6 +46,8 @@ class Context:
     batches: Sequence[PromptBatch] = ()
     # The run directory, where a method keeps what it computed beside the store (None: not kept).
     directory: Path | None = None
+    # Every configuration of the run (a readout may compute its siblings' results in one pass).
+    configs: Sequence[RunConfig] = ()
     _state: dict[str, Any] = field(default_factory=dict)
     _batch_state: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     _extras: dict[str, dict[str, float]] = field(default_factory=dict)
