@@ -472,8 +472,10 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
 
 @pytest.mark.parametrize("rows", [8, 256])  # two configurations per pass, or all of them in one
 def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family: str, rows: int, monkeypatch) -> None:
-    """A recipe's LT-only configurations continue the batch's prefix together, each grafting the
-    rows of its own variant; each scores as its own full grafted pass. FE+LT takes the full pass."""
+    """A recipe's configurations that first claim the same column continue one prefix together,
+    each grafting the rows of its own variant (LT-only ones the last column; FE+LT ones from the
+    first FE column); each scores as its own full grafted pass, and the plain model as itself.
+    Complements (claiming column 0) and the unembedding grafted before the last column go alone."""
     from graftlens.data.prompts import TokenizedPrompt
     from graftlens.eval.batching import collate
     from graftlens.methods import grafting
@@ -486,20 +488,22 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     base, donor = as_loaded(make_tiny_model(family, 0)), as_loaded(make_tiny_model(family, 1))
     g = torch.Generator().manual_seed(3)
     prompts = [
-        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (0, 2)})
+        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (1, 3)})
         for i, n in enumerate([5, 7, 3, 6])
     ]
     batch = collate(prompts, pad_id=0)
     specs = [("o+mlp", "all", "LT"), ("q+k+v", [1, 2], "LT"), ("all", [3], "LT"), ("attn", "all", "FE+LT"),
-             ("mlp+embed+lm_head", [0, 3], "LT"), ("k", "all", "LT"), ("v", [0], "LT")]  # fmt: skip
+             ("mlp+embed+lm_head", [0, 3], "LT"), ("k", "all", "LT"), ("v", [0], "LT"), ("mlp", "all", "FE"),
+             ("all", "all", "(FE+LT)^C"), ("lm_head", "all", "FE+LT")]  # fmt: skip
     configs = [RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
                for i, (c, layers, p) in enumerate(specs)]  # fmt: skip
+    configs.append(RunConfig("plain", "g", "base"))
     context = Context({"base": base, "ft": donor}, configs=configs)
     readouts = [method_for(c.kind).readout(c, context) for c in configs]
     for config, readout in zip(configs, readouts):
-        full = grafted_last_logits(base, {"ft": donor}, config.rules())(batch)
+        full = grafted_last_logits(base, {"ft": donor} if config.grafts else {}, config.rules())(batch)
         torch.testing.assert_close(readout(batch), full, rtol=1e-5, atol=1e-5)
-    assert any(key == "grafted variants" for key in context._batch_state)  # the shared pass did run
+    assert context._batch_state["grafted variants"][1][0] == 1  # the last shared pass: the FE configurations, from column 1
 
 
 def test_bounded_store_drops_the_least_recently_used_but_never_the_newest() -> None:

@@ -37,18 +37,36 @@ def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans
     return True
 
 
+def first_claimed_column(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> int:
+    """The first column any rule claims in any row of this (left-padded) batch: every column before
+    it is the recipient's own computation. The batch's width when no rule claims anything; 0 when
+    the batch is not left-padded with a real last column (nothing is shared then)."""
+    if attention_mask.shape[1] < 2 or not bool(attention_mask[:, -1].all()):
+        return 0
+    first = attention_mask.shape[1]
+    for rule in rules:
+        hits = resolve_positions(rule.positions, attention_mask, spans).any(0).nonzero()  # columns some row claims
+        if len(hits):
+            first = min(first, int(hits[0]))
+    return first
+
+
 class PrefixCaches:
     """The plain KV caches of batches' prefixes, by key, up to ``max_bytes`` (oldest dropped first)."""
 
     def __init__(self, max_bytes: int = DEFAULT_PREFIX_BYTES):
         self._store: BoundedStore[object] = BoundedStore(max_bytes)
 
-    def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The cache of ``model``'s plain forward over all but the last column (made on first use)."""
-        if key in self._store:
-            return self._store.get(key)
-        cache = run_prefix(model, input_ids, attention_mask, input_ids.shape[1] - 1)
-        self._store.put(key, cache, cache_bytes(cache))
+    def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            cut: int | None = None):  # fmt: skip
+        """The cache of ``model``'s plain forward over the columns before ``cut`` (all but the last
+        by default), made on first use."""
+        cut = input_ids.shape[1] - 1 if cut is None else cut
+        full_key = key if cut == input_ids.shape[1] - 1 else (key, cut)
+        if full_key in self._store:
+            return self._store.get(full_key)
+        cache = run_prefix(model, input_ids, attention_mask, cut)
+        self._store.put(full_key, cache, cache_bytes(cache))
         return cache
 
 
@@ -88,11 +106,11 @@ def variant_rules(rule_sets: Sequence[Sequence[Graft]]) -> list[Graft]:
     return out
 
 
-def continue_last_variants(
+def continue_variants(
     model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int
 ) -> torch.Tensor:
-    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` once per
-    variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own way);
+    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over the
+    columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own way);
     the cache is left as it was."""
     import copy
 

@@ -54,23 +54,34 @@ def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches
 VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
 
 
-def shared_last_logits(config: RunConfig, siblings: list[RunConfig], context: Context, donors, prefixes, alone) -> LastLogits:
-    """``config``'s readout when every grafting configuration of the run that, on a batch, claims
-    only its last token continues the batch's shared prefix in one pass with its neighbours: each
-    configuration grafts the rows of its own variant, so the donors' weights are read once per
-    pass instead of once per configuration (:func:`graftlens.graft.prefix.variant_rules`).
-    Batches where ``config`` claims more than the last token use ``alone``."""
+def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: Context, donors, prefixes, alone) -> LastLogits:
+    """``config``'s readout when the grafting configurations of the run share prefixes: on each
+    batch, the configurations whose rules first claim the same column ``c`` continue one plain
+    prefix of the columns before ``c``, together, as variants of one pass (each grafts the rows of
+    its own variant, :func:`graftlens.graft.prefix.variant_rules`), so the shared columns are
+    computed once and the donors' weights read once per pass. A configuration that claims column 0
+    (or a batch that is not left-padded) uses ``alone``."""
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import claims_only_last, continue_last_variants, variant_rules
+    from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
 
     model = context.models[config.model]
+    head_paths = {s.path for s in model.adapter.sites("lm_head")}
+    # A continuation computes the last column's logits only: a configuration grafting the
+    # unembedding shares a prefix only when its rules claim nothing but the last column.
+    grafts_head = {c.name for c in siblings if head_paths & set(touched_modules(model.adapter, c.rules()))}
+
+    def cut_of(c: RunConfig, mask: torch.Tensor, spans) -> int:
+        width = mask.shape[1]
+        cut = min(first_claimed_column(c.rules(), mask, spans), width - 1)
+        return 0 if c.name in grafts_head and cut < width - 1 else cut
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(model.device)
         mask, spans = batch.attention_mask, batch.spans
-        if not claims_only_last(config.rules(), mask, spans):
+        cut = cut_of(config, mask, spans)
+        if cut == 0:
             return alone(batch)
-        group = [c for c in siblings if claims_only_last(c.rules(), mask, spans)]
+        group = [c for c in siblings if cut_of(c, mask, spans) == cut]
         per_pass = max(1, VARIANT_ROWS // batch.input_ids.shape[0])
         start = group.index(config) // per_pass * per_pass
         chunk = group[start : start + per_pass]
@@ -79,13 +90,12 @@ def shared_last_logits(config: RunConfig, siblings: list[RunConfig], context: Co
         def compute() -> torch.Tensor:  # [batch, variants, vocab]
             grafter = context.state(("variant grafter", names),
                                     lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
-            key = (config.model, tuple(p.id for p in batch.prompts))
-            cache = prefixes.get(key, model, batch.input_ids, mask)
+            cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
             repeated = None if spans is None else [s for s in spans for _ in chunk]
             with grafter.on(repeated):
-                return continue_last_variants(model, cache, batch.input_ids, mask, len(chunk))
+                return continue_variants(model, cache, batch.input_ids, mask, len(chunk))
 
-        return context.for_batch("grafted variants", batch, compute, names)[:, names.index(config.name)]
+        return context.for_batch("grafted variants", batch, compute, (cut, names))[:, names.index(config.name)]
 
     return run
 
@@ -109,21 +119,21 @@ class GraftingMethod(Method):
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
         from graftlens.eval.scoring import plain_last_logits
-
-        model = context.models[config.model]
-        if not config.grafts:
-            return plain_last_logits(model.model)
         from graftlens.graft.prefix import PrefixCaches
 
-        donors = {g.donor: context.models[g.donor] for g in config.grafts}
+        model = context.models[config.model]
         prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
+        grafting = [c for c in context.configs if c.grafts and c.model == config.model and c.phase == config.phase
+                    and isinstance(method_for(c.kind), GraftingMethod)]  # fmt: skip
+        if not config.grafts:
+            # The recipient as it is: a continuation of the prefix its grafted configurations share.
+            return plain_last_logits(model.model) if not grafting else grafted_last_logits(model, {}, [], prefixes, config.model)
+        donors = {g.donor: context.models[g.donor] for g in config.grafts}
         alone = grafted_last_logits(model, donors, config.rules(), prefixes, config.model)
-        siblings = [c for c in context.configs if c.grafts and c.model == config.model and c.phase == config.phase
-                    and isinstance(method_for(c.kind), GraftingMethod)
-                    and {g.donor for g in c.grafts} == set(donors)]  # fmt: skip
+        siblings = [c for c in grafting if {g.donor for g in c.grafts} == set(donors)]
         if len(siblings) < 2:
             return alone
-        return shared_last_logits(config, siblings, context, donors, prefixes, alone)
+        return shared_prefix_logits(config, siblings, context, donors, prefixes, alone)
 
 
 class ComponentListSweep(Sweep):
