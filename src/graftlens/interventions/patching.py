@@ -78,6 +78,17 @@ def run_with_cache(
     return logits, cache
 
 
+def _chained(fns: list[Edit]) -> Edit:
+    """One edit applying ``fns`` in turn (several patches of one point)."""
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        for fn in fns:
+            x = fn(x)
+        return x
+
+    return apply
+
+
 def patched_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,
@@ -96,15 +107,7 @@ def patched_logits(
         where = None if p.positions is None else resolve_positions(p.positions, mask, spans)
         edits.setdefault(p.point, []).append(p.as_edit(where))
 
-    def chain(fns: list[Edit]) -> Edit:
-        def apply(x: torch.Tensor) -> torch.Tensor:
-            for fn in fns:
-                x = fn(x)
-            return x
-
-        return apply
-
-    with edit(model, {point: chain(fns) for point, fns in edits.items()}):
+    with edit(model, {point: _chained(fns) for point, fns in edits.items()}):
         return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
 
 
@@ -129,15 +132,7 @@ def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Span
         sliced = Patch(p.point, p.source[:, column:], None, p.heads)
         edits.setdefault(p.point, []).append(sliced.as_edit(where[:, column:]))
 
-    def chain(fns: list[Edit]) -> Edit:
-        def apply(x: torch.Tensor) -> torch.Tensor:
-            for fn in fns:
-                x = fn(x)
-            return x
-
-        return apply
-
-    with edit(run.model, {point: chain(fns) for point, fns in edits.items()}):
+    with edit(run.model, {point: _chained(fns) for point, fns in edits.items()}):
         return run.continued(layer, column)
 
 
