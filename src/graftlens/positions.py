@@ -225,6 +225,13 @@ def _parse_atom(tokens: list[str], text: str) -> tuple[Selector, list[str]]:
     return sel, tokens
 
 
+def first_picked_column(positions: PositionsLike, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None) -> int:
+    """The first padded column ``positions`` picks in any row: nothing before it is touched by an
+    intervention there (the batch's width when it picks nothing)."""
+    hits = resolve_positions(positions, attention_mask, spans).any(0).nonzero()  # [n, 1]: columns some row picks
+    return int(hits[0]) if len(hits) else attention_mask.shape[1]
+
+
 # A forward reference to torch.Tensor: this module loads without torch (recipes are checked with it).
 PositionsLike = typing.Union[Selector, str, "torch.Tensor", Sequence[Sequence[int]], None]  # noqa: UP007
 

@@ -17,7 +17,7 @@ import torch
 
 from graftlens.bounded import BoundedStore
 from graftlens.models.prefix import cache_bytes, continue_prefix, run_prefix
-from graftlens.positions import Selector, Spans, parse_positions, resolve_positions
+from graftlens.positions import Selector, Spans, first_picked_column, parse_positions
 
 if TYPE_CHECKING:
     from graftlens.graft.rules import Graft
@@ -28,13 +28,8 @@ DEFAULT_PREFIX_BYTES = 1 << 30  # prefixes kept at once (oldest dropped first)
 
 def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> bool:
     """Do the rules, resolved on this (left-padded) batch, claim nothing but its last column?"""
-    if attention_mask.shape[1] < 2 or not bool(attention_mask[:, -1].all()):
-        return False  # not left-padded, or nothing to share
-    for rule in rules:
-        claimed = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]
-        if bool(claimed[:, :-1].any()):
-            return False
-    return True
+    width = attention_mask.shape[1]
+    return width >= 2 and first_claimed_column(rules, attention_mask, spans) >= width - 1
 
 
 def first_claimed_column(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> int:
@@ -43,12 +38,7 @@ def first_claimed_column(rules: Sequence[Graft], attention_mask: torch.Tensor, s
     the batch is not left-padded with a real last column (nothing is shared then)."""
     if attention_mask.shape[1] < 2 or not bool(attention_mask[:, -1].all()):
         return 0
-    first = attention_mask.shape[1]
-    for rule in rules:
-        hits = resolve_positions(rule.positions, attention_mask, spans).any(0).nonzero()  # columns some row claims
-        if len(hits):
-            first = min(first, int(hits[0]))
-    return first
+    return min((first_picked_column(rule.positions, attention_mask, spans) for rule in rules), default=attention_mask.shape[1])
 
 
 class PrefixCaches:

@@ -36,7 +36,7 @@ from torch import nn
 from graftlens.errors import GraftlensError, LayerSelectionError
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence
-from graftlens.positions import PositionsLike, Spans, resolve_positions
+from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
 
 _PREFIX = "graftlens_knockout|"
 _BLOCKED = "_graftlens_blocked_edges"
@@ -213,13 +213,6 @@ def attention_knockout(
             _unregister(name)
 
 
-def first_column(selector: PositionsLike, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None) -> int:
-    """The first padded column any row's ``selector`` picks (the batch's width when none does)."""
-    picked = resolve_positions(selector, attention_mask, spans).any(0)  # [pos]
-    hits = picked.nonzero()
-    return int(hits[0]) if len(hits) else attention_mask.shape[1]
-
-
 def knockout_logits(
     run,
     layers: Iterable[int],
@@ -237,7 +230,7 @@ def knockout_logits(
     edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
     if not layers or not bool(edges.any()):
         return run.logits  # nothing blocked: the unmodified run, bit for bit
-    column = min(first_column(targets, mask, spans), run.n_columns - 1)
+    column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
     with attention_knockout(run.model, layers, sources=sources, targets=targets, spans=spans):
         return run.continued(layers[0], column)
 
@@ -262,7 +255,7 @@ def knockout_sweep_logits(
     batch = mask.shape[0]
     windows = [sorted(set(int(layer) for layer in w)) for w in windows]
     edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))  # [batch, q, k]
-    column = min(first_column(targets, mask, spans), run.n_columns - 1)
+    column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
     out: list[torch.Tensor] = []
     per_pass = max(1, rows_per_pass // batch)
     for start in range(0, len(windows), per_pass):

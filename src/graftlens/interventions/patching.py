@@ -19,7 +19,7 @@ from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capt
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
-from graftlens.positions import PositionsLike, Spans, resolve_positions
+from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
 
 
 class PatchError(GraftlensError):
@@ -121,11 +121,10 @@ def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Span
     for p in patches:
         where = torch.ones_like(mask, dtype=torch.bool) if p.positions is None else resolve_positions(p.positions, mask, spans)
         resolved.append((p, where))
-    claimed = [where.any(0).nonzero() for _, where in resolved]  # columns some row patches, per patch
-    columns = [int(c[0]) for c in claimed if len(c)]
-    if not columns:
-        return run.logits
-    column = min(min(columns), run.n_columns - 1)
+    first = min(first_picked_column(where, mask) for _, where in resolved)
+    if first == run.n_columns:
+        return run.logits  # no patch touches any position
+    column = min(first, run.n_columns - 1)
     layer = min(p.point.layer for p in patches)
     edits: dict[Point, list[Edit]] = {}
     for p, where in resolved:
