@@ -65,23 +65,34 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
     from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
 
     model = context.models[config.model]
-    head_paths = {s.path for s in model.adapter.sites("lm_head")}
+    family = tuple(c.name for c in siblings)
+
+    def heads_grafted() -> set[str]:
+        head_paths = {s.path for s in model.adapter.sites("lm_head")}
+        return {c.name for c in siblings if head_paths & set(touched_modules(model.adapter, c.rules()))}
+
     # A continuation computes the last column's logits only: a configuration grafting the
     # unembedding shares a prefix only when its rules claim nothing but the last column.
-    grafts_head = {c.name for c in siblings if head_paths & set(touched_modules(model.adapter, c.rules()))}
+    grafts_head = context.state(("grafts the unembedding", family), heads_grafted)
 
-    def cut_of(c: RunConfig, mask: torch.Tensor, spans) -> int:
+    def cuts(mask: torch.Tensor, spans) -> dict[str, int]:
+        """Each sibling's first claimed column on this batch (0: it runs alone)."""
         width = mask.shape[1]
-        cut = min(first_claimed_column(c.rules(), mask, spans), width - 1)
-        return 0 if c.name in grafts_head and cut < width - 1 else cut
+        out = {}
+        for c in siblings:
+            cut = min(first_claimed_column(c.rules(), mask, spans), width - 1)
+            out[c.name] = 0 if c.name in grafts_head and cut < width - 1 else cut
+        return out
 
     def run(batch: PromptBatch) -> torch.Tensor:
         batch = batch.to(model.device)
         mask, spans = batch.attention_mask, batch.spans
-        cut = cut_of(config, mask, spans)
+        # Made once per batch for every sibling, not once per sibling for every configuration.
+        cut_by_name = context.for_batch("prefix cuts", batch, lambda: cuts(mask, spans), family)
+        cut = cut_by_name[config.name]
         if cut == 0:
             return alone(batch)
-        group = [c for c in siblings if cut_of(c, mask, spans) == cut]
+        group = [c for c in siblings if cut_by_name[c.name] == cut]
         per_pass = max(1, VARIANT_ROWS // batch.input_ids.shape[0])
         start = group.index(config) // per_pass * per_pass
         chunk = group[start : start + per_pass]
