@@ -53,6 +53,14 @@ def last_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, pos, -1).max(-1).values
 
 
+def at_last_picked(
+    hidden: torch.Tensor, positions: PositionsLike, attention_mask: torch.Tensor, spans: Sequence[Spans] | None = None
+) -> torch.Tensor:
+    """``hidden[batch, pos, ...]`` at the last position ``positions`` picks in each row: ``[batch, ...]``."""
+    where = last_index(resolve_positions(positions, attention_mask, spans)).to(hidden.device)  # [batch], padded
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), where]
+
+
 def point_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

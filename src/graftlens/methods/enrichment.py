@@ -127,13 +127,10 @@ class Enrichment(Method):
 
         def forward(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
             """``(hidden[batch, d_model] after the read layer at the subject's last token, logits[batch, vocab] at LT)``."""
-            import torch
-
             from graftlens.interventions.hooks import capture
-            from graftlens.interventions.lens import last_index
+            from graftlens.interventions.lens import at_last_picked
             from graftlens.interventions.sublayers import cancel_sublayers
             from graftlens.models.run import run_logits
-            from graftlens.positions import resolve_positions
 
             means = None if spec.ablation == "zero" or spec.sublayer is None else _means(context, config.model, model, spec)
             point = f"resid_post.{spec.read_layer}"
@@ -144,9 +141,7 @@ class Enrichment(Method):
                 capture(model, [point]) as cache,
             ):
                 logits = run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
-            where = last_index(resolve_positions(spec.positions, batch.attention_mask, batch.spans))
-            rows = torch.arange(batch.input_ids.shape[0], device=where.device)
-            return cache[point][rows, where], logits
+            return at_last_picked(cache[point], spec.positions, batch.attention_mask, batch.spans), logits
 
         def run(batch: PromptBatch) -> torch.Tensor:
             hidden, logits = context.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())

@@ -111,14 +111,11 @@ class Extraction(Method):
             """Every layer's attention and MLP output at ``position`` under the condition: name → ``[batch, d_model]``."""
             from contextlib import nullcontext
 
-            import torch
-
             from graftlens.interventions.hooks import capture
             from graftlens.interventions.knockout import attention_knockout
-            from graftlens.interventions.lens import last_index
+            from graftlens.interventions.lens import at_last_picked
             from graftlens.interventions.sublayers import cancel_sublayers
             from graftlens.models.run import run_logits
-            from graftlens.positions import resolve_positions
 
             if spec.condition == "no_enrichment":
                 condition = cancel_sublayers(model, "mlp", spec.enrichment_layers, spec.subject, spans=batch.spans)
@@ -130,9 +127,7 @@ class Extraction(Method):
             points = [f"{p}.{layer}" for p in ("attn_out", "mlp_out") for layer in range(model.adapter.n_layers)]
             with condition, capture(model, points) as cache:
                 run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)
-            where = last_index(resolve_positions(spec.position, batch.attention_mask, batch.spans))
-            rows = torch.arange(batch.input_ids.shape[0], device=where.device)
-            return {p: cache[p][rows, where] for p in points}
+            return {p: at_last_picked(cache[p], spec.position, batch.attention_mask, batch.spans) for p in points}
 
         def run(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.lens import project

@@ -101,16 +101,14 @@ class HeadMappings(Method):
             import torch
 
             from graftlens.interventions.hooks import capture
-            from graftlens.interventions.lens import last_index
+            from graftlens.interventions.lens import at_last_picked
             from graftlens.models.run import run_logits
-            from graftlens.positions import resolve_positions
 
             points = [f"attn_out.{layer}" for layer in spec.layers]
             with capture(model, points) as cache:
                 run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)
-            where = last_index(resolve_positions(spec.position, batch.attention_mask, batch.spans))
-            rows = torch.arange(batch.input_ids.shape[0], device=where.device)
-            return torch.stack([cache[p][rows, where] for p in points], 1)
+            stacked = torch.stack([cache[p] for p in points], 2)  # [batch, pos, layer, d_model]
+            return at_last_picked(stacked, spec.position, batch.attention_mask, batch.spans)
 
         def mappings(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.mappings import head_mapping_vectors
