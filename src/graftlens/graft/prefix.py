@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from graftlens.bounded import BoundedStore
-from graftlens.models.prefix import cache_bytes, continue_prefix, run_prefix
+from graftlens.models.prefix import cache_bytes, continue_prefix, copied_cache, run_prefix
 from graftlens.positions import Selector, Spans, first_picked_column, parse_positions
 
 if TYPE_CHECKING:
@@ -102,10 +102,7 @@ def continue_variants(
     """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over the
     columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own way);
     the cache is left as it was."""
-    import copy
-
-    work = copy.deepcopy(cache)
-    work.batch_repeat_interleave(variants)
+    work = copied_cache(cache, repeat=variants)
     rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
     logits = continue_prefix(model, work, *rows)  # [batch * variants, vocab]
     return logits.unflatten(0, (input_ids.shape[0], variants))

@@ -19,7 +19,6 @@ rounding (tested against the straightforward loop on every family).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import _cache_argument, _keeps_every_position
+from graftlens.models.prefix import _cache_argument, _keeps_every_position, copied_cache
 from graftlens.models.run import position_ids_for
 
 
@@ -98,13 +97,7 @@ class CachedRun:
 
     def _cache_of(self, column: int, repeat: int):
         """A KV cache holding columns ``[0, column)`` (``repeat`` copies of each row), or None."""
-        if column == 0:
-            return None
-        cache = copy.deepcopy(self.cache)
-        cache.crop(column - self.n_columns)  # drop the columns from `column` on
-        if repeat > 1:
-            cache.batch_repeat_interleave(repeat)
-        return cache
+        return None if column == 0 else copied_cache(self.cache, column, repeat)
 
     def continued(self, layer: int = 0, column: int = 0, repeat: int = 1) -> torch.Tensor:
         """Logits ``[batch * repeat, vocab]`` at the last column, computing only layers ``≥ layer``

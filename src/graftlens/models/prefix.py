@@ -25,6 +25,18 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def copied_cache(cache, keep: int | None = None, repeat: int = 1):
+    """A deep copy of ``cache`` holding its first ``keep`` columns (all of them when None), each row
+    ``repeat`` times in a row (row ``b`` of copy ``v`` at ``b * repeat + v``)."""
+    work = copy.deepcopy(cache)
+    length = int(work.get_seq_length())
+    if keep is not None and keep < length:
+        work.crop(keep - length)  # drop the columns from `keep` on
+    if repeat > 1:
+        work.batch_repeat_interleave(repeat)
+    return work
+
+
 def _keeps_every_position(cache, length: int, more: int) -> bool:
     """Can the cache drop ``more`` appended tokens again (a sliding-window layer may have evicted some)?"""
     for layer in getattr(cache, "layers", []):
