@@ -95,10 +95,6 @@ class CachedRun:
     def n_columns(self) -> int:
         return self.input_ids.shape[1]
 
-    def _cache_of(self, column: int, repeat: int):
-        """A KV cache holding columns ``[0, column)`` (``repeat`` copies of each row), or None."""
-        return None if column == 0 else copied_cache(self.cache, column, repeat)
-
     def continued(self, layer: int = 0, column: int = 0, repeat: int = 1) -> torch.Tensor:
         """Logits ``[batch * repeat, vocab]`` at the last column, computing only layers ``≥ layer``
         at columns ``≥ column`` (interventions active around the call apply there).
@@ -118,7 +114,8 @@ class CachedRun:
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t.repeat_interleave(repeat, 0) if repeat > 1 else t
 
-        cache = self._cache_of(column, repeat) or DynamicCache(config=self.model.model.config)
+        # Columns [0, column) of the kept cache, each row `repeat` times (an empty cache from column 0).
+        cache = copied_cache(self.cache, column, repeat) if column else DynamicCache(config=self.model.model.config)
         stream = rows(self.streams[layer][:, column:])  # [batch * repeat, new, d_model]
         with torch.no_grad(), _layers_skipped(self.model, layer, stream):
             out = self.model.model(input_ids=rows(self.input_ids[:, column:]), attention_mask=rows(self.attention_mask),
