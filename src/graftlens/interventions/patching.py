@@ -237,9 +237,9 @@ def activation_patching(
     scores = torch.full((len(points), columns), corrupted)
     for i, point in enumerate(points):
         source, own = clean_cache[point], run.captured[point]  # [batch, pos, ...]
-        differs = (source != own).flatten(2).any(-1)  # [batch, pos]: columns (all heads) where the patch writes new values
+        new = source != own  # where the patch writes values the corrupted run does not hold
         if by == "position":
-            changed = [j for j in range(seq) if bool(differs[:, j].any())]
+            changed = [j for j in range(seq) if bool(new[:, j].any())]
             for group in _position_groups(changed, batch, seq, tokens_per_pass):
 
                 def write_columns(x: torch.Tensor, group: list[int] = group) -> torch.Tensor:
@@ -253,7 +253,7 @@ def activation_patching(
                 for v, j in enumerate(group):
                     scores[i, j] = _target_prob(logits[:, v, None], target_ids)
             continue
-        head_differs = (source != own).any(-1).any(0)  # [pos, head]
+        head_differs = new.any(-1).any(0)  # [pos, head]
         changed = [h for h in range(columns) if bool(head_differs[:, h].any())]
         per_pass = max(1, tokens_per_pass // (batch * seq))
         for start in range(0, len(changed), per_pass):
