@@ -75,12 +75,11 @@ def _page(run: RunData, figures_html: str) -> str:
     if listed:
         parts += [f"<h2>By test template ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "template")]
         parts += [f"<h2>By direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>", _split_table(run, "direction")]
-    # each test sentence in each direction: one bar of the paper's figures
-    if listed and len({r.direction for r in run.rows}) > 1:
-        parts += [
-            f"<h2>By test template and direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>",
-            _split_table(run, "template", "direction"),
-        ]
+        if len({r.direction for r in run.rows}) > 1:  # each test sentence in each direction: one bar of the paper's figures
+            parts += [
+                f"<h2>By test template and direction ({escape(METRIC_LABELS.get(metric, metric))})</h2>",
+                _split_table(run, "template", "direction"),
+            ]
     parts += ["<h2>Example predictions</h2>", _examples(run)]
     parts += ["<h2>Reproduce</h2>", _reproduce(run)]
     parts += ["<h2>Manifest</h2>", f"<pre>{escape(json.dumps(m, indent=2, sort_keys=True))}</pre>"]
