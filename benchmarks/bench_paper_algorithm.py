@@ -37,7 +37,7 @@ from graftlens.eval.batching import collate
 from graftlens.graft.reference import site_owners
 from graftlens.methods.base import GraftSpec, RunConfig
 from graftlens.methods.registry import Context, method_for
-from graftlens.models.prefix import _cache_argument
+from graftlens.models.prefix import cache_argument
 
 FIGURE2 = ["FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C"]
 COMPONENTS = ["attn", "q", "k", "v", "o", "mlp", "o+mlp"]
@@ -50,7 +50,7 @@ def paper_last_logits(base, donor, rules, ids: torch.Tensor, spans) -> torch.Ten
     n = len(ids)
     owners = site_owners(base, rules, n, spans)  # (module path, rows) → donor name or None, per token
     cache = DynamicCache(config=base.model.config)  # filled in place, token by token
-    cache_argument = _cache_argument(base)
+    cache_arg = cache_argument(base)
     for t in range(n):
         model = copy.deepcopy(base.model)  # a fresh pretrained model before every token
         for (path, rows), who in owners.items():
@@ -66,7 +66,7 @@ def paper_last_logits(base, donor, rules, ids: torch.Tensor, spans) -> torch.Ten
                     for a, z in rows:
                         p.data.narrow(dim, a, z - a).copy_(donor_p.data.narrow(dim, a, z - a))
         out = model(input_ids=ids[None, t : t + 1], position_ids=torch.tensor([[t]], device=ids.device), use_cache=True,
-                    **{cache_argument: cache})  # fmt: skip
+                    **{cache_arg: cache})  # fmt: skip
     return out.logits[0, -1]
 
 

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
-        ["DonorError", "Graft", "Grafter", "GraftRuleError", "grafted_forward", "grafting"],
+        ["DonorError", "Graft", "Grafter", "GraftRuleError", "grafted_forward", "grafted_generate", "grafting"],
         "graftlens.graft",
     ),
     **dict.fromkeys(["PositionError", "parse_positions"], "graftlens.positions"),
@@ -55,7 +55,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from graftlens.graft import DonorError, Graft, Grafter, GraftRuleError, grafted_forward, grafting
+    from graftlens.graft import DonorError, Graft, Grafter, GraftRuleError, grafted_forward, grafted_generate, grafting
     from graftlens.interventions import (
         ActivationCache,
         Patch,
@@ -95,6 +95,7 @@ __all__ = [
     "Grafter",
     "GraftRuleError",
     "grafted_forward",
+    "grafted_generate",
     "grafting",
     "PositionError",
     "parse_positions",

@@ -9,7 +9,12 @@ padded batch from the attention mask and, for named spans (``FE``, ``movie``, ..
 annotations of each example (``{"FE": (start, stop)}``, half-open, prompt coordinates).
 
 Strings parse to selectors: ``"LT"``, ``"FE+LT"`` (union), ``"FE^C"`` / ``"(FE+LT)^C"``
-(complement within the real tokens), ``"all"``.
+(complement within the real tokens), ``"all"``, ``"new"``.
+
+Tokens after the prompt (generated, or a target teacher-forced after it) are *new*: the prompt
+ends where its ``LT`` span ends. ``"new"`` picks them; ``LT`` picks the last token of whatever
+sequence is resolved, so an intervention that re-resolves its selector for each new token (as
+grafting does) applies ``LT`` to every generated token, as a token-by-token loop would.
 """
 
 from __future__ import annotations
@@ -116,6 +121,23 @@ class LastToken(Selector):
 
 
 @dataclass(frozen=True)
+class NewTokens(Selector):
+    """The tokens after the prompt: prompt coordinates from the end of the example's ``LT`` span on."""
+
+    def _mask(self, n: int, spans: Spans | None, example: int) -> torch.Tensor:
+        import torch
+
+        if spans is None or "LT" not in spans:
+            raise PositionError(f"example {example} has no LT span: 'new' needs to know where its prompt ends")
+        m = torch.zeros(n, dtype=torch.bool)
+        m[spans["LT"][1] :] = True
+        return m
+
+    def __str__(self) -> str:
+        return "new"
+
+
+@dataclass(frozen=True)
 class Span(Selector):
     """A named span of the example's annotations (``FE``, ``movie``, ``relation``, ...)."""
 
@@ -168,6 +190,7 @@ class Complement(Selector):
 
 LT = LastToken()
 ALL = AllPositions()
+NEW = NewTokens()
 
 _TOKEN = re.compile(r"\s*(\(|\)|\+|\^C|[A-Za-z_][\w-]*|-?\d+(?:\s*,\s*-?\d+)*)")
 
@@ -214,6 +237,8 @@ def _parse_atom(tokens: list[str], text: str) -> tuple[Selector, list[str]]:
         sel = LT
     elif head == "all":
         sel = ALL
+    elif head == "new":
+        sel = NEW
     elif re.fullmatch(r"-?\d+(,-?\d+)*", head):
         sel = Indices(tuple(int(x) for x in head.split(",")))
     elif re.fullmatch(r"[A-Za-z_][\w-]*", head):

@@ -9,6 +9,7 @@ from graftlens.lazy import lazy_exports
 lazy_exports(
     globals(),
     {
+        "ForcedTargets": "graftlens.eval.batching",
         "PromptBatch": "graftlens.eval.batching",
         "batches": "graftlens.eval.batching",
         "collate": "graftlens.eval.batching",
@@ -18,14 +19,17 @@ lazy_exports(
         "plain_last_logits": "graftlens.eval.scoring",
         "score_logits": "graftlens.eval.scoring",
         "summarize": "graftlens.eval.scoring",
+        "target_logprob": "graftlens.eval.scoring",
+        "with_targets": "graftlens.eval.batching",
     },
 )
 
 if TYPE_CHECKING:
-    from graftlens.eval.batching import PromptBatch, batches, collate, pad_id_of
-    from graftlens.eval.scoring import PromptScore, evaluate, plain_last_logits, score_logits, summarize
+    from graftlens.eval.batching import ForcedTargets, PromptBatch, batches, collate, pad_id_of, with_targets
+    from graftlens.eval.scoring import PromptScore, evaluate, plain_last_logits, score_logits, summarize, target_logprob
 
 __all__ = [
+    "ForcedTargets",
     "PromptBatch",
     "PromptScore",
     "batches",
@@ -35,4 +39,6 @@ __all__ = [
     "plain_last_logits",
     "score_logits",
     "summarize",
+    "target_logprob",
+    "with_targets",
 ]

@@ -26,6 +26,38 @@ class PromptBatch:
         return PromptBatch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device), self.target_ids.to(device))
 
 
+@dataclass
+class ForcedTargets:
+    """A batch's prompts each followed by its target but the target's last token (teacher forcing):
+    the last ``n_target`` columns' logits then predict the target's tokens, the first of them the
+    one next-token metrics score. Rows with shorter targets are right-padded (mask 0)."""
+
+    input_ids: torch.Tensor  # LongTensor[batch, prompt width + n_target - 1]
+    attention_mask: torch.Tensor  # LongTensor[batch, prompt width + n_target - 1]
+    target_ids: torch.Tensor  # LongTensor[batch, n_target], padded with 0
+    target_mask: torch.Tensor  # BoolTensor[batch, n_target]: real target tokens
+
+    @property
+    def n_target(self) -> int:
+        return int(self.target_ids.shape[1])
+
+
+def with_targets(batch: PromptBatch, pad_id: int = 0) -> ForcedTargets:
+    """Append each prompt's target tokens (all but its last) after the batch's last column."""
+    n_target = max(len(p.target_ids) for p in batch.prompts)
+    rows = len(batch.prompts)
+    targets = torch.full((rows, n_target), pad_id, dtype=torch.long)
+    target_mask = torch.zeros((rows, n_target), dtype=torch.bool)
+    for i, p in enumerate(batch.prompts):
+        targets[i, : len(p.target_ids)] = torch.tensor(p.target_ids, dtype=torch.long)
+        target_mask[i, : len(p.target_ids)] = True
+    device = batch.input_ids.device
+    targets, target_mask = targets.to(device), target_mask.to(device)
+    ids = torch.cat([batch.input_ids, targets[:, :-1]], 1)
+    mask = torch.cat([batch.attention_mask, target_mask[:, :-1].to(batch.attention_mask.dtype)], 1)
+    return ForcedTargets(ids, mask, targets, target_mask)
+
+
 def collate(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
     """Left-pad so every row's last real token sits at position -1."""
     width = max(len(p.input_ids) for p in prompts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from graftlens.data.prompts import TokenizedPrompt
-from graftlens.eval.batching import PromptBatch, batches
+from graftlens.eval.batching import ForcedTargets, PromptBatch, batches
 from graftlens.models.run import run_logits
 
 LastLogits = Callable[[PromptBatch], torch.Tensor]
@@ -53,6 +53,13 @@ def score_logits(logits: torch.Tensor, prompts: Sequence[TokenizedPrompt], keep_
     return [
         PromptScore(p.id, float(tp), int(r), tuple(t)) for p, tp, r, t in zip(prompts, target_probs.tolist(), ranks.tolist(), top)
     ]
+
+
+def target_logprob(logits: torch.Tensor, forced: ForcedTargets) -> torch.Tensor:
+    """``[batch]``: each target's log-probability as a whole, Σ_j log p(target_j | prompt,
+    target_<j), from the logits ``[batch, n_target, vocab]`` of a forced batch's last columns."""
+    logprobs = logits.float().log_softmax(-1).gather(2, forced.target_ids[:, :, None])[:, :, 0]  # [batch, n_target]
+    return torch.where(forced.target_mask, logprobs, torch.zeros_like(logprobs)).sum(-1)
 
 
 def attribute_rate(logits: torch.Tensor, attributes: Sequence[frozenset[int]], k: int = 50) -> list[float]:

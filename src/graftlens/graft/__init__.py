@@ -13,6 +13,7 @@ lazy_exports(
         "DonorWeights": "graftlens.graft.donors",
         "Grafter": "graftlens.graft.engine",
         "grafted_forward": "graftlens.graft.engine",
+        "grafted_generate": "graftlens.graft.engine",
         "grafting": "graftlens.graft.engine",
         "Graft": "graftlens.graft.rules",
         "GraftRuleError": "graftlens.graft.rules",
@@ -20,6 +21,7 @@ lazy_exports(
         "run_logits": "graftlens.models.run",
         "ALL": "graftlens.positions",
         "LT": "graftlens.positions",
+        "NEW": "graftlens.positions",
         "PositionError": "graftlens.positions",
         "Selector": "graftlens.positions",
         "Span": "graftlens.positions",
@@ -30,10 +32,10 @@ lazy_exports(
 
 if TYPE_CHECKING:
     from graftlens.graft.donors import DonorError, DonorWeights
-    from graftlens.graft.engine import Grafter, grafted_forward, grafting
+    from graftlens.graft.engine import Grafter, grafted_forward, grafted_generate, grafting
     from graftlens.graft.rules import Graft, GraftRuleError
     from graftlens.models.run import position_ids_for, run_logits
-    from graftlens.positions import ALL, LT, PositionError, Selector, Span, parse_positions, resolve_positions
+    from graftlens.positions import ALL, LT, NEW, PositionError, Selector, Span, parse_positions, resolve_positions
 
 __all__ = [
     "ALL",
@@ -43,10 +45,12 @@ __all__ = [
     "GraftRuleError",
     "Grafter",
     "LT",
+    "NEW",
     "PositionError",
     "Selector",
     "Span",
     "grafted_forward",
+    "grafted_generate",
     "grafting",
     "parse_positions",
     "position_ids_for",

@@ -76,6 +76,7 @@ class Grafter:
             for path in paths
         }
         self._blocks = _mlp_blocks(adapter, submodules, self._modules)
+        self._head_paths = {site.path for site in adapter.sites("lm_head")} & set(self._modules)
         self._hook: Any = None
 
     @property
@@ -112,8 +113,14 @@ class Grafter:
             plans = {path: plan.last(n_new) for path, plan in plans.items()}
             mask = mask[:, -n_new:]
         state = BatchState((int(mask.shape[0]), int(mask.shape[1])), padding=~mask.bool())
+        # With ``logits_to_keep=k`` the unembedding computes only the last k positions.
+        keep = kwargs.get("logits_to_keep", 0)
+        head_state = state
+        if self._head_paths and isinstance(keep, int) and 0 < keep < mask.shape[1]:
+            head_state = BatchState((int(mask.shape[0]), keep), padding=~mask[:, -keep:].bool())
+            plans = {p: plan.last(keep) if p in self._head_paths else plan for p, plan in plans.items()}
         for path, grafted in self._modules.items():
-            grafted.set_plan(plans.get(path), state)
+            grafted.set_plan(plans.get(path), head_state if path in self._head_paths else state)
         for block in self._blocks:
             block.set_plan(plans, state)
 
@@ -186,3 +193,28 @@ def grafted_forward(
     loaded = as_loaded(base)
     with grafting(loaded, donors, rules, spans):
         return run_logits(loaded, input_ids, attention_mask, grad=grad)
+
+
+def grafted_generate(
+    base: LoadedModel | nn.Module,
+    donors: Mapping[str, DonorLike],
+    rules: Sequence[Graft],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    spans: Sequence[Spans],
+    n_new: int,
+) -> torch.Tensor:
+    """``LongTensor[batch, n_new]``: what ``base`` with ``rules`` grafting ``donors`` in says after
+    each (left-padded) prompt, greedily, one token per call with a KV cache.
+
+    ``spans`` must hold each prompt's ``LT`` (tokenized prompts' spans do): the generated tokens
+    are then *new* and each is grafted as the last token of the sequence so far — ``LT`` grafts
+    every generated token (as the paper's token-by-token code does), ``"new"`` all of them,
+    ``FE`` none."""
+    from graftlens.models.generate import greedy_continuation
+
+    loaded = as_loaded(base)
+    if any("LT" not in s for s in spans):
+        raise GraftlensError("grafted generation needs each prompt's LT span, to tell the prompt from the generated tokens")
+    with grafting(loaded, donors, rules, spans):
+        return greedy_continuation(loaded, input_ids, attention_mask, n_new)

@@ -34,6 +34,7 @@ from graftlens.positions import (
     Complement,
     Indices,
     LastToken,
+    NewTokens,
     PositionError,
     Selector,
     Span,
@@ -56,6 +57,10 @@ def selector_claims(selector: Selector, t: int, n: int, spans: Spans | None) -> 
             if not -n <= i < n:
                 raise PositionError(f"position {i} out of range for an example with {n} tokens")
         return t in {i % n for i in selector.indices}
+    if isinstance(selector, NewTokens):
+        if spans is None or "LT" not in spans:
+            raise PositionError("the example has no LT span: 'new' needs to know where its prompt ends")
+        return t >= spans["LT"][1]
     if isinstance(selector, Span):
         if spans is None or selector.name not in spans:
             raise PositionError(f"the example has no span {selector.name!r}")
@@ -70,7 +75,12 @@ def selector_claims(selector: Selector, t: int, n: int, spans: Spans | None) -> 
 
 def rule_claims(positions, b: int, col: int, t: int, n: int, spans: Spans | None) -> bool:
     """Does a rule's ``positions`` (any accepted form) claim example ``b``'s token ``t``, which
-    sits at padded column ``col`` of an example with ``n`` real tokens?"""
+    sits at padded column ``col`` of an example with ``n`` real tokens?
+
+    A token after the prompt (``t`` ≥ the end of the ``LT`` span) is judged as the last token of
+    the sequence so far, as a loop generating it would judge it: ``n`` is ``t + 1`` for it."""
+    prompt_len = spans["LT"][1] if spans is not None and "LT" in spans else n
+    n = t + 1 if t >= prompt_len else min(n, prompt_len)
     if positions is None:
         return True
     if isinstance(positions, torch.Tensor):  # padded BoolTensor[batch, pos]
@@ -198,3 +208,25 @@ def reference_forward(
             cache = out.past_key_values
             logits[b, col] = out.logits[0, -1].float()
     return logits
+
+
+@torch.no_grad()
+def reference_generate(
+    base: LoadedModel | nn.Module,
+    donors: Mapping[str, DonorSource],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rules: Sequence[Graft],
+    spans: Sequence[Spans],
+    n_new: int,
+) -> torch.Tensor:
+    """``LongTensor[batch, n_new]``: greedy tokens by the literal definition, each chosen from a
+    fresh :func:`reference_forward` over the prompt and the tokens chosen before it (``spans``
+    must hold each prompt's ``LT``, so that the chosen tokens count as new)."""
+    ids, mask = input_ids, attention_mask
+    chosen = []
+    for _ in range(n_new):
+        token = reference_forward(base, donors, ids, mask, rules, spans)[:, -1].argmax(-1, keepdim=True).to(ids.device)
+        chosen.append(token)
+        ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+    return torch.cat(chosen, 1) if chosen else input_ids.new_zeros((input_ids.shape[0], 0))

@@ -117,13 +117,55 @@ def compile_rules(
     spans: Sequence[Spans] | None = None,
     all_sites: Mapping[str, list[Rows | None]] | None = None,
 ) -> dict[str, ModulePlan]:
-    """Owner maps of every module some rule touches, for this batch."""
+    """Owner maps of every module some rule touches, for this batch.
+
+    The prompt's columns are resolved on the prompt. Tokens after it (the examples' ``LT`` spans
+    say where each prompt ends: generated tokens, a teacher-forced target) are resolved one at a
+    time, each on the sequence up to and including it — what a token-by-token loop that resolves
+    the rules at every step would graft, so ``LT`` claims every new token and ``FE`` none."""
+    all_sites = all_sites if all_sites is not None else module_sites(adapter)
+    check_donor_names(rules, donor_names)
+    new_index = _new_token_index(attention_mask, spans)  # [batch, pos]: k at the k-th new token, else -1
+    if new_index is None:
+        return _compile(adapter, rules, donor_names, attention_mask, spans, all_sites)
+    plans = _compile(adapter, rules, donor_names, attention_mask * (new_index < 0), spans, all_sites)
+    for k in range(int(new_index.max()) + 1):
+        upto = attention_mask * (new_index <= k)  # the prompt and new tokens 0..k
+        at = new_index == k  # [batch, pos]
+        for path, plan in _compile(adapter, rules, donor_names, upto, spans, all_sites).items():
+            for owners, owners_k in zip(plans[path].owners, plan.owners):
+                owners[at] = owners_k[at]
+    return plans
+
+
+def _new_token_index(attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> torch.Tensor | None:
+    """``LongTensor[batch, pos]``: ``k`` at the ``k``-th real token after each row's prompt (whose
+    end is its ``LT`` span's), -1 elsewhere; None when no row has tokens after its prompt."""
     import torch
 
-    all_sites = all_sites if all_sites is not None else module_sites(adapter)
+    if spans is None or len(spans) != attention_mask.shape[0] or not all("LT" in s for s in spans):
+        return None
+    real = attention_mask.bool()
+    coord = real.long().cumsum(-1) - 1  # [batch, pos]: prompt coordinates of the real tokens
+    prompt_len = torch.tensor([int(s["LT"][1]) for s in spans], device=attention_mask.device)[:, None]
+    after = real & (coord >= prompt_len)
+    if not bool(after.any()):
+        return None
+    return torch.where(after, coord - prompt_len, torch.full_like(coord, -1))
+
+
+def _compile(
+    adapter: ArchitectureAdapter,
+    rules: Sequence[Graft],
+    donor_names: Sequence[str],
+    attention_mask: torch.Tensor,
+    spans: Sequence[Spans] | None,
+    all_sites: Mapping[str, list[Rows | None]],
+) -> dict[str, ModulePlan]:
+    import torch
+
     batch, seq = attention_mask.shape
     plans: dict[str, ModulePlan] = {}
-    check_donor_names(rules, donor_names)
     for rule in rules:
         donor_index = list(donor_names).index(rule.donor) + 1
         mask = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]

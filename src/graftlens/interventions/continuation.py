@@ -27,7 +27,7 @@ from torch import nn
 
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import _cache_argument, _keeps_every_position, copied_cache
+from graftlens.models.prefix import _keeps_every_position, cache_argument, copied_cache
 from graftlens.models.run import position_ids_for
 
 
@@ -84,7 +84,7 @@ class CachedRun:
         streams_at = [f"resid_pre.{layer}" for layer in range(n)]
         with torch.no_grad(), capture(self.model, [*streams_at, *points]) as streams:
             out = self.model.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                                   use_cache=True, logits_to_keep=1, **{_cache_argument(self.model): self.cache})  # fmt: skip
+                                   use_cache=True, logits_to_keep=1, **{cache_argument(self.model): self.cache})  # fmt: skip
         self.logits = out.logits[:, -1]
         self.streams = [streams[p] for p in streams_at]  # each [batch, pos, d_model]
         self.captured = streams  # ``points`` (and the streams) of this run, by point
@@ -120,5 +120,5 @@ class CachedRun:
         with torch.no_grad(), _layers_skipped(self.model, layer, stream):
             out = self.model.model(input_ids=rows(self.input_ids[:, column:]), attention_mask=rows(self.attention_mask),
                                    position_ids=rows(self.position_ids[:, column:]), use_cache=True, logits_to_keep=1,
-                                   **{_cache_argument(self.model): cache})  # fmt: skip
+                                   **{cache_argument(self.model): cache})  # fmt: skip
         return out.logits[:, -1]

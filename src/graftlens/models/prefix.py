@@ -46,7 +46,7 @@ def _keeps_every_position(cache, length: int, more: int) -> bool:
     return True
 
 
-def _cache_argument(model: LoadedModel) -> str:
+def cache_argument(model: LoadedModel) -> str:
     """The name of a forward's KV-cache argument: ``cache`` in newer transformers (which warn about
     ``past_key_values``), ``past_key_values`` before."""
     import inspect
@@ -64,7 +64,7 @@ def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
     with torch.no_grad():
         model.model(input_ids=input_ids[:, :cut], attention_mask=attention_mask[:, :cut],
                     position_ids=position_ids_for(attention_mask)[:, :cut], use_cache=True, logits_to_keep=1,
-                    **{_cache_argument(model): cache})  # fmt: skip
+                    **{cache_argument(model): cache})  # fmt: skip
     return cache
 
 
@@ -84,7 +84,7 @@ def continue_prefix(
         with torch.enable_grad() if grad else torch.no_grad():
             logits = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
                                  position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
-                                 logits_to_keep=1, **{_cache_argument(model): work}).logits  # fmt: skip
+                                 logits_to_keep=1, **{cache_argument(model): work}).logits  # fmt: skip
     finally:
         if reusable and cache.get_seq_length() > length:
             cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended
