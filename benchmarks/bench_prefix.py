@@ -77,7 +77,7 @@ def main() -> None:
         with torch.no_grad():
             for chunk, grafter in zip(chunks, grafters):
                 with grafter.on([s for s in batch.spans for _ in chunk]):
-                    logits = continue_variants(base, cache, batch.input_ids, batch.attention_mask, len(chunk))
+                    logits = continue_variants(base, cache, batch.input_ids, batch.attention_mask, len(chunk))[0]
                 variant_out += [logits[:, v] for v in range(len(chunk))]
         variant_times.append((time.perf_counter() - t0) / len(configs))
         for a, b, c in zip(full_out, shared_out, variant_out):

@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_text_model
 from graftlens.data.dataset import tokenize_test
-from graftlens.eval import evaluate, pad_id_of, score_logits
+from graftlens.eval import evaluate, pad_id_of, score_logits, target_logprob
 from graftlens.eval.batching import batches
 from graftlens.graft import Graft
 from graftlens.methods.grafting import grafted_last_logits
@@ -53,7 +53,9 @@ def test_grafted_scoring_identities(small_facts, text_tokenizer):
 
 
 def test_grafted_scoring_of_the_last_position_only_equals_the_full_forward(small_facts, text_tokenizer):
-    """Without an unembedding graft, scoring applies lm_head to the last position only; with one, to all."""
+    """Scoring applies lm_head to the last position only, grafted or not; with a forced target, the
+    target's columns are scored too, and equal those of a full grafted pass over prompt and target."""
+    from graftlens.eval.batching import with_targets
     from graftlens.graft import grafted_forward
 
     base = as_loaded(make_text_model("llama", text_tokenizer, seed=0), text_tokenizer)
@@ -64,6 +66,13 @@ def test_grafted_scoring_of_the_last_position_only_equals_the_full_forward(small
         [Graft("d", "o+mlp", "half2", "LT"), Graft("d", "ln_final", positions="FE+LT")],
         [Graft("d", "lm_head", positions="LT")],
     ):
-        fast = grafted_last_logits(base, {"d": donor}, rules)(batch)  # [batch, vocab]
+        fast = grafted_last_logits(base, {"d": donor}, rules)(batch).logits  # [batch, vocab]
         full = grafted_forward(base, {"d": donor}, rules, batch.input_ids, batch.attention_mask, spans=batch.spans)[:, -1]
         assert torch.allclose(fast, full, atol=1e-5), (rules, (fast - full).abs().max())
+        forced = with_targets(batch)
+        assert forced.n_target > 1  # some target has more than one token
+        with_target = grafted_last_logits(base, {"d": donor}, rules, target_logprob=True)(batch)
+        assert torch.equal(with_target.logits, fast)  # what follows the prompt does not change its scores
+        every = grafted_forward(base, {"d": donor}, rules, forced.input_ids, forced.attention_mask, spans=batch.spans)
+        want = target_logprob(every[:, -forced.n_target :], forced)
+        assert torch.allclose(with_target.target_logprob, want, atol=1e-4), (rules, with_target.target_logprob - want)

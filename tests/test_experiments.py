@@ -4,6 +4,7 @@ end to end on a tiny llama with a BPE tokenizer (no download)."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import sqlite3
@@ -22,6 +23,7 @@ from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of
 from graftlens.experiments import RecipeError, StoreError, load_recipe, run_recipe, shipped_recipes
 from graftlens.experiments.runner import Interrupted
+from graftlens.graft import Graft
 from graftlens.models import load_model
 from graftlens.results import load_run
 from graftlens.results.metrics import bootstrap_ci
@@ -43,7 +45,7 @@ def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps
           pre: {{spec: {model_dir}}}
           sft: {{finetune: {{base: pre, settings: {{epochs: 2, batch_size: 8, learning_rate: 0.003}}}}}}
         recipient: pre
-        eval: {{batch_size: 5, bootstrap: 200}}
+        eval: {{batch_size: 5, bootstrap: 200, generate: 4}}
         configs:
           - {{name: PRE, model: pre}}
           - {{name: SFT, model: sft}}
@@ -236,6 +238,40 @@ def test_stored_scores_match_the_models_and_the_grafting_identities(finished_run
     assert any(abs(by[("FE+LT", p.id)].target_prob - by[("PRE", p.id)].target_prob) > 1e-4 for p in prompts)
 
 
+def test_stored_target_logprobs_and_continuations_are_the_grafted_models(finished_run, small_facts) -> None:
+    """Each row's whole-target log-probability is a full grafted pass over prompt and target, and
+    its continuation the grafted model's own greedy tokens; grafting everything everywhere gives
+    SFT's, and targets sharing a first token are told apart."""
+    from graftlens import grafted_forward, grafted_generate
+    from graftlens.eval.batching import collate, with_targets
+    from graftlens.eval.scoring import target_logprob
+
+    run = load_run(finished_run)
+    by = {(r.config, r.example): r for r in run.rows}
+    assert all(r.target_logprob is not None and r.continuation is not None for r in run.rows)
+    pre = load_model(run.manifest["models"]["pre"]["spec"])
+    sft = load_model(Path(run.manifest["models"]["sft"]["checkpoint"]))
+    prompts = tokenize_test(small_facts.test, pre.tokenizer)[:5]
+    batch = collate(prompts, pad_id_of(pre.tokenizer))
+    forced = with_targets(batch)
+    configs = {c.name: c for c in run.configs}
+    for name in ("PRE", "FE+LT", "LT^C"):
+        rules = [Graft(**{k: g[k] for k in ("donor", "components", "layers", "positions")}) for g in configs[name].grafts]
+        logits = grafted_forward(pre, {"sft": sft}, rules, forced.input_ids, forced.attention_mask, batch.spans)
+        want = target_logprob(logits[:, -forced.n_target :], forced)
+        said = grafted_generate(pre, {"sft": sft}, rules, batch.input_ids, batch.attention_mask, batch.spans, 4)
+        for i, p in enumerate(prompts):
+            assert by[(name, p.id)].target_logprob == pytest.approx(float(want[i]), abs=1e-4)
+            assert by[(name, p.id)].continuation == pre.tokenizer.decode(said[i].tolist())
+    for p in prompts:
+        assert by[("everything", p.id)].target_logprob == pytest.approx(by[("SFT", p.id)].target_logprob, abs=1e-4)
+        assert by[("everything", p.id)].continuation == by[("SFT", p.id)].continuation
+        if len(p.target_ids) > 1:  # the whole target is less likely than its first token
+            assert by[("PRE", p.id)].target_logprob < math.log(by[("PRE", p.id)].target_prob)
+    html = (finished_run / "report.html").read_text()
+    assert "says:" in html and "log p(whole target)" in html
+
+
 def _all_rows(run_dir: Path) -> list[tuple]:
     con = sqlite3.connect(run_dir / "results.sqlite")
     rows = con.execute(
@@ -400,3 +436,33 @@ def test_report_renders_in_headless_chromium(tmp_path, finished_run) -> None:
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_store_written_before_the_newer_columns_opens_with_them_unmeasured(tmp_path) -> None:
+    """Stores from before ``extra``, ``target_logprob`` and ``continuation`` existed gain them on
+    open: old rows read as no extras and not measured, new rows store all three."""
+    from graftlens.results.store import ResultRow
+
+    path = tmp_path / "results.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE configs (run TEXT NOT NULL, name TEXT NOT NULL, position INTEGER NOT NULL, grp TEXT NOT NULL,
+                              spec TEXT NOT NULL, PRIMARY KEY (run, name));
+        CREATE TABLE results (run TEXT NOT NULL, config TEXT NOT NULL, example TEXT NOT NULL, template TEXT NOT NULL,
+                              direction TEXT NOT NULL, prompt TEXT NOT NULL, target TEXT NOT NULL, target_prob REAL NOT NULL,
+                              target_rank INTEGER NOT NULL, top_tokens TEXT NOT NULL, PRIMARY KEY (run, config, example));
+        INSERT INTO configs VALUES ('r', 'PRE', 0, 'g', '{"name": "PRE", "group": "g"}');
+        INSERT INTO results VALUES ('r', 'PRE', 'e0', 't', 'forward', 'A is', ' B', 0.5, 1, '[" B"]');
+        """
+    )
+    con.commit()
+    con.close()
+    with ResultsStore(path) as store:
+        (old,) = store.rows("r")
+        assert (old.extra, old.target_logprob, old.continuation) == ({}, None, None)
+        row = ResultRow("PRE", "e1", "t", "forward", "C is", " D", 0.25, 2, (" E",), {"attribute_rate": 0.1}, -3.5, " D and")
+        store.add("r", [row])
+        new = store.rows("r")[1]
+        assert (new.extra, new.target_logprob, new.continuation) == ({"attribute_rate": 0.1}, -3.5, " D and")

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import DonorError, Graft, GraftRuleError, PositionError, UnknownComponentError, grafted_forward, grafting
+from graftlens import (
+    DonorError,
+    Graft,
+    GraftRuleError,
+    PositionError,
+    UnknownComponentError,
+    grafted_forward,
+    grafted_generate,
+    grafting,
+)
 from graftlens.errors import LayerSelectionError
 from graftlens.graft import position_ids_for
 from graftlens.graft.reference import reference_forward
@@ -456,17 +465,22 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
     base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
     g = torch.Generator().manual_seed(3)
     prompts = [
-        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (0, 2)})
-        for i, n in enumerate([5, 7, 3, 6])
-    ]
+        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), target,
+                        {"FE": (0, 2), "LT": (n - 1, n)})
+        for i, (n, target) in enumerate(zip([5, 7, 3, 6], [(5,), (6, 7), (8, 9, 10), (5,)]))
+    ]  # fmt: skip
     batch = collate(prompts, pad_id=0)
     prefixes = PrefixCaches()
     configs = [[Graft("ft", "o+mlp", "all", "LT")], [Graft("ft", "q+k+v", [1, 2], "LT")], [Graft("ft", "all", [3], "LT")],
                [Graft("ft", "attn", "all", "FE+LT")], [Graft("ft", "mlp+embed+lm_head", [0, 3], "LT")]]  # fmt: skip
     for rules in configs * 2:  # twice: the second round reuses the cached prefix
-        shared = grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base")(batch)
-        full = grafted_last_logits(base, {"ft": donor}, rules)(batch)
-        torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+        shared = grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base", target_logprob=True)(batch)
+        full = grafted_last_logits(base, {"ft": donor}, rules, target_logprob=True)(batch)
+        torch.testing.assert_close(shared.logits, full.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shared.target_logprob, full.target_logprob, rtol=1e-5, atol=1e-5)
+        # The first target token's scores do not depend on the target following the prompt.
+        alone = grafted_last_logits(base, {"ft": donor}, rules)(batch).logits
+        torch.testing.assert_close(alone, full.logits, rtol=1e-5, atol=1e-5)
     assert len(prefixes._store) == 1  # one prefix for the batch, whatever the configuration
 
 
@@ -488,9 +502,10 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     base, donor = as_loaded(make_tiny_model(family, 0)), as_loaded(make_tiny_model(family, 1))
     g = torch.Generator().manual_seed(3)
     prompts = [
-        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), (5,), {"FE": (1, 3)})
-        for i, n in enumerate([5, 7, 3, 6])
-    ]
+        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), target,
+                        {"FE": (1, 3), "LT": (n - 1, n)})
+        for i, (n, target) in enumerate(zip([5, 7, 3, 6], [(5, 6), (7,), (8, 9, 10), (5,)]))
+    ]  # fmt: skip
     batch = collate(prompts, pad_id=0)
     specs = [("o+mlp", "all", "LT"), ("q+k+v", [1, 2], "LT"), ("all", [3], "LT"), ("attn", "all", "FE+LT"),
              ("mlp+embed+lm_head", [0, 3], "LT"), ("k", "all", "LT"), ("v", [0], "LT"), ("mlp", "all", "FE"),
@@ -498,11 +513,16 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     configs = [RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
                for i, (c, layers, p) in enumerate(specs)]  # fmt: skip
     configs.append(RunConfig("plain", "g", "base"))
-    context = Context({"base": base, "ft": donor}, configs=configs)
+    context = Context({"base": base, "ft": donor}, configs=configs, target_logprob=True, generate=3)
     readouts = [method_for(c.kind).readout(c, context) for c in configs]
     for config, readout in zip(configs, readouts):
-        full = grafted_last_logits(base, {"ft": donor} if config.grafts else {}, config.rules())(batch)
-        torch.testing.assert_close(readout(batch), full, rtol=1e-5, atol=1e-5)
+        donors = {"ft": donor} if config.grafts else {}
+        full = grafted_last_logits(base, donors, config.rules(), target_logprob=True)(batch)
+        got = readout(batch)
+        torch.testing.assert_close(got.logits, full.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.target_logprob, full.target_logprob, rtol=1e-5, atol=1e-5)
+        said = grafted_generate(base, donors, config.rules(), batch.input_ids, batch.attention_mask, batch.spans, 3)
+        assert torch.equal(got.continuation, said), config.name
     assert context._batch_state["grafted variants"][1][0] == 1  # the last shared pass: the FE configurations, from column 1
 
 

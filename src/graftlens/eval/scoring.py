@@ -16,7 +16,23 @@ from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import ForcedTargets, PromptBatch, batches
 from graftlens.models.run import run_logits
 
-LastLogits = Callable[[PromptBatch], torch.Tensor]
+
+@dataclass
+class Readout:
+    """What a readout gives for one batch: the last prompt position's logits, and where the method
+    measures them, each target's whole log-probability and a greedy continuation."""
+
+    logits: torch.Tensor  # [batch, vocab]: the last prompt position
+    target_logprob: torch.Tensor | None = None  # [batch]: Σ log p(target tokens), teacher-forced
+    continuation: torch.Tensor | None = None  # LongTensor[batch, n]: greedy tokens after the prompt
+
+    @classmethod
+    def of(cls, out: torch.Tensor | Readout) -> Readout:
+        return out if isinstance(out, Readout) else cls(out)
+
+
+# A method's readout: a batch → its last-position logits ``[batch, vocab]``, or a :class:`Readout`.
+LastLogits = Callable[[PromptBatch], "torch.Tensor | Readout"]
 
 DEFAULT_TOPK = (1, 5, 10)
 
@@ -82,7 +98,7 @@ def evaluate(
     device = _device_of(model_or_fn)
     by_id: dict[str, PromptScore] = {}
     for batch in batches(prompts, batch_size, pad_id):
-        logits = fn(batch.to(device) if device is not None else batch)
+        logits = Readout.of(fn(batch.to(device) if device is not None else batch)).logits
         for s in score_logits(logits, batch.prompts):
             by_id[s.id] = s
         if progress is not None:

@@ -17,8 +17,8 @@ import torch
 
 from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import batches, pad_id_of
-from graftlens.eval.scoring import LastLogits, attribute_rate, score_logits
-from graftlens.experiments.recipe import Recipe
+from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
+from graftlens.experiments.recipe import EvalSpec, Recipe
 from graftlens.experiments.setup import (
     FinetuneProgress,
     check_configs,
@@ -149,7 +149,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
         written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
-                             progress, stop_after_batches, attributes, run_dir)  # fmt: skip
+                             progress, stop_after_batches, attributes, run_dir, recipe.eval)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
 
@@ -167,6 +167,7 @@ def _score_all(
     stop_after_batches: int | None,
     attributes: dict[str, frozenset[int]] | None = None,
     run_dir: Path | None = None,
+    asks: EvalSpec | None = None,
 ) -> int:
     """Score every (configuration, batch) not yet in the store. With ``attributes`` (prompt id →
     attribute token ids), each row also stores its attribute rate.
@@ -176,7 +177,8 @@ def _score_all(
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
     context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work, directory=run_dir,
-                      configs=configs)  # fmt: skip
+                      configs=configs, target_logprob=bool(asks and asks.target_logprob),
+                      generate=asks.generate if asks else 0)  # fmt: skip
     total = len(configs) * len(prompts)
     done_units = written = batches_run = 0
     done = {config.name: store.done(run_id, config.name) for config in configs}
@@ -196,13 +198,16 @@ def _score_all(
                 readouts[config.name] = method_for(config.kind).readout(config, context)
             model = models[config.model]
             with torch.no_grad():
-                logits = readouts[config.name](batch.to(model.device))  # [batch, vocab]
+                readout = Readout.of(readouts[config.name](batch.to(model.device)))
+            logits = readout.logits  # [batch, vocab]
             scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
             extras: list[dict[str, float]] = [context.extras(config.name) for _ in batch.prompts]
             if attributes is not None:
                 rates = attribute_rate(logits, [attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
                 extras = [{**e, "attribute_rate": rate} for e, rate in zip(extras, rates)]
-            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer, e) for p, s, e in zip(batch.prompts, scores, extras)])
+            measured = _measured(readout, recipient.tokenizer, len(ids))
+            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer, e, *m)
+                               for p, s, e, m in zip(batch.prompts, scores, extras, measured)])  # fmt: skip
             batches_run += 1
             written += len(ids)
             done_units += len(ids)
@@ -213,7 +218,20 @@ def _score_all(
     return written
 
 
-def _row(config: str, prompt, score, tokenizer, extra: dict[str, float]) -> ResultRow:
+def _measured(readout: Readout, tokenizer, n: int) -> list[tuple[float | None, str | None]]:
+    """Each row's (target log-probability, decoded continuation), None where not measured."""
+    logprobs = readout.target_logprob.tolist() if readout.target_logprob is not None else [None] * n
+    texts: list[str | None] = [None] * n
+    if readout.continuation is not None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        # A continuation ends at the model's end-of-text token (kept, so that the stop shows).
+        rows = [row[: row.index(eos) + 1] if eos in row else row for row in readout.continuation.tolist()]
+        texts = list(tokenizer.batch_decode(rows))
+    return list(zip(logprobs, texts))
+
+
+def _row(config: str, prompt, score, tokenizer, extra: dict[str, float], target_logprob: float | None = None,
+         continuation: str | None = None) -> ResultRow:  # fmt: skip
     return ResultRow(
         config=config,
         example=prompt.id,
@@ -225,6 +243,8 @@ def _row(config: str, prompt, score, tokenizer, extra: dict[str, float]) -> Resu
         target_rank=score.target_rank,
         top_tokens=tuple(tokenizer.decode([t]) for t in score.top_token_ids),
         extra=extra,
+        target_logprob=target_logprob,
+        continuation=continuation,
     )
 
 

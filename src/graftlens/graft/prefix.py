@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from graftlens.bounded import BoundedStore
-from graftlens.models.prefix import cache_bytes, continue_prefix, copied_cache, run_prefix
+from graftlens.models.prefix import cache_bytes, continue_and_force, copied_cache, run_prefix
 from graftlens.positions import Selector, Spans, first_picked_column, parse_positions
 
 if TYPE_CHECKING:
@@ -60,12 +60,6 @@ class PrefixCaches:
         return cache
 
 
-def continue_last(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits ``[batch, vocab]`` of the last column, continuing ``cache`` (grafted if a grafter is
-    active); the cache is left as it was."""
-    return continue_prefix(model, cache, input_ids, attention_mask)
-
-
 class VariantRows(Selector):
     """The positions ``inner`` picks, in the rows of one variant only: a batch of ``variants``
     variants holds row ``b`` of variant ``v`` at ``b * variants + v`` (``repeat_interleave``)."""
@@ -97,12 +91,17 @@ def variant_rules(rule_sets: Sequence[Sequence[Graft]]) -> list[Graft]:
 
 
 def continue_variants(
-    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int
-) -> torch.Tensor:
-    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over the
-    columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own way);
-    the cache is left as it was."""
+    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int,
+    forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over
+    the columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each
+    variant's rows its own way), and of forced columns after it (``[batch, variants, more,
+    vocab]``, :func:`~graftlens.models.prefix.continue_and_force`); the cache is left as it was."""
     work = copied_cache(cache, repeat=variants)
     rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
-    logits = continue_prefix(model, work, *rows)  # [batch * variants, vocab]
-    return logits.unflatten(0, (input_ids.shape[0], variants))
+    forced = (None, None) if forced_ids is None else (forced_ids.repeat_interleave(variants, 0),
+                                                      forced_mask.repeat_interleave(variants, 0))  # fmt: skip
+    last, more = continue_and_force(model, work, *rows, *forced)  # [batch * variants, vocab], [batch * variants, more, vocab]
+    shape = (input_ids.shape[0], variants)
+    return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)

@@ -14,41 +14,77 @@ from graftlens.methods.registry import Context, Method, method_for
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
-    from graftlens.eval.batching import PromptBatch
-    from graftlens.eval.scoring import LastLogits
+    from graftlens.eval.batching import ForcedTargets, PromptBatch
+    from graftlens.eval.scoring import LastLogits, Readout
     from graftlens.graft.prefix import PrefixCaches
     from graftlens.models import LoadedModel
 
 
-def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches | None = None, name: str = "") -> LastLogits:
-    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in.
+def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches | None = None, name: str = "",
+                        target_logprob: bool = False, generate: int = 0) -> LastLogits:  # fmt: skip
+    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (a
+    :class:`~graftlens.eval.scoring.Readout` with ``target_logprob`` or ``generate``).
 
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
-    ``title``, ...) come from each batch's prompts. Unless a rule grafts the unembedding, it is
-    applied to the last position only, as in the plain model's path. With ``prefixes``, a batch
-    whose rules claim only its last token continues the recipient's shared prefix cache (keyed by
-    ``name`` and the batch's prompts) instead of running every position again."""
+    ``title``, ...) come from each batch's prompts. With ``prefixes``, a batch whose rules claim
+    only its last token continues the recipient's shared prefix cache (keyed by ``name`` and the
+    batch's prompts) instead of running every position again. With ``target_logprob`` each
+    prompt's target follows it in the same pass (teacher-forced, grafted as new tokens are) and its
+    whole log-probability is read; with ``generate``, the grafted model's greedy continuation."""
+    from graftlens.eval.batching import with_targets
+    from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import claims_only_last, continue_last
+    from graftlens.graft.prefix import claims_only_last
     from graftlens.models.loading import as_loaded
+    from graftlens.models.prefix import continue_and_force
     from graftlens.models.run import run_logits
 
     loaded = as_loaded(base)
     grafter = Grafter(loaded, donors, rules)
-    head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
-    last_only = not head_paths & set(touched_modules(loaded.adapter, rules))
 
-    def run(batch: PromptBatch) -> torch.Tensor:
+    def run(batch: PromptBatch) -> Readout:
         batch = batch.to(loaded.device)
+        forced = with_targets(batch) if target_logprob else None
+        cache = None
         if prefixes is not None and claims_only_last(rules, batch.attention_mask, batch.spans):
-            key = (name, tuple(p.id for p in batch.prompts))
-            cache = prefixes.get(key, loaded, batch.input_ids, batch.attention_mask)
-            with grafter.on(batch.spans):
-                return continue_last(loaded, cache, batch.input_ids, batch.attention_mask)
+            # The plain prefix is made outside the grafter: its last column is not the prompt's LT.
+            cache = prefixes.get((name, tuple(p.id for p in batch.prompts)), loaded, batch.input_ids, batch.attention_mask)
         with grafter.on(batch.spans):
-            return run_logits(loaded, batch.input_ids, batch.attention_mask, last_only)[:, -1]
+            if cache is None and forced is None:
+                readout = Readout(run_logits(loaded, batch.input_ids, batch.attention_mask, last_only=True)[:, -1])
+            else:
+                readout = forced_readout(*continue_and_force(loaded, cache, batch.input_ids, batch.attention_mask,
+                                                             *forced_inputs(forced)), forced)  # fmt: skip
+        if generate:
+            readout.continuation = grafted_continuation(loaded, grafter, batch, generate)
+        return readout
 
     return run
+
+
+def forced_inputs(forced: ForcedTargets | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return (None, None) if forced is None else (forced.input_ids, forced.attention_mask)
+
+
+def forced_readout(last: torch.Tensor, more: torch.Tensor | None, forced: ForcedTargets | None) -> Readout:
+    """The readout of a pass's last prompt column ``[batch, vocab]`` and the forced target columns
+    after it (``[batch, n_target - 1, vocab]``): the target's whole log-probability with a forced target."""
+    import torch
+
+    from graftlens.eval.scoring import Readout, target_logprob
+
+    if forced is None:
+        return Readout(last)
+    columns = last[:, None] if more is None else torch.cat([last[:, None], more], 1)  # [batch, n_target, vocab]
+    return Readout(last, target_logprob(columns, forced))
+
+
+def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int) -> torch.Tensor:
+    """``LongTensor[batch, n]``: what the grafted model says after each prompt, greedily."""
+    from graftlens.models.generate import greedy_continuation
+
+    with grafter.on(batch.spans):
+        return greedy_continuation(model, batch.input_ids, batch.attention_mask, n)
 
 
 VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
@@ -60,7 +96,11 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
     prefix of the columns before ``c``, together, as variants of one pass (each grafts the rows of
     its own variant, :func:`graftlens.graft.prefix.variant_rules`), so the shared columns are
     computed once and the donors' weights read once per pass. A configuration that claims column 0
-    (or a batch that is not left-padded) uses ``alone``."""
+    (or a batch that is not left-padded) uses ``alone``. A forced target (the context's
+    ``target_logprob``) follows the prompts in the same pass; a continuation (``generate``) is
+    generated by the configuration alone."""
+    from graftlens.eval.batching import with_targets
+    from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
     from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
 
@@ -71,7 +111,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
         head_paths = {s.path for s in model.adapter.sites("lm_head")}
         return {c.name for c in siblings if head_paths & set(touched_modules(model.adapter, c.rules()))}
 
-    # A continuation computes the last column's logits only: a configuration grafting the
+    # A continuation computes the last columns' logits only: a configuration grafting the
     # unembedding shares a prefix only when its rules claim nothing but the last column.
     grafts_head = context.state(("grafts the unembedding", family), heads_grafted)
 
@@ -84,31 +124,52 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
             out[c.name] = 0 if c.name in grafts_head and cut < width - 1 else cut
         return out
 
-    def run(batch: PromptBatch) -> torch.Tensor:
+    def run(batch: PromptBatch) -> Readout:
         batch = batch.to(model.device)
         mask, spans = batch.attention_mask, batch.spans
         # Made once per batch for every sibling, not once per sibling for every configuration.
         cut_by_name = context.for_batch("prefix cuts", batch, lambda: cuts(mask, spans), family)
         cut = cut_by_name[config.name]
         if cut == 0:
-            return alone(batch)
+            return Readout.of(alone(batch))
         group = [c for c in siblings if cut_by_name[c.name] == cut]
         per_pass = max(1, VARIANT_ROWS // batch.input_ids.shape[0])
         start = group.index(config) // per_pass * per_pass
         chunk = group[start : start + per_pass]
         names = tuple(c.name for c in chunk)
 
-        def compute() -> torch.Tensor:  # [batch, variants, vocab]
+        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:  # [batch, variants, vocab], [batch, variants]
             grafter = context.state(("variant grafter", names),
                                     lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
             cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
+            forced = with_targets(batch) if context.target_logprob else None
             repeated = None if spans is None else [s for s in spans for _ in chunk]
             with grafter.on(repeated):
-                return continue_variants(model, cache, batch.input_ids, mask, len(chunk))
+                last, more = continue_variants(model, cache, batch.input_ids, mask, len(chunk), *forced_inputs(forced))
+            if forced is None:
+                return last, None  # [batch, variants, vocab]
+            variant_major = (lambda t: None if t is None else t.transpose(0, 1).flatten(0, 1))  # noqa: E731
+            flat = forced_readout(variant_major(last), variant_major(more), _repeated(forced, len(chunk)))
+            unflat = (len(chunk), batch.input_ids.shape[0])
+            return flat.logits.unflatten(0, unflat).transpose(0, 1), flat.target_logprob.unflatten(0, unflat).transpose(0, 1)
 
-        return context.for_batch("grafted variants", batch, compute, (cut, names))[:, names.index(config.name)]
+        logits, logprobs = context.for_batch("grafted variants", batch, compute, (cut, names))
+        v = names.index(config.name)
+        readout = Readout(logits[:, v], None if logprobs is None else logprobs[:, v])
+        if context.generate:
+            grafter = context.state(("grafter", config.name), lambda: Grafter(model, donors, config.rules()))
+            readout.continuation = grafted_continuation(model, grafter, batch, context.generate)
+        return readout
 
     return run
+
+
+def _repeated(forced: ForcedTargets, times: int) -> ForcedTargets:
+    """``forced`` stacked ``times`` times over the batch dimension (variant-major)."""
+    from graftlens.eval.batching import ForcedTargets
+
+    return ForcedTargets(*(t.repeat(times, *[1] * (t.dim() - 1)) for t in
+                           (forced.input_ids, forced.attention_mask, forced.target_ids, forced.target_mask)))  # fmt: skip
 
 
 class GraftingMethod(Method):
@@ -129,18 +190,18 @@ class GraftingMethod(Method):
         return [g.positions for g in config.grafts]
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
-        from graftlens.eval.scoring import plain_last_logits
         from graftlens.graft.prefix import PrefixCaches
 
         model = context.models[config.model]
         prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
         grafting = [c for c in context.configs if c.grafts and c.model == config.model and c.phase == config.phase
                     and isinstance(method_for(c.kind), GraftingMethod)]  # fmt: skip
+        asks = {"target_logprob": context.target_logprob, "generate": context.generate}
         if not config.grafts:
             # The recipient as it is: a continuation of the prefix its grafted configurations share.
-            return plain_last_logits(model.model) if not grafting else grafted_last_logits(model, {}, [], prefixes, config.model)
+            return grafted_last_logits(model, {}, [], prefixes if grafting else None, config.model, **asks)
         donors = {g.donor: context.models[g.donor] for g in config.grafts}
-        alone = grafted_last_logits(model, donors, config.rules(), prefixes, config.model)
+        alone = grafted_last_logits(model, donors, config.rules(), prefixes, config.model, **asks)
         siblings = [c for c in grafting if {g.donor for g in c.grafts} == set(donors)]
         if len(siblings) < 2:
             return alone

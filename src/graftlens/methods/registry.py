@@ -48,6 +48,11 @@ class Context:
     directory: Path | None = None
     # Every configuration of the run (a readout may compute its siblings' results in one pass).
     configs: Sequence[RunConfig] = ()
+    # What the recipe asks beyond next-token scores, of the methods that measure it (weight
+    # grafting, the plain model): each target's whole log-probability, teacher-forced with its
+    # prompt in one pass; and a greedy continuation of this many tokens.
+    target_logprob: bool = False
+    generate: int = 0
     _state: dict[str, Any] = field(default_factory=dict)
     _batch_state: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     _extras: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -74,18 +74,50 @@ def continue_prefix(
     """Logits ``[batch, vocab]`` of the last column, computing only the columns after the cached
     prefix (hooks and grafts active around the call see only those columns); the cache is left as
     it was. With ``grad`` the logits keep the graph of those columns (the prefix is constant)."""
+    return continue_and_force(model, cache, input_ids, attention_mask, grad=grad)[0]
+
+
+def continue_and_force(
+    model: LoadedModel,
+    cache,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    forced_ids: torch.Tensor | None = None,
+    forced_mask: torch.Tensor | None = None,
+    grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits [batch, vocab] of the last column, logits [batch, more, vocab] of the forced columns)``.
+
+    The columns after ``cache`` (``None``: from the first) are computed as :func:`continue_prefix`
+    does, the same call whether or not tokens are forced after them, so the last column's logits do
+    not depend on what follows. ``forced_ids``/``forced_mask`` (the inputs with ``more`` columns
+    appended, a teacher-forced target) then continue from there in a second call; ``None`` for the
+    second part without them. The cache is left as it was."""
+    from transformers import DynamicCache
+
+    fresh = cache is None
+    if fresh:
+        cache = DynamicCache(config=model.model.config)
     length = int(cache.get_seq_length())
-    more = input_ids.shape[1] - length
+    width = input_ids.shape[1]
+    more = 0 if forced_ids is None else forced_ids.shape[1] - width
     # A pass with gradients keeps the tensors the cache appends in its graph: it works on a copy, so
     # the shared prefix never holds a view into a graph that a backward pass frees.
-    reusable = _keeps_every_position(cache, length, more) and not grad
+    reusable = fresh or (_keeps_every_position(cache, length, width - length + more) and not grad)
     work = cache if reusable else copy.deepcopy(cache)
+    argument = {cache_argument(model): work}
     try:
         with torch.enable_grad() if grad else torch.no_grad():
-            logits = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
-                                 position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
-                                 logits_to_keep=1, **{cache_argument(model): work}).logits  # fmt: skip
+            last = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
+                               position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
+                               logits_to_keep=1, **argument).logits[:, -1]  # fmt: skip
+            forced = None
+            if more:
+                assert forced_ids is not None and forced_mask is not None
+                forced = model.model(input_ids=forced_ids[:, width:], attention_mask=forced_mask,
+                                     position_ids=position_ids_for(forced_mask)[:, width:], use_cache=True,
+                                     **argument).logits  # fmt: skip
     finally:
-        if reusable and cache.get_seq_length() > length:
+        if reusable and not fresh and cache.get_seq_length() > length:
             cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended
-    return logits[:, -1]
+    return last, forced

@@ -151,8 +151,11 @@ def _examples(run: RunData) -> str:
             r = by_key.get((name, ex))
             if r is not None:
                 tokens = " ".join(f"<code>{escape(repr(t))}</code>" for t in r.top_tokens)
+                whole = "" if r.target_logprob is None else f", log p(whole target) = {r.target_logprob:.2f}"
+                says = "" if r.continuation is None else f"<br>says: <code>{escape(repr(r.continuation))}</code>"
                 items.append(
-                    f"<li><b>{escape(name)}</b>: target rank {r.target_rank}, p = {r.target_prob:.3f}; top: {tokens}</li>"
+                    f"<li><b>{escape(name)}</b>: target rank {r.target_rank}, p = {r.target_prob:.3f}{whole}; "
+                    f"top: {tokens}{says}</li>"
                 )
         out.append(f"<p><i>{escape(first.prompt)}</i> → <b>{escape(repr(first.target))}</b></p><ul>{''.join(items)}</ul>")
     return "\n".join(out)

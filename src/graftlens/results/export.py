@@ -13,7 +13,7 @@ from graftlens.results.rundata import RunData
 
 COLUMNS = (
     "recipe", "config", "group", "template", "direction", "example", "prompt", "target",
-    "target_prob", "target_rank", "top1", "top5", "top10", "top_tokens",
+    "target_prob", "target_rank", "top1", "top5", "top10", "top_tokens", "target_logprob", "continuation",
 )  # fmt: skip
 
 
@@ -42,6 +42,8 @@ def table_rows(run: RunData) -> list[dict]:
             "top5": int(r.hit(5)),
             "top10": int(r.hit(10)),
             "top_tokens": json.dumps(list(r.top_tokens), ensure_ascii=False),
+            "target_logprob": "" if r.target_logprob is None else r.target_logprob,  # empty: not measured
+            "continuation": "" if r.continuation is None else r.continuation,
             **{key: r.extra.get(key, "") for key in extras},
         }
         for r in run.rows
@@ -66,8 +68,10 @@ def write_parquet(run: RunData, path: Path) -> int:
         raise GraftlensError("--parquet needs pyarrow: pip install 'graftlens[parquet]' (or use --csv)") from None
     rows = table_rows(run)
     extras = extra_columns(run)
+    optional = ("target_logprob", "continuation")
     table = pa.table({
-        **{c: [r[c] for r in rows] for c in COLUMNS},
+        **{c: [r[c] for r in rows] for c in COLUMNS if c not in optional},
+        **{c: [r[c] if r[c] != "" else None for r in rows] for c in optional},
         **{c: [r[c] if r[c] != "" else None for r in rows] for c in extras},  # float, null where absent
     })  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)

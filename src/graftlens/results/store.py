@@ -37,11 +37,20 @@ CREATE TABLE IF NOT EXISTS results (
     target_rank INTEGER NOT NULL,
     top_tokens TEXT NOT NULL,
     extra TEXT NOT NULL DEFAULT '{}',
+    target_logprob REAL,
+    continuation TEXT,
     PRIMARY KEY (run, config, example)
 );
 """
-# Stores written before the `extra` column existed get it on open (older rows read as no extras).
-_MIGRATIONS = {"extra": "ALTER TABLE results ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'"}
+# Stores written before a column existed get it on open (older rows read as no extras, and as
+# not measured: NULL, for the target's log-probability and the greedy continuation).
+_MIGRATIONS = {
+    "extra": "ALTER TABLE results ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'",
+    "target_logprob": "ALTER TABLE results ADD COLUMN target_logprob REAL",
+    "continuation": "ALTER TABLE results ADD COLUMN continuation TEXT",
+}
+_COLUMNS = ("config", "example", "template", "direction", "prompt", "target", "target_prob", "target_rank", "top_tokens",
+            "extra", "target_logprob", "continuation")  # fmt: skip
 
 
 class StoreError(GraftlensError):
@@ -79,6 +88,9 @@ class ResultRow:
     target_rank: int  # 1 = the top prediction
     top_tokens: tuple[str, ...]  # the model's top predictions, decoded, best first
     extra: Mapping[str, float] = field(default_factory=dict)  # further per-example measures (attribute_rate)
+    # The whole target's log-probability, teacher-forced (None: not measured by this method).
+    target_logprob: float | None = None
+    continuation: str | None = None  # the greedy continuation, decoded (None: not generated)
 
     def hit(self, k: int) -> bool:
         return self.target_rank <= k
@@ -175,10 +187,11 @@ class ResultsStore:
         """Write ``rows`` in one transaction: all of them or, if interrupted, none."""
         with self._conn:
             self._conn.executemany(
-                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO results (run, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
                 [
-                    (run, r.config, r.example, r.template, r.direction, r.prompt, r.target,
-                     r.target_prob, r.target_rank, json.dumps(list(r.top_tokens)), json.dumps(dict(r.extra), sort_keys=True))
+                    (run, r.config, r.example, r.template, r.direction, r.prompt, r.target, r.target_prob, r.target_rank,
+                     json.dumps(list(r.top_tokens)), json.dumps(dict(r.extra), sort_keys=True), r.target_logprob,
+                     r.continuation)
                     for r in rows
                 ],
             )  # fmt: skip
@@ -186,12 +199,11 @@ class ResultsStore:
     def rows(self, run: str) -> list[ResultRow]:
         """Every result of ``run``, in configuration order then example order of writing."""
         cur = self._conn.execute(
-            "SELECT r.config, r.example, r.template, r.direction, r.prompt, r.target, r.target_prob, r.target_rank, "
-            "r.top_tokens, r.extra FROM results r JOIN configs c ON c.run = r.run AND c.name = r.config "
-            "WHERE r.run = ? ORDER BY c.position, r.rowid",
+            f"SELECT {', '.join('r.' + c for c in _COLUMNS)} FROM results r "
+            "JOIN configs c ON c.run = r.run AND c.name = r.config WHERE r.run = ? ORDER BY c.position, r.rowid",
             (run,),
         )
-        return [ResultRow(*row[:8], tuple(json.loads(row[8])), json.loads(row[9])) for row in cur.fetchall()]
+        return [ResultRow(*row[:8], tuple(json.loads(row[8])), json.loads(row[9]), *row[10:]) for row in cur.fetchall()]
 
     def target_probs(self, run: str, configs: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{config: {example: target probability}}`` of the results stored so far for ``configs``."""
