@@ -45,7 +45,7 @@ def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps
           pre: {{spec: {model_dir}}}
           sft: {{finetune: {{base: pre, settings: {{epochs: 2, batch_size: 8, learning_rate: 0.003}}}}}}
         recipient: pre
-        eval: {{batch_size: 5, bootstrap: 200, generate: 4}}
+        eval: {{batch_size: 5, bootstrap: 200, target_logprob: true, generate: 4}}
         configs:
           - {{name: PRE, model: pre}}
           - {{name: SFT, model: sft}}

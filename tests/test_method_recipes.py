@@ -118,7 +118,7 @@ def test_cmap_through_the_runner(tmp_path, text_model_dir, donor_dir, small_fact
           pre: {{spec: {text_model_dir}}}
           other: {{spec: {donor_dir}}}
         recipient: pre
-        eval: {{batch_size: 4, bootstrap: 0, target_logprob: false}}  # PRE scored on the prompt alone, as cmap is
+        eval: {{batch_size: 4, bootstrap: 0}}
         configs:
           - {{name: PRE, model: pre}}
         sweeps:

@@ -142,9 +142,10 @@ class EvalSpec(Strict):
     metric: Literal["top1", "top5", "top10", "mean_prob", "attribute_rate"] = "top5"
     bootstrap: int = Field(1000, ge=0)
     only_correct: bool = False  # keep only the prompts whose target is the recipient's top-1
-    # Store each target's whole log-probability (teacher-forced with its prompt, in the same pass),
-    # so that targets sharing a first token are told apart; weight-grafting methods and the plain model.
-    target_logprob: bool = True
+    # Store each target's whole log-probability (teacher-forced after its prompt), so that targets
+    # sharing a first token are told apart; weight-grafting methods and the plain model. It computes
+    # the target's tokens too: a sweep at LT costs about as many times more as targets have tokens.
+    target_logprob: bool = False
     # Store what each configuration says: a greedy continuation of this many tokens (0: none);
     # weight-grafting methods and the plain model, the grafts applying to every generated token as to LT.
     generate: int = Field(0, ge=0, le=256)
