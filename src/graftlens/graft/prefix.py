@@ -105,3 +105,16 @@ def continue_variants(
     last, more = continue_and_force(model, work, *rows, *forced)  # [batch * variants, vocab], [batch * variants, more, vocab]
     shape = (input_ids.shape[0], variants)
     return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)
+
+
+def generate_variants(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int,
+                      n_new: int) -> torch.Tensor:  # fmt: skip
+    """``LongTensor[batch, variants, n_new]``: greedy tokens after each prompt, once per variant, each
+    continuing ``cache`` (a grafter with :func:`variant_rules` active grafts each variant's rows,
+    generated tokens included); the cache is left as it was."""
+    from graftlens.models.generate import greedy_continuation
+
+    work = copied_cache(cache, repeat=variants)
+    rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
+    tokens = greedy_continuation(model, *rows, n_new, cache=work)  # [batch * variants, n_new]
+    return tokens.unflatten(0, (input_ids.shape[0], variants))

@@ -56,7 +56,7 @@ def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches
                 readout = forced_readout(*continue_and_force(loaded, cache, batch.input_ids, batch.attention_mask,
                                                              *forced_inputs(forced)), forced)  # fmt: skip
         if generate:
-            readout.continuation = grafted_continuation(loaded, grafter, batch, generate)
+            readout.continuation = grafted_continuation(loaded, grafter, batch, generate, cache)
         return readout
 
     return run
@@ -79,12 +79,15 @@ def forced_readout(last: torch.Tensor, more: torch.Tensor | None, forced: Forced
     return Readout(last, target_logprob(columns, forced))
 
 
-def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int) -> torch.Tensor:
-    """``LongTensor[batch, n]``: what the grafted model says after each prompt, greedily."""
+def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int, prefix=None) -> torch.Tensor:
+    """``LongTensor[batch, n]``: what the grafted model says after each prompt, greedily (continuing
+    a copy of the plain ``prefix`` cache when the rules leave its columns the recipient's own)."""
     from graftlens.models.generate import greedy_continuation
+    from graftlens.models.prefix import copied_cache
 
     with grafter.on(batch.spans):
-        return greedy_continuation(model, batch.input_ids, batch.attention_mask, n)
+        cache = None if prefix is None else copied_cache(prefix)
+        return greedy_continuation(model, batch.input_ids, batch.attention_mask, n, cache)
 
 
 VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
@@ -102,7 +105,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
     from graftlens.eval.batching import with_targets
     from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
+    from graftlens.graft.prefix import continue_variants, first_claimed_column, generate_variants, variant_rules
 
     model = context.models[config.model]
     family = tuple(c.name for c in siblings)
@@ -153,12 +156,18 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
             unflat = (len(chunk), batch.input_ids.shape[0])
             return flat.logits.unflatten(0, unflat).transpose(0, 1), flat.target_logprob.unflatten(0, unflat).transpose(0, 1)
 
+        def compute_continuations() -> torch.Tensor:  # [batch, variants, n]
+            grafter = context.state(("variant grafter", names),
+                                    lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
+            cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
+            with grafter.on(None if spans is None else [s for s in spans for _ in chunk]):
+                return generate_variants(model, cache, batch.input_ids, mask, len(chunk), context.generate)
+
         logits, logprobs = context.for_batch("grafted variants", batch, compute, (cut, names))
         v = names.index(config.name)
         readout = Readout(logits[:, v], None if logprobs is None else logprobs[:, v])
         if context.generate:
-            grafter = context.state(("grafter", config.name), lambda: Grafter(model, donors, config.rules()))
-            readout.continuation = grafted_continuation(model, grafter, batch, context.generate)
+            readout.continuation = context.for_batch("grafted continuations", batch, compute_continuations, (cut, names))[:, v]
         return readout
 
     return run

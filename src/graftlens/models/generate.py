@@ -18,15 +18,20 @@ from graftlens.models.run import position_ids_for
 
 @torch.no_grad()
 def greedy_continuation(model: LoadedModel | torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        n_new: int) -> torch.Tensor:  # fmt: skip
-    """``LongTensor[batch, n_new]``: the argmax token after each prompt, then after each token chosen."""
+                        n_new: int, cache=None) -> torch.Tensor:  # fmt: skip
+    """``LongTensor[batch, n_new]``: the argmax token after each prompt, then after each token chosen.
+
+    ``cache``: a KV cache of the prompts' first columns (a shared plain prefix) to continue instead
+    of computing them; it is extended in place, so pass a copy that may be consumed."""
     from transformers import DynamicCache
 
     loaded = as_loaded(model)
-    cache = DynamicCache(config=loaded.model.config)
+    if cache is None:
+        cache = DynamicCache(config=loaded.model.config)
+    length = int(cache.get_seq_length())
     cache_arg = {cache_argument(loaded): cache}
     mask = attention_mask
-    step_ids, step_positions = input_ids, position_ids_for(mask)
+    step_ids, step_positions = input_ids[:, length:], position_ids_for(mask)[:, length:]
     chosen = []
     for _ in range(n_new):
         logits = loaded.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,

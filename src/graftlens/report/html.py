@@ -141,6 +141,14 @@ def _split_table(run: RunData, *keys: str) -> str:
 
 def _examples(run: RunData) -> str:
     shown = [c.name for c in run.reference_configs()] or [run.configs[0].name]
+    if any(r.continuation is not None for r in run.rows):
+        # What a grafted model says: the configuration whose target is most probable on average.
+        probs: dict[str, list[float]] = {}
+        for r in run.rows:
+            if r.config not in shown and r.continuation is not None:
+                probs.setdefault(r.config, []).append(r.target_prob)
+        if probs:
+            shown.append(max(probs, key=lambda name: sum(probs[name]) / len(probs[name])))
     by_key = {(r.config, r.example): r for r in run.rows}
     examples = list(dict.fromkeys(r.example for r in run.rows))[:EXAMPLES_SHOWN]
     out = []
