@@ -3,9 +3,11 @@
 32 prompts of ~16 tokens in one batch: a plain forward, a grafted forward (FE+LT, every
 component, every layer) and the literal token-by-token reference over the same prompts. The
 engine leaves padded positions uncomputed and the plain forward does not, so the grafted
-forward is also timed with padded positions computed. Plain and grafted runs are interleaved
+forward is also timed with padded positions computed. A second batch has no padding at all
+(32 rows × 16 real tokens, every component of every layer grafted at 3 positions of each row):
+the engine's overhead when nothing can be skipped. Plain and grafted runs are interleaved
 and repeated; medians are reported. Prints one JSON object.
-Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32]
+Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32] [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def without(*techniques: str) -> Iterator[None]:
     finally:
         engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT = saved
 
+
 FIRST = ["Maren", "Tobias", "Ilse", "Corwin", "Dagny", "Ferris", "Odile", "Lucan"]
 LAST = ["Holloway", "Quist", "Brandt", "Okafor", "Vance", "Sorensen", "Achterberg", "Pell"]
 TEMPLATES = [
@@ -86,17 +89,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--reference-prompts", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: ratios not skewed by a busy core)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    base = graftlens.load_model("smollm2-135m")
-    donor = graftlens.load_model("smollm2-135m")
+    base = graftlens.load_model("smollm2-135m", device=args.device)
+    donor = graftlens.load_model("smollm2-135m", device=args.device)
     with torch.no_grad():  # a donor that differs from the base, as a finetuned model would
         g = torch.Generator().manual_seed(0)
         for p in donor.model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 1e-3)
     ids, mask, spans = make_batch(base.tokenizer, 32)
+    ids, mask = ids.to(args.device), mask.to(args.device)
     rules = [graftlens.Graft("ft", "all", "all", "FE+LT")]
     pos = position_ids_for(mask)
+    # The full batch: token ids drawn at random (the arithmetic does not depend on them), no padding.
+    full_ids = torch.randint(100, 40000, (32, 16), generator=torch.Generator().manual_seed(1)).to(args.device)
+    full_mask = torch.ones_like(full_ids)
+    full_pos = position_ids_for(full_mask)
+    full_rules = [graftlens.Graft("ft", "all", "all", "0,7,-1")]
 
     def plain() -> None:
         with torch.no_grad():
@@ -109,44 +122,73 @@ def main() -> None:
         with without("no_padding_skip"):
             grafted_forward()
 
-    runs = {"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
+    def plain_full() -> None:
+        with torch.no_grad():
+            base.model(input_ids=full_ids, attention_mask=full_mask, position_ids=full_pos)
+
+    def grafted_full() -> None:
+        graftlens.grafted_forward(base, {"ft": donor}, full_rules, full_ids, full_mask)
+
+    def timed(runs: dict, repeats: int) -> dict[str, list[float]]:
+        """Each run once per round, the order reversed every other round (drift cancels out)."""
+        for fn in runs.values():  # warm-up
             fn()
-            times[name].append(time.perf_counter() - t0)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for i in range(repeats):
+            for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
+                sync()
+                t0 = time.perf_counter()
+                runs[name]()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+        return times
+
+    # The two batches timed apart: the padded batch's runs, then the full batch's pair.
+    times = timed({"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed},
+                  args.repeats)  # fmt: skip
+    times.update(timed({"plain_full": plain_full, "grafted_full": grafted_full}, args.repeats))
 
     n_ref = args.reference_prompts
     t0 = time.perf_counter()
     ref = reference_forward(base, {"ft": donor}, ids[:n_ref], mask[:n_ref], rules, spans=spans[:n_ref])
     t_ref = time.perf_counter() - t0
-    eng = graftlens.grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)[:n_ref]
-    real = mask[:n_ref].bool()
+    eng = graftlens.grafted_forward(base, {"ft": donor}, rules, ids, mask, spans=spans)[:n_ref].cpu()
+    real = mask[:n_ref].bool().cpu()
     max_diff = float((eng[real] - ref[real]).abs().max())
     grafted_positions = sum(e - s + 1 for s, e in (sp["FE"] for sp in spans))
 
-    plain_s, graft_s, padded_s = (statistics.median(times[k]) for k in runs)
+    machine = f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    plain_s, graft_s, padded_s, plain_full_s, graft_full_s = (statistics.median(times[k]) for k in times)
+    full_pairs = sorted(g / p for g, p in zip(times["grafted_full"], times["plain_full"]))
     ref_s = t_ref * 32 / n_ref
-    print(json.dumps({
-        "benchmark": "grafted_forward_embedded",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "batch": list(ids.shape),
-        "grafted_positions": grafted_positions,
-        "real_positions": int(mask.sum()),
-        "repeats": args.repeats,
-        "plain_s": round(plain_s, 4),
-        "grafted_s": round(graft_s, 4),
-        "grafted_over_plain": round(graft_s / plain_s, 3),
-        "grafted_padding_computed_s": round(padded_s, 4),
-        "grafted_padding_computed_over_plain": round(padded_s / plain_s, 3),
-        "reference_s": round(ref_s, 2),
-        "reference_prompts_timed": n_ref,
-        "engine_speedup_over_reference": round(ref_s / graft_s, 1),
-        "engine_vs_reference_max_abs_logit_diff": max_diff,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "grafted_forward_embedded",
+                "machine": machine,
+                "device": args.device,
+                "batch": list(ids.shape),
+                "grafted_positions": grafted_positions,
+                "real_positions": int(mask.sum()),
+                "repeats": args.repeats,
+                "plain_s": round(plain_s, 4),
+                "grafted_s": round(graft_s, 4),
+                "grafted_over_plain": round(graft_s / plain_s, 3),
+                "grafted_padding_computed_s": round(padded_s, 4),
+                "grafted_padding_computed_over_plain": round(padded_s / plain_s, 3),
+                "full_batch": list(full_ids.shape),
+                "full_grafted_positions": 3 * full_ids.shape[0],
+                "plain_full_s": round(plain_full_s, 4),
+                "grafted_full_s": round(graft_full_s, 4),
+                "grafted_full_over_plain": round(graft_full_s / plain_full_s, 3),
+                "grafted_full_over_plain_per_round": [round(r, 3) for r in full_pairs],
+                "reference_s": round(ref_s, 2),
+                "reference_prompts_timed": n_ref,
+                "engine_speedup_over_reference": round(ref_s / graft_s, 1),
+                "engine_vs_reference_max_abs_logit_diff": max_diff,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
