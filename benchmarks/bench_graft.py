@@ -181,6 +181,7 @@ def main() -> None:
                 "plain_full_s": round(plain_full_s, 4),
                 "grafted_full_s": round(graft_full_s, 4),
                 "grafted_full_over_plain": round(graft_full_s / plain_full_s, 3),
+                "grafted_full_over_plain_median_of_rounds": round(statistics.median(full_pairs), 3),
                 "grafted_full_over_plain_per_round": [round(r, 3) for r in full_pairs],
                 "reference_s": round(ref_s, 2),
                 "reference_prompts_timed": n_ref,

@@ -59,24 +59,6 @@ class PositionGroups:
     bounds: list[int]
     order: torch.Tensor  # [n_real]
     skipped: torch.Tensor | None = None  # [n_pad]
-    _inverse: torch.Tensor | None = None
-
-    @property
-    def inverse(self) -> torch.Tensor:
-        """``[batch*pos]``: where each flat position's row sits in group order; padded positions
-        point one past the last real row (where :meth:`BatchState.scatter` puts a zero row).
-
-        Putting rows back is then one ``index_select`` (a gather), several times faster on a CPU
-        than ``index_copy_`` of each group into its places."""
-        if self._inverse is None:
-            n_real = len(self.order)
-            n_all = n_real + (0 if self.skipped is None else len(self.skipped))
-            inverse = torch.empty(n_all, dtype=torch.long, device=self.order.device)
-            inverse[self.order] = torch.arange(n_real, device=self.order.device)
-            if self.skipped is not None:
-                inverse[self.skipped] = n_real
-            self._inverse = inverse
-        return self._inverse
 
     def span(self, g: int) -> slice:
         """Group ``g``'s slice of ``order`` (and of any tensor laid out in group order)."""
@@ -169,10 +151,11 @@ class BatchState:
     def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups, remember: bool) -> torch.Tensor:
         """Copy each group's rows back to their places: ``[batch, pos, ...]``."""
         batch, seq = self.shape
-        pieces = list(parts)
-        if groups.skipped is not None:  # the zero row that padded positions read
-            pieces.append(parts[0].new_zeros((1, *parts[0].shape[1:])))
-        out = torch.cat(pieces).index_select(0, groups.inverse)  # [batch*pos, ...]
+        out = parts[0].new_empty((batch * seq, *parts[0].shape[1:]))  # [batch*pos, ...]
+        for g, y in enumerate(parts):
+            out.index_copy_(0, groups.rows(g), y)
+        if groups.skipped is not None:
+            out.index_fill_(0, groups.skipped, 0)
         out = out.view(batch, seq, *out.shape[1:])
         if remember:  # ``out`` is held so that its storage cannot be reused under the same identity
             self._remembered = (_identity(out), out, groups, list(parts))
@@ -286,14 +269,11 @@ class GraftedModule(_Replacement):
         n, out_f = len(groups.order), self.module.out_features  # real rows, output width
         out = parts[0].new_empty(batch * seq, out_f)  # [batch*pos, out]
         cols = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (max(n, 1) * out.element_size()))
-        padded = groups.skipped is not None  # one zero row more, read by the padded positions
-        buffer = out.new_zeros((n + padded) * min(cols, out_f))
+        buffer = out.new_empty(n * min(cols, out_f))
         rows = [xi.reshape(-1, xi.shape[-1]) for xi in parts]
         for c0 in range(0, out_f, cols):
             c1 = min(out_f, c0 + cols)
-            grouped = buffer[: (n + padded) * (c1 - c0)].view(n + padded, c1 - c0)  # [n_real (+1), chunk] in group order
-            if padded:
-                grouped[n].zero_()
+            grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [n_real, chunk] in group order
             for g, (owner,) in enumerate(groups.owners):
                 weight, bias = self.params[owner]["weight"][c0:c1], self.params[owner].get("bias")
                 dst = grouped[groups.span(g)]
@@ -301,7 +281,9 @@ class GraftedModule(_Replacement):
                     torch.mm(rows[g], weight.t(), out=dst)
                 else:
                     torch.addmm(bias[c0:c1], rows[g], weight.t(), out=dst)
-            torch.index_select(grouped, 0, groups.inverse, out=out[:, c0:c1])  # back in place, still in cache
+            out[:, c0:c1].index_copy_(0, groups.order, grouped)
+        if groups.skipped is not None:
+            out.index_fill_(0, groups.skipped, 0)
         return out.view(batch, seq, out_f)
 
 
