@@ -114,10 +114,15 @@ class FinetuneSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """Exactly one of ``spec`` (hub id, directory, ``smollm2-135m``) or ``finetune``."""
+    """Exactly one of ``spec`` (hub id, directory, ``smollm2-135m``) or ``finetune``.
+
+    ``dtype``: the precision the model is loaded in for the sweeps (a finetuned model is trained
+    as its settings say, then loaded in this dtype); float32 when not given. Donors graft in
+    the recipient's dtype."""
 
     spec: str | None = None
     finetune: FinetuneSpec | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

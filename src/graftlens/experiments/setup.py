@@ -113,8 +113,8 @@ def prepare_models(
     sources: dict[str, dict] = {}
     for name, spec in recipe.models.items():
         if spec.spec is not None:
-            models[name] = load_model(spec.spec, device=device)
-            sources[name] = {"spec": spec.spec}
+            models[name] = load_model(spec.spec, device=device, dtype=spec.dtype)
+            sources[name] = {"spec": spec.spec, **({"dtype": spec.dtype} if spec.dtype else {})}
             continue
         assert spec.finetune is not None
         task = spec.finetune.task
@@ -133,8 +133,9 @@ def prepare_models(
             data = task_dataset(task, models[spec.finetune.base].tokenizer, n, seed=spec.finetune.settings.seed)
         assert data is not None
         result = finetune(base_spec, data, spec.finetune.settings, device=device, progress=report)
-        models[name] = load_model(result.path, device=device)
+        models[name] = load_model(result.path, device=device, dtype=spec.dtype)
         sources[name] = {
+            **({"dtype": spec.dtype} if spec.dtype else {}),
             "checkpoint": str(result.path),
             "finetuned_from": spec.finetune.base,
             "settings": spec.finetune.settings.model_dump(mode="json"),

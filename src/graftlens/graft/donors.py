@@ -86,14 +86,27 @@ def donor_weights(
     else:
         weights = _lazy_from_checkpoint(name, Path(donor), base, paths)
     _check_shapes(weights, base, paths)
-    device = next(base.parameters()).device
-    dtype = next(base.parameters()).dtype
-    for params in weights.tensors.values():
+    # Each module's donor tensors go where that module computes, in its dtype: a base split
+    # over devices (a device map) keeps every module's donor weights beside its own.
+    base_modules = dict(base.named_modules())
+    for path, params in weights.tensors.items():
+        like = next(iter(_module_params(base_modules[path]).values()))
+        device, dtype = _execution_device(base_modules[path], like.device), like.dtype
         for key, t in params.items():
             if t.device != device or t.dtype != dtype:
                 params[key] = t.to(device=device, dtype=dtype)  # a converted copy: now held here
                 weights.owned = True
     return weights
+
+
+def _execution_device(module: nn.Module, device: torch.device) -> torch.device:
+    """Where ``module`` computes: accelerate's hook names it for an offloaded module (whose own
+    parameters wait on the meta device), else its parameters' device."""
+    hook = getattr(module, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if device.type == "meta" and execution is not None:
+        return torch.device(execution) if not isinstance(execution, torch.device) else execution
+    return device
 
 
 def _check_shapes(weights: DonorWeights, base: nn.Module, paths: list[str]) -> None:
