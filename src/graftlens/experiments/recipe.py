@@ -123,6 +123,10 @@ class ModelSpec(Strict):
     spec: str | None = None
     finetune: FinetuneSpec | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # Where the modules go, through accelerate: "auto", "balanced", "sequential", or module path →
+    # device ("cpu", "cuda:1", 0, "disk"); offloaded modules are kept in offload_folder.
+    device_map: str | dict[str, str | int] | None = None
+    offload_folder: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -20,7 +20,7 @@ from graftlens.data.prompts import TokenizedPrompt, check_tokenizer_fits, tokeni
 from graftlens.data.tasks import task_dataset
 from graftlens.eval.batching import batches
 from graftlens.eval.scoring import plain_last_logits, score_logits
-from graftlens.experiments.recipe import EntityTrackingData, Recipe
+from graftlens.experiments.recipe import EntityTrackingData, ModelSpec, Recipe
 from graftlens.methods import RecipeError, RunConfig, check_config
 from graftlens.models import LoadedModel, load_model
 from graftlens.train import finetune
@@ -102,6 +102,19 @@ def recipe_dataset(recipe: Recipe, base_dir: Path | None = None) -> tuple[FactDa
     return cached_dataset(spec.kind, spec.facts, spec.seed)
 
 
+def _placement(spec: ModelSpec, device: str | None) -> dict:
+    """``load_model``'s arguments for a model's dtype and placement (a device map replaces ``--device``)."""
+    if spec.device_map is None:
+        return {"device": device, "dtype": spec.dtype}
+    return {"dtype": spec.dtype, "device_map": spec.device_map, "offload_folder": spec.offload_folder}
+
+
+def _placement_record(spec: ModelSpec) -> dict:
+    """What the manifest records of a model's dtype and placement (nothing for the defaults)."""
+    fields = {"dtype": spec.dtype, "device_map": spec.device_map}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def prepare_models(
     recipe: Recipe,
     dataset_dir: Path | None,
@@ -113,8 +126,8 @@ def prepare_models(
     sources: dict[str, dict] = {}
     for name, spec in recipe.models.items():
         if spec.spec is not None:
-            models[name] = load_model(spec.spec, device=device, dtype=spec.dtype)
-            sources[name] = {"spec": spec.spec, **({"dtype": spec.dtype} if spec.dtype else {})}
+            models[name] = load_model(spec.spec, **_placement(spec, device))
+            sources[name] = {"spec": spec.spec, **_placement_record(spec)}
             continue
         assert spec.finetune is not None
         task = spec.finetune.task
@@ -133,9 +146,9 @@ def prepare_models(
             data = task_dataset(task, models[spec.finetune.base].tokenizer, n, seed=spec.finetune.settings.seed)
         assert data is not None
         result = finetune(base_spec, data, spec.finetune.settings, device=device, progress=report)
-        models[name] = load_model(result.path, device=device, dtype=spec.dtype)
+        models[name] = load_model(result.path, **_placement(spec, device))
         sources[name] = {
-            **({"dtype": spec.dtype} if spec.dtype else {}),
+            **_placement_record(spec),
             "checkpoint": str(result.path),
             "finetuned_from": spec.finetune.base,
             "settings": spec.finetune.settings.model_dump(mode="json"),

@@ -80,11 +80,12 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or "\\" in spec
 
 
-def _load_pretrained_dir(path: str, dtype: Any, device_map: Any) -> tuple[nn.Module, Any]:
+def _load_pretrained_dir(path: str, dtype: Any, device_map: Any, offload_folder: str | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
+    extra = {"offload_folder": offload_folder} if offload_folder is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
     return model, tokenizer
 
 
@@ -130,12 +131,14 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load a causal LM by spec (see the module docstring) with its tokenizer and adapter.
 
     ``dtype`` defaults to float32 (``"auto"`` keeps the checkpoint's dtype); ``device`` moves
-    the model after loading; ``device_map`` is passed to transformers/accelerate instead.
-    The model is returned in eval mode.
+    the model after loading; ``device_map`` (``"auto"``, ``"balanced"``, or module → device,
+    ``"disk"`` included) is passed to transformers/accelerate instead, with ``offload_folder``
+    for the modules it offloads to disk. The model is returned in eval mode.
     """
     spec_str = str(spec)
     check_device(device)
@@ -152,7 +155,8 @@ def load_model(
             elif path.is_dir() and (path / "adapter_config.json").is_file():
                 model, tokenizer, source = _load_peft(path, torch_dtype, device_map)
             elif path.is_dir() and (path / "config.json").is_file():
-                model, tokenizer = _load_pretrained_dir(source, torch_dtype, device_map)
+                folder = None if offload_folder is None else str(offload_folder)
+                model, tokenizer = _load_pretrained_dir(source, torch_dtype, device_map, folder)
             else:
                 raise ModelLoadError(
                     f"model spec {spec_str!r}: {path} is neither a .gguf file, a PEFT adapter directory "
