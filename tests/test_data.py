@@ -266,3 +266,28 @@ def test_entity_tracking_pairs_follow_their_definitions():
         assert scene(ex)[1] not in scene(ex)[3]
     with pytest.raises(DatasetError, match="unknown entity-tracking pair kind 'shuffle'"):
         make_pairs(tokenizer, "shuffle", 3)
+
+
+def test_large_fake_actor_datasets_draw_from_more_english_names_and_small_ones_are_unchanged() -> None:
+    """Beyond en_US's 345 facts, names come from the English locales together (600 facts here):
+    every first and every last name still used once, each a single plain word. Datasets that fit
+    en_US are exactly what they were (pinned), so cached datasets and results stay valid."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from graftlens.data.facts import FactError, fake_actor_capacity, generate_facts
+
+    def digest(n: int) -> str:
+        facts = [dataclasses.asdict(f) for f in generate_facts("fake_actors", n, 0)]
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+    assert digest(12) == "571d10f7a28ace16" and digest(345) == "93a41aae2adc2a2d"
+    facts = generate_facts("fake_actors", 600, 0)
+    names = [n for f in facts for n in (f.first_actor, f.second_actor)]
+    firsts, lasts = [n.split()[0] for n in names], [n.split()[-1] for n in names]
+    assert len(set(firsts)) == len(set(lasts)) == 1200
+    assert all(len(n.split()) == 2 and n.replace(" ", "").isalpha() and n.isascii() for n in names)
+    assert len({f.title for f in facts}) == 600
+    with pytest.raises(FactError, match=f"at most {fake_actor_capacity()}"):
+        generate_facts("fake_actors", fake_actor_capacity() + 1, 0)

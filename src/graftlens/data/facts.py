@@ -103,12 +103,38 @@ class _NamePool:
         return True
 
 
+# English-speaking locales whose names widen the pool beyond en_US's, for datasets larger than it
+# allows (smaller ones draw from en_US alone, as they always have).
+_MORE_NAME_LOCALES = ("en_GB", "en_IE", "en_NZ")
+
+
+def _name_lists(n_names: int) -> tuple[list[str], list[str]]:
+    """First and last names to draw ``n_names`` names from: en_US's when they suffice, else the
+    union with the other English locales' (single plain words only: spans and tokens stay simple)."""
+    firsts, lasts = set(PersonProvider.first_names), set(PersonProvider.last_names)
+    if n_names <= min(len(firsts), len(lasts)):
+        return sorted(firsts), sorted(lasts)
+    import importlib
+
+    for locale in _MORE_NAME_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        for attr, into in (("first_names", firsts), ("first_names_male", firsts), ("first_names_female", firsts),
+                           ("last_names", lasts)):  # fmt: skip
+            into.update(x for x in getattr(provider, attr, ()) if x.isascii() and x.isalpha())
+    return sorted(firsts), sorted(lasts)
+
+
+def fake_actor_capacity() -> int:
+    """How many fake_actors facts can have actors with distinct first and last names."""
+    firsts, lasts = _name_lists(10**9)
+    return min(len(firsts), len(lasts)) // 2
+
+
 def _fake_actor_names(n: int, faker: Faker, pool: _NamePool) -> list[str]:
     names: list[str] = []
     # Uniform over Faker's name lists (not its frequency weights), so common first names such
     # as "Michael" are no likelier than rare ones: a guessable target would inflate PRE.
-    firsts = sorted(set(PersonProvider.first_names))
-    lasts = sorted(set(PersonProvider.last_names))
+    firsts, lasts = _name_lists(n)
     rng = faker.random
     for _ in range(200 * n):
         if len(names) == n:
@@ -141,7 +167,7 @@ def generate_facts(kind: str = "fake_actors", n_facts: int = 16, seed: int = 0) 
     if n_facts > max_titles:
         raise FactError(f"at most {max_titles} distinct titles can be made; asked for {n_facts} facts")
     if kind == "fake_actors":  # each fact takes two names with first and last names not used before
-        capacity = min(len(set(PersonProvider.first_names)), len(set(PersonProvider.last_names))) // 2
+        capacity = fake_actor_capacity()
         if n_facts > capacity:
             raise FactError(f"at most {capacity} fake_actors facts can have actors with distinct names; asked for {n_facts}")
     rng = random.Random(seed)
