@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from graftlens.cli import app
@@ -466,3 +467,22 @@ def test_a_store_written_before_the_newer_columns_opens_with_them_unmeasured(tmp
         store.add("r", [row])
         new = store.rows("r")[1]
         assert (new.extra, new.target_logprob, new.continuation) == ({"attribute_rate": 0.1}, -3.5, " D and")
+
+
+def test_the_large_recipes_and_the_paper_models_template(text_model_dir) -> None:
+    """The GPU-sized recipes validate at the paper's scale; the template names the paper's models
+    by hub id in bf16 with device_map auto, the same loading path as a directory (checked here on
+    one: device_map auto on a machine without a GPU keeps every module on the CPU)."""
+    for name, n_configs in (("position-grafting-large", 2 + 6), ("component-grafting-large", 3 + 7 * 7),
+                            ("paper-models", 2 + 6 + 7 * 7)):  # fmt: skip
+        recipe, _ = load_recipe(name)
+        assert recipe.data.facts >= 500
+        assert len(recipe.expanded(n_layers=16)) == n_configs
+    template, _ = load_recipe("paper-models")
+    pre = template.models["pre"]
+    assert (pre.spec, pre.dtype, pre.device_map) == ("meta-llama/Llama-3.2-1B", "bfloat16", "auto")
+    for hub_id in ("google/gemma-1.1-2b-it", "EleutherAI/pythia-2.8b", "openai-community/gpt2-xl"):
+        assert hub_id in template.description
+    model = load_model(text_model_dir, dtype=pre.dtype, device_map=pre.device_map)
+    assert {p.device.type for p in model.model.parameters()} == {"cpu"}
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
