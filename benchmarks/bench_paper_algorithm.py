@@ -34,6 +34,7 @@ from transformers import DynamicCache
 import graftlens
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate
+from graftlens.eval.scoring import Readout
 from graftlens.graft.reference import site_owners
 from graftlens.methods.base import GraftSpec, RunConfig
 from graftlens.methods.registry import Context, method_for
@@ -105,7 +106,7 @@ def main() -> None:
         readouts = [method_for(c.kind).readout(c, context) for c in configs]
         t0 = time.perf_counter()
         with torch.no_grad():
-            ours = [readout(batch) for readout in readouts]  # [batch, vocab] each
+            ours = [Readout.of(readout(batch)).logits for readout in readouts]  # [batch, vocab] each
         ours_s = (time.perf_counter() - t0) / (len(prompts) * len(configs))
         # The paper's algorithm on a subsample: the first prompts, configurations spread over the sweep.
         picked = sorted({round(k * (len(configs) - 1) / max(1, args.configs - 1)) for k in range(args.configs)})

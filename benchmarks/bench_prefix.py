@@ -61,7 +61,7 @@ def main() -> None:
     full_times, shared_times, prefix_times, variant_times, max_diff = [], [], [], [], 0.0
     for _ in range(args.rounds):
         t0 = time.perf_counter()
-        full_out = [fn(batch) for fn in full_fns]
+        full_out = [fn(batch).logits for fn in full_fns]
         full_times.append((time.perf_counter() - t0) / len(configs))
         prefixes = PrefixCaches()
         shared_fns = [grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base") for rules in configs]
@@ -69,7 +69,7 @@ def main() -> None:
         prefixes.get(("base", tuple(p.id for p in batch.prompts)), base, batch.input_ids, batch.attention_mask)
         prefix_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        shared_out = [fn(batch) for fn in shared_fns]
+        shared_out = [fn(batch).logits for fn in shared_fns]
         shared_times.append((time.perf_counter() - t0) / len(configs))
         cache = prefixes.get(("base", tuple(p.id for p in batch.prompts)), base, batch.input_ids, batch.attention_mask)
         t0 = time.perf_counter()
