@@ -254,7 +254,7 @@ CASES: dict[str, Case] = {
     "unknown fact kind": Case(lambda ws: ["data", "make", str(ws.root / "made"), "--kind", "fake_aktors"], ("fake_aktors",)),
     "more facts than titles": Case(lambda ws: ["data", "make", str(ws.root / "made"), "--facts", "100000"], ("at most 900",)),
     "more facts than distinct names": Case(
-        lambda ws: ["data", "make", str(ws.root / "made"), "--facts", "400"], ("at most 345",)
+        lambda ws: ["data", "make", str(ws.root / "made"), "--facts", "700"], ("at most 671",)
     ),
     "data show of a missing dataset": Case(
         lambda ws: ["data", "show", str(ws.root / "none")], ("none", "dataset.json is missing")
