@@ -141,12 +141,17 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
         chunk = group[start : start + per_pass]
         names = tuple(c.name for c in chunk)
 
-        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:  # [batch, variants, vocab], [batch, variants]
+        def chunk_pass():
+            """The chunk's grafter (each configuration grafting its own variant's rows), the plain
+            prefix before ``cut``, and the batch's spans once per variant."""
             grafter = context.state(("variant grafter", names),
                                     lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
             cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
+            return grafter, cache, None if spans is None else [s for s in spans for _ in chunk]
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:  # [batch, variants, vocab], [batch, variants]
+            grafter, cache, repeated = chunk_pass()
             forced = with_targets(batch) if context.target_logprob else None
-            repeated = None if spans is None else [s for s in spans for _ in chunk]
             with grafter.on(repeated):
                 last, more = continue_variants(model, cache, batch.input_ids, mask, len(chunk), *forced_inputs(forced))
             if forced is None:
@@ -157,10 +162,8 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
             return flat.logits.unflatten(0, unflat).transpose(0, 1), flat.target_logprob.unflatten(0, unflat).transpose(0, 1)
 
         def compute_continuations() -> torch.Tensor:  # [batch, variants, n]
-            grafter = context.state(("variant grafter", names),
-                                    lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
-            cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
-            with grafter.on(None if spans is None else [s for s in spans for _ in chunk]):
+            grafter, cache, repeated = chunk_pass()
+            with grafter.on(repeated):
                 return generate_variants(model, cache, batch.input_ids, mask, len(chunk), context.generate)
 
         logits, logprobs = context.for_batch("grafted variants", batch, compute, (cut, names))
