@@ -90,6 +90,12 @@ def variant_rules(rule_sets: Sequence[Sequence[Graft]]) -> list[Graft]:
     return out
 
 
+def _as_variants(cache, variants: int, *tensors: torch.Tensor | None) -> list:
+    """A copy of ``cache`` and each of ``tensors`` (None stays None) with every row ``variants``
+    times in a row: row ``b`` of variant ``v`` at ``b * variants + v``."""
+    return [copied_cache(cache, repeat=variants), *(None if t is None else t.repeat_interleave(variants, 0) for t in tensors)]
+
+
 def continue_variants(
     model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int,
     forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None,
@@ -98,11 +104,8 @@ def continue_variants(
     the columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each
     variant's rows its own way), and of forced columns after it (``[batch, variants, more,
     vocab]``, :func:`~graftlens.models.prefix.continue_and_force`); the cache is left as it was."""
-    work = copied_cache(cache, repeat=variants)
-    rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
-    forced = (None, None) if forced_ids is None else (forced_ids.repeat_interleave(variants, 0),
-                                                      forced_mask.repeat_interleave(variants, 0))  # fmt: skip
-    last, more = continue_and_force(model, work, *rows, *forced)  # [batch * variants, vocab], [batch * variants, more, vocab]
+    work, *rows = _as_variants(cache, variants, input_ids, attention_mask, forced_ids, forced_mask)
+    last, more = continue_and_force(model, work, *rows)  # [batch * variants, vocab], [batch * variants, more, vocab]
     shape = (input_ids.shape[0], variants)
     return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)
 
@@ -114,7 +117,6 @@ def generate_variants(model: LoadedModel, cache, input_ids: torch.Tensor, attent
     generated tokens included); the cache is left as it was."""
     from graftlens.models.generate import greedy_continuation
 
-    work = copied_cache(cache, repeat=variants)
-    rows = input_ids.repeat_interleave(variants, 0), attention_mask.repeat_interleave(variants, 0)
+    work, *rows = _as_variants(cache, variants, input_ids, attention_mask)
     tokens = greedy_continuation(model, *rows, n_new, cache=work)  # [batch * variants, n_new]
     return tokens.unflatten(0, (input_ids.shape[0], variants))

@@ -49,8 +49,8 @@ class Context:
     # Every configuration of the run (a readout may compute its siblings' results in one pass).
     configs: Sequence[RunConfig] = ()
     # What the recipe asks beyond next-token scores, of the methods that measure it (weight
-    # grafting, the plain model): each target's whole log-probability, teacher-forced with its
-    # prompt in one pass; and a greedy continuation of this many tokens.
+    # grafting, the plain model): each target's whole log-probability, teacher-forced after its
+    # prompt; and a greedy continuation of this many tokens.
     target_logprob: bool = False
     generate: int = 0
     _state: dict[str, Any] = field(default_factory=dict)

@@ -20,18 +20,16 @@ def run_logits(
     attention_mask: torch.Tensor | None = None,
     last_only: bool = False,
     grad: bool = False,
-    keep: int = 0,
 ) -> torch.Tensor:
-    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``, ``[batch, keep,
-    vocab]`` for the last ``keep`` columns) of one full-prompt forward pass, with position ids from the mask.
+    """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``) of one full-prompt
+    forward pass, with position ids from the mask.
 
     Without ``grad`` the pass runs under ``torch.no_grad()``; with it, the logits keep the graph
     (for learned masks and attribution methods), whatever the caller's grad mode."""
     module = model.model if isinstance(model, LoadedModel) else model
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    keep = 1 if last_only else keep
-    extra = {"logits_to_keep": keep} if keep else {}
+    extra = {"logits_to_keep": 1} if last_only else {}
     with torch.enable_grad() if grad else torch.no_grad():
         out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra)
     return out.logits
