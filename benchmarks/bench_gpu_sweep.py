@@ -23,6 +23,7 @@ import statistics
 import time
 
 import torch
+from bench_graft import interleaved_times
 
 import graftlens
 from graftlens.data.dataset import tokenize_test
@@ -102,16 +103,7 @@ def main() -> None:
         "grafted": lambda: graftlens.grafted_forward(base, {"ft": donor}, rules, batch.input_ids, batch.attention_mask,
                                                      spans=batch.spans),  # fmt: skip
     }
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()
-    for i in range(args.repeats):
-        for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
-            sync()
-            t = time.perf_counter()
-            runs[name]()
-            sync()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(runs, args.repeats, sync)
     plain_s, graft_s = statistics.median(times["plain"]), statistics.median(times["grafted"])
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
     print(json.dumps({

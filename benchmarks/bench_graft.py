@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -64,6 +64,22 @@ TEMPLATES = [
     "In the new film, {} appears on screen next to",
     "The movie that {} starred in also featured",
 ]
+
+
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds of each run, once per round after a warm-up, the order reversed every other round
+    (drift cancels out); ``sync`` waits for the device (a no-op on a CPU)."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats):
+        for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
+            sync()
+            t0 = time.perf_counter()
+            runs[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def make_batch(tokenizer, n: int):
@@ -129,24 +145,10 @@ def main() -> None:
     def grafted_full() -> None:
         graftlens.grafted_forward(base, {"ft": donor}, full_rules, full_ids, full_mask)
 
-    def timed(runs: dict, repeats: int) -> dict[str, list[float]]:
-        """Each run once per round, the order reversed every other round (drift cancels out)."""
-        for fn in runs.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for i in range(repeats):
-            for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
-                sync()
-                t0 = time.perf_counter()
-                runs[name]()
-                sync()
-                times[name].append(time.perf_counter() - t0)
-        return times
-
     # The two batches timed apart: the padded batch's runs, then the full batch's pair.
-    times = timed({"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed},
-                  args.repeats)  # fmt: skip
-    times.update(timed({"plain_full": plain_full, "grafted_full": grafted_full}, args.repeats))
+    times = interleaved_times({"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed},
+                              args.repeats, sync)  # fmt: skip
+    times.update(interleaved_times({"plain_full": plain_full, "grafted_full": grafted_full}, args.repeats, sync))
 
     n_ref = args.reference_prompts
     t0 = time.perf_counter()
