@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from graftlens.errors import GraftlensError
 
@@ -47,3 +49,21 @@ def read_utf8(path: str | Path) -> str:
         raise FileEncodingError(
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8"
         ) from None
+
+
+def merge_tensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Add ``tensors`` (name → torch tensor) to the safetensors file ``path`` (made if missing; a
+    tensor of the same name is replaced), written aside and renamed into place."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    merged = load_file(path) if path.exists() else {}
+    merged.update(tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(merged, str(tmp), metadata=dict(metadata))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -13,11 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import batches, pad_id_of
-from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
 from graftlens.experiments.recipe import EvalSpec, Recipe
 from graftlens.experiments.setup import (
     FinetuneProgress,
@@ -27,15 +23,15 @@ from graftlens.experiments.setup import (
     prepare_models,
     recipe_data,
 )
-from graftlens.fileio import write_json_atomic
-from graftlens.methods import Context, RunConfig, method_for
+from graftlens.experiments.units import UnitScorer, plan_units
+from graftlens.fileio import merge_tensors_atomic, write_json_atomic
+from graftlens.methods import Context, RunConfig
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
 from graftlens.results.lock import run_lock
-from graftlens.results.store import STORE_NAME, ResultRow, ResultsStore, StoreError
+from graftlens.results.store import STORE_NAME, ResultsStore, StoreError
 
 MANIFEST_NAME = "manifest.json"
-TOP_TOKENS_KEPT = 5
 
 Progress = Callable[[int, int], None]  # (units done, units in all), in prompts scored
 
@@ -176,76 +172,33 @@ def _score_all(
     turn: what configurations share for a batch (the recipient's prefix cache, a donor's
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work, directory=run_dir,
-                      configs=configs, target_logprob=bool(asks and asks.target_logprob),
+    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work,
+                      keep=_keeper(run_dir), configs=configs, target_logprob=bool(asks and asks.target_logprob),
                       generate=asks.generate if asks else 0)  # fmt: skip
+    scorer = UnitScorer(context, configs, recipient, attributes)
+    units, done = plan_units(configs, work, {c.name: store.done(run_id, c.name) for c in configs})
     total = len(configs) * len(prompts)
-    done_units = written = batches_run = 0
-    done = {config.name: store.done(run_id, config.name) for config in configs}
-    readouts: dict[str, LastLogits] = {}
-    phases = sorted({c.phase for c in configs})
-    for batch, phase_configs in ((b, [c for c in configs if c.phase == ph]) for ph in phases for b in work):
-        ids = {p.id for p in batch.prompts}
-        for config in phase_configs:
-            if ids <= done[config.name]:
-                done_units += len(ids)
-                continue
-            if ids & done[config.name]:
-                raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
+    written = batches_run = 0
+    for unit in units:
+        for name in unit.configs:
             if stop_after_batches is not None and batches_run >= stop_after_batches:
                 raise Interrupted(f"stopped after {batches_run} batches")
-            if config.name not in readouts:
-                readouts[config.name] = method_for(config.kind).readout(config, context)
-            model = models[config.model]
-            with torch.no_grad():
-                readout = Readout.of(readouts[config.name](batch.to(model.device)))
-            logits = readout.logits  # [batch, vocab]
-            scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
-            extras: list[dict[str, float]] = [context.extras(config.name) for _ in batch.prompts]
-            if attributes is not None:
-                rates = attribute_rate(logits, [attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
-                extras = [{**e, "attribute_rate": rate} for e, rate in zip(extras, rates)]
-            measured = _measured(readout, recipient.tokenizer, len(ids))
-            store.add(run_id, [_row(config.name, p, s, recipient.tokenizer, e, *m)
-                               for p, s, e, m in zip(batch.prompts, scores, extras, measured)])  # fmt: skip
+            store.add(run_id, scorer.rows(name, work[unit.batch]))
             batches_run += 1
-            written += len(ids)
-            done_units += len(ids)
+            written += unit.n_prompts
+            done += unit.n_prompts
             if progress is not None:
-                progress(done_units, total)
+                progress(done, total)
     if progress is not None:
-        progress(done_units, total)
+        progress(done, total)
     return written
 
 
-def _measured(readout: Readout, tokenizer, n: int) -> list[tuple[float | None, str | None]]:
-    """Each row's (target log-probability, decoded continuation), None where not measured."""
-    logprobs = readout.target_logprob.tolist() if readout.target_logprob is not None else [None] * n
-    texts: list[str | None] = [None] * n
-    if readout.continuation is not None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-        # A continuation ends at the model's end-of-text token (kept, so that the stop shows).
-        rows = [row[: row.index(eos) + 1] if eos in row else row for row in readout.continuation.tolist()]
-        texts = list(tokenizer.batch_decode(rows))
-    return list(zip(logprobs, texts))
-
-
-def _row(config: str, prompt, score, tokenizer, extra: dict[str, float], target_logprob: float | None = None,
-         continuation: str | None = None) -> ResultRow:  # fmt: skip
-    return ResultRow(
-        config=config,
-        example=prompt.id,
-        template=str(prompt.meta.get("template", prompt.meta.get("relation", ""))),
-        direction=str(prompt.meta.get("direction", "")),
-        prompt=prompt.prompt,
-        target=prompt.target,
-        target_prob=score.target_prob,
-        target_rank=score.target_rank,
-        top_tokens=tuple(tokenizer.decode([t]) for t in score.top_token_ids),
-        extra=extra,
-        target_logprob=target_logprob,
-        continuation=continuation,
-    )
+def _keeper(run_dir: Path | None):
+    """``Context.keep`` for a run directory: tensors a method keeps are merged into its files."""
+    if run_dir is None:
+        return None
+    return lambda name, tensors, metadata: merge_tensors_atomic(run_dir / name, tensors, metadata)
 
 
 def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command) -> dict:

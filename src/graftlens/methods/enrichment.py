@@ -219,22 +219,9 @@ def _means(context: Context, model_name: str, model: LoadedModel, spec: Enrichme
         assert spec.sublayer is not None
         work = [(b.input_ids.to(model.device), b.attention_mask.to(model.device), b.spans) for b in context.batches]
         means = sublayer_means(model, work, spec.sublayer, range(model.adapter.n_layers), spec.positions, through=True)
-        if context.directory is not None:
-            _write_means(context.directory, model_name, spec, means)
+        if context.keep is not None:  # {model}/{sublayer}/{layer} tensors
+            tensors = {f"{model_name}/{spec.sublayer}/{layer}": m.contiguous() for layer, m in means.items()}
+            context.keep(MEANS_FILE, tensors, {"positions": spec.positions, "through": "last position picked"})
         return means
 
     return context.state(("sublayer-means", model_name, spec.sublayer, spec.positions), make)
-
-
-def _write_means(directory, model_name: str, spec: EnrichmentSpec, means: dict[int, torch.Tensor]) -> None:
-    """Add these means to the run's means file (``{model}/{sublayer}/{layer}`` tensors), atomically."""
-    import os
-
-    from safetensors.torch import load_file, save_file
-
-    path = directory / MEANS_FILE
-    tensors = load_file(path) if path.exists() else {}
-    tensors.update({f"{model_name}/{spec.sublayer}/{layer}": m.contiguous() for layer, m in means.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={"positions": spec.positions, "through": "last position picked"})
-    os.replace(tmp, path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graftlens.errors import GraftlensError
@@ -44,8 +43,10 @@ class Context:
     results: Callable[[Sequence[str]], dict[str, dict[str, float]]] | None = None
     # Every batch of the run, in scoring order (for statistics over the dataset: mean-ablation means).
     batches: Sequence[PromptBatch] = ()
-    # The run directory, where a method keeps what it computed beside the store (None: not kept).
-    directory: Path | None = None
+    # ``keep(file name, tensors, metadata)``: how a method keeps tensors it computed beside the
+    # store, merged into that file of the run directory by whoever writes the run (the runner, or
+    # a distributed run's driver); None: not kept.
+    keep: Callable[[str, Mapping[str, Any], Mapping[str, str]], None] | None = None
     # Every configuration of the run (a readout may compute its siblings' results in one pass).
     configs: Sequence[RunConfig] = ()
     # What the recipe asks beyond next-token scores, of the methods that measure it (weight

@@ -1,0 +1,120 @@
+"""A sweep's work in units, and how one unit becomes result rows.
+
+A unit is one batch of one phase with the configurations of that phase the store still lacks for
+it, in the recipe's order. Units come in one fixed order (phase, then batch); a run writes each
+unit's rows configuration by configuration in that order, whether it computes them itself or
+receives them from distributed workers, so every way of running gives the same store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from graftlens.data.attributes import ATTRIBUTE_K
+from graftlens.eval.batching import PromptBatch
+from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
+from graftlens.methods import Context, RunConfig, method_for
+from graftlens.models import LoadedModel
+from graftlens.results.store import ResultRow, StoreError
+
+TOP_TOKENS_KEPT = 5
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Batch ``batch`` (an index into the run's batches) of ``phase``, for ``configs`` (names)."""
+
+    phase: int
+    batch: int
+    configs: tuple[str, ...]
+    n_prompts: int  # prompts in the batch: each configuration adds this many rows
+
+
+def plan_units(configs: Sequence[RunConfig], work: Sequence[PromptBatch], done: Mapping[str, set[str]]) -> tuple[list[Unit], int]:
+    """The units still to score, in scoring order, and how many results the store already holds.
+
+    ``done`` maps a configuration to the examples stored for it. A batch stored in part for a
+    configuration cannot have come from a run of this code (a unit's rows land in one transaction
+    per configuration), so it is an error."""
+    units: list[Unit] = []
+    already = 0
+    for phase in sorted({c.phase for c in configs}):
+        for index, batch in enumerate(work):
+            ids = {p.id for p in batch.prompts}
+            missing = []
+            for config in (c for c in configs if c.phase == phase):
+                if ids <= done[config.name]:
+                    already += len(ids)
+                elif ids & done[config.name]:
+                    raise StoreError(f"the store holds part of a batch of {config.name!r}: it was written by other code")
+                else:
+                    missing.append(config.name)
+            if missing:
+                units.append(Unit(phase, index, tuple(missing), len(ids)))
+    return units, already
+
+
+class UnitScorer:
+    """Scores a configuration on a batch into result rows; each configuration's readout is made
+    once, on first use, and kept (with what configurations share, in ``context``)."""
+
+    def __init__(
+        self,
+        context: Context,
+        configs: Sequence[RunConfig],
+        recipient: LoadedModel,
+        attributes: Mapping[str, frozenset[int]] | None = None,
+    ) -> None:
+        self.context = context
+        self.configs = {c.name: c for c in configs}
+        self.tokenizer = recipient.tokenizer
+        self.attributes = attributes  # prompt id → attribute token ids (eval.metric attribute_rate)
+        self._readouts: dict[str, LastLogits] = {}
+
+    def rows(self, name: str, batch: PromptBatch) -> list[ResultRow]:
+        config = self.configs[name]
+        if name not in self._readouts:
+            self._readouts[name] = method_for(config.kind).readout(config, self.context)
+        model = self.context.models[config.model]
+        with torch.no_grad():
+            readout = Readout.of(self._readouts[name](batch.to(model.device)))
+        logits = readout.logits  # [batch, vocab]
+        scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
+        extras: list[dict[str, float]] = [self.context.extras(name) for _ in batch.prompts]
+        if self.attributes is not None:
+            rates = attribute_rate(logits, [self.attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
+            extras = [{**e, "attribute_rate": rate} for e, rate in zip(extras, rates)]
+        measured = _measured(readout, self.tokenizer, len(batch.prompts))
+        return [_row(name, p, s, self.tokenizer, e, *m) for p, s, e, m in zip(batch.prompts, scores, extras, measured)]
+
+
+def _measured(readout: Readout, tokenizer, n: int) -> list[tuple[float | None, str | None]]:
+    """Each row's (target log-probability, decoded continuation), None where not measured."""
+    logprobs = readout.target_logprob.tolist() if readout.target_logprob is not None else [None] * n
+    texts: list[str | None] = [None] * n
+    if readout.continuation is not None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        # A continuation ends at the model's end-of-text token (kept, so that the stop shows).
+        rows = [row[: row.index(eos) + 1] if eos in row else row for row in readout.continuation.tolist()]
+        texts = list(tokenizer.batch_decode(rows))
+    return list(zip(logprobs, texts))
+
+
+def _row(config: str, prompt, score, tokenizer, extra: dict[str, float], target_logprob: float | None = None,
+         continuation: str | None = None) -> ResultRow:  # fmt: skip
+    return ResultRow(
+        config=config,
+        example=prompt.id,
+        template=str(prompt.meta.get("template", prompt.meta.get("relation", ""))),
+        direction=str(prompt.meta.get("direction", "")),
+        prompt=prompt.prompt,
+        target=prompt.target,
+        target_prob=score.target_prob,
+        target_rank=score.target_rank,
+        top_tokens=tuple(tokenizer.decode([t]) for t in score.top_token_ids),
+        extra=extra,
+        target_logprob=target_logprob,
+        continuation=continuation,
+    )
