@@ -319,6 +319,11 @@ CASES: dict[str, Case] = {
         ("Permission denied", "ro.csv", "choose a place you may write to"),
         patch=lambda mp: mp.setattr("graftlens.fileio.os.replace", _fail_replace(errno.EACCES, "Permission denied")),
     ),
+    "--workers without --ray": Case(_run(lambda ws: ws.recipe(), "--workers", "2"), ("--workers", "--ray")),
+    "--ray where Ray is not installed": Case(
+        _run(lambda ws: ws.recipe(), "--ray"), ("--ray needs Ray", "graftlens[ray]"),
+        patch=lambda mp: mp.setitem(sys.modules, "ray", None),  # what `import ray` meets when it is missing
+    ),
     "report onto a full disk": Case(
         lambda ws: ["report", str(ws.run)],
         ("No space left on device", "report.html"),

@@ -16,8 +16,31 @@ from graftlens.commands import experiments as experiment_commands
 from graftlens.commands import train as train_commands
 from graftlens.commands.support import DEBUG_ENV, INTERRUPTED_EXIT, console, err_console, friendly_errors
 
+OPTIONAL_VALUES = {"--ray": "local"}  # options whose value may be left out (typer cannot say so), and its stand-in
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """``args`` with the stand-in value after an option that names none (``run demo --ray`` is
+    ``run demo --ray local``; ``--ray auto`` and ``--ray=HOST:PORT`` are left as they are)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in OPTIONAL_VALUES and (following is None or following.startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group, reading options whose value may be left out (see ``with_optional_values``)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, with_optional_values(args))
+
+
 app = typer.Typer(
     name="graftlens",
+    cls=_Commands,
     help="Dynamic weight grafting and activation-level interpretability for finetuned LMs.",
     no_args_is_help=True,
     add_completion=False,

@@ -38,7 +38,8 @@ def sweep_progress() -> Iterator[tuple]:
         yield on_finetune, on_score
 
 
-def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: str | None, command: str) -> Path:
+def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: str | None, command: str,
+            ray: str | None = None, workers: int | None = None) -> Path:  # fmt: skip
     """Run a loaded recipe and write its report; returns the report's path (shared with ``graftlens demo``)."""
     from graftlens.experiments import run_recipe
     from graftlens.report import write_report
@@ -47,13 +48,16 @@ def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: s
     console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(recipe_path))}) → {escape(str(run_dir))}")
     with sweep_progress() as (on_finetune, on_score):
         summary = run_recipe(recipe, run_dir, recipe_path=recipe_path, device=device, resume=resume, command=command,
-                             progress=on_score, finetune_progress=on_finetune)  # fmt: skip
+                             progress=on_score, finetune_progress=on_finetune, ray=ray, workers=workers)  # fmt: skip
     reused = summary.total - summary.written
     console.print(
         f"{summary.n_configs} configurations × {summary.n_prompts} prompts: {summary.written} results computed"
         + (f", {reused} already in the store" if reused else "")
         + f" ({summary.seconds:.0f} s)"
     )
+    if summary.workers:
+        lost = f"; {summary.restarts} lost and restarted, their batches scored again" if summary.restarts else ""
+        console.print(f"on Ray: {summary.workers} workers{lost}")
     with console.status("drawing figures and writing the report ..."):
         report = write_report(run_dir)
     return report
@@ -110,16 +114,25 @@ def run_cmd(
     out: Path | None = typer.Option(None, help="run directory (default: runs/<recipe name>)"),
     resume: bool = typer.Option(True, "--resume/--restart", help="keep the results already in the run directory"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: where the models load)"),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="score on Ray workers (pip install 'graftlens\\[ray]'): --ray alone starts Ray here; "
+        "--ray auto or --ray HOST:PORT joins a running cluster",
+    ),  # fmt: skip
+    workers: int | None = typer.Option(None, help="Ray workers (default: one per GPU of the cluster, else one per CPU)"),
 ) -> None:
     """Run a recipe's sweep into a results store, then write its figures and HTML report.
 
     Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
+    from graftlens.errors import GraftlensError
     from graftlens.experiments import load_recipe
     from graftlens.results import load_run
 
+    if workers is not None and ray is None:
+        raise GraftlensError("--workers counts Ray workers: add --ray")
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
     loaded, path = load_recipe(recipe)
-    report = execute(loaded, path, out, resume, device, command)
+    report = execute(loaded, path, out, resume, device, command, ray, workers)
     for table in summary_tables(load_run(report.parent)):
         console.print(table)
     console.print(f"report: [bold]{escape(str(report))}[/]")

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from graftlens.eval.batching import batches, pad_id_of
+from graftlens.experiments.distributed import WorkerSetup, check_ray, score_on_ray
 from graftlens.experiments.recipe import EvalSpec, Recipe
 from graftlens.experiments.setup import (
     FinetuneProgress,
@@ -49,6 +52,8 @@ class RunSummary:
     written: int  # rows this call added
     total: int  # rows in the store now
     seconds: float
+    workers: int = 0  # Ray workers that scored (0: this process did)
+    restarts: int = 0  # Ray workers lost and restarted, their units recomputed
 
 
 def run_recipe(
@@ -62,22 +67,33 @@ def run_recipe(
     progress: Progress | None = None,
     finetune_progress: FinetuneProgress | None = None,
     stop_after_batches: int | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> RunSummary:
     """Run ``recipe`` into ``run_dir`` (``results.sqlite`` + ``manifest.json``).
 
     With ``resume`` (the default), results already in the store are kept and only the missing
     ones are computed; a store holding another recipe's results is an error. Without it, the
-    store is emptied first."""
+    store is emptied first.
+
+    With ``ray`` (a cluster address, or ``"local"`` to start one here), Ray workers score the
+    units and this process writes them, in the same order (:mod:`graftlens.experiments.distributed`);
+    ``workers`` says how many (default: one per GPU of the cluster, else one per CPU)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     check_device(device)
+    on_ray = OnRay(ray, workers) if ray is not None else None
+    if on_ray is not None:
+        if stop_after_batches is not None:
+            raise ValueError("stop_after_batches stops a run on this process, not on Ray")
+        check_ray(on_ray.address)
     if run_dir.exists() and not run_dir.is_dir():
         raise StoreError(f"--out {run_dir} is a file: the run directory must be a folder (or not exist yet)")
     created = not run_dir.exists()
     try:
         with run_lock(run_dir):
             return _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
-                               stop_after_batches)  # fmt: skip
+                               stop_after_batches, on_ray)  # fmt: skip
     except BaseException:
         if created:
             _discard_if_empty(run_dir)
@@ -97,7 +113,14 @@ def _discard_if_empty(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, stop_after_batches):
+@dataclass(frozen=True)
+class OnRay:
+    address: str  # ``local``: a Ray instance started here
+    workers: int | None
+
+
+def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, stop_after_batches,
+                on_ray: OnRay | None):  # fmt: skip
     run_id = recipe.content_hash()
     with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
         previous = store.get_meta("run")
@@ -144,10 +167,28 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         store.set_configs(run_id, [c.to_json() for c in configs])
         write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
+        if on_ray is not None:
+            setup = WorkerSetup(recipe, recipe_path.parent if recipe_path else None, device, prompts, configs, attributes,
+                                inputs["models"], pad, torch.get_num_threads())  # fmt: skip
+            del models, recipient  # the workers load their own; this process only writes
+            _free_memory()
+            outcome = score_on_ray(store, run_id, setup, address=on_ray.address, workers=on_ray.workers,
+                                   progress=progress, run_dir=run_dir)  # fmt: skip
+            return RunSummary(run_dir, run_id, len(configs), len(prompts), outcome.written, store.count(run_id),
+                              time.perf_counter() - t0, outcome.workers, outcome.restarts)  # fmt: skip
         written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
                              progress, stop_after_batches, attributes, run_dir, recipe.eval)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
+
+
+def _free_memory() -> None:
+    """Give back the memory of models just dropped (on a GPU, to the workers that load them next)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _score_all(
