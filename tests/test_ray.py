@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,30 @@ def test_a_run_begun_by_one_process_resumes_on_ray(tmp_path, cluster, tiny_recip
     assert again.written == 0 and again.total == summary.total
 
 
+def test_a_ray_run_stopped_midway_is_finished_by_one_process(tmp_path, cluster, tiny_recipe, one_process) -> None:
+    """Stopped on the driver after some rows (as Ctrl-C would), the run keeps what it wrote and
+    releases its workers; a run without Ray finishes it to the single process's rows."""
+    recipe, path = load_recipe(tiny_recipe)
+    out = tmp_path / "run"
+
+    def progress(done: int, total: int) -> None:
+        if done >= total // 3:
+            raise Interrupted("stopped on the driver")
+
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out, recipe_path=path, ray="local", progress=progress)
+    with ResultsStore(out / "results.sqlite") as store:
+        partial = store.count(recipe.content_hash())
+    assert 0 < partial < len(_all_rows(one_process))
+    deadline = time.monotonic() + 30
+    while _worker_pids() and time.monotonic() < deadline:  # ray.kill returns before the processes end
+        time.sleep(0.2)
+    assert not _worker_pids()
+    summary = run_recipe(recipe, out, recipe_path=path)
+    assert summary.written == summary.total - partial
+    assert _all_rows(out) == _all_rows(one_process)
+
+
 def test_another_recipe_is_refused_on_ray_as_on_one_process(tmp_path, cluster, tiny_recipe, one_process, text_model_dir,
                                                              small_facts) -> None:  # fmt: skip
     other = tmp_path / "other.yaml"
@@ -190,3 +215,19 @@ def test_an_option_value_left_out_gets_its_stand_in() -> None:
     assert with_optional_values(["run", "demo", "--ray", "--workers", "2"]) == ["run", "demo", "--ray", "local", "--workers", "2"]
     assert with_optional_values(["run", "demo", "--ray", "auto"]) == ["run", "demo", "--ray", "auto"]
     assert with_optional_values(["run", "demo", "--ray=10.0.0.1:6379"]) == ["run", "demo", "--ray=10.0.0.1:6379"]
+
+
+@pytest.mark.embedded
+def test_the_demo_recipe_on_ray_stores_the_single_process_rows(tmp_path, cluster, embedded) -> None:
+    """The demo recipe on the embedded model (its finetune cut to one epoch, to keep the test
+    short), once in this process and once on two Ray workers: the same rows, bit for bit."""
+    _, shipped = load_recipe("demo")
+    text = shipped.read_text()
+    assert "sft: {finetune: {base: pre}}" in text
+    path = tmp_path / "demo.yaml"
+    path.write_text(text.replace("sft: {finetune: {base: pre}}", "sft: {finetune: {base: pre, settings: {epochs: 1}}}"))
+    recipe, path = load_recipe(path)
+    run_recipe(recipe, tmp_path / "one", recipe_path=path)
+    summary = run_recipe(recipe, tmp_path / "ray", recipe_path=path, ray="local")
+    assert summary.workers == 2 and summary.total == summary.n_configs * summary.n_prompts
+    assert _all_rows(tmp_path / "ray") == _all_rows(tmp_path / "one")
