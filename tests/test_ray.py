@@ -231,3 +231,25 @@ def test_the_demo_recipe_on_ray_stores_the_single_process_rows(tmp_path, cluster
     summary = run_recipe(recipe, tmp_path / "ray", recipe_path=path, ray="local")
     assert summary.workers == 2 and summary.total == summary.n_configs * summary.n_prompts
     assert _all_rows(tmp_path / "ray") == _all_rows(tmp_path / "one")
+
+
+def test_a_worker_with_other_weights_is_one_error_naming_the_model(tmp_path, cluster, tiny_recipe, monkeypatch) -> None:
+    """The driver's fingerprints planted wrong: each worker loads the real models, finds them other
+    than the driver's, and its own error (not Ray's wrapper) reaches the caller."""
+    monkeypatch.setattr("graftlens.experiments.runner.model_fingerprint", lambda model: "planted")
+    recipe, path = load_recipe(tiny_recipe)
+    with pytest.raises(DistributedError, match="loaded other weights for model 'pre' than the driver"):
+        run_recipe(recipe, tmp_path / "run", recipe_path=path, ray="local")
+
+
+def test_a_worker_with_other_package_versions_refuses(tmp_path, tiny_recipe) -> None:
+    from dataclasses import replace
+
+    from graftlens.experiments.distributed import ScoringWorker, WorkerSetup
+    from graftlens.provenance import run_versions
+
+    recipe, path = load_recipe(tiny_recipe)
+    setup = WorkerSetup(recipe, path.parent, "cpu", [], [], None, {}, 0, 1)
+    worker = ScoringWorker(replace(setup, versions={**run_versions(), "torch": "1.0.0"}))
+    with pytest.raises(DistributedError, match=r"has torch \S+, the driver 1.0.0: install the same versions on every node"):
+        worker.ready()

@@ -115,11 +115,15 @@ def run_cmd(
     resume: bool = typer.Option(True, "--resume/--restart", help="keep the results already in the run directory"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: where the models load)"),
     ray: str | None = typer.Option(
-        None, "--ray", metavar="[ADDRESS]",
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
         help="score on Ray workers (pip install 'graftlens\\[ray]'): --ray alone starts Ray here; "
         "--ray auto or --ray HOST:PORT joins a running cluster",
-    ),  # fmt: skip
-    workers: int | None = typer.Option(None, help="Ray workers (default: one per GPU of the cluster, else one per CPU)"),
+    ),
+    workers: int | None = typer.Option(
+        None, help="Ray workers (default: one per GPU of the cluster, else its CPUs ÷ this process's threads)"
+    ),
 ) -> None:
     """Run a recipe's sweep into a results store, then write its figures and HTML report.
 
@@ -131,6 +135,7 @@ def run_cmd(
     if workers is not None and ray is None:
         raise GraftlensError("--workers counts Ray workers: add --ray")
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
+    command += (f" --ray {ray}" if ray else "") + (f" --workers {workers}" if workers is not None else "")
     loaded, path = load_recipe(recipe)
     report = execute(loaded, path, out, resume, device, command, ray, workers)
     for table in summary_tables(load_run(report.parent)):

@@ -24,7 +24,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.units import Unit, UnitScorer, plan_units
 from graftlens.fileio import merge_tensors_atomic
 from graftlens.methods import RunConfig
+from graftlens.provenance import run_versions
 from graftlens.results.store import ResultRow, ResultsStore
 
 LOCAL = "local"  # ``--ray`` without an address: start a Ray instance on this machine
@@ -68,6 +69,11 @@ class WorkerSetup:
     # round differently, so workers compute with this many to store the very same rows (set
     # OMP_NUM_THREADS, or torch.set_num_threads, in the driver to choose it).
     threads: int
+    # The driver's working directory: relative paths in the recipe (model directories) mean the
+    # same on a worker that sees it (a shared filesystem), as they do to a single process.
+    cwd: str = field(default_factory=os.getcwd)
+    # Python's and the packages' versions that decide the numbers (a worker must have the same).
+    versions: Mapping[str, str] = field(default_factory=run_versions)
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,23 @@ class ScoringWorker:
         from graftlens.methods import Context
         from graftlens.models import model_fingerprint
 
+        node = os.uname().nodename
+        for package, version in run_versions().items():
+            if version != setup.versions.get(package):
+                raise DistributedError(
+                    f"a Ray worker on {node} has {package} {version}, the driver {setup.versions.get(package)}: "
+                    "install the same versions on every node"
+                )
         torch.set_num_threads(setup.threads)
+        if os.path.isdir(setup.cwd):
+            os.chdir(setup.cwd)
         recipe = setup.recipe
         data = recipe_data(recipe, setup.base_dir)
         models, _ = prepare_models(recipe, data.dataset_dir, setup.device)
         for name, model in models.items():
             if model_fingerprint(model.model) != setup.fingerprints[name]:
                 raise DistributedError(
-                    f"a Ray worker on {os.uname().nodename} loaded other weights for model {name!r} than the driver: "
+                    f"a Ray worker on {node} loaded other weights for model {name!r} than the driver: "
                     "give every node the same models (a shared GRAFTLENS_CACHE for finetuned ones)"
                 )
         recipient = models[recipe.recipient]

@@ -168,8 +168,9 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
         if on_ray is not None:
-            setup = WorkerSetup(recipe, recipe_path.parent if recipe_path else None, device, prompts, configs, attributes,
-                                inputs["models"], pad, torch.get_num_threads())  # fmt: skip
+            base_dir = recipe_path.parent.resolve() if recipe_path else None
+            setup = WorkerSetup(recipe, base_dir, device, prompts, configs, attributes, inputs["models"], pad,
+                                torch.get_num_threads())  # fmt: skip
             del models, recipient  # the workers load their own; this process only writes
             _free_memory()
             outcome = score_on_ray(store, run_id, setup, address=on_ray.address, workers=on_ray.workers,
