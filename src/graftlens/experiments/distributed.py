@@ -90,7 +90,13 @@ class ScoringWorker:
     weights, say); the failure is kept and raised by :meth:`ready`, so that the driver reports
     it as the error it is, not as a dead actor."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
+    def __init__(self, setup: WorkerSetup | list) -> None:
+        # On Ray, ``[object ref of the setup]``: a reference nested in a list is not resolved
+        # by Ray, and the driver keeps it alive, so that a restarted worker fetches it again.
+        if isinstance(setup, list):
+            import ray
+
+            setup = ray.get(setup[0])
         self._failure: BaseException | None = None
         self._earlier: Mapping[str, dict[str, float]] = {}
         self._kept: list[Kept] = []
@@ -244,7 +250,7 @@ def _start_workers(ray, shared, setup: WorkerSetup, workers: int | None) -> list
         num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else setup.threads, max_restarts=WORKER_RESTARTS,
         max_task_retries=0,
     )  # fmt: skip
-    actors = [actor_class.remote(shared) for _ in range(count)]
+    actors = [actor_class.remote([shared]) for _ in range(count)]
     for actor in actors:
         _get(ray, actor.ready.remote())
     return actors
