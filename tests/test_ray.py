@@ -103,7 +103,7 @@ def _worker_pids() -> list[int]:
 
 def test_a_worker_killed_mid_run_is_restarted_and_changes_nothing(tmp_path, cluster, tiny_recipe, one_process) -> None:
     """SIGKILL both workers when the first unit is written (one of them is scoring the second):
-    Ray restarts them, they load their models again, the lost units are scored again, and the
+    new workers take their places and load the models, the lost units are scored again, and the
     rows are the single process's."""
     recipe, path = load_recipe(tiny_recipe)
     killed: list[int] = []

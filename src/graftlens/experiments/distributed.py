@@ -8,8 +8,8 @@ store's lock, writes each unit's rows in the order a single process would (units
 early wait for the ones before them), and merges the tensors methods keep into the run
 directory. Resume, kills and the "another recipe" guard are therefore the runner's own.
 
-A worker that dies (killed, out of memory, its node lost) is restarted by Ray, reloads its
-models, and the unit it held is sent again; nothing it computed had been written. Phases are
+A worker that dies (killed, out of memory, its node lost) is replaced by a new one, which loads
+the models, and the unit it held is sent again; nothing it computed had been written. Phases are
 barriers: a later phase starts once every unit of the earlier ones is written, and its workers
 read those results from a snapshot the driver sends.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,9 @@ from graftlens.provenance import run_versions
 from graftlens.results.store import ResultRow, ResultsStore
 
 LOCAL = "local"  # ``--ray`` without an address: start a Ray instance on this machine
-WORKER_RESTARTS = 3  # how often Ray restarts one worker before the driver gives up on it
+WORKER_RESTARTS = 3  # how often a worker lost is replaced in its place before the run goes on without it
 UNIT_FAILURES = 3  # how often one unit may take its worker down before the run stops
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for a cluster's address to answer
-RESTART_POLL_S = 0.2  # how often to ask whether a restarting worker is back
 # Environment the workers need to find what the driver found (the finetune cache, the HF cache).
 FORWARDED_ENV = ("GRAFTLENS_CACHE", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -90,13 +88,7 @@ class ScoringWorker:
     weights, say); the failure is kept and raised by :meth:`ready`, so that the driver reports
     it as the error it is, not as a dead actor."""
 
-    def __init__(self, setup: WorkerSetup | list) -> None:
-        # On Ray, ``[object ref of the setup]``: a reference nested in a list is not resolved
-        # by Ray, and the driver keeps it alive, so that a restarted worker fetches it again.
-        if isinstance(setup, list):
-            import ray
-
-            setup = ray.get(setup[0])
+    def __init__(self, setup: WorkerSetup) -> None:
         self._failure: BaseException | None = None
         self._earlier: Mapping[str, dict[str, float]] = {}
         self._kept: list[Kept] = []
@@ -174,10 +166,9 @@ def score_on_ray(
     started = _connect(ray, address)
     actors: list = []
     try:
-        # The setup stays referenced while the run lasts: Ray restarts a worker from it.
-        shared = ray.put(setup)
-        actors = _start_workers(ray, shared, setup, workers)
-        return _drive(ray, actors, store, run_id, setup, progress, run_dir)
+        shared = ray.put(setup)  # referenced while the run lasts: a worker started in place of a lost one reads it
+        actors, make = _start_workers(ray, shared, setup, workers)
+        return _drive(ray, actors, make, store, run_id, setup, progress, run_dir)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -231,9 +222,10 @@ def _check_reachable(address: str) -> None:
         raise DistributedError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}") from None
 
 
-def _start_workers(ray, shared, setup: WorkerSetup, workers: int | None) -> list:
+def _start_workers(ray, shared, setup: WorkerSetup, workers: int | None) -> tuple[list, Callable[[], Any]]:
     """``workers`` actors, by default one per GPU of the cluster, or where it has none, one per
-    ``setup.threads`` CPUs (a CPU worker computes with that many threads and reserves as many)."""
+    ``setup.threads`` CPUs (a CPU worker computes with that many threads and reserves as many);
+    and how to start another one (in place of one lost)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     on_gpus = gpus > 0 and (setup.device is None or setup.device.startswith("cuda"))
@@ -246,14 +238,15 @@ def _start_workers(ray, shared, setup: WorkerSetup, workers: int | None) -> list
         has = f"{gpus} GPUs, one per worker" if on_gpus else f"{cpus} CPUs, {setup.threads} per worker"
         threads = "" if on_gpus else " (the threads this process computes with)"
         raise DistributedError(f"--workers {count}: the Ray cluster has {has}{threads}")
-    actor_class = ray.remote(ScoringWorker).options(
-        num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else setup.threads, max_restarts=WORKER_RESTARTS,
-        max_task_retries=0,
-    )  # fmt: skip
-    actors = [actor_class.remote([shared]) for _ in range(count)]
+    actor_class = ray.remote(ScoringWorker).options(num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else setup.threads)
+
+    def make():
+        return actor_class.remote(shared)
+
+    actors = [make() for _ in range(count)]
     for actor in actors:
         _get(ray, actor.ready.remote())
-    return actors
+    return actors, make
 
 
 def _get(ray, ref):
@@ -267,15 +260,15 @@ def _get(ray, ref):
         raise
 
 
-def _drive(ray, actors: list, store: ResultsStore, run_id: str, setup: WorkerSetup, progress: Progress | None,
-           run_dir: Path | None) -> DistributedOutcome:  # fmt: skip
+def _drive(ray, actors: list, make: Callable[[], Any], store: ResultsStore, run_id: str, setup: WorkerSetup,
+           progress: Progress | None, run_dir: Path | None) -> DistributedOutcome:  # fmt: skip
     """Hand units to idle workers, phase by phase, and write what comes back in unit order."""
     from graftlens.eval.batching import batches
 
     work = list(batches(setup.prompts, setup.recipe.eval.batch_size, setup.pad_id))
     units, done = plan_units(setup.configs, work, {c.name: store.done(run_id, c.name) for c in setup.configs})
     writer = _Writer(store, run_id, len(setup.configs) * len(setup.prompts), done, progress, run_dir)
-    pool = _Pool(ray, actors)
+    pool = _Pool(ray, actors, make)
     for phase in sorted({u.phase for u in units}):
         earlier = [c.name for c in setup.configs if c.phase < phase]
         snapshot = ray.put(store.target_probs(run_id, earlier)) if earlier else None
@@ -310,16 +303,17 @@ class _Writer:
 
 class _Pool:
     """The workers: each holds at most one unit. A unit whose worker died goes back to the
-    queue; the worker, once Ray has restarted it and it has loaded its models again, takes units
-    again (Ray gives up on a worker after ``WORKER_RESTARTS`` restarts, and so does the pool)."""
+    queue, and a new worker takes the dead one's place once it has loaded its models (at most
+    ``WORKER_RESTARTS`` times for one place)."""
 
-    def __init__(self, ray, actors: list) -> None:
-        self.ray = ray
+    def __init__(self, ray, actors: list, make: Callable[[], Any]) -> None:
+        self.ray, self.make = ray, make
         self.idle = deque(actors)
-        self.deaths = {id(a): 0 for a in actors}
+        self.actors = actors  # every live worker (the caller stops them at the end)
+        self.deaths = {id(a): 0 for a in actors}  # per place: how many workers died in it
         self.restarts = 0
         self.lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
-        # object ref → (unit index, or None for a restarted worker's ``ready`` call; the actor)
+        # object ref → (unit index, or None for a new worker's ``ready`` call; the actor)
         self.in_flight: dict[Any, tuple[int | None, Any]] = {}
 
     def run(self, units: list[Unit], snapshot, writer: _Writer) -> None:
@@ -337,44 +331,44 @@ class _Pool:
             (ref,), _ = self.ray.wait(list(self.in_flight), num_returns=1)
             index, actor = self.in_flight.pop(ref)
             if index is None:
-                self._revived(ref, actor)
+                self._started(ref, actor)
                 continue
             try:
                 finished[index] = _get(self.ray, ref)
             except self.lost as exc:
                 failures[index] += 1
-                self._lost(actor, units[index], failures[index], exc)
-                queue.appendleft(index)  # sent again, to the restarted worker or another
+                if failures[index] >= UNIT_FAILURES:
+                    unit, first_line = units[index], (str(exc).splitlines() or [""])[0]
+                    raise DistributedError(
+                        f"batch {unit.batch} (phase {unit.phase}) took its Ray worker down {failures[index]} times; "
+                        f"last: {type(exc).__name__}: {first_line}"
+                    ) from None
+                queue.appendleft(index)  # sent again, to the new worker or another
+                self._replace(actor)
                 continue
             self.idle.append(actor)
             while next_write in finished:
                 writer.write(units[next_write], *finished.pop(next_write))
                 next_write += 1
 
-    def _lost(self, actor, unit: Unit, failures: int, exc: BaseException) -> None:
-        """Count a worker lost while it held ``unit`` and wait for Ray to restart it."""
+    def _replace(self, dead) -> None:
+        """Start a worker in place of ``dead``; it takes units once its models are loaded."""
+        deaths = self.deaths.pop(id(dead)) + 1
+        self.actors.remove(dead)
+        self.ray.kill(dead, no_restart=True)  # whatever is left of it
         self.restarts += 1
-        self.deaths[id(actor)] += 1
-        if failures >= UNIT_FAILURES:
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            raise DistributedError(
-                f"batch {unit.batch} (phase {unit.phase}) took its Ray worker down {failures} times; "
-                f"last: {type(exc).__name__}: {first_line}"
-            ) from None
-        self._revive(actor)
+        if deaths > WORKER_RESTARTS:
+            return  # this place has lost too many; the others go on
+        actor = self.make()
+        self.actors.append(actor)
+        self.deaths[id(actor)] = deaths
+        self.in_flight[actor.ready.remote()] = (None, actor)
 
-    def _revive(self, actor) -> None:
-        if self.deaths[id(actor)] <= WORKER_RESTARTS:
-            self.in_flight[actor.ready.remote()] = (None, actor)
-
-    def _revived(self, ref, actor) -> None:
-        """A restarted worker answered ``ready``: it takes units again (or is still restarting)."""
+    def _started(self, ref, actor) -> None:
+        """A new worker answered ``ready``: it takes units (or died loading, and is replaced)."""
         try:
-            _get(self.ray, ref)
-        except self.ray.exceptions.ActorUnavailableError:  # Ray is still restarting it: ask again shortly
-            time.sleep(RESTART_POLL_S)
-            self._revive(actor)
-        except self.lost:  # gone for good
-            self.deaths[id(actor)] = WORKER_RESTARTS + 1
+            _get(self.ray, ref)  # its own error (a recipe error, say) is raised as itself
+        except self.lost:
+            self._replace(actor)
         else:
             self.idle.append(actor)
