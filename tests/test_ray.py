@@ -134,7 +134,7 @@ def test_a_run_begun_by_one_process_resumes_on_ray(tmp_path, cluster, tiny_recip
     assert summary.written == summary.total - partial and partial > 0
     assert _all_rows(out) == _all_rows(one_process)
     again = run_recipe(recipe, out, recipe_path=path, ray="local")
-    assert again.written == 0 and again.total == summary.total
+    assert again.written == 0 and again.total == summary.total and again.workers == 0  # nothing to do: no worker started
 
 
 def test_a_ray_run_stopped_midway_is_finished_by_one_process(tmp_path, cluster, tiny_recipe, one_process) -> None:

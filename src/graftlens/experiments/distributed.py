@@ -162,13 +162,28 @@ def score_on_ray(
     run_dir: Path | None = None,
 ) -> DistributedOutcome:
     """Score every unit the store lacks on Ray workers; write the rows here, in the runner's order."""
+    from graftlens.eval.batching import batches
+
+    work = list(batches(setup.prompts, setup.recipe.eval.batch_size, setup.pad_id))
+    units, done = plan_units(setup.configs, work, {c.name: store.done(run_id, c.name) for c in setup.configs})
+    writer = _Writer(store, run_id, len(setup.configs) * len(setup.prompts), done, progress, run_dir)
+    writer.report()  # the bar shows while the workers load their models
+    if not units:  # a finished run: nothing to start Ray for
+        return DistributedOutcome(0, 0, 0)
     ray = _import_ray()
     started = _connect(ray, address)
     actors: list = []
     try:
         shared = ray.put(setup)  # referenced while the run lasts: a worker started in place of a lost one reads it
         actors, make = _start_workers(ray, shared, setup, workers)
-        return _drive(ray, actors, make, store, run_id, setup, progress, run_dir)
+        count = len(actors)
+        pool = _Pool(ray, actors, make)
+        for phase in sorted({u.phase for u in units}):
+            earlier = [c.name for c in setup.configs if c.phase < phase]
+            snapshot = ray.put(store.target_probs(run_id, earlier)) if earlier else None
+            pool.run([u for u in units if u.phase == phase], snapshot, writer)
+        writer.report()
+        return DistributedOutcome(writer.written, count, pool.restarts)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -196,12 +211,12 @@ def _connect(ray, address: str) -> bool:
         return False
     _check_reachable(address)
     env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
-    options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": False}
+    options: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
     try:
-        if address == LOCAL:
-            ray.init(include_dashboard=False, **options)
+        if address == LOCAL:  # a private instance: its start-up notes are not the user's concern
+            ray.init(include_dashboard=False, logging_level=logging.ERROR, **options)
         else:
-            ray.init(address=address, **options)
+            ray.init(address=address, logging_level=logging.WARNING, **options)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError ...
         where = "a local Ray instance" if address == LOCAL else f"the Ray cluster at {address!r}"
         raise DistributedError(f"cannot start or join {where}: {exc}") from None
@@ -258,23 +273,6 @@ def _get(ray, ref):
         if isinstance(cause, BaseException):
             raise cause from None
         raise
-
-
-def _drive(ray, actors: list, make: Callable[[], Any], store: ResultsStore, run_id: str, setup: WorkerSetup,
-           progress: Progress | None, run_dir: Path | None) -> DistributedOutcome:  # fmt: skip
-    """Hand units to idle workers, phase by phase, and write what comes back in unit order."""
-    from graftlens.eval.batching import batches
-
-    work = list(batches(setup.prompts, setup.recipe.eval.batch_size, setup.pad_id))
-    units, done = plan_units(setup.configs, work, {c.name: store.done(run_id, c.name) for c in setup.configs})
-    writer = _Writer(store, run_id, len(setup.configs) * len(setup.prompts), done, progress, run_dir)
-    pool = _Pool(ray, actors, make)
-    for phase in sorted({u.phase for u in units}):
-        earlier = [c.name for c in setup.configs if c.phase < phase]
-        snapshot = ray.put(store.target_probs(run_id, earlier)) if earlier else None
-        pool.run([u for u in units if u.phase == phase], snapshot, writer)
-    writer.report()
-    return DistributedOutcome(writer.written, len(actors), pool.restarts)
 
 
 class _Writer:
