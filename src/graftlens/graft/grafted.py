@@ -98,10 +98,21 @@ class BatchState:
         self.shape = shape  # (batch, pos)
         self.padding = padding.reshape(-1) if padding is not None and bool(padding.any()) else None  # [batch*pos]
         self._groups: dict[bytes, PositionGroups] = {}
+        # The same owner maps (by identity: segments claimed by the same rules share theirs) are
+        # grouped once; the maps are kept with their groups so that no identity is reused.
+        self._seen: dict[tuple[int, ...], tuple[Sequence[torch.Tensor], PositionGroups | None]] = {}
         self._remembered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
 
-    def groups(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups:
-        """Group positions by their owner per segment (``owner_maps``: ``[batch, pos]`` each)."""
+    def groups(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups | None:
+        """Group positions by their owner per segment (``owner_maps``: ``[batch, pos]`` each); None
+        when the base owns every segment everywhere (nothing grafted)."""
+        seen = tuple(id(o) for o in owner_maps)
+        if seen not in self._seen:
+            grafted = any(bool(o.any()) for o in owner_maps)
+            self._seen[seen] = (owner_maps, self._grouped(owner_maps) if grafted else None)
+        return self._seen[seen][1]
+
+    def _grouped(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups:
         n_owners = 1 + max(int(o.max()) for o in owner_maps)
         code = torch.zeros_like(owner_maps[0].reshape(-1))  # [batch*pos]: one number per owner combination
         for o in owner_maps:
@@ -216,10 +227,7 @@ class GraftedModule(_Replacement):
     def set_plan(self, plan: ModulePlan | None, state: BatchState | None) -> None:
         """This batch's plan for the module; None when nothing is grafted."""
         self.state = state
-        if state is None or plan is None or plan.is_trivial():
-            self.groups = None
-        else:
-            self.groups = state.groups(plan.owners)
+        self.groups = None if state is None or plan is None else state.groups(plan.owners)
 
     def has_hooks(self) -> bool:
         return bool(self.module._forward_hooks or self.module._forward_pre_hooks)
@@ -313,7 +321,7 @@ class GraftedBlock(_Replacement):
                 own = plans[m.path].owners
                 self._slices.append((m, slice(len(maps), len(maps) + len(own))))
                 maps.extend(own)
-        if maps:
+        if maps:  # some member is grafted, so the groups are not None
             self.groups = state.groups(maps)
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -88,14 +88,12 @@ def rule_sites(adapter: ArchitectureAdapter, rule: Graft) -> list[SiteChoice]:
 
 @dataclass
 class ModulePlan:
-    """Who computes each segment of one module's output, per position."""
+    """Who computes each segment of one module's output, per position (segments claimed by the
+    same rules share one owner map: treat the maps as read-only)."""
 
     path: str
     segments: list[Rows | None]
     owners: list[torch.Tensor] = field(default_factory=list)  # per segment: LongTensor[batch, pos]
-
-    def is_trivial(self) -> bool:
-        return all(not bool(o.any()) for o in self.owners)
 
     def last(self, n: int) -> ModulePlan:
         """The plan of the last ``n`` positions only (a KV-cache continuation computes just those)."""
@@ -132,9 +130,12 @@ def compile_rules(
     for k in range(int(new_index.max()) + 1):
         upto = attention_mask * (new_index <= k)  # the prompt and new tokens 0..k
         at = new_index == k  # [batch, pos]
+        done: set[int] = set()  # owner maps are shared between segments: update each once
         for path, plan in _compile(adapter, rules, donor_names, upto, spans, all_sites).items():
             for owners, owners_k in zip(plans[path].owners, plan.owners):
-                owners[at] = owners_k[at]
+                if id(owners) not in done:
+                    done.add(id(owners))
+                    owners[at] = owners_k[at]
     return plans
 
 
@@ -165,22 +166,32 @@ def _compile(
     import torch
 
     batch, seq = attention_mask.shape
-    plans: dict[str, ModulePlan] = {}
-    for rule in rules:
-        donor_index = list(donor_names).index(rule.donor) + 1
-        mask = resolve_positions(rule.positions, attention_mask, spans)  # [batch, pos]
+    # Which rules claim each segment of each module, in order: a segment's owner map follows
+    # from that list alone, so segments with the same list share one map (most share one of a
+    # few). The engine groups positions once per distinct map, not once per module.
+    claims: dict[str, list[list[int]]] = {}
+    for r, rule in enumerate(rules):
         for site in rule_sites(adapter, rule):
-            plan = plans.get(site.path)
-            if plan is None:
-                segments = list(all_sites[site.path])
-                owners = [torch.zeros(batch, seq, dtype=torch.long, device=attention_mask.device) for _ in segments]
-                plan = plans[site.path] = ModulePlan(site.path, segments, owners)
-            if site.rows is None:
-                targets = range(len(plan.segments))
-            else:
-                targets = [plan.segments.index(site.rows)]
-            for k in targets:
-                plan.owners[k][mask] = donor_index
+            segments = all_sites[site.path]
+            lists = claims.setdefault(site.path, [[] for _ in segments])
+            for k in range(len(segments)) if site.rows is None else [segments.index(site.rows)]:
+                if not lists[k] or lists[k][-1] != r:  # a rule claims a segment once
+                    lists[k].append(r)
+    masks: dict[int, torch.Tensor] = {}  # rule index → its positions, [batch, pos]
+    maps: dict[tuple[int, ...], torch.Tensor] = {}  # rules that claim a segment → its owner map
+    plans: dict[str, ModulePlan] = {}
+    for path, lists in claims.items():
+        owners = []
+        for rule_list in map(tuple, lists):
+            if rule_list not in maps:
+                owner = torch.zeros(batch, seq, dtype=torch.long, device=attention_mask.device)
+                for r in rule_list:
+                    if r not in masks:
+                        masks[r] = resolve_positions(rules[r].positions, attention_mask, spans)
+                    owner[masks[r]] = list(donor_names).index(rules[r].donor) + 1
+                maps[rule_list] = owner
+            owners.append(maps[rule_list])
+        plans[path] = ModulePlan(path, list(all_sites[path]), owners)
     return plans
 
 
