@@ -22,8 +22,10 @@ class DonorError(GraftlensError):
     """A donor is missing, of another architecture, or has tensors of other shapes."""
 
 
-def _module_params(module: nn.Module) -> dict[str, torch.Tensor]:
-    return dict(module.named_parameters(recurse=False))
+def module_params(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's own parameters by name: ``named_parameters(recurse=False)`` without its
+    generic walk, which costs more than the rest of setting up a graft once per module."""
+    return {name: p for name, p in module._parameters.items() if p is not None}
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, list[str]]:
@@ -81,16 +83,16 @@ def donor_weights(
         for path in paths:
             if path not in donor_modules:
                 raise DonorError(f"donor {name!r} has no module {path!r}")
-            tensors[path] = {k: v.detach() for k, v in _module_params(donor_modules[path]).items()}
+            tensors[path] = {k: v.detach() for k, v in module_params(donor_modules[path]).items()}
         weights = DonorWeights(name, type(donor).__name__, tensors, owned=False)
     else:
         weights = _lazy_from_checkpoint(name, Path(donor), base, paths)
-    _check_shapes(weights, base, paths)
+    base_modules = dict(base.named_modules())
+    _check_shapes(weights, base_modules, paths)
     # Each module's donor tensors go where that module computes, in its dtype: a base split
     # over devices (a device map) keeps every module's donor weights beside its own.
-    base_modules = dict(base.named_modules())
     for path, params in weights.tensors.items():
-        like = next(iter(_module_params(base_modules[path]).values()))
+        like = next(iter(module_params(base_modules[path]).values()))
         device, dtype = _execution_device(base_modules[path], like.device), like.dtype
         for key, t in params.items():
             if t.device != device or t.dtype != dtype:
@@ -109,10 +111,9 @@ def _execution_device(module: nn.Module, device: torch.device) -> torch.device:
     return device
 
 
-def _check_shapes(weights: DonorWeights, base: nn.Module, paths: list[str]) -> None:
-    base_modules = dict(base.named_modules())
+def _check_shapes(weights: DonorWeights, base_modules: dict[str, nn.Module], paths: list[str]) -> None:
     for path in paths:
-        base_params = _module_params(base_modules[path])
+        base_params = module_params(base_modules[path])
         donor_params = weights.tensors[path]
         for pname, bp in base_params.items():
             dp = donor_params.get(pname)
@@ -144,7 +145,7 @@ def _lazy_from_checkpoint(name: str, directory: Path, base: nn.Module, paths: li
     aliases = _tied_aliases(base)
     wanted: dict[str, tuple[str, str]] = {}  # checkpoint key -> (module path, param name)
     for path in paths:
-        for pname in _module_params(base.get_submodule(path)):
+        for pname in module_params(base.get_submodule(path)):
             full = f"{path}.{pname}"
             # A tied tensor is stored once, under any of its names.
             key = next((k for k in [full, *aliases.get(full, [])] if k in key_to_file), None)

@@ -19,7 +19,6 @@ Padded positions, which no real position reads, are left out of the groups altog
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import GraftlensError
+from graftlens.graft.donors import module_params
 from graftlens.graft.rules import ModulePlan
 from graftlens.models.adapters import Rows, rows_index
 
@@ -38,10 +38,11 @@ MIN_CHUNK_COLUMNS = 64
 
 def twin(module: nn.Module, params: Mapping[str, torch.Tensor]) -> nn.Module:
     """A shallow copy of ``module`` whose parameters are ``params`` (no data copied)."""
-    clone = copy.copy(module)
+    clone = object.__new__(type(module))  # what copy.copy does for a module, without its generic protocol
+    clone.__dict__.update(module.__dict__)
     clone.__dict__.pop("forward", None)
     # Keep every registered name (a Linear without bias registers bias=None).
-    clone._parameters = {name: params.get(name) for name in module._parameters}  # type: ignore[assignment]
+    clone.__dict__["_parameters"] = {name: params.get(name) for name in module._parameters}
     return clone
 
 
@@ -210,8 +211,9 @@ class GraftedModule(_Replacement):
         super().__init__(module, path)
         self.remember = remember
         self.twins = [twin(module, p) for p in donor_params]  # index i-1 ↔ owner i
-        self.params = [dict(module.named_parameters(recurse=False)), *donor_params]  # owner → its tensors
-        device = next(module.parameters()).device
+        own = module_params(module)
+        self.params = [own, *donor_params]  # owner → its tensors
+        device = next(iter(own.values())).device
         self.row_index = [rows_index(rows, device) for rows in segments]  # output rows of each segment
         self.state: BatchState | None = None
         self.groups: PositionGroups | None = None
