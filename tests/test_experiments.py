@@ -282,13 +282,18 @@ def _all_rows(run_dir: Path) -> list[tuple]:
     return rows
 
 
+def interrupted_run(recipe, path: Path, out: Path, batches: int = 7) -> int:
+    """Run ``recipe`` into ``out`` and stop it after ``batches`` units; the rows it left."""
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out, recipe_path=path, stop_after_batches=batches)
+    with ResultsStore(out / "results.sqlite") as store:
+        return store.count(recipe.content_hash())
+
+
 def test_resume_after_an_interruption_loses_and_duplicates_nothing(tmp_path, recipe_file, finished_run) -> None:
     recipe, path = load_recipe(recipe_file)
     out = tmp_path / "run"
-    with pytest.raises(Interrupted):
-        run_recipe(recipe, out, recipe_path=path, stop_after_batches=7)
-    with ResultsStore(out / "results.sqlite") as store:
-        partial = store.count(recipe.content_hash())
+    partial = interrupted_run(recipe, path, out)
     assert 0 < partial < len(_all_rows(finished_run))
     summary = run_recipe(recipe, out, recipe_path=path)
     assert summary.written == summary.total - partial

@@ -23,7 +23,7 @@ from graftlens.experiments.distributed import DistributedError
 from graftlens.experiments.runner import Interrupted
 from graftlens.results.store import ResultsStore
 from test_circuit_recipes import _circuit_recipe, et_model_dir  # noqa: F401 - a fixture used below
-from test_experiments import _all_rows, recipe_text
+from test_experiments import _all_rows, interrupted_run, recipe_text
 from test_recall_recipes import _recipe as recall_recipe
 
 if os.environ.get("GRAFTLENS_REQUIRE_RAY"):
@@ -126,10 +126,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_changes_nothing(tmp_path, clus
 def test_a_run_begun_by_one_process_resumes_on_ray(tmp_path, cluster, tiny_recipe, one_process) -> None:
     recipe, path = load_recipe(tiny_recipe)
     out = tmp_path / "run"
-    with pytest.raises(Interrupted):
-        run_recipe(recipe, out, recipe_path=path, stop_after_batches=7)
-    with ResultsStore(out / "results.sqlite") as store:
-        partial = store.count(recipe.content_hash())
+    partial = interrupted_run(recipe, path, out)
     summary = run_recipe(recipe, out, recipe_path=path, ray="local", workers=2)
     assert summary.written == summary.total - partial and partial > 0
     assert _all_rows(out) == _all_rows(one_process)
