@@ -30,8 +30,7 @@ from typing import Any
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.errors import GraftlensError
 from graftlens.experiments.recipe import Recipe
-from graftlens.experiments.units import Unit, UnitScorer, plan_units
-from graftlens.fileio import merge_tensors_atomic
+from graftlens.experiments.units import Keep, Unit, UnitScorer, UnitWriter, plan_units, run_dir_keeper
 from graftlens.methods import RunConfig
 from graftlens.provenance import run_versions
 from graftlens.results.store import ResultRow, ResultsStore
@@ -44,7 +43,7 @@ CONNECT_TIMEOUT_S = 5.0  # how long to wait for a cluster's address to answer
 FORWARDED_ENV = ("GRAFTLENS_CACHE", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 Progress = Callable[[int, int], None]
-Kept = tuple[str, Mapping[str, Any], Mapping[str, str]]  # (file name, tensors, metadata): Context.keep's arguments
+Kept = tuple[str, Mapping[str, Any], Mapping[str, str]]  # (file name, tensors, metadata): Keep's arguments
 
 
 class DistributedError(GraftlensError):
@@ -165,8 +164,8 @@ def score_on_ray(
     from graftlens.eval.batching import batches
 
     work = list(batches(setup.prompts, setup.recipe.eval.batch_size, setup.pad_id))
-    units, done = plan_units(setup.configs, work, {c.name: store.done(run_id, c.name) for c in setup.configs})
-    writer = _Writer(store, run_id, len(setup.configs) * len(setup.prompts), done, progress, run_dir)
+    units, done = plan_units(setup.configs, work, store, run_id)
+    writer = UnitWriter(store, run_id, len(setup.configs) * len(setup.prompts), done, progress)
     writer.report()  # the bar shows while the workers load their models
     if not units:  # a finished run: nothing to start Ray for
         return DistributedOutcome(0, 0, 0)
@@ -177,7 +176,7 @@ def score_on_ray(
         shared = ray.put(setup)  # referenced while the run lasts: a worker started in place of a lost one reads it
         actors, make = _start_workers(ray, shared, setup, workers)
         count = len(actors)
-        pool = _Pool(ray, actors, make)
+        pool = _Pool(ray, actors, make, run_dir_keeper(run_dir))
         for phase in sorted({u.phase for u in units}):
             earlier = [c.name for c in setup.configs if c.phase < phase]
             snapshot = ray.put(store.target_probs(run_id, earlier)) if earlier else None
@@ -275,37 +274,13 @@ def _get(ray, ref):
         raise
 
 
-class _Writer:
-    """Writes units' rows into the store strictly in unit order, holding those that come early."""
-
-    def __init__(self, store: ResultsStore, run_id: str, total: int, done: int, progress: Progress | None,
-                 run_dir: Path | None) -> None:  # fmt: skip
-        self.store, self.run_id, self.total, self.done = store, run_id, total, done
-        self.progress, self.run_dir = progress, run_dir
-        self.written = 0
-
-    def write(self, unit: Unit, rows: list[list[ResultRow]], kept: list[Kept]) -> None:
-        for config_rows in rows:  # one transaction per configuration, as the runner writes them
-            self.store.add(self.run_id, config_rows)
-            self.written += unit.n_prompts
-            self.done += unit.n_prompts
-            self.report()
-        for name, tensors, metadata in kept:
-            if self.run_dir is not None:
-                merge_tensors_atomic(self.run_dir / name, tensors, metadata)
-
-    def report(self) -> None:
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-
-
 class _Pool:
     """The workers: each holds at most one unit. A unit whose worker died goes back to the
     queue, and a new worker takes the dead one's place once it has loaded its models (at most
     ``WORKER_RESTARTS`` times for one place)."""
 
-    def __init__(self, ray, actors: list, make: Callable[[], Any]) -> None:
-        self.ray, self.make = ray, make
+    def __init__(self, ray, actors: list, make: Callable[[], Any], keep: Keep | None) -> None:
+        self.ray, self.make, self.keep = ray, make, keep  # keep: merges tensors the workers kept into the run directory
         self.idle = deque(actors)
         self.actors = actors  # every live worker (the caller stops them at the end)
         self.deaths = {id(a): 0 for a in actors}  # per place: how many workers died in it
@@ -314,8 +289,8 @@ class _Pool:
         # object ref → (unit index, or None for a new worker's ``ready`` call; the actor)
         self.in_flight: dict[Any, tuple[int | None, Any]] = {}
 
-    def run(self, units: list[Unit], snapshot, writer: _Writer) -> None:
-        """Score ``units`` (one phase) and write them in their order."""
+    def run(self, units: list[Unit], snapshot, writer: UnitWriter) -> None:
+        """Score ``units`` (one phase) and write them in their order, holding those that come early."""
         queue = deque(range(len(units)))
         failures = [0] * len(units)
         finished: dict[int, tuple[list[list[ResultRow]], list[Kept]]] = {}
@@ -346,7 +321,11 @@ class _Pool:
                 continue
             self.idle.append(actor)
             while next_write in finished:
-                writer.write(units[next_write], *finished.pop(next_write))
+                rows, kept = finished.pop(next_write)
+                for config_rows in rows:
+                    writer.add(units[next_write], config_rows)
+                for item in kept if self.keep is not None else ():
+                    self.keep(*item)
                 next_write += 1
 
     def _replace(self, dead) -> None:

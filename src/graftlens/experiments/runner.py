@@ -26,8 +26,8 @@ from graftlens.experiments.setup import (
     prepare_models,
     recipe_data,
 )
-from graftlens.experiments.units import UnitScorer, plan_units
-from graftlens.fileio import merge_tensors_atomic, write_json_atomic
+from graftlens.experiments.units import UnitScorer, UnitWriter, plan_units, run_dir_keeper
+from graftlens.fileio import write_json_atomic
 from graftlens.methods import Context, RunConfig
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
@@ -78,7 +78,8 @@ def run_recipe(
 
     With ``ray`` (a cluster address, or ``"local"`` to start one here), Ray workers score the
     units and this process writes them, in the same order (:mod:`graftlens.experiments.distributed`);
-    ``workers`` says how many (default: one per GPU of the cluster, else one per CPU)."""
+    ``workers`` says how many (default: one per GPU of the cluster, else the cluster's CPUs
+    divided by this process's threads, which each worker computes with)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     check_device(device)
@@ -215,32 +216,20 @@ def _score_all(
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
     context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work,
-                      keep=_keeper(run_dir), configs=configs, target_logprob=bool(asks and asks.target_logprob),
+                      keep=run_dir_keeper(run_dir), configs=configs, target_logprob=bool(asks and asks.target_logprob),
                       generate=asks.generate if asks else 0)  # fmt: skip
     scorer = UnitScorer(context, configs, recipient, attributes)
-    units, done = plan_units(configs, work, {c.name: store.done(run_id, c.name) for c in configs})
-    total = len(configs) * len(prompts)
-    written = batches_run = 0
+    units, done = plan_units(configs, work, store, run_id)
+    writer = UnitWriter(store, run_id, len(configs) * len(prompts), done, progress)
+    batches_run = 0
     for unit in units:
         for name in unit.configs:
             if stop_after_batches is not None and batches_run >= stop_after_batches:
                 raise Interrupted(f"stopped after {batches_run} batches")
-            store.add(run_id, scorer.rows(name, work[unit.batch]))
+            writer.add(unit, scorer.rows(name, work[unit.batch]))
             batches_run += 1
-            written += unit.n_prompts
-            done += unit.n_prompts
-            if progress is not None:
-                progress(done, total)
-    if progress is not None:
-        progress(done, total)
-    return written
-
-
-def _keeper(run_dir: Path | None):
-    """``Context.keep`` for a run directory: tensors a method keeps are merged into its files."""
-    if run_dir is None:
-        return None
-    return lambda name, tensors, metadata: merge_tensors_atomic(run_dir / name, tensors, metadata)
+    writer.report()
+    return writer.written
 
 
 def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command) -> dict:

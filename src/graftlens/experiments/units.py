@@ -7,17 +7,20 @@ receives them from distributed workers, so every way of running gives the same s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
+from graftlens.fileio import merge_tensors_atomic
 from graftlens.methods import Context, RunConfig, method_for
+from graftlens.methods.registry import Keep
 from graftlens.models import LoadedModel
-from graftlens.results.store import ResultRow, StoreError
+from graftlens.results.store import ResultRow, ResultsStore, StoreError
 
 TOP_TOKENS_KEPT = 5
 
@@ -32,12 +35,14 @@ class Unit:
     n_prompts: int  # prompts in the batch: each configuration adds this many rows
 
 
-def plan_units(configs: Sequence[RunConfig], work: Sequence[PromptBatch], done: Mapping[str, set[str]]) -> tuple[list[Unit], int]:
-    """The units still to score, in scoring order, and how many results the store already holds.
+def plan_units(configs: Sequence[RunConfig], work: Sequence[PromptBatch], store: ResultsStore,
+               run: str) -> tuple[list[Unit], int]:  # fmt: skip
+    """The units of run ``run`` still to score, in scoring order, and how many results the store
+    already holds.
 
-    ``done`` maps a configuration to the examples stored for it. A batch stored in part for a
-    configuration cannot have come from a run of this code (a unit's rows land in one transaction
-    per configuration), so it is an error."""
+    A batch stored in part for a configuration cannot have come from a run of this code (a
+    unit's rows land in one transaction per configuration), so it is an error."""
+    done = {c.name: store.done(run, c.name) for c in configs}  # configuration → examples stored
     units: list[Unit] = []
     already = 0
     for phase in sorted({c.phase for c in configs}):
@@ -54,6 +59,34 @@ def plan_units(configs: Sequence[RunConfig], work: Sequence[PromptBatch], done: 
             if missing:
                 units.append(Unit(phase, index, tuple(missing), len(ids)))
     return units, already
+
+
+def run_dir_keeper(run_dir: Path | None) -> Keep | None:
+    """``Context.keep`` for a run directory: tensors a method keeps are merged into its files."""
+    if run_dir is None:
+        return None
+    return lambda name, tensors, metadata: merge_tensors_atomic(run_dir / name, tensors, metadata)
+
+
+class UnitWriter:
+    """Writes a run's rows into its store, one configuration of a unit per transaction, counting
+    them and reporting progress (``progress(results done, results in all)``)."""
+
+    def __init__(self, store: ResultsStore, run: str, total: int, done: int,
+                 progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+        self.store, self.run, self.total, self.done, self.progress = store, run, total, done, progress
+        self.written = 0  # rows this run added
+
+    def add(self, unit: Unit, rows: list[ResultRow]) -> None:
+        """One configuration's rows of ``unit``."""
+        self.store.add(self.run, rows)
+        self.written += unit.n_prompts
+        self.done += unit.n_prompts
+        self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 class UnitScorer:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # methods register (and recipes validate) without torch; read
     from graftlens.results.rundata import RunData, StoredConfig
 
 
+Keep = Callable[[str, Mapping[str, Any], Mapping[str, str]], None]  # (file name, tensors, metadata)
+
+
 @dataclass
 class Context:
     """What readouts share across the configurations of one run: the loaded models, and state a
@@ -46,7 +49,7 @@ class Context:
     # ``keep(file name, tensors, metadata)``: how a method keeps tensors it computed beside the
     # store, merged into that file of the run directory by whoever writes the run (the runner, or
     # a distributed run's driver); None: not kept.
-    keep: Callable[[str, Mapping[str, Any], Mapping[str, str]], None] | None = None
+    keep: Keep | None = None
     # Every configuration of the run (a readout may compute its siblings' results in one pass).
     configs: Sequence[RunConfig] = ()
     # What the recipe asks beyond next-token scores, of the methods that measure it (weight
