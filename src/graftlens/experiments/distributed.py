@@ -30,7 +30,7 @@ from typing import Any
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.errors import GraftlensError
 from graftlens.experiments.recipe import Recipe
-from graftlens.experiments.units import Keep, Unit, UnitScorer, UnitWriter, plan_units, run_dir_keeper
+from graftlens.experiments.units import Keep, Unit, UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.methods import RunConfig
 from graftlens.provenance import run_versions
 from graftlens.results.store import ResultRow, ResultsStore
@@ -101,7 +101,6 @@ class ScoringWorker:
 
         from graftlens.eval.batching import batches
         from graftlens.experiments.setup import prepare_models, recipe_data
-        from graftlens.methods import Context
         from graftlens.models import model_fingerprint
 
         node = os.uname().nodename
@@ -125,10 +124,8 @@ class ScoringWorker:
                 )
         recipient = models[recipe.recipient]
         self._work = list(batches(setup.prompts, recipe.eval.batch_size, setup.pad_id))
-        context = Context(models, results=self._results, batches=self._work, keep=lambda *kept: self._kept.append(kept),
-                          configs=setup.configs, target_logprob=recipe.eval.target_logprob,
-                          generate=recipe.eval.generate)  # fmt: skip
-        self._scorer = UnitScorer(context, setup.configs, recipient, setup.attributes)
+        self._scorer = run_scorer(models, recipient, setup.configs, self._work, recipe.eval, setup.attributes,
+                                  self._results, lambda *kept: self._kept.append(kept))  # fmt: skip
 
     def ready(self) -> int:
         """The worker's process id, once its models are loaded (or the error that stopped it)."""

@@ -26,9 +26,9 @@ from graftlens.experiments.setup import (
     prepare_models,
     recipe_data,
 )
-from graftlens.experiments.units import UnitScorer, UnitWriter, plan_units, run_dir_keeper
+from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.fileio import write_json_atomic
-from graftlens.methods import Context, RunConfig
+from graftlens.methods import RunConfig
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
 from graftlens.results.lock import run_lock
@@ -215,10 +215,8 @@ def _score_all(
     turn: what configurations share for a batch (the recipient's prefix cache, a donor's
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    context = Context(models, results=lambda names: store.target_probs(run_id, names), batches=work,
-                      keep=run_dir_keeper(run_dir), configs=configs, target_logprob=bool(asks and asks.target_logprob),
-                      generate=asks.generate if asks else 0)  # fmt: skip
-    scorer = UnitScorer(context, configs, recipient, attributes)
+    scorer = run_scorer(models, recipient, configs, work, asks, attributes,
+                        lambda names: store.target_probs(run_id, names), run_dir_keeper(run_dir))  # fmt: skip
     units, done = plan_units(configs, work, store, run_id)
     writer = UnitWriter(store, run_id, len(configs) * len(prompts), done, progress)
     batches_run = 0

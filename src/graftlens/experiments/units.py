@@ -16,6 +16,7 @@ import torch
 from graftlens.data.attributes import ATTRIBUTE_K
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
+from graftlens.experiments.recipe import EvalSpec
 from graftlens.fileio import merge_tensors_atomic
 from graftlens.methods import Context, RunConfig, method_for
 from graftlens.methods.registry import Keep
@@ -87,6 +88,16 @@ class UnitWriter:
     def report(self) -> None:
         if self.progress is not None:
             self.progress(self.done, self.total)
+
+
+def run_scorer(models: Mapping[str, LoadedModel], recipient: LoadedModel, configs: Sequence[RunConfig],
+               work: Sequence[PromptBatch], asks: EvalSpec | None, attributes: Mapping[str, frozenset[int]] | None,
+               results: Callable[[Sequence[str]], dict[str, dict[str, float]]], keep: Keep | None) -> UnitScorer:  # fmt: skip
+    """The scorer of a run's units, with the Context its configurations share: the one place a
+    recipe's ``eval`` settings become what readouts are asked for, wherever the run is scored."""
+    context = Context(models, results=results, batches=work, keep=keep, configs=configs,
+                      target_logprob=bool(asks and asks.target_logprob), generate=asks.generate if asks else 0)  # fmt: skip
+    return UnitScorer(context, configs, recipient, attributes)
 
 
 class UnitScorer:
