@@ -30,7 +30,7 @@ from graftlens.graft.reference import reference_forward
 TECHNIQUES = {
     "no_padding_skip": "padded positions computed like real ones (as the plain forward does)",
     "no_mlp_block": "gate/up/down grafted module by module, each gathering and scattering its rows",
-    "no_remembered": "q/k/v and the MLP gather the norm's output again instead of reusing its grouped rows",
+    "no_patch": "norms and embeddings gathered and scattered like projections, not computed whole and patched",
     "no_wide_chunks": "the unembedding gathered and scattered whole like any other module",
 }
 
@@ -38,14 +38,14 @@ TECHNIQUES = {
 @contextlib.contextmanager
 def without(*techniques: str) -> Iterator[None]:
     """The engine with some of its techniques (TECHNIQUES) turned off."""
-    saved = engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT
+    saved = engine.BatchState, engine._mlp_blocks, engine.PATCHED_COMPONENTS, grafted.WIDE_OUTPUT
     for technique in techniques:
         if technique == "no_padding_skip":
             engine.BatchState = lambda shape, padding=None: grafted.BatchState(shape)
         elif technique == "no_mlp_block":
             engine._mlp_blocks = lambda *args: []
-        elif technique == "no_remembered":
-            engine.STREAM_COMPONENTS = ()
+        elif technique == "no_patch":
+            engine.PATCHED_COMPONENTS = ()
         elif technique == "no_wide_chunks":
             grafted.WIDE_OUTPUT = 10**9
         else:
@@ -53,7 +53,7 @@ def without(*techniques: str) -> Iterator[None]:
     try:
         yield
     finally:
-        engine.BatchState, engine._mlp_blocks, engine.STREAM_COMPONENTS, grafted.WIDE_OUTPUT = saved
+        engine.BatchState, engine._mlp_blocks, engine.PATCHED_COMPONENTS, grafted.WIDE_OUTPUT = saved
 
 
 FIRST = ["Maren", "Tobias", "Ilse", "Corwin", "Dagny", "Ferris", "Odile", "Lucan"]

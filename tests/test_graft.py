@@ -112,6 +112,23 @@ def test_chunked_wide_outputs_equal_reference(family: str, monkeypatch) -> None:
         assert (got[real] - want[real]).abs().max() < 1e-4
 
 
+def test_linear_fast_paths_step_aside_for_autograd(monkeypatch) -> None:
+    """Linear modules (the wide unembedding among them) write each group's product in place
+    with ``out=``, which autograd refuses; with ``grad`` the engine computes them through the
+    modules' own forwards instead: the logits keep their graph and equal the no-grad ones."""
+    from graftlens.graft import grafted
+
+    monkeypatch.setattr(grafted, "WIDE_OUTPUT", 0)  # every unfused linear counts as wide
+    base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(15)
+    rules = [Graft("ft", "all", "all", "LT")]
+    with_grad = grafted_forward(base, {"ft": donor}, rules, ids, mask, grad=True)
+    assert with_grad.requires_grad
+    (gradient,) = torch.autograd.grad(with_grad.sum(), base.lm_head.weight)
+    assert gradient.abs().sum() > 0
+    torch.testing.assert_close(with_grad.detach(), grafted_forward(base, {"ft": donor}, rules, ids, mask), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["llama", "phi3", "gpt2"])
 def test_mlp_is_grafted_as_one_block(family: str, monkeypatch) -> None:
     """The MLP runs once per owner group (gate/up/down each with that group's owners), and

@@ -30,7 +30,7 @@ from graftlens.models.run import call_sequence, run_logits
 from graftlens.positions import Spans
 
 DonorLike = LoadedModel | nn.Module | str | Path
-STREAM_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # outputs the projections read next
+PATCHED_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # cheaper to compute whole than to copy
 
 
 class Grafter:
@@ -63,7 +63,7 @@ class Grafter:
         self.donor_weights: dict[str, DonorWeights] = {
             name: donor_weights(name, donor, model, paths) for name, donor in donors.items()
         }
-        stream = _stream_paths(adapter)
+        patched = _patched_paths(adapter)
         submodules = dict(model.named_modules())
         self._modules = {
             path: GraftedModule(
@@ -71,7 +71,7 @@ class Grafter:
                 path,
                 self._all_sites[path],
                 [self.donor_weights[n].params_for(path) for n in self.donor_names],
-                remember=path in stream,
+                patch=path in patched,
             )
             for path in paths
         }
@@ -142,9 +142,9 @@ class Grafter:
             module.set_plan(None, None)
 
 
-def _stream_paths(adapter: ArchitectureAdapter) -> set[str]:
-    """Modules whose outputs feed the projections (norms, embeddings)."""
-    present = [c for c in STREAM_COMPONENTS if c in adapter.layer_components + adapter.model_components]
+def _patched_paths(adapter: ArchitectureAdapter) -> set[str]:
+    """Modules computed whole and patched (norms, embeddings)."""
+    present = [c for c in PATCHED_COMPONENTS if c in adapter.layer_components + adapter.model_components]
     if not present:
         return set()
     return {site.path for site in rule_sites(adapter, Graft("", present, "all"))}

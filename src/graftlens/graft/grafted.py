@@ -6,15 +6,20 @@ group's rows are gathered, computed with the owners' weights, and copied back to
 Three things keep the copies few, because on a CPU they, not the extra matrix products, are
 what grafting costs (``benchmarks/bench_graft.py``):
 
-- A norm's or embedding's output is *remembered* in its grouped form, so the projections that
-  read it (q, k, v, the MLP) skip the gather when their grouping is the same.
+- Norms and embeddings, which cost less to compute than to copy, are computed whole by the
+  owner of most positions, and only the other owners' rows are patched in.
+- A gather is shared: the projections that read the same tensor (q, k, v) with the same
+  grouping gather its rows once.
+- A plain linear module writes each group's product straight into one grouped output, which
+  is read back in position order with one gather.
 - The MLP is grafted as one block: its input is gathered once and its output copied back once,
   and gate/up/down compute each group with that group's owners, so the wide hidden activations
   are never copied.
 - A wide linear output (the unembedding) is computed in chunks of columns, each copied back
   while it is still in cache.
 
-Padded positions, which no real position reads, are left out of the groups altogether.
+Padded positions, which no real position reads, are left out of the groups altogether (norms
+and embeddings, computed whole, compute them as the plain forward does).
 """
 
 from __future__ import annotations
@@ -113,7 +118,9 @@ class BatchState:
         # The same owner maps (by identity: segments claimed by the same rules share theirs) are
         # grouped once; the maps are kept with their groups so that no identity is reused.
         self._seen: dict[tuple[int, ...], tuple[Sequence[torch.Tensor], PositionGroups | None]] = {}
-        self._remembered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
+        # The last gather: (identity of its input, the input, its groups, the rows of each group).
+        # The input is held so that its storage cannot be reused under the same identity.
+        self._gathered: tuple[tuple, torch.Tensor, PositionGroups, list[torch.Tensor]] | None = None
 
     def groups(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups | None:
         """Group positions by their owner per segment (``owner_maps``: ``[batch, pos]`` each); None
@@ -163,29 +170,42 @@ class BatchState:
         )
 
     def grouped_rows(self, x: torch.Tensor, groups: PositionGroups) -> list[torch.Tensor]:
-        """``x``'s rows of each group (``[n_g, ...]``), reusing a remembered grouped output."""
-        kept = self._remembered
-        if kept is not None and kept[0] == _identity(x) and groups.same_partition(kept[2]):
+        """``x``'s rows of each group (``[n_g, ...]``); modules reading the same tensor with the
+        same grouping (q, k and v) share one gather."""
+        kept = self._gathered
+        identity = _identity(x)
+        if kept is not None and kept[0] == identity and groups.same_partition(kept[2]):
             return kept[3]
         batch, seq = self.shape
         flat = x.reshape(batch * seq, *x.shape[2:]).index_select(0, groups.order)  # [n_real, ...] grouped
-        return [flat[groups.span(g)] for g in range(len(groups.owners))]
+        parts = [flat[groups.span(g)] for g in range(len(groups.owners))]
+        self._gathered = (identity, x, groups, parts)
+        return parts
 
-    def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups, remember: bool) -> torch.Tensor:
-        """Copy each group's rows back to their places: ``[batch, pos, ...]``.
-
-        The groups' rows are laid end to end and read back in position order (a gather through
-        ``groups.inverse``): on a CPU, two contiguous copies cost less than one ``index_copy_``
-        writing rows to scattered places (``benchmarks/bench_graft.py``)."""
-        batch, seq = self.shape
+    def scatter(self, parts: Sequence[torch.Tensor], groups: PositionGroups) -> torch.Tensor:
+        """Copy each group's rows back to their places: ``[batch, pos, ...]``."""
         rows = list(parts)
         if groups.skipped is not None:  # the row every padded position reads
             rows.append(parts[0].new_zeros((1, *parts[0].shape[1:])))
-        grouped = torch.cat(rows) if len(rows) > 1 else rows[0]  # [n_real (+1), ...] in group order
-        out = grouped.index_select(0, groups.inverse).view(batch, seq, *grouped.shape[1:])
-        if remember:  # ``out`` is held so that its storage cannot be reused under the same identity
-            self._remembered = (_identity(out), out, groups, list(parts))
+        return self.read_back(torch.cat(rows) if len(rows) > 1 else rows[0], groups)
+
+    def grouped_buffer(self, like: torch.Tensor, groups: PositionGroups, width: int) -> torch.Tensor:
+        """An output for every group's rows end to end, ``[n_real (+1), width]``, for modules
+        that write their groups' rows in place; the extra row (zero) is what padded positions read."""
+        n = len(groups.order)
+        out = like.new_empty((n + (groups.skipped is not None), width))
+        if groups.skipped is not None:
+            out[n:].zero_()
         return out
+
+    def read_back(self, grouped: torch.Tensor, groups: PositionGroups) -> torch.Tensor:
+        """``grouped`` (every group's rows end to end, then the padded positions' zero row) in
+        position order: ``[batch, pos, ...]``.
+
+        One gather through ``groups.inverse``: on a CPU, contiguous copies cost less than
+        ``index_copy_`` writing each group's rows to scattered places."""
+        batch, seq = self.shape
+        return grouped.index_select(0, groups.inverse).view(batch, seq, *grouped.shape[1:])
 
 
 class _Replacement:
@@ -210,8 +230,8 @@ class _Replacement:
 class GraftedModule(_Replacement):
     """The replacement forward of one module: per-owner gather → compute → scatter.
 
-    ``remember``: keep the output in grouped form for the modules that read it next (set for
-    norms and embeddings, whose outputs feed the projections).
+    ``patch``: compute the whole output with the owners of most positions and patch the other
+    owners' rows in (for norms and embeddings, which cost less to compute than to copy).
     """
 
     def __init__(
@@ -220,10 +240,10 @@ class GraftedModule(_Replacement):
         path: str,
         segments: Sequence[Rows | None],
         donor_params: Sequence[Mapping[str, torch.Tensor]],
-        remember: bool = False,
+        patch: bool = False,
     ):
         super().__init__(module, path)
-        self.remember = remember
+        self.patch = patch
         self.twins = [twin(module, p) for p in donor_params]  # index i-1 ↔ owner i
         own = module_params(module)
         self.params = [own, *donor_params]  # owner → its tensors
@@ -232,13 +252,11 @@ class GraftedModule(_Replacement):
         self.state: BatchState | None = None
         self.groups: PositionGroups | None = None
         self.forced: tuple[int, ...] | None = None  # owners per segment while a grafted block runs it
+        # A plain nn.Linear is computed here as its own forward would (addmm/mm), each group's
+        # product written straight into its rows of one output (outside autograd: out= has none).
+        self.linear = type(module) is nn.Linear and not self.had_instance_forward
         in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
-        self.wide_linear = (
-            type(module) is nn.Linear
-            and not self.had_instance_forward
-            and len(segments) == 1
-            and bool(in_f and out_f and out_f >= WIDE_OUTPUT * in_f)
-        )
+        self.wide_linear = self.linear and len(segments) == 1 and bool(in_f and out_f and out_f >= WIDE_OUTPUT * in_f)
 
     def set_plan(self, plan: ModulePlan | None, state: BatchState | None) -> None:
         """This batch's plan for the module; None when nothing is grafted."""
@@ -278,11 +296,49 @@ class GraftedModule(_Replacement):
         single = groups.single_owner
         if single is not None:
             return self.compute(single, x)
+        if self.patch:
+            return self._patched(x, groups, state)
         parts = state.grouped_rows(x, groups)
-        if self.wide_linear:
-            return self._wide_linear(parts, groups, state)
+        if self.linear and x.dim() == 3 and not torch.is_grad_enabled():
+            return self._wide_linear(parts, groups, state) if self.wide_linear else self._linear(parts, groups, state)
         ys = [self.compute_group(owners, xi) for owners, xi in zip(groups.owners, parts)]
-        return state.scatter(ys, groups, self.remember)
+        return state.scatter(ys, groups)
+
+    def _patched(self, x: torch.Tensor, groups: PositionGroups, state: BatchState) -> torch.Tensor:
+        """The whole output computed with the owners of most positions, the other groups' rows
+        computed apart and copied in: ``[batch, pos, ...]``."""
+        sizes = [groups.bounds[g + 1] - groups.bounds[g] for g in range(len(groups.owners))]
+        main = max(range(len(sizes)), key=sizes.__getitem__)
+        y = self.compute_group(groups.owners[main], x)  # [batch, pos, ...]
+        if not y.is_contiguous() or y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            y = y.clone(memory_format=torch.contiguous_format)  # patched in place: never the input's memory
+        batch, seq = state.shape
+        flat_x, flat_y = x.reshape(batch * seq, *x.shape[2:]), y.view(batch * seq, *y.shape[2:])
+        for g, owners in enumerate(groups.owners):
+            if g != main:
+                rows = groups.order[groups.span(g)]  # [n_g]
+                flat_y.index_copy_(0, rows, self.compute_group(owners, flat_x.index_select(0, rows)))
+        return y
+
+    def _product(self, owner: int, x: torch.Tensor, out: torch.Tensor, cols: slice = slice(None)) -> None:
+        """``out = x @ W[cols].T + b[cols]`` with ``owner``'s weights (what nn.Linear's forward computes)."""
+        weight, bias = self.params[owner]["weight"][cols], self.params[owner].get("bias")
+        if bias is None:
+            torch.mm(x, weight.t(), out=out)
+        else:
+            torch.addmm(bias[cols], x, weight.t(), out=out)
+
+    def _linear(self, parts: list[torch.Tensor], groups: PositionGroups, state: BatchState) -> torch.Tensor:
+        """Each group's product written into its rows of one grouped output, then read back in
+        position order (no copy of the groups' outputs in between)."""
+        grouped = state.grouped_buffer(parts[0], groups, self.module.out_features)  # [n_real (+1), out]
+        for g, (owners, xi) in enumerate(zip(groups.owners, parts)):
+            dst = grouped[groups.span(g)]
+            if len(set(owners)) == 1:
+                self._product(owners[0], xi, dst)
+            else:  # a fused projection whose parts have different owners here
+                dst.copy_(self.compute_group(owners, xi))
+        return state.read_back(grouped, groups)
 
     def _wide_linear(self, parts: list[torch.Tensor], groups: PositionGroups, state: BatchState) -> torch.Tensor:
         """A wide output (the 49k-wide unembedding) in chunks of columns: each group's product is
@@ -299,12 +355,7 @@ class GraftedModule(_Replacement):
             c1 = min(out_f, c0 + cols)
             grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [n_real, chunk] in group order
             for g, (owner,) in enumerate(groups.owners):
-                weight, bias = self.params[owner]["weight"][c0:c1], self.params[owner].get("bias")
-                dst = grouped[groups.span(g)]
-                if bias is None:
-                    torch.mm(rows[g], weight.t(), out=dst)
-                else:
-                    torch.addmm(bias[c0:c1], rows[g], weight.t(), out=dst)
+                self._product(owner, rows[g], grouped[groups.span(g)], slice(c0, c1))
             out[:, c0:c1].index_copy_(0, groups.order, grouped)
         if groups.skipped is not None:
             out.index_fill_(0, groups.skipped, 0)
@@ -354,7 +405,7 @@ class GraftedBlock(_Replacement):
         finally:
             for member, _ in self._slices:
                 member.forced = None
-        return state.scatter(ys, groups, remember=False)
+        return state.scatter(ys, groups)
 
     def _run(self, owners: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
         for member, sl in self._slices:
