@@ -5,8 +5,12 @@ component, every layer) and the literal token-by-token reference over the same p
 engine leaves padded positions uncomputed and the plain forward does not, so the grafted
 forward is also timed with padded positions computed. A second batch has no padding at all
 (32 rows × 16 real tokens, every component of every layer grafted at 3 positions of each row):
-the engine's overhead when nothing can be skipped. Plain and grafted runs are interleaved
-and repeated; medians are reported. Prints one JSON object.
+the engine's overhead when nothing can be skipped. Beside it runs the *floor*: the plain
+forward with every linear module's rows split as the grafted forward splits them (the rows
+the rule grafts computed with the donor's weights, the others with the base's), each part
+written straight into one output, nothing gathered or copied back. No exact grafting can do
+fewer products or read fewer weights, so grafted/floor is the engine's own overhead. Plain and
+grafted runs are interleaved and repeated; medians are reported. Prints one JSON object.
 Usage: python benchmarks/bench_graft.py [--repeats 7] [--reference-prompts 32] [--threads 1] [--device cpu|cuda]
 """
 
@@ -54,6 +58,35 @@ def without(*techniques: str) -> Iterator[None]:
         yield
     finally:
         engine.BatchState, engine._mlp_blocks, engine.PATCHED_COMPONENTS, grafted.WIDE_OUTPUT = saved
+
+
+@contextlib.contextmanager
+def split_products(base: torch.nn.Module, donor: torch.nn.Module, donor_rows: int) -> Iterator[None]:
+    """Every ``nn.Linear`` of ``base`` computes its first rows with its own weights and its last
+    ``donor_rows`` rows with ``donor``'s, each part written into its rows of one output: the
+    matrix products of a grafted forward without any gather or copy (the values are not meant
+    to mean anything)."""
+    donor_modules = dict(donor.named_modules())
+
+    def split_forward(module: torch.nn.Linear, donor_weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            rows = x.reshape(-1, x.shape[-1])  # [batch*pos, in]
+            keep = rows.shape[0] - donor_rows
+            out = rows.new_empty(rows.shape[0], module.out_features)  # [batch*pos, out]
+            torch.mm(rows[:keep], module.weight.t(), out=out[:keep])
+            torch.mm(rows[keep:], donor_weight.t(), out=out[keep:])
+            return out.view(*x.shape[:-1], module.out_features)
+
+        return forward
+
+    linears = [(name, m) for name, m in base.named_modules() if type(m) is torch.nn.Linear and m.bias is None]
+    for name, module in linears:
+        module.forward = split_forward(module, donor_modules[name].weight)
+    try:
+        yield
+    finally:
+        for _, module in linears:
+            del module.forward
 
 
 FIRST = ["Maren", "Tobias", "Ilse", "Corwin", "Dagny", "Ferris", "Odile", "Lucan"]
@@ -145,10 +178,16 @@ def main() -> None:
     def grafted_full() -> None:
         graftlens.grafted_forward(base, {"ft": donor}, full_rules, full_ids, full_mask)
 
+    def floor_full() -> None:
+        with split_products(base.model, donor.model, 3 * full_ids.shape[0]):
+            plain_full()
+
     # The two batches timed apart: the padded batch's runs, then the full batch's pair.
     times = interleaved_times({"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed},
                               args.repeats, sync)  # fmt: skip
-    times.update(interleaved_times({"plain_full": plain_full, "grafted_full": grafted_full}, args.repeats, sync))
+    times.update(
+        interleaved_times({"plain_full": plain_full, "grafted_full": grafted_full, "floor_full": floor_full}, args.repeats, sync)
+    )
 
     n_ref = args.reference_prompts
     t0 = time.perf_counter()
@@ -160,8 +199,12 @@ def main() -> None:
     grafted_positions = sum(e - s + 1 for s, e in (sp["FE"] for sp in spans))
 
     machine = f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    plain_s, graft_s, padded_s, plain_full_s, graft_full_s = (statistics.median(times[k]) for k in times)
-    full_pairs = sorted(g / p for g, p in zip(times["grafted_full"], times["plain_full"]))
+    plain_s, graft_s, padded_s, plain_full_s, graft_full_s, floor_full_s = (statistics.median(times[k]) for k in times)
+
+    def per_round(a: str, b: str) -> list[float]:
+        return sorted(x / y for x, y in zip(times[a], times[b]))
+
+    full_pairs = per_round("grafted_full", "plain_full")
     ref_s = t_ref * 32 / n_ref
     print(
         json.dumps(
@@ -185,6 +228,9 @@ def main() -> None:
                 "grafted_full_over_plain": round(graft_full_s / plain_full_s, 3),
                 "grafted_full_over_plain_median_of_rounds": round(statistics.median(full_pairs), 3),
                 "grafted_full_over_plain_per_round": [round(r, 3) for r in full_pairs],
+                "floor_full_s": round(floor_full_s, 4),
+                "floor_full_over_plain_median_of_rounds": round(statistics.median(per_round("floor_full", "plain_full")), 3),
+                "grafted_full_over_floor_median_of_rounds": round(statistics.median(per_round("grafted_full", "floor_full")), 3),
                 "reference_s": round(ref_s, 2),
                 "reference_prompts_timed": n_ref,
                 "engine_speedup_over_reference": round(ref_s / graft_s, 1),
