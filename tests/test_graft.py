@@ -164,13 +164,23 @@ def test_mlp_block_falls_back_when_a_member_has_hooks() -> None:
     assert seen == [(*ids.shape, base.config.hidden_size)]
 
 
-def test_a_norm_output_changed_in_place_is_read_again() -> None:
-    """The projections reuse a norm's grouped output only while it is unchanged: a hook that
-    edits the norm's output in place must reach q/k/v exactly as in the reference."""
+@pytest.mark.parametrize("where", ["norm output", "between q and k"])
+def test_a_norm_output_changed_in_place_is_read_again(where: str) -> None:
+    """q, k and v share one gather of the norm's output only while it is unchanged: a hook that
+    edits it in place (after the norm, or after q has gathered it) must reach the projections
+    exactly as in the reference."""
     base, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
     ids, mask = batch(13)
     rules = [Graft("ft", "all", "all", "0,-1")]
-    with forward_hook(base.model.layers[2].input_layernorm, lambda m, i, o: o.mul_(3.0)):
+    layer = base.model.layers[2]
+    if where == "norm output":
+        edit = forward_hook(layer.input_layernorm, lambda m, i, o: o.mul_(3.0))
+    else:  # q has gathered the rows already; k must not reuse them
+        def triple(module: torch.nn.Module, args: tuple) -> None:
+            args[0].mul_(3.0)
+
+        edit = layer.self_attn.k_proj.register_forward_pre_hook(triple)  # removed on leaving ``with``
+    with edit:
         got = grafted_forward(base, {"ft": donor}, rules, ids, mask)
         want = reference_forward(base, {"ft": donor}, ids, mask, rules)
     real = mask.bool()
