@@ -24,6 +24,7 @@ import time
 
 import torch
 from bench_graft import interleaved_times
+from embedded_pair import embedded_pair
 
 import graftlens
 from graftlens.data.dataset import tokenize_test
@@ -46,14 +47,10 @@ SHAPES = {  # LlamaConfig fields
 
 def models(name: str, device: str, dtype: torch.dtype):
     """(recipient, donor, tokenizer) for ``name``."""
-    embedded = graftlens.load_model("smollm2-135m", dtype=dtype, device=device)
     if name == "embedded":
-        donor = graftlens.load_model("smollm2-135m", dtype=dtype, device=device)
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(0)
-            for p in donor.model.parameters():
-                p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * 1e-3)
+        embedded, donor = embedded_pair(device, dtype)
         return embedded, donor, embedded.tokenizer
+    embedded = graftlens.load_model("smollm2-135m", dtype=dtype, device=device)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = []
@@ -100,8 +97,9 @@ def main() -> None:
     rules = [graftlens.Graft("ft", "all", "all", "FE+LT")]
     runs = {
         "plain": lambda: run_logits(base, batch.input_ids, batch.attention_mask),
-        "grafted": lambda: graftlens.grafted_forward(base, {"ft": donor}, rules, batch.input_ids, batch.attention_mask,
-                                                     spans=batch.spans),  # fmt: skip
+        "grafted": lambda: graftlens.grafted_forward(
+            base, {"ft": donor}, rules, batch.input_ids, batch.attention_mask, spans=batch.spans
+        ),  # fmt: skip
     }
     times = interleaved_times(runs, args.repeats, sync)
     plain_s, graft_s = statistics.median(times["plain"]), statistics.median(times["grafted"])

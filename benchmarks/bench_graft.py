@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+from embedded_pair import embedded_pair
 
 import graftlens
 from graftlens.graft import engine, grafted, position_ids_for
@@ -144,12 +145,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    base = graftlens.load_model("smollm2-135m", device=args.device)
-    donor = graftlens.load_model("smollm2-135m", device=args.device)
-    with torch.no_grad():  # a donor that differs from the base, as a finetuned model would
-        g = torch.Generator().manual_seed(0)
-        for p in donor.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    base, donor = embedded_pair(args.device)
     ids, mask, spans = make_batch(base.tokenizer, 32)
     ids, mask = ids.to(args.device), mask.to(args.device)
     rules = [graftlens.Graft("ft", "all", "all", "FE+LT")]

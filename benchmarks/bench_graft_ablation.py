@@ -18,6 +18,7 @@ import time
 
 import torch
 from bench_graft import TECHNIQUES, make_batch, without
+from embedded_pair import embedded_pair
 
 import graftlens
 from graftlens.graft import position_ids_for
@@ -29,11 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    base, donor = graftlens.load_model("smollm2-135m"), graftlens.load_model("smollm2-135m")
-    with torch.no_grad():  # a donor that differs from the base, as in bench_graft.py
-        g = torch.Generator().manual_seed(0)
-        for p in donor.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    base, donor = embedded_pair()
     ids, mask, spans = make_batch(base.tokenizer, 32)
     pos = position_ids_for(mask)
 
@@ -66,12 +63,16 @@ def main() -> None:
             if round_:
                 times[name].append(time.perf_counter() - t0)
     plain = statistics.median(times.pop("plain"))
-    print(json.dumps({
-        "benchmark": "grafted_forward_ablation",
-        "repeats": args.repeats,
-        "plain_s": round(plain, 4),
-        "grafted_over_plain": {k: round(statistics.median(v) / plain, 3) for k, v in times.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "grafted_forward_ablation",
+                "repeats": args.repeats,
+                "plain_s": round(plain, 4),
+                "grafted_over_plain": {k: round(statistics.median(v) / plain, 3) for k, v in times.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 import statistics
 
 import torch
+from embedded_pair import embedded_pair
 from torch.profiler import ProfilerActivity, profile
 
 import graftlens
@@ -40,11 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base, donor = graftlens.load_model("smollm2-135m"), graftlens.load_model("smollm2-135m")
-    with torch.no_grad():  # a donor that differs from the base, as in bench_graft.py
-        g = torch.Generator().manual_seed(0)
-        for p in donor.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    base, donor = embedded_pair()
     ids = torch.randint(100, 40000, (32, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     pos = position_ids_for(mask)

@@ -29,9 +29,9 @@ import time
 
 import torch
 from bench_graft import make_batch
+from embedded_pair import embedded_pair
 from transformers import DynamicCache
 
-import graftlens
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate
 from graftlens.eval.scoring import Readout
@@ -79,20 +79,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base = graftlens.load_model("smollm2-135m", device=args.device)
-    donor = graftlens.load_model("smollm2-135m", device=args.device)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for p in donor.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g).to(p.device) * 1e-3)
+    base, donor = embedded_pair(args.device)
     ids, mask, spans = make_batch(base.tokenizer, 32)
     prompts = [TokenizedPrompt(f"p{i}", "", " x", tuple(ids[i][mask[i].bool()].tolist()), (0,), spans[i])
                for i in range(len(ids))]  # fmt: skip
     batch = collate(prompts, pad_id=int(ids[0, 0])).to(base.device)
     sweeps = {
         "figure 2 (positions, every weight)": [GraftSpec(donor="ft", components="all", positions=p) for p in FIGURE2],
-        "figure 4 (components × layer groups at LT)": [GraftSpec(donor="ft", components=c, layers=layer, positions="LT")
-                                                       for c in COMPONENTS for layer in LAYERS],  # fmt: skip
+        "figure 4 (components × layer groups at LT)": [
+            GraftSpec(donor="ft", components=c, layers=layer, positions="LT") for c in COMPONENTS for layer in LAYERS
+        ],  # fmt: skip
     }
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",

@@ -22,6 +22,7 @@ import time
 
 import torch
 from bench_graft import make_batch
+from embedded_pair import embedded_pair
 
 import graftlens
 from graftlens.data.prompts import TokenizedPrompt
@@ -41,12 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    base = graftlens.load_model("smollm2-135m")
-    donor = graftlens.load_model("smollm2-135m")
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for p in donor.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    base, donor = embedded_pair()
     ids, mask, spans = make_batch(base.tokenizer, 32)
     prompts = [
         TokenizedPrompt(f"p{i}", "", " x", tuple(ids[i][mask[i].bool()].tolist()), (0,), spans[i]) for i in range(len(ids))
