@@ -3,8 +3,9 @@ each owner's weights on the positions that owner claims.
 
 Rows (flat ``batch*pos`` indices) are grouped by who owns each segment of a module there; each
 group's rows are gathered, computed with the owners' weights, and copied back to their places.
-Three things keep the copies few, because on a CPU they, not the extra matrix products, are
-what grafting costs (``benchmarks/bench_graft.py``):
+Copies, not the split matrix products, are what the engine itself adds to a CPU forward
+(``benchmarks/bench_graft.py`` times the products alone, ``bench_graft_copies.py`` the copies);
+these keep them few:
 
 - Norms and embeddings, which cost less to compute than to copy, are computed whole by the
   owner of most positions, and only the other owners' rows are patched in.
@@ -202,8 +203,8 @@ class BatchState:
         """``grouped`` (every group's rows end to end, then the padded positions' zero row) in
         position order: ``[batch, pos, ...]``.
 
-        One gather through ``groups.inverse``: on a CPU, contiguous copies cost less than
-        ``index_copy_`` writing each group's rows to scattered places."""
+        One gather through ``groups.inverse``; linear modules write their products straight
+        into ``grouped``, so their output rows are copied only this once."""
         batch, seq = self.shape
         return grouped.index_select(0, groups.inverse).view(batch, seq, *grouped.shape[1:])
 
