@@ -116,6 +116,16 @@ def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, sync:
     return times
 
 
+FULL_POSITIONS = "0,7,-1"  # the full batch's grafted positions in every row
+
+
+def full_batch(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, ``[32, 16]`` each, no padding: token ids drawn at random
+    (the arithmetic does not depend on them)."""
+    ids = torch.randint(100, 40000, (32, 16), generator=torch.Generator().manual_seed(1)).to(device)
+    return ids, torch.ones_like(ids)
+
+
 def make_batch(tokenizer, n: int):
     prompts, char_spans = [], []
     for i in range(n):
@@ -150,11 +160,9 @@ def main() -> None:
     ids, mask = ids.to(args.device), mask.to(args.device)
     rules = [graftlens.Graft("ft", "all", "all", "FE+LT")]
     pos = position_ids_for(mask)
-    # The full batch: token ids drawn at random (the arithmetic does not depend on them), no padding.
-    full_ids = torch.randint(100, 40000, (32, 16), generator=torch.Generator().manual_seed(1)).to(args.device)
-    full_mask = torch.ones_like(full_ids)
+    full_ids, full_mask = full_batch(args.device)
     full_pos = position_ids_for(full_mask)
-    full_rules = [graftlens.Graft("ft", "all", "all", "0,7,-1")]
+    full_rules = [graftlens.Graft("ft", "all", "all", FULL_POSITIONS)]
 
     def plain() -> None:
         with torch.no_grad():

@@ -18,6 +18,7 @@ import json
 import statistics
 
 import torch
+from bench_graft import FULL_POSITIONS, full_batch
 from embedded_pair import embedded_pair
 from torch.profiler import ProfilerActivity, profile
 
@@ -42,11 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base, donor = embedded_pair()
-    ids = torch.randint(100, 40000, (32, 16), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
+    ids, mask = full_batch()
     pos = position_ids_for(mask)
-    rules = [graftlens.Graft("ft", "all", "all", "0,7,-1")]
-    rules_no_head = [graftlens.Graft("ft", "layer+embed+ln_final", "all", "0,7,-1")]
+    rules = [graftlens.Graft("ft", "all", "all", FULL_POSITIONS)]
+    rules_no_head = [graftlens.Graft("ft", "layer+embed+ln_final", "all", FULL_POSITIONS)]
 
     def plain() -> None:
         with torch.no_grad():
