@@ -342,8 +342,9 @@ class GraftedModule(_Replacement):
         return state.read_back(grouped, groups)
 
     def _wide_linear(self, parts: list[torch.Tensor], groups: PositionGroups, state: BatchState) -> torch.Tensor:
-        """A wide output (the 49k-wide unembedding) in chunks of columns: each group's product is
-        written into a small buffer, which is copied to the output rows while still in cache.
+        """A wide output (the 49k-wide unembedding) in chunks of columns: each group's product
+        (``parts[g]``: its input rows, ``[n_g, in]``) is written into a small buffer, which is
+        copied to the output rows while still in cache.
         Whole-width group outputs would be written, paged in and read back once more; computing
         every row with the recipient and overwriting the donors' rows would redo their share."""
         batch, seq = state.shape
@@ -351,12 +352,11 @@ class GraftedModule(_Replacement):
         out = parts[0].new_empty(batch * seq, out_f)  # [batch*pos, out]
         cols = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (max(n, 1) * out.element_size()))
         buffer = out.new_empty(n * min(cols, out_f))
-        rows = [xi.reshape(-1, xi.shape[-1]) for xi in parts]
         for c0 in range(0, out_f, cols):
             c1 = min(out_f, c0 + cols)
             grouped = buffer[: n * (c1 - c0)].view(n, c1 - c0)  # [n_real, chunk] in group order
             for g, (owner,) in enumerate(groups.owners):
-                self._product(owner, rows[g], grouped[groups.span(g)], slice(c0, c1))
+                self._product(owner, parts[g], grouped[groups.span(g)], slice(c0, c1))
             out[:, c0:c1].index_copy_(0, groups.order, grouped)
         if groups.skipped is not None:
             out.index_fill_(0, groups.skipped, 0)
