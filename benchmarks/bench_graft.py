@@ -29,8 +29,9 @@ import torch
 from embedded_pair import embedded_pair
 
 import graftlens
-from graftlens.graft import engine, grafted, position_ids_for
+from graftlens.graft import engine, grafted
 from graftlens.graft.reference import reference_forward
+from graftlens.models import position_ids_for
 
 TECHNIQUES = {
     "no_padding_skip": "padded positions computed like real ones (as the plain forward does)",

@@ -21,7 +21,7 @@ from bench_graft import TECHNIQUES, make_batch, without
 from embedded_pair import embedded_pair
 
 import graftlens
-from graftlens.graft import position_ids_for
+from graftlens.models import position_ids_for
 
 COMPONENT_GROUPS = {"all": "all", "no_lm_head": "layer+embed+ln_final", "lm_head_only": "lm_head", "attn": "attn", "mlp": "mlp"}
 

@@ -23,7 +23,7 @@ from embedded_pair import embedded_pair
 from torch.profiler import ProfilerActivity, profile
 
 import graftlens
-from graftlens.graft import position_ids_for
+from graftlens.models import position_ids_for
 
 ROW_COPIES = ("aten::index_select", "aten::index_copy_", "aten::cat")
 

@@ -13,47 +13,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-VOCAB = 96
+from graftlens.models.tiny import TINY_VOCAB, tiny_configs, tiny_model  # noqa: E402
+
+VOCAB = TINY_VOCAB
 
 
 def _tiny_configs() -> dict[str, Callable[[], object]]:
-    from transformers import (
-        Gemma2Config,
-        GemmaConfig,
-        GPT2Config,
-        GPTNeoXConfig,
-        LlamaConfig,
-        MistralConfig,
-        Olmo2Config,
-        Phi3Config,
-        Qwen2Config,
-    )
-
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4)
-    return {
-        # GQA: 4 query heads share 2 KV heads; tied embeddings like SmolLM2.
-        "llama": lambda: LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True),
-        "mistral": lambda: MistralConfig(**common, num_key_value_heads=2, sliding_window=None),
-        "qwen2": lambda: Qwen2Config(**common, num_key_value_heads=2),
-        "gemma": lambda: GemmaConfig(**common, num_key_value_heads=1, head_dim=8),
-        "gemma2": lambda: Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=16),
-        "olmo2": lambda: Olmo2Config(**common, num_key_value_heads=2, pad_token_id=1, eos_token_id=2),
-        "phi3": lambda: Phi3Config(**common, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-        "gpt2": lambda: GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=2
-        ),
-        "gpt_neox": lambda: GPTNeoXConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            rotary_pct=0.5,
-            tie_word_embeddings=False,
-            bos_token_id=2,
-            eos_token_id=2,
-        ),
-    }
+    return tiny_configs()
 
 
 FAMILIES = list(_tiny_configs())
@@ -61,17 +27,7 @@ FAMILIES = list(_tiny_configs())
 
 def make_tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     """A tiny random causal LM of ``family`` in fp32, eval mode, its default attention."""
-    from transformers import AutoModelForCausalLM
-
-    config = _tiny_configs()[family]()
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # SDPA where the family supports it
-    # Random init leaves norms at 1 and biases at 0; perturb every parameter so that a wrong
-    # slice or a skipped module cannot go unnoticed.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return tiny_model(family, seed).model
 
 
 @pytest.fixture(params=FAMILIES)

@@ -9,8 +9,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import UnknownComponentError, UnsupportedArchitectureError, adapter_for
-from graftlens.errors import LayerSelectionError
+from graftlens.errors import LayerSelectionError, UnknownComponentError, UnsupportedArchitectureError
+from graftlens.models import adapter_for
 
 GATED = {"llama", "mistral", "qwen2", "gemma", "gemma2", "olmo2", "phi3"}
 

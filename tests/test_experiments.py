@@ -491,3 +491,23 @@ def test_the_large_recipes_and_the_paper_models_template(text_model_dir) -> None
     model = load_model(text_model_dir, dtype=pre.dtype, device_map=pre.device_map)
     assert {p.device.type for p in model.model.parameters()} == {"cpu"}
     assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+
+
+def test_open_run_gives_one_dataframe_row_per_stored_result(finished_run) -> None:
+    """``graftlens.open_run(path).results`` is the export's table as a DataFrame; the run's manifest and figures come with it."""
+    import pandas as pd
+
+    import graftlens
+
+    run = graftlens.open_run(finished_run)
+    frame = run.results
+    assert isinstance(frame, pd.DataFrame)
+    with ResultsStore(finished_run / "results.sqlite") as store:
+        assert len(frame) == store.count(load_run(finished_run).run_id) > 0
+    assert {"config", "template", "direction", "target_prob", "top5"} <= set(frame.columns)
+    assert set(frame["config"]) == {c.name for c in load_run(finished_run).configs}
+    assert frame["target_logprob"].notna().all()  # the recipe asks for it
+    assert run.manifest["models"] and run.report is not None and run.report.is_file()
+    assert run.figures and all(p.suffix == ".png" and p.is_file() for p in run.figures.values())
+    with pytest.raises(graftlens.StoreError, match="results.sqlite"):
+        graftlens.open_run(finished_run / "nothing-here")

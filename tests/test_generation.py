@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import Graft, PositionError, grafted_forward, grafted_generate, grafting
+from graftlens import Graft, grafted_forward, grafted_generate, grafting
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate, with_targets
 from graftlens.eval.scoring import target_logprob
@@ -19,7 +19,7 @@ from graftlens.graft.rules import compile_rules
 from graftlens.models import adapter_for
 from graftlens.models.generate import greedy_continuation
 from graftlens.models.run import position_ids_for
-from graftlens.positions import parse_positions, resolve_positions
+from graftlens.positions import PositionError, parse_positions, resolve_positions
 
 RULE_SETS = {
     "LT": [Graft("ft", "all", "all", "LT")],

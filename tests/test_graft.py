@@ -10,20 +10,12 @@ import pytest
 import torch
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import (
-    DonorError,
-    Graft,
-    GraftRuleError,
-    PositionError,
-    UnknownComponentError,
-    grafted_forward,
-    grafted_generate,
-    grafting,
-)
-from graftlens.errors import LayerSelectionError
-from graftlens.graft import position_ids_for
+from graftlens import Graft, grafted_forward, grafted_generate, grafting
+from graftlens.errors import LayerSelectionError, UnknownComponentError
+from graftlens.graft import DonorError, GraftRuleError
 from graftlens.graft.reference import reference_forward
-from graftlens.models import adapter_for
+from graftlens.models import adapter_for, position_ids_for
+from graftlens.positions import PositionError
 
 COMPONENT_CHOICES = [
     "q",

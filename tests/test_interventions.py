@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import LayerSelectionError
+from graftlens.errors import LayerSelectionError
 from graftlens.interventions import (
     POINT_NAMES,
     KnockoutError,

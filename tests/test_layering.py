@@ -73,7 +73,8 @@ def _is_module(name: str) -> bool:
 
 
 def _files() -> list[Path]:
-    return sorted(SRC.rglob("*.py"))
+    """Every module, and the generated stubs (``__init__.pyi``) whose imports name the packages' public names' homes."""
+    return sorted([*SRC.rglob("*.py"), *SRC.rglob("*.pyi")])
 
 
 def _in_fresh_interpreter(script: str) -> subprocess.CompletedProcess:
@@ -183,8 +184,8 @@ def test_the_facade_is_lazy_and_every_public_name_resolves() -> None:
         "from graftlens.graft import Graft\n"
         "from graftlens.interventions import capture\n"
         "assert graftlens.Graft is Graft and graftlens.capture is capture\n"
-        "assert set(graftlens.__all__) == set(graftlens._LAZY) | {'GraftlensError', 'LayerSelectionError', 'ModelLoadError',"
-        " 'UnknownComponentError', 'UnsupportedArchitectureError', '__version__'}\n"
+        "declared = {n for names in graftlens._EXPORTS.values() for n in names}\n"
+        "assert set(graftlens.__all__) == declared | {'__version__'}\n"
         "print('ok')\n"
     )
     _in_fresh_interpreter(script)
@@ -227,3 +228,17 @@ def test_a_lazy_name_is_not_shadowed_by_its_submodule():
     import sys
 
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_each_stub_is_what_its_declaration_gives() -> None:
+    """Each package's ``__init__.pyi`` (what type checkers, editors and the API reference read) is
+    generated from its one lazy_exports declaration; `make stubs` rewrites them after a change."""
+    from graftlens.lazy import DECLARING_PACKAGES, stub_path, stub_text
+
+    stale = [p for p in DECLARING_PACKAGES if stub_path(p).read_text() != stub_text(p)]
+    assert not stale, f"run `make stubs`: the stubs of {stale} differ from their declarations"
+    undeclared = sorted(
+        _module_name(f) for f in SRC.rglob("__init__.py") if "lazy_exports(" in f.read_text()
+        and _module_name(f) not in DECLARING_PACKAGES
+    )
+    assert not undeclared, f"add {undeclared} to graftlens.lazy.DECLARING_PACKAGES"

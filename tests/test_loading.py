@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import VOCAB, save_tiny_model
-from graftlens import ModelLoadError, UnsupportedArchitectureError, load_model
+from graftlens import ModelLoadError, load_model
+from graftlens.errors import UnsupportedArchitectureError
 
 IDS = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
 

@@ -17,8 +17,8 @@ from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
 from graftlens.eval import pad_id_of
 from graftlens.eval.batching import batches
 from graftlens.experiments import RecipeError, load_recipe, run_recipe
-from graftlens.interventions import attention_knockout, knockout_edges, run_logits
-from graftlens.models import load_model
+from graftlens.interventions import attention_knockout, knockout_edges
+from graftlens.models import load_model, run_logits
 from graftlens.positions import resolve_positions
 from graftlens.results import load_run
 

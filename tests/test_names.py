@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from graftlens import LayerSelectionError, UnknownComponentError, expand_components, select_layers
+from graftlens.errors import LayerSelectionError, UnknownComponentError
+from graftlens.models import expand_components, select_layers
 from graftlens.models.names import layer_groups
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import VOCAB, make_tiny_model
-from graftlens import Graft, PositionError, grafted_forward
+from graftlens import Graft, grafted_forward
 from graftlens.graft import rules as rules_module
 from graftlens.graft.reference import reference_forward, rule_claims, selector_claims
 from graftlens.positions import (
@@ -19,6 +19,7 @@ from graftlens.positions import (
     Complement,
     Indices,
     LastToken,
+    PositionError,
     Span,
     Union,
     parse_positions,

@@ -1,123 +1,60 @@
 """graftlens: where does a finetuned model keep what it newly learned, and how does it retrieve it?
 
-Start with :func:`load_model`; graft with :func:`grafting` / :func:`grafted_forward`; read and
-write activations with :func:`capture`, :func:`edit` and :class:`Patch`; see the README.
+The public API, in tiers. This namespace holds what a researcher calls:
 
-The names below are loaded on first use (PEP 562), so ``import graftlens`` and the commands that
-do not run a model (``--help``, ``recipes``, a recipe with a typo) do not import torch.
+- loading: :func:`load_model`, :class:`LoadedModel`, :func:`run_logits`;
+- weight grafting: :class:`Graft`, :func:`grafting`, :func:`grafted_forward`, :func:`graft_sweep`,
+  :func:`grafted_generate`, and the position language (:func:`parse_positions`);
+- hooks: :func:`capture`, :func:`edit`, :func:`run_with_cache`, :class:`Point`, :class:`Patch`,
+  :func:`patched_logits`;
+- one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
+  :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
+  :func:`knockout_sweep`, :func:`project` and :func:`point_logits`, :func:`path_patching`,
+  :class:`Circuit` with :func:`mean_ablated_logits`, :func:`learn_mask` (DCM),
+  :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
+- experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
+- the five errors a user catches.
+
+Subpackages (``graftlens.models``, ``graftlens.graft``, ``graftlens.interventions``,
+``graftlens.data``, ``graftlens.experiments``, ...) hold everything else. Names load on first use
+(PEP 562), so ``import graftlens`` and the commands that run no model import no torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-from graftlens.errors import (
-    GraftlensError,
-    LayerSelectionError,
-    ModelLoadError,
-    UnknownComponentError,
-    UnsupportedArchitectureError,
-)
+from graftlens.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY: dict[str, str] = {
-    **dict.fromkeys(
-        ["DonorError", "Graft", "Grafter", "GraftRuleError", "grafted_forward", "grafted_generate", "grafting"],
-        "graftlens.graft",
-    ),
-    **dict.fromkeys(["PositionError", "parse_positions"], "graftlens.positions"),
-    **dict.fromkeys(
-        ["ActivationCache", "Patch", "Point", "attention_knockout", "capture", "cross_model_patched_logits", "edit",
-         "parse_point", "patched_logits", "point_logits", "project", "run_with_cache"],
-        "graftlens.interventions",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ["EMBEDDED_SPEC", "ArchitectureAdapter", "LoadedModel", "adapter_for", "expand_components", "load_model",
-         "run_logits", "select_layers", "supported_model_types"],
-        "graftlens.models",
-    ),  # fmt: skip
-}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'graftlens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
-
-if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from graftlens.graft import DonorError, Graft, Grafter, GraftRuleError, grafted_forward, grafted_generate, grafting
-    from graftlens.interventions import (
-        ActivationCache,
-        Patch,
-        Point,
-        attention_knockout,
-        capture,
-        cross_model_patched_logits,
-        edit,
-        parse_point,
-        patched_logits,
-        point_logits,
-        project,
-        run_with_cache,
-    )
-    from graftlens.models import (
-        EMBEDDED_SPEC,
-        ArchitectureAdapter,
-        LoadedModel,
-        adapter_for,
-        expand_components,
-        load_model,
-        run_logits,
-        select_layers,
-        supported_model_types,
-    )
-    from graftlens.positions import PositionError, parse_positions
-
-__all__ = [
-    "GraftlensError",
-    "LayerSelectionError",
-    "ModelLoadError",
-    "UnknownComponentError",
-    "UnsupportedArchitectureError",
-    "__version__",
-    "DonorError",
-    "Graft",
-    "Grafter",
-    "GraftRuleError",
-    "grafted_forward",
-    "grafted_generate",
-    "grafting",
-    "PositionError",
-    "parse_positions",
-    "ActivationCache",
-    "Patch",
-    "Point",
-    "attention_knockout",
-    "capture",
-    "cross_model_patched_logits",
-    "edit",
-    "parse_point",
-    "patched_logits",
-    "point_logits",
-    "project",
-    "run_with_cache",
-    "EMBEDDED_SPEC",
-    "ArchitectureAdapter",
-    "LoadedModel",
-    "adapter_for",
-    "expand_components",
-    "load_model",
-    "run_logits",
-    "select_layers",
-    "supported_model_types",
-]
+lazy_exports(
+    globals(),
+    {
+        "graftlens.errors": ["DataError", "GraftlensError", "InterventionError", "ModelLoadError", "RecipeError", "StoreError"],
+        "graftlens.experiments.recipe": ["load_recipe"],
+        "graftlens.experiments.runner": ["run_recipe"],
+        "graftlens.graft.engine": ["grafted_forward", "grafted_generate", "Grafter", "grafting"],
+        "graftlens.graft.rules": ["Graft"],
+        "graftlens.graft.sweep": ["graft_sweep"],
+        "graftlens.interventions.circuits": ["Circuit", "head_means", "HeadGroup", "mean_ablated_logits", "random_circuit"],
+        "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
+        "graftlens.interventions.knockout": ["attention_knockout"],
+        "graftlens.interventions.lens": ["point_logits", "project"],
+        "graftlens.interventions.mappings": ["head_mapping_vectors"],
+        "graftlens.interventions.masks": ["DcmSettings", "DesideratumBatch", "learn_mask"],
+        "graftlens.interventions.patching": [
+            "activation_patching",
+            "attribution_patching",
+            "cross_model_patched_logits",
+            "Patch",
+            "patched_logits",
+            "run_with_cache",
+        ],
+        "graftlens.interventions.path_patching": ["path_patched_logits", "path_patching", "PathInputs", "Receiver"],
+        "graftlens.interventions.points": ["Point"],
+        "graftlens.interventions.sublayers": ["cancel_sublayers", "sublayer_means"],
+        "graftlens.interventions.sweeps": ["cmap_sweep", "knockout_sweep"],
+        "graftlens.models.loading": ["load_model", "LoadedModel"],
+        "graftlens.models.run": ["run_logits"],
+        "graftlens.positions": ["parse_positions"],
+        "graftlens.results.opened": ["open_run"],
+    },
+    eager=["__version__"],
+)

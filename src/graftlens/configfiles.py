@@ -7,13 +7,13 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import RecipeError
 from graftlens.fileio import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigFileError(GraftlensError):
+class ConfigFileError(RecipeError):
     """A configuration file is missing, is not YAML, or holds an unknown key or a bad value."""
 
 

@@ -1,7 +1,26 @@
 """The errors graftlens raises on bad input.
 
 Every error is a :class:`GraftlensError`, so the CLI can print one clear line for any of them
-instead of a traceback. Each names the culprit (the spec, the component, the file, ...).
+instead of a traceback, and each message names the culprit (the spec, the component, the file,
+the argument). A user catches one of five kinds:
+
+| catch | raised when |
+|---|---|
+| :class:`ModelLoadError` | a model spec cannot be resolved or loaded, or its architecture has no adapter |
+| :class:`RecipeError` | a recipe, a config file or a run option is malformed or does not fit its models |
+| :class:`DataError` | a dataset, template, fact file or prompt is malformed (an entity not in its prompt, ...) |
+| :class:`InterventionError` | an argument of an intervention is wrong: a component, layer, position, point, donor, circuit |
+| :class:`StoreError` | a run directory's results store is missing, damaged, locked or holds another run |
+
+>>> import graftlens
+>>> try:
+...     graftlens.parse_positions("FE+")
+... except graftlens.InterventionError as exc:
+...     print(type(exc).__name__)
+PositionError
+
+The finer classes (``PositionError``, ``DonorError``, ...) stay importable from the modules that
+raise them, each a subclass of one of the five.
 """
 
 from __future__ import annotations
@@ -15,13 +34,29 @@ class ModelLoadError(GraftlensError):
     """A model spec could not be resolved or loaded; the message names what was tried."""
 
 
-class UnsupportedArchitectureError(GraftlensError):
+class RecipeError(GraftlensError):
+    """A recipe, a config file or a run option cannot be read, or does not fit the models it runs on."""
+
+
+class DataError(GraftlensError):
+    """A dataset, template, fact file or prompt is malformed; the message names the file, line or example."""
+
+
+class InterventionError(GraftlensError):
+    """An argument of an intervention is wrong for the model or the inputs; the message names the argument."""
+
+
+class StoreError(GraftlensError):
+    """A run directory's store is missing, damaged, locked, or holds another recipe's results."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
     """The model's architecture has no adapter; the message lists the supported ones."""
 
 
-class UnknownComponentError(GraftlensError):
+class UnknownComponentError(InterventionError):
     """A component name is not in the canonical vocabulary, or the model does not have it."""
 
 
-class LayerSelectionError(GraftlensError):
+class LayerSelectionError(InterventionError):
     """A layer selection is malformed or out of range for the model."""

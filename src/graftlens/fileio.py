@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 
 
-class FileEncodingError(GraftlensError):
+class FileEncodingError(DataError):
     """A text file graftlens reads is not UTF-8."""
 
 

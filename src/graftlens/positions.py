@@ -25,13 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 
 if TYPE_CHECKING:
     import torch
 
 
-class PositionError(GraftlensError):
+class PositionError(InterventionError):
     """A position selector is malformed, names an unknown span, or has the wrong shape."""
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from graftlens.data.facts import DIRECTIONS, MovieFact, generate_facts
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
 from graftlens.data.templates import DEFAULT_TEMPLATES, TARGET_SLOT, Template, check_template_sets
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 from graftlens.fileio import read_utf8, write_text_atomic
 
 
-class DatasetError(GraftlensError):
+class DatasetError(DataError):
     """A dataset directory or file is missing, empty or malformed."""
 
 

@@ -16,10 +16,10 @@ from importlib import resources
 from faker import Faker
 from faker.providers.person.en_US import Provider as PersonProvider
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 
 
-class FactError(GraftlensError):
+class FactError(DataError):
     """A fact set cannot be generated as asked (too many facts for the name pool, ...)."""
 
 

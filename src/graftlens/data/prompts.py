@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graftlens.data.spans import SpanError, char_span_to_tokens
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 
 
-class TokenizerMismatchError(GraftlensError):
+class TokenizerMismatchError(DataError):
     """Prompts were tokenized by one tokenizer and are used with a model of another."""
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 
 
-class SpanError(GraftlensError):
+class SpanError(DataError):
     """A substring is absent from its prompt, or covers no token."""
 
 

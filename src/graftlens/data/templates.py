@@ -14,10 +14,10 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import DataError
 
 
-class TemplateError(GraftlensError):
+class TemplateError(DataError):
     """A template is malformed, uses an unknown slot, or renders to bad text."""
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from graftlens.data.prompts import TokenizedPrompt
-from graftlens.errors import GraftlensError
+from graftlens.errors import RecipeError
 from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.units import Keep, Unit, UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.methods import RunConfig
@@ -46,7 +46,7 @@ Progress = Callable[[int, int], None]
 Kept = tuple[str, Mapping[str, Any], Mapping[str, str]]  # (file name, tensors, metadata): Keep's arguments
 
 
-class DistributedError(GraftlensError):
+class DistributedError(RecipeError):
     """A distributed run cannot start or cannot go on (Ray missing, unreachable, its workers lost)."""
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.models.loading import LoadedModel
 
 
-class DonorError(GraftlensError):
+class DonorError(InterventionError):
     """A donor is missing, of another architecture, or has tensors of other shapes."""
 
 

@@ -186,13 +186,41 @@ def grafted_forward(
     attention_mask: torch.Tensor | None = None,
     spans: Sequence[Spans] | None = None,
     grad: bool = False,
+    *,
+    last_only: bool = False,
 ) -> torch.Tensor:
-    """Logits ``[batch, pos, vocab]`` of ``base`` with ``rules`` grafting ``donors`` in, one pass.
+    """Logits of ``base`` with ``rules`` grafting ``donors`` in, in one batched pass.
 
-    The arguments come in the order of :func:`grafting` (base, donors, rules), then the inputs."""
+    Args:
+        base: the recipient, the model grafted into.
+        donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily:
+            only the tensors the rules graft).
+        rules: :class:`Graft` rules; a later rule wins where rules overlap.
+        input_ids: ``LongTensor[batch, pos]``, left- or right-padded.
+        attention_mask: ``[batch, pos]``; None means no padding.
+        spans: per example, the named spans (``FE``, ``title``, ...) the rules' selectors name.
+        grad: keep the autograd graph (the donors' tensors get no gradient).
+        last_only: compute the unembedding at the last position only (``[batch, 1, vocab]``):
+            what a caller reading the next-token prediction needs, and cheaper.
+
+    Returns:
+        logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``).
+
+    Example:
+        >>> import graftlens, torch
+        >>> from graftlens import Graft
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> everything = graftlens.grafted_forward(base, {"ft": ft}, [Graft("ft", "all", "all", None)], ids)
+        >>> torch.allclose(everything, graftlens.run_logits(ft, ids, None), atol=1e-5)
+        True
+        >>> graftlens.grafted_forward(base, {"ft": ft}, [Graft("ft", "mlp", "half2", "LT")], ids, last_only=True).shape
+        torch.Size([1, 1, 96])
+    """
     loaded = as_loaded(base)
     with grafting(loaded, donors, rules, spans):
-        return run_logits(loaded, input_ids, attention_mask, grad=grad)
+        return run_logits(loaded, input_ids, attention_mask, last_only, grad=grad)
 
 
 def grafted_generate(

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
 from graftlens.positions import PositionsLike, Spans, resolve_positions
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # rules are parsed when recipes are read, without torch
 LayersLike = int | str | Sequence[int] | range | None
 
 
-class GraftRuleError(GraftlensError):
+class GraftRuleError(InterventionError):
     """A graft rule names an unknown donor or is otherwise malformed."""
 
 

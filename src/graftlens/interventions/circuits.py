@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -29,7 +29,7 @@ from graftlens.positions import PositionsLike, Spans, resolve_positions
 Head = tuple[int, int]  # (layer, head)
 
 
-class CircuitError(GraftlensError):
+class CircuitError(InterventionError):
     """A circuit names an unknown group, a head out of range, or does not fit the prompts."""
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError, LayerSelectionError
+from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence
 from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
@@ -42,7 +42,7 @@ _PREFIX = "graftlens_knockout|"
 _BLOCKED = "_graftlens_blocked_edges"
 
 
-class KnockoutError(GraftlensError):
+class KnockoutError(InterventionError):
     """A knockout does not fit the model or the batch it runs on."""
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError, LayerSelectionError
+from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.lens import last_index, project
 from graftlens.interventions.points import hook_site, parse_point
@@ -40,7 +40,7 @@ Source = Literal["hidden", "embedding"]
 SOURCES: tuple[str, ...] = ("hidden", "embedding")
 
 
-class MappingError(GraftlensError):
+class MappingError(InterventionError):
     """A head mapping names an unknown source or a layer out of range."""
 
 

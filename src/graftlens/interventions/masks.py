@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, edit
 from graftlens.interventions.path_patching import Head, PathInputs, first_touched_column, head_outputs, paired_positions
 from graftlens.interventions.points import Point
@@ -28,7 +28,7 @@ from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, resolve_positions
 
 
-class MaskError(GraftlensError):
+class MaskError(InterventionError):
     """A mask's heads or a desideratum's examples do not fit the model."""
 
 

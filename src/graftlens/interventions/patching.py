@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -22,7 +22,7 @@ from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
 
 
-class PatchError(GraftlensError):
+class PatchError(InterventionError):
     """A patch does not fit the run it is written into (shape, heads, models)."""
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, capture, edit
 from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -39,7 +39,7 @@ from graftlens.positions import PositionsLike, Spans, resolve_positions
 Head = tuple[int, int]  # (layer, head)
 
 
-class PathPatchingError(GraftlensError):
+class PathPatchingError(InterventionError):
     """A sender, receiver or position set does not fit the model or the inputs."""
 
 

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from graftlens.errors import GraftlensError, LayerSelectionError
+from graftlens.errors import InterventionError, LayerSelectionError
 
 if TYPE_CHECKING:  # point names are checked when recipes are read, without torch
     import torch
@@ -44,7 +44,7 @@ STREAM_POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 POINT_NAMES = STREAM_POINTS + HEAD_POINTS
 
 
-class PointError(GraftlensError):
+class PointError(InterventionError):
     """A hook point name is unknown or its layer is out of range."""
 
 

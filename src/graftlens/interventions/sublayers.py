@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError, LayerSelectionError
+from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence, run_logits
@@ -34,7 +34,7 @@ SUBLAYERS: tuple[str, ...] = ("mlp", "attn")
 _POINT = {"mlp": "mlp_out", "attn": "attn_out"}
 
 
-class SublayerError(GraftlensError):
+class SublayerError(InterventionError):
     """A sublayer cancellation names an unknown sublayer, a window that does not fit, or lacks its means."""
 
 

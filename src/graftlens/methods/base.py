@@ -7,16 +7,12 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import GraftlensError, RecipeError
 from graftlens.graft.rules import Graft
 from graftlens.models.names import expand_components
 from graftlens.positions import parse_positions
 
 LayerSpec = int | str | list[int]
-
-
-class RecipeError(GraftlensError):
-    """A recipe cannot be found or does not fit the models it runs on."""
 
 
 class Strict(BaseModel):

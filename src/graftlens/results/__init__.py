@@ -4,6 +4,7 @@ Both the experiment runner (which writes results) and the report (which reads th
 this package; it depends on neither."""
 
 from graftlens.results.metrics import Estimate, bootstrap_ci, estimate, grouped, relative_change, summary
+from graftlens.results.opened import Run, open_run
 from graftlens.results.rundata import RunData, StoredConfig, load_run
 from graftlens.results.store import STORE_NAME, ResultRow, ResultsStore, StoreError
 
@@ -12,6 +13,7 @@ __all__ = [
     "Estimate",
     "ResultRow",
     "ResultsStore",
+    "Run",
     "RunData",
     "StoreError",
     "StoredConfig",
@@ -19,6 +21,7 @@ __all__ = [
     "estimate",
     "grouped",
     "load_run",
+    "open_run",
     "relative_change",
     "summary",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import StoreError
 
 STORE_NAME = "results.sqlite"
 
@@ -51,10 +51,6 @@ _MIGRATIONS = {
 }
 _COLUMNS = ("config", "example", "template", "direction", "prompt", "target", "target_prob", "target_rank", "top_tokens",
             "extra", "target_logprob", "continuation")  # fmt: skip
-
-
-class StoreError(GraftlensError):
-    """A run directory's store is missing, or holds another recipe's results."""
 
 
 class DamagedStoreError(StoreError):

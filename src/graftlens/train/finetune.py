@@ -25,7 +25,7 @@ import torch
 from graftlens.cache import cache_dir
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.prompts import check_tokenizer_fits
-from graftlens.errors import GraftlensError
+from graftlens.errors import RecipeError
 from graftlens.eval.batching import pad_id_of
 from graftlens.eval.scoring import evaluate
 from graftlens.fileio import write_json_atomic
@@ -44,7 +44,7 @@ MANIFEST = "manifest.json"
 STATE = "state.json"
 
 
-class FinetuneError(GraftlensError):
+class FinetuneError(RecipeError):
     """A finetuning request is inconsistent (empty split, output directory of another run, ...)."""
 
 

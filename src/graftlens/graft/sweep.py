@@ -1,0 +1,97 @@
+"""Many grafting configurations on one batch, at recipe speed.
+
+:func:`graft_sweep` is what the recipes' grafting sweeps do, as a library call: configurations
+whose rules first claim the same column share one plain prefix of the columns before it (the
+recipient's own computation, the same for all of them), and continue it together, as variants of
+one pass, each variant grafting its own rows. The donors' weights are read once per pass instead
+of once per configuration. A configuration that claims the first column runs alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from graftlens.errors import InterventionError
+from graftlens.graft.engine import DonorLike, Grafter, grafting
+from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
+from graftlens.graft.rules import Graft, touched_modules
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.prefix import run_prefix
+from graftlens.models.run import run_logits
+from graftlens.positions import Selector, Spans
+
+VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
+
+
+def graft_sweep(
+    recipient: LoadedModel | nn.Module,
+    donors: Mapping[str, DonorLike],
+    configs: Mapping[str, Sequence[Graft]],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    spans: Sequence[Spans] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Last-position logits of ``recipient`` under each configuration of graft rules.
+
+    Args:
+        recipient: the model grafted into (a :class:`~graftlens.LoadedModel` or HF model).
+        donors: donor name → model, checkpoint directory or loaded weights, as for :func:`grafting`.
+        configs: configuration name → its graft rules (``[]``: the recipient as it is).
+        input_ids: ``LongTensor[batch, pos]``, left-padded (right padding works, without sharing).
+        attention_mask: ``[batch, pos]``; None means no padding.
+        spans: per example, named spans (``FE``, ...) that the rules' selectors name.
+
+    Returns:
+        configuration name → logits ``[batch, vocab]`` at each prompt's last position, equal to
+        ``grafted_forward(...)[:, -1]`` for that configuration's rules (to float rounding).
+
+    Example:
+        >>> import graftlens, torch
+        >>> from graftlens import Graft
+        >>> m = graftlens.load_model(graftlens.tiny_model_config("llama"))
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> out = graftlens.graft_sweep(m, {"ft": m}, {"PRE": [], "LT mlp": [Graft("ft", "mlp", "all", "LT")]}, ids)
+        >>> out["LT mlp"].shape == (1, m.model.config.vocab_size)
+        True
+    """
+    loaded = as_loaded(recipient)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    if input_ids.shape != mask.shape:
+        raise InterventionError(f"input_ids {list(input_ids.shape)} and attention_mask {list(mask.shape)} differ in shape")
+    if spans is not None and len(spans) != input_ids.shape[0]:
+        raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
+    input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
+    width = mask.shape[1]
+    head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
+
+    cuts: dict[str, int] = {}
+    for name, rules in configs.items():
+        rules = list(rules)
+        cut = min(first_claimed_column(rules, mask, spans), width - 1)
+        shareable = all(isinstance(g.positions, (str, Selector)) for g in rules)
+        # A continuation computes the last column's logits only: grafting the unembedding elsewhere runs alone.
+        if head_paths & set(touched_modules(loaded.adapter, rules)) and cut < width - 1:
+            shareable = False
+        cuts[name] = cut if shareable else 0
+
+    out: dict[str, torch.Tensor] = {}
+    for name, cut in cuts.items():
+        if cut == 0:
+            with grafting(loaded, donors, list(configs[name]), spans):
+                out[name] = run_logits(loaded, input_ids, mask, last_only=True)[:, -1]
+    per_pass = max(1, VARIANT_ROWS // input_ids.shape[0])
+    for cut in sorted({c for c in cuts.values() if c > 0}):
+        names = [n for n, c in cuts.items() if c == cut]
+        prefix = run_prefix(loaded, input_ids, mask, cut)  # the recipient's own columns [0, cut)
+        for start in range(0, len(names), per_pass):
+            chunk = names[start : start + per_pass]
+            rules = variant_rules([list(configs[n]) for n in chunk])
+            repeated = None if spans is None else [s for s in spans for _ in chunk]
+            with Grafter(loaded, donors, rules).on(repeated):
+                logits, _ = continue_variants(loaded, prefix, input_ids, mask, len(chunk))  # [batch, variants, vocab]
+            out.update({n: logits[:, v] for v, n in enumerate(chunk)})
+    return {name: out[name] for name in configs}

@@ -1,0 +1,99 @@
+"""Activation-level methods: a hook layer, activation patching, CMAP, attention knockout, vocabulary projection, (type stub)."""
+
+# Generated from the package's lazy_exports declaration by `make stubs`; do not edit.
+
+from graftlens.interventions.circuits import (
+    Circuit as Circuit,
+    CircuitError as CircuitError,
+    head_means as head_means,
+    HeadGroup as HeadGroup,
+    mean_ablated_logits as mean_ablated_logits,
+    random_circuit as random_circuit,
+)
+from graftlens.interventions.hooks import (
+    ActivationCache as ActivationCache,
+    capture as capture,
+    edit as edit,
+)
+from graftlens.interventions.knockout import (
+    attention_knockout as attention_knockout,
+    knockout_edges as knockout_edges,
+    KnockoutError as KnockoutError,
+)
+from graftlens.interventions.lens import (
+    point_logits as point_logits,
+    project as project,
+)
+from graftlens.interventions.masks import (
+    DcmSettings as DcmSettings,
+    desideratum_accuracy as desideratum_accuracy,
+    DesideratumBatch as DesideratumBatch,
+    learn_mask as learn_mask,
+    LearnedMask as LearnedMask,
+)
+from graftlens.interventions.patching import (
+    activation_patching as activation_patching,
+    cross_model_patched_logits as cross_model_patched_logits,
+    Patch as Patch,
+    patched_logits as patched_logits,
+    PatchError as PatchError,
+    PatchingSweep as PatchingSweep,
+    run_with_cache as run_with_cache,
+)
+from graftlens.interventions.path_patching import (
+    path_patched_logits as path_patched_logits,
+    path_patching as path_patching,
+    PathInputs as PathInputs,
+    PathPatchingError as PathPatchingError,
+    Receiver as Receiver,
+    top_heads as top_heads,
+)
+from graftlens.interventions.points import (
+    HEAD_POINTS as HEAD_POINTS,
+    hook_site as hook_site,
+    parse_point as parse_point,
+    Point as Point,
+    POINT_NAMES as POINT_NAMES,
+    PointError as PointError,
+)
+
+__all__ = [
+    "activation_patching",
+    "ActivationCache",
+    "attention_knockout",
+    "capture",
+    "Circuit",
+    "CircuitError",
+    "cross_model_patched_logits",
+    "DcmSettings",
+    "desideratum_accuracy",
+    "DesideratumBatch",
+    "edit",
+    "head_means",
+    "HEAD_POINTS",
+    "HeadGroup",
+    "hook_site",
+    "knockout_edges",
+    "KnockoutError",
+    "learn_mask",
+    "LearnedMask",
+    "mean_ablated_logits",
+    "parse_point",
+    "Patch",
+    "patched_logits",
+    "PatchError",
+    "PatchingSweep",
+    "path_patched_logits",
+    "path_patching",
+    "PathInputs",
+    "PathPatchingError",
+    "Point",
+    "point_logits",
+    "POINT_NAMES",
+    "PointError",
+    "project",
+    "random_circuit",
+    "Receiver",
+    "run_with_cache",
+    "top_heads",
+]

@@ -1,0 +1,133 @@
+"""Sweeps of activation-level interventions on one batch, at recipe speed.
+
+Each sweep runs the unmodified model once and keeps that run (:class:`CachedRun`); every
+configuration then computes only what it can change: the layers from its lowest patched or
+knocked-out layer, and the columns from its first patched or target column. The caches stay
+inside the sweep: a caller passes the model, the inputs, the interventions and the positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from graftlens.errors import InterventionError
+from graftlens.interventions.continuation import CachedRun
+from graftlens.interventions.hooks import PointLike
+from graftlens.interventions.knockout import knockout_sweep_logits
+from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits, run_with_cache
+from graftlens.interventions.points import Point, parse_point
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.positions import PositionsLike, Spans
+
+HeadChoice = Sequence[int] | None  # the heads of a per-head point; None: all heads (or the whole stream point)
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, spans: Sequence[Spans] | None) -> None:
+    if input_ids.ndim != 2:
+        raise InterventionError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise InterventionError(
+            f"attention_mask {list(attention_mask.shape)} must have the shape of input_ids {list(input_ids.shape)}"
+        )
+    if spans is not None and len(spans) != input_ids.shape[0]:
+        raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
+
+
+def cmap_sweep(
+    recipient: LoadedModel | nn.Module,
+    donor: LoadedModel | nn.Module,
+    configs: Mapping[str, Mapping[PointLike, HeadChoice]],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    positions: PositionsLike = None,
+    spans: Sequence[Spans] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cross-model activation patching (CMAP), one configuration at a time: the donor's
+    activations, on the same input, written into the recipient.
+
+    Args:
+        recipient: the model patched into.
+        donor: a model of the recipient's family and shapes (its finetuned copy, say).
+        configs: configuration name → ``{point: heads}``, e.g. ``{"z.12": None, "z.13": [0, 4]}``
+            (None: every head, or the whole stream point).
+        input_ids: ``LongTensor[batch, pos]``; attention_mask ``[batch, pos]`` or None.
+        positions: where to patch, a selector in prompt coordinates (``"LT"``, ``"FE+LT"``, ...);
+            None patches every position.
+        spans: per example, the named spans the selector names.
+
+    Returns:
+        configuration name → logits ``[batch, vocab]`` at the last position, equal to
+        ``cross_model_patched_logits(...)[:, -1]`` for that configuration (to float rounding).
+
+    The donor runs once, capturing every point any configuration names; the recipient runs once,
+    and each configuration continues that run from its lowest patched layer and first patched column.
+
+    Example:
+        >>> import graftlens, torch
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> out = graftlens.cmap_sweep(base, ft, {"L2-3": {"z.2": None, "z.3": None}, "L3": {"z.3": None}}, ids, positions="LT")
+        >>> out["L3"].shape
+        torch.Size([2, 96])
+    """
+    recipient, donor = as_loaded(recipient), as_loaded(donor)
+    check_same_shapes(recipient, donor)
+    _check_inputs(input_ids, attention_mask, spans)
+    parsed: dict[str, dict[Point, HeadChoice]] = {}
+    for name, points in configs.items():
+        if not points:
+            raise InterventionError(f"CMAP configuration {name!r} patches no point")
+        parsed[name] = {parse_point(p): heads for p, heads in points.items()}
+    needed = list(dict.fromkeys(p for points in parsed.values() for p in points))
+    _, donor_cache = run_with_cache(donor, input_ids, attention_mask, needed, last_only=True)
+    run = CachedRun(recipient, input_ids, attention_mask)
+    out = {}
+    for name, points in parsed.items():
+        patches = [Patch(p, donor_cache[p], positions, None if h is None else tuple(h)) for p, h in points.items()]
+        out[name] = continued_patched_logits(run, patches, spans)
+    return out
+
+
+def knockout_sweep(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    windows: Sequence[Iterable[int]],
+    sources: PositionsLike,
+    targets: PositionsLike = "LT",
+    *,
+    spans: Sequence[Spans] | None = None,
+) -> torch.Tensor:
+    """Attention knockout once per window of layers (Geva et al.'s sweep): in every head of the
+    window's layers, the ``targets`` positions may not attend to the ``sources`` positions.
+
+    Returns:
+        logits ``[len(windows), batch, vocab]`` at the last position, equal to running the model
+        inside :func:`attention_knockout` once per window (to float rounding). The windows run as
+        variants of one pass, each continuing the unmodified run from its first layer and the
+        first target column.
+
+    Example:
+        >>> import graftlens, torch
+        >>> from graftlens.models import tiny_model, select_layers
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> logits = graftlens.knockout_sweep(m, ids, None, [[0, 1], [1, 2], [2, 3]], sources="0,1")
+        >>> logits.shape
+        torch.Size([3, 1, 96])
+    """
+    loaded = as_loaded(model)
+    _check_inputs(input_ids, attention_mask, spans)
+    n = loaded.adapter.n_layers
+    windows = [list(w) for w in windows]
+    for w in windows:
+        bad = [layer for layer in w if not 0 <= int(layer) < n]
+        if bad:
+            raise InterventionError(f"knockout window {w} names layers {bad} outside 0..{n - 1}")
+    run = CachedRun(loaded, input_ids, attention_mask)
+    return knockout_sweep_logits(run, windows, sources, targets, spans=spans)
