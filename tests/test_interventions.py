@@ -23,9 +23,9 @@ from graftlens.interventions import (
     parse_point,
     patched_logits,
     point_logits,
-    run_logits,
     run_with_cache,
 )
+from graftlens.models import run_logits
 from graftlens.models.loading import as_loaded as as_loaded_model
 
 SEQ = 7

@@ -135,6 +135,40 @@ def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Span
         return run.continued(layer, column)
 
 
+def continued_patched_variants(
+    run, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None
+) -> torch.Tensor:
+    """Logits ``[batch, variants, vocab]`` at the last position, one variant per patch set, each
+    equal to :func:`continued_patched_logits` of its set: the sets run as variants of one
+    continuation of ``run`` (row ``b`` of variant ``v`` at ``b * variants + v``), from the lowest
+    patched layer and the first patched column of any set, so the weights are read once for all."""
+    mask = run.attention_mask
+    batch, variants = mask.shape[0], len(patch_sets)
+    resolved = []  # (variant, patch, where [batch, pos])
+    for v, patches in enumerate(patch_sets):
+        for p in patches:
+            everywhere = p.positions is None
+            where = torch.ones_like(mask, dtype=torch.bool) if everywhere else resolve_positions(p.positions, mask, spans)
+            resolved.append((v, p, where.bool()))
+    if not resolved:
+        return run.logits[:, None].expand(batch, variants, -1)
+    first = min(first_picked_column(where, mask) for _, _, where in resolved)
+    if first == run.n_columns:
+        return run.logits[:, None].expand(batch, variants, -1)  # no patch touches any position
+    column = min(first, run.n_columns - 1)
+    layer = min(p.point.layer for _, p, _ in resolved)
+    edits: dict[Point, list[Edit]] = {}
+    for v, p, where in resolved:
+        rows = torch.zeros(batch, variants, where.shape[1], dtype=torch.bool, device=where.device)
+        rows[:, v] = where
+        source = p.source[:, column:].repeat_interleave(variants, 0)  # [batch * variants, new, ...]
+        sliced = Patch(p.point, source, None, p.heads)
+        edits.setdefault(p.point, []).append(sliced.as_edit(rows.flatten(0, 1)[:, column:]))
+
+    with edit(run.model, {point: _chained(fns) for point, fns in edits.items()}):
+        return run.continued(layer, column, repeat=variants).unflatten(0, (batch, variants))
+
+
 # ---- activation patching sweeps -----------------------------------------------------------------
 
 

@@ -17,11 +17,12 @@ from graftlens.errors import InterventionError
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import PointLike
 from graftlens.interventions.knockout import knockout_sweep_logits
-from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits, run_with_cache
+from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_variants, run_with_cache
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.positions import PositionsLike, Spans
 
+VARIANT_ROWS = 256  # rows of one continuation holding configurations as variants (prompts × configurations)
 HeadChoice = Sequence[int] | None  # the heads of a per-head point; None: all heads (or the whole stream point)
 
 
@@ -64,7 +65,8 @@ def cmap_sweep(
         ``cross_model_patched_logits(...)[:, -1]`` for that configuration (to float rounding).
 
     The donor runs once, capturing every point any configuration names; the recipient runs once,
-    and each configuration continues that run from its lowest patched layer and first patched column.
+    and the configurations continue that run together, as variants of one pass (up to 256 rows),
+    from their lowest patched layer and first patched column: the weights are read once per pass.
 
     Example:
         >>> import graftlens, torch
@@ -86,10 +88,17 @@ def cmap_sweep(
     needed = list(dict.fromkeys(p for points in parsed.values() for p in points))
     _, donor_cache = run_with_cache(donor, input_ids, attention_mask, needed, last_only=True)
     run = CachedRun(recipient, input_ids, attention_mask)
+    names = list(parsed)
+    per_pass = max(1, VARIANT_ROWS // input_ids.shape[0])
     out = {}
-    for name, points in parsed.items():
-        patches = [Patch(p, donor_cache[p], positions, None if h is None else tuple(h)) for p, h in points.items()]
-        out[name] = continued_patched_logits(run, patches, spans)
+    for start in range(0, len(names), per_pass):
+        chunk = names[start : start + per_pass]
+        patch_sets = [
+            [Patch(p, donor_cache[p], positions, None if h is None else tuple(h)) for p, h in parsed[name].items()]
+            for name in chunk
+        ]
+        logits = continued_patched_variants(run, patch_sets, spans)  # [batch, variants, vocab]
+        out.update({name: logits[:, v] for v, name in enumerate(chunk)})
     return out
 
 
