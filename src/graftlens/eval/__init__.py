@@ -5,7 +5,15 @@ from graftlens.lazy import lazy_exports
 lazy_exports(
     globals(),
     {
-        "graftlens.eval.batching": ["batches", "collate", "ForcedTargets", "pad_id_of", "PromptBatch", "with_targets"],
+        "graftlens.eval.batching": [
+            "batches",
+            "collate",
+            "ForcedTargets",
+            "pad_id_of",
+            "prompt_batch",
+            "PromptBatch",
+            "with_targets",
+        ],
         "graftlens.eval.scoring": ["evaluate", "plain_last_logits", "PromptScore", "score_logits", "summarize", "target_logprob"],
     },
 )

@@ -7,6 +7,7 @@ from graftlens.eval.batching import (
     collate as collate,
     ForcedTargets as ForcedTargets,
     pad_id_of as pad_id_of,
+    prompt_batch as prompt_batch,
     PromptBatch as PromptBatch,
     with_targets as with_targets,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ForcedTargets",
     "pad_id_of",
     "plain_last_logits",
+    "prompt_batch",
     "PromptBatch",
     "PromptScore",
     "score_logits",

@@ -85,3 +85,15 @@ def pad_id_of(tokenizer) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def prompt_batch(examples: Sequence, tokenizer) -> PromptBatch:
+    """Test examples (a dataset's ``test``, or known facts) tokenized with their spans and
+    left-padded into one batch (``input_ids``, ``attention_mask``, ``spans``, ``target_ids``)."""
+    from graftlens.data.dataset import TestExample, tokenize_test
+    from graftlens.data.known_facts import tokenize_known_facts
+
+    examples = list(examples)
+    if examples and not isinstance(examples[0], TestExample):
+        return collate(tokenize_known_facts(examples, tokenizer), pad_id_of(tokenizer))
+    return collate(tokenize_test(examples, tokenizer), pad_id_of(tokenizer))
