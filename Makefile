@@ -30,10 +30,10 @@ test: $(STAMP)
 # The documentation site (mkdocs + material + mkdocstrings), built strictly: a broken link or
 # reference fails the build. The output goes to site/.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: $(STAMP)
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # Regenerate the packages' __init__.pyi type stubs from their lazy_exports declarations.
 stubs: $(STAMP)
