@@ -1,7 +1,8 @@
 """Library sweeps against the same computations written in nnsight, side by side in one process.
 
 What a library user calls (no recipe), on the embedded model and a perturbed copy of it as the
-donor, 32 known-fact prompts in one left-padded batch:
+donor, on what the grafting and CMAP recipes score: 32 held-out prompts of the demo's new-fact
+dataset, in one left-padded batch:
 
 - grafting sweep: 8 configurations at the last token (components ``attn``, ``qkv``, ``o+mlp``,
   ``mlp`` × layers ``all``, ``half2``) through :func:`graftlens.graft_sweep`, against nnsight
@@ -35,8 +36,8 @@ from embedded_pair import embedded_pair
 
 import graftlens
 from graftlens import Graft
-from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
-from graftlens.eval.batching import collate, pad_id_of
+from graftlens.data.defaults import demo_dataset
+from graftlens.eval.batching import prompt_batch
 from graftlens.models.names import expand_components, select_layers
 
 GRAFT_CONFIGS = [(c, layers) for c in ("attn", "qkv", "o+mlp", "mlp") for layers in ("all", "half2")]
@@ -92,8 +93,7 @@ def main() -> None:
     from nnsight import NNsight
 
     base, donor = embedded_pair()
-    prompts = tokenize_known_facts(load_known_facts(), base.tokenizer)[: args.prompts]
-    batch = collate(prompts, pad_id_of(base.tokenizer))
+    batch = prompt_batch(demo_dataset()[0].test[: args.prompts], base.tokenizer)
     ids, mask = batch.input_ids, batch.attention_mask
     n = base.adapter.n_layers
     traced, traced_donor = NNsight(base.model), NNsight(donor.model)
