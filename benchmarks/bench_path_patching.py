@@ -24,7 +24,7 @@ import torch
 
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
-from graftlens.interventions.path_patching import PathInputs, PreparedBatch, Receiver, first_touched_column, path_patched_logits
+from graftlens.interventions.path_patching import PathInputs, PreparedBatch, Receiver, first_touched_column, path_patched_run
 from graftlens.models import load_model
 from graftlens.models.prefix import run_prefix
 
@@ -57,10 +57,10 @@ def main() -> None:
             caches = dict(base_cache=full_cache.base_cache, source_cache=full_cache.source_cache)
 
             def full(sender):
-                return path_patched_logits(model, inputs, sender, one_column=False, **caches, **kw)
+                return path_patched_run(model, inputs, sender, one_column=False, **caches, **kw)
 
             def with_prefix(sender):
-                return path_patched_logits(model, inputs, sender, one_column=False, prefix=prefix, **caches, **kw)
+                return path_patched_run(model, inputs, sender, one_column=False, prefix=prefix, **caches, **kw)
 
             def shortcuts(sender):
                 return prepared.logits(sender)

@@ -23,6 +23,7 @@ from graftlens.interventions.path_patching import (
     Receiver,
     head_outputs,
     path_patched_logits,
+    path_patched_run,
     path_patching,
     top_heads,
 )
@@ -342,7 +343,7 @@ def test_the_one_column_sender_run_gives_the_full_sender_run(family):
             for sender in [(0, 1), (2, 3)]:
                 kw = dict(sender_positions=positions, receivers=receivers, receiver_positions=receiver_positions)
                 one = path_patched_logits(model, inputs, sender, **kw)
-                full = path_patched_logits(model, inputs, sender, one_column=False, **kw)
+                full = path_patched_run(model, inputs, sender, one_column=False, **kw)
                 torch.testing.assert_close(one, full, rtol=1e-4, atol=1e-5)
                 assert not torch.allclose(full, path_patched_logits(model, inputs, None, **kw))
 

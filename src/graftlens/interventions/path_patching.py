@@ -130,6 +130,36 @@ def path_patched_logits(
     source_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
+) -> torch.Tensor:
+    """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
+    passed only through ``receivers`` (see the module docstring).
+
+    Args:
+        model: the model path-patched.
+        inputs: the base (clean) and source (corrupted) inputs, with their masks and spans.
+        sender: ``(layer, head)`` whose output is taken from the source run; None patches nothing
+            (the result is the base run).
+        sender_positions: where the sender's value is written in the base run (a selector).
+        source_positions: where it is read in the source run (default: ``sender_positions``).
+        receivers: ``"logits"`` (the sender reaches the logits directly), ``"everything"``
+            (activation patching of the head), or a list of :class:`Receiver` heads' q, k or v.
+        receiver_positions: where the receivers read the sender's effect.
+
+    Many senders on the same inputs: :func:`path_patching` scores them all and shares the runs.
+    """
+    return path_patched_run(model, inputs, sender, sender_positions=sender_positions, source_positions=source_positions,
+                            receivers=receivers, receiver_positions=receiver_positions)  # fmt: skip
+
+
+def path_patched_run(
+    model: LoadedModel | nn.Module,
+    inputs: PathInputs,
+    sender: Head | None,
+    *,
+    sender_positions: PositionsLike = "LT",
+    source_positions: PositionsLike | None = None,
+    receivers: Receivers = "logits",
+    receiver_positions: PositionsLike = "LT",
     base_cache: ActivationCache | None = None,
     source_cache: ActivationCache | None = None,
     prefix=None,
@@ -137,8 +167,8 @@ def path_patched_logits(
     base_logits: torch.Tensor | None = None,
     column_runs: dict | None = None,
 ) -> torch.Tensor:
-    """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
-    passed only through ``receivers`` (see the module docstring).
+    """:func:`path_patched_logits` with the runs it can share passed in (what :func:`path_patching`
+    and its prepared batches do for many senders).
 
     ``sender=None`` patches nothing: the result is the base run. ``source_positions`` (default:
     ``sender_positions``) are where the sender's value is read in the source run. ``base_cache``
@@ -397,7 +427,7 @@ class PreparedBatch:
         """Last-position logits ``[batch, vocab]`` of the path-patched run for ``sender``."""
         out = self.base_logits.new_empty(self.base_logits.shape)
         for part in self.parts:
-            out[part.rows.to(out.device)] = path_patched_logits(
+            out[part.rows.to(out.device)] = path_patched_run(
                 self.model, part.inputs, sender, base_cache=part.base_cache, source_cache=part.source_cache,
                 prefix=part.prefix, base_logits=part.base_logits, column_runs=part.column_runs, **self.kwargs,
             )  # fmt: skip
