@@ -77,3 +77,17 @@ def test_no_page_speaks_of_earlier_versions() -> None:
                          r", was [0-9.]+ ?s\b|was [0-9.]+ ?s\b|before and [0-9.]+ ?s now", re.I)  # fmt: skip
     found = [(str(p.relative_to(ROOT)), m.group(0)) for p in PAGES for m in history.finditer(p.read_text())]
     assert found == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["graftlens.errors", "graftlens.graft.engine", "graftlens.graft.sweep", "graftlens.interventions.sweeps",
+     "graftlens.models.tiny", "graftlens.results.opened"],
+)  # fmt: skip
+def test_the_docstring_examples_run(module: str) -> None:
+    """The ``>>>`` examples of the public entry points' docstrings run as written (on tiny models)."""
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results

@@ -52,11 +52,13 @@ def graft_sweep(
     Example:
         >>> import graftlens, torch
         >>> from graftlens import Graft
-        >>> m = graftlens.load_model(graftlens.tiny_model_config("llama"))
-        >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> out = graftlens.graft_sweep(m, {"ft": m}, {"PRE": [], "LT mlp": [Graft("ft", "mlp", "all", "LT")]}, ids)
-        >>> out["LT mlp"].shape == (1, m.model.config.vocab_size)
-        True
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> configs = {"PRE": [], "LT mlp": [Graft("ft", "mlp", "all", "LT")], "LT attn": [Graft("ft", "attn", "half2", "LT")]}
+        >>> out = graftlens.graft_sweep(base, {"ft": ft}, configs, ids)
+        >>> out["LT mlp"].shape
+        torch.Size([2, 96])
     """
     loaded = as_loaded(recipient)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
