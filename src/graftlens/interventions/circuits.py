@@ -35,7 +35,15 @@ class CircuitError(InterventionError):
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """Heads that work at ``positions`` (a selector in prompt coordinates, such as ``"LT"``)."""
+    """Heads that work at ``positions`` (a selector in prompt coordinates, such as ``"LT"``).
+
+    ``heads`` are ``(layer, head)`` pairs, each named once.
+
+    Example:
+        >>> from graftlens import HeadGroup
+        >>> HeadGroup(((22, 4), (23, 1)), "LT").heads
+        ((22, 4), (23, 1))
+    """
 
     heads: tuple[Head, ...]
     positions: str
@@ -47,7 +55,16 @@ class HeadGroup:
 
 @dataclass(frozen=True)
 class Circuit:
-    """Named groups of heads (``{"value_fetchers": HeadGroup(...), ...}``), in order."""
+    """Named groups of heads (``{"value_fetchers": HeadGroup(...), ...}``), in order.
+
+    Example:
+        >>> from graftlens import Circuit, HeadGroup
+        >>> circuit = Circuit({"fetchers": HeadGroup(((3, 0), (3, 2)), "LT"), "movers": HeadGroup(((1, 1),), "0")})
+        >>> circuit.size, circuit.group("movers").positions
+        (3, '0')
+        >>> Circuit.from_json(circuit.to_json()) == circuit
+        True
+    """
 
     groups: Mapping[str, HeadGroup]
 
@@ -88,7 +105,16 @@ def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int) -> 
     *without replacement* from all ``n_layers × n_heads`` heads (independently per group).
 
     (Prakash et al.'s released code drew with replacement and decoded ``index // n_layers``,
-    which is right only when the model has as many layers as heads.)"""
+    which is right only when the model has as many layers as heads.)
+
+    Example:
+        >>> from graftlens import Circuit, HeadGroup
+        >>> circuit = Circuit({"fetchers": HeadGroup(((3, 0), (3, 2)), "LT"), "movers": HeadGroup(((1, 1),), "0")})
+        >>> import graftlens
+        >>> other = graftlens.random_circuit(circuit, n_layers=4, n_heads=4, seed=1)
+        >>> [len(g.heads) for g in other.groups.values()], other.group("fetchers").positions
+        ([2, 1], 'LT')
+    """
     rng = random.Random(seed)
     everything = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     groups = {}
@@ -103,7 +129,16 @@ def head_means(
     model: LoadedModel | nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
 ) -> dict[int, torch.Tensor]:
     """Per layer, every head's mean output ``z`` per position over the prompts of ``batches``
-    (``(input_ids, attention_mask)`` pairs, all prompts of one length): ``{layer: [pos, head, d_head]}``."""
+    (``(input_ids, attention_mask)`` pairs, all prompts of one length): ``{layer: [pos, head, d_head]}``.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> means = graftlens.head_means(m, [(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), None)])
+        >>> sorted(means), means[0].shape
+        ([0, 1, 2, 3], torch.Size([4, 4, 8]))
+    """
     loaded = as_loaded(model)
     points = [Point("z", layer) for layer in range(loaded.adapter.n_layers)]
     sums: dict[int, torch.Tensor] = {}
@@ -173,7 +208,25 @@ def mean_ablated_logits(
     means: Mapping[int, torch.Tensor],
     spans: Sequence[Spans] | None = None,
 ) -> torch.Tensor:
-    """Last-position logits ``[batch, vocab]`` with every head outside ``circuit`` mean-ablated."""
+    """Last-position logits ``[batch, vocab]`` with every head outside ``circuit`` mean-ablated.
+
+    Each circuit head keeps its own output at its group's positions; every other head output
+    ``z`` (and circuit heads elsewhere) is replaced by its mean per position from ``means``
+    (:func:`head_means`). ``circuit=None`` ablates every head. Faithfulness is the circuit's
+    accuracy over the full model's.
+
+    Example (keeping every head is the model):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> from graftlens import Circuit, HeadGroup
+        >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> means = graftlens.head_means(m, [(ids, None)])
+        >>> everything = Circuit({"all": HeadGroup(tuple((l, h) for l in range(4) for h in range(4)), "all")})
+        >>> kept = graftlens.mean_ablated_logits(m, ids, None, everything, means)
+        >>> torch.allclose(kept, graftlens.run_logits(m, ids)[:, -1], atol=1e-5)
+        True
+    """
     loaded = as_loaded(model)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     a = loaded.adapter

@@ -36,7 +36,17 @@ PointLike = Point | str
 
 
 class ActivationCache(dict):
-    """Captured activations by :class:`Point`; ``cache["z.3"]`` works too."""
+    """Captured activations by :class:`Point`; ``cache["z.3"]`` works too.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> with graftlens.capture(m, ["z.1"]) as cache:
+        ...     _ = m.model(input_ids=torch.tensor([[5, 6, 7]]))
+        >>> cache["z.1"] is cache[graftlens.Point("z", 1)], "z.1" in cache
+        (True, True)
+    """
 
     def __getitem__(self, key: PointLike) -> torch.Tensor:
         return super().__getitem__(parse_point(key))
@@ -101,8 +111,26 @@ def _hooked(
 def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_graph: bool = False) -> Iterator[ActivationCache]:
     """Record ``points`` on every forward call inside the block (the last call's values win).
 
-    By default the values are detached copies; with ``keep_graph`` they stay in the autograd
-    graph (for gradients of a metric with respect to an activation)."""
+    Args:
+        model: a loaded or HF model of a supported family.
+        points: ``"name.layer"`` strings (``"resid_pre.3"``, ``"z.12"``, TransformerLens names
+            too) or :class:`Point` objects.
+        keep_graph: keep the values in the autograd graph (for gradients of a metric with
+            respect to an activation); by default they are detached copies.
+
+    Yields:
+        an :class:`ActivationCache`, filled as the model runs: ``[batch, pos, d_model]`` for
+        stream points, ``[batch, pos, head, d_head]`` for ``z``, ``q``, ``k``, ``v``.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> with graftlens.capture(m, ["z.1", "resid_post.3"]) as cache:
+        ...     _ = m.model(input_ids=torch.tensor([[5, 6, 7]]))
+        >>> cache["z.1"].shape, cache["resid_post.3"].shape
+        (torch.Size([1, 3, 4, 8]), torch.Size([1, 3, 32]))
+    """
     cache = ActivationCache()
     wanted = sorted({parse_point(p) for p in points})
 
@@ -118,7 +146,26 @@ def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_gr
 
 @contextmanager
 def edit(model: LoadedModel | nn.Module, edits: Mapping[PointLike, Edit]) -> Iterator[None]:
-    """Replace each point's activation by ``edits[point](activation)`` on every forward call."""
+    """Replace each point's activation by ``edits[point](activation)`` on every forward call.
+
+    Args:
+        model: a loaded or HF model of a supported family.
+        edits: point → a function of the activation (its shape as :func:`capture` gives it)
+            returning the activation to use instead, of the same shape.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> plain = graftlens.run_logits(m, ids)
+        >>> with graftlens.edit(m, {"mlp_out.2": lambda x: x * 0}):
+        ...     ablated = graftlens.run_logits(m, ids)
+        >>> with graftlens.edit(m, {"mlp_out.2": lambda x: x}):
+        ...     same = graftlens.run_logits(m, ids)
+        >>> torch.equal(same, plain), torch.equal(ablated, plain)
+        (True, False)
+    """
     parsed: dict[Point, Edit] = {}
     for key, fn in edits.items():
         parsed[parse_point(key)] = fn

@@ -169,7 +169,21 @@ def attention_knockout(
     ``sources``/``targets`` are position selectors in prompt coordinates (``"FE"``, ``"LT"``, index
     lists, ...), resolved per call from its attention mask and ``spans``. ``edges``
     (``BoolTensor[batch, query, key]``, True = blocked, padded coordinates) may be given instead,
-    for edges no pair of selectors describes."""
+    for edges no pair of selectors describes. A window of layers per call, many at once:
+    :func:`~graftlens.knockout_sweep`.
+
+    Example (knocking out nothing is the model, bit for bit):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> with graftlens.attention_knockout(m, [1, 2], sources="0,1", targets="LT"):
+        ...     knocked = graftlens.run_logits(m, ids)
+        >>> with graftlens.attention_knockout(m, [], sources="0,1", targets="LT"):
+        ...     nothing = graftlens.run_logits(m, ids)
+        >>> torch.equal(nothing, graftlens.run_logits(m, ids)), torch.equal(knocked, nothing)
+        (True, False)
+    """
     loaded = as_loaded(model)
     layers = sorted(set(int(layer) for layer in layers))
     n = loaded.adapter.n_layers

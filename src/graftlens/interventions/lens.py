@@ -39,7 +39,18 @@ def final_norm(loaded: LoadedModel) -> nn.Module:
 def project(
     model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True, grad: bool = False
 ) -> torch.Tensor:
-    """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]`` (with ``grad``, keeping the graph)."""
+    """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]``: the final norm (unless
+    ``use_final_norm`` is False) and the unembedding (with ``grad``, keeping the graph).
+
+    Example (the last layer's stream, projected, is the model's logits):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> logits, cache = graftlens.run_with_cache(m, ids, None, ["resid_post.3"])
+        >>> torch.allclose(graftlens.project(m, cache["resid_post.3"]), logits, atol=1e-5)
+        True
+    """
     loaded = as_loaded(model)
     with torch.enable_grad() if grad else torch.no_grad():
         if use_final_norm:
@@ -76,7 +87,16 @@ def point_logits(
 
     ``positions`` is a selector in prompt coordinates (``"LT"``, ``"subject"``, per-example index
     lists, ...); each example is read at the *last* position it picks (e.g. the subject's last
-    token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``."""
+    token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> out = graftlens.point_logits(m, torch.tensor([[5, 6, 7]]), None, ["attn_out.1", "resid_post.2"], "LT")
+        >>> {name: tuple(t.shape) for name, t in out.items()}
+        {'attn_out.1': (1, 96), 'resid_post.2': (1, 96)}
+    """
     loaded = as_loaded(model)
     parsed = [parse_point(p) for p in points]
     for p in parsed:

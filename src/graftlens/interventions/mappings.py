@@ -74,7 +74,18 @@ def head_mapping_vectors(
     spans: Sequence[Spans] | None = None,
 ) -> torch.Tensor:
     """``[batch, len(layers), n_heads, d_model]``: each head's value–output map applied to the
-    ``source`` representation of the last position ``positions`` picks in each prompt."""
+    ``source`` representation of the last position ``positions`` picks in each prompt:
+    ``"hidden"`` (the stream entering the layer) or ``"embedding"`` (the token's embedding).
+
+    Example (project the maps to the vocabulary to read what each head writes):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids, spans = torch.tensor([[5, 6, 7, 8]]), [{"subject": (1, 3)}]
+        >>> vectors = graftlens.head_mapping_vectors(m, ids, None, [2, 3], "subject", "hidden", spans=spans)
+        >>> vectors.shape, graftlens.project(m, vectors).topk(5).indices.shape
+        (torch.Size([1, 2, 4, 32]), torch.Size([1, 2, 4, 5]))
+    """
     loaded = as_loaded(model)
     if source not in SOURCES:
         raise MappingError(f"unknown mapping source {source!r}; choose from: {', '.join(SOURCES)}")

@@ -34,7 +34,9 @@ class MaskError(InterventionError):
 
 @dataclass(frozen=True)
 class DesideratumBatch:
-    """Base and source inputs with the answer the desideratum expects (``LongTensor[batch]``)."""
+    """Base and source inputs with the answer the desideratum expects (``LongTensor[batch]``):
+    with the heads patched from the source run, the base run should predict ``answer_ids``.
+    See :func:`learn_mask` for an example."""
 
     inputs: PathInputs
     answer_ids: torch.Tensor
@@ -42,7 +44,13 @@ class DesideratumBatch:
 
 @dataclass(frozen=True)
 class DcmSettings:
-    """Training settings: Prakash et al.'s λ and learning rate, a fixed number of epochs."""
+    """Training settings: Prakash et al.'s λ and learning rate, a fixed number of epochs.
+
+    Example:
+        >>> from graftlens import DcmSettings
+        >>> DcmSettings(epochs=4).lam, DcmSettings().lr
+        (0.01, 0.1)
+    """
 
     lam: float = 0.01
     lr: float = 0.1
@@ -158,7 +166,28 @@ def learn_mask(
     source_positions: PositionsLike | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> LearnedMask:
-    """Train a sigmoid mask over ``heads`` on the desideratum ``batches`` (one Adam step per batch)."""
+    """Train a sigmoid mask over ``heads`` on the desideratum ``batches`` (one Adam step per batch).
+
+    Desiderata-based component masking (Prakash et al.): the masked heads' outputs at
+    ``positions`` are interpolated between the base run and the source run (read at
+    ``source_positions``) by ``sigmoid(logits)``; the loss is the cross-entropy of each batch's
+    answer plus ``λ·Σ mask``. The model's own weights get no gradient.
+
+    Returns:
+        a ``LearnedMask``: ``values`` (``[n heads]``, the sigmoids), ``selected`` (heads above
+        0.5) and the mean loss of each epoch.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> from graftlens import DcmSettings, DesideratumBatch, PathInputs
+        >>> base, source = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 6, 7, 8]])
+        >>> batch = DesideratumBatch(PathInputs(base, source), answer_ids=torch.tensor([3]))
+        >>> mask = graftlens.learn_mask(m, [batch], [(2, 0), (3, 1)], DcmSettings(epochs=3))
+        >>> mask.values.shape, len(mask.losses)
+        (torch.Size([2]), 3)
+    """
     if not heads:
         raise MaskError("DCM needs at least one candidate head")
     if len(set(heads)) != len(heads):

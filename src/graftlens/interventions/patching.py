@@ -33,7 +33,18 @@ class Patch:
 
     ``positions`` are named as everywhere in graftlens: a selector in prompt coordinates
     (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, per-example index lists; None = every position),
-    resolved on the run the patch is written into, with that run's spans."""
+    resolved on the run the patch is written into, with that run's spans.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]])
+        >>> _, cache = graftlens.run_with_cache(m, clean, None, ["resid_pre.2"])
+        >>> patch = graftlens.Patch(graftlens.Point("resid_pre", 2), cache["resid_pre.2"], "LT")
+        >>> graftlens.patched_logits(m, corrupted, None, [patch], last_only=True).shape
+        torch.Size([1, 1, 96])
+    """
 
     point: Point
     source: torch.Tensor  # the point's activation in the source run: [batch, pos, ...]
@@ -72,7 +83,20 @@ def run_with_cache(
     last_only: bool = False,
     grad: bool = False,
 ) -> tuple[torch.Tensor, ActivationCache]:
-    """Logits and the activations at ``points`` of one forward pass (with ``grad``, both keep the graph)."""
+    """Logits and the activations at ``points`` of one forward pass (with ``grad``, both keep the graph).
+
+    Returns:
+        ``(logits, cache)``: logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with
+        ``last_only``, which skips the unembedding elsewhere) and an :class:`ActivationCache`.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> logits, cache = graftlens.run_with_cache(m, torch.tensor([[5, 6, 7]]), None, ["z.0"], last_only=True)
+        >>> logits.shape, cache["z.0"].shape
+        (torch.Size([1, 1, 96]), torch.Size([1, 3, 4, 8]))
+    """
     with capture(model, points, keep_graph=grad) as cache:
         logits = run_logits(model, input_ids, attention_mask, last_only, grad=grad)
     return logits, cache
@@ -100,7 +124,27 @@ def patched_logits(
 ) -> torch.Tensor:
     """Logits of ``model`` on ``input_ids`` with every patch written in (one forward pass).
 
-    Named spans in the patches' positions come from ``spans`` (one mapping per example)."""
+    Args:
+        model: the model patched into.
+        input_ids: ``LongTensor[batch, pos]``; attention_mask ``[batch, pos]`` or None.
+        patches: :class:`Patch` objects; several patches of one point apply in turn.
+        last_only: compute the unembedding at the last position only.
+        spans: per example, the named spans the patches' positions name.
+        grad: keep the autograd graph.
+
+    Returns:
+        logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``).
+
+    Example (a run patched into itself is the run):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> plain, cache = graftlens.run_with_cache(m, ids, None, ["z.1"])
+        >>> same = graftlens.patched_logits(m, ids, None, [graftlens.Patch(graftlens.Point("z", 1), cache["z.1"])])
+        >>> torch.equal(same, plain)
+        True
+    """
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     edits: dict[Point, list[Edit]] = {}
     for p in patches:
@@ -252,7 +296,24 @@ def activation_patching(
     equals :func:`activation_patching_loop`, one full forward per patch, to float rounding.
 
     With ``approx``, :func:`attribution_patching` instead: a first-order estimate of every score
-    from one forward and one backward pass."""
+    from one forward and one backward pass.
+
+    Returns:
+        a :class:`~graftlens.interventions.patching.PatchingSweep`: ``scores`` ``[layer, pos]``
+        (``[layer, head]`` with ``by="head"``), the unpatched ``clean`` and ``corrupted`` values,
+        and ``recovered`` (0 = corrupted … 1 = clean).
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8], [9, 6, 7, 8]]), torch.tensor([[5, 10, 7, 8], [9, 11, 7, 8]])
+        >>> sweep = graftlens.activation_patching(m, clean, corrupted, torch.tensor([3, 4]), "resid_pre")
+        >>> sweep.scores.shape, sweep.recovered[:, 0].abs().max().item()  # column 0 is the same in both runs
+        (torch.Size([4, 4]), 0.0)
+        >>> graftlens.activation_patching(m, clean, corrupted, torch.tensor([3, 4]), "z", by="head").scores.shape
+        torch.Size([4, 4])
+    """
     from graftlens.interventions.continuation import CachedRun
 
     if approx:
@@ -321,7 +382,16 @@ def attribution_patching(
     ``corrupted + Σ (clean − corrupted activation) · ∂metric/∂activation`` with the gradient taken
     on the corrupted run, summed over the features of each (layer, position) — or, with
     ``by="head"``, over each head's features at every position. One forward and one backward pass
-    give every score; how well they track the exact ones is measured in the README."""
+    give every score; how well they track the exact ones is on the docs' performance page.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 10, 7, 8]])
+        >>> graftlens.attribution_patching(m, clean, corrupted, torch.tensor([3]), "resid_pre").scores.shape
+        torch.Size([4, 4])
+    """
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
@@ -409,7 +479,23 @@ def cross_model_patched_logits(
     """Logits of ``base`` with the donor's activations (``donor_cache``, captured on the same
     input by :func:`run_with_cache`) written in at ``heads`` (point → head list, None = all
     heads or the whole stream point) and ``positions`` (a selector in prompt coordinates, as for
-    :class:`Patch`; None = every position)."""
+    :class:`Patch`; None = every position).
+
+    Returns:
+        logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``). Many
+        configurations on one batch: :func:`~graftlens.cmap_sweep`.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ft = tiny_model("llama", seed=1)
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> _, ft_cache = graftlens.run_with_cache(ft, ids, None, ["z.2", "z.3"], last_only=True)
+        >>> heads = {"z.2": None, "z.3": [0, 1]}
+        >>> graftlens.cross_model_patched_logits(m, ft_cache, ids, None, heads, positions="LT", last_only=True).shape
+        torch.Size([1, 1, 96])
+    """
     patches = []
     for key, hs in heads.items():
         point = parse_point(key)

@@ -45,7 +45,13 @@ class PathPatchingError(InterventionError):
 
 @dataclass(frozen=True)
 class Receiver:
-    """The input ``point`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` at layer ``layer``."""
+    """The input ``point`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` at layer ``layer``.
+
+    Example:
+        >>> from graftlens import Receiver
+        >>> str(Receiver("q", 20, 3))
+        'q.20.3'
+    """
 
     point: Literal["q", "k", "v"]
     layer: int
@@ -62,7 +68,8 @@ Receivers = Literal["logits", "everything"] | Sequence[Receiver]
 class PathInputs:
     """A base and a source input of equal batch size, with their masks and span annotations.
 
-    The two may differ in length: positions are selectors resolved on each input separately."""
+    The two may differ in length: positions are selectors resolved on each input separately.
+    See :func:`path_patching` for an example."""
 
     base_ids: torch.Tensor  # LongTensor[batch, pos]
     source_ids: torch.Tensor  # LongTensor[batch, pos']
@@ -473,7 +480,27 @@ def path_patching(
 
     With ``share_prefix`` the columns before the first one any sender or receiver touches are run
     once, with a KV cache, and every sender continues from there (the same result, computed on
-    fewer columns)."""
+    fewer columns).
+
+    Returns:
+        ``PathPatchingScores``: ``scores[layer, head]``, the relative change of the target's
+        probability ``(p_patched − p_base) / p_base`` when that head is the sender;
+        ``top(k)`` gives the heads with the most negative scores.
+
+    Example (two stages: senders straight to the logits, then through the top heads' queries):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> from graftlens import PathInputs, Receiver
+        >>> inputs = PathInputs(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.tensor([[5, 13, 7, 8], [9, 14, 11, 12]]))
+        >>> direct = graftlens.path_patching(m, inputs, torch.tensor([3, 4]), receivers="logits")
+        >>> direct.scores.shape
+        torch.Size([4, 4])
+        >>> queries = [Receiver("q", layer, head) for layer, head in direct.top(2)]
+        >>> via_q = graftlens.path_patching(m, inputs, torch.tensor([3, 4]), receivers=queries)
+        >>> via_q.scores.shape
+        torch.Size([4, 4])
+    """
     adapter = as_loaded(model).adapter
     with torch.no_grad():
         prepared = PreparedBatch(

@@ -88,7 +88,18 @@ def cancel_sublayers(
     ``through``, at every position up to and including the last one the selector picks.
 
     With ``means`` (layer → ``Tensor[d_model]``, e.g. from :func:`sublayer_means`) the output
-    there is that mean instead of zero (mean ablation)."""
+    there is that mean instead of zero (mean ablation).
+
+    Example (Geva et al.'s enrichment test: early MLPs cancelled up to the subject's last token):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids, spans = torch.tensor([[5, 6, 7, 8, 9]]), [{"subject": (1, 3)}]
+        >>> with graftlens.cancel_sublayers(m, "mlp", range(0, 2), "subject", through=True, spans=spans):
+        ...     cancelled = graftlens.run_logits(m, ids, last_only=True)
+        >>> cancelled.shape
+        torch.Size([1, 1, 96])
+    """
     loaded = as_loaded(model)
     layers = _check_layers(loaded, layers)
     points = {layer: sublayer_point(sublayer, layer) for layer in layers}
@@ -132,13 +143,25 @@ def sublayer_means(
 ) -> dict[int, torch.Tensor]:
     """Mean of ``sublayer``'s output of each of ``layers`` over the positions a cancellation with
     the same ``positions``/``through`` would touch, over every ``(input_ids, attention_mask,
-    spans)`` batch: layer → ``Tensor[d_model]`` (float32)."""
+    spans)`` batch: layer → ``Tensor[d_model]`` (float32).
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids, spans = torch.tensor([[5, 6, 7, 8, 9]]), [{"subject": (1, 3)}]
+        >>> means = graftlens.sublayer_means(m, [(ids, None, spans)], "mlp", range(4), "subject", through=True)
+        >>> sorted(means), means[0].shape
+        ([0, 1, 2, 3], torch.Size([32]))
+    """
     loaded = as_loaded(model)
     layers = _check_layers(loaded, layers)
     points = [sublayer_point(sublayer, layer) for layer in layers]
     sums = {layer: torch.zeros(loaded.adapter.d_model, dtype=torch.float64) for layer in layers}
     count = 0
     for input_ids, attention_mask, spans in batches:
+        if attention_mask is None:  # no padding
+            attention_mask = torch.ones_like(input_ids)
         picked = resolve_positions(positions, attention_mask, spans)
         mask = (through_last(picked, attention_mask) if through else picked).to(input_ids.device)  # [batch, pos]
         with capture(loaded, points) as cache:
