@@ -196,7 +196,19 @@ _TOKEN = re.compile(r"\s*(\(|\)|\+|\^C|[A-Za-z_][\w-]*|-?\d+(?:\s*,\s*-?\d+)*)")
 
 
 def parse_positions(text: str) -> Selector:
-    """Parse ``"FE+LT"``, ``"(FE+LT)^C"``, ``"LT^C"``, ``"all"``, ``"0,2,-1"`` into a selector."""
+    """Parse ``"FE+LT"``, ``"(FE+LT)^C"``, ``"LT^C"``, ``"all"``, ``"0,2,-1"`` into a selector.
+
+    Named spans (``FE``, ``subject``, ...) come from each example's spans; ``LT`` is the last real
+    token; indices count in prompt coordinates (0 = first real token, -1 = last), so left and
+    right padding give the same positions. ``+`` is union, ``^C`` complement.
+
+    Example:
+        >>> import torch, graftlens
+        >>> selector = graftlens.parse_positions("(FE+LT)^C")
+        >>> mask = torch.tensor([[0, 1, 1, 1, 1, 1]])                    # one left-padded prompt
+        >>> selector.resolve(mask, [{"FE": (0, 2)}]).int()               # [batch, pos], padded coordinates
+        tensor([[0, 0, 0, 1, 1, 0]], dtype=torch.int32)
+    """
     tokens: list[str] = []
     pos = 0
     text = text.strip()

@@ -248,7 +248,17 @@ class Recipe(Strict):
 
 
 def load_recipe(source: str | Path) -> tuple[Recipe, Path]:
-    """A recipe from a YAML file, or a shipped recipe by name (``position-grafting``)."""
+    """A recipe from a YAML file, or a shipped recipe by name (``position-grafting``).
+
+    Returns ``(recipe, path)``: the validated recipe and the file it came from. An unknown key,
+    a bad value or an unknown name is a :class:`~graftlens.RecipeError` naming it.
+
+    Example:
+        >>> import graftlens
+        >>> recipe, path = graftlens.load_recipe("demo")
+        >>> recipe.recipient, sorted(recipe.models), path.name
+        ('pre', ['pre', 'sft'], 'demo.yaml')
+    """
     path = Path(source)
     if not path.suffix and not path.exists():
         shipped = SHIPPED / f"{source}.yaml"

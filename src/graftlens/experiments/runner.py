@@ -79,7 +79,25 @@ def run_recipe(
     With ``ray`` (a cluster address, or ``"local"`` to start one here), Ray workers score the
     units and this process writes them, in the same order (:mod:`graftlens.experiments.distributed`);
     ``workers`` says how many (default: one per GPU of the cluster, else the cluster's CPUs
-    divided by this process's threads, which each worker computes with)."""
+    divided by this process's threads, which each worker computes with).
+
+    Example (the embedded model's top-1 on the shipped known facts; a few seconds):
+        >>> import graftlens, pathlib, tempfile
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "plain.yaml").write_text(
+        ...     "name: plain\\n"
+        ...     "data: {known_facts: shipped}\\n"
+        ...     "models: {pre: {spec: smollm2-135m}}\\n"
+        ...     "recipient: pre\\n"
+        ...     "eval: {metric: top1, bootstrap: 0}\\n"
+        ...     "configs: [{name: PRE, model: pre}]\\n"
+        ... )
+        >>> recipe, path = graftlens.load_recipe(folder / "plain.yaml")
+        >>> summary = graftlens.run_recipe(recipe, folder / "run", recipe_path=path)
+        >>> results = graftlens.open_run(folder / "run").results
+        >>> len(results), sorted(results["config"].unique())
+        (161, ['PRE'])
+    """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     check_device(device)

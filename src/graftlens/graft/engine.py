@@ -42,6 +42,19 @@ class Grafter:
     reused by every block). A call that continues a KV cache (``past_key_values``) grafts the new
     positions by the same rules, resolved on the whole sequence: the mask must cover the cached
     and the new positions, as transformers expects anyway.
+
+    Example (one grafter, batches with their own spans):
+        >>> import torch, graftlens
+        >>> from graftlens import Graft
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> grafter = graftlens.Grafter(base, {"ft": ft}, [Graft("ft", "mlp", "half2", "FE+LT")])
+        >>> with grafter.on([{"FE": (0, 2)}]):
+        ...     a = graftlens.run_logits(base, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        >>> with grafter.on([{"FE": (1, 3)}]):
+        ...     b = graftlens.run_logits(base, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        >>> torch.equal(a, b), grafter.donor_bytes
+        (False, {'ft': 0})
     """
 
     def __init__(
@@ -174,7 +187,32 @@ def grafting(
     rules: Sequence[Graft],
     spans: Sequence[Spans] | None = None,
 ) -> Grafter:
-    """``with grafting(base, {"ft": ft}, [Graft("ft", "all", "all", "FE+LT")]) as g: base.model(...)``."""
+    """Graft ``donors`` into ``base`` by ``rules`` on every forward call inside the block.
+
+    Args:
+        base: the recipient.
+        donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily).
+        rules: :class:`Graft` rules; a later rule wins where rules overlap.
+        spans: per example, the named spans the rules' selectors name.
+
+    Returns:
+        a :class:`Grafter`, a context manager (``with grafter.on(spans): ...`` for other batches).
+
+    Example (grafting nothing is the recipient bit for bit, grafting everything is the donor):
+        >>> import torch, graftlens
+        >>> from graftlens import Graft
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> with graftlens.grafting(base, {"ft": ft}, []):
+        ...     nothing = graftlens.run_logits(base, ids)
+        >>> with graftlens.grafting(base, {"ft": ft}, [Graft("ft", "all", "all", None)]):
+        ...     everything = graftlens.run_logits(base, ids)
+        >>> torch.equal(nothing, graftlens.run_logits(base, ids))
+        True
+        >>> torch.allclose(everything, graftlens.run_logits(ft, ids), atol=1e-5)
+        True
+    """
     return Grafter(base, donors, rules, spans)
 
 
@@ -238,7 +276,18 @@ def grafted_generate(
     ``spans`` must hold each prompt's ``LT`` (tokenized prompts' spans do): the generated tokens
     are then *new* and each is grafted as the last token of the sequence so far — ``LT`` grafts
     every generated token (as the paper's token-by-token code does), ``"new"`` all of them,
-    ``FE`` none."""
+    ``FE`` none.
+
+    Example:
+        >>> import torch, graftlens
+        >>> from graftlens import Graft
+        >>> from graftlens.models import tiny_model
+        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> ids, spans = torch.tensor([[5, 6, 7, 8]]), [{"FE": (0, 2), "LT": (3, 4)}]
+        >>> rules = [Graft("ft", "all", "all", "FE+LT")]
+        >>> graftlens.grafted_generate(base, {"ft": ft}, rules, ids, torch.ones_like(ids), spans, 3).shape
+        torch.Size([1, 3])
+    """
     from graftlens.models.generate import greedy_continuation
 
     loaded = as_loaded(base)

@@ -38,6 +38,13 @@ class Graft:
     components (embed, lm_head, ln_final). ``positions``: ``None`` (every position), a
     ``BoolTensor[batch, pos]``, a selector or selector string (``"FE+LT"``), or per-example lists
     of prompt-coordinate indices.
+
+    Example:
+        >>> from graftlens import Graft
+        >>> Graft("ft", "o+mlp", "quarter4", "LT")
+        Graft(donor='ft', components='o+mlp', layers='quarter4', positions='LT')
+        >>> Graft("task", components=["q", "k", "v"], layers=range(15, 30), positions="FE")  # doctest: +ELLIPSIS
+        Graft(donor='task', components=['q', 'k', 'v'], layers=range(15, 30), positions='FE')
     """
 
     donor: str

@@ -36,7 +36,14 @@ class MaskError(InterventionError):
 class DesideratumBatch:
     """Base and source inputs with the answer the desideratum expects (``LongTensor[batch]``):
     with the heads patched from the source run, the base run should predict ``answer_ids``.
-    See :func:`learn_mask` for an example."""
+
+    Example:
+        >>> import torch
+        >>> from graftlens import DesideratumBatch, PathInputs
+        >>> batch = DesideratumBatch(PathInputs(torch.tensor([[5, 6, 7]]), torch.tensor([[8, 6, 7]])), torch.tensor([3]))
+        >>> batch.answer_ids.shape
+        torch.Size([1])
+    """
 
     inputs: PathInputs
     answer_ids: torch.Tensor

@@ -69,7 +69,14 @@ class PathInputs:
     """A base and a source input of equal batch size, with their masks and span annotations.
 
     The two may differ in length: positions are selectors resolved on each input separately.
-    See :func:`path_patching` for an example."""
+
+    Example:
+        >>> import torch
+        >>> from graftlens import PathInputs
+        >>> inputs = PathInputs(torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.tensor([[5, 11, 12, 7], [8, 13, 14, 10]]))
+        >>> inputs.masks[1].shape  # masks default to no padding
+        torch.Size([2, 4])
+    """
 
     base_ids: torch.Tensor  # LongTensor[batch, pos]
     source_ids: torch.Tensor  # LongTensor[batch, pos']
@@ -153,6 +160,18 @@ def path_patched_logits(
         receiver_positions: where the receivers read the sender's effect.
 
     Many senders on the same inputs: :func:`path_patching` scores them all and shares the runs.
+
+    Example (no sender is the base run; ``receivers="everything"`` is activation patching of the head):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> from graftlens import PathInputs
+        >>> inputs = PathInputs(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]]))
+        >>> none = graftlens.path_patched_logits(m, inputs, None)
+        >>> torch.allclose(none, graftlens.run_logits(m, inputs.base_ids)[:, -1], atol=1e-5)
+        True
+        >>> graftlens.path_patched_logits(m, inputs, (1, 2), receivers="everything").shape
+        torch.Size([1, 96])
     """
     return path_patched_run(model, inputs, sender, sender_positions=sender_positions, source_positions=source_positions,
                             receivers=receivers, receiver_positions=receiver_positions)  # fmt: skip

@@ -50,7 +50,17 @@ class PointError(InterventionError):
 
 @dataclass(frozen=True, order=True)
 class Point:
-    """One named activation of one layer (``Point("z", 5)``, written ``z.5``)."""
+    """One named activation of one layer (``Point("z", 5)``, written ``z.5``).
+
+    Names: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` (``[batch, pos, d_model]``),
+    and per head ``z``, ``q``, ``k``, ``v`` (``[batch, pos, head, d_head]``).
+
+    Example:
+        >>> from graftlens import Point
+        >>> from graftlens.interventions import parse_point
+        >>> parse_point("z.5") == Point("z", 5) == parse_point("blocks.5.attn.hook_z")
+        True
+    """
 
     name: str
     layer: int

