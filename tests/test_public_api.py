@@ -164,3 +164,14 @@ def test_every_error_class_is_one_of_the_five_kinds() -> None:
                 seen[cls.__qualname__] = [k.__name__ for k in kinds if issubclass(cls, k)]
     assert len(seen) >= 20
     assert {name: ks for name, ks in seen.items() if len(ks) != 1} == {}
+
+
+def test_nothing_raises_the_bare_root_error() -> None:
+    """Every error graftlens raises is of one of the five kinds a user catches, never the bare root."""
+    import re
+    from pathlib import Path
+
+    src = Path(graftlens.__file__).parent
+    bare = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"raise GraftlensError\b", line)]  # fmt: skip
+    assert bare == []

@@ -128,12 +128,12 @@ def run_cmd(
     """Run a recipe's sweep into a results store, then write its figures and HTML report.
 
     Killed or interrupted? Run the same command again: finished results are kept, the rest is done."""
-    from graftlens.errors import GraftlensError
+    from graftlens.errors import RecipeError
     from graftlens.experiments import load_recipe
     from graftlens.results import load_run
 
     if workers is not None and ray is None:
-        raise GraftlensError("--workers counts Ray workers: add --ray")
+        raise RecipeError("--workers counts Ray workers: add --ray")
     command = f"graftlens run {recipe}" + (f" --out {out}" if out else "") + (f" --device {device}" if device else "")
     command += (f" --ray {ray}" if ray else "") + (f" --workers {workers}" if workers is not None else "")
     loaded, path = load_recipe(recipe)
@@ -161,12 +161,12 @@ def export_cmd(
     parquet: Path | None = typer.Option(None, "--parquet", help="write a Parquet file here (needs pyarrow)"),
 ) -> None:
     """Export one row per (configuration, template, example): probability, rank and top-k hits."""
-    from graftlens.errors import GraftlensError
+    from graftlens.errors import RecipeError
     from graftlens.results import load_run
     from graftlens.results.export import write_csv, write_parquet
 
     if csv is None and parquet is None:
-        raise GraftlensError("say where to write: --csv OUT.csv and/or --parquet OUT.parquet")
+        raise RecipeError("say where to write: --csv OUT.csv and/or --parquet OUT.parquet")
     run = load_run(run_dir)
     for path, writer in ((csv, write_csv), (parquet, write_parquet)):
         if path is not None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
@@ -115,7 +115,7 @@ class Grafter:
     def _prepare(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask, cached, n_new = call_sequence(args, kwargs, "grafting")
         if mask.shape[1] != cached + n_new:
-            raise GraftlensError(
+            raise InterventionError(
                 f"grafting a cache continuation needs the attention mask of the whole sequence: "
                 f"{cached} cached + {n_new} new positions, the mask has {mask.shape[1]}"
             )
@@ -292,6 +292,6 @@ def grafted_generate(
 
     loaded = as_loaded(base)
     if any("LT" not in s for s in spans):
-        raise GraftlensError("grafted generation needs each prompt's LT span, to tell the prompt from the generated tokens")
+        raise InterventionError("grafted generation needs each prompt's LT span, to tell the prompt from the generated tokens")
     with grafting(loaded, donors, rules, spans):
         return greedy_continuation(loaded, input_ids, attention_mask, n_new)

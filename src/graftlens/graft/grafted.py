@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.graft.donors import module_params
 from graftlens.graft.rules import ModulePlan
 from graftlens.models.adapters import Rows, rows_index
@@ -166,7 +166,7 @@ class BatchState:
             return x
         if x.dim() >= 2 and x.shape[0] == 1 and x.shape[1] == seq:  # e.g. shared position ids
             return x.expand(batch, *x.shape[1:])
-        raise GraftlensError(
+        raise InterventionError(
             f"cannot graft {path}: its input has shape {list(x.shape)}, expected [batch={batch}, pos={seq}, ...]"
         )
 
@@ -290,7 +290,7 @@ class GraftedModule(_Replacement):
         if self.groups is None:
             return self.original_forward(x, *args, **kwargs)
         if args or kwargs:
-            raise GraftlensError(f"cannot graft {self.path}: its forward takes more than one input")
+            raise InterventionError(f"cannot graft {self.path}: its forward takes more than one input")
         state, groups = self.state, self.groups
         assert state is not None
         x = state.batched(x, self.path)

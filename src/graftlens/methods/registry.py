@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from graftlens.errors import GraftlensError
-from graftlens.methods.base import RecipeError, RunConfig, Sweep
+from graftlens.errors import GraftlensError, RecipeError
+from graftlens.methods.base import RunConfig, Sweep
 from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 
@@ -162,7 +162,7 @@ _METHODS: dict[str, Method] = {}
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` the method of its ``kind``."""
     if cls.kind in _METHODS and type(_METHODS[cls.kind]) is not cls:
-        raise GraftlensError(f"two methods of kind {cls.kind!r}: {type(_METHODS[cls.kind]).__name__} and {cls.__name__}")
+        raise RecipeError(f"two methods of kind {cls.kind!r}: {type(_METHODS[cls.kind]).__name__} and {cls.__name__}")
     _METHODS[cls.kind] = cls()
     return cls
 
@@ -171,7 +171,7 @@ def method_for(kind: str) -> Method:
     try:
         return _METHODS[kind]
     except KeyError:
-        raise GraftlensError(f"unknown method kind {kind!r}; known: {', '.join(sorted(_METHODS))}") from None
+        raise RecipeError(f"unknown method kind {kind!r}; known: {', '.join(sorted(_METHODS))}") from None
 
 
 def methods() -> list[Method]:

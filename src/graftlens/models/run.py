@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.models.loading import LoadedModel
 
 
@@ -55,7 +55,7 @@ def call_sequence(args: tuple, kwargs: dict, who: str) -> tuple[torch.Tensor, in
     if inputs is None:
         inputs = kwargs.get("inputs_embeds")
         if inputs is None:
-            raise GraftlensError(f"{who} needs input_ids (or inputs_embeds) in the forward call")
+            raise InterventionError(f"{who} needs input_ids (or inputs_embeds) in the forward call")
     past = kwargs.get("cache", kwargs.get("past_key_values"))  # newer transformers name it ``cache``
     cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
     new = int(inputs.shape[1])

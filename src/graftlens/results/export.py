@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import StoreError
 from graftlens.fileio import write_text_atomic
 from graftlens.results.rundata import RunData
 
@@ -65,7 +65,7 @@ def write_parquet(run: RunData, path: Path) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise GraftlensError("--parquet needs pyarrow: pip install 'graftlens[parquet]' (or use --csv)") from None
+        raise StoreError("--parquet needs pyarrow: pip install 'graftlens[parquet]' (or use --csv)") from None
     rows = table_rows(run)
     extras = extra_columns(run)
     optional = ("target_logprob", "continuation")

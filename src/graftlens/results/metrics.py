@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import StoreError
 from graftlens.results.store import ResultRow
 
 METRICS: dict[str, Callable[[ResultRow], float]] = {
@@ -30,7 +30,7 @@ def _extra(row: ResultRow, name: str) -> float:
     try:
         return float(row.extra[name])
     except KeyError:
-        raise GraftlensError(
+        raise StoreError(
             f"result {row.config!r}/{row.example!r} has no {name!r}: the run was not scored with that metric"
         ) from None
 
