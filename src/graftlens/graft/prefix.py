@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from graftlens.models.loading import LoadedModel
 
 DEFAULT_PREFIX_BYTES = 1 << 30  # prefixes kept at once (oldest dropped first)
+VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
 
 
 def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> bool:
@@ -39,6 +40,17 @@ def first_claimed_column(rules: Sequence[Graft], attention_mask: torch.Tensor, s
     if attention_mask.shape[1] < 2 or not bool(attention_mask[:, -1].all()):
         return 0
     return min((first_picked_column(rule.positions, attention_mask, spans) for rule in rules), default=attention_mask.shape[1])
+
+
+def prefix_cut(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None,
+               grafts_unembedding: bool) -> int:  # fmt: skip
+    """Where a configuration's shared prefix ends on this batch: its first claimed column (at most
+    the last one), or 0 (it runs alone). A continuation computes the last column's logits only, so
+    a configuration grafting the unembedding shares a prefix only when it claims nothing but the
+    last column."""
+    width = attention_mask.shape[1]
+    cut = min(first_claimed_column(rules, attention_mask, spans), width - 1)
+    return 0 if grafts_unembedding and cut < width - 1 else cut
 
 
 class PrefixCaches:

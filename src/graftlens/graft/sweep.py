@@ -16,14 +16,12 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.graft.engine import DonorLike, Grafter, grafting
-from graftlens.graft.prefix import continue_variants, first_claimed_column, variant_rules
+from graftlens.graft.prefix import VARIANT_ROWS, continue_variants, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.prefix import run_prefix
 from graftlens.models.run import run_logits
 from graftlens.positions import Selector, Spans
-
-VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
 
 
 def graft_sweep(
@@ -67,18 +65,14 @@ def graft_sweep(
     if spans is not None and len(spans) != input_ids.shape[0]:
         raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
     input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
-    width = mask.shape[1]
     head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
 
-    cuts: dict[str, int] = {}
+    cuts: dict[str, int] = {}  # configuration → where its shared prefix ends (0: it runs alone)
     for name, rules in configs.items():
         rules = list(rules)
-        cut = min(first_claimed_column(rules, mask, spans), width - 1)
-        shareable = all(isinstance(g.positions, (str, Selector)) for g in rules)
-        # A continuation computes the last column's logits only: grafting the unembedding elsewhere runs alone.
-        if head_paths & set(touched_modules(loaded.adapter, rules)) and cut < width - 1:
-            shareable = False
-        cuts[name] = cut if shareable else 0
+        shareable = all(isinstance(g.positions, (str, Selector)) for g in rules)  # variants need selectors
+        grafts_head = bool(head_paths & set(touched_modules(loaded.adapter, rules)))
+        cuts[name] = prefix_cut(rules, mask, spans, grafts_head) if shareable else 0
 
     out: dict[str, torch.Tensor] = {}
     for name, cut in cuts.items():

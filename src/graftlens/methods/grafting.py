@@ -91,9 +91,6 @@ def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int
         return greedy_continuation(model, batch.input_ids, batch.attention_mask, n, cache)
 
 
-VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
-
-
 def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: Context, donors, prefixes, alone) -> LastLogits:
     """``config``'s readout when the grafting configurations of the run share prefixes: on each
     batch, the configurations whose rules first claim the same column ``c`` continue one plain
@@ -106,7 +103,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
     from graftlens.eval.batching import with_targets
     from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import continue_variants, first_claimed_column, generate_variants, variant_rules
+    from graftlens.graft.prefix import VARIANT_ROWS, continue_variants, generate_variants, prefix_cut, variant_rules
 
     model = context.models[config.model]
     family = tuple(c.name for c in siblings)
@@ -121,12 +118,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
 
     def cuts(mask: torch.Tensor, spans) -> dict[str, int]:
         """Each sibling's first claimed column on this batch (0: it runs alone)."""
-        width = mask.shape[1]
-        out = {}
-        for c in siblings:
-            cut = min(first_claimed_column(c.rules(), mask, spans), width - 1)
-            out[c.name] = 0 if c.name in grafts_head and cut < width - 1 else cut
-        return out
+        return {c.name: prefix_cut(c.rules(), mask, spans, c.name in grafts_head) for c in siblings}
 
     def run(batch: PromptBatch) -> Readout:
         batch = batch.to(model.device)
