@@ -4,7 +4,6 @@ fresh cache for the embedded model, so each test session exercises the real cold
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,11 +17,7 @@ from graftlens.models.tiny import TINY_VOCAB, tiny_configs, tiny_model  # noqa: 
 VOCAB = TINY_VOCAB
 
 
-def _tiny_configs() -> dict[str, Callable[[], object]]:
-    return tiny_configs()
-
-
-FAMILIES = list(_tiny_configs())
+FAMILIES = list(tiny_configs())
 
 
 def make_tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
@@ -90,7 +85,7 @@ def make_text_model(family: str, tokenizer, seed: int = 0) -> torch.nn.Module:
     """A tiny random model of ``family`` whose vocabulary fits ``tokenizer``."""
     from transformers import AutoModelForCausalLM
 
-    config = _tiny_configs()[family]()
+    config = tiny_configs()[family]()
     config.vocab_size = len(tokenizer)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

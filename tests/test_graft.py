@@ -511,10 +511,10 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     Complements (claiming column 0) and the unembedding grafted before the last column go alone."""
     from graftlens.data.prompts import TokenizedPrompt
     from graftlens.eval.batching import collate
-    from graftlens.graft import prefix
     from graftlens.methods.base import GraftSpec, RunConfig
     from graftlens.methods.grafting import grafted_last_logits
     from graftlens.methods.registry import Context, method_for
+    from graftlens.models import prefix
     from graftlens.models.loading import as_loaded
 
     monkeypatch.setattr(prefix, "VARIANT_ROWS", rows)  # read by the recipes' grafting readout on each batch

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from graftlens.models.loading import LoadedModel
 
 DEFAULT_PREFIX_BYTES = 1 << 30  # prefixes kept at once (oldest dropped first)
-VARIANT_ROWS = 256  # rows of one pass of configurations run as variants (prompts × configurations)
 
 
 def claims_only_last(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None) -> bool:

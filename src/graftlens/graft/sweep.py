@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from graftlens.errors import InterventionError
 from graftlens.graft.engine import DonorLike, Grafter, grafting
-from graftlens.graft.prefix import VARIANT_ROWS, continue_variants, prefix_cut, variant_rules
+from graftlens.graft.prefix import continue_variants, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import run_prefix
-from graftlens.models.run import run_logits
+from graftlens.models.prefix import VARIANT_ROWS, run_prefix
+from graftlens.models.run import check_batch, run_logits
 from graftlens.positions import Selector, Spans
 
 
@@ -59,11 +58,8 @@ def graft_sweep(
         torch.Size([2, 96])
     """
     loaded = as_loaded(recipient)
+    check_batch(input_ids, attention_mask, spans)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    if input_ids.shape != mask.shape:
-        raise InterventionError(f"input_ids {list(input_ids.shape)} and attention_mask {list(mask.shape)} differ in shape")
-    if spans is not None and len(spans) != input_ids.shape[0]:
-        raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
     input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
     head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
 

@@ -160,23 +160,7 @@ def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Span
     in, like :func:`patched_logits`, computing only what the patches can change: ``run`` (a
     :class:`~graftlens.interventions.continuation.CachedRun` of the unpatched model) is continued
     from the lowest patched layer and the first patched column."""
-    mask = run.attention_mask
-    resolved = []
-    for p in patches:
-        where = torch.ones_like(mask, dtype=torch.bool) if p.positions is None else resolve_positions(p.positions, mask, spans)
-        resolved.append((p, where))
-    first = min(first_picked_column(where, mask) for _, where in resolved)
-    if first == run.n_columns:
-        return run.logits  # no patch touches any position
-    column = min(first, run.n_columns - 1)
-    layer = min(p.point.layer for p in patches)
-    edits: dict[Point, list[Edit]] = {}
-    for p, where in resolved:
-        sliced = Patch(p.point, p.source[:, column:], None, p.heads)
-        edits.setdefault(p.point, []).append(sliced.as_edit(where[:, column:]))
-
-    with edit(run.model, {point: _chained(fns) for point, fns in edits.items()}):
-        return run.continued(layer, column)
+    return continued_patched_variants(run, [patches], spans)[:, 0]
 
 
 def continued_patched_variants(

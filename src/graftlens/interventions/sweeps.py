@@ -20,21 +20,11 @@ from graftlens.interventions.knockout import knockout_sweep_logits
 from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_variants, run_with_cache
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.prefix import VARIANT_ROWS
+from graftlens.models.run import check_batch
 from graftlens.positions import PositionsLike, Spans
 
-VARIANT_ROWS = 256  # rows of one continuation holding configurations as variants (prompts × configurations)
 HeadChoice = Sequence[int] | None  # the heads of a per-head point; None: all heads (or the whole stream point)
-
-
-def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, spans: Sequence[Spans] | None) -> None:
-    if input_ids.ndim != 2:
-        raise InterventionError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise InterventionError(
-            f"attention_mask {list(attention_mask.shape)} must have the shape of input_ids {list(input_ids.shape)}"
-        )
-    if spans is not None and len(spans) != input_ids.shape[0]:
-        raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
 
 
 def cmap_sweep(
@@ -79,7 +69,7 @@ def cmap_sweep(
     """
     recipient, donor = as_loaded(recipient), as_loaded(donor)
     check_same_shapes(recipient, donor)
-    _check_inputs(input_ids, attention_mask, spans)
+    check_batch(input_ids, attention_mask, spans)
     parsed: dict[str, dict[Point, HeadChoice]] = {}
     for name, points in configs.items():
         if not points:
@@ -131,7 +121,7 @@ def knockout_sweep(
         torch.Size([3, 1, 96])
     """
     loaded = as_loaded(model)
-    _check_inputs(input_ids, attention_mask, spans)
+    check_batch(input_ids, attention_mask, spans)
     n = loaded.adapter.n_layers
     windows = [list(w) for w in windows]
     for w in windows:

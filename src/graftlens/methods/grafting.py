@@ -103,7 +103,8 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
     from graftlens.eval.batching import with_targets
     from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import VARIANT_ROWS, continue_variants, generate_variants, prefix_cut, variant_rules
+    from graftlens.graft.prefix import continue_variants, generate_variants, prefix_cut, variant_rules
+    from graftlens.models.prefix import VARIANT_ROWS  # read per call: tests set it smaller
 
     model = context.models[config.model]
     family = tuple(c.name for c in siblings)

@@ -15,6 +15,8 @@ import torch
 from graftlens.models.loading import LoadedModel
 from graftlens.models.run import position_ids_for
 
+VARIANT_ROWS = 256  # rows of one pass that runs configurations as variants (prompts × configurations)
+
 
 def cache_bytes(cache) -> int:
     total = 0

@@ -14,6 +14,19 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, spans=None) -> None:
+    """Raise :class:`~graftlens.InterventionError` naming the argument unless ``input_ids`` is
+    ``[batch, pos]``, ``attention_mask`` (if given) has its shape and ``spans`` (if given) one entry per prompt."""
+    if input_ids.ndim != 2:
+        raise InterventionError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise InterventionError(
+            f"attention_mask {list(attention_mask.shape)} must have the shape of input_ids {list(input_ids.shape)}"
+        )
+    if spans is not None and len(spans) != input_ids.shape[0]:
+        raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
+
+
 def run_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,
