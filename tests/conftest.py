@@ -112,3 +112,20 @@ def text_model_dir(tmp_path_factory: pytest.TempPathFactory, text_tokenizer) -> 
     make_text_model("llama", text_tokenizer).save_pretrained(path)
     text_tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def et_model_dir(tmp_path_factory) -> str:
+    """A tiny llama whose tokenizer has every object and box label as one token."""
+    from graftlens.data.entity_tracking import OBJECTS
+
+    texts = [
+        " ".join(OBJECTS) * 3,
+        " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3,
+        "The apple is in Box F, the key. Box contains the",
+    ] * 20
+    tokenizer = make_text_tokenizer(texts, vocab_size=400)
+    path = tmp_path_factory.mktemp("et-llama")
+    make_text_model("llama", tokenizer, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -26,21 +26,6 @@ from graftlens.results import load_run
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def et_model_dir(tmp_path_factory) -> str:
-    """A tiny llama whose tokenizer has every object and box label as one token."""
-    texts = [
-        " ".join(OBJECTS) * 3,
-        " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3,
-        "The apple is in Box F, the key. Box contains the",
-    ] * 20
-    tokenizer = make_text_tokenizer(texts, vocab_size=400)
-    path = tmp_path_factory.mktemp("et-llama")
-    make_text_model("llama", tokenizer, seed=1).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _pairs(model, kind: str, n: int):
     """The recipes' 3-box pairs of ``kind`` (seed 0, test half): prompts, the base batch, and the inputs."""
     prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, kind, n, 3, 0, "test"), model.tokenizer)

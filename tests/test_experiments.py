@@ -183,7 +183,7 @@ def test_bad_recipe_is_one_line_from_the_cli(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("layers: [all, half2]", "layers: [all, 7]", r"configuration 'attn @ 7'.*7"),
+        ("layers: [all, half2]", "layers: [all, 7]", r"sweeps\[2\] \(components\) layers: layer 7 out of range"),
         ("sets: ['FE'", "sets: ['director'", r"configuration 'director'.*no span 'director'"),
     ],
 )

@@ -158,7 +158,7 @@ def test_method_recipe_errors(tmp_path, text_model_dir, donor_dir, small_facts):
     with pytest.raises(ConfigFileError, match="known facts have no training documents"):
         load_recipe(tuned)
     with pytest.raises(RecipeError, match="unknown span 'subjekt'|subjekt"):
-        bad = _recipe(base + "sweeps: [{kind: knockout, baseline: clean, sources: {s: subjekt}}]", tmp_path / "a.yaml")
+        bad = _recipe(base + "sweeps: [{kind: knockout, baseline: clean, window: 3, sources: {s: subjekt}}]", tmp_path / "a.yaml")
         run_recipe(load_recipe(bad)[0], tmp_path / "a", recipe_path=bad)
     only = _recipe(base.replace("configs:", "eval: {only_correct: true}\nconfigs:"), tmp_path / "b.yaml")
     with pytest.raises(RecipeError, match="gets none of the 161 prompts right"):

@@ -221,10 +221,10 @@ def test_recall_runs_resume_to_the_same_rows(tmp_path, text_model_dir, mapping_r
 @pytest.mark.parametrize(
     "sweep, message",
     [
-        ("{kind: enrichment, window: 5}", "a window of 5 layers is wider than the model (4 layers)"),
-        ("{kind: enrichment, read_layer: 4}", "read_layer 4 out of range (the model has layers 0..3)"),
-        ("{kind: extraction, enrichment_layers: '0-6'}", "extraction sweep, enrichment_layers: layer 4 out of range"),
-        ("{kind: head_mappings, layers: [7]}", "head_mappings sweep, layers: layer 7 out of range"),
+        ("{kind: enrichment, window: 5}", "sweeps[1] (enrichment) window: a window of 5 layers is wider than model 'pre'"),
+        ("{kind: enrichment, window: 2, read_layer: 4}", "read_layer: 4 is not a layer of model 'pre' (0..3, or -4..-1"),
+        ("{kind: extraction, enrichment_layers: '0-6'}", "sweeps[1] (extraction) enrichment_layers: layer 4 out of range"),
+        ("{kind: head_mappings, layers: [7]}", "sweeps[1] (head_mappings) layers: layer 7 out of range"),
         ("{kind: head_mappings, subject: movie}", "has no span 'movie'"),
         ("{kind: enrichment, sublayers: [ffn]}", "Input should be 'mlp' or 'attn'"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,8 +41,28 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     return loaded
 
 
+def non_finite(values: object, path: str = "") -> tuple[str, float] | None:
+    """The first number in ``values`` (nested mappings and lists) that is ``inf`` or ``nan``, as
+    ``(dotted path, value)``; None when every number is finite."""
+    if isinstance(values, float) and not math.isfinite(values):
+        return path, values
+    items = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    for key, value in items:
+        found = non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def validated(model: type[M], values: dict, what: str, source: Path | None = None) -> M:
-    """``model(**values)``, turning pydantic's report into one line naming the first bad key."""
+    """``model(**values)``, turning pydantic's report into one line naming the first bad key.
+
+    One rule for every file: its numbers are finite (a YAML ``.inf`` or ``.nan`` is refused
+    wherever it stands, before any field's own check)."""
+    found = non_finite(values)
+    if found is not None:
+        place = f" in {source}" if source is not None else ""
+        raise ConfigFileError(f"{what} setting {found[0]!r}{place}: {found[1]} is not a finite number (no inf or nan)")
     try:
         return model.model_validate(values)
     except ValidationError as exc:

@@ -29,6 +29,7 @@ from graftlens.experiments.setup import (
 from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.fileio import write_json_atomic
 from graftlens.methods import RunConfig
+from graftlens.methods.base import check_sweeps_fit
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
 from graftlens.results.lock import run_lock
@@ -146,11 +147,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         if not resume:
             store.clear()
         elif previous is not None and previous != run_id and store.total() > 0:
-            old = (store.get_meta("recipe") or {}).get("name", "?")
-            raise StoreError(
-                f"{run_dir} holds the results of another recipe ({old!r}, id {previous}); "
-                "pass --restart to discard them, or choose another --out"
-            )
+            raise StoreError(_another_recipe(run_dir, previous, store.get_meta("recipe") or {}, recipe))
         # Claimed at once (the lock keeps other writers out until this run ends).
         store.set_meta("run", run_id)
         store.set_meta("recipe", recipe.model_dump(mode="json"))
@@ -162,10 +159,12 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         pad = pad_id_of(recipient.tokenizer)
         prompts = data.prompts(recipe, recipient.tokenizer)
         check_prompt_lengths(prompts, models)
-        if recipe.eval.only_correct:
-            prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
+        # Every number against the models, before any forward pass of the prompts.
+        check_sweeps_fit(recipe.sweeps, recipe.recipient, models)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)
         check_configs(configs, models, prompts, pad)
+        if recipe.eval.only_correct:
+            prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
         attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
 
         inputs = {
@@ -200,6 +199,33 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
                              progress, stop_after_batches, attributes, run_dir, recipe.eval)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
+
+
+def _another_recipe(run_dir: Path, previous: str, stored: dict, recipe: Recipe) -> str:
+    """Why a run directory's results cannot be resumed by ``recipe``: which settings differ."""
+    changed = recipe_changes(stored, recipe.model_dump(mode="json"))
+    shown = ", ".join(f"{path} ({old} → {new})" for path, old, new in changed[:4]) + (", …" if len(changed) > 4 else "")
+    message = f"{run_dir} holds the results of another recipe ({stored.get('name', '?')!r}, id {previous})"
+    if changed:
+        message += f", which differs in {shown}"
+    if [path for path, _, _ in changed] == ["eval.batch_size"]:
+        old = changed[0][1]
+        return (
+            f"{message}. The batch size decides which prompts are padded and computed together, and that changes "
+            f"stored values in their last digits, so a run keeps the batch size it began with: set eval.batch_size "
+            f"back to {old} to resume, or pass --restart to discard the results, or choose another --out"
+        )
+    return f"{message}; pass --restart to discard them, or choose another --out"
+
+
+def recipe_changes(old: object, new: object, path: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted path, old value, new value)`` of every setting that differs between two dumped recipes."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in dict.fromkeys([*old, *new])
+                for change in recipe_changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]  # fmt: skip
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for i, (a, b) in enumerate(zip(old, new, strict=True)) for change in recipe_changes(a, b, f"{path}[{i}]")]
+    return [] if old == new else [(path, old, new)]
 
 
 def _free_memory() -> None:

@@ -3,7 +3,9 @@ rules as recipes write them, and :class:`RunConfig`, the one unit the runner sco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -12,13 +14,99 @@ from graftlens.graft.rules import Graft
 from graftlens.models.names import expand_components
 from graftlens.positions import parse_positions
 
+if TYPE_CHECKING:
+    from graftlens.models import LoadedModel
+
 LayerSpec = int | str | list[int]
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; parsed recipes are immutable (and hashable into a run id)."""
+    """Unknown keys are errors; parsed recipes are immutable (and hashable into a run id); every
+    number is finite (``inf`` and ``nan`` are refused, whatever the field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a recipe's numbers are checked against: those of the model a sweep runs on."""
+
+    name: str  # the recipe's name for the model
+    n_layers: int
+    n_heads: int  # query heads per layer
+    vocab: int  # logits per position
+
+    @classmethod
+    def of(cls, name: str, loaded: LoadedModel) -> ModelShape:
+        out = loaded.model.get_output_embeddings()
+        vocab = out.weight.shape[0] if out is not None else loaded.model.config.vocab_size
+        return cls(name, loaded.adapter.n_layers, loaded.adapter.n_heads, int(vocab))
+
+
+@dataclass(frozen=True)
+class Fits:
+    """Field metadata (``Annotated[int, Fits("vocab")]``): the field's number(s) must fit the
+    model the sweep runs on. Checked for every sweep, and every configuration it expands into,
+    once the models are loaded and before anything is scored (:func:`check_fits`).
+
+    - ``vocab``: a count of tokens (top-k), at most the vocabulary;
+    - ``window``: a count of layers, at most the model's depth;
+    - ``layer``: a layer index, ``0..n-1`` or ``-n..-1`` counted from the last;
+    - ``head``: a head index of every layer, ``0..heads-1`` (each item of a list);
+    - ``heads``: a count of heads, at most the model's heads in all;
+    - ``selection`` / ``selections``: one / a list of layer selections (``all``, ``half2``, ``[3, 4]``)."""
+
+    what: Literal["vocab", "window", "layer", "head", "heads", "selection", "selections"]
+
+    def problem(self, value: object, shape: ModelShape) -> str | None:
+        """Why ``value`` does not fit ``shape`` (None: it fits)."""
+        from graftlens.models.names import select_layers
+
+        n = shape.n_layers
+        model = f"model {shape.name!r}"
+        if self.what in ("selection", "selections"):
+            for item in value if self.what == "selections" else [value]:  # type: ignore[union-attr]
+                try:
+                    select_layers(item, n)
+                except GraftlensError as exc:
+                    return f"{exc} ({model})"
+            return None
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, int):
+                continue
+            if self.what == "vocab" and v > shape.vocab:
+                return f"{v} is more than the vocabulary of {model} ({shape.vocab} tokens)"
+            if self.what == "window" and v > n:
+                return f"a window of {v} layers is wider than {model} ({n} layers)"
+            if self.what == "layer" and not -n <= v < n:
+                return f"{v} is not a layer of {model} (0..{n - 1}, or -{n}..-1 from the last)"
+            if self.what == "head" and not 0 <= v < shape.n_heads:
+                return f"{v} is not a head of {model} (0..{shape.n_heads - 1})"
+            if self.what == "heads" and v > n * shape.n_heads:
+                return f"{v} heads are more than {model} has ({n} layers × {shape.n_heads} = {n * shape.n_heads})"
+        return None
+
+
+def check_fits(part: BaseModel, shape: ModelShape, where: str, prefix: str = "") -> None:
+    """Every :class:`Fits` field of ``part`` (and of the recipe parts inside it) fits ``shape``, or
+    one :class:`RecipeError`: ``"{where} {field}: {why}"`` (``sizes.value_fetchers`` inside a part)."""
+    for name, info in type(part).model_fields.items():
+        value = getattr(part, name)
+        for bound in info.metadata:
+            if isinstance(bound, Fits) and value is not None:
+                problem = bound.problem(value, shape)
+                if problem is not None:
+                    raise RecipeError(f"{where} {prefix}{name}: {problem}".lstrip())
+        if isinstance(value, BaseModel):
+            check_fits(value, shape, where, f"{prefix}{name}.")
+
+
+def check_sweeps_fit(sweeps: list[Sweep], recipient: str, models: Mapping[str, LoadedModel]) -> None:
+    """Every sweep's numbers fit the model it runs on (see :class:`Fits`), or one error naming
+    the sweep (its place under ``sweeps:`` and its kind), the field, the value and the bound."""
+    for i, sweep in enumerate(sweeps, 1):
+        name = getattr(sweep, "recipient", None) or recipient
+        check_fits(sweep, ModelShape.of(name, models[name]), f"sweeps[{i}] ({getattr(sweep, 'kind', '?')})")
 
 
 def check_components(value: str | list[str]) -> str | list[str]:

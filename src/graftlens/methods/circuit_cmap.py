@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
-from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, load_circuit
+from graftlens.methods.circuits import GROUPS, load_circuit
 from graftlens.methods.cmap import DonorActivations
 from graftlens.methods.registry import Context, Method, register
 
@@ -71,9 +71,9 @@ class CircuitCrossModelPatching(Method):
         a = models[config.model].adapter
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
-        for g in spec.groups:
-            circuit.group(g)
-        return [GROUP_POSITIONS[g] for g in spec.groups]
+        if not any(circuit.group(g).heads for g in spec.groups):
+            raise RecipeError(f"circuit {spec.circuit}: the groups {spec.groups} have no heads")
+        return [circuit.group(g).positions for g in spec.groups]  # each group patched at the file's positions
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:
         spec = config.method

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
-from graftlens.methods.base import RecipeError, Strict
+from graftlens.errors import GraftlensError
+from graftlens.methods.base import Fits, RecipeError, Strict
+from graftlens.positions import parse_positions
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +48,10 @@ Results = Callable[[Sequence[str]], dict[str, dict[str, float]]]
 class GroupSizes(Strict):
     """How many heads each path-patching stage keeps (the most negative scores, as in the paper's code)."""
 
-    value_fetchers: int = Field(10, ge=1)
-    position_transmitters: int = Field(5, ge=1)
-    position_detectors: int = Field(5, ge=1)
-    structure_readers: int = Field(3, ge=1)
+    value_fetchers: Annotated[int, Fits("heads")] = Field(10, ge=1)
+    position_transmitters: Annotated[int, Fits("heads")] = Field(5, ge=1)
+    position_detectors: Annotated[int, Fits("heads")] = Field(5, ge=1)
+    structure_readers: Annotated[int, Fits("heads")] = Field(3, ge=1)
 
 
 def stored_results(run: RunData) -> Results:
@@ -125,7 +127,24 @@ def load_circuit(source: str, base_dir: Path | None = None) -> Circuit:
     unknown = [g for g in circuit.groups if g not in GROUP_POSITIONS]
     if unknown:
         raise RecipeError(f"circuit file {path}: unknown group(s) {unknown}; the groups are {', '.join(GROUPS)}")
+    for name, group in circuit.groups.items():
+        try:
+            parse_positions(group.positions)
+        except GraftlensError as exc:
+            raise RecipeError(f"circuit file {path}: group {name!r}, positions {group.positions!r}: {exc}") from None
     return circuit
+
+
+def check_fixed_positions(circuit: Circuit, groups: Sequence[str], source: str, kind: str) -> None:
+    """For a method that works at each group's fixed positions (:data:`GROUP_POSITIONS`) and does
+    not read a circuit file's: refuse a file that says otherwise, rather than ignore it."""
+    for name in groups:
+        given = circuit.group(name).positions
+        if given != GROUP_POSITIONS[name]:
+            raise RecipeError(
+                f"circuit {source}: group {name!r} has positions {given!r}, but {kind} works at each group's own "
+                f"positions ({name}: {GROUP_POSITIONS[name]!r}); set them so in the file"
+            )
 
 
 def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:

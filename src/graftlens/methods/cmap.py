@@ -5,13 +5,14 @@ same prompts."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from graftlens.bounded import BoundedStore
 from graftlens.interventions.points import HEAD_POINTS, Point
 from graftlens.methods.base import (
+    Fits,
     LayerSpec,
     RecipeError,
     RunConfig,
@@ -41,7 +42,7 @@ class CmapSpec(Strict):
     kind: Literal["cmap"] = "cmap"
     donor: str
     points: list[HeadPoint] = Field(["z"], min_length=1)
-    layers: LayerSpec = "all"
+    layers: Annotated[LayerSpec, Fits("selection")] = "all"
     heads: list[int] | None = None  # None: every head
     positions: str = "all"
 
@@ -54,9 +55,9 @@ class CmapSweep(Sweep):
     kind: Literal["cmap"]
     donor: str
     points: list[list[HeadPoint]] = Field([["z"]], min_length=1)
-    layers: list[LayerSpec] = Field(["all"], min_length=1)
+    layers: Annotated[list[LayerSpec], Fits("selections")] = Field(["all"], min_length=1)
     positions: list[str] = Field(["all"], min_length=1)
-    heads: list[int] | None = None
+    heads: Annotated[list[int] | None, Fits("head")] = None
     recipient: str | None = None
     group: str = "cmap"
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from graftlens.methods.base import GraftSpec, LayerSpec, RunConfig, layers_label
+from graftlens.methods.base import Fits, GraftSpec, LayerSpec, RunConfig, layers_label
 from graftlens.methods.figures import heatmap_of
 from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
 from graftlens.methods.registry import register
@@ -16,7 +16,7 @@ class ComponentSweep(ComponentListSweep):
     """Graft each component group in each layer group from ``donor`` at ``positions``."""
 
     kind: Literal["components"]
-    layers: list[LayerSpec] = Field(min_length=1)
+    layers: Annotated[list[LayerSpec], Fits("selections")] = Field(min_length=1)
     group: str = "components"
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
-from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, load_circuit, pair_inputs
+from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.results.metrics import estimate
 
@@ -109,7 +109,9 @@ class DesiderataMasking(Method):
         a = models[config.model].adapter
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
-        circuit.group(spec.group)
+        check_fixed_positions(circuit, [spec.group], spec.circuit, "dcm")
+        if not circuit.group(spec.group).heads:
+            raise RecipeError(f"circuit {spec.circuit}: group {spec.group!r} has no heads to mask")
         return [GROUP_POSITIONS[spec.group]]
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:

@@ -7,11 +7,11 @@ model then predicts at the last position."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.base import Fits, RecipeError, RunConfig, Strict, Sweep, check_positions
 from graftlens.methods.figures import metric_label
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate
@@ -51,8 +51,8 @@ class EnrichmentSweep(Sweep):
 
     kind: Literal["enrichment"]
     sublayers: list[SublayerName] = Field(["mlp", "attn"], min_length=1)
-    window: int = Field(5, ge=1)
-    read_layer: int = -1  # negative: counted from the last layer
+    window: Annotated[int, Fits("window")] = Field(5, ge=1)
+    read_layer: Annotated[int, Fits("layer")] = -1  # negative: counted from the last layer
     positions: str = "subject"
     ablation: Literal["zero", "mean"] = "zero"
     answer: bool = True

@@ -10,12 +10,12 @@ the unmodified model, and with one of the two earlier steps taken away:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions, layers_label, sweep_layers
+from graftlens.methods.base import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, layers_label, sweep_layers
 from graftlens.methods.figures import curves
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.results.metrics import Estimate, bootstrap_ci, estimate
@@ -63,8 +63,8 @@ class ExtractionSweep(Sweep):
     position: str = "LT"
     subject: str = "subject"
     relation: str = "(subject+LT)^C"
-    enrichment_layers: LayerSpec = "quarter1"  # the early MLPs
-    relation_layers: LayerSpec = "half1"  # the layers before extraction
+    enrichment_layers: Annotated[LayerSpec, Fits("selection")] = "quarter1"  # the early MLPs
+    relation_layers: Annotated[LayerSpec, Fits("selection")] = "half1"  # the layers before extraction
     recipient: str | None = None
     group: str = "extraction"
 

@@ -89,7 +89,9 @@ class CircuitAblation(Method):
         assert isinstance(spec, CircuitSpec)
         if spec.circuit != "discovered":
             a = models[config.model].adapter
-            load_circuit(spec.circuit).check(a.n_layers, a.n_heads)
+            circuit = load_circuit(spec.circuit)
+            circuit.check(a.n_layers, a.n_heads)
+            return [g.positions for g in circuit.groups.values()]  # each group kept at the file's positions
         return list(GROUP_POSITIONS.values())
 
     def readout(self, config: RunConfig, context: Context) -> LastLogits:

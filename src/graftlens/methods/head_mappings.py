@@ -7,12 +7,12 @@ An event *has a mapping* when some head of the extracting layer ranks the answer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import LayerSpec, RunConfig, Strict, Sweep, check_positions, sweep_layers
+from graftlens.methods.base import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, sweep_layers
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.results.metrics import Estimate, bootstrap_ci
 
@@ -38,7 +38,7 @@ class HeadMappingSpec(Strict):
     layers: list[int]  # every layer of the sweep (one pass reads them all)
     subject: str = "subject"
     position: str = "LT"
-    top_k: int = 10
+    top_k: Annotated[int, Fits("vocab")] = Field(10, ge=1)
     final_norm: bool = True
 
     _positions = field_validator("subject", "position")(check_positions)
@@ -49,11 +49,11 @@ class HeadMappingSweep(Sweep):
     attention output at ``position`` (its extraction events)."""
 
     kind: Literal["head_mappings"]
-    layers: LayerSpec = "half2"
+    layers: Annotated[LayerSpec, Fits("selection")] = "half2"
     sources: list[MappingSource] = Field(["hidden", "embedding"], min_length=1)
     subject: str = "subject"
     position: str = "LT"
-    top_k: int = Field(10, ge=1)
+    top_k: Annotated[int, Fits("vocab")] = Field(10, ge=1)
     final_norm: bool = True
     recipient: str | None = None
     group: str = "head mappings"

@@ -5,11 +5,11 @@ plain ``baseline`` configuration."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.base import Fits, RunConfig, Strict, Sweep, check_positions
 from graftlens.methods.figures import curves
 from graftlens.methods.registry import Context, Method, Table, register
 from graftlens.models.names import layer_window
@@ -39,7 +39,7 @@ class KnockoutSweep(Sweep):
     kind: Literal["knockout"]
     sources: dict[str, str] = Field(min_length=1)  # label → position selector
     targets: str = "LT"
-    window: int = Field(9, ge=1)
+    window: Annotated[int, Fits("window")] = Field(9, ge=1)
     baseline: str  # a configuration without interventions, the denominator of the relative change
     recipient: str | None = None
     group: str = "knockout"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from graftlens.methods.base import GraftSpec, RunConfig
+from graftlens.methods.base import Fits, GraftSpec, RunConfig
 from graftlens.methods.figures import heatmap_of
 from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
 from graftlens.methods.registry import register
@@ -17,7 +17,7 @@ class LayerWindowSweep(ComponentListSweep):
     """Graft each component group in a window of ``window`` layers centred on each layer."""
 
     kind: Literal["layer_window"]
-    window: int = Field(1, ge=1)
+    window: Annotated[int, Fits("window")] = Field(1, ge=1)
     group: str = "layer_window"
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import GraftSpec, LayerSpec, RunConfig, Sweep, check_components, check_position_list
+from graftlens.methods.base import Fits, GraftSpec, LayerSpec, RunConfig, Sweep, check_components, check_position_list
 from graftlens.methods.grafting import GraftingMethod
 from graftlens.methods.registry import register
 
@@ -19,7 +19,7 @@ class PositionSweep(Sweep):
     recipient: str | None = None
     sets: list[str] = Field(min_length=1)
     components: str | list[str] = "all"
-    layers: LayerSpec = "all"
+    layers: Annotated[LayerSpec, Fits("selection")] = "all"
     group: str = "positions"
     label: str | None = None  # config names become "label: set"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graftlens.errors import GraftlensError, RecipeError
-from graftlens.methods.base import RunConfig, Sweep
+from graftlens.methods.base import ModelShape, RunConfig, Sweep, check_fits
 from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 
@@ -186,6 +186,8 @@ def sweep_types() -> tuple[type[Sweep], ...]:
 def check_config(config: RunConfig, models: Mapping[str, LoadedModel], batches: Sequence[PromptBatch]) -> None:
     """``config`` fits its models and every prompt, or one :class:`RecipeError` naming it."""
     try:
+        if config.method is not None:
+            check_fits(config.method, ModelShape.of(config.model, models[config.model]), "")
         for selector in method_for(config.kind).check(config, models):
             for batch in batches:
                 resolve_positions(selector, batch.attention_mask, batch.spans)

@@ -15,7 +15,7 @@ TRAINING_CODE_VERSION = 1
 class LoraSettings(BaseModel):
     """LoRA through peft on the canonical projections; merged into the base when used as a donor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rank: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
@@ -26,7 +26,7 @@ class LoraSettings(BaseModel):
 class FinetuneConfig(BaseModel):
     """Hyperparameters of a finetuning run. Unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     split: Literal["all", "A", "B"] = "all"
     epochs: int = Field(6, ge=1)

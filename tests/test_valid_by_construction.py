@@ -1,0 +1,162 @@
+"""Numbers that are valid YAML but impossible for the model are refused before anything is scored:
+one error naming the sweep, the field, the value and the bound; nothing left behind.
+
+Each case here is one a hostile but fair user found on an earlier version (named in CHANGELOG.md)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from graftlens.cli import app
+from graftlens.configfiles import ConfigFileError
+from graftlens.experiments import load_recipe, run_recipe
+
+runner = CliRunner()
+
+
+def _known_recipe(path: Path, model_dir: str, sweep: str, batch_size: int = 64) -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        name: tiny-checks
+        data: {{known_facts: shipped}}
+        models:
+          pre: {{spec: {model_dir}}}
+        recipient: pre
+        eval: {{batch_size: {batch_size}, bootstrap: 20, metric: top10}}
+        configs:
+          - {{name: clean, model: pre}}
+        sweeps:
+          - {sweep}
+        """))  # fmt: skip
+    return path
+
+
+def _et_recipe(path: Path, model_dir: str, sweep: str, pairs: str = "[corrupted]") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        name: tiny-et-checks
+        data: {{entity_tracking: {{boxes: [3], examples: 4, seed: 0, pairs: {pairs}}}}}
+        models:
+          pre: {{spec: {model_dir}}}
+          other: {{spec: {model_dir}}}
+        recipient: pre
+        eval: {{batch_size: 8, bootstrap: 20, metric: top1}}
+        configs:
+          - {{name: clean, model: pre}}
+        sweeps:
+          - {sweep}
+        """))  # fmt: skip
+    return path
+
+
+def _one_error_and_nothing_left(path: Path, out: Path, message: str) -> None:
+    result = runner.invoke(app, ["run", str(path), "--out", str(out)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2, result.output
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not out.exists(), "a refused run leaves no run directory behind"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        # head-mappings, top_k larger than the vocabulary: scored every fact 1.000 with exit 0.
+        (
+            "{kind: head_mappings, layers: [2, 3], top_k: 100000000}",
+            "sweeps[1] (head_mappings) top_k: 100000000 is more than the vocabulary of model 'pre' (320 tokens)",
+        ),
+        # knockout, a window wider than the model: every layer point the same knockout, flat curves.
+        (
+            "{kind: knockout, baseline: clean, window: 1000, sources: {s: subject}}",
+            "sweeps[1] (knockout) window: a window of 1000 layers is wider than model 'pre' (4 layers)",
+        ),
+        ("{kind: layer_window, donor: pre, components: [mlp], window: 5}", "sweeps[1] (layer_window) window: a window of 5"),
+        ("{kind: enrichment, window: 2, read_layer: -5}", "sweeps[1] (enrichment) read_layer: -5 is not a layer"),
+        ("{kind: cmap, donor: pre, heads: [4]}", "sweeps[1] (cmap) heads: 4 is not a head of model 'pre' (0..3)"),
+        ("{kind: cmap, donor: pre, layers: [all, half3]}", "sweeps[1] (cmap) layers: bad layer group 'half3'"),
+    ],
+)
+def test_numbers_beyond_the_model_are_refused_before_scoring(tmp_path, text_model_dir, graftlens_cache, sweep, message):
+    path = _known_recipe(tmp_path / "r.yaml", text_model_dir, sweep)
+    _one_error_and_nothing_left(path, tmp_path / "run", message)
+
+
+def test_circuit_sizes_beyond_the_heads_fail_before_the_first_stage(tmp_path, et_model_dir, graftlens_cache):
+    """et-circuit, sizes.value_fetchers of 271 on a model of 270 heads scored a whole stage (82 s)
+    before failing with an error that named no sweep or field."""
+    sweep = "{kind: et_circuit, clean: clean, sizes: {value_fetchers: 17}, random: 1, mean_prompts: 4}"
+    path = _et_recipe(tmp_path / "r.yaml", et_model_dir, sweep)
+    message = "sweeps[1] (et_circuit) sizes.value_fetchers: 17 heads are more than model 'pre' has (4 layers × 4 = 16)"
+    _one_error_and_nothing_left(path, tmp_path / "run", message)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "'inf'", "'NaN'"])
+def test_every_number_of_a_recipe_is_finite(tmp_path, et_model_dir, value):
+    """et-dcm, lr: .inf trained every mask to 0.0 without a word (``Field(gt=0)`` lets infinity through)."""
+    sweep = f"{{kind: dcm, circuit: shipped:smollm2-135m, lr: {value}}}"
+    path = _et_recipe(tmp_path / "r.yaml", et_model_dir, sweep, "[position]")
+    with pytest.raises(ConfigFileError, match=r"recipe setting 'sweeps\.0\.lr'.*finite number"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("eval.bootstrap", "eval: {bootstrap: .inf}"),
+        ("models.sft.finetune.settings.learning_rate",
+         "models: {pre: {spec: x}, sft: {finetune: {base: pre, settings: {learning_rate: .nan}}}}"),
+        ("sweeps.0.lam", "sweeps: [{kind: dcm, circuit: c, lam: .inf}]"),
+        ("data.entity_tracking.boxes.1", "data: {entity_tracking: {boxes: [2, .inf]}}"),
+    ],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_by_one_rule_wherever_they_stand(tmp_path, where, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nmodels: {{pre: {{spec: x}}}}\nrecipient: pre\nconfigs: [{{name: a}}]\n{text}\n")
+    with pytest.raises(ConfigFileError, match=rf"'{where}'.*is not a finite number"):
+        load_recipe(path)
+
+
+def _circuit(path: Path, positions: str, group: str = "value_fetchers") -> Path:
+    path.write_text(json.dumps({"groups": {group: {"positions": positions, "heads": [[3, 1], [2, 0]]}}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sweep", "pairs", "positions", "message"),
+    [
+        # et-dcm read a circuit file whose group positions was NOSPAN, and ignored it.
+        ("{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}", "[position]", "NOSPAN",
+         "group 'value_fetchers' has positions 'NOSPAN', but dcm works at each group's own positions"),
+        # ... or a valid selector other than the group's own: dcm works at the group's positions.
+        ("{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}", "[position]", "query_box",
+         "group 'value_fetchers' has positions 'query_box', but dcm works at each group's own positions"),
+        # circuit-cmap reads the field: a selector the prompts lack fails before scoring, not in the readout.
+        ("{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}", "[corrupted]", "subject",
+         "has no span 'subject'"),
+        ("{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}", "[corrupted]", "((",
+         "group 'value_fetchers', positions '(('"),
+    ],
+)  # fmt: skip
+def test_circuit_files_are_validated_in_full(tmp_path, et_model_dir, graftlens_cache, sweep, pairs, positions, message):
+    circuit = _circuit(tmp_path / "circuit.json", positions)
+    path = _et_recipe(tmp_path / "r.yaml", et_model_dir, sweep.replace("CIRCUIT", str(circuit)), pairs)
+    _one_error_and_nothing_left(path, tmp_path / "run", message)
+
+
+def test_a_rerun_with_another_batch_size_says_why_it_cannot_resume(tmp_path, text_model_dir, graftlens_cache):
+    """A rerun with only eval.batch_size changed was refused as "another recipe", without a reason."""
+    sweep = "{kind: lens, points: [resid_post]}"
+    first = _known_recipe(tmp_path / "a.yaml", text_model_dir, sweep, batch_size=64)
+    run_recipe(load_recipe(first)[0], tmp_path / "run", recipe_path=first)
+    second = _known_recipe(tmp_path / "b.yaml", text_model_dir, sweep, batch_size=16)
+    result = runner.invoke(app, ["run", str(second), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "differs in eval.batch_size (64 → 16)" in text
+    assert "changes stored values in their last digits" in text and "set eval.batch_size back to 64 to resume" in text
+    third = _known_recipe(tmp_path / "c.yaml", text_model_dir, "{kind: lens, points: [mlp_out]}")
+    result = runner.invoke(app, ["run", str(third), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "differs in sweeps[0].points[0] (resid_post → mlp_out)" in " ".join(result.output.split())
