@@ -129,3 +129,12 @@ def et_model_dir(tmp_path_factory) -> str:
     make_text_model("llama", tokenizer, seed=1).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def donor_dir(tmp_path_factory, text_tokenizer) -> str:
+    """A second tiny llama with the same tokenizer: the CMAP donor."""
+    path = tmp_path_factory.mktemp("donor-llama")
+    make_text_model("llama", text_tokenizer, seed=7).save_pretrained(path)
+    text_tokenizer.save_pretrained(path)
+    return str(path)

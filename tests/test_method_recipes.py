@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_text_model
 from graftlens.cli import app
 from graftlens.configfiles import ConfigFileError
 from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
@@ -23,15 +22,6 @@ from graftlens.positions import resolve_positions
 from graftlens.results import load_run
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def donor_dir(tmp_path_factory, text_tokenizer) -> str:
-    """A second tiny llama with the same tokenizer: the CMAP donor."""
-    path = tmp_path_factory.mktemp("donor-llama")
-    make_text_model("llama", text_tokenizer, seed=7).save_pretrained(path)
-    text_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _recipe(text: str, path: Path) -> Path:

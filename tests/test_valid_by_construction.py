@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from graftlens.cli import app
 from graftlens.configfiles import ConfigFileError
 from graftlens.experiments import load_recipe, run_recipe
+from graftlens.results.store import ResultsStore
 
 runner = CliRunner()
 
@@ -160,3 +161,55 @@ def test_a_rerun_with_another_batch_size_says_why_it_cannot_resume(tmp_path, tex
     third = _known_recipe(tmp_path / "c.yaml", text_model_dir, "{kind: lens, points: [mlp_out]}")
     result = runner.invoke(app, ["run", str(third), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "differs in sweeps[0].points[0] (resid_post → mlp_out)" in " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, text_model_dir, donor_dir) -> Path:
+    """A small finished run of three methods (knockout, lens, CMAP) on tiny llamas."""
+    d = tmp_path_factory.mktemp("verify")
+    path = _known_recipe(d / "r.yaml", text_model_dir, "{kind: knockout, baseline: clean, window: 2, sources: {s: subject}}")
+    text = path.read_text().replace("  pre: {spec:", f"  other: {{spec: {donor_dir}}}\n  pre: {{spec:")
+    text += "  - {kind: lens, points: [resid_post]}\n  - {kind: cmap, donor: other, layers: [half1, half2]}\n"
+    path.write_text(text)
+    result = runner.invoke(app, ["run", str(path), "--out", str(d / "run")])
+    assert result.exit_code == 0, result.output
+    return d / "run"
+
+
+def test_verify_passes_on_an_untouched_run(finished_run):
+    result = runner.invoke(app, ["verify", str(finished_run), "--rows", "100000"])
+    assert result.exit_code == 0, result.output
+    with ResultsStore.open_existing(finished_run) as store:
+        total = store.total()
+    text = " ".join(result.output.split())
+    assert total == 11 * 161 and f"verified: {total} of {total} rows re-scored (of {total} stored) match within 1e-05" in text
+
+
+def test_verify_fails_on_a_row_edited_in_sqlite_and_names_it(finished_run, tmp_path):
+    import shutil
+    import sqlite3
+
+    tampered = tmp_path / "run"
+    shutil.copytree(finished_run, tampered)
+    with sqlite3.connect(tampered / "results.sqlite") as conn:
+        config, example, prob = conn.execute(
+            "SELECT config, example, target_prob FROM results WHERE config LIKE 'knockout%' ORDER BY rowid LIMIT 1 OFFSET 40"
+        ).fetchone()
+        conn.execute("UPDATE results SET target_prob = ? WHERE config = ? AND example = ?", (prob * 1.01, config, example))
+    result = runner.invoke(app, ["verify", str(tampered), "--rows", "100000"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert f"'{config}' / '{example}': target_prob stored {prob * 1.01}, re-scored {prob}" in text, text
+    # A sample of rows: the seed decides which; the summary counts what it checked.
+    result = runner.invoke(app, ["verify", str(tampered), "--rows", "5", "--seed", "3"])
+    assert "of 5 rows re-scored" in " ".join(result.output.split())
+
+
+def test_verify_refuses_other_weights_by_fingerprint(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(finished_run, moved)
+    monkeypatch.setattr("graftlens.experiments.verify.model_fingerprint", lambda model: "other")
+    result = runner.invoke(app, ["verify", str(moved)])
+    assert result.exit_code == 2 and "loads other weights than the run was scored with" in result.output

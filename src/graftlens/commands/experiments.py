@@ -1,4 +1,4 @@
-"""``graftlens run``, ``graftlens report``, ``graftlens export`` and ``graftlens recipes``."""
+"""``graftlens run``, ``graftlens verify``, ``graftlens report``, ``graftlens export`` and ``graftlens recipes``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,41 @@ def run_cmd(
     for table in summary_tables(load_run(report.parent)):
         console.print(table)
     console.print(f"report: [bold]{escape(str(report))}[/]")
+
+
+def verify_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (holds results.sqlite and manifest.json)"),
+    rows: int = typer.Option(32, "--rows", help="how many stored rows to re-score (all of them if the run has fewer)"),
+    seed: int = typer.Option(0, help="seed of the sample of rows"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: where the models load)"),
+) -> None:
+    """Re-score a seeded sample of a run's rows with the same models and inputs, and compare.
+
+    Exit 0 when every re-scored row matches the stored one within the run's tolerance; exit 1,
+    naming the rows, when one does not."""
+    from graftlens.experiments.verify import verify_run
+
+    with progress_columns() as progress:
+        task = progress.add_task("re-scoring", total=None)
+        result = verify_run(run_dir, rows=rows, seed=seed, device=device,
+                            progress=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+    summary = f"{result.matched} of {result.checked} rows re-scored (of {result.total} stored) match within {result.tolerance:g}"
+    if result.ok:
+        console.print(f"[bold green]verified:[/] {summary}")
+        return
+    err_console.print(f"[bold red]mismatch:[/] {summary}; these differ:", highlight=False)
+    for m in result.mismatches[:20]:
+        err_console.print(f"  {escape(str(m))}", highlight=False, soft_wrap=True)
+    if len(result.mismatches) > 20:
+        err_console.print(f"  … and {len(result.mismatches) - 20} more", highlight=False)
+    raise typer.Exit(code=1)
+
+
+@contextmanager
+def progress_columns() -> Iterator[Progress]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        yield progress
 
 
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run directory (holds results.sqlite)")) -> None:

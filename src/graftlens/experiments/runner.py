@@ -27,6 +27,7 @@ from graftlens.experiments.setup import (
     recipe_data,
 )
 from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
+from graftlens.experiments.verify import run_tolerance
 from graftlens.fileio import write_json_atomic
 from graftlens.methods import RunConfig
 from graftlens.methods.base import check_sweeps_fit
@@ -177,7 +178,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
                 f"{run_dir} holds results made from other models or data than this recipe now gives "
                 f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"
             )
-        manifest = _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command)
+        manifest = _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command, models)
         store.set_meta("run", run_id)
         store.set_meta("recipe", recipe.model_dump(mode="json"))
         store.set_meta("inputs", inputs)
@@ -274,7 +275,7 @@ def _score_all(
     return writer.written
 
 
-def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command) -> dict:
+def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command, models) -> dict:
     return {
         "run": run_id,
         "recipe": recipe.name,
@@ -289,5 +290,7 @@ def _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, confi
         "eval": recipe.eval.model_dump(mode="json"),
         "n_prompts": len(prompts),
         "n_configs": len(configs),
+        # how far a re-scored value may stand from the stored one (graftlens verify)
+        "tolerance": run_tolerance([str(m.dtype) for m in models.values()]),
         "versions": run_versions(),
     }
