@@ -138,3 +138,11 @@ def donor_dir(tmp_path_factory, text_tokenizer) -> str:
     make_text_model("llama", text_tokenizer, seed=7).save_pretrained(path)
     text_tokenizer.save_pretrained(path)
     return str(path)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-examples",
+        default="30",
+        help="mutated recipes the recipe fuzzer runs per shipped recipe (tests/test_recipe_fuzzer.py; default 30, seeded)",
+    )

@@ -339,3 +339,10 @@ def test_shipped_entity_tracking_recipes_and_circuit():
     assert [c.phase for c in configs if c.kind == "circuit"] == [5] * 6
     with pytest.raises(Exception, match="no shipped circuit 'shipped:gpt2'"):
         load_circuit("shipped:gpt2")
+
+
+def test_verify_reproduces_rows_of_every_stage(circuit_run):
+    """Later stages read earlier ones' stored results; re-scoring reads the same store."""
+    result = runner.invoke(app, ["verify", str(circuit_run), "--rows", "80"])
+    assert result.exit_code == 0, result.output
+    assert "80 of 80 rows re-scored" in " ".join(result.output.split())

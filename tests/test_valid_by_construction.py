@@ -213,3 +213,18 @@ def test_verify_refuses_other_weights_by_fingerprint(finished_run, tmp_path, mon
     monkeypatch.setattr("graftlens.experiments.verify.model_fingerprint", lambda model: "other")
     result = runner.invoke(app, ["verify", str(moved)])
     assert result.exit_code == 2 and "loads other weights than the run was scored with" in result.output
+
+
+@pytest.mark.embedded
+def test_verify_passes_on_the_demo_run(tmp_path, embedded):
+    """The demo recipe on the embedded model (its finetune cut to one epoch, as elsewhere in the
+    tests, so that the cached finetune is shared), verified on a sample of its rows."""
+    _, shipped = load_recipe("demo")
+    path = tmp_path / "demo.yaml"
+    one_epoch = "sft: {finetune: {base: pre, settings: {epochs: 1}}}"
+    path.write_text(shipped.read_text().replace("sft: {finetune: {base: pre}}", one_epoch))
+    recipe, path = load_recipe(path)
+    run_recipe(recipe, tmp_path / "run", recipe_path=path)
+    result = runner.invoke(app, ["verify", str(tmp_path / "run"), "--rows", "24"])
+    assert result.exit_code == 0, result.output
+    assert "verified: 24 of 24 rows re-scored" in " ".join(result.output.split())

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from graftlens.errors import RecipeError
 from graftlens.fileio import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
+
+#: A seed, as every random source graftlens seeds takes it (NumPy's are below 2**32).
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ConfigFileError(RecipeError):
@@ -26,9 +29,36 @@ def read_yaml(path: Path, what: str) -> object:
     if not path.is_file():
         raise ConfigFileError(f"{what} {path} does not exist")
     try:
-        return yaml.safe_load(read_utf8(path))
+        return yaml.load(read_utf8(path), Loader=_unique_keys_loader())  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigFileError(f"{what} {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{what} {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigFileError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys_loader():
+    """PyYAML's SafeLoader, refusing a key written twice in one mapping (it would keep the last
+    silently, and a recipe's earlier line would mean nothing)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(f"key {key!r} is written twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:

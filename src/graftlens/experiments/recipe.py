@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from graftlens.configfiles import read_yaml_mapping, validated
+from graftlens.configfiles import Seed, read_yaml_mapping, validated
 from graftlens.data.facts import DIRECTIONS
 from graftlens.data.facts import KINDS as FACT_KINDS
 from graftlens.methods import RecipeError, RunConfig, Strict, method_for, sweep_types
@@ -48,8 +48,8 @@ class EntityTrackingData(Strict):
     (``position``, ``object``, ``box_label``: one prompt set per desideratum, DCM)."""
 
     boxes: list[int] = Field([2, 3, 4, 5, 6, 7], min_length=1)
-    examples: int = Field(100, ge=1)
-    seed: int = 0
+    examples: int = Field(100, ge=1, le=100_000)
+    seed: Seed = 0
     half: Literal["all", "train", "test"] = "test"
     pairs: list[Literal["corrupted", "position", "object", "box_label"]] = ["corrupted"]
 
@@ -72,7 +72,7 @@ class DataSpec(Strict):
     entity_tracking: EntityTrackingData | None = None
     kind: str = "fake_actors"
     facts: int = Field(12, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("kind")
     @classmethod
@@ -100,7 +100,7 @@ class FinetuneSpec(Strict):
     base: str
     settings: FinetuneConfig = FinetuneConfig()
     task: Literal["arithmetic", "entity_tracking"] | None = None
-    examples: int | None = Field(None, ge=1)
+    examples: int | None = Field(None, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _examples_need_a_task(self) -> FinetuneSpec:
@@ -149,7 +149,7 @@ class EvalSpec(Strict):
     # attribute_rate: Geva et al.'s share of the top-50 tokens that are attributes of the subject
     # (known facts only, from the subject texts)
     metric: Literal["top1", "top5", "top10", "mean_prob", "attribute_rate"] = "top5"
-    bootstrap: int = Field(1000, ge=0)
+    bootstrap: int = Field(1000, ge=0, le=100_000)
     only_correct: bool = False  # keep only the prompts whose target is the recipient's top-1
     # Store each target's whole log-probability (teacher-forced after its prompt), so that targets
     # sharing a first token are told apart; weight-grafting methods and the plain model. It computes
@@ -171,7 +171,7 @@ class EvalSpec(Strict):
 class Recipe(Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data: DataSpec = DataSpec()
     models: dict[str, ModelSpec]
     recipient: str

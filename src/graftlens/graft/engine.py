@@ -25,6 +25,7 @@ from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence, run_logits
 from graftlens.positions import Spans
@@ -181,6 +182,7 @@ def _mlp_blocks(
     return [GraftedBlock(submodules[path], path, members) for path, members in blocks.items() if members]
 
 
+@checked
 def grafting(
     base: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
@@ -216,6 +218,7 @@ def grafting(
     return Grafter(base, donors, rules, spans)
 
 
+@checked
 def grafted_forward(
     base: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
@@ -261,6 +264,7 @@ def grafted_forward(
         return run_logits(loaded, input_ids, attention_mask, last_only, grad=grad)
 
 
+@checked
 def grafted_generate(
     base: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],

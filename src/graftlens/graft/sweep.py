@@ -17,12 +17,14 @@ from torch import nn
 from graftlens.graft.engine import DonorLike, Grafter, grafting
 from graftlens.graft.prefix import continue_variants, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.prefix import VARIANT_ROWS, run_prefix
 from graftlens.models.run import check_batch, run_logits
 from graftlens.positions import Selector, Spans
 
 
+@checked
 def graft_sweep(
     recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],

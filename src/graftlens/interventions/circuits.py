@@ -22,6 +22,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.points import Point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
@@ -125,6 +126,7 @@ def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int) -> 
     return Circuit(groups)
 
 
+@checked
 def head_means(
     model: LoadedModel | nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
 ) -> dict[int, torch.Tensor]:
@@ -200,6 +202,7 @@ def mean_ablation_edits(
     return {Point("z", layer): fn_for(layer) for layer in range(n_layers)}
 
 
+@checked
 def mean_ablated_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from graftlens.interventions.points import HookSite, Point, hook_site, parse_point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -107,6 +108,7 @@ def _hooked(
             h.remove()
 
 
+@checked
 @contextmanager
 def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_graph: bool = False) -> Iterator[ActivationCache]:
     """Record ``points`` on every forward call inside the block (the last call's values win).
@@ -144,6 +146,7 @@ def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_gr
         yield cache
 
 
+@checked
 @contextmanager
 def edit(model: LoadedModel | nn.Module, edits: Mapping[PointLike, Edit]) -> Iterator[None]:
     """Replace each point's activation by ``edits[point](activation)`` on every forward call.

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError, LayerSelectionError
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence
 from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
@@ -153,6 +154,7 @@ class _Block:
         self.edges = edges  # BoolTensor[batch, query, key] in padded coordinates, or None until resolved
 
 
+@checked
 @contextmanager
 def attention_knockout(
     model: LoadedModel | nn.Module,

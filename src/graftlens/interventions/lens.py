@@ -22,6 +22,7 @@ from torch import nn
 from graftlens.errors import UnknownComponentError
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.interventions.points import parse_point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
@@ -36,6 +37,7 @@ def final_norm(loaded: LoadedModel) -> nn.Module:
     return loaded.model.get_submodule(path)
 
 
+@checked
 def project(
     model: LoadedModel | nn.Module, hidden: torch.Tensor, use_final_norm: bool = True, grad: bool = False
 ) -> torch.Tensor:
@@ -72,6 +74,7 @@ def at_last_picked(
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), where]
 
 
+@checked
 def point_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

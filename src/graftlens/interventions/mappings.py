@@ -32,6 +32,7 @@ from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.lens import last_index, project
 from graftlens.interventions.points import hook_site, parse_point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
@@ -63,6 +64,7 @@ def value_output(loaded: LoadedModel, layer: int, v: torch.Tensor) -> torch.Tens
     return o_proj(z) - bias
 
 
+@checked
 def head_mapping_vectors(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

@@ -23,6 +23,7 @@ from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, edit
 from graftlens.interventions.path_patching import Head, PathInputs, first_touched_column, head_outputs, paired_positions
 from graftlens.interventions.points import Point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, resolve_positions
@@ -164,6 +165,7 @@ def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsL
     return source_cache, (run_prefix(loaded, inputs.base_ids, base_mask, cut) if cut > 0 else None)
 
 
+@checked
 def learn_mask(
     model: LoadedModel | nn.Module,
     batches: Sequence[DesideratumBatch],

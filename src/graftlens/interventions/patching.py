@@ -17,6 +17,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
@@ -75,6 +76,7 @@ class Patch:
         return write
 
 
+@checked
 def run_with_cache(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,
@@ -113,6 +115,7 @@ def _chained(fns: list[Edit]) -> Edit:
     return apply
 
 
+@checked
 def patched_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,
@@ -256,6 +259,7 @@ def _position_groups(changed: list[int], batch: int, seq: int, tokens_per_pass: 
     return groups
 
 
+@checked
 def activation_patching(
     model: LoadedModel | nn.Module,
     clean_ids: torch.Tensor,
@@ -352,6 +356,7 @@ def activation_patching(
     return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
 
 
+@checked
 def attribution_patching(
     model: LoadedModel | nn.Module,
     clean_ids: torch.Tensor,
@@ -448,6 +453,7 @@ def check_same_shapes(base: LoadedModel, donor: LoadedModel) -> None:
         )
 
 
+@checked
 def cross_model_patched_logits(
     base: LoadedModel | nn.Module,
     donor_cache: Mapping[Point, torch.Tensor],

@@ -32,6 +32,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, capture, edit
 from graftlens.interventions.points import Point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import position_ids_for, run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
@@ -135,6 +136,7 @@ def head_outputs(
     return logits, cache
 
 
+@checked
 def path_patched_logits(
     model: LoadedModel | nn.Module,
     inputs: PathInputs,
@@ -482,6 +484,7 @@ def _subset(inputs: PathInputs, rows: torch.Tensor) -> PathInputs:
                       spans(inputs.base_spans), spans(inputs.source_spans))  # fmt: skip
 
 
+@checked
 def path_patching(
     model: LoadedModel | nn.Module,
     inputs: PathInputs,

@@ -25,6 +25,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.interventions.hooks import capture, edit
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence, run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
@@ -72,6 +73,7 @@ def _check_layers(loaded: LoadedModel, layers: Iterable[int]) -> list[int]:
     return layers
 
 
+@checked
 @contextmanager
 def cancel_sublayers(
     model: LoadedModel | nn.Module,
@@ -132,6 +134,7 @@ def cancel_sublayers(
         hook.remove()
 
 
+@checked
 def sublayer_means(
     model: LoadedModel | nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, Sequence[Spans] | None]],

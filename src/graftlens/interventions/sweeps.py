@@ -19,6 +19,7 @@ from graftlens.interventions.hooks import PointLike
 from graftlens.interventions.knockout import knockout_sweep_logits
 from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_variants, run_with_cache
 from graftlens.interventions.points import Point, parse_point
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.prefix import VARIANT_ROWS
 from graftlens.models.run import check_batch
@@ -27,6 +28,7 @@ from graftlens.positions import PositionsLike, Spans
 HeadChoice = Sequence[int] | None  # the heads of a per-head point; None: all heads (or the whole stream point)
 
 
+@checked
 def cmap_sweep(
     recipient: LoadedModel | nn.Module,
     donor: LoadedModel | nn.Module,
@@ -92,6 +94,7 @@ def cmap_sweep(
     return out
 
 
+@checked
 def knockout_sweep(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

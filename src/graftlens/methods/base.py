@@ -67,7 +67,8 @@ class Fits:
         if self.what in ("selection", "selections"):
             for item in value if self.what == "selections" else [value]:  # type: ignore[union-attr]
                 try:
-                    select_layers(item, n)
+                    if not select_layers(item, n):
+                        return f"{item!r} selects no layer"
                 except GraftlensError as exc:
                     return f"{exc} ({model})"
             return None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from graftlens.configfiles import Seed
 from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
 from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
 from graftlens.methods.registry import Context, Method, Table, register
@@ -40,13 +41,13 @@ class DcmSpec(Strict):
     group: GroupName
     desideratum: Desideratum | None  # None: every head of the group patched (no mask learned)
     boxes: int = Field(7, ge=2)
-    train_examples: int = Field(120, ge=1)
-    epochs: int = Field(10, ge=1)
+    train_examples: int = Field(120, ge=1, le=100_000)
+    epochs: int = Field(10, ge=1, le=10_000)
     lam: float = Field(0.01, ge=0)
     lr: float = Field(0.1, gt=0)
     batch_size: int = Field(24, ge=1)
     init: float = 0.0
-    seed: int = 0
+    seed: Seed = 0
     half: Literal["all", "train", "test"] = "test"
 
 
@@ -58,13 +59,13 @@ class DcmSweep(Sweep):
     groups: list[GroupName] = Field(list(GROUPS), min_length=1)
     desiderata: list[Desideratum] = Field(["position", "object", "box_label"], min_length=1)
     boxes: int = Field(7, ge=2)  # box count of the training pairs (the scored prompts' own)
-    train_examples: int = Field(120, ge=1)
-    epochs: int = Field(10, ge=1)
+    train_examples: int = Field(120, ge=1, le=100_000)
+    epochs: int = Field(10, ge=1, le=10_000)
     lam: float = Field(0.01, ge=0)  # λ of the L1 term (Prakash et al.: 0.01)
     lr: float = Field(0.1, gt=0)  # Adam's learning rate (Prakash et al.: 0.1)
     batch_size: int = Field(24, ge=1)
     init: float = 0.0  # the mask logits' start (sigmoid 0.5: every head undecided)
-    seed: int = 0
+    seed: Seed = 0
     half: Literal["all", "train", "test"] = "test"
     recipient: str | None = None
     group: str = "dcm"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from graftlens.configfiles import Seed
 from graftlens.methods.base import RecipeError, RunConfig, Strict
 from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, GroupSizes, discovered_circuit, load_circuit, stored_results
 from graftlens.methods.registry import Context, Method, Table, register
@@ -32,8 +33,8 @@ class CircuitSpec(Strict):
     circuit: str  # "discovered", "shipped:NAME" or a JSON file
     clean: str
     sizes: GroupSizes = GroupSizes()
-    seed: int | None = None  # a random circuit of the same sizes
-    mean_prompts: int = Field(100, ge=1)
+    seed: Seed | None = None  # a random circuit of the same sizes
+    mean_prompts: int = Field(100, ge=1, le=100_000)
     half: Literal["all", "train", "test"] = "test"
 
 

@@ -63,8 +63,8 @@ class CircuitSweep(Sweep):
     clean: str  # the recipient without interventions: the base of every relative change
     sizes: GroupSizes = GroupSizes()
     stages: list[Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]] = list(GROUPS)
-    random: int = Field(5, ge=0)  # random circuits of the same sizes
-    mean_prompts: int = Field(100, ge=1)  # reference prompts of the head means
+    random: int = Field(5, ge=0, le=1000)  # random circuits of the same sizes
+    mean_prompts: int = Field(100, ge=1, le=100_000)  # reference prompts of the head means
     recipient: str | None = None
     group: str = "path patching"
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel
 
 
@@ -27,6 +28,7 @@ def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, sp
         raise InterventionError(f"spans has {len(spans)} entries for a batch of {input_ids.shape[0]} prompts")
 
 
+@checked
 def run_logits(
     model: LoadedModel | nn.Module,
     input_ids: torch.Tensor,

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from graftlens.configfiles import Seed
+
 #: Bumped when the training code changes what a given config produces (old checkpoints then miss).
 TRAINING_CODE_VERSION = 1
 
@@ -17,7 +19,7 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    rank: int = Field(16, ge=1)
+    rank: int = Field(16, ge=1, le=65_536)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     components: list[str] = Field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
@@ -29,7 +31,7 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     split: Literal["all", "A", "B"] = "all"
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(6, ge=1, le=10_000)
     learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -37,7 +39,7 @@ class FinetuneConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     loss_on: Literal["all", "target"] = Field(
         "all", description="all: every token after the first; target: only the tokens of the second actor"
     )

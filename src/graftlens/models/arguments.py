@@ -1,0 +1,158 @@
+"""The boundary of the library: public entry points check their arguments before any forward.
+
+A wrong shape, dtype, device or range is one :class:`~graftlens.InterventionError` naming the
+argument, not a RuntimeError from deep inside torch. :func:`checked` reads a function's arguments
+by their names (``input_ids``, ``attention_mask``, ``target_ids``, ``layers``, ...), so every entry
+point that takes them gets the same checks by one decorator.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from graftlens.errors import InterventionError
+from graftlens.models.loading import LoadedModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_ARGUMENTS = ("model", "base", "recipient")
+TOKEN_ARGUMENTS = ("input_ids", "clean_ids", "corrupted_ids")  # [batch, pos] token ids, the first one the batch's reference
+
+
+def checked(fn: F) -> F:
+    """Decorate a public entry point: its arguments are checked by name before it runs."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_arguments(fn.__name__, signature.bind(*args, **kwargs).arguments)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
+    """Check the arguments of ``who`` that have a known name (see the module docstring)."""
+    module = _model_of(who, arguments)
+    batch: tuple[str, torch.Tensor] | None = None
+    for name in TOKEN_ARGUMENTS:
+        if arguments.get(name) is not None:
+            ids = arguments[name]
+            _check_ids(who, name, ids, module)
+            if batch is None:  # (whether clean and corrupted inputs must align is the method's own check)
+                batch = (name, ids)
+    if batch is not None:
+        first, ids = batch
+        mask = arguments.get("attention_mask")
+        if mask is not None:
+            _check_mask(who, "attention_mask", mask, first, ids)
+    inputs = arguments.get("inputs")
+    if batch is None and isinstance(getattr(inputs, "base_ids", None), torch.Tensor):  # PathInputs
+        for side in ("base", "source"):
+            ids, mask = getattr(inputs, f"{side}_ids"), getattr(inputs, f"{side}_mask")
+            _check_ids(who, f"inputs.{side}_ids", ids, module)
+            if mask is not None:
+                _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids)
+        batch = ("inputs.base_ids", inputs.base_ids)
+    if batch is not None:
+        ids = batch[1]
+        target = arguments.get("target_ids")
+        if target is not None:
+            _check_targets(who, target, ids.shape[0], module)
+        spans = arguments.get("spans")
+        if spans is not None and len(spans) != ids.shape[0]:
+            raise InterventionError(f"{who}: spans has {len(spans)} entries for a batch of {ids.shape[0]} prompts")
+    # Layers are each function's own check (graftlens.models.names.select_layers: LayerSelectionError).
+    hidden = arguments.get("hidden")
+    if module is not None and hidden is not None:
+        _check_hidden(who, hidden, module)
+
+
+def _model_of(who: str, arguments: Mapping[str, Any]) -> nn.Module | None:
+    for name in MODEL_ARGUMENTS:
+        if name in arguments:
+            value = arguments[name]
+            if isinstance(value, LoadedModel):
+                return value.model
+            if isinstance(value, nn.Module):
+                return value
+            raise InterventionError(
+                f"{who}: {name} must be a LoadedModel (graftlens.load_model) or a torch module, not {type(value).__name__}"
+            )
+    return None
+
+
+def _device(module: nn.Module) -> torch.device | None:
+    """Where the model takes its input ids (None when its embedding is offloaded)."""
+    embedding = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    weight = getattr(embedding, "weight", None)
+    if weight is None or weight.device.type == "meta":
+        return None
+    return weight.device
+
+
+def _vocab(module: nn.Module) -> int | None:
+    embedding = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    size = getattr(embedding, "num_embeddings", None)
+    return int(size) if size is not None else None
+
+
+def _check_ids(who: str, name: str, ids: Any, module: nn.Module | None) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise InterventionError(f"{who}: {name} must be a tensor of token ids [batch, pos], not {type(ids).__name__}")
+    if ids.ndim != 2:
+        raise InterventionError(f"{who}: {name} must be [batch, pos], got shape {list(ids.shape)}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise InterventionError(f"{who}: {name} is empty (shape {list(ids.shape)})")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise InterventionError(f"{who}: {name} must hold integer token ids, not {ids.dtype}")
+    if module is None:
+        return
+    device = _device(module)
+    if device is not None and ids.device != device:
+        raise InterventionError(f"{who}: {name} is on {ids.device}, the model takes its inputs on {device}: move it there")
+    vocab = _vocab(module)
+    if vocab is not None:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise InterventionError(f"{who}: {name} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
+
+
+def _check_mask(who: str, name: str, mask: Any, first: str, ids: torch.Tensor) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise InterventionError(f"{who}: {name} must be a tensor [batch, pos] of 0 and 1, not {type(mask).__name__}")
+    if mask.shape != ids.shape:
+        raise InterventionError(f"{who}: {name} {list(mask.shape)} must have the shape of {first} {list(ids.shape)}")
+    if mask.device != ids.device:
+        raise InterventionError(f"{who}: {name} is on {mask.device}, {first} on {ids.device}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise InterventionError(f"{who}: {name} must hold only 0 (padding) and 1 (a token)")
+
+
+def _check_targets(who: str, target: Any, batch: int, module: nn.Module | None) -> None:
+    if not isinstance(target, torch.Tensor) or target.ndim != 1:
+        shape = list(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise InterventionError(f"{who}: target_ids must be a 1-d tensor [batch] of token ids, got {shape}")
+    if target.shape[0] != batch:
+        raise InterventionError(f"{who}: target_ids has {target.shape[0]} entries for a batch of {batch} prompts")
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise InterventionError(f"{who}: target_ids must hold integer token ids, not {target.dtype}")
+    out = module.get_output_embeddings() if module is not None and hasattr(module, "get_output_embeddings") else None
+    vocab = getattr(getattr(out, "weight", None), "shape", [None])[0]
+    if vocab is not None and (int(target.min()) < 0 or int(target.max()) >= vocab):
+        raise InterventionError(f"{who}: target_ids holds a token id outside the model's vocabulary (0..{vocab - 1})")
+
+
+def _check_hidden(who: str, hidden: Any, module: nn.Module) -> None:
+    if not isinstance(hidden, torch.Tensor) or not hidden.dtype.is_floating_point:
+        raise InterventionError(f"{who}: hidden must be a float tensor [..., d_model]")
+    width = getattr(getattr(module, "config", None), "hidden_size", None)
+    if isinstance(width, int) and hidden.shape[-1] != width:
+        raise InterventionError(f"{who}: hidden has width {hidden.shape[-1]}, the model's residual stream {width}")
