@@ -228,3 +228,79 @@ def test_verify_passes_on_the_demo_run(tmp_path, embedded):
     result = runner.invoke(app, ["verify", str(tmp_path / "run"), "--rows", "24"])
     assert result.exit_code == 0, result.output
     assert "verified: 24 of 24 rows re-scored" in " ".join(result.output.split())
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip() and not line.startswith(("recipe ", "("))]
+
+
+def test_a_store_damaged_in_the_middle_is_one_short_line(finished_run, tmp_path):
+    """It printed sqlite's whole quick_check report (101 lines)."""
+    import shutil
+
+    damaged = tmp_path / "run"
+    shutil.copytree(finished_run, damaged)
+    store = damaged / "results.sqlite"
+    data = bytearray(store.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    for page in range(middle, middle + 8 * 4096, 4096):  # the cell pointers of eight pages scrambled
+        data[page + 8 : page + 200] = bytes(i * 37 % 256 for i in range(192))
+    store.write_bytes(bytes(data))
+    (damaged / "results.sqlite-wal").unlink(missing_ok=True)
+    result = runner.invoke(app, ["export", str(damaged), "--csv", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "is damaged (sqlite's check found" in lines[0] and "problem" in lines[0], result.output
+    assert "--restart` to move it aside" in lines[0] and len(lines[0]) < 400
+
+
+def test_a_full_disk_names_the_file(finished_run, tmp_path, monkeypatch):
+    """It printed `No space left on device: — free some space…` without the file name."""
+    import errno
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() reports it: no file name
+
+    monkeypatch.setattr(Path, "write_text", full)
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 2
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "No space left on device: " in lines[0] and "free some space" in lines[0], result.output
+    assert str(run) in lines[0].replace("\n", "")
+
+
+def test_an_unreachable_hub_is_one_line_at_once(monkeypatch):
+    """It printed 22 lines of retry noise over 52 s before its error."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:1")
+    t0 = time.perf_counter()
+    result = runner.invoke(app, ["info", "graftlens-tests/no-such-model"])
+    assert result.exit_code == 2 and time.perf_counter() - t0 < 20
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "not reachable: http://127.0.0.1:1" in lines[0], result.output
+
+
+def test_library_detail_waits_behind_debug(monkeypatch, tmp_path):
+    """A library's report on further lines (YAML's, torch's) is one line; --debug shows it all."""
+    from graftlens.errors import ModelLoadError
+
+    def detailed(*args, **kwargs):
+        raise ModelLoadError("could not load model 'x': RuntimeError: size mismatch:\n\tline two\n\tline three")
+
+    monkeypatch.setattr("graftlens.models.load_model", detailed)
+    result = runner.invoke(app, ["info", "x"])
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and lines[0].endswith("size mismatch (rerun with --debug for the details)"), result.output
+    result = runner.invoke(app, ["--debug", "info", "x"])
+    assert "line three" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodels: {pre: {spec: x}\nrecipient: pre\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1 and "is not valid YAML (line 3, column 1)" in lines[0], result.output

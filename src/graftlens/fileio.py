@@ -6,7 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,17 @@ from graftlens.errors import DataError
 
 class FileEncodingError(DataError):
     """A text file graftlens reads is not UTF-8."""
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """An OSError inside (a full disk on write, say) names ``path`` if the OS did not name a file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -26,8 +38,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with naming(path):
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -62,8 +75,9 @@ def merge_tensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mappi
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(merged, str(tmp), metadata=dict(metadata))
-        os.replace(tmp, path)
+        with naming(path):
+            save_file(merged, str(tmp), metadata=dict(metadata))
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -98,6 +98,11 @@ def friendly_errors(fn: F) -> F:
 
 
 def _fail(message: str) -> None:
+    """One red line. A message that carries a library's own detail on further lines (a torch or
+    YAML report, say) shows its first line; ``--debug`` shows all of it."""
+    lines = [line for line in message.splitlines() if line.strip()] or [message]
+    if len(lines) > 1 and not debugging():
+        message = f"{lines[0].rstrip(':')} (rerun with --debug for the details)"
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2) from None
 

@@ -185,6 +185,7 @@ def load_model(
             raise ModelLoadError(f"model spec {spec_str!r}: no such file or directory ({path})")
         elif _HUB_ID.match(spec_str):
             source = f"hub:{spec_str}"
+            _check_hub_reachable(spec_str)
             try:
                 model, tokenizer = _load_pretrained_dir(spec_str, torch_dtype, device_map)
             except Exception as exc:  # noqa: BLE001
@@ -216,3 +217,27 @@ def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedMo
         return model
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), spec=name, source=name)
+
+
+def _check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
+    """One line, at once, when a hub model is not cached and the hub cannot be reached (rather than
+    the hub client's retry log, which runs for about a minute before its own error)."""
+    import os
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # offline mode or a warm cache: transformers reads the cached files
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ModelLoadError(
+            f"model spec {repo_id!r}: not reachable: {constants.ENDPOINT} ({reason}), and the model is not in the "
+            "local Hugging Face cache; connect, or give a local directory"
+        ) from None

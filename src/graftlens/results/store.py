@@ -57,6 +57,10 @@ class DamagedStoreError(StoreError):
     """``results.sqlite`` is not a readable SQLite database (overwritten, truncated, ...)."""
 
 
+class StoreFullError(StoreError):
+    """The disk filled while results were written (the batch being written is not kept)."""
+
+
 def move_aside(path: Path) -> Path:
     """Rename a damaged store (and its WAL files) to ``NAME.damaged-YYYYmmdd-HHMMSS``; returns the new name."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -92,6 +96,15 @@ class ResultRow:
         return self.target_rank <= k
 
 
+def _problems_summary(problems: list[str]) -> str:
+    """One line for sqlite's ``quick_check`` report (which may run to hundreds of lines)."""
+    lines = [line.strip() for problem in problems for line in str(problem).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("***")]
+    first = lines[0] if lines else "no detail"
+    first = first if len(first) <= 100 else first[:97] + "..."
+    return f"sqlite's check found {len(lines)} problem{'s' if len(lines) != 1 else ''}, the first: {first}"
+
+
 class ResultsStore:
     """``results.sqlite`` of one run directory."""
 
@@ -103,7 +116,7 @@ class ResultsStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             problems = [row[0] for row in self._conn.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
-                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+                raise sqlite3.DatabaseError(_problems_summary(problems))
             self._conn.executescript(_SCHEMA)
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
             for column, statement in _MIGRATIONS.items():
@@ -181,6 +194,17 @@ class ResultsStore:
 
     def add(self, run: str, rows: Iterable[ResultRow]) -> None:
         """Write ``rows`` in one transaction: all of them or, if interrupted, none."""
+        try:
+            self._write_rows(run, rows)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):  # SQLITE_FULL: the disk filled while the batch was committed
+                raise StoreFullError(
+                    f"{self.path}: the disk is full ({exc}): free some space and rerun the same command "
+                    "(every batch committed before is kept)"
+                ) from None
+            raise
+
+    def _write_rows(self, run: str, rows: Iterable[ResultRow]) -> None:
         with self._conn:
             self._conn.executemany(
                 f"INSERT INTO results (run, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
