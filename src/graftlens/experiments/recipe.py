@@ -59,7 +59,20 @@ class EntityTrackingData(Strict):
         bad = [n for n in v if n < 2]
         if bad:
             raise ValueError(f"entity tracking needs at least 2 boxes; got {bad}")
-        return v
+        return _distinct(v, "box count")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: list[str]) -> list[str]:
+        return _distinct(v, "pair kind")
+
+
+def _distinct(values: list, what: str) -> list:
+    """``values`` if no value is named twice (it would give every prompt of it twice)."""
+    twice = sorted({str(x) for x in values if values.count(x) > 1})
+    if twice:
+        raise ValueError(f"{what} {', '.join(twice)} is named twice")
+    return values
 
 
 class DataSpec(Strict):
@@ -210,6 +223,7 @@ class Recipe(Strict):
                 known(name, f"{s.kind} sweep")
             s.check_in_recipe(plain)
             s.check_data(self.data.model_dump(mode="json"))
+            s.check_batches(self.data.model_dump(mode="json"), self.eval.batch_size)
         if self.data.known_facts is not None or self.data.entity_tracking is not None:
             tuned = [name for name, spec in self.models.items() if spec.finetune is not None and spec.finetune.task is None]
             if tuned:

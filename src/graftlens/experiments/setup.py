@@ -225,9 +225,15 @@ def context_length(model: LoadedModel) -> int | None:
 
 
 def check_prompt_lengths(prompts: list[TokenizedPrompt], models: dict[str, LoadedModel]) -> None:
-    """No prompt is longer than a model's context (it would be scored on positions the model never saw)."""
+    """Every prompt has its own id (a result row is keyed by it), and none is longer than a
+    model's context (it would be scored on positions the model never saw)."""
     if not prompts:
         return
+    seen: set[str] = set()
+    for p in prompts:
+        if p.id in seen:
+            raise RecipeError(f"two prompts of the recipe's data have the id {p.id!r}: give each prompt its own id")
+        seen.add(p.id)
     longest = max(prompts, key=lambda p: len(p.input_ids))
     for name, model in models.items():
         limit = context_length(model)

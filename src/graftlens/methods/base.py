@@ -179,6 +179,10 @@ class Sweep(Strict):
         """Raise ``ValueError`` if the sweep cannot score the recipe's prompts (``data``: the
         recipe's ``data`` part, dumped)."""
 
+    def check_batches(self, data: dict, batch_size: int) -> None:
+        """Raise ``ValueError`` if the sweep cannot score the recipe's prompts in batches of
+        ``batch_size`` (the recipe's ``eval.batch_size``)."""
+
 
 @dataclass(frozen=True)
 class RunConfig:

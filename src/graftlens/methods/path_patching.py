@@ -75,6 +75,16 @@ class CircuitSweep(Sweep):
                 "data: {entity_tracking: {pairs: [corrupted]}}"
             )
 
+    def check_batches(self, data: dict, batch_size: int) -> None:
+        et = data.get("entity_tracking") or {}
+        boxes, per_count = et.get("boxes", []), et.get("examples", 0)  # one corrupted pair per example
+        if len(boxes) > 1 and per_count % batch_size:
+            raise ValueError(
+                f"et_circuit sweep: mean ablation takes each batch's head means at one box count, so with boxes "
+                f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
+                f"(entity_tracking.examples: {per_count})"
+            )
+
     def check_in_recipe(self, plain_configs: list[str]) -> None:
         if self.clean not in plain_configs:
             raise ValueError(
