@@ -22,7 +22,7 @@ from graftlens.experiments import StoreError, load_recipe, run_recipe
 from graftlens.experiments.distributed import DistributedError
 from graftlens.experiments.runner import Interrupted
 from graftlens.results.store import ResultsStore
-from test_circuit_recipes import _circuit_recipe, et_model_dir  # noqa: F401 - a fixture used below
+from test_circuit_recipes import _circuit_recipe
 from test_experiments import _all_rows, interrupted_run, recipe_text
 from test_recall_recipes import _recipe as recall_recipe
 

@@ -107,7 +107,8 @@ def vocabulary(tokenizer, half: Half = "all") -> Vocabulary:
     return Vocabulary(tuple(objects), tuple(labels))
 
 
-def _check(vocab: Vocabulary, n_boxes: int, half: str, spare_labels: int = 0) -> None:
+def check_boxes(vocab: Vocabulary, n_boxes: int, half: str, spare_labels: int = 0) -> None:
+    """``n_boxes`` boxes can be made of ``vocab``'s single-token objects and labels, or one error saying why not."""
     if n_boxes < 2:
         raise DatasetError(f"entity tracking needs at least 2 boxes, not {n_boxes}")
     if len(vocab.objects) < n_boxes or len(vocab.labels) < n_boxes + spare_labels:
@@ -137,7 +138,7 @@ def make_entity_tracking(
 ) -> list[EntityTrackingExample]:
     """``n_examples`` plain prompts of ``n_boxes`` boxes each."""
     vocab = vocabulary(tokenizer, half)
-    _check(vocab, n_boxes, half)
+    check_boxes(vocab, n_boxes, half)
     rng = random.Random(seed)
     out = []
     for i in range(n_examples):
@@ -153,7 +154,7 @@ def make_pairs(
     if kind not in PAIR_KINDS:
         raise DatasetError(f"unknown entity-tracking pair kind {kind!r}; known: {', '.join(PAIR_KINDS)}")
     vocab = vocabulary(tokenizer, half)
-    _check(vocab, n_boxes, half, spare_labels=1 if kind == "corrupted" else 0)
+    check_boxes(vocab, n_boxes, half, spare_labels=1 if kind == "corrupted" else 0)
     rng = random.Random(f"{kind}-{seed}")
     out = []
     for i in range(n_examples):
@@ -185,7 +186,7 @@ def make_pairs(
 def mean_reference(tokenizer, n_examples: int, n_boxes: int, seed: int = 0, half: Half = "all") -> list[EntityTrackingExample]:
     """Prompts for mean ablation (Prakash et al.): scenes whose query label names no box in them."""
     vocab = vocabulary(tokenizer, half)
-    _check(vocab, n_boxes, half, spare_labels=1)
+    check_boxes(vocab, n_boxes, half, spare_labels=1)
     rng = random.Random(f"mean-{seed}")
     out = []
     for i in range(n_examples):

@@ -159,7 +159,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         recipient = models[recipe.recipient]
         pad = pad_id_of(recipient.tokenizer)
         prompts = data.prompts(recipe, recipient.tokenizer)
-        check_prompt_lengths(prompts, models)
+        check_prompt_lengths(prompts, models, recipe.eval.generate)
         # Every number against the models, before any forward pass of the prompts.
         check_sweeps_fit(recipe.sweeps, recipe.recipient, models)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)

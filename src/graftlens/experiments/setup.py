@@ -224,7 +224,7 @@ def context_length(model: LoadedModel) -> int | None:
     return None
 
 
-def check_prompt_lengths(prompts: list[TokenizedPrompt], models: dict[str, LoadedModel]) -> None:
+def check_prompt_lengths(prompts: list[TokenizedPrompt], models: dict[str, LoadedModel], generate: int = 0) -> None:
     """Every prompt has its own id (a result row is keyed by it), and none is longer than a
     model's context (it would be scored on positions the model never saw)."""
     if not prompts:
@@ -241,6 +241,11 @@ def check_prompt_lengths(prompts: list[TokenizedPrompt], models: dict[str, Loade
             raise RecipeError(
                 f"prompt {longest.id!r} has {len(longest.input_ids)} tokens, more than model {name!r} takes "
                 f"({limit} positions): shorten it or leave it out of the data"
+            )
+        if limit is not None and len(longest.input_ids) + generate > limit:
+            raise RecipeError(
+                f"eval.generate: {generate} tokens after prompt {longest.id!r} ({len(longest.input_ids)} tokens) "
+                f"go beyond the {limit} positions model {name!r} takes"
             )
 
 

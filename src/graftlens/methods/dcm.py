@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from graftlens.configfiles import Seed
+from graftlens.errors import GraftlensError
 from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
 from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
 from graftlens.methods.registry import Context, Method, Table, register
@@ -111,6 +112,12 @@ class DesiderataMasking(Method):
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
         check_fixed_positions(circuit, [spec.group], spec.circuit, "dcm")
+        from graftlens.data.entity_tracking import check_boxes, vocabulary
+
+        try:  # the training pairs, made in the readout, are made of this many boxes
+            check_boxes(vocabulary(models[config.model].tokenizer, spec.half), spec.boxes, spec.half)
+        except GraftlensError as exc:
+            raise RecipeError(f"dcm boxes: {exc}") from None
         if not circuit.group(spec.group).heads:
             raise RecipeError(f"circuit {spec.circuit}: group {spec.group!r} has no heads to mask")
         return [GROUP_POSITIONS[spec.group]]
