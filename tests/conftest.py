@@ -3,6 +3,8 @@ fresh cache for the embedded model, so each test session exercises the real cold
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 
 import pytest
@@ -146,3 +148,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="30",
         help="mutated recipes the recipe fuzzer runs per shipped recipe (tests/test_recipe_fuzzer.py; default 30, seeded)",
     )
+
+
+class Interrupted(RuntimeError):
+    """What a kill at that moment leaves behind: raised by :func:`stopped_after`."""
+
+
+@contextlib.contextmanager
+def stopped_after(batches: int):
+    """Within it, a run stops (raising :class:`Interrupted`) once it has written ``batches``
+    units (a configuration's rows of one batch each), as a kill after that commit would."""
+    from graftlens.experiments.units import UnitWriter
+
+    original = UnitWriter.add
+    written = itertools.count()
+
+    def add(self, unit, rows):
+        if next(written) >= batches:
+            raise Interrupted(f"stopped after {batches} batches")
+        original(self, unit, rows)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(UnitWriter, "add", add)
+        yield

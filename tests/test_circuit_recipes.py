@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_text_model, make_text_tokenizer
+from conftest import Interrupted, make_text_model, make_text_tokenizer, stopped_after
 from graftlens.cli import app
 from graftlens.data.entity_tracking import OBJECTS, make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
@@ -133,13 +133,11 @@ def test_report_writes_the_circuit_heat_maps_and_faithfulness(circuit_run):
 
 
 def test_circuit_run_resumes_to_the_same_rows(tmp_path, et_model_dir, circuit_run):
-    from graftlens.experiments.runner import Interrupted
-
     recipe, path = load_recipe(_circuit_recipe(tmp_path / "r.yaml", et_model_dir))
     out = tmp_path / "run"
     for n in (5, 23):
-        with pytest.raises(Interrupted):
-            run_recipe(recipe, out, recipe_path=path, stop_after_batches=n)
+        with stopped_after(n), pytest.raises(Interrupted):
+            run_recipe(recipe, out, recipe_path=path)
     run_recipe(recipe, out, recipe_path=path)
     resumed = {(r.config, r.example): r.target_prob for r in load_run(out).rows}
     whole = {(r.config, r.example): r.target_prob for r in load_run(circuit_run).rows}

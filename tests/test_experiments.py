@@ -18,12 +18,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import Interrupted, stopped_after
 from graftlens.cli import app
 from graftlens.configfiles import ConfigFileError
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of
 from graftlens.experiments import RecipeError, StoreError, load_recipe, run_recipe, shipped_recipes
-from graftlens.experiments.runner import Interrupted
 from graftlens.graft import Graft
 from graftlens.models import load_model
 from graftlens.results import load_run
@@ -284,8 +284,8 @@ def _all_rows(run_dir: Path) -> list[tuple]:
 
 def interrupted_run(recipe, path: Path, out: Path, batches: int = 7) -> int:
     """Run ``recipe`` into ``out`` and stop it after ``batches`` units; the rows it left."""
-    with pytest.raises(Interrupted):
-        run_recipe(recipe, out, recipe_path=path, stop_after_batches=batches)
+    with stopped_after(batches), pytest.raises(Interrupted):
+        run_recipe(recipe, out, recipe_path=path)
     with ResultsStore(out / "results.sqlite") as store:
         return store.count(recipe.content_hash())
 

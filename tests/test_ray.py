@@ -17,10 +17,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import Interrupted
 from graftlens.cli import app
 from graftlens.experiments import StoreError, load_recipe, run_recipe
 from graftlens.experiments.distributed import DistributedError
-from graftlens.experiments.runner import Interrupted
 from graftlens.results.store import ResultsStore
 from test_circuit_recipes import _circuit_recipe
 from test_experiments import _all_rows, interrupted_run, recipe_text

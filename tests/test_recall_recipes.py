@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import Interrupted, stopped_after
 from graftlens.cli import app
 from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
 from graftlens.eval import pad_id_of
@@ -206,13 +207,11 @@ def test_head_mapping_tables_count_events_and_mappings(mapping_run) -> None:
 
 
 def test_recall_runs_resume_to_the_same_rows(tmp_path, text_model_dir, mapping_run, graftlens_cache) -> None:
-    from graftlens.experiments.runner import Interrupted
-
     recipe, path = load_recipe(_recipe(tmp_path / "r.yaml", text_model_dir, "{kind: head_mappings, layers: half2, top_k: 20}"))
     out = tmp_path / "run"
     for n in (4, 31):
-        with pytest.raises(Interrupted):
-            run_recipe(recipe, out, recipe_path=path, stop_after_batches=n)
+        with stopped_after(n), pytest.raises(Interrupted):
+            run_recipe(recipe, out, recipe_path=path)
     run_recipe(recipe, out, recipe_path=path)
     resumed = {(r.config, r.example): r.target_prob for r in load_run(out).rows}
     assert resumed == {(r.config, r.example): r.target_prob for r in mapping_run.rows}

@@ -41,7 +41,6 @@ OBJECTS = (
 
 Half = Literal["all", "train", "test"]
 PAIR_KINDS = ("corrupted", "position", "object", "box_label")
-DESIDERATA = ("position", "object", "box_label")
 
 
 @dataclass(frozen=True)

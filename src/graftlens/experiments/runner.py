@@ -41,10 +41,6 @@ MANIFEST_NAME = "manifest.json"
 Progress = Callable[[int, int], None]  # (units done, units in all), in prompts scored
 
 
-class Interrupted(RuntimeError):
-    """Raised by ``stop_after_batches``: what a kill at that moment leaves behind (tests)."""
-
-
 @dataclass(frozen=True)
 class RunSummary:
     run_dir: Path
@@ -68,7 +64,6 @@ def run_recipe(
     command: str | None = None,
     progress: Progress | None = None,
     finetune_progress: FinetuneProgress | None = None,
-    stop_after_batches: int | None = None,
     ray: str | None = None,
     workers: int | None = None,
 ) -> RunSummary:
@@ -105,8 +100,6 @@ def run_recipe(
     check_device(device)
     on_ray = OnRay(ray, workers) if ray is not None else None
     if on_ray is not None:
-        if stop_after_batches is not None:
-            raise ValueError("stop_after_batches stops a run on this process, not on Ray")
         check_ray(on_ray.address)
     if run_dir.exists() and not run_dir.is_dir():
         raise StoreError(f"--out {run_dir} is a file: the run directory must be a folder (or not exist yet)")
@@ -114,7 +107,7 @@ def run_recipe(
     try:
         with run_lock(run_dir):
             return _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
-                               stop_after_batches, on_ray)  # fmt: skip
+                               on_ray)  # fmt: skip
     except BaseException:
         if created:
             _discard_if_empty(run_dir)
@@ -140,7 +133,7 @@ class OnRay:
     workers: int | None
 
 
-def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, stop_after_batches,
+def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
                 on_ray: OnRay | None):  # fmt: skip
     run_id = recipe.content_hash()
     with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
@@ -197,7 +190,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
             return RunSummary(run_dir, run_id, len(configs), len(prompts), outcome.written, store.count(run_id),
                               time.perf_counter() - t0, outcome.workers, outcome.restarts)  # fmt: skip
         written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
-                             progress, stop_after_batches, attributes, run_dir, recipe.eval)  # fmt: skip
+                             progress, attributes, run_dir, recipe.eval)  # fmt: skip
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
 
@@ -248,7 +241,6 @@ def _score_all(
     batch_size: int,
     pad: int,
     progress: Progress | None,
-    stop_after_batches: int | None,
     attributes: dict[str, frozenset[int]] | None = None,
     run_dir: Path | None = None,
     asks: EvalSpec | None = None,
@@ -264,13 +256,9 @@ def _score_all(
                         lambda names: store.target_probs(run_id, names), run_dir_keeper(run_dir))  # fmt: skip
     units, done = plan_units(configs, work, store, run_id)
     writer = UnitWriter(store, run_id, len(configs) * len(prompts), done, progress)
-    batches_run = 0
     for unit in units:
         for name in unit.configs:
-            if stop_after_batches is not None and batches_run >= stop_after_batches:
-                raise Interrupted(f"stopped after {batches_run} batches")
             writer.add(unit, scorer.rows(name, work[unit.batch]))
-            batches_run += 1
     writer.report()
     return writer.written
 

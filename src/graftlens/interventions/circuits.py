@@ -25,7 +25,7 @@ from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
-from graftlens.positions import PositionsLike, Spans, resolve_positions
+from graftlens.positions import Spans, resolve_positions
 
 Head = tuple[int, int]  # (layer, head)
 
@@ -240,8 +240,3 @@ def mean_ablated_logits(
 def accuracy(logits: torch.Tensor, target_ids: torch.Tensor) -> float:
     """Share of rows whose top token is the target."""
     return float((logits.argmax(-1) == target_ids.to(logits.device)).float().mean())
-
-
-def circuit_positions(circuit: Circuit) -> list[PositionsLike]:
-    """The selectors a circuit's groups use (checked on every prompt before a run)."""
-    return [g.positions for g in circuit.groups.values()]

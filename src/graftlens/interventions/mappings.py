@@ -30,7 +30,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError, LayerSelectionError
 from graftlens.interventions.hooks import capture, edit
-from graftlens.interventions.lens import last_index, project
+from graftlens.interventions.lens import last_index
 from graftlens.interventions.points import hook_site, parse_point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -120,8 +120,3 @@ def head_mapping_vectors(
     with torch.no_grad():
         out = [value_output(loaded, layer, cache[v][rows, where]) for layer, v in zip(layers, values)]  # each [batch, heads, d]
     return torch.stack(out, 1)
-
-
-def head_mapping_logits(model: LoadedModel | nn.Module, vectors: torch.Tensor, use_final_norm: bool = True) -> torch.Tensor:
-    """Vocabulary projection ``[..., vocab]`` of head mapping vectors ``[..., d_model]``."""
-    return project(model, vectors, use_final_norm)

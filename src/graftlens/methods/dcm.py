@@ -184,17 +184,6 @@ def _mask_values(run: RunData, config: StoredConfig) -> dict[str, float]:
     return {k: v for k, v in (rows[0].extra.items() if rows else []) if k.startswith("mask ")}
 
 
-def selected_heads(run: RunData, configs: list[StoredConfig]) -> dict[str, str]:
-    """``config → "L.H, ..."``: the heads each learned mask kept (value above 0.5)."""
-    out = {}
-    for c in configs:
-        values = _mask_values(run, c)
-        if values:
-            kept = [k.removeprefix("mask ") for k, v in values.items() if v > 0.5]
-            out[c.name] = ", ".join(kept) or "none"
-    return out
-
-
 def _train(model: LoadedModel, spec: DcmSpec, heads: list[tuple[int, int]], pad: int):
     """The mask of ``spec``'s group for its desideratum, trained on pairs of another seed than the scored ones."""
     from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking

@@ -204,7 +204,3 @@ def _as_text(value) -> str:
             return f"{value[0]}–{value[-1]}"  # a run of layers
         return ",".join(map(str, value))
     return str(value)
-
-
-def report_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / REPORT_NAME

@@ -32,18 +32,13 @@ class StoredConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> StoredConfig:
-        return cls(d["name"], d["group"], d["model"], d.get("kind") or _legacy_kind(d), tuple(d.get("grafts", ())),
+        if "kind" not in d:
+            raise StoreError(
+                f"configuration {d.get('name')!r} was stored without its method kind (by an early graftlens): "
+                "rerun its recipe with --restart"
+            )
+        return cls(d["name"], d["group"], d["model"], d["kind"], tuple(d.get("grafts", ())),
                    dict(d.get("coords", {})), d.get("method") or None)  # fmt: skip
-
-
-def _legacy_kind(d: dict) -> str:
-    """The kind of a configuration stored before kinds were recorded, from its coordinates."""
-    if d.get("method"):
-        return str(d["method"]["kind"])
-    coords = d.get("coords", {})
-    if "component" in coords:
-        return "components" if "layers" in coords else "layer_window"
-    return "positions" if "positions" in coords else "configs"
 
 
 @dataclass
