@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graftlens-installed
 
-.PHONY: demo test bench docs docs-serve stubs clean-venv
+.PHONY: demo test lint bench docs docs-serve stubs clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Lint and format (ruff, pinned in the docs extra): `ruff format` writes what --check compares.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 # The documentation site (mkdocs + material + mkdocstrings), built strictly: a broken link or
 # reference fails the build. The output goes to site/.

@@ -38,20 +38,25 @@ def main() -> None:
     table = summary(rows, ("config",), ("top1", "top5"), n_boot=1000, seed=0)
     top5 = {k[0]: round(v["top5"].value, 3) for k, v in table.items()}
     ci = {k[0]: [round(v["top5"].lo, 3), round(v["top5"].hi, 3)] for k, v in table.items()}
-    print(json.dumps({
-        "benchmark": "graftlens_demo",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
-        "cold_s": round(cold, 1),
-        "warm_s": round(warm, 1),
-        "warm_new_run_dir_s": round(warm_new_dir, 1),
-        "rows": len(rows),
-        "same_results_in_both_run_dirs": [(r.config, r.example, r.target_prob) for r in rows]
-        == [(r.config, r.example, r.target_prob) for r in again],
-        "top5": {k: top5[k] for k in ("PRE", "SFT", "FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C")},
-        "top5_ci95": {k: ci[k] for k in ("SFT", "FE+LT", "(FE+LT)^C")},
-        "fe_lt_over_sft": round(top5["FE+LT"] / top5["SFT"], 3),
-        "components_top5": {k: v for k, v in top5.items() if "@" in k and v > 0},
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "graftlens_demo",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
+                "cold_s": round(cold, 1),
+                "warm_s": round(warm, 1),
+                "warm_new_run_dir_s": round(warm_new_dir, 1),
+                "rows": len(rows),
+                "same_results_in_both_run_dirs": [(r.config, r.example, r.target_prob) for r in rows]
+                == [(r.config, r.example, r.target_prob) for r in again],
+                "top5": {k: top5[k] for k in ("PRE", "SFT", "FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C")},
+                "top5_ci95": {k: ci[k] for k in ("SFT", "FE+LT", "(FE+LT)^C")},
+                "fe_lt_over_sft": round(top5["FE+LT"] / top5["SFT"], 3),
+                "components_top5": {k: v for k, v in top5.items() if "@" in k and v > 0},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,19 +33,24 @@ def main() -> None:
         (manifest_path,) = Path(cache, "finetuned").glob("*/manifest.json")
         m = json.loads(manifest_path.read_text())
     ev = m["evaluation"]
-    print(json.dumps({
-        "benchmark": "finetune_embedded_demo_facts",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
-        "finetune_process_s": round(cold, 1),
-        "train_loop_s": m["train_seconds"],
-        "cached_rerun_process_s": round(warm, 1),
-        "steps": m["steps"],
-        "train_texts": m["n_train_texts"],
-        "hyperparameters": m["hyperparameters"],
-        "top5_pretrained": {d: v["top5"] for d, v in ev["base"]["by_direction"].items()},
-        "top5_finetuned": {d: v["top5"] for d, v in ev["finetuned"]["by_direction"].items()},
-        "versions": m["versions"],
-    }, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "finetune_embedded_demo_facts",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
+                "finetune_process_s": round(cold, 1),
+                "train_loop_s": m["train_seconds"],
+                "cached_rerun_process_s": round(warm, 1),
+                "steps": m["steps"],
+                "train_texts": m["n_train_texts"],
+                "hyperparameters": m["hyperparameters"],
+                "top5_pretrained": {d: v["top5"] for d, v in ev["base"]["by_direction"].items()},
+                "top5_finetuned": {d: v["top5"] for d, v in ev["finetuned"]["by_direction"].items()},
+                "versions": m["versions"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

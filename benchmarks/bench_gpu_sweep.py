@@ -38,11 +38,26 @@ from graftlens.models.run import run_logits
 
 POSITION_SETS = ["FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C"]
 SHAPES = {  # LlamaConfig fields
-    "llama-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                     intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=49152, tie_word_embeddings=True),
-}  # fmt: skip
+    "llama-1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+}
 
 
 def models(name: str, device: str, dtype: torch.dtype):
@@ -99,27 +114,32 @@ def main() -> None:
         "plain": lambda: run_logits(base, batch.input_ids, batch.attention_mask),
         "grafted": lambda: graftlens.grafted_forward(
             base, {"ft": donor}, rules, batch.input_ids, batch.attention_mask, spans=batch.spans
-        ),  # fmt: skip
+        ),
     }
     times = interleaved_times(runs, args.repeats, sync)
     plain_s, graft_s = statistics.median(times["plain"]), statistics.median(times["grafted"])
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
-    print(json.dumps({
-        "benchmark": "figure2_sweep_large",
-        "device": f"{args.device} ({device_name}), torch {torch.__version__}",
-        "model": args.model,
-        "parameters": sum(p.numel() for p in base.model.parameters()),
-        "dtype": args.dtype,
-        "prompts": len(prompts),
-        "configurations": len(configs),
-        "batch_size": args.batch_size,
-        "sweep_s": round(sweep_s, 3),
-        "prompt_configurations_per_s": round(len(prompts) * len(configs) / sweep_s, 1),
-        "full_forward_batch": list(batch.input_ids.shape),
-        "plain_forward_s": round(plain_s, 5),
-        "grafted_forward_s": round(graft_s, 5),
-        "grafted_over_plain": round(graft_s / plain_s, 3),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "figure2_sweep_large",
+                "device": f"{args.device} ({device_name}), torch {torch.__version__}",
+                "model": args.model,
+                "parameters": sum(p.numel() for p in base.model.parameters()),
+                "dtype": args.dtype,
+                "prompts": len(prompts),
+                "configurations": len(configs),
+                "batch_size": args.batch_size,
+                "sweep_s": round(sweep_s, 3),
+                "prompt_configurations_per_s": round(len(prompts) * len(configs) / sweep_s, 1),
+                "full_forward_batch": list(batch.input_ids.shape),
+                "plain_forward_s": round(plain_s, 5),
+                "grafted_forward_s": round(graft_s, 5),
+                "grafted_over_plain": round(graft_s / plain_s, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -188,8 +188,9 @@ def main() -> None:
             plain_full()
 
     # The two batches timed apart: the padded batch's runs, then the full batch's pair.
-    times = interleaved_times({"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed},
-                              args.repeats, sync)  # fmt: skip
+    times = interleaved_times(
+        {"plain": plain, "grafted": grafted_forward, "grafted_padding_computed": grafted_padding_computed}, args.repeats, sync
+    )
     times.update(
         interleaved_times({"plain_full": plain_full, "grafted_full": grafted_full, "floor_full": floor_full}, args.repeats, sync)
     )

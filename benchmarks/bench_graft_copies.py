@@ -69,21 +69,25 @@ def main() -> None:
     def median_ms(name: str, ops: tuple[str, ...]) -> float:
         return round(statistics.median(sum(r.get(op, 0.0) for op in ops) for r in runs[name]), 1)
 
-    print(json.dumps({
-        "benchmark": "grafted_forward_row_copies",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "ms_per_forward": {
-            name: {
-                **{op.removeprefix("aten::"): median_ms(name, (op,)) for op in ROW_COPIES},
-                "row_copies": median_ms(name, ROW_COPIES),
-                "mm": median_ms(name, ("aten::mm",)),
-                "all_ops": round(statistics.median(sum(r.values()) for r in runs[name]), 1),
+    print(
+        json.dumps(
+            {
+                "benchmark": "grafted_forward_row_copies",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "repeats": args.repeats,
+                "ms_per_forward": {
+                    name: {
+                        **{op.removeprefix("aten::"): median_ms(name, (op,)) for op in ROW_COPIES},
+                        "row_copies": median_ms(name, ROW_COPIES),
+                        "mm": median_ms(name, ("aten::mm",)),
+                        "all_ops": round(statistics.median(sum(r.values()) for r in runs[name]), 1),
+                    }
+                    for name in runs
+                },
             }
-            for name in runs
-        },
-    }))  # fmt: skip
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,15 @@ from graftlens.models.names import expand_components, select_layers
 GRAFT_CONFIGS = [(c, layers) for c in ("attn", "qkv", "o+mlp", "mlp") for layers in ("all", "half2")]
 CMAP_GROUPS = ["all", "half1", "half2", "quarter1", "quarter2", "quarter3", "quarter4", "eighth8"]
 # The Llama module of each canonical per-layer component (what nnsight addresses by attribute).
-MODULE_OF = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}  # fmt: skip
+MODULE_OF = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
 
 
 def _attr(root, dotted: str):
@@ -105,8 +112,9 @@ def main() -> None:
     one_cmap = "half2"
 
     def graft_nnsight():
-        return {f"{c} @ {layers}": nnsight_graft(traced, donor, ids, mask, c, select_layers(layers, n))
-                for c, layers in GRAFT_CONFIGS}  # fmt: skip
+        return {
+            f"{c} @ {layers}": nnsight_graft(traced, donor, ids, mask, c, select_layers(layers, n)) for c, layers in GRAFT_CONFIGS
+        }
 
     def cmap_single_graftlens():
         points = list(cmap_configs[one_cmap])
@@ -124,8 +132,11 @@ def main() -> None:
             "nnsight": lambda: nnsight_cmap(traced, traced_donor, ids, mask, cmap_groups),
         },
         f"single grafting call ({one_graft} at LT)": {
-            "graftlens": lambda: {one_graft: graftlens.grafted_forward(base, {"ft": donor}, graft_configs[one_graft], ids, mask,
-                                                                       last_only=True)[:, -1]},  # fmt: skip
+            "graftlens": lambda: {
+                one_graft: graftlens.grafted_forward(base, {"ft": donor}, graft_configs[one_graft], ids, mask, last_only=True)[
+                    :, -1
+                ]
+            },
             "nnsight": lambda: {one_graft: nnsight_graft(traced, donor, ids, mask, "o+mlp", select_layers("half2", n))},
         },
         f"single CMAP call (z of {one_cmap} at LT)": {
@@ -144,9 +155,15 @@ def main() -> None:
                     results[sweep][name] = impls[name]()
                     seconds[sweep][name].append(time.perf_counter() - t0)
     out = {
-        "prompts": ids.shape[0], "columns": ids.shape[1], "real tokens": int(mask.sum()), "rounds": args.rounds,
-        "threads": 1, "nnsight": __import__("nnsight").__version__, "torch": torch.__version__, "sweeps": {},
-    }  # fmt: skip
+        "prompts": ids.shape[0],
+        "columns": ids.shape[1],
+        "real tokens": int(mask.sum()),
+        "rounds": args.rounds,
+        "threads": 1,
+        "nnsight": __import__("nnsight").__version__,
+        "torch": torch.__version__,
+        "sweeps": {},
+    }
     for sweep in sweeps:
         med = {name: statistics.median(ts) for name, ts in seconds[sweep].items()}
         ours, theirs = results[sweep]["graftlens"], results[sweep]["nnsight"]

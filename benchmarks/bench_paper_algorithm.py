@@ -66,8 +66,12 @@ def paper_last_logits(base, donor, rules, ids: torch.Tensor, spans) -> torch.Ten
                     dim = 1 if type(module).__name__ == "Conv1D" and pname == "weight" else 0
                     for a, z in rows:
                         p.data.narrow(dim, a, z - a).copy_(donor_p.data.narrow(dim, a, z - a))
-        out = model(input_ids=ids[None, t : t + 1], position_ids=torch.tensor([[t]], device=ids.device), use_cache=True,
-                    **{cache_arg: cache})  # fmt: skip
+        out = model(
+            input_ids=ids[None, t : t + 1],
+            position_ids=torch.tensor([[t]], device=ids.device),
+            use_cache=True,
+            **{cache_arg: cache},
+        )
     return out.logits[0, -1]
 
 
@@ -81,14 +85,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base, donor = embedded_pair(args.device)
     ids, mask, spans = make_batch(base.tokenizer, 32)
-    prompts = [TokenizedPrompt(f"p{i}", "", " x", tuple(ids[i][mask[i].bool()].tolist()), (0,), spans[i])
-               for i in range(len(ids))]  # fmt: skip
+    prompts = [
+        TokenizedPrompt(f"p{i}", "", " x", tuple(ids[i][mask[i].bool()].tolist()), (0,), spans[i]) for i in range(len(ids))
+    ]
     batch = collate(prompts, pad_id=int(ids[0, 0])).to(base.device)
     sweeps = {
         "figure 2 (positions, every weight)": [GraftSpec(donor="ft", components="all", positions=p) for p in FIGURE2],
         "figure 4 (components × layer groups at LT)": [
             GraftSpec(donor="ft", components=c, layers=layer, positions="LT") for c in COMPONENTS for layer in LAYERS
-        ],  # fmt: skip
+        ],
     }
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",

@@ -77,29 +77,36 @@ def main() -> None:
                 variant_out += [logits[:, v] for v in range(len(chunk))]
         variant_times.append((time.perf_counter() - t0) / len(configs))
         for a, b, c in zip(full_out, shared_out, variant_out):
-            max_diff = max(max_diff, float((a.softmax(-1) - b.softmax(-1)).abs().max()),
-                           float((a.softmax(-1) - c.softmax(-1)).abs().max()))  # fmt: skip
+            max_diff = max(
+                max_diff, float((a.softmax(-1) - b.softmax(-1)).abs().max()), float((a.softmax(-1) - c.softmax(-1)).abs().max())
+            )
 
-    full_s, shared_s, prefix_s, variant_s = (statistics.median(t) for t in (full_times, shared_times, prefix_times,
-                                                                            variant_times))  # fmt: skip
+    full_s, shared_s, prefix_s, variant_s = (
+        statistics.median(t) for t in (full_times, shared_times, prefix_times, variant_times)
+    )
     n = len(configs)
-    print(json.dumps({
-        "benchmark": "shared_prefix_component_sweep",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "batch": list(batch.input_ids.shape),
-        "configurations": n,
-        "rounds": args.rounds,
-        "full_pass_s_per_config": round(full_s, 4),
-        "continuation_s_per_config": round(shared_s, 4),
-        "prefix_s_once": round(prefix_s, 4),
-        "speedup_per_config": round(full_s / shared_s, 2),
-        "speedup_sweep_including_prefix": round(full_s * n / (shared_s * n + prefix_s), 2),
-        "variants_s_per_config": round(variant_s, 4),
-        "variants_per_pass": per_pass,
-        "speedup_variants_per_config": round(full_s / variant_s, 2),
-        "speedup_variants_sweep_including_prefix": round(full_s * n / (variant_s * n + prefix_s), 2),
-        "max_abs_prob_diff": max_diff,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "shared_prefix_component_sweep",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}, "
+                f"{torch.get_num_threads()} threads",
+                "batch": list(batch.input_ids.shape),
+                "configurations": n,
+                "rounds": args.rounds,
+                "full_pass_s_per_config": round(full_s, 4),
+                "continuation_s_per_config": round(shared_s, 4),
+                "prefix_s_once": round(prefix_s, 4),
+                "speedup_per_config": round(full_s / shared_s, 2),
+                "speedup_sweep_including_prefix": round(full_s * n / (shared_s * n + prefix_s), 2),
+                "variants_s_per_config": round(variant_s, 4),
+                "variants_per_pass": per_pass,
+                "speedup_variants_per_config": round(full_s / variant_s, 2),
+                "speedup_variants_sweep_including_prefix": round(full_s * n / (variant_s * n + prefix_s), 2),
+                "max_abs_prob_diff": max_diff,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ from graftlens.experiments import load_recipe, run_recipe
 
 def rows(run_dir: Path) -> list[tuple]:
     con = sqlite3.connect(run_dir / "results.sqlite")
-    out = con.execute("SELECT config, example, target_prob, target_rank, top_tokens, target_logprob, continuation "
-                      "FROM results ORDER BY config, example").fetchall()  # fmt: skip
+    out = con.execute(
+        "SELECT config, example, target_prob, target_rank, top_tokens, target_logprob, continuation "
+        "FROM results ORDER BY config, example"
+    ).fetchall()
     con.close()
     return out
 

@@ -14,10 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_gpu_sweep_benchmark_runs_on_a_cpu(embedded, graftlens_cache) -> None:
     """Its CPU check: a 2-layer model of the Llama kind, 16 prompts of the large recipe's data."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu_sweep.py"), "--model", "tiny", "--device", "cpu",
-         "--dtype", "float32", "--max-prompts", "16", "--batch-size", "8", "--repeats", "1"],
-        capture_output=True, text=True, env={**os.environ, "GRAFTLENS_CACHE": graftlens_cache}, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_gpu_sweep.py"),
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--max-prompts",
+            "16",
+            "--batch-size",
+            "8",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRAFTLENS_CACHE": graftlens_cache},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     assert out["prompts"] == 16 and out["configurations"] == 7 and out["prompt_configurations_per_s"] > 0

@@ -31,12 +31,16 @@ def _pairs(model, kind: str, n: int):
     prompts = tokenize_entity_tracking(make_pairs(model.tokenizer, kind, n, 3, 0, "test"), model.tokenizer)
     pad = pad_id_of(model.tokenizer)
     base, source = collate(prompts, pad), collate([p.meta["source"] for p in prompts], pad)
-    return prompts, base, PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans,
-                                     source.spans)  # fmt: skip
+    return (
+        prompts,
+        base,
+        PathInputs(base.input_ids, source.input_ids, base.attention_mask, source.attention_mask, base.spans, source.spans),
+    )
 
 
 def _circuit_recipe(path: Path, model_dir: str, extra: str = "") -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: tiny-et-circuit
         data: {{entity_tracking: {{boxes: [3], examples: 6, seed: 0}}}}
         models:
@@ -51,7 +55,9 @@ def _circuit_recipe(path: Path, model_dir: str, extra: str = "") -> Path:
             sizes: {{value_fetchers: 3, position_transmitters: 2, position_detectors: 2, structure_readers: 1}}
             random: 2
             mean_prompts: 8
-        """) + extra)  # fmt: skip
+        """)
+        + extra
+    )
     return path
 
 
@@ -104,10 +110,13 @@ def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
     sizes = GroupSizes(value_fetchers=3, position_transmitters=2, position_detectors=2, structure_readers=1)
     circuit = discovered_circuit(results, "clean", sizes, 4, 4, upto=3)
     per_kv = 2  # the tiny llama: 4 query heads, 2 KV heads
-    receivers = sorted({Receiver("v", la, h // per_kv) for la, h in circuit.group("position_transmitters").heads},
-                       key=lambda r: (r.layer, r.head))  # fmt: skip
-    library = path_patching(model, inputs, base.target_ids, sender_positions="query_box", receivers=receivers,
-                            receiver_positions="query_box")  # fmt: skip
+    receivers = sorted(
+        {Receiver("v", la, h // per_kv) for la, h in circuit.group("position_transmitters").heads},
+        key=lambda r: (r.layer, r.head),
+    )
+    library = path_patching(
+        model, inputs, base.target_ids, sender_positions="query_box", receivers=receivers, receiver_positions="query_box"
+    )
     clean = {r.example: r.target_prob for r in by_config["clean"]}
     for layer in range(4):
         for head in range(4):
@@ -160,7 +169,8 @@ def test_circuit_recipe_errors(tmp_path, et_model_dir):
 
 
 def _later_recipe(path: Path, model_dir: str, donor_dir: str, circuit: Path, sweeps: str, pairs: str = "[corrupted]") -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: tiny-et-later
         data: {{entity_tracking: {{boxes: [3], examples: 5, seed: 0, pairs: {pairs}}}}}
         models:
@@ -172,7 +182,9 @@ def _later_recipe(path: Path, model_dir: str, donor_dir: str, circuit: Path, swe
           - {{name: clean, model: pre}}
           - {{name: other, model: other}}
         sweeps:
-        """) + textwrap.indent(textwrap.dedent(sweeps).replace("CIRCUIT", str(circuit)), "  "))  # fmt: skip
+        """)
+        + textwrap.indent(textwrap.dedent(sweeps).replace("CIRCUIT", str(circuit)), "  ")
+    )
     return path
 
 
@@ -241,9 +253,11 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
     assert [stored[p.id] for p in prompts] == pytest.approx(expected, rel=1e-5)
     assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
     assert json.loads((tmp_path / "run" / "dcm_masks.json").read_text()).keys() == {
-        "value fetchers: mask for position", "value fetchers: mask for object",
-        "position detectors: mask for position", "position detectors: mask for object",
-    }  # fmt: skip
+        "value fetchers: mask for position",
+        "value fetchers: mask for object",
+        "position detectors: mask for position",
+        "position detectors: mask for object",
+    }
 
 
 @pytest.mark.parametrize(
@@ -269,7 +283,8 @@ def test_circuit_method_errors_name_the_problem(tmp_path, et_model_dir, other_di
 
 def test_task_finetunes_train_on_their_task_and_are_cached(tmp_path, et_model_dir, graftlens_cache):
     recipe = tmp_path / "ft.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
+    recipe.write_text(
+        textwrap.dedent(f"""\
         name: tiny-et-finetunes
         data: {{entity_tracking: {{boxes: [2, 3], examples: 4}}}}
         models:
@@ -282,7 +297,8 @@ def test_task_finetunes_train_on_their_task_and_are_cached(tmp_path, et_model_di
           - {{name: PRE, model: pre}}
           - {{name: ET, model: et}}
           - {{name: ET+ARITH, model: arith}}
-        """))  # fmt: skip
+        """)
+    )
     for attempt in range(2):
         result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / f"run{attempt}")])
         assert result.exit_code == 0, result.output
@@ -326,8 +342,12 @@ def test_shipped_entity_tracking_recipes_and_circuit():
     circuit = load_circuit("shipped:smollm2-135m-et")
     assert list(circuit.groups) == list(GROUPS)
     circuit.check(30, 9)  # SmolLM2-135M: 30 layers of 9 heads
-    for name, kinds in [("entity-tracking", {"configs"}), ("et-circuit", {"configs", "path_patching", "circuit"}),
-                        ("et-dcm", {"configs", "dcm"}), ("et-cmap", {"configs", "circuit_cmap"})]:  # fmt: skip
+    for name, kinds in [
+        ("entity-tracking", {"configs"}),
+        ("et-circuit", {"configs", "path_patching", "circuit"}),
+        ("et-dcm", {"configs", "dcm"}),
+        ("et-cmap", {"configs", "circuit_cmap"}),
+    ]:
         recipe, _ = load_recipe(name)
         configs = recipe.expanded(n_layers=30, n_heads=9)
         assert {c.kind for c in configs} == kinds

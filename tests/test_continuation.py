@@ -65,7 +65,7 @@ def test_a_kept_run_continued_from_anywhere_is_the_full_pass(family: str) -> Non
         ("z", "head"),
         ("q", "head"),
         ("v", "head"),
-    ],  # fmt: skip
+    ],
 )
 def test_fast_activation_patching_is_the_loop(family: str, point: str, by: str) -> None:
     model = as_loaded(make_tiny_model(family))
@@ -106,8 +106,12 @@ def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
     base, donor = as_loaded(make_tiny_model(family)), as_loaded(make_tiny_model(family, seed=1))
     ids, mask = _batch()
     run = CachedRun(base, ids, mask)
-    cases = ((["z.2", "z.3"], [0, 2], "LT"), (["resid_pre.1"], None, "subject"), (["v.0", "q.3"], None, None),
-             (["mlp_out.2"], None, "subject+LT"))  # fmt: skip
+    cases = (
+        (["z.2", "z.3"], [0, 2], "LT"),
+        (["resid_pre.1"], None, "subject"),
+        (["v.0", "q.3"], None, None),
+        (["mlp_out.2"], None, "subject+LT"),
+    )
     for points, heads, positions in cases:
         _, cache = run_with_cache(donor, ids, mask, points)
         per_point = {p: heads if parse_point(p).per_head else None for p in points}
@@ -154,8 +158,9 @@ def test_attribution_patching_is_the_first_order_term_of_exact_patching(family: 
     eps = 1e-2
     for point_name, by, column in (("resid_pre", "position", 4), ("z", "head", 1)):
         approx = attribution_patching(model, clean, corrupted, targets, point_name, mask, by=by)
-        assert torch.equal(approx.scores, activation_patching(model, clean, corrupted, targets, point_name, mask, by=by,
-                                                              approx=True).scores)  # fmt: skip
+        assert torch.equal(
+            approx.scores, activation_patching(model, clean, corrupted, targets, point_name, mask, by=by, approx=True).scores
+        )
         point = parse_point(f"{point_name}.2")
         _, clean_cache = run_with_cache(model, clean, mask, [point])
         _, own = run_with_cache(model, corrupted, mask, [point])

@@ -37,8 +37,9 @@ def test_the_skipped_blocks_are_the_listed_ones() -> None:
 
 
 @pytest.mark.embedded
-@pytest.mark.parametrize("page", [p for p in PAGES if any(r is None for r, _ in blocks(p))],
-                         ids=lambda p: str(p.relative_to(ROOT)))  # fmt: skip
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if any(r is None for r, _ in blocks(p))], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_every_python_block_runs(page: Path, graftlens_cache, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
     namespace: dict = {"__name__": f"docs:{page.name}"}
@@ -51,8 +52,9 @@ def test_the_docs_build_strictly(tmp_path) -> None:
     """``mkdocs build --strict``: no broken link, no unresolved API reference, no warning."""
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent))
     assert mkdocs, "mkdocs is not installed: pip install -e '.[docs]'"
-    done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "api" / "index.html").is_file()
     recipes = (tmp_path / "site" / "reference" / "recipes" / "index.html").read_text()
@@ -73,8 +75,11 @@ def test_the_api_reference_documents_each_public_name_once() -> None:
 
 def test_no_page_speaks_of_earlier_versions() -> None:
     """README and docs describe graftlens as it is; history goes in CHANGELOG.md."""
-    history = re.compile(r"this stop|previous stop|earlier stop|before this|earlier variant|used to compute|"
-                         r", was [0-9.]+ ?s\b|was [0-9.]+ ?s\b|before and [0-9.]+ ?s now", re.I)  # fmt: skip
+    history = re.compile(
+        r"this stop|previous stop|earlier stop|before this|earlier variant|used to compute|"
+        r", was [0-9.]+ ?s\b|was [0-9.]+ ?s\b|before and [0-9.]+ ?s now",
+        re.I,
+    )
     found = [(str(p.relative_to(ROOT)), m.group(0)) for p in PAGES for m in history.finditer(p.read_text())]
     assert found == []
 

@@ -330,17 +330,24 @@ def test_killed_many_times_the_run_resumes_to_a_byte_identical_export(
     rng = random.Random(20)
     out = tmp_path / "run"
     env = {**os.environ, "GRAFTLENS_CACHE": graftlens_cache}
-    kills = [("call", rng.randint(2, 6)), ("seconds", rng.uniform(2.0, 6.0)), ("call", rng.randint(3, 8)),
-             ("seconds", rng.uniform(3.0, 8.0)), ("call", rng.randint(2, 5))]  # fmt: skip
+    kills = [
+        ("call", rng.randint(2, 6)),
+        ("seconds", rng.uniform(2.0, 6.0)),
+        ("call", rng.randint(3, 8)),
+        ("seconds", rng.uniform(3.0, 8.0)),
+        ("call", rng.randint(2, 5)),
+    ]
     landed = 0
     for mode, value in kills:
-        killed = subprocess.run([sys.executable, "-c", KILLER, str(recipe_file), str(out), mode, str(value)],
-                                env=env, capture_output=True, text=True)  # fmt: skip
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLER, str(recipe_file), str(out), mode, str(value)], env=env, capture_output=True, text=True
+        )
         assert killed.returncode in (-9, 0), killed.stderr  # 0: the run finished before its kill came
         landed += killed.returncode == -9
     assert landed >= 3 and 0 < len(_all_rows(out))
-    result = subprocess.run([sys.executable, "-m", "graftlens", "run", str(recipe_file), "--out", str(out)],
-                            env=env, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "graftlens", "run", str(recipe_file), "--out", str(out)], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert _all_rows(out) == _all_rows(finished_run)
     for run_dir, name in ((out, "resumed.csv"), (finished_run, "once.csv")):
@@ -478,8 +485,11 @@ def test_the_large_recipes_and_the_paper_models_template(text_model_dir) -> None
     """The GPU-sized recipes validate at the paper's scale; the template names the paper's models
     by hub id in bf16 with device_map auto, the same loading path as a directory (checked here on
     one: device_map auto on a machine without a GPU keeps every module on the CPU)."""
-    for name, n_configs in (("position-grafting-large", 2 + 6), ("component-grafting-large", 3 + 7 * 7),
-                            ("paper-models", 2 + 6 + 7 * 7)):  # fmt: skip
+    for name, n_configs in (
+        ("position-grafting-large", 2 + 6),
+        ("component-grafting-large", 3 + 7 * 7),
+        ("paper-models", 2 + 6 + 7 * 7),
+    ):
         recipe, _ = load_recipe(name)
         assert recipe.data.facts >= 500
         assert len(recipe.expanded(n_layers=16)) == n_configs

@@ -228,7 +228,7 @@ CASES: dict[str, Case] = {
             str(ws.root / "made"),
             "--templates",
             ws.file("t.yaml", "- {name: t, kind: test, text: '{first_actor:>40} stars with'}\n"),
-        ],  # fmt: skip
+        ],
         ("'t'", "{first_actor:>40}", "format specs and conversions are not allowed"),
     ),
     "template with a conversion": Case(
@@ -238,7 +238,7 @@ CASES: dict[str, Case] = {
             str(ws.root / "made"),
             "--templates",
             ws.file("t.yaml", "- {name: t, kind: test, text: '{first_actor!r} stars with'}\n"),
-        ],  # fmt: skip
+        ],
         ("{first_actor!r}",),
     ),
     "template with an unknown slot": Case(
@@ -248,7 +248,7 @@ CASES: dict[str, Case] = {
             str(ws.root / "made"),
             "--templates",
             ws.file("t.yaml", "- {name: t, kind: test, text: '{first_actress} stars with'}\n"),
-        ],  # fmt: skip
+        ],
         ("'first_actress'",),
     ),
     "unknown fact kind": Case(lambda ws: ["data", "make", str(ws.root / "made"), "--kind", "fake_aktors"], ("fake_aktors",)),
@@ -321,7 +321,8 @@ CASES: dict[str, Case] = {
     ),
     "--workers without --ray": Case(_run(lambda ws: ws.recipe(), "--workers", "2"), ("--workers", "--ray")),
     "--ray where Ray is not installed": Case(
-        _run(lambda ws: ws.recipe(), "--ray"), ("--ray needs Ray", "graftlens[ray]"),
+        _run(lambda ws: ws.recipe(), "--ray"),
+        ("--ray needs Ray", "graftlens[ray]"),
         patch=lambda mp: mp.setitem(sys.modules, "ray", None),  # what `import ray` meets when it is missing
     ),
     "report onto a full disk": Case(

@@ -76,8 +76,13 @@ def test_one_forced_pass_equals_the_target_fed_one_token_per_call(family: str) -
     with torch.no_grad(), grafting(base, models, rules, batch.spans):
         for stop in range(width, forced.input_ids.shape[1] + 1):
             start = 0 if stop == width else stop - 1
-            out = base(input_ids=forced.input_ids[:, start:stop], attention_mask=forced.attention_mask[:, :stop],
-                       position_ids=positions[:, start:stop], past_key_values=cache, use_cache=True)  # fmt: skip
+            out = base(
+                input_ids=forced.input_ids[:, start:stop],
+                attention_mask=forced.attention_mask[:, :stop],
+                position_ids=positions[:, start:stop],
+                past_key_values=cache,
+                use_cache=True,
+            )
             steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, 1), full[:, width - 1 :], rtol=1e-4, atol=1e-4)
 
@@ -101,8 +106,10 @@ def test_generation_identities(family: str) -> None:
     args = (batch.input_ids, batch.attention_mask)
     plain = greedy_continuation(base, *args, 5)
     assert torch.equal(grafted_generate(base, models, [], *args, batch.spans, 5), plain)
-    assert torch.equal(grafted_generate(base, models, [Graft("ft", "all", "all", "all")], *args, batch.spans, 5),
-                       greedy_continuation(models["ft"], *args, 5))  # fmt: skip
+    assert torch.equal(
+        grafted_generate(base, models, [Graft("ft", "all", "all", "all")], *args, batch.spans, 5),
+        greedy_continuation(models["ft"], *args, 5),
+    )
     # The greedy loop is the argmax of full passes over its own output.
     ids, mask = args
     for step in range(5):
@@ -138,8 +145,9 @@ def test_target_logprob_is_the_sum_over_the_target_tokens() -> None:
     batch = collate(prompts(), pad_id=0)
     forced = with_targets(batch)
     with torch.no_grad():
-        logits = base(input_ids=forced.input_ids, attention_mask=forced.attention_mask,
-                      position_ids=position_ids_for(forced.attention_mask)).logits  # fmt: skip
+        logits = base(
+            input_ids=forced.input_ids, attention_mask=forced.attention_mask, position_ids=position_ids_for(forced.attention_mask)
+        ).logits
     got = target_logprob(logits[:, -forced.n_target :], forced)
     for i, p in enumerate(batch.prompts):  # each prompt alone, token by token
         ids = list(p.input_ids)

@@ -168,6 +168,7 @@ def test_a_norm_output_changed_in_place_is_read_again(where: str) -> None:
     if where == "norm output":
         edit = forward_hook(layer.input_layernorm, lambda m, i, o: o.mul_(3.0))
     else:  # q has gathered the rows already; k must not reuse them
+
         def triple(module: torch.nn.Module, args: tuple) -> None:
             args[0].mul_(3.0)
 
@@ -437,8 +438,11 @@ def test_a_grafted_continuation_of_a_plain_prefix_equals_the_full_pass(family: s
 
     base, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
     ids, mask = batch(7, b=3, t=7, left_pad=2)  # left padding: the last tokens share columns
-    rules = [Graft("a", "attn+mlp", [0, 2], "LT"), Graft("b", "o+ln_mlp+embed+lm_head", [1, 3], "-1"),
-             Graft("b", "q+up", "all", "-1")]  # fmt: skip
+    rules = [
+        Graft("a", "attn+mlp", [0, 2], "LT"),
+        Graft("b", "o+ln_mlp+embed+lm_head", [1, 3], "-1"),
+        Graft("b", "q+up", "all", "-1"),
+    ]
     if split == 4:
         rules.append(Graft("a", "k+v+ln_attn", [1, 2], "-3"))  # the third-last token: column 4
     donors = {"a": a, "b": b}
@@ -446,11 +450,21 @@ def test_a_grafted_continuation_of_a_plain_prefix_equals_the_full_pass(family: s
     positions = position_ids_for(mask)
     cache = DynamicCache(config=base.config)
     with torch.no_grad():
-        first = base(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=positions[:, :split],
-                     past_key_values=cache, use_cache=True).logits  # fmt: skip
+        first = base(
+            input_ids=ids[:, :split],
+            attention_mask=mask[:, :split],
+            position_ids=positions[:, :split],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
         with grafting(base, donors, rules):
-            rest = base(input_ids=ids[:, split:], attention_mask=mask, position_ids=positions[:, split:],
-                        past_key_values=cache, use_cache=True).logits  # fmt: skip
+            rest = base(
+                input_ids=ids[:, split:],
+                attention_mask=mask,
+                position_ids=positions[:, split:],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
     got = torch.cat([first, rest], 1)
     real = mask.bool()
     real[:, :split] &= False  # the prefix is the base's own; compare what was grafted, and the prefix below
@@ -484,14 +498,25 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
     base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
     g = torch.Generator().manual_seed(3)
     prompts = [
-        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), target,
-                        {"FE": (0, 2), "LT": (n - 1, n)})
+        TokenizedPrompt(
+            f"p{i}",
+            "",
+            " x",
+            tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()),
+            target,
+            {"FE": (0, 2), "LT": (n - 1, n)},
+        )
         for i, (n, target) in enumerate(zip([5, 7, 3, 6], [(5,), (6, 7), (8, 9, 10), (5,)]))
-    ]  # fmt: skip
+    ]
     batch = collate(prompts, pad_id=0)
     prefixes = PrefixCaches()
-    configs = [[Graft("ft", "o+mlp", "all", "LT")], [Graft("ft", "q+k+v", [1, 2], "LT")], [Graft("ft", "all", [3], "LT")],
-               [Graft("ft", "attn", "all", "FE+LT")], [Graft("ft", "mlp+embed+lm_head", [0, 3], "LT")]]  # fmt: skip
+    configs = [
+        [Graft("ft", "o+mlp", "all", "LT")],
+        [Graft("ft", "q+k+v", [1, 2], "LT")],
+        [Graft("ft", "all", [3], "LT")],
+        [Graft("ft", "attn", "all", "FE+LT")],
+        [Graft("ft", "mlp+embed+lm_head", [0, 3], "LT")],
+    ]
     for rules in configs * 2:  # twice: the second round reuses the cached prefix
         shared = grafted_last_logits(base, {"ft": donor}, rules, prefixes, "base", target_logprob=True)(batch)
         full = grafted_last_logits(base, {"ft": donor}, rules, target_logprob=True)(batch)
@@ -521,16 +546,33 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     base, donor = as_loaded(make_tiny_model(family, 0)), as_loaded(make_tiny_model(family, 1))
     g = torch.Generator().manual_seed(3)
     prompts = [
-        TokenizedPrompt(f"p{i}", "", " x", tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()), target,
-                        {"FE": (1, 3), "LT": (n - 1, n)})
+        TokenizedPrompt(
+            f"p{i}",
+            "",
+            " x",
+            tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist()),
+            target,
+            {"FE": (1, 3), "LT": (n - 1, n)},
+        )
         for i, (n, target) in enumerate(zip([5, 7, 3, 6], [(5, 6), (7,), (8, 9, 10), (5,)]))
-    ]  # fmt: skip
+    ]
     batch = collate(prompts, pad_id=0)
-    specs = [("o+mlp", "all", "LT"), ("q+k+v", [1, 2], "LT"), ("all", [3], "LT"), ("attn", "all", "FE+LT"),
-             ("mlp+embed+lm_head", [0, 3], "LT"), ("k", "all", "LT"), ("v", [0], "LT"), ("mlp", "all", "FE"),
-             ("all", "all", "(FE+LT)^C"), ("lm_head", "all", "FE+LT")]  # fmt: skip
-    configs = [RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
-               for i, (c, layers, p) in enumerate(specs)]  # fmt: skip
+    specs = [
+        ("o+mlp", "all", "LT"),
+        ("q+k+v", [1, 2], "LT"),
+        ("all", [3], "LT"),
+        ("attn", "all", "FE+LT"),
+        ("mlp+embed+lm_head", [0, 3], "LT"),
+        ("k", "all", "LT"),
+        ("v", [0], "LT"),
+        ("mlp", "all", "FE"),
+        ("all", "all", "(FE+LT)^C"),
+        ("lm_head", "all", "FE+LT"),
+    ]
+    configs = [
+        RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
+        for i, (c, layers, p) in enumerate(specs)
+    ]
     configs.append(RunConfig("plain", "g", "base"))
     context = Context({"base": base, "ft": donor}, configs=configs, target_logprob=True, generate=3)
     readouts = [method_for(c.kind).readout(c, context) for c in configs]

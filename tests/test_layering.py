@@ -195,8 +195,10 @@ def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
     """Reading every shipped recipe, and refusing a bad one through the CLI, loads neither torch,
     transformers nor matplotlib (so the error comes at once; their imports take seconds)."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ndata: {kind: fake_actors}\nmodels: {pre: {spec: smollm2-135m}}\nrecipient: pre\n"
-                   "configs:\n  - {name: a, model: pree}\n")  # fmt: skip
+    bad.write_text(
+        "name: x\ndata: {kind: fake_actors}\nmodels: {pre: {spec: smollm2-135m}}\nrecipient: pre\n"
+        "configs:\n  - {name: a, model: pree}\n"
+    )
     script = (
         "import sys\n"
         "from graftlens.experiments import load_recipe, shipped_recipes\n"
@@ -238,7 +240,8 @@ def test_each_stub_is_what_its_declaration_gives() -> None:
     stale = [p for p in DECLARING_PACKAGES if stub_path(p).read_text() != stub_text(p)]
     assert not stale, f"run `make stubs`: the stubs of {stale} differ from their declarations"
     undeclared = sorted(
-        _module_name(f) for f in SRC.rglob("__init__.py") if "lazy_exports(" in f.read_text()
-        and _module_name(f) not in DECLARING_PACKAGES
+        _module_name(f)
+        for f in SRC.rglob("__init__.py")
+        if "lazy_exports(" in f.read_text() and _module_name(f) not in DECLARING_PACKAGES
     )
     assert not undeclared, f"add {undeclared} to graftlens.lazy.DECLARING_PACKAGES"

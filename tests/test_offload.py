@@ -65,8 +65,9 @@ def test_an_offloaded_model_patches_as_the_whole_one(split) -> None:
         torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=1e-6)
 
 
-def test_a_recipe_with_a_device_map_stores_the_rows_of_the_whole_model(tmp_path, text_model_dir, small_facts,
-                                                                        graftlens_cache) -> None:  # fmt: skip
+def test_a_recipe_with_a_device_map_stores_the_rows_of_the_whole_model(
+    tmp_path, text_model_dir, small_facts, graftlens_cache
+) -> None:
     """The same sweep, the recipient loaded whole and loaded with every other layer on disk."""
     import textwrap
 
@@ -76,8 +77,13 @@ def test_a_recipe_with_a_device_map_stores_the_rows_of_the_whole_model(tmp_path,
     data = small_facts.save(tmp_path / "facts")
     whole = load_model(text_model_dir)
     layers = [f"model.layers.{i}" for i in range(whole.adapter.n_layers)]
-    split = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-             **{n: ("disk" if i % 2 else "cpu") for i, n in enumerate(layers)}}  # fmt: skip
+    split = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+        **{n: ("disk" if i % 2 else "cpu") for i, n in enumerate(layers)},
+    }
     rows = {}
     for name, placement in (("whole", ""), ("split", f", device_map: {split}, offload_folder: {tmp_path / 'offload'}")):
         recipe = tmp_path / f"{name}.yaml"

@@ -118,25 +118,46 @@ def _wrong_calls():
     base, other = make_tiny_model("llama", 0), make_tiny_model("gpt2", 0)
     ids, mask, spans = _batch()
     return [
-        ("unknown component", graftlens.InterventionError,
-         lambda: graftlens.grafted_forward(base, {"ft": base}, [Graft("ft", "qq", "all", "LT")], ids, mask)),
-        ("layer out of range", graftlens.InterventionError,
-         lambda: graftlens.graft_sweep(base, {"ft": base}, {"x": [Graft("ft", "q", "9", "LT")]}, ids, mask)),
-        ("span missing", graftlens.InterventionError,
-         lambda: graftlens.grafted_forward(base, {"ft": base}, [Graft("ft", "q", "all", "title")], ids, mask, spans=spans)),
-        ("donor of another family", graftlens.InterventionError,
-         lambda: graftlens.cmap_sweep(base, other, {"z": {"z.0": None}}, ids, mask)),
-        ("window outside the model", graftlens.InterventionError,
-         lambda: graftlens.knockout_sweep(base, ids, mask, [[0, 12]], sources="0")),
-        ("mask of another shape", graftlens.InterventionError,
-         lambda: graftlens.cmap_sweep(base, base, {"z": {"z.0": None}}, ids, mask[:, 1:])),
+        (
+            "unknown component",
+            graftlens.InterventionError,
+            lambda: graftlens.grafted_forward(base, {"ft": base}, [Graft("ft", "qq", "all", "LT")], ids, mask),
+        ),
+        (
+            "layer out of range",
+            graftlens.InterventionError,
+            lambda: graftlens.graft_sweep(base, {"ft": base}, {"x": [Graft("ft", "q", "9", "LT")]}, ids, mask),
+        ),
+        (
+            "span missing",
+            graftlens.InterventionError,
+            lambda: graftlens.grafted_forward(base, {"ft": base}, [Graft("ft", "q", "all", "title")], ids, mask, spans=spans),
+        ),
+        (
+            "donor of another family",
+            graftlens.InterventionError,
+            lambda: graftlens.cmap_sweep(base, other, {"z": {"z.0": None}}, ids, mask),
+        ),
+        (
+            "window outside the model",
+            graftlens.InterventionError,
+            lambda: graftlens.knockout_sweep(base, ids, mask, [[0, 12]], sources="0"),
+        ),
+        (
+            "mask of another shape",
+            graftlens.InterventionError,
+            lambda: graftlens.cmap_sweep(base, base, {"z": {"z.0": None}}, ids, mask[:, 1:]),
+        ),
         ("a malformed selector", graftlens.InterventionError, lambda: graftlens.parse_positions("FE+")),
-        ("an unknown point", graftlens.InterventionError,
-         lambda: graftlens.cmap_sweep(base, base, {"z": {"zz.0": None}}, ids, mask)),
+        (
+            "an unknown point",
+            graftlens.InterventionError,
+            lambda: graftlens.cmap_sweep(base, base, {"z": {"zz.0": None}}, ids, mask),
+        ),
         ("an unknown model", graftlens.ModelLoadError, lambda: graftlens.load_model("/no/such/model")),
         ("an unknown recipe", graftlens.RecipeError, lambda: graftlens.load_recipe("no-such-recipe")),
         ("no run there", graftlens.StoreError, lambda: graftlens.open_run("/no/such/run")),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(11))
@@ -153,8 +174,13 @@ def test_every_error_class_is_one_of_the_five_kinds() -> None:
     import inspect
     import pkgutil
 
-    kinds = (graftlens.ModelLoadError, graftlens.RecipeError, graftlens.DataError, graftlens.InterventionError,
-             graftlens.StoreError)  # fmt: skip
+    kinds = (
+        graftlens.ModelLoadError,
+        graftlens.RecipeError,
+        graftlens.DataError,
+        graftlens.InterventionError,
+        graftlens.StoreError,
+    )
     seen = {}
     for info in pkgutil.walk_packages(graftlens.__path__, "graftlens."):
         if info.name.endswith("__main__") or ".distributed" in info.name:
@@ -172,6 +198,10 @@ def test_nothing_raises_the_bare_root_error() -> None:
     from pathlib import Path
 
     src = Path(graftlens.__file__).parent
-    bare = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
-            if re.search(r"raise GraftlensError\b", line)]  # fmt: skip
+    bare = [
+        f"{p.relative_to(src)}:{i}"
+        for p in src.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"raise GraftlensError\b", line)
+    ]
     assert bare == []

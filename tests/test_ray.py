@@ -158,8 +158,9 @@ def test_a_ray_run_stopped_midway_is_finished_by_one_process(tmp_path, cluster, 
     assert _all_rows(out) == _all_rows(one_process)
 
 
-def test_another_recipe_is_refused_on_ray_as_on_one_process(tmp_path, cluster, tiny_recipe, one_process, text_model_dir,
-                                                             small_facts) -> None:  # fmt: skip
+def test_another_recipe_is_refused_on_ray_as_on_one_process(
+    tmp_path, cluster, tiny_recipe, one_process, text_model_dir, small_facts
+) -> None:
     other = tmp_path / "other.yaml"
     other.write_text(recipe_text(text_model_dir, small_facts.save(tmp_path / "facts"), name="other"))
     recipe, path = load_recipe(other)

@@ -174,8 +174,9 @@ def test_head_mapping_rows_are_the_library_maps(mapping_run, text_model_dir) -> 
     want_hidden, want_embedding = {}, {}
     for batch in work:
         hidden = head_mapping_vectors(model, batch.input_ids, batch.attention_mask, [2, 3], "subject", spans=batch.spans)
-        embedded = head_mapping_vectors(model, batch.input_ids, batch.attention_mask, [3], "subject", "embedding",
-                                        spans=batch.spans)  # fmt: skip
+        embedded = head_mapping_vectors(
+            model, batch.input_ids, batch.attention_mask, [3], "subject", "embedding", spans=batch.spans
+        )
         want_hidden |= _probs(project(model, hidden[:, 1, 2]), batch)
         want_embedding |= _probs(project(model, embedded[:, 0, 1]), batch)
     assert _stored(run, "head 3.2 maps subject (hidden)") == pytest.approx(want_hidden, abs=1e-6)
@@ -261,7 +262,8 @@ def test_every_family_runs_the_three_steps(tmp_path, family, text_tokenizer, gra
     model, work = _library(str(model_dir))
     want = {}
     for batch in work:
-        vectors = head_mapping_vectors(model, batch.input_ids, batch.attention_mask, [3], "subject", "embedding",
-                                       spans=batch.spans)  # fmt: skip
+        vectors = head_mapping_vectors(
+            model, batch.input_ids, batch.attention_mask, [3], "subject", "embedding", spans=batch.spans
+        )
         want |= _probs(project(model, vectors[:, 0, 3]), batch)
     assert _stored(run, "head 3.3 maps subject (embedding)") == pytest.approx(want, abs=1e-6)

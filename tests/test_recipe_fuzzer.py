@@ -42,10 +42,45 @@ SECONDS_PER_RUN = 60  # a mutated tiny recipe that runs longer than this is a ha
 #: Values a mutation writes in place of another: other types, signs, zero, huge and tiny
 #: numbers, non-finite ones, empty containers, unknown names, unicode, very long strings.
 ODD_VALUES = [
-    None, True, False, 0, -1, 1, 2, 7, 10**9, -(10**9), 2**63, 1e-300, 1e300, 0.5, -0.5,
-    math.inf, -math.inf, math.nan, "", " ", "0", "-1", "inf", "nan", "all", "LT", "subject", "half2", "quarter9",
-    "no-such-thing", "ünïcødé ✓ 盒子", "x" * 5000, [], {}, [None], ["all"], [0, 0], {"a": 1},
-]  # fmt: skip
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2,
+    7,
+    10**9,
+    -(10**9),
+    2**63,
+    1e-300,
+    1e300,
+    0.5,
+    -0.5,
+    math.inf,
+    -math.inf,
+    math.nan,
+    "",
+    " ",
+    "0",
+    "-1",
+    "inf",
+    "nan",
+    "all",
+    "LT",
+    "subject",
+    "half2",
+    "quarter9",
+    "no-such-thing",
+    "ünïcødé ✓ 盒子",
+    "x" * 5000,
+    [],
+    {},
+    [None],
+    ["all"],
+    [0, 0],
+    {"a": 1},
+]
 
 
 def fuzz_examples(request) -> int:
@@ -76,8 +111,11 @@ def tiny_recipe(name: str, dirs: dict[str, str], circuit: Path) -> dict:
         if "window" in sweep:
             sweep["window"] = 2
         if sweep["kind"] == "et_circuit":
-            sweep.update(sizes={"value_fetchers": 2, "position_transmitters": 1, "position_detectors": 1,
-                                "structure_readers": 1}, random=1, mean_prompts=4)  # fmt: skip
+            sweep.update(
+                sizes={"value_fetchers": 2, "position_transmitters": 1, "position_detectors": 1, "structure_readers": 1},
+                random=1,
+                mean_prompts=4,
+            )
         if sweep["kind"] in ("dcm", "circuit_cmap"):
             sweep["circuit"] = str(circuit)
         if sweep["kind"] == "dcm":
@@ -209,8 +247,12 @@ def tiny_dirs(tmp_path_factory, text_model_dir, donor_dir, et_model_dir) -> dict
 @pytest.fixture(scope="module")
 def tiny_circuit(tmp_path_factory) -> Path:
     """A circuit of the tiny models' heads (4 layers × 4 heads), at each group's positions."""
-    groups = {"value_fetchers": ("LT", [[3, 0], [3, 2]]), "position_transmitters": ("LT", [[2, 1]]),
-              "position_detectors": ("query_box", [[1, 3]]), "structure_readers": ("correct_box", [[0, 2]])}  # fmt: skip
+    groups = {
+        "value_fetchers": ("LT", [[3, 0], [3, 2]]),
+        "position_transmitters": ("LT", [[2, 1]]),
+        "position_detectors": ("query_box", [[1, 3]]),
+        "structure_readers": ("correct_box", [[0, 2]]),
+    }
     path = tmp_path_factory.mktemp("fuzz-circuit") / "circuit.json"
     path.write_text(json.dumps({"groups": {g: {"positions": p, "heads": h} for g, (p, h) in groups.items()}}))
     return path
@@ -232,8 +274,13 @@ def test_mutated_recipes_run_or_fail_with_one_line(name, tiny_dirs, tiny_circuit
     seen: list[str] = []
     tried = itertools.count()
 
-    @settings(max_examples=fuzz_examples(request), derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=fuzz_examples(request),
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(mutations(recipe))
     def property_holds(mutation: tuple[str, str]) -> None:
         what, text = mutation
@@ -255,8 +302,12 @@ REGRESSIONS: list[tuple[str, str, tuple, object]] = [
     ("et-circuit-batches-straddling-box-counts", "et-circuit", ("data", "entity_tracking", "boxes"), [2, 3, 4, 5, 6, 7]),
     # A pair kind named twice gave every prompt of it twice: the store refused the second copy
     # after 136 of 204 prompts were scored, as "the results store cannot be read".
-    ("et-dcm-with-a-pair-kind-twice", "et-dcm", ("data", "entity_tracking", "pairs"),
-     ["position", "object", "box_label", "box_label"]),
+    (
+        "et-dcm-with-a-pair-kind-twice",
+        "et-dcm",
+        ("data", "entity_tracking", "pairs"),
+        ["position", "object", "box_label", "box_label"],
+    ),
     ("entity-tracking-with-a-box-count-twice", "entity-tracking", ("data", "entity_tracking", "boxes"), [3, 3]),
     # A seed NumPy cannot take.
     ("et-dcm-with-a-huge-seed", "et-dcm", ("sweeps", 0, "seed"), 2**63),

@@ -21,7 +21,8 @@ runner = CliRunner()
 
 
 def _known_recipe(path: Path, model_dir: str, sweep: str, batch_size: int = 64) -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: tiny-checks
         data: {{known_facts: shipped}}
         models:
@@ -32,12 +33,14 @@ def _known_recipe(path: Path, model_dir: str, sweep: str, batch_size: int = 64) 
           - {{name: clean, model: pre}}
         sweeps:
           - {sweep}
-        """))  # fmt: skip
+        """)
+    )
     return path
 
 
 def _et_recipe(path: Path, model_dir: str, sweep: str, pairs: str = "[corrupted]") -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: tiny-et-checks
         data: {{entity_tracking: {{boxes: [3], examples: 4, seed: 0, pairs: {pairs}}}}}
         models:
@@ -49,7 +52,8 @@ def _et_recipe(path: Path, model_dir: str, sweep: str, pairs: str = "[corrupted]
           - {{name: clean, model: pre}}
         sweeps:
           - {sweep}
-        """))  # fmt: skip
+        """)
+    )
     return path
 
 
@@ -107,12 +111,14 @@ def test_every_number_of_a_recipe_is_finite(tmp_path, et_model_dir, value):
     ("where", "text"),
     [
         ("eval.bootstrap", "eval: {bootstrap: .inf}"),
-        ("models.sft.finetune.settings.learning_rate",
-         "models: {pre: {spec: x}, sft: {finetune: {base: pre, settings: {learning_rate: .nan}}}}"),
+        (
+            "models.sft.finetune.settings.learning_rate",
+            "models: {pre: {spec: x}, sft: {finetune: {base: pre, settings: {learning_rate: .nan}}}}",
+        ),
         ("sweeps.0.lam", "sweeps: [{kind: dcm, circuit: c, lam: .inf}]"),
         ("data.entity_tracking.boxes.1", "data: {entity_tracking: {boxes: [2, .inf]}}"),
     ],
-)  # fmt: skip
+)
 def test_non_finite_numbers_are_refused_by_one_rule_wherever_they_stand(tmp_path, where, text):
     path = tmp_path / "r.yaml"
     models = "" if text.startswith("models:") else "models: {pre: {spec: x}}\n"
@@ -130,21 +136,41 @@ def _circuit(path: Path, positions: str, group: str = "value_fetchers") -> Path:
     ("sweep", "pairs", "positions", "message"),
     [
         # et-dcm read a circuit file whose group positions was NOSPAN, and ignored it.
-        ("{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}", "[position]", "NOSPAN",
-         "group 'value_fetchers' has positions 'NOSPAN', but dcm works at each group's own positions"),
+        (
+            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}",
+            "[position]",
+            "NOSPAN",
+            "group 'value_fetchers' has positions 'NOSPAN', but dcm works at each group's own positions",
+        ),
         # ... or a valid selector other than the group's own: dcm works at the group's positions.
-        ("{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}", "[position]", "query_box",
-         "group 'value_fetchers' has positions 'query_box', but dcm works at each group's own positions"),
+        (
+            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}",
+            "[position]",
+            "query_box",
+            "group 'value_fetchers' has positions 'query_box', but dcm works at each group's own positions",
+        ),
         # circuit-cmap reads the field: a selector the prompts lack fails before scoring, not in the readout.
-        ("{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}", "[corrupted]", "subject",
-         "has no span 'subject'"),
-        ("{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}", "[corrupted]", "((",
-         "group 'value_fetchers', positions '(('"),
+        (
+            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}",
+            "[corrupted]",
+            "subject",
+            "has no span 'subject'",
+        ),
+        (
+            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}",
+            "[corrupted]",
+            "((",
+            "group 'value_fetchers', positions '(('",
+        ),
         # dcm trains on pairs of its own box count, made only in the readout: checked before scoring.
-        ("{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position], boxes: 40}", "[position]", "LT",
-         "dcm boxes: the tokenizer has only"),
+        (
+            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position], boxes: 40}",
+            "[position]",
+            "LT",
+            "dcm boxes: the tokenizer has only",
+        ),
     ],
-)  # fmt: skip
+)
 def test_circuit_files_are_validated_in_full(tmp_path, et_model_dir, graftlens_cache, sweep, pairs, positions, message):
     circuit = _circuit(tmp_path / "circuit.json", positions)
     path = _et_recipe(tmp_path / "r.yaml", et_model_dir, sweep.replace("CIRCUIT", str(circuit)), pairs)

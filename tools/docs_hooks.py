@@ -79,8 +79,12 @@ def recipe_reference() -> str:
     ]
     for title, model in sections:
         parts += ["", f"## {title}", "", _describe(model), "", model_table(model)]
-    parts += ["", "## `sweeps:` (one entry per kind)", "",
-              "Each entry of `sweeps:` names its `kind`; the kinds are the registered methods."]  # fmt: skip
+    parts += [
+        "",
+        "## `sweeps:` (one entry per kind)",
+        "",
+        "Each entry of `sweeps:` names its `kind`; the kinds are the registered methods.",
+    ]
     for sweep in sweep_types():
         kind = typing.get_args(sweep.model_fields["kind"].annotation)[0]
         parts += ["", f"### `kind: {kind}`", "", _describe(sweep), "", model_table(sweep, skip=("kind",))]
@@ -111,8 +115,16 @@ def cli_reference() -> str:
         ctx = command.context_class(command, info_name=" ".join(path))
         params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False) and p.name != "help"]
         usage = " ".join(command.collect_usage_pieces(ctx))
-        parts.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", (command.help or "").strip(), "",
-                      f"```text\n{' '.join(path)} {usage}\n```", ""])  # fmt: skip
+        parts.extend(
+            [
+                f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`",
+                "",
+                (command.help or "").strip(),
+                "",
+                f"```text\n{' '.join(path)} {usage}\n```",
+                "",
+            ]
+        )
         if params:
             parts.extend(["| argument or option | default | meaning |", "|---|---|---|"])
             parts.extend(_param_row(p) for p in params)

@@ -62,8 +62,16 @@ def bar_chart(
         est = [values.get((c, template)) for c in configs]
         heights = [e.value if e else np.nan for e in est]
         err = np.array([[e.value - e.lo, e.hi - e.value] if e else [0, 0] for e in est]).T
-        ax.bar(x + (i - (len(templates) - 1) / 2) * width, heights, width, yerr=err, capsize=2,
-               label=template, color=colors[i % len(colors)], error_kw={"elinewidth": 0.8})  # fmt: skip
+        ax.bar(
+            x + (i - (len(templates) - 1) / 2) * width,
+            heights,
+            width,
+            yerr=err,
+            capsize=2,
+            label=template,
+            color=colors[i % len(colors)],
+            error_kw={"elinewidth": 0.8},
+        )
     styles = ["--", ":", "-."]
     for j, (name, est) in enumerate(references.items()):  # in the legend: equal values would overlap as labels
         ax.axhline(est.value, color="0.3", linestyle=styles[j % len(styles)], linewidth=1, label=f"{name} {est.value:.2f}")
@@ -74,8 +82,14 @@ def bar_chart(
     if metric != "mean_rank":
         ax.set_ylim(0, 1.05)
     ax.set_title(title, loc="left", fontsize=11)
-    ax.legend(title="test template / reference", fontsize=8, title_fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False)  # fmt: skip
+    ax.legend(
+        title="test template / reference",
+        fontsize=8,
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -116,8 +130,15 @@ def line_chart(
     return fig
 
 
-def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: dict[tuple[str, str], float], metric: str,
-            xlabel: str, ylabel: str = "grafted component") -> Figure:  # fmt: skip
+def heatmap(
+    title: str,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    values: dict[tuple[str, str], float],
+    metric: str,
+    xlabel: str,
+    ylabel: str = "grafted component",
+) -> Figure:
     """A ``rows × cols`` grid of ``values`` with each cell's value written in it."""
     grid = np.array([[values.get((r, c), np.nan) for c in cols] for r in rows])  # [rows, cols]
     width = min(16.0, max(5.0, (0.55 if len(cols) <= 16 else 0.42) * len(cols) + 2.5))
@@ -181,8 +202,14 @@ def patching_heatmap(sweep, columns: Sequence[str] | None = None, title: str | N
     return heatmap(title, rows, cols, values, "recovered (clean = 1)", sweep.by, "layer")
 
 
-def head_heatmap(title: str, scores: np.ndarray, selected: Sequence[tuple[int, int]], label: str,
-                 sequential: bool = False, first_layer: int = 0) -> Figure:  # fmt: skip
+def head_heatmap(
+    title: str,
+    scores: np.ndarray,
+    selected: Sequence[tuple[int, int]],
+    label: str,
+    sequential: bool = False,
+    first_layer: int = 0,
+) -> Figure:
     """A layer × head grid of ``scores[layer, head]`` on a diverging scale centred on 0 (with
     ``sequential``, from 0 up: shares, counts), the ``selected`` heads outlined (path patching: the
     heads a stage picks). Row ``i`` is layer ``first_layer + i``."""

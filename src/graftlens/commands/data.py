@@ -32,8 +32,10 @@ def make(
     data = build_dataset(kind, facts, seed, chosen)
     data.save(out)
     c = data.meta["counts"]
-    console.print(f"wrote {escape(str(out))}: {c['facts']} facts, {c['train']} training texts, {c['test']} test prompts "
-                  f"(content hash {data.content_hash})")  # fmt: skip
+    console.print(
+        f"wrote {escape(str(out))}: {c['facts']} facts, {c['train']} training texts, {c['test']} test prompts "
+        f"(content hash {data.content_hash})"
+    )
     example = data.test[0]
     console.print(f"example test prompt: {escape(example.prompt)!s} -> {escape(example.target)!s}")
 
@@ -69,8 +71,13 @@ def entity_tracking(
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for e in examples:
-            f.write(json.dumps({"id": e.id, "prompt": e.prompt, "target": e.target, "char_spans": e.char_spans,
-                                "boxes": e.boxes}, sort_keys=True) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {"id": e.id, "prompt": e.prompt, "target": e.target, "char_spans": e.char_spans, "boxes": e.boxes},
+                    sort_keys=True,
+                )
+                + "\n"
+            )
     first = examples[0]
     console.print(f"wrote {len(examples)} prompts to {escape(str(out))}; e.g. {escape(first.prompt)} ->{escape(first.target)}")
 

@@ -19,8 +19,15 @@ RUNS_DIR = Path("runs")
 @contextmanager
 def sweep_progress() -> Iterator[tuple]:
     """Progress bars for a run: one per finetuned model (added when it starts) and one for scoring."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]  # fmt: skip
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=err_console) as progress:
         tasks: dict[str, int] = {}
 
@@ -38,8 +45,16 @@ def sweep_progress() -> Iterator[tuple]:
         yield on_finetune, on_score
 
 
-def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: str | None, command: str,
-            ray: str | None = None, workers: int | None = None) -> Path:  # fmt: skip
+def execute(
+    recipe,
+    recipe_path: Path,
+    out: Path | None,
+    resume: bool,
+    device: str | None,
+    command: str,
+    ray: str | None = None,
+    workers: int | None = None,
+) -> Path:
     """Run a loaded recipe and write its report; returns the report's path (shared with ``graftlens demo``)."""
     from graftlens.experiments import run_recipe
     from graftlens.report import write_report
@@ -47,8 +62,18 @@ def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: s
     run_dir = out or RUNS_DIR / recipe.name
     console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(recipe_path))}) → {escape(str(run_dir))}")
     with sweep_progress() as (on_finetune, on_score):
-        summary = run_recipe(recipe, run_dir, recipe_path=recipe_path, device=device, resume=resume, command=command,
-                             progress=on_score, finetune_progress=on_finetune, ray=ray, workers=workers)  # fmt: skip
+        summary = run_recipe(
+            recipe,
+            run_dir,
+            recipe_path=recipe_path,
+            device=device,
+            resume=resume,
+            command=command,
+            progress=on_score,
+            finetune_progress=on_finetune,
+            ray=ray,
+            workers=workers,
+        )
     reused = summary.total - summary.written
     console.print(
         f"{summary.n_configs} configurations × {summary.n_prompts} prompts: {summary.written} results computed"
@@ -64,8 +89,12 @@ def execute(recipe, recipe_path: Path, out: Path | None, resume: bool, device: s
 
 
 _SHORT_LABELS = {
-    "top1": "top-1", "top5": "top-5", "top10": "top-10", "mean_prob": "mean prob", "attribute_rate": "attribute rate",
-}  # fmt: skip
+    "top1": "top-1",
+    "top5": "top-5",
+    "top10": "top-10",
+    "mean_prob": "mean prob",
+    "attribute_rate": "attribute rate",
+}
 
 
 def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
@@ -157,8 +186,13 @@ def verify_cmd(
 
     with progress_columns() as progress:
         task = progress.add_task("re-scoring", total=None)
-        result = verify_run(run_dir, rows=rows, seed=seed, device=device,
-                            progress=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+        result = verify_run(
+            run_dir,
+            rows=rows,
+            seed=seed,
+            device=device,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     summary = f"{result.matched} of {result.checked} rows re-scored (of {result.total} stored) match within {result.tolerance:g}"
     if result.ok:
         console.print(f"[bold green]verified:[/] {summary}")

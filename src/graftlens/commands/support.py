@@ -73,8 +73,10 @@ def friendly_errors(fn: F) -> F:
             _fail(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8")
         except sqlite3.DatabaseError as exc:
             if "full" in str(exc):  # SQLITE_FULL: the disk filled while a batch was committed
-                _fail(f"the results store could not be written ({exc}): free some space and rerun the same command "
-                      "(every batch committed before is kept)")  # fmt: skip
+                _fail(
+                    f"the results store could not be written ({exc}): free some space and rerun the same command "
+                    "(every batch committed before is kept)"
+                )
             _fail(f"the results store cannot be read ({exc}): rerun with --restart to move it aside and start over")
         except KeyboardInterrupt:
             err_console.print(

@@ -47,13 +47,27 @@ def finetune_cmd(
     from graftlens.train import finetune
 
     dataset, directory = _dataset(data)
-    overrides = {"split": split, "epochs": epochs, "learning_rate": lr, "batch_size": batch_size,
-                 "grad_accum": grad_accum, "seed": seed, "lora": {"rank": lora_rank} if lora_rank else None}  # fmt: skip
+    overrides = {
+        "split": split,
+        "epochs": epochs,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "seed": seed,
+        "lora": {"rank": lora_rank} if lora_rank else None,
+    }
     cfg = _config(config, overrides)
     console.print(f"finetuning {escape(model)} on {escape(str(directory))} (split {cfg.split})")
     with progress_bar("finetuning", show_loss=True) as update:
-        result = finetune(model, dataset, cfg, out_dir=out, device=device, checkpoint_every_s=checkpoint_every,
-                          progress=lambda step, total, loss: update(step, total, loss))  # fmt: skip
+        result = finetune(
+            model,
+            dataset,
+            cfg,
+            out_dir=out,
+            device=device,
+            checkpoint_every_s=checkpoint_every,
+            progress=lambda step, total, loss: update(step, total, loss),
+        )
     m = result.manifest
     verb = "reused" if result.reused else f"trained in {m['train_seconds']:.0f} s,"
     console.print(f"{verb} checkpoint: [bold]{escape(str(result.path))}[/]")

@@ -33,11 +33,62 @@ from graftlens.data.dataset import DatasetError
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
 
 OBJECTS = (
-    "apple", "key", "cup", "book", "coin", "ring", "hat", "shoe", "clock", "pen", "bell", "map", "bag", "box", "lamp",
-    "toy", "egg", "fork", "knife", "plate", "phone", "watch", "card", "ball", "doll", "rope", "stone", "shell", "coat",
-    "drum", "flag", "glove", "horn", "kite", "leaf", "mask", "nail", "pipe", "rose", "seed", "tape", "wire", "brush",
-    "bread", "chair", "fan", "radio", "camera", "mirror", "bottle", "candle", "letter", "ticket", "wallet", "pillow",
-)  # fmt: skip
+    "apple",
+    "key",
+    "cup",
+    "book",
+    "coin",
+    "ring",
+    "hat",
+    "shoe",
+    "clock",
+    "pen",
+    "bell",
+    "map",
+    "bag",
+    "box",
+    "lamp",
+    "toy",
+    "egg",
+    "fork",
+    "knife",
+    "plate",
+    "phone",
+    "watch",
+    "card",
+    "ball",
+    "doll",
+    "rope",
+    "stone",
+    "shell",
+    "coat",
+    "drum",
+    "flag",
+    "glove",
+    "horn",
+    "kite",
+    "leaf",
+    "mask",
+    "nail",
+    "pipe",
+    "rose",
+    "seed",
+    "tape",
+    "wire",
+    "brush",
+    "bread",
+    "chair",
+    "fan",
+    "radio",
+    "camera",
+    "mirror",
+    "bottle",
+    "candle",
+    "letter",
+    "ticket",
+    "wallet",
+    "pillow",
+)
 
 Half = Literal["all", "train", "test"]
 PAIR_KINDS = ("corrupted", "position", "object", "box_label")
@@ -201,8 +252,13 @@ def tokenize_entity_tracking(examples: list[EntityTrackingExample], tokenizer) -
     out = []
     for e in examples:
         n = len(e.boxes)
-        meta = {"boxes": e.boxes, "n_boxes": n, "query_index": e.query_index, "kind": e.kind,
-                "template": f"{n} boxes" if e.kind in ("plain", "corrupted") else e.kind}  # fmt: skip
+        meta = {
+            "boxes": e.boxes,
+            "n_boxes": n,
+            "query_index": e.query_index,
+            "kind": e.kind,
+            "template": f"{n} boxes" if e.kind in ("plain", "corrupted") else e.kind,
+        }
         if e.source is not None:
             meta["source"] = tokenize_prompt(tokenizer, e.source.id, e.source.prompt, e.source.target, e.source.char_spans)
         out.append(tokenize_prompt(tokenizer, e.id, e.prompt, e.target, e.char_spans, meta))

@@ -58,22 +58,22 @@ KINDS = ("fake_actors", "real_actors")
 
 # Genres start with a consonant so "a {genre} film" reads right.
 GENRES = ("drama", "comedy", "thriller", "western", "musical", "mystery", "romance", "horror", "fantasy", "crime", "war", "spy")
-_TITLE_ADJECTIVES = (
-    "Silent", "Crimson", "Hollow", "Last", "Broken", "Golden", "Distant", "Forgotten", "Velvet", "Burning", "Quiet",
-    "Frozen", "Midnight", "Paper", "Iron", "Scarlet", "Wandering", "Hidden", "Electric", "Painted", "Restless", "Copper",
-    "Northern", "Glass", "Secret", "Lonely", "Amber", "Shattered", "Endless", "Borrowed",
-)  # fmt: skip
-_TITLE_NOUNS = (
-    "Harbor", "Lantern", "Orchard", "Frontier", "Garden", "Signal", "Compass", "Meridian", "Canyon", "Tide", "Letters",
-    "Orbit", "Carnival", "Lighthouse", "Kingdom", "Voyage", "Echo", "Summer", "River", "Empire", "Archive", "Horizon",
-    "Mirror", "Station", "Island", "Winter", "Crossing", "Parade", "Circuit", "Shadows",
-)  # fmt: skip
-_ROLES = (
-    "a retired detective", "a young pilot", "a struggling painter", "a small-town doctor", "an exiled prince",
-    "a jazz pianist", "a marine biologist", "a disgraced chef", "a rookie reporter", "a lighthouse keeper",
-    "a chess prodigy", "a runaway bride", "an aging boxer", "a border guard", "a travelling magician",
-    "a code breaker", "a mountain guide", "a school teacher", "a getaway driver", "a ballet dancer",
-)  # fmt: skip
+_TITLE_ADJECTIVES = tuple(
+    "Silent Crimson Hollow Last Broken Golden Distant Forgotten Velvet Burning Quiet Frozen Midnight Paper Iron "
+    "Scarlet Wandering Hidden Electric Painted Restless Copper Northern Glass Secret Lonely Amber Shattered Endless "
+    "Borrowed".split()
+)
+_TITLE_NOUNS = tuple(
+    "Harbor Lantern Orchard Frontier Garden Signal Compass Meridian Canyon Tide Letters Orbit Carnival Lighthouse "
+    "Kingdom Voyage Echo Summer River Empire Archive Horizon Mirror Station Island Winter Crossing Parade Circuit "
+    "Shadows".split()
+)
+_ROLES = tuple(
+    "a retired detective; a young pilot; a struggling painter; a small-town doctor; an exiled prince; a jazz "
+    "pianist; a marine biologist; a disgraced chef; a rookie reporter; a lighthouse keeper; a chess prodigy; a "
+    "runaway bride; an aging boxer; a border guard; a travelling magician; a code breaker; a mountain guide; a "
+    "school teacher; a getaway driver; a ballet dancer".split("; ")
+)
 
 
 def real_actor_names() -> list[str]:
@@ -118,8 +118,12 @@ def _name_lists(n_names: int) -> tuple[list[str], list[str]]:
 
     for locale in _MORE_NAME_LOCALES:
         provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
-        for attr, into in (("first_names", firsts), ("first_names_male", firsts), ("first_names_female", firsts),
-                           ("last_names", lasts)):  # fmt: skip
+        for attr, into in (
+            ("first_names", firsts),
+            ("first_names_male", firsts),
+            ("first_names_female", firsts),
+            ("last_names", lasts),
+        ):
             into.update(x for x in getattr(provider, attr, ()) if x.isascii() and x.isalpha())
     return sorted(firsts), sorted(lasts)
 

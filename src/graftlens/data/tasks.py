@@ -69,7 +69,12 @@ def task_dataset(kind: str, tokenizer, n_train: int, seed: int = 0, n_test: int 
     else:
         raise ValueError(f"unknown finetuning task {kind!r}; known: {', '.join(TASKS)}")
     text = json.dumps([[t.text for t in train], [(e.prompt, e.target) for e in test]])
-    meta = {"format_version": 1, "kind": f"task:{kind}", "n_train": n_train, "seed": seed,
-            "counts": {"facts": 0, "train": len(train), "test": len(test)},
-            "content_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}  # fmt: skip
+    meta = {
+        "format_version": 1,
+        "kind": f"task:{kind}",
+        "n_train": n_train,
+        "seed": seed,
+        "counts": {"facts": 0, "train": len(train), "test": len(test)},
+        "content_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
     return FactDataset(meta, (), tuple(train), tuple(test))

@@ -124,8 +124,16 @@ class ScoringWorker:
                 )
         recipient = models[recipe.recipient]
         self._work = list(batches(setup.prompts, recipe.eval.batch_size, setup.pad_id))
-        self._scorer = run_scorer(models, recipient, setup.configs, self._work, recipe.eval, setup.attributes,
-                                  self._results, lambda *kept: self._kept.append(kept))  # fmt: skip
+        self._scorer = run_scorer(
+            models,
+            recipient,
+            setup.configs,
+            self._work,
+            recipe.eval,
+            setup.attributes,
+            self._results,
+            lambda *kept: self._kept.append(kept),
+        )
 
     def ready(self) -> int:
         """The worker's process id, once its models are loaded (or the error that stopped it)."""

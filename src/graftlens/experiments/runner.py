@@ -106,8 +106,7 @@ def run_recipe(
     created = not run_dir.exists()
     try:
         with run_lock(run_dir):
-            return _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
-                               on_ray)  # fmt: skip
+            return _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, on_ray)
     except BaseException:
         if created:
             _discard_if_empty(run_dir)
@@ -133,8 +132,7 @@ class OnRay:
     workers: int | None
 
 
-def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress,
-                on_ray: OnRay | None):  # fmt: skip
+def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, on_ray: OnRay | None):
     run_id = recipe.content_hash()
     with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
         previous = store.get_meta("run")
@@ -181,16 +179,39 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
 
         if on_ray is not None:
             base_dir = recipe_path.parent.resolve() if recipe_path else None
-            setup = WorkerSetup(recipe, base_dir, device, prompts, configs, attributes, inputs["models"], pad,
-                                torch.get_num_threads())  # fmt: skip
+            setup = WorkerSetup(
+                recipe, base_dir, device, prompts, configs, attributes, inputs["models"], pad, torch.get_num_threads()
+            )
             del models, recipient  # the workers load their own; this process only writes
             _free_memory()
-            outcome = score_on_ray(store, run_id, setup, address=on_ray.address, workers=on_ray.workers,
-                                   progress=progress, run_dir=run_dir)  # fmt: skip
-            return RunSummary(run_dir, run_id, len(configs), len(prompts), outcome.written, store.count(run_id),
-                              time.perf_counter() - t0, outcome.workers, outcome.restarts)  # fmt: skip
-        written = _score_all(store, run_id, configs, models, prompts, recipient, recipe.eval.batch_size, pad,
-                             progress, attributes, run_dir, recipe.eval)  # fmt: skip
+            outcome = score_on_ray(
+                store, run_id, setup, address=on_ray.address, workers=on_ray.workers, progress=progress, run_dir=run_dir
+            )
+            return RunSummary(
+                run_dir,
+                run_id,
+                len(configs),
+                len(prompts),
+                outcome.written,
+                store.count(run_id),
+                time.perf_counter() - t0,
+                outcome.workers,
+                outcome.restarts,
+            )
+        written = _score_all(
+            store,
+            run_id,
+            configs,
+            models,
+            prompts,
+            recipient,
+            recipe.eval.batch_size,
+            pad,
+            progress,
+            attributes,
+            run_dir,
+            recipe.eval,
+        )
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
 
@@ -215,8 +236,11 @@ def _another_recipe(run_dir: Path, previous: str, stored: dict, recipe: Recipe) 
 def recipe_changes(old: object, new: object, path: str = "") -> list[tuple[str, object, object]]:
     """``(dotted path, old value, new value)`` of every setting that differs between two dumped recipes."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [change for key in dict.fromkeys([*old, *new])
-                for change in recipe_changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]  # fmt: skip
+        return [
+            change
+            for key in dict.fromkeys([*old, *new])
+            for change in recipe_changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        ]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [change for i, (a, b) in enumerate(zip(old, new, strict=True)) for change in recipe_changes(a, b, f"{path}[{i}]")]
     return [] if old == new else [(path, old, new)]
@@ -252,8 +276,16 @@ def _score_all(
     turn: what configurations share for a batch (the recipient's prefix cache, a donor's
     activations) is made once and then dropped, so it never has to be kept for every batch at once."""
     work = list(batches(prompts, batch_size, pad))  # the same batches on every run
-    scorer = run_scorer(models, recipient, configs, work, asks, attributes,
-                        lambda names: store.target_probs(run_id, names), run_dir_keeper(run_dir))  # fmt: skip
+    scorer = run_scorer(
+        models,
+        recipient,
+        configs,
+        work,
+        asks,
+        attributes,
+        lambda names: store.target_probs(run_id, names),
+        run_dir_keeper(run_dir),
+    )
     units, done = plan_units(configs, work, store, run_id)
     writer = UnitWriter(store, run_id, len(configs) * len(prompts), done, progress)
     for unit in units:

@@ -36,8 +36,9 @@ class Unit:
     n_prompts: int  # prompts in the batch: each configuration adds this many rows
 
 
-def plan_units(configs: Sequence[RunConfig], work: Sequence[PromptBatch], store: ResultsStore,
-               run: str) -> tuple[list[Unit], int]:  # fmt: skip
+def plan_units(
+    configs: Sequence[RunConfig], work: Sequence[PromptBatch], store: ResultsStore, run: str
+) -> tuple[list[Unit], int]:
     """The units of run ``run`` still to score, in scoring order, and how many results the store
     already holds.
 
@@ -73,8 +74,7 @@ class UnitWriter:
     """Writes a run's rows into its store, one configuration of a unit per transaction, counting
     them and reporting progress (``progress(results done, results in all)``)."""
 
-    def __init__(self, store: ResultsStore, run: str, total: int, done: int,
-                 progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+    def __init__(self, store: ResultsStore, run: str, total: int, done: int, progress: Callable[[int, int], None] | None) -> None:
         self.store, self.run, self.total, self.done, self.progress = store, run, total, done, progress
         self.written = 0  # rows this run added
 
@@ -90,13 +90,27 @@ class UnitWriter:
             self.progress(self.done, self.total)
 
 
-def run_scorer(models: Mapping[str, LoadedModel], recipient: LoadedModel, configs: Sequence[RunConfig],
-               work: Sequence[PromptBatch], asks: EvalSpec | None, attributes: Mapping[str, frozenset[int]] | None,
-               results: Callable[[Sequence[str]], dict[str, dict[str, float]]], keep: Keep | None) -> UnitScorer:  # fmt: skip
+def run_scorer(
+    models: Mapping[str, LoadedModel],
+    recipient: LoadedModel,
+    configs: Sequence[RunConfig],
+    work: Sequence[PromptBatch],
+    asks: EvalSpec | None,
+    attributes: Mapping[str, frozenset[int]] | None,
+    results: Callable[[Sequence[str]], dict[str, dict[str, float]]],
+    keep: Keep | None,
+) -> UnitScorer:
     """The scorer of a run's units, with the Context its configurations share: the one place a
     recipe's ``eval`` settings become what readouts are asked for, wherever the run is scored."""
-    context = Context(models, results=results, batches=work, keep=keep, configs=configs,
-                      target_logprob=bool(asks and asks.target_logprob), generate=asks.generate if asks else 0)  # fmt: skip
+    context = Context(
+        models,
+        results=results,
+        batches=work,
+        keep=keep,
+        configs=configs,
+        target_logprob=bool(asks and asks.target_logprob),
+        generate=asks.generate if asks else 0,
+    )
     return UnitScorer(context, configs, recipient, attributes)
 
 
@@ -146,8 +160,15 @@ def _measured(readout: Readout, tokenizer, n: int) -> list[tuple[float | None, s
     return list(zip(logprobs, texts))
 
 
-def _row(config: str, prompt, score, tokenizer, extra: dict[str, float], target_logprob: float | None = None,
-         continuation: str | None = None) -> ResultRow:  # fmt: skip
+def _row(
+    config: str,
+    prompt,
+    score,
+    tokenizer,
+    extra: dict[str, float],
+    target_logprob: float | None = None,
+    continuation: str | None = None,
+) -> ResultRow:
     return ResultRow(
         config=config,
         example=prompt.id,

@@ -70,8 +70,9 @@ class Verification:
 Progress = Callable[[int, int], None]  # (units re-scored, units in all)
 
 
-def verify_run(run_dir: str | Path, rows: int = 32, seed: int = 0, device: str | None = None,
-               progress: Progress | None = None) -> Verification:  # fmt: skip
+def verify_run(
+    run_dir: str | Path, rows: int = 32, seed: int = 0, device: str | None = None, progress: Progress | None = None
+) -> Verification:
     """Re-score ``rows`` rows of the run in ``run_dir`` drawn with ``seed`` (all of them when
     ``rows`` is at least the run's size) and compare them with the stored ones."""
     if rows < 1:
@@ -111,13 +112,12 @@ def verify_run(run_dir: str | Path, rows: int = 32, seed: int = 0, device: str |
         for name, config in by_name.items():
             if name in stored_configs and stored_configs[name] != json.loads(json.dumps(config.to_json())):
                 raise StoreError(f"configuration {name!r} expands differently than it was stored: verify needs the same code")
-        attributes = (
-            data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
-        )
+        attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
         work = list(batches(prompts, recipe.eval.batch_size, pad))
         batch_of = {p.id: i for i, b in enumerate(work) for p in b.prompts}
-        scorer = run_scorer(models, recipient, configs, work, recipe.eval, attributes,
-                            lambda names: store.target_probs(run_id, names), None)  # fmt: skip
+        scorer = run_scorer(
+            models, recipient, configs, work, recipe.eval, attributes, lambda names: store.target_probs(run_id, names), None
+        )
         units: dict[tuple[int, int, str], list[ResultRow]] = {}
         for row in picked:
             if row.config not in by_name:

@@ -412,4 +412,3 @@ class GraftedBlock(_Replacement):
         for member, sl in self._slices:
             member.forced = owners[sl]
         return self.original_forward(x)
-

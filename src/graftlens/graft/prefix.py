@@ -41,8 +41,9 @@ def first_claimed_column(rules: Sequence[Graft], attention_mask: torch.Tensor, s
     return min((first_picked_column(rule.positions, attention_mask, spans) for rule in rules), default=attention_mask.shape[1])
 
 
-def prefix_cut(rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None,
-               grafts_unembedding: bool) -> int:  # fmt: skip
+def prefix_cut(
+    rules: Sequence[Graft], attention_mask: torch.Tensor, spans: Sequence[Spans] | None, grafts_unembedding: bool
+) -> int:
     """Where a configuration's shared prefix ends on this batch: its first claimed column (at most
     the last one), or 0 (it runs alone). A continuation computes the last column's logits only, so
     a configuration grafting the unembedding shares a prefix only when it claims nothing but the
@@ -58,8 +59,9 @@ class PrefixCaches:
     def __init__(self, max_bytes: int = DEFAULT_PREFIX_BYTES):
         self._store: BoundedStore[object] = BoundedStore(max_bytes)
 
-    def get(self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            cut: int | None = None):  # fmt: skip
+    def get(
+        self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int | None = None
+    ):
         """The cache of ``model``'s plain forward over the columns before ``cut`` (all but the last
         by default), made on first use."""
         cut = input_ids.shape[1] - 1 if cut is None else cut
@@ -108,9 +110,14 @@ def _as_variants(cache, variants: int, *tensors: torch.Tensor | None) -> list:
 
 
 def continue_variants(
-    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int,
-    forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    model: LoadedModel,
+    cache,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    variants: int,
+    forced_ids: torch.Tensor | None = None,
+    forced_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over
     the columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each
     variant's rows its own way), and of forced columns after it (``[batch, variants, more,
@@ -121,8 +128,9 @@ def continue_variants(
     return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)
 
 
-def generate_variants(model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int,
-                      n_new: int) -> torch.Tensor:  # fmt: skip
+def generate_variants(
+    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int, n_new: int
+) -> torch.Tensor:
     """``LongTensor[batch, variants, n_new]``: greedy tokens after each prompt, once per variant, each
     continuing ``cache`` (a grafter with :func:`variant_rules` active grafts each variant's rows,
     generated tokens included); the cache is left as it was."""

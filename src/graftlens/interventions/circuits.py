@@ -93,8 +93,12 @@ class Circuit:
     @classmethod
     def from_json(cls, data: Mapping) -> Circuit:
         try:
-            return cls({name: HeadGroup(tuple((int(h[0]), int(h[1])) for h in g["heads"]), str(g["positions"]))
-                        for name, g in data.items()})  # fmt: skip
+            return cls(
+                {
+                    name: HeadGroup(tuple((int(h[0]), int(h[1])) for h in g["heads"]), str(g["positions"]))
+                    for name, g in data.items()
+                }
+            )
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             raise CircuitError(
                 f"not a circuit: each group needs 'positions' and 'heads' as [layer, head] pairs ({exc!r})"

@@ -83,8 +83,14 @@ class CachedRun:
         self.cache = DynamicCache(config=self.model.model.config)
         streams_at = [f"resid_pre.{layer}" for layer in range(n)]
         with torch.no_grad(), capture(self.model, [*streams_at, *points]) as streams:
-            out = self.model.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                                   use_cache=True, logits_to_keep=1, **{cache_argument(self.model): self.cache})  # fmt: skip
+            out = self.model.model(
+                input_ids=input_ids,
+                attention_mask=self.attention_mask,
+                position_ids=self.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_argument(self.model): self.cache},
+            )
         self.logits = out.logits[:, -1]
         self.streams = [streams[p] for p in streams_at]  # each [batch, pos, d_model]
         self.captured = streams  # ``points`` (and the streams) of this run, by point
@@ -118,7 +124,12 @@ class CachedRun:
         cache = copied_cache(self.cache, column, repeat) if column else DynamicCache(config=self.model.model.config)
         stream = rows(self.streams[layer][:, column:])  # [batch * repeat, new, d_model]
         with torch.no_grad(), _layers_skipped(self.model, layer, stream):
-            out = self.model.model(input_ids=rows(self.input_ids[:, column:]), attention_mask=rows(self.attention_mask),
-                                   position_ids=rows(self.position_ids[:, column:]), use_cache=True, logits_to_keep=1,
-                                   **{cache_argument(self.model): cache})  # fmt: skip
+            out = self.model.model(
+                input_ids=rows(self.input_ids[:, column:]),
+                attention_mask=rows(self.attention_mask),
+                position_ids=rows(self.position_ids[:, column:]),
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_argument(self.model): cache},
+            )
         return out.logits[:, -1]

@@ -77,8 +77,14 @@ def _allowed(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.d
     return mask > torch.finfo(mask.dtype).min / 2  # additive masks hold 0 (allowed) or the dtype's minimum
 
 
-def _knockout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+def _knockout_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
     """The registered attention function: the model's own, with the edges of this layer narrowed."""
     implementation = module.config._attn_implementation.removeprefix(_PREFIX)
     inner = _inner_function(module, implementation)

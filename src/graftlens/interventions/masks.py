@@ -212,8 +212,9 @@ def learn_mask(
             total = 0.0
             for batch, (source_cache, prefix) in zip(batches, prepared):
                 mask = torch.sigmoid(logits)
-                out = masked_patch_logits(loaded, batch, heads, mask, positions, source_positions, grad=True,
-                                          source_cache=source_cache, prefix=prefix)  # fmt: skip
+                out = masked_patch_logits(
+                    loaded, batch, heads, mask, positions, source_positions, grad=True, source_cache=source_cache, prefix=prefix
+                )
                 loss = nn.functional.cross_entropy(out.float(), batch.answer_ids.to(out.device)) + settings.lam * mask.sum()
                 opt.zero_grad()
                 loss.backward()

@@ -175,8 +175,15 @@ def path_patched_logits(
         >>> graftlens.path_patched_logits(m, inputs, (1, 2), receivers="everything").shape
         torch.Size([1, 96])
     """
-    return path_patched_run(model, inputs, sender, sender_positions=sender_positions, source_positions=source_positions,
-                            receivers=receivers, receiver_positions=receiver_positions)  # fmt: skip
+    return path_patched_run(
+        model,
+        inputs,
+        sender,
+        sender_positions=sender_positions,
+        source_positions=source_positions,
+        receivers=receivers,
+        receiver_positions=receiver_positions,
+    )
 
 
 def path_patched_run(
@@ -288,8 +295,13 @@ def path_patched_run(
         return forward()
 
 
-def _sender_columns(inputs: PathInputs, sender: Head | None, sender_positions: PositionsLike, receivers: Receivers,
-                    receiver_positions: PositionsLike) -> torch.Tensor | None:  # fmt: skip
+def _sender_columns(
+    inputs: PathInputs,
+    sender: Head | None,
+    sender_positions: PositionsLike,
+    receivers: Receivers,
+    receiver_positions: PositionsLike,
+) -> torch.Tensor | None:
     """``LongTensor[batch]``: the one column each base row's sender run must compute (the sender's
     column, where the receivers are too; the last one for the logits), or None when heads are not
     frozen, nothing is sent, or a row needs more than one column."""
@@ -367,8 +379,9 @@ def _receiver_edit(sent: torch.Tensor, where: torch.Tensor, heads: list[int]):
     return fn
 
 
-def first_touched_column(inputs: PathInputs, sender_positions: PositionsLike, receivers: Receivers,
-                         receiver_positions: PositionsLike) -> int:  # fmt: skip
+def first_touched_column(
+    inputs: PathInputs, sender_positions: PositionsLike, receivers: Receivers, receiver_positions: PositionsLike
+) -> int:
     """The first column of the (left-padded) base batch that a path-patched run changes: every
     column before it is the base run's own, so a KV cache of them can be shared (0: none)."""
     first = _first_columns(inputs, sender_positions, receivers, receiver_positions)
@@ -424,15 +437,27 @@ class PreparedBatch:
     edit touches, so each part continues its own shared prefix (the queried box sits at another
     column in each prompt; the earliest one would set everyone's prefix otherwise)."""
 
-    def __init__(self, model: LoadedModel | nn.Module, inputs: PathInputs, *, sender_positions: PositionsLike = "LT",
-                 source_positions: PositionsLike | None = None, receivers: Receivers = "logits",
-                 receiver_positions: PositionsLike = "LT", share_prefix: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module,
+        inputs: PathInputs,
+        *,
+        sender_positions: PositionsLike = "LT",
+        source_positions: PositionsLike | None = None,
+        receivers: Receivers = "logits",
+        receiver_positions: PositionsLike = "LT",
+        share_prefix: bool = True,
+    ) -> None:
         from graftlens.models.prefix import run_prefix
 
         self.model = as_loaded(model)
         self.batch = inputs.base_ids.shape[0]
-        self.kwargs = dict(sender_positions=sender_positions, source_positions=source_positions, receivers=receivers,
-                           receiver_positions=receiver_positions)  # fmt: skip
+        self.kwargs = dict(
+            sender_positions=sender_positions,
+            source_positions=source_positions,
+            receivers=receivers,
+            receiver_positions=receiver_positions,
+        )
         points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
         with torch.no_grad():
             base_logits, base_cache = head_outputs(self.model, inputs.base_ids, inputs.base_mask, points)
@@ -445,20 +470,32 @@ class PreparedBatch:
             part_inputs = inputs if rows is None else _subset(inputs, rows)
             take = (lambda t: t) if rows is None else (lambda t, r=rows: t[r.to(t.device)])
             prefix = run_prefix(self.model, part_inputs.base_ids, part_inputs.masks[0], cut) if cut > 0 else None
-            self.parts.append(_Part(
-                torch.arange(self.batch) if rows is None else rows, part_inputs, take(base_logits),
-                ActivationCache({p: take(t) for p, t in base_cache.items()}),
-                ActivationCache({p: take(t) for p, t in source_cache.items()}), prefix,
-            ))  # fmt: skip
+            self.parts.append(
+                _Part(
+                    torch.arange(self.batch) if rows is None else rows,
+                    part_inputs,
+                    take(base_logits),
+                    ActivationCache({p: take(t) for p, t in base_cache.items()}),
+                    ActivationCache({p: take(t) for p, t in source_cache.items()}),
+                    prefix,
+                )
+            )
 
     def logits(self, sender: Head | None) -> torch.Tensor:
         """Last-position logits ``[batch, vocab]`` of the path-patched run for ``sender``."""
         out = self.base_logits.new_empty(self.base_logits.shape)
         for part in self.parts:
             out[part.rows.to(out.device)] = path_patched_run(
-                self.model, part.inputs, sender, base_cache=part.base_cache, source_cache=part.source_cache,
-                prefix=part.prefix, base_logits=part.base_logits, column_runs=part.column_runs, **self.kwargs,
-            )  # fmt: skip
+                self.model,
+                part.inputs,
+                sender,
+                base_cache=part.base_cache,
+                source_cache=part.source_cache,
+                prefix=part.prefix,
+                base_logits=part.base_logits,
+                column_runs=part.column_runs,
+                **self.kwargs,
+            )
         return out
 
 
@@ -480,8 +517,14 @@ def _subset(inputs: PathInputs, rows: torch.Tensor) -> PathInputs:
         return None if t is None else t[rows.to(t.device)]
 
     spans = lambda sp: None if sp is None else [sp[int(i)] for i in rows]  # noqa: E731
-    return PathInputs(pick(inputs.base_ids), pick(inputs.source_ids), pick(inputs.base_mask), pick(inputs.source_mask),
-                      spans(inputs.base_spans), spans(inputs.source_spans))  # fmt: skip
+    return PathInputs(
+        pick(inputs.base_ids),
+        pick(inputs.source_ids),
+        pick(inputs.base_mask),
+        pick(inputs.source_mask),
+        spans(inputs.base_spans),
+        spans(inputs.source_spans),
+    )
 
 
 @checked
@@ -526,9 +569,14 @@ def path_patching(
     adapter = as_loaded(model).adapter
     with torch.no_grad():
         prepared = PreparedBatch(
-            model, inputs, sender_positions=sender_positions, source_positions=source_positions,
-            receivers=receivers, receiver_positions=receiver_positions, share_prefix=share_prefix,
-        )  # fmt: skip
+            model,
+            inputs,
+            sender_positions=sender_positions,
+            source_positions=source_positions,
+            receivers=receivers,
+            receiver_positions=receiver_positions,
+            share_prefix=share_prefix,
+        )
         base_prob = target_probs(prepared.base_logits, target_ids)
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
         if senders is None:

@@ -159,8 +159,14 @@ def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
             "(data: {entity_tracking: {pairs: [corrupted]}} or a desideratum)"
         )
     sources = collate([p.meta["source"] for p in batch.prompts], pad_id)
-    return PathInputs(batch.input_ids, sources.input_ids.to(batch.input_ids.device), batch.attention_mask,
-                      sources.attention_mask.to(batch.input_ids.device), batch.spans, sources.spans)  # fmt: skip
+    return PathInputs(
+        batch.input_ids,
+        sources.input_ids.to(batch.input_ids.device),
+        batch.attention_mask,
+        sources.attention_mask.to(batch.input_ids.device),
+        batch.spans,
+        sources.spans,
+    )
 
 
 def batch_key(batch: PromptBatch) -> tuple[str, ...]:

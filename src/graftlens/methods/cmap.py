@@ -145,5 +145,12 @@ class CrossModelPatching(Method):
         return run
 
     def figure(self, run, group, configs):
-        return heatmap_of(run, group, configs, ("layers", "positions"), "patched layers @ positions",
-                          row_key="points", ylabel="patched from the donor")  # fmt: skip
+        return heatmap_of(
+            run,
+            group,
+            configs,
+            ("layers", "positions"),
+            "patched layers @ positions",
+            row_key="points",
+            ylabel="patched from the donor",
+        )

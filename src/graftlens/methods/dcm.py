@@ -169,8 +169,14 @@ class DesiderataMasking(Method):
                 continue
             per = {d: [r for r in by_config[c.name] if r.template == d] for d in desiderata}
             rows.append((c.name, [estimate(per[d], "top1", run.n_boot, run.seed) if per[d] else None for d in desiderata]))
-        return [Table(f"{group}: accuracy on each desideratum's prompts (heads patched from the source)", "configuration",
-                      desiderata, rows)]  # fmt: skip
+        return [
+            Table(
+                f"{group}: accuracy on each desideratum's prompts (heads patched from the source)",
+                "configuration",
+                desiderata,
+                rows,
+            )
+        ]
 
     def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
         import json

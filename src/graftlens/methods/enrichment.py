@@ -105,7 +105,7 @@ class Enrichment(Method):
                         ablation=sweep.ablation,  # type: ignore[arg-type]
                         read_layer=read_layer,
                         read=read,
-                    ),  # fmt: skip
+                    ),
                     kind=self.kind,
                 )
                 for read in reads  # next to each other: both readouts of a cancellation share one pass
@@ -137,7 +137,7 @@ class Enrichment(Method):
             with (
                 cancel_sublayers(
                     model, spec.sublayer or "mlp", spec.layers, spec.positions, through=True, spans=batch.spans, means=means
-                ),  # fmt: skip
+                ),
                 capture(model, [point]) as cache,
             ):
                 logits = run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
@@ -161,16 +161,20 @@ class Enrichment(Method):
             return None
         spec = next(c.method for c in configs if c.method and c.method.get("sublayer"))
         window = len(spec["layers"])
-        what = f"{metric_label(metric)} at {spec['positions']}'s last token after L{spec['read_layer']}" if subject else (
-            f"{metric_label(metric)} of the answer at the last position")  # fmt: skip
+        what = (
+            f"{metric_label(metric)} at {spec['positions']}'s last token after L{spec['read_layer']}"
+            if subject
+            else (f"{metric_label(metric)} of the answer at the last position")
+        )
         ablated = "mean-ablated" if spec["ablation"] == "mean" else "cancelled"
         title = f"{run.name}: {group} — {what}, sublayers {ablated} in {window} layers from ℓ up to {spec['positions']} (95% CI)"
         top = max((e.hi for s in series.values() for e in s if e is not None and e.hi == e.hi), default=1.0)
         ylim = (0.0, 1.05 if top >= 0.25 else max(0.02, 1.2 * top))
         from graftlens import charts
 
-        fig = charts.line_chart(title, layers, series, metric_label(metric), "first layer of the window (ℓ)", ylim=ylim,
-                                legend_title="cancelled")  # fmt: skip
+        fig = charts.line_chart(
+            title, layers, series, metric_label(metric), "first layer of the window (ℓ)", ylim=ylim, legend_title="cancelled"
+        )
         return fig, title
 
     def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
@@ -183,8 +187,11 @@ class Enrichment(Method):
             if c.coords["sublayer"] == "none" and c.name in by_config:
                 rows.append(("nothing", [estimate(by_config[c.name], metric, run.n_boot, run.seed), "", ""]))
         for sublayer in dict.fromkeys(c.coords["sublayer"] for c in configs if c.coords["sublayer"] != "none"):
-            found = [(estimate(by_config[c.name], metric, run.n_boot, run.seed), c) for c in configs
-                     if c.coords["sublayer"] == sublayer and c.name in by_config]  # fmt: skip
+            found = [
+                (estimate(by_config[c.name], metric, run.n_boot, run.seed), c)
+                for c in configs
+                if c.coords["sublayer"] == sublayer and c.name in by_config
+            ]
             if found:
                 low, c = min(found, key=lambda f: f[0].value)
                 layers = c.method["layers"] if c.method else []
@@ -203,8 +210,11 @@ def _curves(run: RunData, configs: list[StoredConfig], metric: str) -> tuple[lis
         if c.coords["sublayer"] == "none" and c.name in by_config:
             series["nothing"] = [estimate(by_config[c.name], metric, run.n_boot, run.seed)] * len(layers)
     for sublayer in dict.fromkeys(c.coords["sublayer"] for c in configs if c.coords["sublayer"] != "none"):
-        values = {c.coords["layer"]: estimate(by_config[c.name], metric, run.n_boot, run.seed)
-                  for c in configs if c.coords["sublayer"] == sublayer and c.name in by_config}  # fmt: skip
+        values = {
+            c.coords["layer"]: estimate(by_config[c.name], metric, run.n_boot, run.seed)
+            for c in configs
+            if c.coords["sublayer"] == sublayer and c.name in by_config
+        }
         series[{"mlp": "MLP", "attn": "attention"}.get(sublayer, sublayer)] = [values.get(layer) for layer in layers]
     return layers, series
 

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 Condition = Literal["none", "no_enrichment", "no_relation"]
 ExtractionPoint = Literal["attn_out", "mlp_out"]
-CONDITION_LABELS = {"none": "unmodified", "no_enrichment": "early MLPs cancelled at the subject",
-                    "no_relation": "last ↛ relation"}  # fmt: skip
+CONDITION_LABELS = {
+    "none": "unmodified",
+    "no_enrichment": "early MLPs cancelled at the subject",
+    "no_relation": "last ↛ relation",
+}
 POINT_LABELS = {"attn_out": "attention", "mlp_out": "MLP"}
 
 
@@ -50,8 +53,14 @@ class ExtractionSpec(Strict):
 
     def intervention(self) -> tuple:
         """What the forward pass depends on (every point and layer of a condition shares it)."""
-        return (self.condition, self.position, self.subject, self.relation, tuple(self.enrichment_layers),
-                tuple(self.relation_layers))  # fmt: skip
+        return (
+            self.condition,
+            self.position,
+            self.subject,
+            self.relation,
+            tuple(self.enrichment_layers),
+            tuple(self.relation_layers),
+        )
 
 
 class ExtractionSweep(Sweep):
@@ -85,17 +94,32 @@ class Extraction(Method):
         for condition in sweep.conditions:  # condition first: its points and layers share one pass
             for point in sweep.points:
                 for layer in range(n_layers):
-                    spec = ExtractionSpec(point=point, layer=layer, position=sweep.position, condition=condition,
-                                          subject=sweep.subject, relation=sweep.relation,
-                                          enrichment_layers=enrichment if condition == "no_enrichment" else [],
-                                          relation_layers=relation if condition == "no_relation" else [])  # fmt: skip
-                    where = {"none": "", "no_enrichment": f" | MLP L{layers_label(sweep.enrichment_layers)} cancelled @ "
-                             f"{sweep.subject}", "no_relation": f" | {sweep.position} ↛ {sweep.relation} "
-                             f"@ L{layers_label(sweep.relation_layers)}"}[condition]  # fmt: skip
-                    out.append(RunConfig(f"extraction {point} @ {sweep.position} @ L{layer}{where}",
-                                         f"{sweep.group}: {POINT_LABELS[point]}", recipient, (),
-                                         {"condition": condition, "point": point, "layer": str(layer)},
-                                         spec, kind=self.kind))  # fmt: skip
+                    spec = ExtractionSpec(
+                        point=point,
+                        layer=layer,
+                        position=sweep.position,
+                        condition=condition,
+                        subject=sweep.subject,
+                        relation=sweep.relation,
+                        enrichment_layers=enrichment if condition == "no_enrichment" else [],
+                        relation_layers=relation if condition == "no_relation" else [],
+                    )
+                    where = {
+                        "none": "",
+                        "no_enrichment": f" | MLP L{layers_label(sweep.enrichment_layers)} cancelled @ {sweep.subject}",
+                        "no_relation": f" | {sweep.position} ↛ {sweep.relation} @ L{layers_label(sweep.relation_layers)}",
+                    }[condition]
+                    out.append(
+                        RunConfig(
+                            f"extraction {point} @ {sweep.position} @ L{layer}{where}",
+                            f"{sweep.group}: {POINT_LABELS[point]}",
+                            recipient,
+                            (),
+                            {"condition": condition, "point": point, "layer": str(layer)},
+                            spec,
+                            kind=self.kind,
+                        )
+                    )
         return out
 
     def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
@@ -120,8 +144,9 @@ class Extraction(Method):
             if spec.condition == "no_enrichment":
                 condition = cancel_sublayers(model, "mlp", spec.enrichment_layers, spec.subject, spans=batch.spans)
             elif spec.condition == "no_relation":
-                condition = attention_knockout(model, spec.relation_layers, sources=spec.relation, targets=spec.position,
-                                               spans=batch.spans)  # fmt: skip
+                condition = attention_knockout(
+                    model, spec.relation_layers, sources=spec.relation, targets=spec.position, spans=batch.spans
+                )
             else:
                 condition = nullcontext()
             points = [f"{p}.{layer}" for p in ("attn_out", "mlp_out") for layer in range(model.adapter.n_layers)]
@@ -139,8 +164,13 @@ class Extraction(Method):
 
     def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
         by_config = run.by_config
-        values = {(CONDITION_LABELS[c.coords["condition"]], c.coords["layer"]):
-                  estimate(by_config[c.name], "top1", run.n_boot, run.seed) for c in configs if c.name in by_config}  # fmt: skip
+        values = {
+            (CONDITION_LABELS[c.coords["condition"]], c.coords["layer"]): estimate(
+                by_config[c.name], "top1", run.n_boot, run.seed
+            )
+            for c in configs
+            if c.name in by_config
+        }
         labelled = [_relabelled(c) for c in configs]
         layers, series = curves(labelled, "condition", values)
         what = group.rsplit(": ", 1)[-1]
@@ -148,8 +178,15 @@ class Extraction(Method):
         top = max((e.hi for s in series.values() for e in s if e is not None and e.hi == e.hi), default=1.0)
         from graftlens import charts
 
-        fig = charts.line_chart(title, layers, series, "extraction rate", "layer",
-                                ylim=(0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top)), legend_title="condition")  # fmt: skip
+        fig = charts.line_chart(
+            title,
+            layers,
+            series,
+            "extraction rate",
+            "layer",
+            ylim=(0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top)),
+            legend_title="condition",
+        )
         return fig, title
 
     def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
@@ -159,8 +196,14 @@ class Extraction(Method):
             mine = [c for c in configs if c.coords["condition"] == condition]
             rows.append((CONDITION_LABELS[condition], _any_layer(run, mine)))
         what = group.rsplit(": ", 1)[-1]
-        return [Table(f"{group}: facts with an extraction event by {what} in some layer", "condition",
-                      ["share of facts", "most events (layer)"], rows)]  # fmt: skip
+        return [
+            Table(
+                f"{group}: facts with an extraction event by {what} in some layer",
+                "condition",
+                ["share of facts", "most events (layer)"],
+                rows,
+            )
+        ]
 
 
 def _relabelled(config: StoredConfig) -> StoredConfig:

@@ -65,8 +65,10 @@ def reference_means(context: Context, model_name: str, model: LoadedModel, n_box
         from graftlens.interventions.circuits import head_means
 
         prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half), model.tokenizer)
-        work = [(b.input_ids.to(model.device), b.attention_mask.to(model.device))
-                for b in batches(prompts, 32, pad_id_of(model.tokenizer))]  # fmt: skip
+        work = [
+            (b.input_ids.to(model.device), b.attention_mask.to(model.device))
+            for b in batches(prompts, 32, pad_id_of(model.tokenizer))
+        ]
         return head_means(model, work)
 
     return context.state(("head-means", model_name, n_boxes, n, half, seed), make)
@@ -135,15 +137,28 @@ class CircuitAblation(Method):
         randoms = [c for c in configs if c.method and c.method.get("seed") is not None and c.name in by_config]
         for c in configs:
             if c.name in by_config and c.method and c.method.get("seed") is None:
-                rows.append((c.name, [estimate(by_config[c.name], "top1", run.n_boot, run.seed),
-                                      ratio_estimate(by_config[c.name], full, run.n_boot, run.seed)]))  # fmt: skip
+                rows.append(
+                    (
+                        c.name,
+                        [
+                            estimate(by_config[c.name], "top1", run.n_boot, run.seed),
+                            ratio_estimate(by_config[c.name], full, run.n_boot, run.seed),
+                        ],
+                    )
+                )
         if randoms:
             pooled = [r for c in randoms for r in by_config[c.name]]
             label = f"random circuits (mean of {len(randoms)})"
             values = [estimate(pooled, "top1", run.n_boot, run.seed), ratio_estimate(pooled, full, run.n_boot, run.seed)]
             rows.append((label, values))
-        return [Table(f"{group}: accuracy with every head outside the circuit mean-ablated", "circuit",
-                      ["accuracy (top-1)", "faithfulness (÷ full model)"], rows)]  # fmt: skip
+        return [
+            Table(
+                f"{group}: accuracy with every head outside the circuit mean-ablated",
+                "circuit",
+                ["accuracy (top-1)", "faithfulness (÷ full model)"],
+                rows,
+            )
+        ]
 
     def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
         circuit = stored_circuit(run, configs)

@@ -25,8 +25,11 @@ def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
     from graftlens import charts
 
     by_config = run.by_config
-    references = {c.name: estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
-                  for c in run.reference_configs() if c.name in by_config}  # fmt: skip
+    references = {
+        c.name: estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
+        for c in run.reference_configs()
+        if c.name in by_config
+    }
     if all(c.plain for c in configs) and len(run.groups()) > 1:
         return None  # reference configurations only: they appear as lines and bars elsewhere
     names = [c.name for c in configs if c.name in by_config]
@@ -37,8 +40,15 @@ def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
     return charts.bar_chart(title, shown, run.templates, values, references, run.metric), title
 
 
-def heatmap_of(run: RunData, group: str, configs: list[StoredConfig], col_keys: tuple[str, ...], xlabel: str,
-               row_key: str = "component", ylabel: str = "grafted component"):  # fmt: skip
+def heatmap_of(
+    run: RunData,
+    group: str,
+    configs: list[StoredConfig],
+    col_keys: tuple[str, ...],
+    xlabel: str,
+    row_key: str = "component",
+    ylabel: str = "grafted component",
+):
     """Rows ``coords[row_key]`` × columns of the ``col_keys`` coordinates (joined by " @ ")."""
     from graftlens import charts
 
@@ -48,8 +58,9 @@ def heatmap_of(run: RunData, group: str, configs: list[StoredConfig], col_keys: 
     rows = list(dict.fromkeys(c.coords[row_key] for c in configs))
     cols = list(dict.fromkeys(col(c) for c in configs))
     by_config = run.by_config
-    values = {(c.coords[row_key], col(c)): estimate(by_config[c.name], run.metric, 0).value
-              for c in configs if c.name in by_config}  # fmt: skip
+    values = {
+        (c.coords[row_key], col(c)): estimate(by_config[c.name], run.metric, 0).value for c in configs if c.name in by_config
+    }
     positions = {g["positions"] for c in configs for g in c.grafts}
     where = f" at {', '.join(sorted(positions))}" if positions else ""
     title = f"{run.name}: {group}{where} ({metric_label(run.metric)})"

@@ -20,8 +20,15 @@ if TYPE_CHECKING:  # imported where they run: a method module loads without torc
     from graftlens.models import LoadedModel
 
 
-def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches | None = None, name: str = "",
-                        target_logprob: bool = False, generate: int = 0) -> LastLogits:  # fmt: skip
+def grafted_last_logits(
+    base,
+    donors,
+    rules: list[Graft],
+    prefixes: PrefixCaches | None = None,
+    name: str = "",
+    target_logprob: bool = False,
+    generate: int = 0,
+) -> LastLogits:
     """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (a
     :class:`~graftlens.eval.scoring.Readout` with ``target_logprob`` or ``generate``).
 
@@ -54,8 +61,9 @@ def grafted_last_logits(base, donors, rules: list[Graft], prefixes: PrefixCaches
             if cache is None and forced is None:
                 readout = Readout(run_logits(loaded, batch.input_ids, batch.attention_mask, last_only=True)[:, -1])
             else:
-                readout = forced_readout(*continue_and_force(loaded, cache, batch.input_ids, batch.attention_mask,
-                                                             *forced_inputs(forced)), forced)  # fmt: skip
+                readout = forced_readout(
+                    *continue_and_force(loaded, cache, batch.input_ids, batch.attention_mask, *forced_inputs(forced)), forced
+                )
         if generate:
             readout.continuation = grafted_continuation(loaded, grafter, batch, generate, cache)
         return readout
@@ -138,8 +146,9 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
         def chunk_pass():
             """The chunk's grafter (each configuration grafting its own variant's rows), the plain
             prefix before ``cut``, and the batch's spans once per variant."""
-            grafter = context.state(("variant grafter", names),
-                                    lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk])))  # fmt: skip
+            grafter = context.state(
+                ("variant grafter", names), lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk]))
+            )
             cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
             return grafter, cache, None if spans is None else [s for s in spans for _ in chunk]
 
@@ -151,8 +160,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
             if forced is None:
                 return last, None  # [batch, variants, vocab]
             # Rows flattened batch-major (row b of variant v at b * variants + v), each with its prompt's target.
-            flat = forced_readout(last.flatten(0, 1), None if more is None else more.flatten(0, 1),
-                                  _repeated(forced, len(chunk)))  # fmt: skip
+            flat = forced_readout(last.flatten(0, 1), None if more is None else more.flatten(0, 1), _repeated(forced, len(chunk)))
             return last, flat.target_logprob.unflatten(0, last.shape[:2])
 
         def compute_continuations() -> torch.Tensor:  # [batch, variants, n]
@@ -174,8 +182,9 @@ def _repeated(forced: ForcedTargets, times: int) -> ForcedTargets:
     """``forced`` with each row ``times`` times in a row, as variants are laid out."""
     from graftlens.eval.batching import ForcedTargets
 
-    return ForcedTargets(*(t.repeat_interleave(times, 0) for t in
-                           (forced.input_ids, forced.attention_mask, forced.target_ids, forced.target_mask)))  # fmt: skip
+    return ForcedTargets(
+        *(t.repeat_interleave(times, 0) for t in (forced.input_ids, forced.attention_mask, forced.target_ids, forced.target_mask))
+    )
 
 
 class GraftingMethod(Method):
@@ -200,8 +209,11 @@ class GraftingMethod(Method):
 
         model = context.models[config.model]
         prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
-        grafting = [c for c in context.configs if c.grafts and c.model == config.model and c.phase == config.phase
-                    and isinstance(method_for(c.kind), GraftingMethod)]  # fmt: skip
+        grafting = [
+            c
+            for c in context.configs
+            if c.grafts and c.model == config.model and c.phase == config.phase and isinstance(method_for(c.kind), GraftingMethod)
+        ]
         asks = {"target_logprob": context.target_logprob, "generate": context.generate}
         if not config.grafts:
             # The recipient as it is: a continuation of the prefix its grafted configurations share.

@@ -74,17 +74,35 @@ class HeadMappings(Method):
     ) -> list[RunConfig]:
         assert n_layers is not None and n_heads is not None
         layers = sweep_layers(sweep, "layers", n_layers)
-        common = dict(layers=layers, subject=sweep.subject, position=sweep.position, top_k=sweep.top_k,
-                      final_norm=sweep.final_norm)  # fmt: skip
-        out = [RunConfig(f"attention output @ {sweep.position} @ L{layer}", sweep.group, recipient, (),
-                         {"read": "event", "layer": str(layer), "head": ""},
-                         HeadMappingSpec(read="event", layer=layer, **common), kind=self.kind)
-               for layer in layers]  # fmt: skip
+        common = dict(
+            layers=layers, subject=sweep.subject, position=sweep.position, top_k=sweep.top_k, final_norm=sweep.final_norm
+        )
+        out = [
+            RunConfig(
+                f"attention output @ {sweep.position} @ L{layer}",
+                sweep.group,
+                recipient,
+                (),
+                {"read": "event", "layer": str(layer), "head": ""},
+                HeadMappingSpec(read="event", layer=layer, **common),
+                kind=self.kind,
+            )
+            for layer in layers
+        ]
         for source in sweep.sources:
-            out += [RunConfig(f"head {layer}.{head} maps {sweep.subject} ({source})", sweep.group, recipient, (),
-                              {"read": source, "layer": str(layer), "head": str(head)},
-                              HeadMappingSpec(read=source, layer=layer, head=head, **common), kind=self.kind)
-                    for layer in layers for head in range(n_heads)]  # fmt: skip
+            out += [
+                RunConfig(
+                    f"head {layer}.{head} maps {sweep.subject} ({source})",
+                    sweep.group,
+                    recipient,
+                    (),
+                    {"read": source, "layer": str(layer), "head": str(head)},
+                    HeadMappingSpec(read=source, layer=layer, head=head, **common),
+                    kind=self.kind,
+                )
+                for layer in layers
+                for head in range(n_heads)
+            ]
         return out
 
     def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
@@ -113,16 +131,18 @@ class HeadMappings(Method):
         def mappings(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.mappings import head_mapping_vectors
 
-            return head_mapping_vectors(model, batch.input_ids, batch.attention_mask, spec.layers, spec.subject, spec.read,
-                                        spans=batch.spans)  # fmt: skip
+            return head_mapping_vectors(
+                model, batch.input_ids, batch.attention_mask, spec.layers, spec.subject, spec.read, spans=batch.spans
+            )
 
         def run(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.lens import project
 
             index = spec.layers.index(spec.layer)
             if spec.read == "event":
-                return project(model, context.for_batch("head-mapping events", batch, lambda: events(batch))[:, index],
-                               spec.final_norm)  # fmt: skip
+                return project(
+                    model, context.for_batch("head-mapping events", batch, lambda: events(batch))[:, index], spec.final_norm
+                )
             vectors = context.for_batch(f"head mappings {spec.read}", batch, lambda: mappings(batch))
             return project(model, vectors[:, index, spec.head], spec.final_norm)
 
@@ -138,8 +158,10 @@ class HeadMappings(Method):
         for (s, layer, head), share in table.event_share().items():
             if s == source:
                 scores[layer - first, head] = share
-        title = (f"{run.name}: {group} — share of extraction events at each layer whose head's value–output map of "
-                 f"{SOURCE_LABELS[source]} ranks the answer in the top {table.top_k} (grey: no event at that layer)")  # fmt: skip
+        title = (
+            f"{run.name}: {group} — share of extraction events at each layer whose head's value–output map of "
+            f"{SOURCE_LABELS[source]} ranks the answer in the top {table.top_k} (grey: no event at that layer)"
+        )
         from graftlens import charts
 
         fig = charts.head_heatmap(title, scores, [], "share of the layer's extraction events", sequential=True, first_layer=first)
@@ -153,8 +175,14 @@ class HeadMappings(Method):
 class MappingTable:
     """The stored rows of one head-mapping sweep, read as events and mappings."""
 
-    def __init__(self, events: dict[int, list[ResultRow]], heads: dict[tuple[str, int, int], list[ResultRow]],
-                 top_k: int, n_layers: int, n_heads: int):  # fmt: skip
+    def __init__(
+        self,
+        events: dict[int, list[ResultRow]],
+        heads: dict[tuple[str, int, int], list[ResultRow]],
+        top_k: int,
+        n_layers: int,
+        n_heads: int,
+    ):
         self.events = events  # layer → its attention-output rows
         self.heads = heads  # (source, layer, head) → the head's mapping rows
         self.top_k = top_k
@@ -186,8 +214,11 @@ class MappingTable:
 
     def mapped(self, source: str) -> dict[tuple[int, int], set[str]]:
         """(layer, head) → the facts whose answer the head's map of ``source`` ranks within top_k."""
-        return {(layer, head): {r.example for r in rows if r.hit(self.top_k)}
-                for (s, layer, head), rows in self.heads.items() if s == source}  # fmt: skip
+        return {
+            (layer, head): {r.example for r in rows if r.hit(self.top_k)}
+            for (s, layer, head), rows in self.heads.items()
+            if s == source
+        }
 
     def event_share(self) -> dict[tuple[str, int, int], float]:
         """(source, layer, head) → the share of the layer's extraction events the head maps."""
@@ -204,15 +235,19 @@ class MappingTable:
         rows: list[tuple[str, list[Estimate | int | str | None]]] = []
         for source in self.sources:
             mapped = self.mapped(source)
-            hit = np.array([float(any(fact in facts for (lay, _), facts in mapped.items() if lay == layer))
-                            for layer, fact in events])  # fmt: skip
+            hit = np.array(
+                [float(any(fact in facts for (lay, _), facts in mapped.items() if lay == layer)) for layer, fact in events]
+            )
             facts = {r.example for rows in self.events.values() for r in rows}
             any_head = np.array([float(any(fact in f for f in mapped.values())) for fact in sorted(facts)])
             share = _mean(hit, run)
             rows.append((SOURCE_LABELS[source], [len(events), share, _mean(any_head, run)]))
-        return Table(f"{group}: extraction events whose layer has a head mapping the subject to the answer (top {self.top_k})",
-                     "value–output map of", ["extraction events", "share with a mapping head",
-                                             "facts with a mapping head in any layer"], rows)  # fmt: skip
+        return Table(
+            f"{group}: extraction events whose layer has a head mapping the subject to the answer (top {self.top_k})",
+            "value–output map of",
+            ["extraction events", "share with a mapping head", "facts with a mapping head in any layer"],
+            rows,
+        )
 
     def top_heads(self, group: str, source: str, n: int = 8) -> Table:
         """The heads whose map of ``source`` ranks the answer within top_k for most facts, with examples."""
@@ -227,11 +262,16 @@ class MappingTable:
             if total == 0:
                 break
             examples = [r for r in self.heads[(source, layer, head)] if r.hit(self.top_k)][:EXAMPLES]
-            shown = "; ".join(f"{r.prompt.strip()} →{r.target} (rank {r.target_rank}; top: {_tokens(r.top_tokens[:3])})"
-                              for r in examples)  # fmt: skip
+            shown = "; ".join(
+                f"{r.prompt.strip()} →{r.target} (rank {r.target_rank}; top: {_tokens(r.top_tokens[:3])})" for r in examples
+            )
             rows.append((f"L{layer}.H{head}", [total, in_events, shown]))
-        return Table(f"{group}: heads whose map of {SOURCE_LABELS[source]} ranks the answer in the top {self.top_k} most often",
-                     "head", ["facts", "of them extraction events at its layer", "examples (prompt → answer)"], rows)  # fmt: skip
+        return Table(
+            f"{group}: heads whose map of {SOURCE_LABELS[source]} ranks the answer in the top {self.top_k} most often",
+            "head",
+            ["facts", "of them extraction events at its layer", "examples (prompt → answer)"],
+            rows,
+        )
 
 
 def _tokens(tokens: tuple[str, ...]) -> str:

@@ -122,8 +122,15 @@ class AttentionKnockout(Method):
         title = f"{run.name}: {group} — attention edges {targets} → source blocked{window} (95% CI)"
         from graftlens import charts
 
-        fig = charts.line_chart(title, layers, series, "change in target probability (%)", "centre layer of the window",
-                                zero_line=True, legend_title="blocked source")  # fmt: skip
+        fig = charts.line_chart(
+            title,
+            layers,
+            series,
+            "change in target probability (%)",
+            "centre layer of the window",
+            zero_line=True,
+            legend_title="blocked source",
+        )
         return fig, title
 
     def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:

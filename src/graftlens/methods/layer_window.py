@@ -43,7 +43,7 @@ class LayerWindowGrafting(GraftingMethod):
                         layers=layer_window(centre, sweep.window, n_layers),
                         positions=sweep.positions,
                     ),
-                ),  # fmt: skip
+                ),
                 {"component": comp, "layer": str(centre)},
                 kind=self.kind,
             )

@@ -80,15 +80,19 @@ class VocabularyProjection(Method):
         from graftlens.interventions.lens import point_logits
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            return point_logits(model, batch.input_ids, batch.attention_mask, [point], spec.position, spec.final_norm,
-                                spans=batch.spans)[point]  # fmt: skip
+            return point_logits(
+                model, batch.input_ids, batch.attention_mask, [point], spec.position, spec.final_norm, spans=batch.spans
+            )[point]
 
         return run
 
     def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
         by_config = run.by_config
-        values = {(c.coords["point"], c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
-                  for c in configs if c.name in by_config}  # fmt: skip
+        values = {
+            (c.coords["point"], c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
+            for c in configs
+            if c.name in by_config
+        }
         layers, series = curves(configs, "point", values)
         label = metric_label(run.metric)
         attributes = run.metric == "attribute_rate"

@@ -148,8 +148,9 @@ class PathPatching(Method):
             key = (batch_key(batch), spec.stage)
             if key not in caches:  # the clean and corrupted runs and the shared prefixes, once per batch and stage
                 inputs = pair_inputs(batch, pad)
-                prepared = PreparedBatch(model, inputs, sender_positions=position, receivers=receivers,
-                                         receiver_positions=receiver_positions)  # fmt: skip
+                prepared = PreparedBatch(
+                    model, inputs, sender_positions=position, receivers=receivers, receiver_positions=receiver_positions
+                )
                 caches.put(key, prepared, prepared_bytes(prepared))
             return caches.get(key).logits((spec.layer, spec.head))
 
@@ -180,15 +181,36 @@ def expand_circuit_sweep(sweep: CircuitSweep, recipient: str, n_layers: int, n_h
             for head in range(n_heads):
                 spec = PathPatchSpec(stage=stage, layer=layer, head=head, clean=sweep.clean, sizes=sweep.sizes)
                 coords = {"stage": stage, "layer": str(layer), "head": str(head)}
-                out.append(RunConfig(stage_config_name(stage, layer, head), f"{sweep.group}: {stage.replace('_', ' ')}",
-                                     recipient, (), coords, spec, kind="path_patching", phase=phase))  # fmt: skip
+                out.append(
+                    RunConfig(
+                        stage_config_name(stage, layer, head),
+                        f"{sweep.group}: {stage.replace('_', ' ')}",
+                        recipient,
+                        (),
+                        coords,
+                        spec,
+                        kind="path_patching",
+                        phase=phase,
+                    )
+                )
     if len(sweep.stages) == len(GROUPS):
         for seed in [None, *range(1, sweep.random + 1)]:
             name = "circuit" if seed is None else f"random circuit {seed}"
-            spec = CircuitSpec(circuit="discovered", clean=sweep.clean, sizes=sweep.sizes, seed=seed,
-                               mean_prompts=sweep.mean_prompts)  # fmt: skip
-            out.append(RunConfig(name, "faithfulness", recipient, (), {"circuit": "random" if seed else "found"}, spec,
-                                 kind="circuit", phase=FAITHFULNESS_PHASE))  # fmt: skip
+            spec = CircuitSpec(
+                circuit="discovered", clean=sweep.clean, sizes=sweep.sizes, seed=seed, mean_prompts=sweep.mean_prompts
+            )
+            out.append(
+                RunConfig(
+                    name,
+                    "faithfulness",
+                    recipient,
+                    (),
+                    {"circuit": "random" if seed else "found"},
+                    spec,
+                    kind="circuit",
+                    phase=FAITHFULNESS_PHASE,
+                )
+            )
     return out
 
 

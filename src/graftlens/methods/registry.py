@@ -96,8 +96,9 @@ def unmodified_run(context: Context, model_name: str, batch: PromptBatch):
     from graftlens.interventions.continuation import CachedRun
 
     model = context.models[model_name]
-    return context.for_batch(f"unmodified run of {model_name}", batch,
-                             lambda: CachedRun(model, batch.input_ids, batch.attention_mask))  # fmt: skip
+    return context.for_batch(
+        f"unmodified run of {model_name}", batch, lambda: CachedRun(model, batch.input_ids, batch.attention_mask)
+    )
 
 
 @dataclass(frozen=True)

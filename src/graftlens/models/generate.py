@@ -17,8 +17,9 @@ from graftlens.models.run import position_ids_for
 
 
 @torch.no_grad()
-def greedy_continuation(model: LoadedModel | torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        n_new: int, cache=None) -> torch.Tensor:  # fmt: skip
+def greedy_continuation(
+    model: LoadedModel | torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_new: int, cache=None
+) -> torch.Tensor:
     """``LongTensor[batch, n_new]``: the argmax token after each prompt, then after each token chosen.
 
     ``cache``: a KV cache of the prompts' first columns (a shared plain prefix) to continue instead
@@ -34,8 +35,9 @@ def greedy_continuation(model: LoadedModel | torch.nn.Module, input_ids: torch.T
     step_ids, step_positions = input_ids[:, length:], position_ids_for(mask)[:, length:]
     chosen = []
     for _ in range(n_new):
-        logits = loaded.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
-                              logits_to_keep=1, **cache_arg).logits  # fmt: skip
+        logits = loaded.model(
+            input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True, logits_to_keep=1, **cache_arg
+        ).logits
         token = logits[:, -1].argmax(-1, keepdim=True)  # [batch, 1]
         chosen.append(token)
         step_positions = step_positions[:, -1:] + 1

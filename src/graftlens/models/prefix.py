@@ -64,9 +64,14 @@ def run_prefix(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
         raise ValueError(f"a prefix cut at column {cut} of a {input_ids.shape[1]}-column batch leaves nothing to share")
     cache = DynamicCache(config=model.model.config)
     with torch.no_grad():
-        model.model(input_ids=input_ids[:, :cut], attention_mask=attention_mask[:, :cut],
-                    position_ids=position_ids_for(attention_mask)[:, :cut], use_cache=True, logits_to_keep=1,
-                    **{cache_argument(model): cache})  # fmt: skip
+        model.model(
+            input_ids=input_ids[:, :cut],
+            attention_mask=attention_mask[:, :cut],
+            position_ids=position_ids_for(attention_mask)[:, :cut],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_argument(model): cache},
+        )
     return cache
 
 
@@ -110,15 +115,24 @@ def continue_and_force(
     argument = {cache_argument(model): work}
     try:
         with torch.enable_grad() if grad else torch.no_grad():
-            last = model.model(input_ids=input_ids[:, length:], attention_mask=attention_mask,
-                               position_ids=position_ids_for(attention_mask)[:, length:], use_cache=True,
-                               logits_to_keep=1, **argument).logits[:, -1]  # fmt: skip
+            last = model.model(
+                input_ids=input_ids[:, length:],
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask)[:, length:],
+                use_cache=True,
+                logits_to_keep=1,
+                **argument,
+            ).logits[:, -1]
             forced = None
             if more:
                 assert forced_ids is not None and forced_mask is not None
-                forced = model.model(input_ids=forced_ids[:, width:], attention_mask=forced_mask,
-                                     position_ids=position_ids_for(forced_mask)[:, width:], use_cache=True,
-                                     **argument).logits  # fmt: skip
+                forced = model.model(
+                    input_ids=forced_ids[:, width:],
+                    attention_mask=forced_mask,
+                    position_ids=position_ids_for(forced_mask)[:, width:],
+                    use_cache=True,
+                    **argument,
+                ).logits
     finally:
         if reusable and not fresh and cache.get_seq_length() > length:
             cache.crop(length - int(cache.get_seq_length()))  # drop what this call appended

@@ -121,10 +121,14 @@ def _summary_table(run: RunData) -> str:
             continue
         grafts = _describe(c)
         cells = "".join(_cell(entry[k], 1 if k == "mean_rank" else 3) for k in metrics)
-        rows.append(f"<tr><td title='{escape(grafts)}'>{escape(c.name)}</td><td>{escape(c.model)}</td>"
-                    f"<td class='text'>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>")  # fmt: skip
-    return (f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts / method</th><th>n</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
+        rows.append(
+            f"<tr><td title='{escape(grafts)}'>{escape(c.name)}</td><td>{escape(c.model)}</td>"
+            f"<td class='text'>{escape(grafts)}</td><td>{entry['n']}</td>{cells}</tr>"
+        )
+    return (
+        f"<table><thead><tr><th>configuration</th><th>model</th><th>grafts / method</th><th>n</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _split_table(run: RunData, *keys: str) -> str:
@@ -185,17 +189,25 @@ def _describe(config: StoredConfig) -> str:
     method = config.method
     if method:
         return method["kind"] + ": " + ", ".join(f"{k} {_as_text(v)}" for k, v in method.items() if k != "kind" and v is not None)
-    return "; ".join(f"{g['donor']}: {_as_text(g['components'])} @ layers {_as_text(g['layers'])} @ {g['positions']}"
-                     for g in config.grafts) or "no grafts"  # fmt: skip
+    return (
+        "; ".join(
+            f"{g['donor']}: {_as_text(g['components'])} @ layers {_as_text(g['layers'])} @ {g['positions']}"
+            for g in config.grafts
+        )
+        or "no grafts"
+    )
 
 
 def _table(table: Table) -> str:
     """A method's table (e.g. knockout: per-layer change of each source), with 95% CIs."""
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
-    rows = "".join(f"<tr><td>{escape(label)}</td>{''.join(_cell(v, table.digits) for v in values)}</tr>"
-                   for label, values in table.rows)  # fmt: skip
-    return (f"<h2>{escape(table.title)}</h2>"
-            f"<table><thead><tr><th>{escape(table.corner)}</th>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{escape(label)}</td>{''.join(_cell(v, table.digits) for v in values)}</tr>" for label, values in table.rows
+    )
+    return (
+        f"<h2>{escape(table.title)}</h2>"
+        f"<table><thead><tr><th>{escape(table.corner)}</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _as_text(value) -> str:

@@ -12,9 +12,23 @@ from graftlens.fileio import write_text_atomic
 from graftlens.results.rundata import RunData
 
 COLUMNS = (
-    "recipe", "config", "group", "template", "direction", "example", "prompt", "target",
-    "target_prob", "target_rank", "top1", "top5", "top10", "top_tokens", "target_logprob", "continuation",
-)  # fmt: skip
+    "recipe",
+    "config",
+    "group",
+    "template",
+    "direction",
+    "example",
+    "prompt",
+    "target",
+    "target_prob",
+    "target_rank",
+    "top1",
+    "top5",
+    "top10",
+    "top_tokens",
+    "target_logprob",
+    "continuation",
+)
 
 
 def extra_columns(run: RunData) -> list[str]:
@@ -69,11 +83,13 @@ def write_parquet(run: RunData, path: Path) -> int:
     rows = table_rows(run)
     extras = extra_columns(run)
     optional = ("target_logprob", "continuation")
-    table = pa.table({
-        **{c: [r[c] for r in rows] for c in COLUMNS if c not in optional},
-        **{c: [r[c] if r[c] != "" else None for r in rows] for c in optional},
-        **{c: [r[c] if r[c] != "" else None for r in rows] for c in extras},  # float, null where absent
-    })  # fmt: skip
+    table = pa.table(
+        {
+            **{c: [r[c] for r in rows] for c in COLUMNS if c not in optional},
+            **{c: [r[c] if r[c] != "" else None for r in rows] for c in optional},
+            **{c: [r[c] if r[c] != "" else None for r in rows] for c in extras},  # float, null where absent
+        }
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return len(rows)

@@ -37,8 +37,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunLockedError(f"{run_dir} is being written by another run ({_holder(holder_file)}); "
-                             "wait for it to finish, stop it, or choose another --out") from None  # fmt: skip
+        raise RunLockedError(
+            f"{run_dir} is being written by another run ({_holder(holder_file)}); "
+            "wait for it to finish, stop it, or choose another --out"
+        ) from None
     try:
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         holder_file.write_text(json.dumps(holder) + "\n", encoding="utf-8")

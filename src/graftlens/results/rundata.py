@@ -37,8 +37,15 @@ class StoredConfig:
                 f"configuration {d.get('name')!r} was stored without its method kind (by an early graftlens): "
                 "rerun its recipe with --restart"
             )
-        return cls(d["name"], d["group"], d["model"], d["kind"], tuple(d.get("grafts", ())),
-                   dict(d.get("coords", {})), d.get("method") or None)  # fmt: skip
+        return cls(
+            d["name"],
+            d["group"],
+            d["model"],
+            d["kind"],
+            tuple(d.get("grafts", ())),
+            dict(d.get("coords", {})),
+            d.get("method") or None,
+        )
 
 
 @dataclass

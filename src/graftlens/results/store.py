@@ -49,8 +49,20 @@ _MIGRATIONS = {
     "target_logprob": "ALTER TABLE results ADD COLUMN target_logprob REAL",
     "continuation": "ALTER TABLE results ADD COLUMN continuation TEXT",
 }
-_COLUMNS = ("config", "example", "template", "direction", "prompt", "target", "target_prob", "target_rank", "top_tokens",
-            "extra", "target_logprob", "continuation")  # fmt: skip
+_COLUMNS = (
+    "config",
+    "example",
+    "template",
+    "direction",
+    "prompt",
+    "target",
+    "target_prob",
+    "target_rank",
+    "top_tokens",
+    "extra",
+    "target_logprob",
+    "continuation",
+)
 
 
 class DamagedStoreError(StoreError):
@@ -209,12 +221,24 @@ class ResultsStore:
             self._conn.executemany(
                 f"INSERT INTO results (run, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
                 [
-                    (run, r.config, r.example, r.template, r.direction, r.prompt, r.target, r.target_prob, r.target_rank,
-                     json.dumps(list(r.top_tokens)), json.dumps(dict(r.extra), sort_keys=True), r.target_logprob,
-                     r.continuation)
+                    (
+                        run,
+                        r.config,
+                        r.example,
+                        r.template,
+                        r.direction,
+                        r.prompt,
+                        r.target,
+                        r.target_prob,
+                        r.target_rank,
+                        json.dumps(list(r.top_tokens)),
+                        json.dumps(dict(r.extra), sort_keys=True),
+                        r.target_logprob,
+                        r.continuation,
+                    )
                     for r in rows
                 ],
-            )  # fmt: skip
+            )
 
     def rows(self, run: str) -> list[ResultRow]:
         """Every result of ``run``, in configuration order then example order of writing."""

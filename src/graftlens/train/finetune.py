@@ -133,8 +133,18 @@ def _finished_manifest(path: Path) -> dict | None:
 class _Run:
     """The state of one training run: model, optimizer, schedule, losses; saved and restored."""
 
-    def __init__(self, loaded: LoadedModel, base_print: str, data: FactDataset, texts: list, config: FinetuneConfig,
-                 name: str, work: Path, checkpoint_every_s: float, progress: ProgressFn | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        base_print: str,
+        data: FactDataset,
+        texts: list,
+        config: FinetuneConfig,
+        name: str,
+        work: Path,
+        checkpoint_every_s: float,
+        progress: ProgressFn | None,
+    ) -> None:
         self.loaded, self.data, self.config, self.name, self.work = loaded, data, config, name, work
         self.base_print = base_print
         self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
@@ -185,8 +195,12 @@ class _Run:
 
             adapter = self.loaded.adapter
             targets = sorted({s.path.rsplit(".", 1)[-1] for c in self.config.lora.components for s in adapter.sites(c, 0)})
-            lora = LoraConfig(r=self.config.lora.rank, lora_alpha=self.config.lora.alpha,
-                              lora_dropout=self.config.lora.dropout, target_modules=targets)  # fmt: skip
+            lora = LoraConfig(
+                r=self.config.lora.rank,
+                lora_alpha=self.config.lora.alpha,
+                lora_dropout=self.config.lora.dropout,
+                target_modules=targets,
+            )
             model = get_peft_model(model, lora)
         else:
             for p in model.parameters():
@@ -215,8 +229,14 @@ class _Run:
         tmp = self.work / (tensors + ".tmp")
         torch.save(self._tensor_state(), tmp)
         os.replace(tmp, self.work / tensors)
-        meta = {"name": self.name, "step": self.step, "losses": self.losses, "seconds": self.seconds,
-                "base_eval": self.base_eval, "tensors": tensors}  # fmt: skip
+        meta = {
+            "name": self.name,
+            "step": self.step,
+            "losses": self.losses,
+            "seconds": self.seconds,
+            "base_eval": self.base_eval,
+            "tensors": tensors,
+        }
         write_json_atomic(self.work / STATE, meta)
         for old in self.work.glob("state-*.pt*"):
             if old.name != tensors:
@@ -237,17 +257,17 @@ class _Run:
             raise FinetuneError(f"{path} is damaged ({e}); remove {self.work} to start over") from None
         if not isinstance(meta, dict) or meta.get("name") != self.name:
             owner = meta.get("name") if isinstance(meta, dict) else None
-            raise FinetuneError(
-                f"{self.work} holds the state of another run ({owner}); remove it or choose another output"
-            )
+            raise FinetuneError(f"{self.work} holds the state of another run ({owner}); remove it or choose another output")
         tensors = self.work / str(meta.get("tensors", ""))
         if tensors.parent != self.work or not tensors.is_file():
             raise FinetuneError(f"{path} names a tensor file that is not in {self.work}; remove the directory to start over")
         try:
             state = torch.load(tensors, map_location=self.device, weights_only=True)
         except Exception as e:  # the weights-only unpickler refuses anything but tensors and plain data
-            raise FinetuneError(f"{tensors} is not a graftlens training state ({type(e).__name__}); it was not run. "
-                                f"Remove {self.work} to start over") from None  # fmt: skip
+            raise FinetuneError(
+                f"{tensors} is not a graftlens training state ({type(e).__name__}); it was not run. "
+                f"Remove {self.work} to start over"
+            ) from None
         missing = self.model.load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys:
             raise FinetuneError(f"saved state in {self.work} does not fit the model: {missing.unexpected_keys[:3]}")
