@@ -46,12 +46,12 @@ class AblationSweep(Sweep):
 
 
 @register
-class ZeroAblation(Method):
+class ZeroAblation(Method[AblationSpec]):
     kind = "ablation"
     sweep = AblationSweep
     needs_depth = True  # one configuration per layer: expand needs the model's depth
 
-    def expand(self, sweep: AblationSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: AblationSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         assert n_layers is not None
         return [
             RunConfig(
@@ -66,13 +66,11 @@ class ZeroAblation(Method):
             for layer in range(n_layers)
         ]
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
-        assert isinstance(config.method, AblationSpec)
+    def check(self, config: RunConfig[AblationSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.positions]  # resolved on every prompt before anything is scored
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[AblationSpec], context: Context) -> LastLogits:
         model, spec = context.models[config.model], config.method
-        assert isinstance(spec, AblationSpec)
 
         def run(batch: PromptBatch) -> torch.Tensor:
             where = resolve_positions(spec.positions, batch.attention_mask, batch.spans)[..., None]  # [batch, pos, 1]

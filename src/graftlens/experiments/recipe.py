@@ -252,8 +252,7 @@ class Recipe(Strict):
             method = method_for(s.kind)
             if (method.needs_depth and n_layers is None) or (method.needs_heads and n_heads is None):
                 continue
-            sized = {"n_heads": n_heads} if method.needs_heads else {}
-            out.extend(method.expand(s, s.recipient or self.recipient, n_layers, **sized))
+            out.extend(method.expand(s, s.recipient or self.recipient, n_layers, n_heads))
         return out
 
     def content_hash(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -184,8 +184,11 @@ class Sweep(Strict):
         ``batch_size`` (the recipe's ``eval.batch_size``)."""
 
 
+SpecT = TypeVar("SpecT")
+
+
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Generic[SpecT]):
     """One configuration the runner scores: ``model`` runs the prompts with ``grafts`` applied,
     or with an activation-level ``method`` (knockout, lens, CMAP).
 
@@ -197,7 +200,9 @@ class RunConfig:
     model: str
     grafts: tuple[GraftSpec, ...] = ()
     coords: dict[str, str] = field(default_factory=dict, compare=False)
-    method: Strict | None = None
+    # The spec of an activation-level method (its kind's ``Method[SpecT]``); None for weight grafting
+    # and the plain model.
+    method: SpecT = None  # type: ignore[assignment]
     kind: str = "configs"
     # Configurations are scored phase by phase: a readout may read the stored results of earlier
     # phases (path patching picks a stage's receivers from the stage before it).

@@ -46,13 +46,15 @@ class CircuitCmapSweep(Sweep):
 
 
 @register
-class CircuitCrossModelPatching(Method):
+class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
     """Bars: accuracy with each group patched from the donor; the plain models as reference lines."""
 
     kind = "circuit_cmap"
     sweep = CircuitCmapSweep
 
-    def expand(self, sweep: CircuitCmapSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(
+        self, sweep: CircuitCmapSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
+    ) -> list[RunConfig]:
         sets = [[g] for g in sweep.groups] + ([list(sweep.groups)] if len(sweep.groups) > 1 else [])
         out = []
         for groups in sets:
@@ -62,9 +64,8 @@ class CircuitCrossModelPatching(Method):
             out.append(RunConfig(name, sweep.group, recipient, (), {"groups": label, "donor": sweep.donor}, spec, kind=self.kind))
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[CircuitCmapSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, CircuitCmapSpec)
         from graftlens.interventions.patching import check_same_shapes
 
         check_same_shapes(models[config.model], models[spec.donor])
@@ -75,9 +76,8 @@ class CircuitCrossModelPatching(Method):
             raise RecipeError(f"circuit {spec.circuit}: the groups {spec.groups} have no heads")
         return [circuit.group(g).positions for g in spec.groups]  # each group patched at the file's positions
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[CircuitCmapSpec], context: Context) -> LastLogits:
         spec = config.method
-        assert isinstance(spec, CircuitCmapSpec)
         from graftlens.interventions.patching import Patch, patched_logits
         from graftlens.interventions.points import Point
 

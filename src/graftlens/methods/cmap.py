@@ -91,13 +91,13 @@ class DonorActivations:
 
 
 @register
-class CrossModelPatching(Method):
+class CrossModelPatching(Method[CmapSpec]):
     """A heat map: patched points × (layers @ positions)."""
 
     kind = "cmap"
     sweep = CmapSweep
 
-    def expand(self, sweep: CmapSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: CmapSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         out = []
         for points in sweep.points:
             for layers in sweep.layers:
@@ -109,9 +109,8 @@ class CrossModelPatching(Method):
                     out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[CmapSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, CmapSpec)
         from graftlens.interventions.patching import check_same_shapes
 
         adapter = models[config.model].adapter
@@ -124,9 +123,8 @@ class CrossModelPatching(Method):
                 raise RecipeError(f"heads {bad} out of range for {point!r}")
         return [spec.positions]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[CmapSpec], context: Context) -> LastLogits:
         base, spec = context.models[config.model], config.method
-        assert isinstance(spec, CmapSpec)
         from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits
         from graftlens.methods.registry import unmodified_run
 

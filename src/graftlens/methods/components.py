@@ -27,7 +27,7 @@ class ComponentGrafting(GraftingMethod):
     kind = "components"
     sweep = ComponentSweep
 
-    def expand(self, sweep: ComponentSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: ComponentSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         return [
             RunConfig(
                 f"{comp} @ {layers_label(layers)}",

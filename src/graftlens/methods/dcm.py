@@ -85,13 +85,13 @@ def mask_key(layer: int, head: int) -> str:
 
 
 @register
-class DesiderataMasking(Method):
+class DesiderataMasking(Method[DcmSpec]):
     """Bars: each configuration's accuracy on each desideratum's prompts."""
 
     kind = "dcm"
     sweep = DcmSweep
 
-    def expand(self, sweep: DcmSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: DcmSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         out = []
         common = sweep.model_dump(
             include={"circuit", "boxes", "train_examples", "epochs", "lam", "lr", "batch_size", "init", "seed", "half"}
@@ -105,9 +105,8 @@ class DesiderataMasking(Method):
                 out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[DcmSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, DcmSpec)
         a = models[config.model].adapter
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
@@ -122,9 +121,8 @@ class DesiderataMasking(Method):
             raise RecipeError(f"circuit {spec.circuit}: group {spec.group!r} has no heads to mask")
         return [GROUP_POSITIONS[spec.group]]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[DcmSpec], context: Context) -> LastLogits:
         spec = config.method
-        assert isinstance(spec, DcmSpec)
         import torch
 
         from graftlens.eval.batching import pad_id_of

@@ -77,12 +77,12 @@ def _answer_group(group: str) -> str:
 
 
 @register
-class Enrichment(Method):
+class Enrichment(Method[EnrichmentSpec]):
     kind = "enrichment"
     sweep = EnrichmentSweep
     needs_depth = True
 
-    def expand(self, sweep: EnrichmentSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: EnrichmentSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         assert n_layers is not None
         read_layer = sweep.read_layer_of(n_layers)
         reads = ["subject", "last"] if sweep.answer else ["subject"]
@@ -117,13 +117,11 @@ class Enrichment(Method):
                 out += config(sublayer, start)
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
-        assert isinstance(config.method, EnrichmentSpec)
+    def check(self, config: RunConfig[EnrichmentSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.positions]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[EnrichmentSpec], context: Context) -> LastLogits:
         model, spec = context.models[config.model], config.method
-        assert isinstance(spec, EnrichmentSpec)
 
         def forward(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
             """``(hidden[batch, d_model] after the read layer at the subject's last token, logits[batch, vocab] at LT)``."""

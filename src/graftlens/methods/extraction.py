@@ -81,12 +81,12 @@ class ExtractionSweep(Sweep):
 
 
 @register
-class Extraction(Method):
+class Extraction(Method[ExtractionSpec]):
     kind = "extraction"
     sweep = ExtractionSweep
     needs_depth = True
 
-    def expand(self, sweep: ExtractionSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: ExtractionSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         assert n_layers is not None
         enrichment = sweep_layers(sweep, "enrichment_layers", n_layers)
         relation = sweep_layers(sweep, "relation_layers", n_layers)
@@ -122,14 +122,12 @@ class Extraction(Method):
                     )
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[ExtractionSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, ExtractionSpec)
         return [spec.position, spec.subject, spec.relation]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[ExtractionSpec], context: Context) -> LastLogits:
         model, spec = context.models[config.model], config.method
-        assert isinstance(spec, ExtractionSpec)
 
         def forward(batch: PromptBatch) -> dict[str, torch.Tensor]:
             """Every layer's attention and MLP output at ``position`` under the condition: name → ``[batch, d_model]``."""

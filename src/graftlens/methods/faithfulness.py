@@ -82,14 +82,13 @@ def boxes_of(batch: PromptBatch) -> int:
 
 
 @register
-class CircuitAblation(Method):
+class CircuitAblation(Method[CircuitSpec]):
     """The found circuit as a diagram of head groups; a table of accuracy and faithfulness."""
 
     kind = "circuit"
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[CircuitSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, CircuitSpec)
         if spec.circuit != "discovered":
             a = models[config.model].adapter
             circuit = load_circuit(spec.circuit)
@@ -97,9 +96,8 @@ class CircuitAblation(Method):
             return [g.positions for g in circuit.groups.values()]  # each group kept at the file's positions
         return list(GROUP_POSITIONS.values())
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[CircuitSpec], context: Context) -> LastLogits:
         spec = config.method
-        assert isinstance(spec, CircuitSpec)
         from graftlens.interventions.circuits import mean_ablated_logits
 
         model = context.models[config.model]

@@ -187,10 +187,10 @@ def _repeated(forced: ForcedTargets, times: int) -> ForcedTargets:
     )
 
 
-class GraftingMethod(Method):
+class GraftingMethod(Method[None]):
     """A method whose configurations are graft rules (or none: the model as it is)."""
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[None], models: Mapping[str, LoadedModel]) -> list[str]:
         """Every rule names real components and layers, and every donor has the recipient's
         architecture and the shapes of every tensor the rules graft (no copy is made)."""
         from graftlens.graft.donors import donor_weights
@@ -204,7 +204,7 @@ class GraftingMethod(Method):
             donor_weights(donor, models[donor], recipient.model, paths)
         return [g.positions for g in config.grafts]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[None], context: Context) -> LastLogits:
         from graftlens.graft.prefix import PrefixCaches
 
         model = context.models[config.model]

@@ -62,7 +62,7 @@ class HeadMappingSweep(Sweep):
 
 
 @register
-class HeadMappings(Method):
+class HeadMappings(Method[HeadMappingSpec]):
     kind = "head_mappings"
     sweep = HeadMappingSweep
     needs_depth = True
@@ -105,14 +105,12 @@ class HeadMappings(Method):
             ]
         return out
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[HeadMappingSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, HeadMappingSpec)
         return [spec.subject, spec.position]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[HeadMappingSpec], context: Context) -> LastLogits:
         model, spec = context.models[config.model], config.method
-        assert isinstance(spec, HeadMappingSpec)
 
         def events(batch: PromptBatch) -> torch.Tensor:
             """``[batch, len(layers), d_model]``: each layer's attention output at ``position``."""

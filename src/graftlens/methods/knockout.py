@@ -73,12 +73,12 @@ def knockout_table(run: RunData, configs: list[StoredConfig]) -> dict[tuple[str,
 
 
 @register
-class AttentionKnockout(Method):
+class AttentionKnockout(Method[KnockoutSpec]):
     kind = "knockout"
     sweep = KnockoutSweep
     needs_depth = True
 
-    def expand(self, sweep: KnockoutSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: KnockoutSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         assert n_layers is not None
         return [
             RunConfig(
@@ -94,14 +94,12 @@ class AttentionKnockout(Method):
             for centre in range(n_layers)
         ]
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[KnockoutSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, KnockoutSpec)
         return [spec.sources, spec.targets]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[KnockoutSpec], context: Context) -> LastLogits:
         spec = config.method
-        assert isinstance(spec, KnockoutSpec)
 
         from graftlens.interventions.knockout import knockout_logits
         from graftlens.methods.registry import unmodified_run

@@ -29,7 +29,9 @@ class LayerWindowGrafting(GraftingMethod):
     sweep = LayerWindowSweep
     needs_depth = True
 
-    def expand(self, sweep: LayerWindowSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(
+        self, sweep: LayerWindowSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
+    ) -> list[RunConfig]:
         assert n_layers is not None
         return [
             RunConfig(

@@ -48,12 +48,12 @@ class LensSweep(Sweep):
 
 
 @register
-class VocabularyProjection(Method):
+class VocabularyProjection(Method[LensSpec]):
     kind = "lens"
     sweep = LensSweep
     needs_depth = True
 
-    def expand(self, sweep: LensSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: LensSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         assert n_layers is not None
         return [
             RunConfig(
@@ -69,13 +69,11 @@ class VocabularyProjection(Method):
             for layer in range(n_layers)
         ]
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
-        assert isinstance(config.method, LensSpec)
+    def check(self, config: RunConfig[LensSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.position]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[LensSpec], context: Context) -> LastLogits:
         model, spec = context.models[config.model], config.method
-        assert isinstance(spec, LensSpec)
         point = f"{spec.point}.{spec.layer}"
         from graftlens.interventions.lens import point_logits
 

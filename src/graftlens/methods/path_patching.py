@@ -96,7 +96,7 @@ class CircuitSweep(Sweep):
 
 
 @register
-class PathPatching(Method):
+class PathPatching(Method[PathPatchSpec]):
     """One layer × head heat map per stage, the picked heads outlined."""
 
     kind = "path_patching"
@@ -104,17 +104,15 @@ class PathPatching(Method):
     needs_depth = True
     needs_heads = True
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[PathPatchSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
-        assert isinstance(spec, PathPatchSpec)
         a = models[config.model].adapter
         if not (0 <= spec.layer < a.n_layers and 0 <= spec.head < a.n_heads):
             raise RecipeError(f"sender {spec.layer}.{spec.head} out of range")
         return [GROUP_POSITIONS[spec.stage], "LT"]
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[PathPatchSpec], context: Context) -> LastLogits:
         spec = config.method
-        assert isinstance(spec, PathPatchSpec)
         from graftlens.eval.batching import pad_id_of
         from graftlens.interventions.path_patching import PreparedBatch, Receiver, prepared_bytes
 
@@ -215,7 +213,7 @@ def expand_circuit_sweep(sweep: CircuitSweep, recipient: str, n_layers: int, n_h
 
 
 @register
-class EntityTrackingCircuit(Method):
+class EntityTrackingCircuit(Method[None]):
     """The sweep that makes the path-patching and faithfulness configurations (it scores none itself)."""
 
     kind = "et_circuit"

@@ -35,7 +35,7 @@ class PositionGrafting(GraftingMethod):
     kind = "positions"
     sweep = PositionSweep
 
-    def expand(self, sweep: PositionSweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
+    def expand(self, sweep: PositionSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         return [
             RunConfig(
                 f"{sweep.label}: {s}" if sweep.label else s,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from graftlens.errors import GraftlensError, RecipeError
 from graftlens.methods.base import ModelShape, RunConfig, Sweep, check_fits
@@ -112,25 +112,33 @@ class Table:
     digits: int = 3
 
 
-class Method:
-    """One kind of experiment. Subclass it in a module of this package and decorate with :func:`register`."""
+SpecT = TypeVar("SpecT")
+
+
+class Method(Generic[SpecT]):
+    """One kind of experiment. Subclass it in a module of this package and decorate with :func:`register`.
+
+    A method is generic in the spec of its configurations (``class AttentionKnockout(Method[KnockoutSpec])``):
+    its ``check`` and ``readout`` receive ``RunConfig[KnockoutSpec]``, whose ``method`` is that spec
+    (the registry hands a configuration only to the method of its kind)."""
 
     kind: ClassVar[str]
     sweep: ClassVar[type[Sweep] | None] = None  # its part under `sweeps:` (None: configurations written out)
     needs_depth: ClassVar[bool] = False  # expansion needs the model's number of layers
-    needs_heads: ClassVar[bool] = False  # expansion also needs its heads per layer (``expand(..., n_heads=)``)
+    needs_heads: ClassVar[bool] = False  # expansion also needs its heads per layer (``n_heads``)
 
-    def expand(self, sweep: Sweep, recipient: str, n_layers: int | None) -> list[RunConfig]:
-        """The configurations of one sweep (``n_layers`` is None before the models are loaded;
-        a method that ``needs_depth`` is then not asked)."""
+    def expand(self, sweep: Sweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
+        """The configurations of one sweep. ``n_layers`` and ``n_heads`` (heads per layer) are the
+        recipient's, or None before the models are loaded: a method that ``needs_depth`` (or
+        ``needs_heads``) is then not asked."""
         raise NotImplementedError
 
-    def check(self, config: RunConfig, models: Mapping[str, LoadedModel]) -> list[str]:
+    def check(self, config: RunConfig[SpecT], models: Mapping[str, LoadedModel]) -> list[str]:
         """Raise a :class:`GraftlensError` if ``config`` does not fit the models; return the
         position selectors it uses, which are then resolved on every prompt."""
         raise NotImplementedError
 
-    def readout(self, config: RunConfig, context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[SpecT], context: Context) -> LastLogits:
         """``batch → logits[batch, vocab]`` at each prompt's last position."""
         raise NotImplementedError
 
