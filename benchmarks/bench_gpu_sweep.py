@@ -31,8 +31,8 @@ from graftlens.data.dataset import tokenize_test
 from graftlens.eval.batching import batches, pad_id_of
 from graftlens.eval.scoring import Readout
 from graftlens.experiments.setup import cached_dataset
-from graftlens.methods.base import GraftSpec, RunConfig
-from graftlens.methods.registry import Context, method_for
+from graftlens.methods.core.parts import GraftSpec, RunConfig
+from graftlens.methods.core.registry import Execution, method_for
 from graftlens.models.loading import as_loaded
 from graftlens.models.run import run_logits
 
@@ -95,10 +95,13 @@ def main() -> None:
     prompts = tokenize_test(dataset.test, tokenizer)[: args.max_prompts]
     work = [b.to(args.device) for b in batches(prompts, args.batch_size, pad_id_of(tokenizer))]
 
-    configs = [RunConfig("PRE", "positions", "base")]
-    configs += [RunConfig(p, "positions", "base", (GraftSpec(donor="ft", components="all", positions=p),)) for p in POSITION_SETS]
-    context = Context({"base": base, "ft": donor}, configs=configs, batches=work)
-    readouts = [method_for(c.kind).readout(c, context) for c in configs]
+    configs = [RunConfig(name="PRE", panel="positions", model="base")]
+    configs += [
+        RunConfig(name=p, panel="positions", model="base", grafts=(GraftSpec(donor="ft", components="all", positions=p),))
+        for p in POSITION_SETS
+    ]
+    execution = Execution({"base": base, "ft": donor}, configs=configs, batches=work)
+    readouts = [method_for(c.kind).readout(c, execution) for c in configs]
     sync()
     t0 = time.perf_counter()
     with torch.no_grad():

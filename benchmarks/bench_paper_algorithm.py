@@ -36,8 +36,8 @@ from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate
 from graftlens.eval.scoring import Readout
 from graftlens.graft.reference import site_owners
-from graftlens.methods.base import GraftSpec, RunConfig
-from graftlens.methods.registry import Context, method_for
+from graftlens.methods.core.parts import GraftSpec, RunConfig
+from graftlens.methods.core.registry import Execution, method_for
 from graftlens.models.prefix import cache_argument
 
 FIGURE2 = ["FE", "LT", "FE+LT", "(FE+LT)^C", "FE^C", "LT^C"]
@@ -102,9 +102,9 @@ def main() -> None:
         "sweeps": {},
     }
     for sweep, specs in sweeps.items():
-        configs = [RunConfig(f"c{i}", sweep, "base", (spec,)) for i, spec in enumerate(specs)]
-        context = Context({"base": base, "ft": donor}, configs=configs)
-        readouts = [method_for(c.kind).readout(c, context) for c in configs]
+        configs = [RunConfig(name=f"c{i}", panel=sweep, model="base", grafts=(spec,)) for i, spec in enumerate(specs)]
+        execution = Execution({"base": base, "ft": donor}, configs=configs)
+        readouts = [method_for(c.kind).readout(c, execution) for c in configs]
         t0 = time.perf_counter()
         with torch.no_grad():
             ours = [Readout.of(readout(batch)).logits for readout in readouts]  # [batch, vocab] each

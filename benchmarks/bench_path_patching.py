@@ -24,7 +24,7 @@ import torch
 
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
-from graftlens.interventions.path_patching import PathInputs, PreparedBatch, Receiver, first_touched_column, path_patched_run
+from graftlens.interventions.path_patching import PathInputs, PreparedBatch, Receiver, _path_patched_run, first_touched_column
 from graftlens.models import load_model
 from graftlens.models.prefix import run_prefix
 
@@ -52,15 +52,15 @@ def main() -> None:
             prepared = PreparedBatch(model, inputs, **kw)
             part = prepared.parts[0]
             cut = first_touched_column(inputs, position, receivers, position)
-            prefix = run_prefix(model, inputs.base_ids, inputs.masks[0], cut)
+            prefix = run_prefix(model, inputs.clean_ids, inputs.masks[0], cut)
             full_cache = PreparedBatch(model, inputs, share_prefix=False, **kw).parts[0]
-            caches = dict(base_cache=full_cache.base_cache, source_cache=full_cache.source_cache)
+            caches = dict(clean_cache=full_cache.clean_cache, corrupted_cache=full_cache.corrupted_cache)
 
             def full(sender):
-                return path_patched_run(model, inputs, sender, one_column=False, **caches, **kw)
+                return _path_patched_run(model, inputs, sender, one_column=False, **caches, **kw)
 
             def with_prefix(sender):
-                return path_patched_run(model, inputs, sender, one_column=False, prefix=prefix, **caches, **kw)
+                return _path_patched_run(model, inputs, sender, one_column=False, prefix=prefix, **caches, **kw)
 
             def shortcuts(sender):
                 return prepared.logits(sender)

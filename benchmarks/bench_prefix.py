@@ -29,7 +29,7 @@ from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate
 from graftlens.graft.engine import Grafter
 from graftlens.graft.prefix import PrefixCaches, continue_variants, variant_rules
-from graftlens.methods.grafting import grafted_last_logits
+from graftlens.methods.core.grafting import grafted_last_logits
 
 COMPONENTS = ["attn", "q", "k", "v", "o", "mlp", "o+mlp"]
 LAYERS = ["all", "half1", "half2", "quarter1", "quarter2", "quarter3", "quarter4"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import graftlens
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "zero_ablation.py"
+EXAMPLE = Path(__file__).parents[1] / "examples" / "ablation.py"
 
 SCRIPT = """
 import json, sys, torch
@@ -39,7 +39,7 @@ print(json.dumps({
 def test_one_new_module_adds_a_method(tmp_path, text_model_dir, graftlens_cache) -> None:
     package = tmp_path / "src" / "graftlens"
     shutil.copytree(Path(graftlens.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(EXAMPLE, package / "methods" / "zero_ablation.py")
+    shutil.copy(EXAMPLE, package / "methods" / "ablation.py")
     recipe = tmp_path / "ablate.yaml"
     recipe.write_text(
         textwrap.dedent(
@@ -54,7 +54,7 @@ def test_one_new_module_adds_a_method(tmp_path, text_model_dir, graftlens_cache)
               - {{name: clean, model: pre}}
             sweeps:
               - {{kind: ablation, point: mlp_out, positions: subject}}
-              - {{kind: ablation, point: attn_out, positions: "all^C", group: nothing}}
+              - {{kind: ablation, point: attn_out, positions: "all^C", panel: nothing}}
             """
         )
     )
@@ -82,3 +82,20 @@ def test_the_installed_package_lacks_the_example() -> None:
     from graftlens.methods import methods
 
     assert "ablation" not in {m.kind for m in methods()}
+
+
+def test_each_method_module_registers_one_kind_named_after_it() -> None:
+    """methods/ holds one module per kind, named after it; shared helpers live in methods/core."""
+    import pkgutil
+
+    import graftlens.methods as package
+    from graftlens.methods import methods
+
+    by_module: dict[str, list[str]] = {}
+    for m in methods():
+        by_module.setdefault(type(m).__module__, []).append(m.kind)
+    modules = [info.name for info in pkgutil.iter_modules(package.__path__) if not info.ispkg]
+    assert sorted(modules) == sorted(name.rsplit(".", 1)[1] for name in by_module)
+    for module, kinds in by_module.items():
+        assert kinds == [module.rsplit(".", 1)[1]], f"{module} registers {kinds}"
+    assert not [m for m in by_module if m.startswith("graftlens.methods.core")]

@@ -90,7 +90,7 @@ def attribute_run(tmp_path_factory, text_model_dir, graftlens_cache):
             configs:
               - {{name: clean, model: pre}}
             sweeps:
-              - {{kind: lens, points: [resid_post], position: subject, group: subject position}}
+              - {{kind: lens, points: [resid_post], position: subject, panel: subject position}}
             """
         )
     )

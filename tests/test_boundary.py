@@ -85,7 +85,7 @@ WRONG_CALLS = [
     (
         "cross_model_patched_logits",
         lambda: graftlens.cross_model_patched_logits(None, {}, IDS, None, {}),
-        "base must be a LoadedModel",
+        "recipient must be a LoadedModel",
     ),
     (
         "cmap_sweep",
@@ -95,7 +95,7 @@ WRONG_CALLS = [
     ("graft_sweep", lambda: graftlens.graft_sweep(MODEL, {}, {}, IDS, MASK[:1]), "attention_mask [1, 4] must have the shape"),
     ("grafted_forward", lambda: graftlens.grafted_forward(MODEL, {}, [], IDS.bool()), "input_ids must hold integer token ids"),
     ("grafted_generate", lambda: graftlens.grafted_generate(MODEL, {}, [], IDS, MASK, [{}], 1), "spans has 1 entries"),
-    ("grafting", lambda: _enter(graftlens.grafting([MODEL], {}, [])), "base must be a LoadedModel"),
+    ("grafting", lambda: _enter(graftlens.grafting([MODEL], {}, [])), "recipient must be a LoadedModel"),
     (
         "head_mapping_vectors",
         lambda: graftlens.head_mapping_vectors(MODEL, IDS - 10, None, [0], "LT"),
@@ -124,12 +124,12 @@ WRONG_CALLS = [
     (
         "path_patched_logits",
         lambda: graftlens.path_patched_logits(MODEL, PathInputs(IDS + 500, IDS), None),
-        "inputs.base_ids holds token id 512",
+        "inputs.clean_ids holds token id 512",
     ),
     (
         "path_patched_logits",
-        lambda: graftlens.path_patched_logits(MODEL, PathInputs(IDS, IDS, source_mask=MASK * 3), None),
-        "inputs.source_mask must hold only 0",
+        lambda: graftlens.path_patched_logits(MODEL, PathInputs(IDS, IDS, corrupted_mask=MASK * 3), None),
+        "inputs.corrupted_mask must hold only 0",
     ),
     ("cancel_sublayers", lambda: _enter(graftlens.cancel_sublayers(object(), "mlp", [0])), "model must be a LoadedModel"),
     ("sublayer_means", lambda: graftlens.sublayer_means(None, [], "mlp", [0]), "model must be a LoadedModel"),
@@ -153,7 +153,7 @@ def test_every_public_entry_point_taking_a_model_is_in_the_table():
         n
         for n in graftlens.__all__
         if inspect.isfunction(getattr(graftlens, n))
-        and {"model", "base", "recipient"} & set(inspect.signature(getattr(graftlens, n)).parameters)
+        and {"model", "recipient"} & set(inspect.signature(getattr(graftlens, n)).parameters)
     }
     assert taking == {name for name, _, _ in WRONG_CALLS}
 

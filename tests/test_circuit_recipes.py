@@ -19,7 +19,7 @@ from graftlens.eval.batching import collate, pad_id_of
 from graftlens.experiments import load_recipe, run_recipe
 from graftlens.interventions.circuits import Circuit
 from graftlens.interventions.path_patching import PathInputs, path_patching
-from graftlens.methods.circuits import stage_config_name
+from graftlens.methods.core.circuits import stage_config_name
 from graftlens.models import load_model
 from graftlens.results import load_run
 
@@ -51,7 +51,7 @@ def _circuit_recipe(path: Path, model_dir: str, extra: str = "") -> Path:
           - {{name: clean, model: pre}}
         sweeps:
           - kind: et_circuit
-            clean: clean
+            plain: clean
             sizes: {{value_fetchers: 3, position_transmitters: 2, position_detectors: 2, structure_readers: 1}}
             random: 2
             mean_prompts: 8
@@ -95,7 +95,7 @@ def test_stored_value_fetcher_scores_agree_with_the_library(circuit_run, et_mode
 def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
     """Each stage's receivers are the heads the stage before picked, read at the sender's column."""
     from graftlens.interventions.path_patching import Receiver
-    from graftlens.methods.circuits import discovered_circuit
+    from graftlens.methods.core.circuits import discovered_circuit
 
     run = load_run(circuit_run)
     by_config = run.by_config
@@ -105,7 +105,7 @@ def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
     def results(names):
         return {n: {r.example: r.target_prob for r in by_config[n]} for n in names}
 
-    from graftlens.methods.circuits import GroupSizes
+    from graftlens.methods.core.circuits import GroupSizes
 
     sizes = GroupSizes(value_fetchers=3, position_transmitters=2, position_detectors=2, structure_readers=1)
     circuit = discovered_circuit(results, "clean", sizes, 4, 4, upto=3)
@@ -135,7 +135,7 @@ def test_report_writes_the_circuit_heat_maps_and_faithfulness(circuit_run):
     assert [len(g.heads) for g in circuit.groups.values()][1:] == [2, 2, 1]
     assert not set(circuit.groups["value_fetchers"].heads) & set(circuit.groups["position_transmitters"].heads)
     figures = sorted(p.name for p in (circuit_run / "figures").glob("*.png"))
-    assert sum("path-patching" in f for f in figures) == 4 and any("faithfulness" in f for f in figures)
+    assert sum("path-patching" in f for f in figures) == 4 and any(f.endswith("-circuit.png") for f in figures)
     html = (circuit_run / "report.html").read_text()
     assert "faithfulness (÷ full model)" in html and "random circuits (mean of 2)" in html
     assert "path patching value_fetchers 0.0" not in html  # hundreds of heads: heat maps, not summary rows
@@ -154,10 +154,10 @@ def test_circuit_run_resumes_to_the_same_rows(tmp_path, et_model_dir, circuit_ru
 
 
 def test_circuit_recipe_errors(tmp_path, et_model_dir):
-    bad = _circuit_recipe(tmp_path / "a.yaml", et_model_dir).read_text().replace("clean: clean\n", "clean: nothing\n")
+    bad = _circuit_recipe(tmp_path / "a.yaml", et_model_dir).read_text().replace("plain: clean\n", "plain: nothing\n")
     (tmp_path / "a.yaml").write_text(bad)
     result = runner.invoke(app, ["run", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "o")])
-    assert result.exit_code != 0 and "clean 'nothing' must name a configuration without grafts" in result.output
+    assert result.exit_code != 0 and "plain 'nothing' must name a configuration without grafts" in result.output
     bad = _circuit_recipe(tmp_path / "c.yaml", et_model_dir).read_text().replace("seed: 0}", "seed: 0, pairs: [object]}")
     (tmp_path / "c.yaml").write_text(bad)
     result = runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")])
@@ -208,9 +208,9 @@ def circuit_file(circuit_run) -> Path:
 
 def test_circuit_cmap_of_a_model_into_itself_changes_nothing(tmp_path, et_model_dir, other_dir, circuit_file):
     sweeps = """\
-        - {kind: circuit_cmap, donor: pre, circuit: CIRCUIT, group: self}
+        - {kind: circuit_cmap, donor: pre, circuit: CIRCUIT, panel: self}
         - {kind: circuit_cmap, donor: other, circuit: CIRCUIT}
-        - {kind: circuit_cmap, donor: pre, recipient: other, circuit: CIRCUIT, group: reverse}
+        - {kind: circuit_cmap, donor: pre, recipient: other, circuit: CIRCUIT, panel: reverse}
         """
     recipe = _later_recipe(tmp_path / "cmap.yaml", et_model_dir, other_dir, circuit_file, sweeps)
     result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
@@ -230,7 +230,7 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
     from graftlens.interventions.masks import DesideratumBatch, masked_patch_logits
 
     sweeps = """\
-        - {kind: dcm, circuit: CIRCUIT, groups: [value_fetchers, position_detectors], desiderata: [position, object],
+        - {kind: dcm, circuit: CIRCUIT, head_groups: [value_fetchers, position_detectors], desiderata: [position, object],
            boxes: 3, train_examples: 8, epochs: 2, batch_size: 4}
         """
     recipe = _later_recipe(tmp_path / "dcm.yaml", et_model_dir, other_dir, circuit_file, sweeps, "[position, object]")
@@ -263,7 +263,7 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda s: s.replace("groups: [value_fetchers]", "groups: [movers]"), "groups.0"),
+        (lambda s: s.replace("head_groups: [value_fetchers]", "head_groups: [movers]"), "head_groups.0"),
         (lambda s: s.replace("WHERE", "nowhere.json"), "circuit file"),
         (lambda s: s.replace("WHERE", "shipped:nothing"), "no shipped circuit 'shipped:nothing'"),
         (lambda s: s.replace("WHERE", "BAD_HEADS"), "heads [(2, 9)] out of range"),
@@ -273,7 +273,7 @@ def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tm
 def test_circuit_method_errors_name_the_problem(tmp_path, et_model_dir, other_dir, edit, message):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"groups": {"value_fetchers": {"positions": "LT", "heads": [[2, 9]]}}}))
-    sweeps = "- {kind: dcm, circuit: WHERE, groups: [value_fetchers], desiderata: [position]}\n"
+    sweeps = "- {kind: dcm, circuit: WHERE, head_groups: [value_fetchers], desiderata: [position]}\n"
     recipe = _later_recipe(tmp_path / "r.yaml", et_model_dir, other_dir, Path("unused"), sweeps, "[position]")
     recipe.write_text(edit(recipe.read_text()).replace("BAD_HEADS", str(bad)))
     result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "o")])
@@ -337,7 +337,7 @@ def test_task_datasets_are_seeded_and_disjoint_from_the_scored_vocabulary():
 
 
 def test_shipped_entity_tracking_recipes_and_circuit():
-    from graftlens.methods.circuits import GROUPS, load_circuit
+    from graftlens.methods.core.circuits import GROUPS, load_circuit
 
     circuit = load_circuit("shipped:smollm2-135m-et")
     assert list(circuit.groups) == list(GROUPS)

@@ -21,9 +21,9 @@ from graftlens.interventions.path_patching import (
     PathInputs,
     PathPatchingError,
     Receiver,
+    _path_patched_run,
     head_outputs,
     path_patched_logits,
-    path_patched_run,
     path_patching,
     top_heads,
 )
@@ -44,7 +44,7 @@ def _inputs(seed: int = 0, batch: int = 3, length: int = 7) -> PathInputs:
 def test_no_sender_is_the_base_run(family):
     model = make_tiny_model(family)
     inputs = _inputs()
-    base, _ = head_outputs(model, inputs.base_ids, None)
+    base, _ = head_outputs(model, inputs.clean_ids, None)
     for receivers in ("logits", [Receiver("q", 2, 1), Receiver("v", 3, 0)]):
         with torch.no_grad():
             out = path_patched_logits(model, inputs, None, receivers=receivers)
@@ -54,12 +54,12 @@ def test_no_sender_is_the_base_run(family):
 def test_everything_as_receiver_is_activation_patching_of_the_head(family):
     model = make_tiny_model(family)
     inputs = _inputs(1)
-    _, source = head_outputs(model, inputs.source_ids, None)
+    _, source = head_outputs(model, inputs.corrupted_ids, None)
     for layer, head in [(0, 0), (2, 3)]:
         with torch.no_grad():
             out = path_patched_logits(model, inputs, (layer, head), receivers="everything", sender_positions="LT")
             patch = Patch(Point("z", layer), source[Point("z", layer)], "LT", (head,))
-            expected = patched_logits(model, inputs.base_ids, None, [patch], last_only=True)[:, -1]
+            expected = patched_logits(model, inputs.clean_ids, None, [patch], last_only=True)[:, -1]
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
         assert not torch.allclose(out, path_patched_logits(model, inputs, None))  # the patch did something
 
@@ -67,7 +67,7 @@ def test_everything_as_receiver_is_activation_patching_of_the_head(family):
 def test_a_receiver_before_the_sender_receives_nothing(family):
     model = make_tiny_model(family)
     inputs = _inputs(2)
-    base, _ = head_outputs(model, inputs.base_ids, None)
+    base, _ = head_outputs(model, inputs.clean_ids, None)
     with torch.no_grad():
         unreached = path_patched_logits(model, inputs, (2, 1), receivers=[Receiver("q", 1, 0), Receiver("k", 2, 0)])
         reached = path_patched_logits(model, inputs, (1, 1), receivers=[Receiver("q", 3, 0)])
@@ -85,7 +85,7 @@ def test_path_patching_errors_name_the_culprit():
     with pytest.raises(PathPatchingError, match=r"receiver k\.1\.3: head 3 out of range"):  # 2 KV heads
         path_patched_logits(model, inputs, (0, 0), receivers=[Receiver("k", 1, 3)])
     with pytest.raises(PathPatchingError, match="one row each"):
-        PathInputs(inputs.base_ids, inputs.source_ids[:2])
+        PathInputs(inputs.clean_ids, inputs.corrupted_ids[:2])
 
 
 def _two_head_model(sender=(0, 2), receiver=(1, 1)) -> torch.nn.Module:
@@ -121,7 +121,7 @@ def test_search_recovers_a_hand_built_two_head_circuit():
     sender, receiver = (0, 2), (1, 1)
     model = _two_head_model(sender, receiver)
     inputs = _inputs(4, batch=6)
-    targets = head_outputs(model, inputs.base_ids, None)[0].argmax(-1)
+    targets = head_outputs(model, inputs.clean_ids, None)[0].argmax(-1)
     direct = path_patching(model, inputs, targets, receivers="logits")
     # (a shared prefix leaves float rounding of ~1e-8 on heads without effect)
     assert {h for h in top_heads(direct.scores.abs(), 8, largest=True) if abs(direct.scores[h]) > 1e-6} == {sender, receiver}
@@ -324,7 +324,7 @@ def _padded_pairs(g: torch.Generator, width: int, padded_row: int, padding: int,
 
 
 def test_a_shared_prefix_gives_the_full_path_patching(family):
-    from graftlens.interventions.path_patching import first_touched_column
+    from graftlens.interventions.path_patching import PreparedBatch, first_touched_column, target_probs
 
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(8)
@@ -338,8 +338,11 @@ def test_a_shared_prefix_gives_the_full_path_patching(family):
         assert first_touched_column(inputs, positions, receivers, receiver_positions) > 0
         kw = dict(sender_positions=positions, receivers=receivers, receiver_positions=receiver_positions)
         shared = path_patching(model, inputs, targets, senders=[(0, 1), (1, 3), (2, 0)], **kw)
-        full = path_patching(model, inputs, targets, senders=[(0, 1), (1, 3), (2, 0)], share_prefix=False, **kw)
-        torch.testing.assert_close(shared.scores, full.scores, rtol=1e-4, atol=1e-5)
+        unshared = PreparedBatch(model, inputs, share_prefix=False, **kw)
+        full_prob = target_probs(unshared.clean_logits, targets)
+        for layer, head in [(0, 1), (1, 3), (2, 0)]:
+            p = target_probs(unshared.logits((layer, head)), targets)
+            torch.testing.assert_close(shared.scores[layer, head], ((p - full_prob) / full_prob).mean(), rtol=1e-4, atol=1e-5)
         assert shared.scores.abs().sum() > 0
 
 
@@ -357,25 +360,25 @@ def test_the_one_column_sender_run_gives_the_full_sender_run(family):
             for sender in [(0, 1), (2, 3)]:
                 kw = dict(sender_positions=positions, receivers=receivers, receiver_positions=receiver_positions)
                 one = path_patched_logits(model, inputs, sender, **kw)
-                full = path_patched_run(model, inputs, sender, one_column=False, **kw)
+                full = _path_patched_run(model, inputs, sender, one_column=False, **kw)
                 torch.testing.assert_close(one, full, rtol=1e-4, atol=1e-5)
                 assert not torch.allclose(full, path_patched_logits(model, inputs, None, **kw))
 
 
 def test_masked_patching_over_a_shared_prefix_gives_the_full_pass_and_its_gradient(family):
-    from graftlens.interventions.masks import _prepare, masked_patch_logits
+    from graftlens.interventions.masks import _masked_patch_logits, _prepare
 
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(12)
     batch = DesideratumBatch(_padded_pairs(g, 8, padded_row=2, padding=2, queries=(5, 6, 4)), torch.tensor([5, 6, 7]))
     heads = [(1, 0), (2, 3), (3, 1)]
-    source_cache, prefix = _prepare(as_loaded(model), batch, "query")
+    corrupted_cache, prefix = _prepare(as_loaded(model), batch, "query")
     assert prefix is not None
     grads = []
     for shared in (True, False):
         m = torch.full((3,), 0.7, requires_grad=True)
-        kw = dict(source_cache=source_cache, prefix=prefix) if shared else {}
-        out = masked_patch_logits(model, batch, heads, m, "query", grad=True, **kw)
+        kw = dict(corrupted_cache=corrupted_cache, prefix=prefix) if shared else {}
+        out = _masked_patch_logits(model, batch, heads, m, "query", grad=True, **kw)
         out.logsumexp(-1).sum().backward()
         grads.append((out.detach(), m.grad.clone()))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)

@@ -10,12 +10,10 @@ import torch
 from conftest import make_tiny_model
 from graftlens.interventions import attention_knockout, capture
 from graftlens.interventions.continuation import CachedRun
-from graftlens.interventions.knockout import knockout_logits
 from graftlens.interventions.patching import (
     Patch,
     activation_patching,
     activation_patching_loop,
-    continued_patched_logits,
     cross_model_patched_logits,
     run_with_cache,
 )
@@ -67,14 +65,15 @@ def test_a_kept_run_continued_from_anywhere_is_the_full_pass(family: str) -> Non
         ("v", "head"),
     ],
 )
-def test_fast_activation_patching_is_the_loop(family: str, point: str, by: str) -> None:
+def test_fast_activation_patching_is_the_loop(family: str, point: str, by: str, monkeypatch) -> None:
     model = as_loaded(make_tiny_model(family))
     clean, mask = _batch()
     corrupted = clean.clone()
     corrupted[:, 3] = (clean[:, 3] + 7) % 90 + 3
     targets = torch.tensor([5, 9, 11])
     # A small pass forces the heads of a layer into several chunks of variants.
-    fast = activation_patching(model, clean, corrupted, targets, point, mask, by=by, tokens_per_pass=3 * SEQ * 3)
+    monkeypatch.setattr("graftlens.interventions.patching.TOKENS_PER_PASS", 3 * SEQ * 3)
+    fast = activation_patching(model, clean, corrupted, targets, point, mask, by=by)
     loop = activation_patching_loop(model, clean, corrupted, targets, point, mask, by=by)
     torch.testing.assert_close(fast.scores, loop.scores, atol=1e-7, rtol=1e-5)
     assert fast.corrupted == pytest.approx(loop.corrupted, abs=1e-7) and fast.clean == pytest.approx(loop.clean, abs=1e-7)
@@ -98,8 +97,8 @@ def test_fast_knockout_is_the_full_knockout(family: str) -> None:
         for sources, targets in (("subject", "LT"), ("(subject+LT)^C", "LT"), ("LT", "LT"), ("0", "subject")):
             with attention_knockout(model, layers, sources=sources, targets=targets, spans=SPANS):
                 full = run_logits(model, ids, mask, last_only=True)[:, -1]
-            torch.testing.assert_close(knockout_logits(run, layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5)
-    assert torch.equal(knockout_logits(run, [1], "all^C", "LT", spans=SPANS), run.logits)  # nothing blocked: bit for bit
+            torch.testing.assert_close(run.knocked_out(layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5)
+    assert torch.equal(run.knocked_out([1], "all^C", "LT", spans=SPANS), run.logits)  # nothing blocked: bit for bit
 
 
 def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
@@ -119,7 +118,7 @@ def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
         patches = [
             Patch(parse_point(p), cache[p], positions, None if per_point[p] is None else tuple(per_point[p])) for p in points
         ]
-        torch.testing.assert_close(continued_patched_logits(run, patches, SPANS), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.patched(patches, SPANS), full, atol=1e-5, rtol=1e-5)
 
 
 def test_hooks_inside_a_continuation_see_only_the_continued_columns() -> None:

@@ -9,7 +9,7 @@ from graftlens.data.dataset import tokenize_test
 from graftlens.eval import evaluate, pad_id_of, score_logits, target_logprob
 from graftlens.eval.batching import batches
 from graftlens.graft import Graft
-from graftlens.methods.grafting import grafted_last_logits
+from graftlens.methods.core.grafting import grafted_last_logits
 from graftlens.models.loading import as_loaded
 
 

@@ -60,7 +60,7 @@ def recipe_text(model_dir: str, data_dir: Path, name: str = "tiny", extra_sweeps
           - {{kind: positions, donor: sft, sets: {POSITION_SETS}}}
           - {{kind: components, donor: sft, positions: LT, components: [attn, o+mlp], layers: [all, half2]}}
           - {{kind: layer_window, donor: sft, components: [mlp], window: 3}}
-          - {{kind: positions, donor: pre, recipient: sft, group: reverse, label: sft ← pre, sets: [FE, LT]}}
+          - {{kind: positions, donor: pre, recipient: sft, panel: reverse, label: sft ← pre, sets: [FE, LT]}}
         """
         )
         + extra_sweeps

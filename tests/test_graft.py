@@ -367,10 +367,10 @@ def test_unknown_donor_is_named() -> None:
 def test_donor_of_another_architecture_is_named(tmp_path) -> None:
     base, other = make_tiny_model("llama", 0), make_tiny_model("gpt2", 0)
     ids, mask = batch(0)
-    with pytest.raises(DonorError, match="donor 'ft' is a gpt2 model, the base is llama"):
+    with pytest.raises(DonorError, match="donor 'ft' is a gpt2 model, the recipient is llama"):
         grafted_forward(base, {"ft": other}, [Graft("ft", "q")], ids, mask)
     other.save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(DonorError, match="donor 'ft' .* is a gpt2 model, the base is llama"):
+    with pytest.raises(DonorError, match="donor 'ft' .* is a gpt2 model, the recipient is llama"):
         grafted_forward(base, {"ft": tmp_path / "gpt2"}, [Graft("ft", "q")], ids, mask)
 
 
@@ -390,7 +390,7 @@ def test_donor_with_other_shapes_is_named() -> None:
     )
     ids, mask = batch(0)
     with pytest.raises(
-        DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the base has \[48, 32\]"
+        DonorError, match=r"tensor model.layers.0.mlp.up_proj.weight has shape \[64, 32\], the recipient has \[48, 32\]"
     ):
         grafted_forward(base, {"ft": wide}, [Graft("ft", "up", 0)], ids, mask)
 
@@ -493,7 +493,7 @@ def test_shared_prefixes_give_the_full_pass_for_every_configuration(family: str)
     from graftlens.data.prompts import TokenizedPrompt
     from graftlens.eval.batching import collate
     from graftlens.graft.prefix import PrefixCaches
-    from graftlens.methods.grafting import grafted_last_logits
+    from graftlens.methods.core.grafting import grafted_last_logits
 
     base, donor = make_tiny_model(family, 0), make_tiny_model(family, 1)
     g = torch.Generator().manual_seed(3)
@@ -536,9 +536,10 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
     Complements (claiming column 0) and the unembedding grafted before the last column go alone."""
     from graftlens.data.prompts import TokenizedPrompt
     from graftlens.eval.batching import collate
-    from graftlens.methods.base import GraftSpec, RunConfig
-    from graftlens.methods.grafting import grafted_last_logits
-    from graftlens.methods.registry import Context, method_for
+    from graftlens.methods.core.execution import Execution, Measures
+    from graftlens.methods.core.grafting import grafted_last_logits
+    from graftlens.methods.core.parts import GraftSpec, RunConfig
+    from graftlens.methods.core.registry import method_for
     from graftlens.models import prefix
     from graftlens.models.loading import as_loaded
 
@@ -570,12 +571,14 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
         ("lm_head", "all", "FE+LT"),
     ]
     configs = [
-        RunConfig(f"c{i}", "g", "base", (GraftSpec(donor="ft", components=c, layers=layers, positions=p),))
+        RunConfig(
+            name=f"c{i}", panel="g", model="base", grafts=(GraftSpec(donor="ft", components=c, layers=layers, positions=p),)
+        )
         for i, (c, layers, p) in enumerate(specs)
     ]
-    configs.append(RunConfig("plain", "g", "base"))
-    context = Context({"base": base, "ft": donor}, configs=configs, target_logprob=True, generate=3)
-    readouts = [method_for(c.kind).readout(c, context) for c in configs]
+    configs.append(RunConfig(name="plain", panel="g", model="base"))
+    execution = Execution({"base": base, "ft": donor}, configs=configs, measures=Measures(target_logprob=True, generate=3))
+    readouts = [method_for(c.kind).readout(c, execution) for c in configs]
     for config, readout in zip(configs, readouts):
         donors = {"ft": donor} if config.grafts else {}
         full = grafted_last_logits(base, donors, config.rules(), target_logprob=True)(batch)
@@ -584,7 +587,7 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
         torch.testing.assert_close(got.target_logprob, full.target_logprob, rtol=1e-5, atol=1e-5)
         said = grafted_generate(base, donors, config.rules(), batch.input_ids, batch.attention_mask, batch.spans, 3)
         assert torch.equal(got.continuation, said), config.name
-    assert context._batch_state["grafted variants"][1][0] == 1  # the last shared pass: the FE configurations, from column 1
+    assert execution._batch_state["grafted variants"][1][0] == 1  # the last shared pass: the FE configurations, from column 1
 
 
 def test_bounded_store_drops_the_least_recently_used_but_never_the_newest() -> None:

@@ -93,29 +93,29 @@ def test_cmap_with_the_base_as_donor_changes_nothing(family):
     n = as_loaded_model(base).adapter.n_layers
     ids = _inputs()
     points = [Point(name, layer) for name in ("z", "q", "k", "v") for layer in range(n)]
-    _, donor_cache = run_with_cache(base, ids, None, points)
+    _, donor_activations = run_with_cache(base, ids, None, points)
     heads = {p: None for p in points}
-    assert torch.equal(cross_model_patched_logits(base, donor_cache, ids, None, heads), run_logits(base, ids))
+    assert torch.equal(cross_model_patched_logits(base, donor_activations, ids, None, heads), run_logits(base, ids))
 
 
 def test_cmap_patches_only_the_chosen_heads_and_positions():
     base, donor = make_tiny_model("llama", seed=0), make_tiny_model("llama", seed=1)
     ids = _inputs()
     where = "2"  # prompt position 2 of every example
-    _, donor_cache = run_with_cache(donor, ids, None, ["z.1"])
+    _, donor_activations = run_with_cache(donor, ids, None, ["z.1"])
     with capture(base, ["z.1"]) as patched:
-        cross_model_patched_logits(base, donor_cache, ids, None, {"z.1": [3]}, where)
+        cross_model_patched_logits(base, donor_activations, ids, None, {"z.1": [3]}, where)
     _, base_cache = run_with_cache(base, ids, None, ["z.1"])
-    got, want_base, want_donor = patched["z.1"], base_cache["z.1"], donor_cache["z.1"]
+    got, want_base, want_donor = patched["z.1"], base_cache["z.1"], donor_activations["z.1"]
     assert torch.equal(got[:, 2, 3], want_donor[:, 2, 3])
     keep = torch.ones_like(got, dtype=torch.bool)
     keep[:, 2, 3] = False
     assert torch.equal(got[keep], want_base[keep])
     assert not torch.equal(want_base[:, 2, 3], want_donor[:, 2, 3])
     with pytest.raises(PatchError, match="heads \\[7\\] out of range"):
-        cross_model_patched_logits(base, donor_cache, ids, None, {"z.1": [7]}, where)
+        cross_model_patched_logits(base, donor_activations, ids, None, {"z.1": [7]}, where)
     with pytest.raises(PatchError, match="no z.2"):
-        cross_model_patched_logits(base, donor_cache, ids, None, {"z.2": None}, where)
+        cross_model_patched_logits(base, donor_activations, ids, None, {"z.2": None}, where)
 
 
 def _rotary(model, q, k, position_ids):

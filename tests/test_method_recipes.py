@@ -48,7 +48,7 @@ def known_run(tmp_path_factory, text_model_dir, graftlens_cache) -> Path:
             window: 3
             sources: {{subject: subject, non-subject: (subject+LT)^C, last: LT}}
           - {{kind: lens, points: [attn_out, mlp_out, resid_post], position: LT}}
-          - {{kind: lens, points: [resid_post], position: subject, group: attribute}}
+          - {{kind: lens, points: [resid_post], position: subject, panel: attribute}}
         """,
         d / "known.yaml",
     )
@@ -112,7 +112,7 @@ def test_cmap_through_the_runner(tmp_path, text_model_dir, donor_dir, small_fact
         configs:
           - {{name: PRE, model: pre}}
         sweeps:
-          - {{kind: cmap, donor: pre, points: [[z, q, k, v]], group: self}}
+          - {{kind: cmap, donor: pre, points: [[z, q, k, v]], panel: self}}
           - {{kind: cmap, donor: other, points: [[z], [v]], layers: [all, 1], positions: [all, LT]}}
         """,
         tmp_path / "cmap.yaml",

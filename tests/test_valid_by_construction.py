@@ -92,7 +92,7 @@ def test_numbers_beyond_the_model_are_refused_before_scoring(tmp_path, text_mode
 def test_circuit_sizes_beyond_the_heads_fail_before_the_first_stage(tmp_path, et_model_dir, graftlens_cache):
     """et-circuit, sizes.value_fetchers of 271 on a model of 270 heads scored a whole stage (82 s)
     before failing with an error that named no sweep or field."""
-    sweep = "{kind: et_circuit, clean: clean, sizes: {value_fetchers: 17}, random: 1, mean_prompts: 4}"
+    sweep = "{kind: et_circuit, plain: clean, sizes: {value_fetchers: 17}, random: 1, mean_prompts: 4}"
     path = _et_recipe(tmp_path / "r.yaml", et_model_dir, sweep)
     message = "sweeps[1] (et_circuit) sizes.value_fetchers: 17 heads are more than model 'pre' has (4 layers × 4 = 16)"
     _one_error_and_nothing_left(path, tmp_path / "run", message)
@@ -137,34 +137,34 @@ def _circuit(path: Path, positions: str, group: str = "value_fetchers") -> Path:
     [
         # et-dcm read a circuit file whose group positions was NOSPAN, and ignored it.
         (
-            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}",
+            "{kind: dcm, circuit: CIRCUIT, head_groups: [value_fetchers], desiderata: [position]}",
             "[position]",
             "NOSPAN",
             "group 'value_fetchers' has positions 'NOSPAN', but dcm works at each group's own positions",
         ),
         # ... or a valid selector other than the group's own: dcm works at the group's positions.
         (
-            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position]}",
+            "{kind: dcm, circuit: CIRCUIT, head_groups: [value_fetchers], desiderata: [position]}",
             "[position]",
             "query_box",
             "group 'value_fetchers' has positions 'query_box', but dcm works at each group's own positions",
         ),
         # circuit-cmap reads the field: a selector the prompts lack fails before scoring, not in the readout.
         (
-            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}",
+            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, head_groups: [value_fetchers]}",
             "[corrupted]",
             "subject",
             "has no span 'subject'",
         ),
         (
-            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, groups: [value_fetchers]}",
+            "{kind: circuit_cmap, donor: other, circuit: CIRCUIT, head_groups: [value_fetchers]}",
             "[corrupted]",
             "((",
             "group 'value_fetchers', positions '(('",
         ),
         # dcm trains on pairs of its own box count, made only in the readout: checked before scoring.
         (
-            "{kind: dcm, circuit: CIRCUIT, groups: [value_fetchers], desiderata: [position], boxes: 40}",
+            "{kind: dcm, circuit: CIRCUIT, head_groups: [value_fetchers], desiderata: [position], boxes: 40}",
             "[position]",
             "LT",
             "dcm boxes: the tokenizer has only",

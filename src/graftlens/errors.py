@@ -60,3 +60,8 @@ class UnknownComponentError(InterventionError):
 
 class LayerSelectionError(InterventionError):
     """A layer selection is malformed or out of range for the model."""
+
+
+class RenamedRecipeKey(FutureWarning):
+    """A recipe used a key graftlens has renamed: it is read with the meaning it had, and the CLI
+    prints one line naming the key to write instead."""

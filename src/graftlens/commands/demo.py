@@ -42,7 +42,7 @@ def run_demo(spec: str, console: Console, out: Path = DEMO_RUN_DIR, restart: boo
     command = "graftlens demo" + (f" --model {spec}" if spec != EMBEDDED_SPEC else "")
     report = execute(recipe, path, out, not restart, None, command)
     run = load_run(out)
-    console.print(results_table(run, groups=("configs", "positions")))
+    console.print(results_table(run, panels=("configs", "positions")))
     console.print(_by_direction(run))
     _show_example(console, run)
     console.print(f"report: [bold]{escape(str(report))}[/]  (figures in {escape(str(out / 'figures'))})")
@@ -58,7 +58,7 @@ def _by_direction(run: RunData) -> Table:
     for d in directions:
         table.add_column(d, justify="right")
     for c in run.configs:
-        if c.group in ("configs", "positions"):
+        if c.panel in ("configs", "positions"):
             table.add_row(escape(c.name), *(f"{table_data[(c.name, d)]['top5'].value:.2f}" for d in directions))
     return table
 

@@ -97,7 +97,7 @@ _SHORT_LABELS = {
 }
 
 
-def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None) -> Table:
+def results_table(run, max_rows: int = 24, panels: tuple[str, ...] | None = None) -> Table:
     """Top-1 and top-5 accuracy (and the run's own metric) of each configuration of a loaded run
     (bootstrap 95% CI), as a rich table."""
     from graftlens.methods import method_for
@@ -108,7 +108,7 @@ def results_table(run, max_rows: int = 24, groups: tuple[str, ...] | None = None
     table = Table(title=f"{run.recipe.get('name')}: all test prompts (95% CI)", title_justify="left")
     for col in ("configuration", "n", *(_SHORT_LABELS.get(m, m) for m in metrics)):
         table.add_column(col, justify="left" if col == "configuration" else "right")
-    configs = [c for c in listed if groups is None or c.group in groups]
+    configs = [c for c in listed if panels is None or c.panel in panels]
     for c in configs[:max_rows]:
         e = summary.get((c.name,))
         if e is not None:

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import sqlite3
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import GraftlensError, RenamedRecipeKey
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,6 +55,17 @@ def describe_os_error(exc: OSError) -> str:
     return f"{reason}:{where}" + (f" — {hint}" if hint else "")
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """A renamed recipe key is one yellow line; other warnings show as Python shows them."""
+    if issubclass(category, RenamedRecipeKey):
+        err_console.print(f"[yellow]note:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def friendly_errors(fn: F) -> F:
     """The CLI's one boundary for errors: every fault a user can cause or meet is one red line
     (exit 2), an interrupt says what was kept (exit 130), and anything else is reported as a bug
@@ -62,7 +74,10 @@ def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", RenamedRecipeKey)
+                warnings.showwarning = _show_notice
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except GraftlensError as exc:

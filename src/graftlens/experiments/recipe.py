@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -21,6 +22,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from graftlens.configfiles import Seed, read_yaml_mapping, validated
 from graftlens.data.facts import DIRECTIONS
 from graftlens.data.facts import KINDS as FACT_KINDS
+from graftlens.errors import RenamedRecipeKey
 from graftlens.methods import RecipeError, RunConfig, Strict, method_for, sweep_types
 from graftlens.methods.configs import ConfigSpec, WrittenConfigs
 from graftlens.train.config import FinetuneConfig
@@ -256,8 +258,20 @@ class Recipe(Strict):
         return out
 
     def content_hash(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """The run id: a hash of the recipe's content. Keys renamed since a recipe part was first
+        written (a sweep's ``panel`` was ``group``) are hashed under their first names, so that
+        renaming a word changes no run id."""
+        dump = self.model_dump(mode="json")
+        dump["configs"] = [_first_names(c, ConfigSpec) for c in dump["configs"]]
+        dump["sweeps"] = [_first_names(s, method_for(s["kind"]).sweep) for s in dump["sweeps"]]
+        text = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _first_names(part: dict, model: type[Strict] | None) -> dict:
+    """``part`` (a dumped recipe part) with each renamed key back under its first name."""
+    first = {new: old for old, new in (model.renamed if model is not None else {}).items()}
+    return {first.get(key, key): value for key, value in part.items()}
 
 
 def load_recipe(source: str | Path) -> tuple[Recipe, Path]:
@@ -279,7 +293,16 @@ def load_recipe(source: str | Path) -> tuple[Recipe, Path]:
             known = ", ".join(shipped_recipes())
             raise RecipeError(f"no recipe file {source!r} and no shipped recipe of that name; shipped: {known}")
         path = shipped
-    return validated(Recipe, read_yaml_mapping(path, "recipe"), "recipe", path), path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RenamedRecipeKey)
+        recipe = validated(Recipe, read_yaml_mapping(path, "recipe"), "recipe", path)
+    # A renamed key is one notice per recipe, however many sweeps use it.
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RenamedRecipeKey)):
+        warnings.warn(RenamedRecipeKey(f"{path.name}: {message}"), stacklevel=2)
+    for w in caught:
+        if not issubclass(w.category, RenamedRecipeKey):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return recipe, path
 
 
 def shipped_recipes() -> list[str]:

@@ -30,7 +30,7 @@ from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, 
 from graftlens.experiments.verify import run_tolerance
 from graftlens.fileio import write_json_atomic
 from graftlens.methods import RunConfig
-from graftlens.methods.base import check_sweeps_fit
+from graftlens.methods.core.parts import check_sweeps_fit
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
 from graftlens.results.lock import run_lock

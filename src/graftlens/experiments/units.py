@@ -18,8 +18,8 @@ from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
 from graftlens.experiments.recipe import EvalSpec
 from graftlens.fileio import merge_tensors_atomic
-from graftlens.methods import Context, RunConfig, method_for
-from graftlens.methods.registry import Keep
+from graftlens.methods import Execution, RunConfig, method_for
+from graftlens.methods.core.execution import Keep, Measures
 from graftlens.models import LoadedModel
 from graftlens.results.store import ResultRow, ResultsStore, StoreError
 
@@ -64,7 +64,7 @@ def plan_units(
 
 
 def run_dir_keeper(run_dir: Path | None) -> Keep | None:
-    """``Context.keep`` for a run directory: tensors a method keeps are merged into its files."""
+    """``Execution.keep`` for a run directory: tensors a method keeps are merged into its files."""
     if run_dir is None:
         return None
     return lambda name, tensors, metadata: merge_tensors_atomic(run_dir / name, tensors, metadata)
@@ -100,32 +100,25 @@ def run_scorer(
     results: Callable[[Sequence[str]], dict[str, dict[str, float]]],
     keep: Keep | None,
 ) -> UnitScorer:
-    """The scorer of a run's units, with the Context its configurations share: the one place a
+    """The scorer of a run's units, with the Execution its configurations share: the one place a
     recipe's ``eval`` settings become what readouts are asked for, wherever the run is scored."""
-    context = Context(
-        models,
-        results=results,
-        batches=work,
-        keep=keep,
-        configs=configs,
-        target_logprob=bool(asks and asks.target_logprob),
-        generate=asks.generate if asks else 0,
-    )
-    return UnitScorer(context, configs, recipient, attributes)
+    measures = Measures(target_logprob=bool(asks and asks.target_logprob), generate=asks.generate if asks else 0)
+    execution = Execution(models, configs=configs, batches=work, results=results, measures=measures, keep=keep)
+    return UnitScorer(execution, configs, recipient, attributes)
 
 
 class UnitScorer:
     """Scores a configuration on a batch into result rows; each configuration's readout is made
-    once, on first use, and kept (with what configurations share, in ``context``)."""
+    once, on first use, and kept (with what configurations share, in ``execution``)."""
 
     def __init__(
         self,
-        context: Context,
+        execution: Execution,
         configs: Sequence[RunConfig],
         recipient: LoadedModel,
         attributes: Mapping[str, frozenset[int]] | None = None,
     ) -> None:
-        self.context = context
+        self.execution = execution
         self.configs = {c.name: c for c in configs}
         self.tokenizer = recipient.tokenizer
         self.attributes = attributes  # prompt id → attribute token ids (eval.metric attribute_rate)
@@ -134,13 +127,13 @@ class UnitScorer:
     def rows(self, name: str, batch: PromptBatch) -> list[ResultRow]:
         config = self.configs[name]
         if name not in self._readouts:
-            self._readouts[name] = method_for(config.kind).readout(config, self.context)
-        model = self.context.models[config.model]
+            self._readouts[name] = method_for(config.kind).readout(config, self.execution)
+        model = self.execution.models[config.model]
         with torch.no_grad():
             readout = Readout.of(self._readouts[name](batch.to(model.device)))
         logits = readout.logits  # [batch, vocab]
         scores = score_logits(logits, batch.prompts, keep_top=TOP_TOKENS_KEPT)
-        extras: list[dict[str, float]] = [self.context.extras(name) for _ in batch.prompts]
+        extras: list[dict[str, float]] = [self.execution.extras(name) for _ in batch.prompts]
         if self.attributes is not None:
             rates = attribute_rate(logits, [self.attributes[p.id] for p in batch.prompts], ATTRIBUTE_K)
             extras = [{**e, "attribute_rate": rate} for e, rate in zip(extras, rates)]

@@ -66,18 +66,18 @@ class DonorWeights:
 def donor_weights(
     name: str,
     donor: LoadedModel | nn.Module | str | Path,
-    base: nn.Module,
+    recipient: nn.Module,
     module_paths: Iterable[str],
 ) -> DonorWeights:
-    """Collect and check the donor's parameters for ``module_paths`` of ``base``."""
+    """Collect and check the donor's parameters for ``module_paths`` of ``recipient``."""
     paths = sorted(set(module_paths))
-    base_type = base.config.model_type
+    recipient_type = recipient.config.model_type
     if isinstance(donor, LoadedModel):
         donor = donor.model
     if isinstance(donor, nn.Module):
         donor_type = getattr(getattr(donor, "config", None), "model_type", None)
-        if donor_type != base_type:
-            raise DonorError(f"donor {name!r} is a {donor_type} model, the base is {base_type}")
+        if donor_type != recipient_type:
+            raise DonorError(f"donor {name!r} is a {donor_type} model, the recipient is {recipient_type}")
         tensors: dict[str, dict[str, torch.Tensor]] = {}
         donor_modules = dict(donor.named_modules())
         for path in paths:
@@ -86,14 +86,14 @@ def donor_weights(
             tensors[path] = {k: v.detach() for k, v in module_params(donor_modules[path]).items()}
         weights = DonorWeights(name, type(donor).__name__, tensors, owned=False)
     else:
-        weights = _lazy_from_checkpoint(name, Path(donor), base, paths)
-    base_modules = dict(base.named_modules())
-    _check_shapes(weights, base_modules, paths)
-    # Each module's donor tensors go where that module computes, in its dtype: a base split
+        weights = _lazy_from_checkpoint(name, Path(donor), recipient, paths)
+    recipient_modules = dict(recipient.named_modules())
+    _check_shapes(weights, recipient_modules, paths)
+    # Each module's donor tensors go where that module computes, in its dtype: a recipient split
     # over devices (a device map) keeps every module's donor weights beside its own.
     for path, params in weights.tensors.items():
-        like = next(iter(module_params(base_modules[path]).values()))
-        device, dtype = _execution_device(base_modules[path], like.device), like.dtype
+        like = next(iter(module_params(recipient_modules[path]).values()))
+        device, dtype = _execution_device(recipient_modules[path], like.device), like.dtype
         for key, t in params.items():
             if t.device != device or t.dtype != dtype:
                 params[key] = t.to(device=device, dtype=dtype)  # a converted copy: now held here
@@ -111,9 +111,9 @@ def _execution_device(module: nn.Module, device: torch.device) -> torch.device:
     return device
 
 
-def _check_shapes(weights: DonorWeights, base_modules: dict[str, nn.Module], paths: list[str]) -> None:
+def _check_shapes(weights: DonorWeights, recipient_modules: dict[str, nn.Module], paths: list[str]) -> None:
     for path in paths:
-        base_params = module_params(base_modules[path])
+        base_params = module_params(recipient_modules[path])
         donor_params = weights.tensors[path]
         for pname, bp in base_params.items():
             dp = donor_params.get(pname)
@@ -121,19 +121,20 @@ def _check_shapes(weights: DonorWeights, base_modules: dict[str, nn.Module], pat
                 raise DonorError(f"donor {weights.name!r} lacks tensor {path}.{pname}")
             if dp.shape != bp.shape:
                 raise DonorError(
-                    f"donor {weights.name!r}: tensor {path}.{pname} has shape {list(dp.shape)}, the base has {list(bp.shape)}"
+                    f"donor {weights.name!r}: tensor {path}.{pname} has shape {list(dp.shape)}, "
+                    f"the recipient has {list(bp.shape)}"
                 )
 
 
-def _lazy_from_checkpoint(name: str, directory: Path, base: nn.Module, paths: list[str]) -> DonorWeights:
+def _lazy_from_checkpoint(name: str, directory: Path, recipient: nn.Module, paths: list[str]) -> DonorWeights:
     from safetensors import safe_open
 
     if not (directory / "config.json").is_file():
         raise DonorError(f"donor {name!r}: {directory} is not a save_pretrained directory (no config.json)")
     config = json.loads((directory / "config.json").read_text())
-    base_type = base.config.model_type
-    if config.get("model_type") != base_type:
-        raise DonorError(f"donor {name!r} ({directory}) is a {config.get('model_type')} model, the base is {base_type}")
+    recipient_type = recipient.config.model_type
+    if config.get("model_type") != recipient_type:
+        raise DonorError(f"donor {name!r} ({directory}) is a {config.get('model_type')} model, the recipient is {recipient_type}")
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise DonorError(f"donor {name!r}: no .safetensors files in {directory}")
@@ -142,10 +143,10 @@ def _lazy_from_checkpoint(name: str, directory: Path, base: nn.Module, paths: li
         with safe_open(str(f), framework="pt") as handle:
             for key in handle.keys():
                 key_to_file[key] = f
-    aliases = _tied_aliases(base)
+    aliases = _tied_aliases(recipient)
     wanted: dict[str, tuple[str, str]] = {}  # checkpoint key -> (module path, param name)
     for path in paths:
-        for pname in module_params(base.get_submodule(path)):
+        for pname in module_params(recipient.get_submodule(path)):
             full = f"{path}.{pname}"
             # A tied tensor is stored once, under any of its names.
             key = next((k for k in [full, *aliases.get(full, [])] if k in key_to_file), None)

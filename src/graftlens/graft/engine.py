@@ -35,9 +35,9 @@ PATCHED_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # cheaper to co
 
 
 class Grafter:
-    """Grafts donors into a base model for any number of forward calls (a context manager).
+    """Grafts donors into a recipient model for any number of forward calls (a context manager).
 
-    Each forward call of the base model resolves the rules' positions for its batch from the
+    Each forward call of the recipient resolves the rules' positions for its batch from the
     call's ``attention_mask`` and from the examples' named spans: ``spans`` given here, or per
     batch with ``with grafter.on(batch_spans): ...`` (the donors' weights are prepared once and
     reused by every block). A call that continues a KV cache (``past_key_values``) grafts the new
@@ -48,32 +48,32 @@ class Grafter:
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
-        >>> grafter = graftlens.Grafter(base, {"ft": ft}, [Graft("ft", "mlp", "half2", "FE+LT")])
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> grafter = graftlens.Grafter(recipient, {"ft": ft}, [Graft("ft", "mlp", "half2", "FE+LT")])
         >>> with grafter.on([{"FE": (0, 2)}]):
-        ...     a = graftlens.run_logits(base, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        ...     a = graftlens.run_logits(recipient, torch.tensor([[5, 6, 7, 8]]), last_only=True)
         >>> with grafter.on([{"FE": (1, 3)}]):
-        ...     b = graftlens.run_logits(base, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        ...     b = graftlens.run_logits(recipient, torch.tensor([[5, 6, 7, 8]]), last_only=True)
         >>> torch.equal(a, b), grafter.donor_bytes
         (False, {'ft': 0})
     """
 
     def __init__(
         self,
-        base: LoadedModel | nn.Module,
+        recipient: LoadedModel | nn.Module,
         donors: Mapping[str, DonorLike],
         rules: Sequence[Graft],
         spans: Sequence[Spans] | None = None,
     ):
-        self.base = as_loaded(base)
+        self.recipient = as_loaded(recipient)
         self.rules = list(rules)
         self.donor_names = list(donors)
         self._spans = spans
-        adapter = self.base.adapter
+        adapter = self.recipient.adapter
         self._all_sites = module_sites(adapter)
         check_donor_names(self.rules, self.donor_names)  # before loading any donor tensor
         paths = touched_modules(adapter, self.rules)
-        model = self.base.model
+        model = self.recipient.model
         self.donor_weights: dict[str, DonorWeights] = {
             name: donor_weights(name, donor, model, paths) for name, donor in donors.items()
         }
@@ -122,7 +122,7 @@ class Grafter:
             )
         # Rules resolve on the whole sequence (prompt coordinates: FE, LT, ... as in a full pass);
         # a continuation computes only the last n_new positions, so only their owners are used.
-        plans = compile_rules(self.base.adapter, self.rules, self.donor_names, mask, self._spans, self._all_sites)
+        plans = compile_rules(self.recipient.adapter, self.rules, self.donor_names, mask, self._spans, self._all_sites)
         if cached:
             plans = {path: plan.last(n_new) for path, plan in plans.items()}
             mask = mask[:, -n_new:]
@@ -141,7 +141,7 @@ class Grafter:
     def __enter__(self) -> Grafter:
         for grafted in [*self._modules.values(), *self._blocks]:
             grafted.install()
-        self._hook = self.base.model.register_forward_pre_hook(self._prepare, with_kwargs=True)
+        self._hook = self.recipient.model.register_forward_pre_hook(self._prepare, with_kwargs=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -184,15 +184,15 @@ def _mlp_blocks(
 
 @checked
 def grafting(
-    base: LoadedModel | nn.Module,
+    recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
     rules: Sequence[Graft],
     spans: Sequence[Spans] | None = None,
 ) -> Grafter:
-    """Graft ``donors`` into ``base`` by ``rules`` on every forward call inside the block.
+    """Graft ``donors`` into ``recipient`` by ``rules`` on every forward call inside the block.
 
     Args:
-        base: the recipient.
+        recipient: the model grafted into.
         donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily).
         rules: :class:`Graft` rules; a later rule wins where rules overlap.
         spans: per example, the named spans the rules' selectors name.
@@ -204,23 +204,23 @@ def grafting(
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> with graftlens.grafting(base, {"ft": ft}, []):
-        ...     nothing = graftlens.run_logits(base, ids)
-        >>> with graftlens.grafting(base, {"ft": ft}, [Graft("ft", "all", "all", None)]):
-        ...     everything = graftlens.run_logits(base, ids)
-        >>> torch.equal(nothing, graftlens.run_logits(base, ids))
+        >>> with graftlens.grafting(recipient, {"ft": ft}, []):
+        ...     nothing = graftlens.run_logits(recipient, ids)
+        >>> with graftlens.grafting(recipient, {"ft": ft}, [Graft("ft", "all", "all", None)]):
+        ...     everything = graftlens.run_logits(recipient, ids)
+        >>> torch.equal(nothing, graftlens.run_logits(recipient, ids))
         True
         >>> torch.allclose(everything, graftlens.run_logits(ft, ids), atol=1e-5)
         True
     """
-    return Grafter(base, donors, rules, spans)
+    return Grafter(recipient, donors, rules, spans)
 
 
 @checked
 def grafted_forward(
-    base: LoadedModel | nn.Module,
+    recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
     rules: Sequence[Graft],
     input_ids: torch.Tensor,
@@ -230,10 +230,10 @@ def grafted_forward(
     *,
     last_only: bool = False,
 ) -> torch.Tensor:
-    """Logits of ``base`` with ``rules`` grafting ``donors`` in, in one batched pass.
+    """Logits of ``recipient`` with ``rules`` grafting ``donors`` in, in one batched pass.
 
     Args:
-        base: the recipient, the model grafted into.
+        recipient: the model grafted into.
         donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily:
             only the tensors the rules graft).
         rules: :class:`Graft` rules; a later rule wins where rules overlap.
@@ -251,22 +251,22 @@ def grafted_forward(
         >>> import graftlens, torch
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> everything = graftlens.grafted_forward(base, {"ft": ft}, [Graft("ft", "all", "all", None)], ids)
+        >>> everything = graftlens.grafted_forward(recipient, {"ft": ft}, [Graft("ft", "all", "all", None)], ids)
         >>> torch.allclose(everything, graftlens.run_logits(ft, ids, None), atol=1e-5)
         True
-        >>> graftlens.grafted_forward(base, {"ft": ft}, [Graft("ft", "mlp", "half2", "LT")], ids, last_only=True).shape
+        >>> graftlens.grafted_forward(recipient, {"ft": ft}, [Graft("ft", "mlp", "half2", "LT")], ids, last_only=True).shape
         torch.Size([1, 1, 96])
     """
-    loaded = as_loaded(base)
+    loaded = as_loaded(recipient)
     with grafting(loaded, donors, rules, spans):
         return run_logits(loaded, input_ids, attention_mask, last_only, grad=grad)
 
 
 @checked
 def grafted_generate(
-    base: LoadedModel | nn.Module,
+    recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
     rules: Sequence[Graft],
     input_ids: torch.Tensor,
@@ -274,7 +274,7 @@ def grafted_generate(
     spans: Sequence[Spans],
     n_new: int,
 ) -> torch.Tensor:
-    """``LongTensor[batch, n_new]``: what ``base`` with ``rules`` grafting ``donors`` in says after
+    """``LongTensor[batch, n_new]``: what ``recipient`` with ``rules`` grafting ``donors`` in says after
     each (left-padded) prompt, greedily, one token per call with a KV cache.
 
     ``spans`` must hold each prompt's ``LT`` (tokenized prompts' spans do): the generated tokens
@@ -286,15 +286,15 @@ def grafted_generate(
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids, spans = torch.tensor([[5, 6, 7, 8]]), [{"FE": (0, 2), "LT": (3, 4)}]
         >>> rules = [Graft("ft", "all", "all", "FE+LT")]
-        >>> graftlens.grafted_generate(base, {"ft": ft}, rules, ids, torch.ones_like(ids), spans, 3).shape
+        >>> graftlens.grafted_generate(recipient, {"ft": ft}, rules, ids, torch.ones_like(ids), spans, 3).shape
         torch.Size([1, 3])
     """
     from graftlens.models.generate import greedy_continuation
 
-    loaded = as_loaded(base)
+    loaded = as_loaded(recipient)
     if any("LT" not in s for s in spans):
         raise InterventionError("grafted generation needs each prompt's LT span, to tell the prompt from the generated tokens")
     with grafting(loaded, donors, rules, spans):

@@ -105,7 +105,7 @@ def _identity(t: torch.Tensor) -> tuple:
 
 
 class BatchState:
-    """What every grafted module shares during one forward call of the base model.
+    """What every grafted module shares during one forward call of the recipient.
 
     ``padding``: ``BoolTensor[batch, pos]``, True where the attention mask is 0. No real position
     attends to a padded one, so grafted modules leave padded rows uncomputed (zero), as the
@@ -125,7 +125,7 @@ class BatchState:
 
     def groups(self, owner_maps: Sequence[torch.Tensor]) -> PositionGroups | None:
         """Group positions by their owner per segment (``owner_maps``: ``[batch, pos]`` each); None
-        when the base owns every segment everywhere (nothing grafted)."""
+        when the recipient owns every segment everywhere (nothing grafted)."""
         seen = tuple(id(o) for o in owner_maps)
         if seen not in self._seen:
             grafted = any(bool(o.any()) for o in owner_maps)

@@ -53,24 +53,72 @@ def prefix_cut(
     return 0 if grafts_unembedding and cut < width - 1 else cut
 
 
+class SharedPrefix:
+    """The recipient's plain forward over a batch's columns before ``cut``, kept as a KV cache and
+    continued, as it is or by variants, over the columns after it. Every continuation leaves the
+    cache as it found it, so one prefix serves every configuration that shares it."""
+
+    def __init__(self, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int):
+        self.model, self.input_ids, self.attention_mask = model, input_ids, attention_mask
+        self.cut = cut
+        self.cache = run_prefix(model, input_ids, attention_mask, cut)  # the recipient's own columns [0, cut)
+
+    @property
+    def nbytes(self) -> int:
+        return cache_bytes(self.cache)
+
+    def continued(
+        self, forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[batch, vocab]`` of the last column, and of forced columns after it
+        (:func:`~graftlens.models.prefix.continue_and_force`), under whatever grafter is active."""
+        return continue_and_force(self.model, self.cache, self.input_ids, self.attention_mask, forced_ids, forced_mask)
+
+    def generated(self, n_new: int) -> torch.Tensor:
+        """``LongTensor[batch, n_new]``: greedy tokens after each prompt, continuing a copy of the prefix."""
+        from graftlens.models.generate import greedy_continuation
+
+        return greedy_continuation(self.model, self.input_ids, self.attention_mask, n_new, copied_cache(self.cache))
+
+    def continued_variants(
+        self, variants: int, forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[batch, variants, vocab]`` of the last column, each row continuing the prefix once
+        per variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own
+        way), and of forced columns after it (``[batch, variants, more, vocab]``)."""
+        work, *rows = _as_variants(self.cache, variants, self.input_ids, self.attention_mask, forced_ids, forced_mask)
+        last, more = continue_and_force(self.model, work, *rows)  # [batch * variants, vocab], [batch * variants, more, vocab]
+        shape = (self.input_ids.shape[0], variants)
+        return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)
+
+    def generated_variants(self, variants: int, n_new: int) -> torch.Tensor:
+        """``LongTensor[batch, variants, n_new]``: greedy tokens after each prompt, once per variant
+        (a grafter with :func:`variant_rules` active grafts each variant's rows, generated tokens included)."""
+        from graftlens.models.generate import greedy_continuation
+
+        work, *rows = _as_variants(self.cache, variants, self.input_ids, self.attention_mask)
+        tokens = greedy_continuation(self.model, *rows, n_new, cache=work)  # [batch * variants, n_new]
+        return tokens.unflatten(0, (self.input_ids.shape[0], variants))
+
+
 class PrefixCaches:
-    """The plain KV caches of batches' prefixes, by key, up to ``max_bytes`` (oldest dropped first)."""
+    """Shared prefixes of batches, by key, up to ``max_bytes`` (oldest dropped first)."""
 
     def __init__(self, max_bytes: int = DEFAULT_PREFIX_BYTES):
-        self._store: BoundedStore[object] = BoundedStore(max_bytes)
+        self._store: BoundedStore[SharedPrefix] = BoundedStore(max_bytes)
 
     def get(
         self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int | None = None
-    ):
-        """The cache of ``model``'s plain forward over the columns before ``cut`` (all but the last
+    ) -> SharedPrefix:
+        """The :class:`SharedPrefix` of ``model`` over the columns before ``cut`` (all but the last
         by default), made on first use."""
         cut = input_ids.shape[1] - 1 if cut is None else cut
         full_key = key if cut == input_ids.shape[1] - 1 else (key, cut)
         if full_key in self._store:
             return self._store.get(full_key)
-        cache = run_prefix(model, input_ids, attention_mask, cut)
-        self._store.put(full_key, cache, cache_bytes(cache))
-        return cache
+        prefix = SharedPrefix(model, input_ids, attention_mask, cut)
+        self._store.put(full_key, prefix, prefix.nbytes)
+        return prefix
 
 
 class VariantRows(Selector):
@@ -107,35 +155,3 @@ def _as_variants(cache, variants: int, *tensors: torch.Tensor | None) -> list:
     """A copy of ``cache`` and each of ``tensors`` (None stays None) with every row ``variants``
     times in a row: row ``b`` of variant ``v`` at ``b * variants + v``."""
     return [copied_cache(cache, repeat=variants), *(None if t is None else t.repeat_interleave(variants, 0) for t in tensors)]
-
-
-def continue_variants(
-    model: LoadedModel,
-    cache,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    variants: int,
-    forced_ids: torch.Tensor | None = None,
-    forced_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``[batch, variants, vocab]`` of the last column, each row continuing ``cache`` (over
-    the columns after it) once per variant (a grafter with :func:`variant_rules` active grafts each
-    variant's rows its own way), and of forced columns after it (``[batch, variants, more,
-    vocab]``, :func:`~graftlens.models.prefix.continue_and_force`); the cache is left as it was."""
-    work, *rows = _as_variants(cache, variants, input_ids, attention_mask, forced_ids, forced_mask)
-    last, more = continue_and_force(model, work, *rows)  # [batch * variants, vocab], [batch * variants, more, vocab]
-    shape = (input_ids.shape[0], variants)
-    return last.unflatten(0, shape), None if more is None else more.unflatten(0, shape)
-
-
-def generate_variants(
-    model: LoadedModel, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, variants: int, n_new: int
-) -> torch.Tensor:
-    """``LongTensor[batch, variants, n_new]``: greedy tokens after each prompt, once per variant, each
-    continuing ``cache`` (a grafter with :func:`variant_rules` active grafts each variant's rows,
-    generated tokens included); the cache is left as it was."""
-    from graftlens.models.generate import greedy_continuation
-
-    work, *rows = _as_variants(cache, variants, input_ids, attention_mask)
-    tokens = greedy_continuation(model, *rows, n_new, cache=work)  # [batch * variants, n_new]
-    return tokens.unflatten(0, (input_ids.shape[0], variants))

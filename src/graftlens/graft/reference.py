@@ -1,8 +1,8 @@
 """The literal definition of dynamic weight grafting: slow, obviously correct, the tests' oracle.
 
 For each example, token by token with a KV cache: before feeding token t, write into a private
-copy of the base model, for every grafted site, the weights of whoever owns that site at t
-(base or donor; for fused projections, row by row), then run the one token. Later tokens read
+copy of the recipient, for every grafted site, the weights of whoever owns that site at t
+(recipient or donor; for fused projections, row by row), then run the one token. Later tokens read
 the keys/values that earlier tokens computed under their own weights.
 
 This module shares no code with the engine's rule compilation (``rules.compile_rules``), its
@@ -113,14 +113,14 @@ def _rule_sites(loaded: LoadedModel, rule: Graft) -> list[tuple[str, Rows | None
 
 
 def site_owners(
-    base: LoadedModel | nn.Module, rules: Sequence[Graft], n_tokens: int, spans: Spans | None = None
+    recipient: LoadedModel | nn.Module, rules: Sequence[Graft], n_tokens: int, spans: Spans | None = None
 ) -> dict[tuple[str, Rows | None], list[str | None]]:
     """Who computes each site the rules touch, token by token, in one example of ``n_tokens``
-    tokens: ``{(module path, rows): [donor name or None (the base), one per token]}``.
+    tokens: ``{(module path, rows): [donor name or None (the recipient), one per token]}``.
 
     The plain reading of the rules (in order, a later one wins), for tests that check what a
     recipe grafts where."""
-    loaded = as_loaded(base)
+    loaded = as_loaded(recipient)
     sites = [_rule_sites(loaded, rule) for rule in rules]
     keys = list(dict.fromkeys(site for rule_sites in sites for site in rule_sites))
     owners: dict[tuple[str, Rows | None], list[str | None]] = {key: [None] * n_tokens for key in keys}
@@ -142,7 +142,7 @@ def _out_dim(module: nn.Module, pname: str) -> int:
 
 @torch.no_grad()
 def reference_forward(
-    base: LoadedModel | nn.Module,
+    recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorSource],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -150,7 +150,7 @@ def reference_forward(
     spans: Sequence[Spans] | None = None,
 ) -> torch.Tensor:
     """Logits ``[batch, pos, vocab]`` by the literal definition; padded positions are NaN."""
-    loaded = as_loaded(base)
+    loaded = as_loaded(recipient)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     for rule in rules:
@@ -179,7 +179,7 @@ def reference_forward(
         example_spans = spans[b] if spans is not None else None
         cache = None
         for t, col in enumerate(real):
-            # Start from the base weights, then let each claiming rule write, in order (later wins).
+            # Start from the recipient's weights, then let each claiming rule write, in order (later wins).
             for path in paths:
                 for pname, original in originals[path].items():
                     getattr(model.get_submodule(path), pname).copy_(original)
@@ -212,7 +212,7 @@ def reference_forward(
 
 @torch.no_grad()
 def reference_generate(
-    base: LoadedModel | nn.Module,
+    recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorSource],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -226,7 +226,7 @@ def reference_generate(
     ids, mask = input_ids, attention_mask
     chosen = []
     for _ in range(n_new):
-        token = reference_forward(base, donors, ids, mask, rules, spans)[:, -1].argmax(-1, keepdim=True).to(ids.device)
+        token = reference_forward(recipient, donors, ids, mask, rules, spans)[:, -1].argmax(-1, keepdim=True).to(ids.device)
         chosen.append(token)
         ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
     return torch.cat(chosen, 1) if chosen else input_ids.new_zeros((input_ids.shape[0], 0))

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from graftlens.graft.engine import DonorLike, Grafter, grafting
-from graftlens.graft.prefix import continue_variants, prefix_cut, variant_rules
+from graftlens.graft.prefix import SharedPrefix, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import VARIANT_ROWS, run_prefix
+from graftlens.models.prefix import VARIANT_ROWS
 from graftlens.models.run import check_batch, run_logits
 from graftlens.positions import Selector, Spans
 
@@ -52,10 +52,10 @@ def graft_sweep(
         >>> import graftlens, torch
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
         >>> configs = {"PRE": [], "LT mlp": [Graft("ft", "mlp", "all", "LT")], "LT attn": [Graft("ft", "attn", "half2", "LT")]}
-        >>> out = graftlens.graft_sweep(base, {"ft": ft}, configs, ids)
+        >>> out = graftlens.graft_sweep(recipient, {"ft": ft}, configs, ids)
         >>> out["LT mlp"].shape
         torch.Size([2, 96])
     """
@@ -80,12 +80,12 @@ def graft_sweep(
     per_pass = max(1, VARIANT_ROWS // input_ids.shape[0])
     for cut in sorted({c for c in cuts.values() if c > 0}):
         names = [n for n, c in cuts.items() if c == cut]
-        prefix = run_prefix(loaded, input_ids, mask, cut)  # the recipient's own columns [0, cut)
+        prefix = SharedPrefix(loaded, input_ids, mask, cut)  # the recipient's own columns [0, cut)
         for start in range(0, len(names), per_pass):
             chunk = names[start : start + per_pass]
             rules = variant_rules([list(configs[n]) for n in chunk])
             repeated = None if spans is None else [s for s in spans for _ in chunk]
             with Grafter(loaded, donors, rules).on(repeated):
-                logits, _ = continue_variants(loaded, prefix, input_ids, mask, len(chunk))  # [batch, variants, vocab]
+                logits, _ = prefix.continued_variants(len(chunk))  # [batch, variants, vocab]
             out.update({n: logits[:, v] for v, n in enumerate(chunk)})
     return {name: out[name] for name in configs}

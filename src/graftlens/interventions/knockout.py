@@ -47,6 +47,9 @@ class KnockoutError(InterventionError):
     """A knockout does not fit the model or the batch it runs on."""
 
 
+KNOCKOUT_ROWS_PER_PASS = 512  # rows of one pass of a knockout sweep's windows (prompts × windows)
+
+
 def knockout_edges(sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``BoolTensor[batch, query, key]``: the edges from each target position to each source position.
 
@@ -235,7 +238,7 @@ def attention_knockout(
             _unregister(name)
 
 
-def knockout_logits(
+def _knockout_logits(
     run,
     layers: Iterable[int],
     sources: PositionsLike,
@@ -257,20 +260,19 @@ def knockout_logits(
         return run.continued(layers[0], column)
 
 
-def knockout_sweep_logits(
+def _knockout_sweep_logits(
     run,
     windows: Sequence[Iterable[int]],
     sources: PositionsLike,
     targets: PositionsLike = "LT",
     *,
     spans: Sequence[Spans] | None = None,
-    rows_per_pass: int = 512,
 ) -> torch.Tensor:
     """Logits ``[len(windows), batch, vocab]`` at the last position, one knockout per window of
     layers (Geva et al.'s sweep), continuing a
     :class:`~graftlens.interventions.continuation.CachedRun` of the unmodified model.
 
-    Windows run as variants of one pass (up to ``rows_per_pass`` rows): each variant's rows have
+    Windows run as variants of one pass (up to ``KNOCKOUT_ROWS_PER_PASS`` rows): each variant's rows have
     the edges blocked in its own window's layers only, every variant computes the layers from the
     lowest window start of its pass and the columns from the first target."""
     mask = run.attention_mask
@@ -279,7 +281,7 @@ def knockout_sweep_logits(
     edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))  # [batch, q, k]
     column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
     out: list[torch.Tensor] = []
-    per_pass = max(1, rows_per_pass // batch)
+    per_pass = max(1, KNOCKOUT_ROWS_PER_PASS // batch)
     for start in range(0, len(windows), per_pass):
         group = windows[start : start + per_pass]
         active = [w for w in group if w]

@@ -1,11 +1,11 @@
 """Desiderata-based component masking (DCM; Davies et al. 2023, as Prakash et al. use it): learn
 which heads of a group carry one kind of information.
 
-A *desideratum* is a set of (base prompt, source prompt, expected answer) triples: if some heads
-carry, say, the position of the correct object, then writing their source outputs into the
-base run makes the model answer the object at the *source's* position in the *base* context.
+A *desideratum* is a set of (clean prompt, corrupted prompt, expected answer) triples: if some heads
+carry, say, the position of the correct object, then writing their corrupted outputs into the
+clean run makes the model answer the object at the *corrupted* prompt's position in the *clean* context.
 DCM learns a mask ``m = sigmoid(logits)`` over the candidate heads: each head's output at the
-patched positions becomes ``z_base + m · (z_source - z_base)``, and the loss is the answer's
+patched positions becomes ``z_clean + m · (z_corrupted - z_clean)``, and the loss is the answer's
 cross-entropy plus ``λ · Σ m`` (sparsity). After training, heads with ``m > 0.5`` are the ones
 the desideratum selects. Prakash et al. train with Adam, lr 0.1, λ = 0.01.
 """
@@ -35,8 +35,8 @@ class MaskError(InterventionError):
 
 @dataclass(frozen=True)
 class DesideratumBatch:
-    """Base and source inputs with the answer the desideratum expects (``LongTensor[batch]``):
-    with the heads patched from the source run, the base run should predict ``answer_ids``.
+    """Base and corrupted inputs with the answer the desideratum expects (``LongTensor[batch]``):
+    with the heads patched from the corrupted run, the clean run should predict ``answer_ids``.
 
     Example:
         >>> import torch
@@ -97,17 +97,29 @@ def masked_patch_logits(
     heads: Sequence[Head],
     mask: torch.Tensor,
     positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
     grad: bool = False,
-    source_cache: ActivationCache | None = None,
+) -> torch.Tensor:
+    """Last-position logits of the clean run with each head's output at ``positions`` moved
+    toward its corrupted output by its mask value (``mask[i]`` for ``heads[i]``; 1 = patched)."""
+    return _masked_patch_logits(model, batch, heads, mask, positions, corrupted_positions, grad)
+
+
+def _masked_patch_logits(
+    model: LoadedModel | nn.Module,
+    batch: DesideratumBatch,
+    heads: Sequence[Head],
+    mask: torch.Tensor,
+    positions: PositionsLike = "LT",
+    corrupted_positions: PositionsLike | None = None,
+    grad: bool = False,
+    corrupted_cache: ActivationCache | None = None,
     prefix=None,
 ) -> torch.Tensor:
-    """Last-position logits of the base run with each head's output at ``positions`` moved
-    toward its source output by its mask value (``mask[i]`` for ``heads[i]``; 1 = patched).
-
-    ``source_cache`` (the source run's ``z``, from :func:`head_outputs`) saves that run;
-    ``prefix`` (a KV cache of the base run's columns before the first patched one, from
-    :func:`graftlens.models.prefix.run_prefix`) makes the pass compute only the columns after it."""
+    """:func:`masked_patch_logits`, for :func:`learn_mask`'s epochs: ``corrupted_cache`` (the corrupted
+    run's ``z``, from :func:`head_outputs`) saves that run; ``prefix`` (a KV cache of the clean
+    run's columns before the first patched one, from :func:`graftlens.models.prefix.run_prefix`)
+    makes the pass compute only the columns after it."""
     loaded = as_loaded(model)
     a = loaded.adapter
     for layer, head in heads:
@@ -116,14 +128,14 @@ def masked_patch_logits(
                 f"head {layer}.{head} out of range (the model has layers 0..{a.n_layers - 1}, heads 0..{a.n_heads - 1})"
             )
     inputs = batch.inputs
-    base_mask, source_mask = inputs.masks
-    if source_cache is None:
+    clean_mask, corrupted_mask = inputs.masks
+    if corrupted_cache is None:
         with torch.no_grad():
-            _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
-    width = inputs.base_ids.shape[1]
-    where_base = resolve_positions(positions, base_mask, inputs.base_spans)
+            _, corrupted_cache = head_outputs(loaded, inputs.corrupted_ids, inputs.corrupted_mask)
+    width = inputs.clean_ids.shape[1]
+    where_base = resolve_positions(positions, clean_mask, inputs.clean_spans)
     where_source = resolve_positions(
-        positions if source_positions is None else source_positions, source_mask, inputs.source_spans
+        positions if corrupted_positions is None else corrupted_positions, corrupted_mask, inputs.corrupted_spans
     )
     rows, bpos, spos = paired_positions(where_base, where_source, "patched")
     by_layer: dict[int, list[int]] = {}
@@ -133,7 +145,7 @@ def masked_patch_logits(
     def edit_for(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         idx = by_layer[layer]
         hs = torch.tensor([heads[i][1] for i in idx])
-        source = source_cache[Point("z", layer)][rows, spos][:, hs]  # [n, k, d_head]
+        source = corrupted_cache[Point("z", layer)][rows, spos][:, hs]  # [n, k, d_head]
 
         def fn(z: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
             m = mask[idx].to(z.device, z.dtype)[None, :, None]  # [1, k, 1]
@@ -149,20 +161,20 @@ def masked_patch_logits(
         if prefix is not None:
             from graftlens.models.prefix import continue_prefix
 
-            return continue_prefix(loaded, prefix, inputs.base_ids, base_mask, grad=grad)
-        return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True, grad=grad)[:, -1]
+            return continue_prefix(loaded, prefix, inputs.clean_ids, clean_mask, grad=grad)
+        return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True, grad=grad)[:, -1]
 
 
 def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsLike):
-    """A batch's source activations and the KV cache of its base columns before the first patched one."""
+    """A batch's corrupted activations and the KV cache of its clean columns before the first patched one."""
     from graftlens.models.prefix import run_prefix
 
     inputs = batch.inputs
-    base_mask, _ = inputs.masks
+    clean_mask, _ = inputs.masks
     with torch.no_grad():
-        _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
+        _, corrupted_cache = head_outputs(loaded, inputs.corrupted_ids, inputs.corrupted_mask)
     cut = first_touched_column(inputs, positions, "logits", "LT")
-    return source_cache, (run_prefix(loaded, inputs.base_ids, base_mask, cut) if cut > 0 else None)
+    return corrupted_cache, (run_prefix(loaded, inputs.clean_ids, clean_mask, cut) if cut > 0 else None)
 
 
 @checked
@@ -172,14 +184,14 @@ def learn_mask(
     heads: Sequence[Head],
     settings: DcmSettings = DcmSettings(),
     positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> LearnedMask:
     """Train a sigmoid mask over ``heads`` on the desideratum ``batches`` (one Adam step per batch).
 
     Desiderata-based component masking (Prakash et al.): the masked heads' outputs at
-    ``positions`` are interpolated between the base run and the source run (read at
-    ``source_positions``) by ``sigmoid(logits)``; the loss is the cross-entropy of each batch's
+    ``positions`` are interpolated between the clean run and the corrupted run (read at
+    ``corrupted_positions``) by ``sigmoid(logits)``; the loss is the cross-entropy of each batch's
     answer plus ``λ·Σ mask``. The model's own weights get no gradient.
 
     Returns:
@@ -191,8 +203,8 @@ def learn_mask(
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> from graftlens import DcmSettings, DesideratumBatch, PathInputs
-        >>> base, source = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 6, 7, 8]])
-        >>> batch = DesideratumBatch(PathInputs(base, source), answer_ids=torch.tensor([3]))
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 6, 7, 8]])
+        >>> batch = DesideratumBatch(PathInputs(clean, corrupted), answer_ids=torch.tensor([3]))
         >>> mask = graftlens.learn_mask(m, [batch], [(2, 0), (3, 1)], DcmSettings(epochs=3))
         >>> mask.values.shape, len(mask.losses)
         (torch.Size([2]), 3)
@@ -206,14 +218,22 @@ def learn_mask(
     logits = torch.full((len(heads),), settings.init, requires_grad=True)
     opt = torch.optim.Adam([logits], lr=settings.lr)
     losses = []
-    prepared = [_prepare(loaded, batch, positions) for batch in batches]  # source runs and clean prefixes, once
+    prepared = [_prepare(loaded, batch, positions) for batch in batches]  # corrupted runs and clean prefixes, once
     with _frozen_parameters(loaded.model):
         for epoch in range(settings.epochs):
             total = 0.0
-            for batch, (source_cache, prefix) in zip(batches, prepared):
+            for batch, (corrupted_cache, prefix) in zip(batches, prepared):
                 mask = torch.sigmoid(logits)
-                out = masked_patch_logits(
-                    loaded, batch, heads, mask, positions, source_positions, grad=True, source_cache=source_cache, prefix=prefix
+                out = _masked_patch_logits(
+                    loaded,
+                    batch,
+                    heads,
+                    mask,
+                    positions,
+                    corrupted_positions,
+                    grad=True,
+                    corrupted_cache=corrupted_cache,
+                    prefix=prefix,
                 )
                 loss = nn.functional.cross_entropy(out.float(), batch.answer_ids.to(out.device)) + settings.lam * mask.sum()
                 opt.zero_grad()
@@ -231,16 +251,16 @@ def desideratum_accuracy(
     batches: Sequence[DesideratumBatch],
     heads: Sequence[Head],
     positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
 ) -> float:
     """Share of examples answered as the desideratum expects with ``heads`` fully patched."""
     ok = n = 0
     for batch in batches:
         with torch.no_grad():
             if heads:
-                out = masked_patch_logits(model, batch, heads, torch.ones(len(heads)), positions, source_positions)
+                out = _masked_patch_logits(model, batch, heads, torch.ones(len(heads)), positions, corrupted_positions)
             else:
-                out = run_logits(as_loaded(model), batch.inputs.base_ids, batch.inputs.base_mask, last_only=True)[:, -1]
+                out = run_logits(as_loaded(model), batch.inputs.clean_ids, batch.inputs.clean_mask, last_only=True)[:, -1]
         ok += int((out.argmax(-1) == batch.answer_ids.to(out.device)).sum())
         n += len(batch.answer_ids)
     return ok / max(n, 1)

@@ -3,7 +3,7 @@
 A :class:`Patch` writes a *source* activation into a run at some positions (and, for per-head
 points, some heads). Activation patching takes the source from the same model on another input
 (clean → corrupted); CMAP (Prakash et al.) takes it from another model — the finetuned one —
-on the same input, and writes it into the base model.
+on the same input, and writes it into the recipient.
 """
 
 from __future__ import annotations
@@ -158,17 +158,17 @@ def patched_logits(
         return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
 
 
-def continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+def _continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
     """Logits ``[batch, vocab]`` at the last position of ``run``'s batch with every patch written
     in, like :func:`patched_logits`, computing only what the patches can change: ``run`` (a
     :class:`~graftlens.interventions.continuation.CachedRun` of the unpatched model) is continued
     from the lowest patched layer and the first patched column."""
-    return continued_patched_variants(run, [patches], spans)[:, 0]
+    return _continued_patched_variants(run, [patches], spans)[:, 0]
 
 
-def continued_patched_variants(run, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+def _continued_patched_variants(run, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
     """Logits ``[batch, variants, vocab]`` at the last position, one variant per patch set, each
-    equal to :func:`continued_patched_logits` of its set: the sets run as variants of one
+    equal to :func:`_continued_patched_logits` of its set: the sets run as variants of one
     continuation of ``run`` (row ``b`` of variant ``v`` at ``b * variants + v``), from the lowest
     patched layer and the first patched column of any set, so the weights are read once for all."""
     mask = run.attention_mask
@@ -241,7 +241,7 @@ def _sweep_inputs(loaded: LoadedModel, clean_ids, corrupted_ids, point_name: str
     return points
 
 
-DEFAULT_TOKENS_PER_PASS = 8192  # variants batched into one pass: at most this many (row, column) tokens
+TOKENS_PER_PASS = 8192  # variants batched into one pass: at most this many (row, column) tokens
 
 
 def _position_groups(changed: list[int], batch: int, seq: int, tokens_per_pass: int) -> list[list[int]]:
@@ -267,7 +267,6 @@ def activation_patching(
     attention_mask: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     by: str = "position",
-    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
     approx: bool = False,
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
@@ -278,7 +277,7 @@ def activation_patching(
 
     Only what a patch can change is computed (:mod:`~graftlens.interventions.continuation`): a
     patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
-    one layer are patched as variants of one pass of up to ``tokens_per_pass`` tokens. The result
+    one layer are patched as variants of one pass of up to ``TOKENS_PER_PASS`` (row, column) tokens. The result
     equals :func:`activation_patching_loop`, one full forward per patch, to float rounding.
 
     With ``approx``, :func:`attribution_patching` instead: a first-order estimate of every score
@@ -321,7 +320,7 @@ def activation_patching(
         new = source != own  # where the patch writes values the corrupted run does not hold
         if by == "position":
             changed = [j for j in range(seq) if bool(new[:, j].any())]
-            for group in _position_groups(changed, batch, seq, tokens_per_pass):
+            for group in _position_groups(changed, batch, seq, TOKENS_PER_PASS):
 
                 def write_columns(x: torch.Tensor, group: list[int] = group) -> torch.Tensor:
                     x = x.clone().unflatten(0, (batch, len(group)))  # [batch, variant, columns from the first, ...]
@@ -336,7 +335,7 @@ def activation_patching(
             continue
         head_differs = new.any(-1).any(0)  # [pos, head]
         changed = [h for h in range(columns) if bool(head_differs[:, h].any())]
-        per_pass = max(1, tokens_per_pass // (batch * seq))
+        per_pass = max(1, TOKENS_PER_PASS // (batch * seq))
         for start in range(0, len(changed), per_pass):
             heads = changed[start : start + per_pass]
             first = min(int(head_differs[:, h].nonzero()[0]) for h in heads)  # nothing changes before it
@@ -442,19 +441,20 @@ def activation_patching_loop(
 # ---- cross-model activation patching ------------------------------------------------------------
 
 
-def check_same_shapes(base: LoadedModel, donor: LoadedModel) -> None:
+def check_same_shapes(recipient: LoadedModel, donor: LoadedModel) -> None:
     """CMAP needs activations of equal shapes: same family, layers, heads and widths."""
-    a, b = base.adapter, donor.adapter
+    a, b = recipient.adapter, donor.adapter
     if (a.model_type, a.dims) != (b.model_type, b.dims):
         raise PatchError(
-            f"cannot patch activations of {donor.spec!r} ({b.model_type}, {b.dims}) into {base.spec!r} ({a.model_type}, {a.dims})"
+            f"cannot patch activations of {donor.spec!r} ({b.model_type}, {b.dims}) "
+            f"into {recipient.spec!r} ({a.model_type}, {a.dims})"
         )
 
 
 @checked
 def cross_model_patched_logits(
-    base: LoadedModel | nn.Module,
-    donor_cache: Mapping[Point, torch.Tensor],
+    recipient: LoadedModel | nn.Module,
+    donor_activations: Mapping[Point, torch.Tensor],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     heads: Mapping[PointLike, Sequence[int] | None],
@@ -464,7 +464,7 @@ def cross_model_patched_logits(
     last_only: bool = False,
     grad: bool = False,
 ) -> torch.Tensor:
-    """Logits of ``base`` with the donor's activations (``donor_cache``, captured on the same
+    """Logits of ``recipient`` with the donor's activations (``donor_activations``, captured on the same
     input by :func:`run_with_cache`) written in at ``heads`` (point → head list, None = all
     heads or the whole stream point) and ``positions`` (a selector in prompt coordinates, as for
     :class:`Patch`; None = every position).
@@ -487,7 +487,7 @@ def cross_model_patched_logits(
     patches = []
     for key, hs in heads.items():
         point = parse_point(key)
-        if point not in donor_cache:
+        if point not in donor_activations:
             raise PatchError(f"the donor activations hold no {point}; capture it first")
-        patches.append(Patch(point, donor_cache[point], positions, None if hs is None else tuple(hs)))
-    return patched_logits(base, input_ids, attention_mask, patches, last_only, spans, grad)
+        patches.append(Patch(point, donor_activations[point], positions, None if hs is None else tuple(hs)))
+    return patched_logits(recipient, input_ids, attention_mask, patches, last_only, spans, grad)

@@ -1,13 +1,13 @@
 """Path patching (Wang et al. 2023; Goldowsky-Dill et al. 2023), as Prakash et al. use it to find
 the entity-tracking circuit: the effect of one *sender* head's output, passed only through chosen
-*receivers*, from a *source* run into a *base* run.
+*receivers*, from a *corrupted* run into a *clean* run.
 
-One path-patched forward is two runs of the model on the base input:
+One path-patched forward is two runs of the model on the clean input:
 
-1. **Sender run.** Every head's output (``z``) at every layer is frozen to its value in the base
-   run, except the sender's, which takes its value in the source run at the sender positions.
+1. **Sender run.** Every head's output (``z``) at every layer is frozen to its value in the clean
+   run, except the sender's, which takes its value in the corrupted run at the sender positions.
    The change can then reach later layers only through the residual stream and the MLPs.
-2. **Receiver run** (when receivers are heads). The base run again, with only the receivers'
+2. **Receiver run** (when receivers are heads). The clean run again, with only the receivers'
    queries, keys or values, at the receiver positions, replaced by their values in the sender run.
 
 With ``receivers="logits"`` the sender run's logits are the result (the sender's effect on the
@@ -67,7 +67,7 @@ Receivers = Literal["logits", "everything"] | Sequence[Receiver]
 
 @dataclass(frozen=True)
 class PathInputs:
-    """A base and a source input of equal batch size, with their masks and span annotations.
+    """A clean and a corrupted input of equal batch size, with their masks and span annotations.
 
     The two may differ in length: positions are selectors resolved on each input separately.
 
@@ -79,37 +79,37 @@ class PathInputs:
         torch.Size([2, 4])
     """
 
-    base_ids: torch.Tensor  # LongTensor[batch, pos]
-    source_ids: torch.Tensor  # LongTensor[batch, pos']
-    base_mask: torch.Tensor | None = None  # LongTensor[batch, pos]
-    source_mask: torch.Tensor | None = None  # LongTensor[batch, pos']
-    base_spans: Sequence[Spans] | None = None
-    source_spans: Sequence[Spans] | None = None
+    clean_ids: torch.Tensor  # LongTensor[batch, pos]
+    corrupted_ids: torch.Tensor  # LongTensor[batch, pos']
+    clean_mask: torch.Tensor | None = None  # LongTensor[batch, pos]
+    corrupted_mask: torch.Tensor | None = None  # LongTensor[batch, pos']
+    clean_spans: Sequence[Spans] | None = None
+    corrupted_spans: Sequence[Spans] | None = None
 
     def __post_init__(self) -> None:
-        if self.base_ids.shape[0] != self.source_ids.shape[0]:
+        if self.clean_ids.shape[0] != self.corrupted_ids.shape[0]:
             raise PathPatchingError(
-                "base and source inputs need one row each per example: "
-                f"{self.base_ids.shape[0]} and {self.source_ids.shape[0]} rows"
+                "clean and corrupted inputs need one row each per example: "
+                f"{self.clean_ids.shape[0]} and {self.corrupted_ids.shape[0]} rows"
             )
 
     @property
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        base = self.base_mask if self.base_mask is not None else torch.ones_like(self.base_ids)
-        source = self.source_mask if self.source_mask is not None else torch.ones_like(self.source_ids)
-        return base, source
+        clean = self.clean_mask if self.clean_mask is not None else torch.ones_like(self.clean_ids)
+        corrupted = self.corrupted_mask if self.corrupted_mask is not None else torch.ones_like(self.corrupted_ids)
+        return clean, corrupted
 
 
-def paired_positions(base_where: torch.Tensor, source_where: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
-    """``(rows, base positions, source positions)``: the i-th claimed position of each base row
-    paired with the i-th claimed position of the same source row (equal counts required)."""
+def paired_positions(clean_where: torch.Tensor, corrupted_where: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
+    """``(rows, clean positions, corrupted positions)``: the i-th claimed position of each clean row
+    paired with the i-th claimed position of the same corrupted row (equal counts required)."""
     rows, base_pos, source_pos = [], [], []
-    for b in range(base_where.shape[0]):
-        bp = base_where[b].nonzero().flatten()
-        sp = source_where[b].nonzero().flatten()
+    for b in range(clean_where.shape[0]):
+        bp = clean_where[b].nonzero().flatten()
+        sp = corrupted_where[b].nonzero().flatten()
         if len(bp) != len(sp) or len(bp) == 0:
             raise PathPatchingError(
-                f"{what} positions: example {b} has {len(bp)} in the base input and {len(sp)} in the source input; "
+                f"{what} positions: example {b} has {len(bp)} in the clean input and {len(sp)} in the corrupted input; "
                 "they must claim the same number (at least one) in each"
             )
         rows += [b] * len(bp)
@@ -143,102 +143,102 @@ def path_patched_logits(
     sender: Head | None,
     *,
     sender_positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
 ) -> torch.Tensor:
-    """Last-position logits ``[batch, vocab]`` of the base run with the sender's source output
+    """Last-position logits ``[batch, vocab]`` of the clean run with the sender's corrupted output
     passed only through ``receivers`` (see the module docstring).
 
     Args:
         model: the model path-patched.
-        inputs: the base (clean) and source (corrupted) inputs, with their masks and spans.
-        sender: ``(layer, head)`` whose output is taken from the source run; None patches nothing
-            (the result is the base run).
-        sender_positions: where the sender's value is written in the base run (a selector).
-        source_positions: where it is read in the source run (default: ``sender_positions``).
+        inputs: the clean and corrupted inputs, with their masks and spans.
+        sender: ``(layer, head)`` whose output is taken from the corrupted run; None patches nothing
+            (the result is the clean run).
+        sender_positions: where the sender's value is written in the clean run (a selector).
+        corrupted_positions: where it is read in the corrupted run (default: ``sender_positions``).
         receivers: ``"logits"`` (the sender reaches the logits directly), ``"everything"``
             (activation patching of the head), or a list of :class:`Receiver` heads' q, k or v.
         receiver_positions: where the receivers read the sender's effect.
 
     Many senders on the same inputs: :func:`path_patching` scores them all and shares the runs.
 
-    Example (no sender is the base run; ``receivers="everything"`` is activation patching of the head):
+    Example (no sender is the clean run; ``receivers="everything"`` is activation patching of the head):
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> from graftlens import PathInputs
         >>> inputs = PathInputs(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]]))
         >>> none = graftlens.path_patched_logits(m, inputs, None)
-        >>> torch.allclose(none, graftlens.run_logits(m, inputs.base_ids)[:, -1], atol=1e-5)
+        >>> torch.allclose(none, graftlens.run_logits(m, inputs.clean_ids)[:, -1], atol=1e-5)
         True
         >>> graftlens.path_patched_logits(m, inputs, (1, 2), receivers="everything").shape
         torch.Size([1, 96])
     """
-    return path_patched_run(
+    return _path_patched_run(
         model,
         inputs,
         sender,
         sender_positions=sender_positions,
-        source_positions=source_positions,
+        corrupted_positions=corrupted_positions,
         receivers=receivers,
         receiver_positions=receiver_positions,
     )
 
 
-def path_patched_run(
+def _path_patched_run(
     model: LoadedModel | nn.Module,
     inputs: PathInputs,
     sender: Head | None,
     *,
     sender_positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
-    base_cache: ActivationCache | None = None,
-    source_cache: ActivationCache | None = None,
+    clean_cache: ActivationCache | None = None,
+    corrupted_cache: ActivationCache | None = None,
     prefix=None,
     one_column: bool = True,
-    base_logits: torch.Tensor | None = None,
+    clean_logits: torch.Tensor | None = None,
     column_runs: dict | None = None,
 ) -> torch.Tensor:
     """:func:`path_patched_logits` with the runs it can share passed in (what :func:`path_patching`
     and its prepared batches do for many senders).
 
-    ``sender=None`` patches nothing: the result is the base run. ``source_positions`` (default:
-    ``sender_positions``) are where the sender's value is read in the source run. ``base_cache``
-    and ``source_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs.
-    ``prefix``: the base run's KV cache of its first columns (:func:`graftlens.models.prefix.run_prefix`),
+    ``sender=None`` patches nothing: the result is the clean run. ``corrupted_positions`` (default:
+    ``sender_positions``) are where the sender's value is read in the corrupted run. ``clean_cache``
+    and ``corrupted_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs.
+    ``prefix``: the clean run's KV cache of its first columns (:func:`graftlens.models.prefix.run_prefix`),
     none of which the sender or the receivers may touch (see :func:`first_touched_column`); both
     runs then compute only the columns after it. With ``one_column`` (when heads are frozen and
     the sender and its receivers share one column per row) the sender run computes that column alone;
-    ``base_logits`` (the base run's last-position logits) then saves a run when the receivers are the
+    ``clean_logits`` (the clean run's last-position logits) then saves a run when the receivers are the
     logits, and ``column_runs`` (a dict the caller keeps per input) the one-column run without sender."""
     loaded = as_loaded(model)
     adapter = loaded.adapter
-    base_mask, source_mask = inputs.masks
-    if base_cache is None:
-        _, base_cache = head_outputs(loaded, inputs.base_ids, inputs.base_mask)
+    clean_mask, corrupted_mask = inputs.masks
+    if clean_cache is None:
+        _, clean_cache = head_outputs(loaded, inputs.clean_ids, inputs.clean_mask)
     layers = range(adapter.n_layers)
     edits = {}
     sent_value = None
     if receivers != "everything":
-        for layer in layers:  # every head frozen to the base run ...
-            edits[Point("z", layer)] = _replace_with(base_cache[Point("z", layer)])
+        for layer in layers:  # every head frozen to the clean run ...
+            edits[Point("z", layer)] = _replace_with(clean_cache[Point("z", layer)])
     if sender is not None:  # ... but the sender
         layer, head = sender
         _check_head(adapter, layer, head, adapter.n_heads, "sender")
-        if source_cache is None or Point("z", layer) not in source_cache:
-            _, source_cache = head_outputs(loaded, inputs.source_ids, inputs.source_mask)
-        where_base = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+        if corrupted_cache is None or Point("z", layer) not in corrupted_cache:
+            _, corrupted_cache = head_outputs(loaded, inputs.corrupted_ids, inputs.corrupted_mask)
+        where_base = resolve_positions(sender_positions, clean_mask, inputs.clean_spans)
         where_source = resolve_positions(
-            sender_positions if source_positions is None else source_positions, source_mask, inputs.source_spans
+            sender_positions if corrupted_positions is None else corrupted_positions, corrupted_mask, inputs.corrupted_spans
         )
         rows, bpos, spos = paired_positions(where_base, where_source, "sender")
-        value = source_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
+        value = corrupted_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
         sent_value = (layer, head, rows, bpos, value)
         frozen = edits.get(Point("z", layer))
-        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value, inputs.base_ids.shape[1])
+        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value, inputs.clean_ids.shape[1])
 
     receiver_points: dict[Point, list[int]] = {}
     if not isinstance(receivers, str):
@@ -252,44 +252,44 @@ def path_patched_run(
         if prefix is not None:
             from graftlens.models.prefix import continue_prefix
 
-            return continue_prefix(loaded, prefix, inputs.base_ids, base_mask)
-        return run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+            return continue_prefix(loaded, prefix, inputs.clean_ids, clean_mask)
+        return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
 
     if receiver_points and sender is not None and sender[0] >= max(point.layer for point in receiver_points):
         # A head's q, k, v are read from the residual stream before its layer's attention: a
-        # sender in that layer or after it reaches no receiver, and the base run is the result.
-        return base_logits if base_logits is not None else forward()
+        # sender in that layer or after it reaches no receiver, and the clean run is the result.
+        return clean_logits if clean_logits is not None else forward()
 
     columns = _sender_columns(inputs, sender, sender_positions, receivers, receiver_positions) if one_column else None
     if columns is not None:
         # Every head frozen: each column's residual stream depends on that column alone, so the
         # sender run computes just the one column a row needs (the sender's, where its receivers
-        # are), with and without the sender; what the sender changes is added to the base run's
-        # values (a sender that changes nothing leaves them exactly as they are). ``base_cache``
-        # may hold the receivers' base inputs too (:func:`head_outputs` with ``points``).
+        # are), with and without the sender; what the sender changes is added to the clean run's
+        # values (a sender that changes nothing leaves them exactly as they are). ``clean_cache``
+        # may hold the receivers' clean inputs too (:func:`head_outputs` with ``points``).
         memo = column_runs if column_runs is not None else {}
         key = (tuple(columns.tolist()), tuple(receiver_points))
         if key not in memo:  # the run without the sender: the same for every sender of these columns
-            memo[key] = _one_column_run(loaded, inputs, columns, base_cache, None, receiver_points)
+            memo[key] = _one_column_run(loaded, inputs, columns, clean_cache, None, receiver_points)
         logits_0, sent_0 = memo[key]
-        logits, sent = _one_column_run(loaded, inputs, columns, base_cache, sent_value, receiver_points)
+        logits, sent = _one_column_run(loaded, inputs, columns, clean_cache, sent_value, receiver_points)
         if not receiver_points:
-            if base_logits is None:
-                base_logits = forward()
-            return base_logits + (logits - logits_0).to(base_logits.dtype)
-        missing = [p for p in receiver_points if p not in base_cache]
+            if clean_logits is None:
+                clean_logits = forward()
+            return clean_logits + (logits - logits_0).to(clean_logits.dtype)
+        missing = [p for p in receiver_points if p not in clean_cache]
         if missing:
             with capture(loaded, missing) as more, torch.no_grad():
-                run_logits(loaded, inputs.base_ids, inputs.base_mask, last_only=True)
-            base_cache = ActivationCache({**base_cache, **more})
-        # Each receiver's input in the sender run: its base value plus what the sender changed.
-        sent = ActivationCache({point: base_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points})
+                run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
+            clean_cache = ActivationCache({**clean_cache, **more})
+        # Each receiver's input in the sender run: its clean value plus what the sender changed.
+        sent = ActivationCache({point: clean_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points})
     else:
         with edit(loaded, edits), capture(loaded, receiver_points) as sent:
             logits = forward()
         if not receiver_points:
             return logits
-    where = resolve_positions(receiver_positions, base_mask, inputs.base_spans)  # [batch, pos]
+    where = resolve_positions(receiver_positions, clean_mask, inputs.clean_spans)  # [batch, pos]
     receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
     with edit(loaded, receiver_edits):
         return forward()
@@ -302,36 +302,36 @@ def _sender_columns(
     receivers: Receivers,
     receiver_positions: PositionsLike,
 ) -> torch.Tensor | None:
-    """``LongTensor[batch]``: the one column each base row's sender run must compute (the sender's
+    """``LongTensor[batch]``: the one column each clean row's sender run must compute (the sender's
     column, where the receivers are too; the last one for the logits), or None when heads are not
     frozen, nothing is sent, or a row needs more than one column."""
     if receivers == "everything" or sender is None:
         return None
-    base_mask, _ = inputs.masks
-    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+    clean_mask, _ = inputs.masks
+    where = resolve_positions(sender_positions, clean_mask, inputs.clean_spans)
     if receivers == "logits":
         where = where.clone()
         where[:, -1] = True  # left-padded or not, the logits are read at the last column
     else:
-        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
-    if not bool((where.sum(1) == 1).all()) or not bool(base_mask.gather(1, where.float().argmax(1, keepdim=True)).all()):
+        where = where | resolve_positions(receiver_positions, clean_mask, inputs.clean_spans)
+    if not bool((where.sum(1) == 1).all()) or not bool(clean_mask.gather(1, where.float().argmax(1, keepdim=True)).all()):
         return None
     return where.float().argmax(1)
 
 
-def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, base_cache: ActivationCache, sender, receiver_points):
+def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, clean_cache: ActivationCache, sender, receiver_points):
     """The frozen-head run on one column per row (a ``[batch, 1]`` forward at the column's position
-    id), every head's output the base run's there but the ``sender``'s (``(layer, head, rows,
+    id), every head's output the clean run's there but the ``sender``'s (``(layer, head, rows,
     positions, value)`` or None): its logits and the receivers' inputs, scattered back to full width."""
-    base_mask, _ = inputs.masks
-    device = inputs.base_ids.device
-    rows = torch.arange(inputs.base_ids.shape[0], device=device)
+    clean_mask, _ = inputs.masks
+    device = inputs.clean_ids.device
+    rows = torch.arange(inputs.clean_ids.shape[0], device=device)
     cols = columns.to(device)
-    ids = inputs.base_ids[rows, cols][:, None]  # [batch, 1]
-    positions = position_ids_for(base_mask)[rows, cols][:, None]
+    ids = inputs.clean_ids[rows, cols][:, None]  # [batch, 1]
+    positions = position_ids_for(clean_mask)[rows, cols][:, None]
     frozen = {}
     for layer in range(loaded.adapter.n_layers):
-        z = base_cache[Point("z", layer)][rows, cols]  # [batch, head, d_head]
+        z = clean_cache[Point("z", layer)][rows, cols]  # [batch, head, d_head]
         if sender is not None and sender[0] == layer:
             _, head, s_rows, _, value = sender  # one sender position per row: the row's column
             z = z.clone()
@@ -342,7 +342,7 @@ def _one_column_run(loaded, inputs: PathInputs, columns: torch.Tensor, base_cach
     sent = ActivationCache()
     for point in receiver_points:
         value = sent_one[point]  # [batch, 1, head, d_head]
-        full = value.new_zeros((value.shape[0], inputs.base_ids.shape[1], *value.shape[2:]))
+        full = value.new_zeros((value.shape[0], inputs.clean_ids.shape[1], *value.shape[2:]))
         full[rows.to(value.device), cols.to(value.device)] = value[:, 0]
         sent[point] = full
     return logits[:, -1], sent
@@ -382,8 +382,8 @@ def _receiver_edit(sent: torch.Tensor, where: torch.Tensor, heads: list[int]):
 def first_touched_column(
     inputs: PathInputs, sender_positions: PositionsLike, receivers: Receivers, receiver_positions: PositionsLike
 ) -> int:
-    """The first column of the (left-padded) base batch that a path-patched run changes: every
-    column before it is the base run's own, so a KV cache of them can be shared (0: none)."""
+    """The first column of the (left-padded) clean batch that a path-patched run changes: every
+    column before it is the clean run's own, so a KV cache of them can be shared (0: none)."""
     first = _first_columns(inputs, sender_positions, receivers, receiver_positions)
     return int(first.min()) if first is not None else 0
 
@@ -391,10 +391,10 @@ def first_touched_column(
 @dataclass(frozen=True)
 class PathPatchingScores:
     """Per sender head: the mean relative change of the target's probability,
-    ``(p_patched - p_base) / p_base`` (``scores[layer, head]``), and the base probability."""
+    ``(p_patched - p_clean) / p_clean`` (``scores[layer, head]``), and the clean probability."""
 
     scores: torch.Tensor  # [layer, head]
-    base_prob: torch.Tensor  # [batch]
+    clean_prob: torch.Tensor  # [batch]
 
     def top(self, k: int, largest: bool = False) -> list[Head]:
         """The ``k`` heads with the most negative scores (or the largest with ``largest``)."""
@@ -419,21 +419,21 @@ def target_probs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor
 
 @dataclass
 class _Part:
-    """Rows of a batch that one sender run serves: their inputs, clean and source activations, the
+    """Rows of a batch that one sender run serves: their inputs, clean and corrupted activations, the
     KV cache of the columns before the first one they touch, and the runs without sender."""
 
     rows: torch.Tensor  # LongTensor[n]: their indices in the batch
     inputs: PathInputs
-    base_logits: torch.Tensor
-    base_cache: ActivationCache
-    source_cache: ActivationCache
+    clean_logits: torch.Tensor
+    clean_cache: ActivationCache
+    corrupted_cache: ActivationCache
     prefix: object | None
     column_runs: dict = field(default_factory=dict)
 
 
 class PreparedBatch:
     """A batch made ready for every sender of one path-patching stage (sender and receiver
-    positions fixed): the clean and source runs once, then the rows split by the first column any
+    positions fixed): the clean and corrupted runs once, then the rows split by the first column any
     edit touches, so each part continues its own shared prefix (the queried box sits at another
     column in each prompt; the earliest one would set everyone's prefix otherwise)."""
 
@@ -443,7 +443,7 @@ class PreparedBatch:
         inputs: PathInputs,
         *,
         sender_positions: PositionsLike = "LT",
-        source_positions: PositionsLike | None = None,
+        corrupted_positions: PositionsLike | None = None,
         receivers: Receivers = "logits",
         receiver_positions: PositionsLike = "LT",
         share_prefix: bool = True,
@@ -451,48 +451,48 @@ class PreparedBatch:
         from graftlens.models.prefix import run_prefix
 
         self.model = as_loaded(model)
-        self.batch = inputs.base_ids.shape[0]
+        self.batch = inputs.clean_ids.shape[0]
         self.kwargs = dict(
             sender_positions=sender_positions,
-            source_positions=source_positions,
+            corrupted_positions=corrupted_positions,
             receivers=receivers,
             receiver_positions=receiver_positions,
         )
         points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
         with torch.no_grad():
-            base_logits, base_cache = head_outputs(self.model, inputs.base_ids, inputs.base_mask, points)
-            _, source_cache = head_outputs(self.model, inputs.source_ids, inputs.source_mask)
-        self.base_logits = base_logits
+            clean_logits, clean_cache = head_outputs(self.model, inputs.clean_ids, inputs.clean_mask, points)
+            _, corrupted_cache = head_outputs(self.model, inputs.corrupted_ids, inputs.corrupted_mask)
+        self.clean_logits = clean_logits
         first = _first_columns(inputs, sender_positions, receivers, receiver_positions) if share_prefix else None
         groups = {int(c): (first == c).nonzero().flatten() for c in first.unique()} if first is not None else {0: None}
         self.parts: list[_Part] = []
         for cut, rows in sorted(groups.items()):
             part_inputs = inputs if rows is None else _subset(inputs, rows)
             take = (lambda t: t) if rows is None else (lambda t, r=rows: t[r.to(t.device)])
-            prefix = run_prefix(self.model, part_inputs.base_ids, part_inputs.masks[0], cut) if cut > 0 else None
+            prefix = run_prefix(self.model, part_inputs.clean_ids, part_inputs.masks[0], cut) if cut > 0 else None
             self.parts.append(
                 _Part(
                     torch.arange(self.batch) if rows is None else rows,
                     part_inputs,
-                    take(base_logits),
-                    ActivationCache({p: take(t) for p, t in base_cache.items()}),
-                    ActivationCache({p: take(t) for p, t in source_cache.items()}),
+                    take(clean_logits),
+                    ActivationCache({p: take(t) for p, t in clean_cache.items()}),
+                    ActivationCache({p: take(t) for p, t in corrupted_cache.items()}),
                     prefix,
                 )
             )
 
     def logits(self, sender: Head | None) -> torch.Tensor:
         """Last-position logits ``[batch, vocab]`` of the path-patched run for ``sender``."""
-        out = self.base_logits.new_empty(self.base_logits.shape)
+        out = self.clean_logits.new_empty(self.clean_logits.shape)
         for part in self.parts:
-            out[part.rows.to(out.device)] = path_patched_run(
+            out[part.rows.to(out.device)] = _path_patched_run(
                 self.model,
                 part.inputs,
                 sender,
-                base_cache=part.base_cache,
-                source_cache=part.source_cache,
+                clean_cache=part.clean_cache,
+                corrupted_cache=part.corrupted_cache,
                 prefix=part.prefix,
-                base_logits=part.base_logits,
+                clean_logits=part.clean_logits,
                 column_runs=part.column_runs,
                 **self.kwargs,
             )
@@ -501,12 +501,12 @@ class PreparedBatch:
 
 def _first_columns(inputs: PathInputs, sender_positions, receivers, receiver_positions) -> torch.Tensor | None:
     """Per row, the first column an edit touches (None when the batch is not left-padded)."""
-    base_mask, _ = inputs.masks
-    if not bool(base_mask[:, -1].all()):
+    clean_mask, _ = inputs.masks
+    if not bool(clean_mask[:, -1].all()):
         return None
-    where = resolve_positions(sender_positions, base_mask, inputs.base_spans)
+    where = resolve_positions(sender_positions, clean_mask, inputs.clean_spans)
     if not isinstance(receivers, str):
-        where = where | resolve_positions(receiver_positions, base_mask, inputs.base_spans)
+        where = where | resolve_positions(receiver_positions, clean_mask, inputs.clean_spans)
     if not bool(where.any(1).all()):
         return None
     return where.float().argmax(1).cpu()  # the first True of each row
@@ -518,12 +518,12 @@ def _subset(inputs: PathInputs, rows: torch.Tensor) -> PathInputs:
 
     spans = lambda sp: None if sp is None else [sp[int(i)] for i in rows]  # noqa: E731
     return PathInputs(
-        pick(inputs.base_ids),
-        pick(inputs.source_ids),
-        pick(inputs.base_mask),
-        pick(inputs.source_mask),
-        spans(inputs.base_spans),
-        spans(inputs.source_spans),
+        pick(inputs.clean_ids),
+        pick(inputs.corrupted_ids),
+        pick(inputs.clean_mask),
+        pick(inputs.corrupted_mask),
+        spans(inputs.clean_spans),
+        spans(inputs.corrupted_spans),
     )
 
 
@@ -535,21 +535,19 @@ def path_patching(
     *,
     senders: Sequence[Head] | None = None,
     sender_positions: PositionsLike = "LT",
-    source_positions: PositionsLike | None = None,
+    corrupted_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
-    share_prefix: bool = True,
 ) -> PathPatchingScores:
     """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
     heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked.
 
-    With ``share_prefix`` the columns before the first one any sender or receiver touches are run
-    once, with a KV cache, and every sender continues from there (the same result, computed on
-    fewer columns).
+    The columns before the first one any sender or receiver touches are run once, with a KV
+    cache, and every sender continues from there (the same result, computed on fewer columns).
 
     Returns:
         ``PathPatchingScores``: ``scores[layer, head]``, the relative change of the target's
-        probability ``(p_patched − p_base) / p_base`` when that head is the sender;
+        probability ``(p_patched − p_clean) / p_clean`` when that head is the sender;
         ``top(k)`` gives the heads with the most negative scores.
 
     Example (two stages: senders straight to the logits, then through the top heads' queries):
@@ -572,19 +570,18 @@ def path_patching(
             model,
             inputs,
             sender_positions=sender_positions,
-            source_positions=source_positions,
+            corrupted_positions=corrupted_positions,
             receivers=receivers,
             receiver_positions=receiver_positions,
-            share_prefix=share_prefix,
         )
-        base_prob = target_probs(prepared.base_logits, target_ids)
+        clean_prob = target_probs(prepared.clean_logits, target_ids)
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
         if senders is None:
             senders = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
         for layer, head in senders:
             p = target_probs(prepared.logits((layer, head)), target_ids)
-            scores[layer, head] = ((p - base_prob) / base_prob).mean()
-    return PathPatchingScores(scores, base_prob)
+            scores[layer, head] = ((p - clean_prob) / clean_prob).mean()
+    return PathPatchingScores(scores, clean_prob)
 
 
 def prepared_bytes(prepared: PreparedBatch) -> int:
@@ -593,7 +590,7 @@ def prepared_bytes(prepared: PreparedBatch) -> int:
 
     total = 0
     for part in prepared.parts:
-        for t in (*part.base_cache.values(), *part.source_cache.values()):
+        for t in (*part.clean_cache.values(), *part.corrupted_cache.values()):
             total += t.numel() * t.element_size()
         total += cache_bytes(part.prefix) if part.prefix is not None else 0
     return total

@@ -16,8 +16,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import PointLike
-from graftlens.interventions.knockout import knockout_sweep_logits
-from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_variants, run_with_cache
+from graftlens.interventions.patching import Patch, check_same_shapes, run_with_cache
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -63,9 +62,10 @@ def cmap_sweep(
     Example:
         >>> import graftlens, torch
         >>> from graftlens.models import tiny_model
-        >>> base, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+        >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-        >>> out = graftlens.cmap_sweep(base, ft, {"L2-3": {"z.2": None, "z.3": None}, "L3": {"z.3": None}}, ids, positions="LT")
+        >>> configs = {"L2-3": {"z.2": None, "z.3": None}, "L3": {"z.3": None}}
+        >>> out = graftlens.cmap_sweep(recipient, ft, configs, ids, positions="LT")
         >>> out["L3"].shape
         torch.Size([2, 96])
     """
@@ -78,7 +78,7 @@ def cmap_sweep(
             raise InterventionError(f"CMAP configuration {name!r} patches no point")
         parsed[name] = {parse_point(p): heads for p, heads in points.items()}
     needed = list(dict.fromkeys(p for points in parsed.values() for p in points))
-    _, donor_cache = run_with_cache(donor, input_ids, attention_mask, needed, last_only=True)
+    _, donor_activations = run_with_cache(donor, input_ids, attention_mask, needed, last_only=True)
     run = CachedRun(recipient, input_ids, attention_mask)
     names = list(parsed)
     per_pass = max(1, VARIANT_ROWS // input_ids.shape[0])
@@ -86,10 +86,10 @@ def cmap_sweep(
     for start in range(0, len(names), per_pass):
         chunk = names[start : start + per_pass]
         patch_sets = [
-            [Patch(p, donor_cache[p], positions, None if h is None else tuple(h)) for p, h in parsed[name].items()]
+            [Patch(p, donor_activations[p], positions, None if h is None else tuple(h)) for p, h in parsed[name].items()]
             for name in chunk
         ]
-        logits = continued_patched_variants(run, patch_sets, spans)  # [batch, variants, vocab]
+        logits = run.patched_variants(patch_sets, spans)  # [batch, variants, vocab]
         out.update({name: logits[:, v] for v, name in enumerate(chunk)})
     return out
 
@@ -132,4 +132,4 @@ def knockout_sweep(
         if bad:
             raise InterventionError(f"knockout window {w} names layers {bad} outside 0..{n - 1}")
     run = CachedRun(loaded, input_ids, attention_mask)
-    return knockout_sweep_logits(run, windows, sources, targets, spans=spans)
+    return run.knocked_out_windows(windows, sources, targets, spans=spans)

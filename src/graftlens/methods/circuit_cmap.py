@@ -8,14 +8,14 @@ base, base into finetune) with two sweeps."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
-from graftlens.methods.circuits import GROUPS, load_circuit
 from graftlens.methods.cmap import DonorActivations
-from graftlens.methods.registry import Context, Method, register
+from graftlens.methods.core.circuits import GROUPS, load_circuit
+from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
+from graftlens.methods.core.registry import Execution, Method, register
 
 if TYPE_CHECKING:
     import torch
@@ -27,22 +27,26 @@ if TYPE_CHECKING:
 GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
 
 
-class CircuitCmapSpec(Strict):
-    kind: Literal["circuit_cmap"] = "circuit_cmap"
+class CircuitCmapSource(Strict):
+    """What a circuit_cmap sweep and each of its configurations share: the donor and the circuit."""
+
     donor: str
-    circuit: str
-    groups: list[GroupName] = Field(min_length=1)
+    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
 
 
-class CircuitCmapSweep(Sweep):
+class CircuitCmapSpec(CircuitCmapSource):
+    kind: Literal["circuit_cmap"] = "circuit_cmap"
+    head_groups: list[GroupName] = Field(min_length=1)
+
+
+class CircuitCmapSweep(CircuitCmapSource, Sweep):
     """Patch the donor's heads of each group (and of all groups together) into the recipient."""
 
     kind: Literal["circuit_cmap"]
-    donor: str
-    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
-    groups: list[GroupName] = Field(list(GROUPS), min_length=1)
-    recipient: str | None = None
-    group: str = "circuit CMAP"
+    renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
+
+    head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    panel: str = "circuit CMAP"
 
 
 @register
@@ -55,13 +59,22 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
     def expand(
         self, sweep: CircuitCmapSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
     ) -> list[RunConfig]:
-        sets = [[g] for g in sweep.groups] + ([list(sweep.groups)] if len(sweep.groups) > 1 else [])
+        sets = [[g] for g in sweep.head_groups] + ([list(sweep.head_groups)] if len(sweep.head_groups) > 1 else [])
         out = []
         for groups in sets:
             label = "all groups" if len(groups) > 1 else groups[0].replace("_", " ")
-            spec = CircuitCmapSpec(donor=sweep.donor, circuit=sweep.circuit, groups=groups)
+            spec = CircuitCmapSpec(head_groups=groups, **shared_fields(sweep, CircuitCmapSource))
             name = f"{label} from {sweep.donor} into {recipient}"
-            out.append(RunConfig(name, sweep.group, recipient, (), {"groups": label, "donor": sweep.donor}, spec, kind=self.kind))
+            out.append(
+                RunConfig(
+                    name=name,
+                    panel=sweep.panel,
+                    model=recipient,
+                    coords={"groups": label, "donor": sweep.donor},
+                    method=spec,
+                    kind=self.kind,
+                )
+            )
         return out
 
     def check(self, config: RunConfig[CircuitCmapSpec], models: Mapping[str, LoadedModel]) -> list[str]:
@@ -72,31 +85,31 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
         a = models[config.model].adapter
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
-        if not any(circuit.group(g).heads for g in spec.groups):
-            raise RecipeError(f"circuit {spec.circuit}: the groups {spec.groups} have no heads")
-        return [circuit.group(g).positions for g in spec.groups]  # each group patched at the file's positions
+        if not any(circuit.group(g).heads for g in spec.head_groups):
+            raise RecipeError(f"circuit {spec.circuit}: the groups {spec.head_groups} have no heads")
+        return [circuit.group(g).positions for g in spec.head_groups]  # each group patched at the file's positions
 
-    def readout(self, config: RunConfig[CircuitCmapSpec], context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[CircuitCmapSpec], execution: Execution) -> LastLogits:
         spec = config.method
         from graftlens.interventions.patching import Patch, patched_logits
         from graftlens.interventions.points import Point
 
-        base, donor = context.models[config.model], context.models[spec.donor]
+        base, donor = execution.models[config.model], execution.models[spec.donor]
         circuit = load_circuit(spec.circuit)
         per_point: list[tuple[Point, str, tuple[int, ...]]] = []
-        for g in spec.groups:
+        for g in spec.head_groups:
             group = circuit.group(g)
             layers = sorted({layer for layer, _ in group.heads})
             for layer in layers:
                 heads = tuple(h for la, h in group.heads if la == layer)
                 per_point.append((Point("z", layer), group.positions, heads))
         if not per_point:
-            raise RecipeError(f"configuration {config.name!r}: the groups {spec.groups} have no heads")
+            raise RecipeError(f"configuration {config.name!r}: the groups {spec.head_groups} have no heads")
         points = sorted({p for p, _, _ in per_point})
-        donor_cache: DonorActivations = context.state("cmap", DonorActivations)
+        donor_activations: DonorActivations = execution.state("cmap", DonorActivations)
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            cache = donor_cache.get(spec.donor, donor, batch, points)
+            cache = donor_activations.get(spec.donor, donor, batch, points)
             patches = [Patch(p, cache[p], positions, heads) for p, positions, heads in per_point]
             return patched_logits(base, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]
 

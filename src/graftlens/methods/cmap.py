@@ -11,7 +11,8 @@ from pydantic import Field, field_validator
 
 from graftlens.bounded import BoundedStore
 from graftlens.interventions.points import HEAD_POINTS, Point
-from graftlens.methods.base import (
+from graftlens.methods.core.figures import heatmap_of
+from graftlens.methods.core.parts import (
     Fits,
     LayerSpec,
     RecipeError,
@@ -22,8 +23,7 @@ from graftlens.methods.base import (
     check_positions,
     layers_label,
 )
-from graftlens.methods.figures import heatmap_of
-from graftlens.methods.registry import Context, Method, register
+from graftlens.methods.core.registry import Execution, Method, register
 from graftlens.models.names import select_layers
 
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
@@ -58,8 +58,7 @@ class CmapSweep(Sweep):
     layers: Annotated[list[LayerSpec], Fits("selections")] = Field(["all"], min_length=1)
     positions: list[str] = Field(["all"], min_length=1)
     heads: Annotated[list[int] | None, Fits("head")] = None
-    recipient: str | None = None
-    group: str = "cmap"
+    panel: str = "cmap"
 
     _positions = field_validator("positions")(check_position_list)
 
@@ -106,7 +105,9 @@ class CrossModelPatching(Method[CmapSpec]):
                     spec = CmapSpec(donor=sweep.donor, points=points, layers=layers, heads=sweep.heads, positions=positions)
                     coords = {"points": label, "layers": layers_label(layers), "positions": positions}
                     name = f"cmap {label} @ {layers_label(layers)} @ {positions}"
-                    out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
+                    out.append(
+                        RunConfig(name=name, panel=sweep.panel, model=recipient, coords=coords, method=spec, kind=self.kind)
+                    )
         return out
 
     def check(self, config: RunConfig[CmapSpec], models: Mapping[str, LoadedModel]) -> list[str]:
@@ -123,29 +124,28 @@ class CrossModelPatching(Method[CmapSpec]):
                 raise RecipeError(f"heads {bad} out of range for {point!r}")
         return [spec.positions]
 
-    def readout(self, config: RunConfig[CmapSpec], context: Context) -> LastLogits:
-        base, spec = context.models[config.model], config.method
-        from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits
-        from graftlens.methods.registry import unmodified_run
+    def readout(self, config: RunConfig[CmapSpec], execution: Execution) -> LastLogits:
+        base, spec = execution.models[config.model], config.method
+        from graftlens.interventions.patching import Patch, check_same_shapes
 
-        donor = context.models[spec.donor]
+        donor = execution.models[spec.donor]
         check_same_shapes(base, donor)
-        donor_cache: DonorActivations = context.state(self.kind, DonorActivations)
+        donor_activations: DonorActivations = execution.state(self.kind, DonorActivations)
         layers = select_layers(spec.layers, base.adapter.n_layers)
         points = [Point(name, layer) for name in spec.points for layer in layers]
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            cache = donor_cache.get(spec.donor, donor, batch, points)
+            cache = donor_activations.get(spec.donor, donor, batch, points)
             # The base model's run is continued from the lowest patched layer and first patched column.
             patches = [Patch(p, cache[p], spec.positions, None if spec.heads is None else tuple(spec.heads)) for p in points]
-            return continued_patched_logits(unmodified_run(context, config.model, batch), patches, batch.spans)
+            return execution.plain_run(config.model, batch).patched(patches, batch.spans)
 
         return run
 
-    def figure(self, run, group, configs):
+    def figure(self, run, panel, configs):
         return heatmap_of(
             run,
-            group,
+            panel,
             configs,
             ("layers", "positions"),
             "patched layers @ positions",

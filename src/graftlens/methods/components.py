@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from graftlens.methods.base import Fits, GraftSpec, LayerSpec, RunConfig, layers_label
-from graftlens.methods.figures import heatmap_of
-from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
-from graftlens.methods.registry import register
+from graftlens.methods.core.figures import heatmap_of
+from graftlens.methods.core.grafting import ComponentListSweep, GraftingMethod
+from graftlens.methods.core.parts import Fits, GraftSpec, LayerSpec, RunConfig, layers_label
+from graftlens.methods.core.registry import register
 
 
 class ComponentSweep(ComponentListSweep):
@@ -17,7 +17,7 @@ class ComponentSweep(ComponentListSweep):
 
     kind: Literal["components"]
     layers: Annotated[list[LayerSpec], Fits("selections")] = Field(min_length=1)
-    group: str = "components"
+    panel: str = "components"
 
 
 @register
@@ -30,16 +30,16 @@ class ComponentGrafting(GraftingMethod):
     def expand(self, sweep: ComponentSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         return [
             RunConfig(
-                f"{comp} @ {layers_label(layers)}",
-                sweep.group,
-                recipient,
-                (GraftSpec(donor=sweep.donor, components=comp, layers=layers, positions=sweep.positions),),
-                {"component": comp, "layers": layers_label(layers)},
+                name=f"{comp} @ {layers_label(layers)}",
+                panel=sweep.panel,
+                model=recipient,
+                grafts=(GraftSpec(donor=sweep.donor, components=comp, layers=layers, positions=sweep.positions),),
+                coords={"component": comp, "layers": layers_label(layers)},
                 kind=self.kind,
             )
             for comp in sweep.components
             for layers in sweep.layers
         ]
 
-    def figure(self, run, group, configs):
-        return heatmap_of(run, group, configs, ("layers",), "grafted layers")
+    def figure(self, run, panel, configs):
+        return heatmap_of(run, panel, configs, ("layers",), "grafted layers")

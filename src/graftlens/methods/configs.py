@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from graftlens.methods.base import GraftSpec, RunConfig, Strict
-from graftlens.methods.grafting import GraftingMethod
-from graftlens.methods.registry import register
+from graftlens.methods.core.grafting import GraftingMethod
+from graftlens.methods.core.parts import GraftSpec, RunConfig, Strict
+from graftlens.methods.core.registry import register
 
 
 class ConfigSpec(Strict):
-    """One configuration: ``model`` (default: the recipe's recipient) with ``grafts`` applied."""
+    """One configuration: ``model`` (default: the recipe's recipient) with ``grafts`` applied,
+    drawn in the report's ``panel``."""
+
+    renamed: ClassVar[dict[str, str]] = {"group": "panel"}
 
     name: str = Field(min_length=1)
     model: str | None = None
     grafts: list[GraftSpec] = []
-    group: str = "configs"
+    panel: str = "configs"
 
 
 @register
@@ -25,4 +30,7 @@ class WrittenConfigs(GraftingMethod):
     kind = "configs"
 
     def expand_written(self, configs: list[ConfigSpec], recipient: str) -> list[RunConfig]:
-        return [RunConfig(c.name, c.group, c.model or recipient, tuple(c.grafts), kind=self.kind) for c in configs]
+        return [
+            RunConfig(name=c.name, panel=c.panel, model=c.model or recipient, grafts=tuple(c.grafts), kind=self.kind)
+            for c in configs
+        ]

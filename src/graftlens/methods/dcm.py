@@ -4,7 +4,7 @@ masking, Prakash et al. after Davies et al.).
 For each group and each desideratum (``position``, ``object``, ``box_label``; see
 :mod:`graftlens.data.entity_tracking`), a sigmoid mask over the group's heads is trained on
 desideratum pairs of its own (another seed than the scored prompts) with an L1 term; the heads
-whose mask ends above 0.5 are then patched from each scored prompt's source into its base run at
+whose mask ends above 0.5 are then patched from each scored prompt's source into its clean run at
 the group's positions. Every configuration is scored on every desideratum's prompts (the
 recipe's data), so the report shows how well a mask trained for one desideratum realises each.
 Each row stores the learned mask values (``mask L.H`` columns) with it.
@@ -13,15 +13,15 @@ Each row stores the learned mask values (``mask L.H`` columns) with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
 from graftlens.configfiles import Seed
 from graftlens.errors import GraftlensError
-from graftlens.methods.base import RecipeError, RunConfig, Strict, Sweep
-from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
+from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import estimate
 
 if TYPE_CHECKING:
@@ -36,29 +36,10 @@ GroupName = Literal["value_fetchers", "position_transmitters", "position_detecto
 Desideratum = Literal["position", "object", "box_label"]
 
 
-class DcmSpec(Strict):
-    kind: Literal["dcm"] = "dcm"
-    circuit: str
-    group: GroupName
-    desideratum: Desideratum | None  # None: every head of the group patched (no mask learned)
-    boxes: int = Field(7, ge=2)
-    train_examples: int = Field(120, ge=1, le=100_000)
-    epochs: int = Field(10, ge=1, le=10_000)
-    lam: float = Field(0.01, ge=0)
-    lr: float = Field(0.1, gt=0)
-    batch_size: int = Field(24, ge=1)
-    init: float = 0.0
-    seed: Seed = 0
-    half: Literal["all", "train", "test"] = "test"
+class DcmTraining(Strict):
+    """What a dcm sweep and each of its configurations share: the circuit and how masks are trained."""
 
-
-class DcmSweep(Sweep):
-    """A mask per (group, desideratum), plus each group patched whole."""
-
-    kind: Literal["dcm"]
     circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
-    groups: list[GroupName] = Field(list(GROUPS), min_length=1)
-    desiderata: list[Desideratum] = Field(["position", "object", "box_label"], min_length=1)
     boxes: int = Field(7, ge=2)  # box count of the training pairs (the scored prompts' own)
     train_examples: int = Field(120, ge=1, le=100_000)
     epochs: int = Field(10, ge=1, le=10_000)
@@ -68,8 +49,23 @@ class DcmSweep(Sweep):
     init: float = 0.0  # the mask logits' start (sigmoid 0.5: every head undecided)
     seed: Seed = 0
     half: Literal["all", "train", "test"] = "test"
-    recipient: str | None = None
-    group: str = "dcm"
+
+
+class DcmSpec(DcmTraining):
+    kind: Literal["dcm"] = "dcm"
+    head_group: GroupName
+    desideratum: Desideratum | None  # None: every head of the group patched (no mask learned)
+
+
+class DcmSweep(DcmTraining, Sweep):
+    """A mask per (head group, desideratum), plus each head group patched whole."""
+
+    kind: Literal["dcm"]
+    renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
+
+    head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    desiderata: list[Desideratum] = Field(["position", "object", "box_label"], min_length=1)
+    panel: str = "dcm"
 
     def check_data(self, data: dict) -> None:
         pairs = (data.get("entity_tracking") or {}).get("pairs")
@@ -93,16 +89,14 @@ class DesiderataMasking(Method[DcmSpec]):
 
     def expand(self, sweep: DcmSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         out = []
-        common = sweep.model_dump(
-            include={"circuit", "boxes", "train_examples", "epochs", "lam", "lr", "batch_size", "init", "seed", "half"}
-        )
-        for group in sweep.groups:
+        common = shared_fields(sweep, DcmTraining)
+        for group in sweep.head_groups:
             for desideratum in [None, *sweep.desiderata]:
-                spec = DcmSpec(group=group, desideratum=desideratum, **common)
+                spec = DcmSpec(head_group=group, desideratum=desideratum, **common)
                 label = group.replace("_", " ")
                 name = f"{label}: all heads" if desideratum is None else f"{label}: mask for {desideratum}"
-                coords = {"group": group, "desideratum": desideratum or "all heads"}
-                out.append(RunConfig(name, sweep.group, recipient, (), coords, spec, kind=self.kind))
+                coords = {"head_group": group, "desideratum": desideratum or "all heads"}
+                out.append(RunConfig(name=name, panel=sweep.panel, model=recipient, coords=coords, method=spec, kind=self.kind))
         return out
 
     def check(self, config: RunConfig[DcmSpec], models: Mapping[str, LoadedModel]) -> list[str]:
@@ -110,18 +104,18 @@ class DesiderataMasking(Method[DcmSpec]):
         a = models[config.model].adapter
         circuit = load_circuit(spec.circuit)
         circuit.check(a.n_layers, a.n_heads)
-        check_fixed_positions(circuit, [spec.group], spec.circuit, "dcm")
+        check_fixed_positions(circuit, [spec.head_group], spec.circuit, "dcm")
         from graftlens.data.entity_tracking import check_boxes, vocabulary
 
         try:  # the training pairs, made in the readout, are made of this many boxes
             check_boxes(vocabulary(models[config.model].tokenizer, spec.half), spec.boxes, spec.half)
         except GraftlensError as exc:
             raise RecipeError(f"dcm boxes: {exc}") from None
-        if not circuit.group(spec.group).heads:
-            raise RecipeError(f"circuit {spec.circuit}: group {spec.group!r} has no heads to mask")
-        return [GROUP_POSITIONS[spec.group]]
+        if not circuit.group(spec.head_group).heads:
+            raise RecipeError(f"circuit {spec.circuit}: group {spec.head_group!r} has no heads to mask")
+        return [GROUP_POSITIONS[spec.head_group]]
 
-    def readout(self, config: RunConfig[DcmSpec], context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[DcmSpec], execution: Execution) -> LastLogits:
         spec = config.method
         import torch
 
@@ -129,19 +123,19 @@ class DesiderataMasking(Method[DcmSpec]):
         from graftlens.interventions.circuits import CircuitError
         from graftlens.interventions.masks import masked_patch_logits
 
-        model = context.models[config.model]
+        model = execution.models[config.model]
         pad = pad_id_of(model.tokenizer)
         try:
-            heads = list(load_circuit(spec.circuit).group(spec.group).heads)
+            heads = list(load_circuit(spec.circuit).group(spec.head_group).heads)
         except CircuitError as exc:
             raise RecipeError(f"configuration {config.name!r}: {exc}") from None
-        position = GROUP_POSITIONS[spec.group]
+        position = GROUP_POSITIONS[spec.head_group]
         if spec.desideratum is None:
             chosen = heads
         else:
-            learned = context.state(("dcm", config.model, spec), lambda: _train(model, spec, heads, pad))
+            learned = execution.state(("dcm", config.model, spec), lambda: _train(model, spec, heads, pad))
             chosen = learned.selected
-            context.note(config.name, {mask_key(la, h): round(float(v), 6) for (la, h), v in zip(heads, learned.values)})
+            execution.note(config.name, {mask_key(la, h): round(float(v), 6) for (la, h), v in zip(heads, learned.values)})
 
         def run(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.masks import DesideratumBatch
@@ -150,14 +144,14 @@ class DesiderataMasking(Method[DcmSpec]):
             if not chosen:
                 from graftlens.models.run import run_logits
 
-                return run_logits(model, inputs.base_ids, inputs.base_mask, last_only=True)[:, -1]
+                return run_logits(model, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
             return masked_patch_logits(
                 model, DesideratumBatch(inputs, batch.target_ids), chosen, torch.ones(len(chosen)), position
             )
 
         return run
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         """Accuracy of each configuration on each desideratum's prompts, and the heads each mask kept."""
         by_config = run.by_config
         desiderata = list(dict.fromkeys(r.template for r in run.rows))
@@ -169,14 +163,14 @@ class DesiderataMasking(Method[DcmSpec]):
             rows.append((c.name, [estimate(per[d], "top1", run.n_boot, run.seed) if per[d] else None for d in desiderata]))
         return [
             Table(
-                f"{group}: accuracy on each desideratum's prompts (heads patched from the source)",
+                f"{panel}: accuracy on each desideratum's prompts (heads patched from the source)",
                 "configuration",
                 desiderata,
                 rows,
             )
         ]
 
-    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
+    def files(self, run: RunData, panel: str, configs: list[StoredConfig]) -> dict[str, str]:
         import json
 
         masks = {c.name: _mask_values(run, c) for c in configs if _mask_values(run, c)}
@@ -204,4 +198,4 @@ def _train(model: LoadedModel, spec: DcmSpec, heads: list[tuple[int, int]], pad:
         batch = batch.to(model.device)
         train.append(DesideratumBatch(pair_inputs(batch, pad), batch.target_ids))
     settings = DcmSettings(lam=spec.lam, lr=spec.lr, epochs=spec.epochs, init=spec.init, seed=spec.seed)
-    return learn_mask(model, train, heads, settings, GROUP_POSITIONS[spec.group])
+    return learn_mask(model, train, heads, settings, GROUP_POSITIONS[spec.head_group])

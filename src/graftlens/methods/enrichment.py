@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import Fits, RecipeError, RunConfig, Strict, Sweep, check_positions
-from graftlens.methods.figures import metric_label
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.figures import metric_label
+from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ class EnrichmentSweep(Sweep):
     positions: str = "subject"
     ablation: Literal["zero", "mean"] = "zero"
     answer: bool = True
-    recipient: str | None = None
-    group: str = "sublayers cancelled"
+    panel: str = "sublayers cancelled"
 
     _positions = field_validator("positions")(check_positions)
 
@@ -72,8 +71,8 @@ class EnrichmentSweep(Sweep):
         return layer
 
 
-def _answer_group(group: str) -> str:
-    return f"{group}: the last position's prediction"
+def _answer_group(panel: str) -> str:
+    return f"{panel}: the last position's prediction"
 
 
 @register
@@ -86,19 +85,18 @@ class Enrichment(Method[EnrichmentSpec]):
         assert n_layers is not None
         read_layer = sweep.read_layer_of(n_layers)
         reads = ["subject", "last"] if sweep.answer else ["subject"]
-        groups = {"subject": sweep.group, "last": _answer_group(sweep.group)}
+        groups = {"subject": sweep.panel, "last": _answer_group(sweep.panel)}
 
         def config(sublayer: str | None, start: int | None) -> list[RunConfig]:
             layers = [] if start is None else list(range(start, min(n_layers, start + sweep.window)))
             what = "nothing cancelled" if start is None else f"{sublayer} L{layers[0]}-{layers[-1]} cancelled"
             return [
                 RunConfig(
-                    f"enrichment {what} @ {sweep.positions} → L{read_layer} {read}",
-                    groups[read],
-                    recipient,
-                    (),
-                    {"sublayer": sublayer or "none", "layer": "" if start is None else str(start), "read": read},
-                    EnrichmentSpec(
+                    name=f"enrichment {what} @ {sweep.positions} → L{read_layer} {read}",
+                    panel=groups[read],
+                    model=recipient,
+                    coords={"sublayer": sublayer or "none", "layer": "" if start is None else str(start), "read": read},
+                    method=EnrichmentSpec(
                         sublayer=sublayer,
                         layers=layers,
                         positions=sweep.positions,
@@ -120,8 +118,8 @@ class Enrichment(Method[EnrichmentSpec]):
     def check(self, config: RunConfig[EnrichmentSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.positions]
 
-    def readout(self, config: RunConfig[EnrichmentSpec], context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+    def readout(self, config: RunConfig[EnrichmentSpec], execution: Execution) -> LastLogits:
+        model, spec = execution.models[config.model], config.method
 
         def forward(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
             """``(hidden[batch, d_model] after the read layer at the subject's last token, logits[batch, vocab] at LT)``."""
@@ -130,7 +128,7 @@ class Enrichment(Method[EnrichmentSpec]):
             from graftlens.interventions.sublayers import cancel_sublayers
             from graftlens.models.run import run_logits
 
-            means = None if spec.ablation == "zero" or spec.sublayer is None else _means(context, config.model, model, spec)
+            means = None if spec.ablation == "zero" or spec.sublayer is None else _means(execution, config.model, model, spec)
             point = f"resid_post.{spec.read_layer}"
             with (
                 cancel_sublayers(
@@ -142,7 +140,7 @@ class Enrichment(Method[EnrichmentSpec]):
             return at_last_picked(cache[point], spec.positions, batch.attention_mask, batch.spans), logits
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            hidden, logits = context.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())
+            hidden, logits = execution.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())
             if spec.read == "last":
                 return logits
             from graftlens.interventions.lens import project
@@ -151,7 +149,7 @@ class Enrichment(Method[EnrichmentSpec]):
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         subject = any(c.coords.get("read") == "subject" for c in configs)
         metric = run.metric if subject else "top1"
         layers, series = _curves(run, configs, metric)
@@ -165,7 +163,7 @@ class Enrichment(Method[EnrichmentSpec]):
             else (f"{metric_label(metric)} of the answer at the last position")
         )
         ablated = "mean-ablated" if spec["ablation"] == "mean" else "cancelled"
-        title = f"{run.name}: {group} — {what}, sublayers {ablated} in {window} layers from ℓ up to {spec['positions']} (95% CI)"
+        title = f"{run.name}: {panel} — {what}, sublayers {ablated} in {window} layers from ℓ up to {spec['positions']} (95% CI)"
         top = max((e.hi for s in series.values() for e in s if e is not None and e.hi == e.hi), default=1.0)
         ylim = (0.0, 1.05 if top >= 0.25 else max(0.02, 1.2 * top))
         from graftlens import charts
@@ -175,7 +173,7 @@ class Enrichment(Method[EnrichmentSpec]):
         )
         return fig, title
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         """The rate with nothing cancelled, and the lowest each sublayer's windows bring it to."""
         subject = any(c.coords.get("read") == "subject" for c in configs)
         metric = run.metric if subject else "top1"
@@ -195,7 +193,7 @@ class Enrichment(Method[EnrichmentSpec]):
                 layers = c.method["layers"] if c.method else []
                 span = f"{layers[0]}–{layers[-1]}" if layers else ""
                 rows.append((sublayer, [low, span, len(found)]))
-        title = f"{group}: {metric_label(metric)} with nothing cancelled, and the lowest a window brings it to"
+        title = f"{panel}: {metric_label(metric)} with nothing cancelled, and the lowest a window brings it to"
         return [Table(title, "cancelled", ["rate", "window of the lowest", "windows"], rows)]
 
 
@@ -217,7 +215,7 @@ def _curves(run: RunData, configs: list[StoredConfig], metric: str) -> tuple[lis
     return layers, series
 
 
-def _means(context: Context, model_name: str, model: LoadedModel, spec: EnrichmentSpec) -> dict[int, torch.Tensor]:
+def _means(execution: Execution, model_name: str, model: LoadedModel, spec: EnrichmentSpec) -> dict[int, torch.Tensor]:
     """Each layer's mean sublayer output over the positions the cancellation touches, over every
     prompt of the run; made once per run and written beside the store (``sublayer-means.safetensors``)."""
 
@@ -225,11 +223,11 @@ def _means(context: Context, model_name: str, model: LoadedModel, spec: Enrichme
         from graftlens.interventions.sublayers import sublayer_means
 
         assert spec.sublayer is not None
-        work = [(b.input_ids.to(model.device), b.attention_mask.to(model.device), b.spans) for b in context.batches]
+        work = [(b.input_ids.to(model.device), b.attention_mask.to(model.device), b.spans) for b in execution.batches]
         means = sublayer_means(model, work, spec.sublayer, range(model.adapter.n_layers), spec.positions, through=True)
-        if context.keep is not None:  # {model}/{sublayer}/{layer} tensors
+        if execution.keep is not None:  # {model}/{sublayer}/{layer} tensors
             tensors = {f"{model_name}/{spec.sublayer}/{layer}": m.contiguous() for layer, m in means.items()}
-            context.keep(MEANS_FILE, tensors, {"positions": spec.positions, "through": "last position picked"})
+            execution.keep(MEANS_FILE, tensors, {"positions": spec.positions, "through": "last position picked"})
         return means
 
-    return context.state(("sublayer-means", model_name, spec.sublayer, spec.positions), make)
+    return execution.state(("sublayer-means", model_name, spec.sublayer, spec.positions), make)

@@ -15,9 +15,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, layers_label, sweep_layers
-from graftlens.methods.figures import curves
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.figures import curves
+from graftlens.methods.core.parts import (
+    Fits,
+    LayerSpec,
+    RunConfig,
+    Strict,
+    Sweep,
+    check_positions,
+    layers_label,
+    shared_fields,
+    sweep_layers,
+)
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, bootstrap_ci, estimate
 
 if TYPE_CHECKING:
@@ -38,18 +48,23 @@ CONDITION_LABELS = {
 POINT_LABELS = {"attn_out": "attention", "mlp_out": "MLP"}
 
 
-class ExtractionSpec(Strict):
+class ExtractionPositions(Strict):
+    """What an extraction sweep and each of its configurations share: the positions it reads and cancels at."""
+
+    position: str = "LT"
+    subject: str = "subject"
+    relation: str = "(subject+LT)^C"
+
+    _positions = field_validator("position", "subject", "relation")(check_positions)
+
+
+class ExtractionSpec(ExtractionPositions):
     kind: Literal["extraction"] = "extraction"
     point: ExtractionPoint
     layer: int
-    position: str = "LT"
     condition: Condition = "none"
-    subject: str = "subject"
-    relation: str = "(subject+LT)^C"
     enrichment_layers: list[int] = []
     relation_layers: list[int] = []
-
-    _positions = field_validator("position", "subject", "relation")(check_positions)
 
     def intervention(self) -> tuple:
         """What the forward pass depends on (every point and layer of a condition shares it)."""
@@ -63,21 +78,15 @@ class ExtractionSpec(Strict):
         )
 
 
-class ExtractionSweep(Sweep):
+class ExtractionSweep(ExtractionPositions, Sweep):
     """For each condition, point and layer: is the point's top-1 token at ``position`` the answer?"""
 
     kind: Literal["extraction"]
     points: list[ExtractionPoint] = Field(["attn_out", "mlp_out"], min_length=1)
     conditions: list[Condition] = Field(["none", "no_enrichment", "no_relation"], min_length=1)
-    position: str = "LT"
-    subject: str = "subject"
-    relation: str = "(subject+LT)^C"
     enrichment_layers: Annotated[LayerSpec, Fits("selection")] = "quarter1"  # the early MLPs
     relation_layers: Annotated[LayerSpec, Fits("selection")] = "half1"  # the layers before extraction
-    recipient: str | None = None
-    group: str = "extraction"
-
-    _positions = field_validator("position", "subject", "relation")(check_positions)
+    panel: str = "extraction"
 
 
 @register
@@ -97,10 +106,8 @@ class Extraction(Method[ExtractionSpec]):
                     spec = ExtractionSpec(
                         point=point,
                         layer=layer,
-                        position=sweep.position,
                         condition=condition,
-                        subject=sweep.subject,
-                        relation=sweep.relation,
+                        **shared_fields(sweep, ExtractionPositions),
                         enrichment_layers=enrichment if condition == "no_enrichment" else [],
                         relation_layers=relation if condition == "no_relation" else [],
                     )
@@ -111,12 +118,11 @@ class Extraction(Method[ExtractionSpec]):
                     }[condition]
                     out.append(
                         RunConfig(
-                            f"extraction {point} @ {sweep.position} @ L{layer}{where}",
-                            f"{sweep.group}: {POINT_LABELS[point]}",
-                            recipient,
-                            (),
-                            {"condition": condition, "point": point, "layer": str(layer)},
-                            spec,
+                            name=f"extraction {point} @ {sweep.position} @ L{layer}{where}",
+                            panel=f"{sweep.panel}: {POINT_LABELS[point]}",
+                            model=recipient,
+                            coords={"condition": condition, "point": point, "layer": str(layer)},
+                            method=spec,
                             kind=self.kind,
                         )
                     )
@@ -126,8 +132,8 @@ class Extraction(Method[ExtractionSpec]):
         spec = config.method
         return [spec.position, spec.subject, spec.relation]
 
-    def readout(self, config: RunConfig[ExtractionSpec], context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+    def readout(self, config: RunConfig[ExtractionSpec], execution: Execution) -> LastLogits:
+        model, spec = execution.models[config.model], config.method
 
         def forward(batch: PromptBatch) -> dict[str, torch.Tensor]:
             """Every layer's attention and MLP output at ``position`` under the condition: name → ``[batch, d_model]``."""
@@ -155,12 +161,12 @@ class Extraction(Method[ExtractionSpec]):
         def run(batch: PromptBatch) -> torch.Tensor:
             from graftlens.interventions.lens import project
 
-            outputs = context.for_batch("extraction", batch, lambda: forward(batch), spec.intervention())
+            outputs = execution.for_batch("extraction", batch, lambda: forward(batch), spec.intervention())
             return project(model, outputs[f"{spec.point}.{spec.layer}"])
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         by_config = run.by_config
         values = {
             (CONDITION_LABELS[c.coords["condition"]], c.coords["layer"]): estimate(
@@ -171,7 +177,7 @@ class Extraction(Method[ExtractionSpec]):
         }
         labelled = [_relabelled(c) for c in configs]
         layers, series = curves(labelled, "condition", values)
-        what = group.rsplit(": ", 1)[-1]
+        what = panel.rsplit(": ", 1)[-1]
         title = f"{run.name}: extraction events of {what} outputs at the last position (top-1 = the answer), 95% CI"
         top = max((e.hi for s in series.values() for e in s if e is not None and e.hi == e.hi), default=1.0)
         from graftlens import charts
@@ -187,16 +193,16 @@ class Extraction(Method[ExtractionSpec]):
         )
         return fig, title
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         """Per condition: the share of facts with an extraction event in some layer, and the layer with the most."""
         rows: list[tuple[str, list[Estimate | int | str | None]]] = []
         for condition in dict.fromkeys(c.coords["condition"] for c in configs):
             mine = [c for c in configs if c.coords["condition"] == condition]
             rows.append((CONDITION_LABELS[condition], _any_layer(run, mine)))
-        what = group.rsplit(": ", 1)[-1]
+        what = panel.rsplit(": ", 1)[-1]
         return [
             Table(
-                f"{group}: facts with an extraction event by {what} in some layer",
+                f"{panel}: facts with an extraction event by {what} in some layer",
                 "condition",
                 ["share of facts", "most events (layer)"],
                 rows,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, sweep_layers
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.parts import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, shared_fields, sweep_layers
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, bootstrap_ci
 
 if TYPE_CHECKING:
@@ -30,12 +30,9 @@ SOURCE_LABELS = {"hidden": "the subject's representation", "embedding": "the sub
 EXAMPLES = 3  # examples listed per head in the report
 
 
-class HeadMappingSpec(Strict):
-    kind: Literal["head_mappings"] = "head_mappings"
-    read: Literal["event", "hidden", "embedding"]  # the layer's attention output, or one head's mapping
-    layer: int
-    head: int | None = None
-    layers: list[int]  # every layer of the sweep (one pass reads them all)
+class HeadMappingRead(Strict):
+    """What a head-mappings sweep and each of its configurations share: where and how maps are read."""
+
     subject: str = "subject"
     position: str = "LT"
     top_k: Annotated[int, Fits("vocab")] = Field(10, ge=1)
@@ -44,21 +41,22 @@ class HeadMappingSpec(Strict):
     _positions = field_validator("subject", "position")(check_positions)
 
 
-class HeadMappingSweep(Sweep):
+class HeadMappingSpec(HeadMappingRead):
+    kind: Literal["head_mappings"] = "head_mappings"
+    read: Literal["event", "hidden", "embedding"]  # the layer's attention output, or one head's mapping
+    layer: int
+    head: int | None = None
+    layers: list[int]  # every layer of the sweep (one pass reads them all)
+
+
+class HeadMappingSweep(HeadMappingRead, Sweep):
     """Every head of ``layers``: its value–output map of the subject, for each source; each layer's
     attention output at ``position`` (its extraction events)."""
 
     kind: Literal["head_mappings"]
     layers: Annotated[LayerSpec, Fits("selection")] = "half2"
     sources: list[MappingSource] = Field(["hidden", "embedding"], min_length=1)
-    subject: str = "subject"
-    position: str = "LT"
-    top_k: Annotated[int, Fits("vocab")] = Field(10, ge=1)
-    final_norm: bool = True
-    recipient: str | None = None
-    group: str = "head mappings"
-
-    _positions = field_validator("subject", "position")(check_positions)
+    panel: str = "head mappings"
 
 
 @register
@@ -74,17 +72,14 @@ class HeadMappings(Method[HeadMappingSpec]):
     ) -> list[RunConfig]:
         assert n_layers is not None and n_heads is not None
         layers = sweep_layers(sweep, "layers", n_layers)
-        common = dict(
-            layers=layers, subject=sweep.subject, position=sweep.position, top_k=sweep.top_k, final_norm=sweep.final_norm
-        )
+        common = dict(layers=layers, **shared_fields(sweep, HeadMappingRead))
         out = [
             RunConfig(
-                f"attention output @ {sweep.position} @ L{layer}",
-                sweep.group,
-                recipient,
-                (),
-                {"read": "event", "layer": str(layer), "head": ""},
-                HeadMappingSpec(read="event", layer=layer, **common),
+                name=f"attention output @ {sweep.position} @ L{layer}",
+                panel=sweep.panel,
+                model=recipient,
+                coords={"read": "event", "layer": str(layer), "head": ""},
+                method=HeadMappingSpec(read="event", layer=layer, **common),
                 kind=self.kind,
             )
             for layer in layers
@@ -92,12 +87,11 @@ class HeadMappings(Method[HeadMappingSpec]):
         for source in sweep.sources:
             out += [
                 RunConfig(
-                    f"head {layer}.{head} maps {sweep.subject} ({source})",
-                    sweep.group,
-                    recipient,
-                    (),
-                    {"read": source, "layer": str(layer), "head": str(head)},
-                    HeadMappingSpec(read=source, layer=layer, head=head, **common),
+                    name=f"head {layer}.{head} maps {sweep.subject} ({source})",
+                    panel=sweep.panel,
+                    model=recipient,
+                    coords={"read": source, "layer": str(layer), "head": str(head)},
+                    method=HeadMappingSpec(read=source, layer=layer, head=head, **common),
                     kind=self.kind,
                 )
                 for layer in layers
@@ -109,8 +103,8 @@ class HeadMappings(Method[HeadMappingSpec]):
         spec = config.method
         return [spec.subject, spec.position]
 
-    def readout(self, config: RunConfig[HeadMappingSpec], context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+    def readout(self, config: RunConfig[HeadMappingSpec], execution: Execution) -> LastLogits:
+        model, spec = execution.models[config.model], config.method
 
         def events(batch: PromptBatch) -> torch.Tensor:
             """``[batch, len(layers), d_model]``: each layer's attention output at ``position``."""
@@ -139,14 +133,14 @@ class HeadMappings(Method[HeadMappingSpec]):
             index = spec.layers.index(spec.layer)
             if spec.read == "event":
                 return project(
-                    model, context.for_batch("head-mapping events", batch, lambda: events(batch))[:, index], spec.final_norm
+                    model, execution.for_batch("head-mapping events", batch, lambda: events(batch))[:, index], spec.final_norm
                 )
-            vectors = context.for_batch(f"head mappings {spec.read}", batch, lambda: mappings(batch))
+            vectors = execution.for_batch(f"head mappings {spec.read}", batch, lambda: mappings(batch))
             return project(model, vectors[:, index, spec.head], spec.final_norm)
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         table = MappingTable.of(run, configs)
         if table is None:
             return None
@@ -157,7 +151,7 @@ class HeadMappings(Method[HeadMappingSpec]):
             if s == source:
                 scores[layer - first, head] = share
         title = (
-            f"{run.name}: {group} — share of extraction events at each layer whose head's value–output map of "
+            f"{run.name}: {panel} — share of extraction events at each layer whose head's value–output map of "
             f"{SOURCE_LABELS[source]} ranks the answer in the top {table.top_k} (grey: no event at that layer)"
         )
         from graftlens import charts
@@ -165,9 +159,9 @@ class HeadMappings(Method[HeadMappingSpec]):
         fig = charts.head_heatmap(title, scores, [], "share of the layer's extraction events", sequential=True, first_layer=first)
         return fig, title
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         table = MappingTable.of(run, configs)
-        return [] if table is None else [table.summary(group, run), *(table.top_heads(group, s) for s in table.sources)]
+        return [] if table is None else [table.summary(panel, run), *(table.top_heads(panel, s) for s in table.sources)]
 
 
 class MappingTable:
@@ -228,7 +222,7 @@ class MappingTable:
                 out[(source, layer, head)] = len([f for f in mine if f in facts]) / len(mine) if mine else float("nan")
         return out
 
-    def summary(self, group: str, run: RunData) -> Table:
+    def summary(self, panel: str, run: RunData) -> Table:
         events = self.event_list()
         rows: list[tuple[str, list[Estimate | int | str | None]]] = []
         for source in self.sources:
@@ -241,13 +235,13 @@ class MappingTable:
             share = _mean(hit, run)
             rows.append((SOURCE_LABELS[source], [len(events), share, _mean(any_head, run)]))
         return Table(
-            f"{group}: extraction events whose layer has a head mapping the subject to the answer (top {self.top_k})",
+            f"{panel}: extraction events whose layer has a head mapping the subject to the answer (top {self.top_k})",
             "value–output map of",
             ["extraction events", "share with a mapping head", "facts with a mapping head in any layer"],
             rows,
         )
 
-    def top_heads(self, group: str, source: str, n: int = 8) -> Table:
+    def top_heads(self, panel: str, source: str, n: int = 8) -> Table:
         """The heads whose map of ``source`` ranks the answer within top_k for most facts, with examples."""
         events = set(self.event_list())
         counted = []
@@ -265,7 +259,7 @@ class MappingTable:
             )
             rows.append((f"L{layer}.H{head}", [total, in_events, shown]))
         return Table(
-            f"{group}: heads whose map of {SOURCE_LABELS[source]} ranks the answer in the top {self.top_k} most often",
+            f"{panel}: heads whose map of {SOURCE_LABELS[source]} ranks the answer in the top {self.top_k} most often",
             "head",
             ["facts", "of them extraction events at its layer", "examples (prompt → answer)"],
             rows,

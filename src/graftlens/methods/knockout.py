@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import Fits, RunConfig, Strict, Sweep, check_positions
-from graftlens.methods.figures import curves
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.figures import curves
+from graftlens.methods.core.parts import Fits, RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.models.names import layer_window
 from graftlens.results.metrics import Estimate, relative_change
 
@@ -41,8 +41,7 @@ class KnockoutSweep(Sweep):
     targets: str = "LT"
     window: Annotated[int, Fits("window")] = Field(9, ge=1)
     baseline: str  # a configuration without interventions, the denominator of the relative change
-    recipient: str | None = None
-    group: str = "knockout"
+    panel: str = "knockout"
 
     _targets = field_validator("targets")(check_positions)
 
@@ -82,12 +81,11 @@ class AttentionKnockout(Method[KnockoutSpec]):
         assert n_layers is not None
         return [
             RunConfig(
-                f"knockout {label} @ L{centre}",
-                sweep.group,
-                recipient,
-                (),
-                {"source": label, "layer": str(centre), "baseline": sweep.baseline},
-                KnockoutSpec(sources=selector, targets=sweep.targets, layers=layer_window(centre, sweep.window, n_layers)),
+                name=f"knockout {label} @ L{centre}",
+                panel=sweep.panel,
+                model=recipient,
+                coords={"source": label, "layer": str(centre), "baseline": sweep.baseline},
+                method=KnockoutSpec(sources=selector, targets=sweep.targets, layers=layer_window(centre, sweep.window, n_layers)),
                 kind=self.kind,
             )
             for label, selector in sweep.sources.items()
@@ -98,26 +96,23 @@ class AttentionKnockout(Method[KnockoutSpec]):
         spec = config.method
         return [spec.sources, spec.targets]
 
-    def readout(self, config: RunConfig[KnockoutSpec], context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[KnockoutSpec], execution: Execution) -> LastLogits:
         spec = config.method
-
-        from graftlens.interventions.knockout import knockout_logits
-        from graftlens.methods.registry import unmodified_run
 
         def run(batch: PromptBatch) -> torch.Tensor:
             # Only the layers from the window's first and the columns from the first target are computed.
-            kept = unmodified_run(context, config.model, batch)
-            return knockout_logits(kept, spec.layers, spec.sources, spec.targets, spans=batch.spans)
+            kept = execution.plain_run(config.model, batch)
+            return kept.knocked_out(spec.layers, spec.sources, spec.targets, spans=batch.spans)
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         values = knockout_table(run, configs)
         layers, series = curves(configs, "source", values)
         windows = {len(c.method["layers"]) for c in configs if c.method}
         window = f", window of {max(windows)} layers" if windows else ""
         targets = next((c.method["targets"] for c in configs if c.method), "LT")
-        title = f"{run.name}: {group} — attention edges {targets} → source blocked{window} (95% CI)"
+        title = f"{run.name}: {panel} — attention edges {targets} → source blocked{window} (95% CI)"
         from graftlens import charts
 
         fig = charts.line_chart(
@@ -131,11 +126,11 @@ class AttentionKnockout(Method[KnockoutSpec]):
         )
         return fig, title
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         """Per-layer relative change (%) of each knockout source, with 95% CIs."""
         values = knockout_table(run, configs)
         sources = list(dict.fromkeys(c.coords["source"] for c in configs))
         layers = list(dict.fromkeys(c.coords["layer"] for c in configs))
         baseline = configs[0].coords["baseline"]
         rows = [(layer, [values.get((s, layer)) for s in sources]) for layer in layers]
-        return [Table(f"{group}: change in target probability (%) against {baseline}", "centre layer", sources, rows, 1)]
+        return [Table(f"{panel}: change in target probability (%) against {baseline}", "centre layer", sources, rows, 1)]

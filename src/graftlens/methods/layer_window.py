@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from graftlens.methods.base import Fits, GraftSpec, RunConfig
-from graftlens.methods.figures import heatmap_of
-from graftlens.methods.grafting import ComponentListSweep, GraftingMethod
-from graftlens.methods.registry import register
+from graftlens.methods.core.figures import heatmap_of
+from graftlens.methods.core.grafting import ComponentListSweep, GraftingMethod
+from graftlens.methods.core.parts import Fits, GraftSpec, RunConfig
+from graftlens.methods.core.registry import register
 from graftlens.models.names import layer_window
 
 
@@ -18,7 +18,7 @@ class LayerWindowSweep(ComponentListSweep):
 
     kind: Literal["layer_window"]
     window: Annotated[int, Fits("window")] = Field(1, ge=1)
-    group: str = "layer_window"
+    panel: str = "layer_window"
 
 
 @register
@@ -35,10 +35,10 @@ class LayerWindowGrafting(GraftingMethod):
         assert n_layers is not None
         return [
             RunConfig(
-                f"{comp} @ L{centre}",
-                sweep.group,
-                recipient,
-                (
+                name=f"{comp} @ L{centre}",
+                panel=sweep.panel,
+                model=recipient,
+                grafts=(
                     GraftSpec(
                         donor=sweep.donor,
                         components=comp,
@@ -46,12 +46,12 @@ class LayerWindowGrafting(GraftingMethod):
                         positions=sweep.positions,
                     ),
                 ),
-                {"component": comp, "layer": str(centre)},
+                coords={"component": comp, "layer": str(centre)},
                 kind=self.kind,
             )
             for comp in sweep.components
             for centre in range(n_layers)
         ]
 
-    def figure(self, run, group, configs):
-        return heatmap_of(run, group, configs, ("layer",), "centre of the grafted layer window")
+    def figure(self, run, panel, configs):
+        return heatmap_of(run, panel, configs, ("layer",), "centre of the grafted layer window")

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
-from graftlens.methods.figures import curves, metric_label
-from graftlens.methods.registry import Context, Method, register
+from graftlens.methods.core.figures import curves, metric_label
+from graftlens.methods.core.parts import RunConfig, Strict, Sweep, check_positions, shared_fields
+from graftlens.methods.core.registry import Execution, Method, register
 from graftlens.results.metrics import estimate
 
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
@@ -24,27 +24,27 @@ if TYPE_CHECKING:  # imported where they run: a method module loads without torc
 StreamPoint = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 
 
-class LensSpec(Strict):
-    kind: Literal["lens"] = "lens"
-    point: StreamPoint
-    layer: int
+class LensRead(Strict):
+    """What a lens sweep and each of its configurations share: where and how the stream is read."""
+
     position: str = "LT"  # the last position of this selector in each prompt
     final_norm: bool = True
 
     _position = field_validator("position")(check_positions)
 
 
-class LensSweep(Sweep):
+class LensSpec(LensRead):
+    kind: Literal["lens"] = "lens"
+    point: StreamPoint
+    layer: int
+
+
+class LensSweep(LensRead, Sweep):
     """For each point and each layer: project the point at ``position`` to the vocabulary."""
 
     kind: Literal["lens"]
     points: list[StreamPoint] = Field(["attn_out", "mlp_out"], min_length=1)
-    position: str = "LT"
-    final_norm: bool = True
-    recipient: str | None = None
-    group: str = "lens"
-
-    _position = field_validator("position")(check_positions)
+    panel: str = "lens"
 
 
 @register
@@ -57,12 +57,11 @@ class VocabularyProjection(Method[LensSpec]):
         assert n_layers is not None
         return [
             RunConfig(
-                f"lens {point} @ {sweep.position} @ L{layer}",
-                sweep.group,
-                recipient,
-                (),
-                {"point": point, "layer": str(layer)},
-                LensSpec(point=point, layer=layer, position=sweep.position, final_norm=sweep.final_norm),
+                name=f"lens {point} @ {sweep.position} @ L{layer}",
+                panel=sweep.panel,
+                model=recipient,
+                coords={"point": point, "layer": str(layer)},
+                method=LensSpec(point=point, layer=layer, **shared_fields(sweep, LensRead)),
                 kind=self.kind,
             )
             for point in sweep.points
@@ -72,8 +71,8 @@ class VocabularyProjection(Method[LensSpec]):
     def check(self, config: RunConfig[LensSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.position]
 
-    def readout(self, config: RunConfig[LensSpec], context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+    def readout(self, config: RunConfig[LensSpec], execution: Execution) -> LastLogits:
+        model, spec = execution.models[config.model], config.method
         point = f"{spec.point}.{spec.layer}"
         from graftlens.interventions.lens import point_logits
 
@@ -84,7 +83,7 @@ class VocabularyProjection(Method[LensSpec]):
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         by_config = run.by_config
         values = {
             (c.coords["point"], c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
@@ -95,7 +94,7 @@ class VocabularyProjection(Method[LensSpec]):
         label = metric_label(run.metric)
         attributes = run.metric == "attribute_rate"
         what = "the subject's attributes in the top 50" if attributes else f"target in the projection ({label})"
-        title = f"{run.name}: {group} — {what}, 95% CI"
+        title = f"{run.name}: {panel} — {what}, 95% CI"
         top = max((e.hi for e in values.values() if e.hi == e.hi), default=1.0)
         # A 0–1 axis unless every rate is small: then the axis is stretched (its ticks say so).
         ylim = None if run.metric == "mean_rank" else (0.0, 1.05 if top >= 0.25 else max(0.05, 1.2 * top))

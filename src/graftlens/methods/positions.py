@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.base import Fits, GraftSpec, LayerSpec, RunConfig, Sweep, check_components, check_position_list
-from graftlens.methods.grafting import GraftingMethod
-from graftlens.methods.registry import register
+from graftlens.methods.core.grafting import GraftingMethod
+from graftlens.methods.core.parts import Fits, GraftSpec, LayerSpec, RunConfig, Sweep, check_components, check_position_list
+from graftlens.methods.core.registry import register
 
 
 class PositionSweep(Sweep):
@@ -16,11 +16,10 @@ class PositionSweep(Sweep):
 
     kind: Literal["positions"]
     donor: str
-    recipient: str | None = None
     sets: list[str] = Field(min_length=1)
     components: str | list[str] = "all"
     layers: Annotated[LayerSpec, Fits("selection")] = "all"
-    group: str = "positions"
+    panel: str = "positions"
     label: str | None = None  # config names become "label: set"
 
     _components = field_validator("components")(check_components)
@@ -38,11 +37,11 @@ class PositionGrafting(GraftingMethod):
     def expand(self, sweep: PositionSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
         return [
             RunConfig(
-                f"{sweep.label}: {s}" if sweep.label else s,
-                sweep.group,
-                recipient,
-                (GraftSpec(donor=sweep.donor, components=sweep.components, layers=sweep.layers, positions=s),),
-                {"positions": s},
+                name=f"{sweep.label}: {s}" if sweep.label else s,
+                panel=sweep.panel,
+                model=recipient,
+                grafts=(GraftSpec(donor=sweep.donor, components=sweep.components, layers=sweep.layers, positions=s),),
+                coords={"positions": s},
                 kind=self.kind,
             )
             for s in sweep.sets

@@ -21,7 +21,7 @@ from graftlens.models.loading import LoadedModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MODEL_ARGUMENTS = ("model", "base", "recipient")
+MODEL_ARGUMENTS = ("model", "recipient")
 TOKEN_ARGUMENTS = ("input_ids", "clean_ids", "corrupted_ids")  # [batch, pos] token ids, the first one the batch's reference
 
 
@@ -53,13 +53,13 @@ def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
         if mask is not None:
             _check_mask(who, "attention_mask", mask, first, ids)
     inputs = arguments.get("inputs")
-    if batch is None and isinstance(getattr(inputs, "base_ids", None), torch.Tensor):  # PathInputs
-        for side in ("base", "source"):
+    if batch is None and isinstance(getattr(inputs, "clean_ids", None), torch.Tensor):  # PathInputs
+        for side in ("clean", "corrupted"):
             ids, mask = getattr(inputs, f"{side}_ids"), getattr(inputs, f"{side}_mask")
             _check_ids(who, f"inputs.{side}_ids", ids, module)
             if mask is not None:
                 _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids)
-        batch = ("inputs.base_ids", inputs.base_ids)
+        batch = ("inputs.clean_ids", inputs.clean_ids)
     if batch is not None:
         ids = batch[1]
         target = arguments.get("target_ids")

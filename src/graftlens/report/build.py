@@ -1,4 +1,4 @@
-"""The figures of a run: each group of configurations drawn by the method that made it."""
+"""The figures of a run: each panel of configurations drawn by the method that made it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 from graftlens import charts
 from graftlens.methods import Table, method_for
-from graftlens.methods.registry import Method
+from graftlens.methods.core.registry import Method
 from graftlens.results.rundata import RunData, StoredConfig
 
 
-def group_method(configs: list[StoredConfig]) -> Method:
-    """The method that draws a group: its configurations' own, or the default bar chart when a
-    group mixes kinds."""
+def panel_method(configs: list[StoredConfig]) -> Method:
+    """The method that draws a panel: its configurations' own, or the default bar chart when a
+    panel mixes kinds."""
     kinds = {c.kind for c in configs}
     return method_for(kinds.pop() if len(kinds) == 1 else "configs")
 
@@ -25,29 +25,30 @@ def make_figures(run: RunData, directory: Path | None = None) -> list[charts.Sav
     for stale in [*directory.glob("*.png"), *directory.glob("*.svg")]:
         stale.unlink()  # figures of an earlier report of this run
     saved = []
-    for i, (group, configs) in enumerate(run.groups().items()):
+    for i, (panel, configs) in enumerate(run.panels().items()):
         if not any(c.name in by_config for c in configs):
             continue
-        drawn = group_method(configs).figure(run, group, configs)
+        method = panel_method(configs)
+        drawn = method.figure(run, panel, configs)
         if drawn is not None:
             fig, title = drawn
-            saved.append(charts.save(fig, directory, f"{i:02d}-{_slug(group)}", title))
+            saved.append(charts.save(fig, directory, f"{i:02d}-{_slug(method.figure_name(panel))}", title))
     return saved
 
 
 def method_tables(run: RunData) -> list[Table]:
-    """The extra tables of every group, from the method that made it."""
-    return [t for group, configs in run.groups().items() if configs for t in group_method(configs).tables(run, group, configs)]
+    """The extra tables of every panel, from the method that made it."""
+    return [t for panel, configs in run.panels().items() if configs for t in panel_method(configs).tables(run, panel, configs)]
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower() or "group"
+    return re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower() or "panel"
 
 
 def method_files(run: RunData) -> dict[str, str]:
-    """The text files every group's method writes next to the report (a found circuit, ...)."""
+    """The text files every panel's method writes next to the report (a found circuit, ...)."""
     out: dict[str, str] = {}
-    for group, configs in run.groups().items():
+    for panel, configs in run.panels().items():
         if configs:
-            out.update(group_method(configs).files(run, group, configs))
+            out.update(panel_method(configs).files(run, panel, configs))
     return out

@@ -38,13 +38,13 @@ def extra_columns(run: RunData) -> list[str]:
 
 def table_rows(run: RunData) -> list[dict]:
     recipe = run.name
-    groups = {c.name: c.group for c in run.configs}
+    panels = {c.name: c.panel for c in run.configs}
     extras = extra_columns(run)
     return [
         {
             "recipe": recipe,
             "config": r.config,
-            "group": groups.get(r.config, ""),
+            "group": panels.get(r.config, ""),  # the panel
             "template": r.template,
             "direction": r.direction,
             "example": r.example,

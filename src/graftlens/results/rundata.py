@@ -18,7 +18,7 @@ class StoredConfig:
     in that method's figure; ``method`` is the activation-level method's spec as a dict."""
 
     name: str
-    group: str
+    panel: str  # the report's panel (stored and exported as ``group``)
     model: str
     kind: str
     grafts: tuple[dict, ...] = ()
@@ -90,10 +90,11 @@ class RunData:
         """Configurations without grafts or methods (PRE, SFT, ...): the reference lines of the bar charts."""
         return [c for c in self.configs if c.plain]
 
-    def groups(self) -> dict[str, list[StoredConfig]]:
+    def panels(self) -> dict[str, list[StoredConfig]]:
+        """The configurations of each panel of the report, in their order."""
         out: dict[str, list[StoredConfig]] = {}
         for c in self.configs:
-            out.setdefault(c.group, []).append(c)
+            out.setdefault(c.panel, []).append(c)
         return out
 
     def summary(self, keys=("config",), metrics=("top1", "top5", "top10", "mean_prob", "mean_rank"), configs=None):

@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from graftlens.graft.rules import Graft, rule_sites, touched_modules
-from graftlens.methods.base import RunConfig, Sweep, check_components, check_positions
-from graftlens.methods.registry import Context, Method, method_for
+from graftlens.methods.core.parts import RunConfig, Sweep, check_components, check_positions
+from graftlens.methods.core.registry import Execution, Method, method_for
 
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
     from graftlens.eval.batching import ForcedTargets, PromptBatch
     from graftlens.eval.scoring import LastLogits, Readout
-    from graftlens.graft.prefix import PrefixCaches
+    from graftlens.graft.prefix import PrefixCaches, SharedPrefix
     from graftlens.models import LoadedModel
 
 
 def grafted_last_logits(
-    base,
+    recipient,
     donors,
     rules: list[Graft],
     prefixes: PrefixCaches | None = None,
@@ -29,7 +29,7 @@ def grafted_last_logits(
     target_logprob: bool = False,
     generate: int = 0,
 ) -> LastLogits:
-    """Last-position logits of ``base`` with ``rules`` grafting ``donors`` in (a
+    """Last-position logits of ``recipient`` with ``rules`` grafting ``donors`` in (a
     :class:`~graftlens.eval.scoring.Readout` with ``target_logprob`` or ``generate``).
 
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
@@ -47,25 +47,27 @@ def grafted_last_logits(
     from graftlens.models.prefix import continue_and_force
     from graftlens.models.run import run_logits
 
-    loaded = as_loaded(base)
+    loaded = as_loaded(recipient)
     grafter = Grafter(loaded, donors, rules)
 
     def run(batch: PromptBatch) -> Readout:
         batch = batch.to(loaded.device)
         forced = with_targets(batch) if target_logprob else None
-        cache = None
+        prefix = None
         if prefixes is not None and claims_only_last(rules, batch.attention_mask, batch.spans):
             # The plain prefix is made outside the grafter: its last column is not the prompt's LT.
-            cache = prefixes.get((name, tuple(p.id for p in batch.prompts)), loaded, batch.input_ids, batch.attention_mask)
+            prefix = prefixes.get((name, tuple(p.id for p in batch.prompts)), loaded, batch.input_ids, batch.attention_mask)
         with grafter.on(batch.spans):
-            if cache is None and forced is None:
-                readout = Readout(run_logits(loaded, batch.input_ids, batch.attention_mask, last_only=True)[:, -1])
-            else:
+            if prefix is not None:
+                readout = forced_readout(*prefix.continued(*forced_inputs(forced)), forced)
+            elif forced is not None:
                 readout = forced_readout(
-                    *continue_and_force(loaded, cache, batch.input_ids, batch.attention_mask, *forced_inputs(forced)), forced
+                    *continue_and_force(loaded, None, batch.input_ids, batch.attention_mask, *forced_inputs(forced)), forced
                 )
+            else:
+                readout = Readout(run_logits(loaded, batch.input_ids, batch.attention_mask, last_only=True)[:, -1])
         if generate:
-            readout.continuation = grafted_continuation(loaded, grafter, batch, generate, cache)
+            readout.continuation = grafted_continuation(loaded, grafter, batch, generate, prefix)
         return readout
 
     return run
@@ -88,33 +90,33 @@ def forced_readout(last: torch.Tensor, more: torch.Tensor | None, forced: Forced
     return Readout(last, target_logprob(columns, forced))
 
 
-def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int, prefix=None) -> torch.Tensor:
+def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int, prefix: SharedPrefix | None) -> torch.Tensor:
     """``LongTensor[batch, n]``: what the grafted model says after each prompt, greedily (continuing
-    a copy of the plain ``prefix`` cache when the rules leave its columns the recipient's own)."""
+    the plain ``prefix`` when the rules leave its columns the recipient's own)."""
     from graftlens.models.generate import greedy_continuation
-    from graftlens.models.prefix import copied_cache
 
     with grafter.on(batch.spans):
-        cache = None if prefix is None else copied_cache(prefix)
-        return greedy_continuation(model, batch.input_ids, batch.attention_mask, n, cache)
+        if prefix is not None:
+            return prefix.generated(n)
+        return greedy_continuation(model, batch.input_ids, batch.attention_mask, n, None)
 
 
-def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: Context, donors, prefixes, alone) -> LastLogits:
+def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], execution: Execution, donors, alone) -> LastLogits:
     """``config``'s readout when the grafting configurations of the run share prefixes: on each
     batch, the configurations whose rules first claim the same column ``c`` continue one plain
     prefix of the columns before ``c``, together, as variants of one pass (each grafts the rows of
     its own variant, :func:`graftlens.graft.prefix.variant_rules`), so the shared columns are
     computed once and the donors' weights read once per pass. A configuration that claims column 0
-    (or a batch that is not left-padded) uses ``alone``. A forced target (the context's
+    (or a batch that is not left-padded) uses ``alone``. A forced target (the execution's
     ``target_logprob``) continues the same pass after the prompts; a continuation (``generate``)
     is generated by the same variants, continuing the same prefix."""
     from graftlens.eval.batching import with_targets
     from graftlens.eval.scoring import Readout
     from graftlens.graft.engine import Grafter
-    from graftlens.graft.prefix import continue_variants, generate_variants, prefix_cut, variant_rules
+    from graftlens.graft.prefix import prefix_cut, variant_rules
     from graftlens.models.prefix import VARIANT_ROWS  # read per call: tests set it smaller
 
-    model = context.models[config.model]
+    model = execution.models[config.model]
     family = tuple(c.name for c in siblings)
 
     def heads_grafted() -> set[str]:
@@ -123,7 +125,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
 
     # A continuation computes the last columns' logits only: a configuration grafting the
     # unembedding shares a prefix only when its rules claim nothing but the last column.
-    grafts_head = context.state(("grafts the unembedding", family), heads_grafted)
+    grafts_head = execution.state(("grafts the unembedding", family), heads_grafted)
 
     def cuts(mask: torch.Tensor, spans) -> dict[str, int]:
         """Each sibling's first claimed column on this batch (0: it runs alone)."""
@@ -133,7 +135,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
         batch = batch.to(model.device)
         mask, spans = batch.attention_mask, batch.spans
         # Made once per batch for every sibling, not once per sibling for every configuration.
-        cut_by_name = context.for_batch("prefix cuts", batch, lambda: cuts(mask, spans), family)
+        cut_by_name = execution.for_batch("prefix cuts", batch, lambda: cuts(mask, spans), family)
         cut = cut_by_name[config.name]
         if cut == 0:
             return Readout.of(alone(batch))
@@ -146,17 +148,17 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
         def chunk_pass():
             """The chunk's grafter (each configuration grafting its own variant's rows), the plain
             prefix before ``cut``, and the batch's spans once per variant."""
-            grafter = context.state(
+            grafter = execution.state(
                 ("variant grafter", names), lambda: Grafter(model, donors, variant_rules([c.rules() for c in chunk]))
             )
-            cache = prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
-            return grafter, cache, None if spans is None else [s for s in spans for _ in chunk]
+            prefix = execution.prefixes.get((config.model, tuple(p.id for p in batch.prompts)), model, batch.input_ids, mask, cut)
+            return grafter, prefix, None if spans is None else [s for s in spans for _ in chunk]
 
         def compute() -> tuple[torch.Tensor, torch.Tensor | None]:  # [batch, variants, vocab], [batch, variants]
-            grafter, cache, repeated = chunk_pass()
-            forced = with_targets(batch) if context.target_logprob else None
+            grafter, prefix, repeated = chunk_pass()
+            forced = with_targets(batch) if execution.measures.target_logprob else None
             with grafter.on(repeated):
-                last, more = continue_variants(model, cache, batch.input_ids, mask, len(chunk), *forced_inputs(forced))
+                last, more = prefix.continued_variants(len(chunk), *forced_inputs(forced))
             if forced is None:
                 return last, None  # [batch, variants, vocab]
             # Rows flattened batch-major (row b of variant v at b * variants + v), each with its prompt's target.
@@ -164,15 +166,15 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], context: 
             return last, flat.target_logprob.unflatten(0, last.shape[:2])
 
         def compute_continuations() -> torch.Tensor:  # [batch, variants, n]
-            grafter, cache, repeated = chunk_pass()
+            grafter, prefix, repeated = chunk_pass()
             with grafter.on(repeated):
-                return generate_variants(model, cache, batch.input_ids, mask, len(chunk), context.generate)
+                return prefix.generated_variants(len(chunk), execution.measures.generate)
 
-        logits, logprobs = context.for_batch("grafted variants", batch, compute, (cut, names))
+        logits, logprobs = execution.for_batch("grafted variants", batch, compute, (cut, names))
         v = names.index(config.name)
         readout = Readout(logits[:, v], None if logprobs is None else logprobs[:, v])
-        if context.generate:
-            readout.continuation = context.for_batch("grafted continuations", batch, compute_continuations, (cut, names))[:, v]
+        if execution.measures.generate:
+            readout.continuation = execution.for_batch("grafted continuations", batch, compute_continuations, (cut, names))[:, v]
         return readout
 
     return run
@@ -204,33 +206,31 @@ class GraftingMethod(Method[None]):
             donor_weights(donor, models[donor], recipient.model, paths)
         return [g.positions for g in config.grafts]
 
-    def readout(self, config: RunConfig[None], context: Context) -> LastLogits:
-        from graftlens.graft.prefix import PrefixCaches
+    def readout(self, config: RunConfig[None], execution: Execution) -> LastLogits:
 
-        model = context.models[config.model]
-        prefixes = context.state("prefixes", PrefixCaches)  # shared by every configuration of the run
+        model = execution.models[config.model]
+        prefixes = execution.prefixes  # shared by every configuration of the run
         grafting = [
             c
-            for c in context.configs
+            for c in execution.configs
             if c.grafts and c.model == config.model and c.phase == config.phase and isinstance(method_for(c.kind), GraftingMethod)
         ]
-        asks = {"target_logprob": context.target_logprob, "generate": context.generate}
+        asks = {"target_logprob": execution.measures.target_logprob, "generate": execution.measures.generate}
         if not config.grafts:
             # The recipient as it is: a continuation of the prefix its grafted configurations share.
             return grafted_last_logits(model, {}, [], prefixes if grafting else None, config.model, **asks)
-        donors = {g.donor: context.models[g.donor] for g in config.grafts}
+        donors = {g.donor: execution.models[g.donor] for g in config.grafts}
         alone = grafted_last_logits(model, donors, config.rules(), prefixes, config.model, **asks)
         siblings = [c for c in grafting if {g.donor for g in c.grafts} == set(donors)]
         if len(siblings) < 2:
             return alone
-        return shared_prefix_logits(config, siblings, context, donors, prefixes, alone)
+        return shared_prefix_logits(config, siblings, execution, donors, alone)
 
 
 class ComponentListSweep(Sweep):
     """What the component and layer-window sweeps share: a donor, positions, component groups."""
 
     donor: str
-    recipient: str | None = None
     positions: str = "LT"
     components: list[str] = Field(min_length=1)
 

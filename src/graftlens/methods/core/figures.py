@@ -20,8 +20,8 @@ def metric_label(metric: str) -> str:
     return charts.METRIC_LABELS.get(metric, metric)
 
 
-def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
-    """Bars per test template for each configuration of the group; plain configurations as reference lines."""
+def bar_chart_of(run: RunData, panel: str, configs: list[StoredConfig]):
+    """Bars per test template for each configuration of the panel; plain configurations as reference lines."""
     from graftlens import charts
 
     by_config = run.by_config
@@ -30,19 +30,19 @@ def bar_chart_of(run: RunData, group: str, configs: list[StoredConfig]):
         for c in run.reference_configs()
         if c.name in by_config
     }
-    if all(c.plain for c in configs) and len(run.groups()) > 1:
+    if all(c.plain for c in configs) and len(run.panels()) > 1:
         return None  # reference configurations only: they appear as lines and bars elsewhere
     names = [c.name for c in configs if c.name in by_config]
     shown = list(dict.fromkeys([*references, *names]))
     groups = grouped([r for r in run.rows if r.config in shown], "config", "template")
     values = {key: estimate(rows, run.metric, run.n_boot, run.seed) for key, rows in groups.items()}
-    title = f"{run.name}: {group} ({metric_label(run.metric)}, 95% CI)"
+    title = f"{run.name}: {panel} ({metric_label(run.metric)}, 95% CI)"
     return charts.bar_chart(title, shown, run.templates, values, references, run.metric), title
 
 
 def heatmap_of(
     run: RunData,
-    group: str,
+    panel: str,
     configs: list[StoredConfig],
     col_keys: tuple[str, ...],
     xlabel: str,
@@ -63,7 +63,7 @@ def heatmap_of(
     }
     positions = {g["positions"] for c in configs for g in c.grafts}
     where = f" at {', '.join(sorted(positions))}" if positions else ""
-    title = f"{run.name}: {group}{where} ({metric_label(run.metric)})"
+    title = f"{run.name}: {panel}{where} ({metric_label(run.metric)})"
     return charts.heatmap(title, rows, cols, values, run.metric, xlabel, ylabel), title
 
 

@@ -17,8 +17,8 @@ from pydantic import field_validator
 from graftlens.eval.batching import PromptBatch
 from graftlens.eval.scoring import LastLogits
 from graftlens.interventions import edit
-from graftlens.methods.base import RunConfig, Strict, Sweep, check_positions
-from graftlens.methods.registry import Context, Method, register
+from graftlens.methods.core.parts import RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.core.registry import Execution, Method, register
 from graftlens.models import LoadedModel, run_logits
 from graftlens.positions import resolve_positions
 
@@ -39,8 +39,7 @@ class AblationSweep(Sweep):
     kind: Literal["ablation"]
     point: Literal["attn_out", "mlp_out"] = "mlp_out"
     positions: str = "all"
-    recipient: str | None = None
-    group: str = "ablation"
+    panel: str = "ablation"
 
     _positions = field_validator("positions")(check_positions)
 
@@ -55,12 +54,11 @@ class ZeroAblation(Method[AblationSpec]):
         assert n_layers is not None
         return [
             RunConfig(
-                f"ablate {sweep.point}.{layer} @ {sweep.positions}",
-                sweep.group,
-                recipient,
-                (),
-                {"layer": str(layer)},
-                AblationSpec(point=f"{sweep.point}.{layer}", positions=sweep.positions),
+                name=f"ablate {sweep.point}.{layer} @ {sweep.positions}",
+                panel=sweep.panel,
+                model=recipient,
+                coords={"layer": str(layer)},
+                method=AblationSpec(point=f"{sweep.point}.{layer}", positions=sweep.positions),
                 kind=self.kind,
             )
             for layer in range(n_layers)
@@ -69,8 +67,8 @@ class ZeroAblation(Method[AblationSpec]):
     def check(self, config: RunConfig[AblationSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         return [config.method.positions]  # resolved on every prompt before anything is scored
 
-    def readout(self, config: RunConfig[AblationSpec], context: Context) -> LastLogits:
-        model, spec = context.models[config.model], config.method
+    def readout(self, config: RunConfig[AblationSpec], execution: Execution) -> LastLogits:
+        model, spec = execution.models[config.model], config.method
 
         def run(batch: PromptBatch) -> torch.Tensor:
             where = resolve_positions(spec.positions, batch.attention_mask, batch.spans)[..., None]  # [batch, pos, 1]

@@ -3,13 +3,14 @@ rules as recipes write them, and :class:`RunConfig`, the one unit the runner sco
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from graftlens.errors import GraftlensError, RecipeError
+from graftlens.errors import GraftlensError, RecipeError, RenamedRecipeKey
 from graftlens.graft.rules import Graft
 from graftlens.models.names import expand_components
 from graftlens.positions import parse_positions
@@ -25,6 +26,24 @@ class Strict(BaseModel):
     number is finite (``inf`` and ``nan`` are refused, whatever the field)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: Keys an earlier recipe format used, ``{old: new}``: read with the meaning they had, each
+    #: with one :class:`~graftlens.errors.RenamedRecipeKey` warning naming the key to write.
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if not cls.renamed or not isinstance(data, dict) or not set(cls.renamed) & set(data):
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"'{old}' is the deprecated name of '{new}': write only '{new}'")
+                data[new] = data.pop(old)
+                warnings.warn(RenamedRecipeKey(f"recipe key '{old}' is now '{new}' (same meaning)"), stacklevel=2)
+        return data
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,12 @@ def layers_label(layers: LayerSpec) -> str:
     return ",".join(map(str, layers)) if isinstance(layers, list) else str(layers)
 
 
+def shared_fields(part: BaseModel, fields_of: type[BaseModel]) -> dict:
+    """``part``'s values of the fields ``fields_of`` declares: what a sweep and each configuration it
+    expands into share, declared once in a base class of both (``kind`` excepted)."""
+    return {name: getattr(part, name) for name in fields_of.model_fields if name != "kind"}
+
+
 class GraftSpec(Strict):
     """One graft rule: ``donor`` computes ``components`` of ``layers`` at ``positions``."""
 
@@ -164,8 +189,14 @@ class GraftSpec(Strict):
 class Sweep(Strict):
     """Base of the recipe parts under ``sweeps:``; each method's sweep adds ``kind`` and its fields.
 
-    It declares no field of its own, so a sweep's serialised form (and the run id hashed from
-    it) is exactly its method's fields."""
+    What every sweep has: ``recipient``, the model it intervenes on (None: the recipe's), and
+    ``panel``, the report panel its configurations are drawn in (each method's sweep sets its
+    default name)."""
+
+    renamed: ClassVar[dict[str, str]] = {"group": "panel"}
+
+    recipient: str | None = None
+    panel: str
 
     def model_references(self) -> list[str]:
         """Names of the recipe's models this sweep uses (checked against ``models:``)."""
@@ -187,7 +218,7 @@ class Sweep(Strict):
 SpecT = TypeVar("SpecT")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig(Generic[SpecT]):
     """One configuration the runner scores: ``model`` runs the prompts with ``grafts`` applied,
     or with an activation-level ``method`` (knockout, lens, CMAP).
@@ -196,7 +227,7 @@ class RunConfig(Generic[SpecT]):
     figure (``{"component": "o+mlp", "layers": "quarter4"}``)."""
 
     name: str
-    group: str
+    panel: str  # the report's panel: the configurations drawn in one figure
     model: str
     grafts: tuple[GraftSpec, ...] = ()
     coords: dict[str, str] = field(default_factory=dict, compare=False)
@@ -219,7 +250,7 @@ class RunConfig(Generic[SpecT]):
     def to_json(self) -> dict:
         return {
             "name": self.name,
-            "group": self.group,
+            "group": self.panel,  # the stored and exported key of the panel
             "model": self.model,
             "kind": self.kind,
             "grafts": [g.model_dump(mode="json") for g in self.grafts],

@@ -8,7 +8,7 @@ The groups, in the order path patching finds them (each stage's receivers are th
 | ``value_fetchers`` (A) | the last token | the logits directly |
 | ``position_transmitters`` (B) | the last token | the value fetchers' queries |
 | ``position_detectors`` (C) | the query box label | the position transmitters' values |
-| ``structure_readers`` (D) | the queried box's label in the context | the position detectors' values |
+| ``structure_readers`` (D) | the queried box's label in the execution | the position detectors' values |
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from graftlens.errors import GraftlensError
-from graftlens.methods.base import Fits, RecipeError, Strict
+from graftlens.methods.core.parts import Fits, RecipeError, Strict
 from graftlens.positions import parse_positions
 
 if TYPE_CHECKING:
@@ -54,8 +54,14 @@ class GroupSizes(Strict):
     structure_readers: Annotated[int, Fits("heads")] = Field(3, ge=1)
 
 
+def plain_of(spec: dict) -> str:
+    """The plain configuration a stored path-patching or circuit spec is measured against (stores
+    written before the key was renamed call it ``clean``)."""
+    return spec["plain"] if "plain" in spec else spec["clean"]
+
+
 def stored_results(run: RunData) -> Results:
-    """What ``Context.results`` gives a readout, read from a finished run (for its report)."""
+    """What ``Execution.results`` gives a readout, read from a finished run (for its report)."""
     by_config = run.by_config
 
     def results(names: Sequence[str]) -> dict[str, dict[str, float]]:

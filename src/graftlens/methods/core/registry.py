@@ -2,8 +2,8 @@
 
 A method owns, for its kind:
 
-- its recipe part (``sweep``, a :class:`~graftlens.methods.base.Sweep` with a ``kind`` literal) and
-  how that part expands into :class:`~graftlens.methods.base.RunConfig` s (:meth:`Method.expand`);
+- its recipe part (``sweep``, a :class:`~graftlens.methods.core.parts.Sweep` with a ``kind`` literal) and
+  how that part expands into :class:`~graftlens.methods.core.parts.RunConfig` s (:meth:`Method.expand`);
 - the checks of one configuration against the models, before anything is scored
   (:meth:`Method.check`, which also names the position selectors to try on every prompt);
 - its readout: ``batch → last-position logits`` (:meth:`Method.readout`);
@@ -16,12 +16,13 @@ at field names. Adding a method is adding one module to this package that calls
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from graftlens.errors import GraftlensError, RecipeError
-from graftlens.methods.base import ModelShape, RunConfig, Sweep, check_fits
+from graftlens.methods.core.execution import Execution
+from graftlens.methods.core.parts import ModelShape, RunConfig, Sweep, check_fits
 from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 
@@ -30,75 +31,6 @@ if TYPE_CHECKING:  # methods register (and recipes validate) without torch; read
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
-
-
-Keep = Callable[[str, Mapping[str, Any], Mapping[str, str]], None]  # (file name, tensors, metadata)
-
-
-@dataclass
-class Context:
-    """What readouts share across the configurations of one run: the loaded models, and state a
-    method keeps between its configurations (e.g. donor activations), by key."""
-
-    models: Mapping[str, LoadedModel]
-    # ``results(config names) -> {config: {example: target probability}}``: what the store holds
-    # (every configuration of an earlier phase is complete when a later phase starts).
-    results: Callable[[Sequence[str]], dict[str, dict[str, float]]] | None = None
-    # Every batch of the run, in scoring order (for statistics over the dataset: mean-ablation means).
-    batches: Sequence[PromptBatch] = ()
-    # ``keep(file name, tensors, metadata)``: how a method keeps tensors it computed beside the
-    # store, merged into that file of the run directory by whoever writes the run (the runner, or
-    # a distributed run's driver); None: not kept.
-    keep: Keep | None = None
-    # Every configuration of the run (a readout may compute its siblings' results in one pass).
-    configs: Sequence[RunConfig] = ()
-    # What the recipe asks beyond next-token scores, of the methods that measure it (weight
-    # grafting, the plain model): each target's whole log-probability, teacher-forced after its
-    # prompt; and a greedy continuation of this many tokens.
-    target_logprob: bool = False
-    generate: int = 0
-    _state: dict[str, Any] = field(default_factory=dict)
-    _batch_state: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
-    _extras: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def state(self, key: Any, make: Callable[[], Any]) -> Any:
-        if key not in self._state:
-            self._state[key] = make()
-        return self._state[key]
-
-    def for_batch(self, key: str, batch: PromptBatch, make: Callable[[], Any], variant: Any = None) -> Any:
-        """What configurations share for one batch: ``make()`` once per (``key``, batch,
-        ``variant``); one value per ``key`` is kept, so a new batch or variant drops the old one.
-
-        The runner scores every configuration of a batch before the next batch, so a value shared
-        by configurations expanded next to each other is made once."""
-        ids = tuple(p.id for p in batch.prompts)
-        slot = self._batch_state.get(key)
-        if slot is None or slot[0] != ids or slot[1] != variant:
-            self._batch_state.pop(key, None)  # free the old value before making the new one
-            slot = (ids, variant, make())
-            self._batch_state[key] = slot
-        return slot[2]
-
-    def note(self, config: str, values: Mapping[str, float]) -> None:
-        """Measures stored with every result row of ``config`` (e.g. a learned mask), so the
-        report can show them from the store alone."""
-        self._extras.setdefault(config, {}).update(values)
-
-    def extras(self, config: str) -> dict[str, float]:
-        return dict(self._extras.get(config, {}))
-
-
-def unmodified_run(context: Context, model_name: str, batch: PromptBatch):
-    """The batch's plain run of ``model_name``, kept to be continued
-    (:class:`~graftlens.interventions.continuation.CachedRun`): made once per batch and shared by
-    every configuration of the batch that intervenes on that model."""
-    from graftlens.interventions.continuation import CachedRun
-
-    model = context.models[model_name]
-    return context.for_batch(
-        f"unmodified run of {model_name}", batch, lambda: CachedRun(model, batch.input_ids, batch.attention_mask)
-    )
 
 
 @dataclass(frozen=True)
@@ -138,25 +70,29 @@ class Method(Generic[SpecT]):
         position selectors it uses, which are then resolved on every prompt."""
         raise NotImplementedError
 
-    def readout(self, config: RunConfig[SpecT], context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[SpecT], execution: Execution) -> LastLogits:
         """``batch → logits[batch, vocab]`` at each prompt's last position."""
         raise NotImplementedError
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
-        """``(Figure, title)`` of one group of this method's configurations, or None for none.
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
+        """``(Figure, title)`` of one panel of this method's configurations, or None for none.
 
         The default: one bar per test template per configuration, the plain configurations as
-        reference lines (:func:`graftlens.methods.figures.bar_chart_of`)."""
-        from graftlens.methods.figures import bar_chart_of
+        reference lines (:func:`graftlens.methods.core.figures.bar_chart_of`)."""
+        from graftlens.methods.core.figures import bar_chart_of
 
-        return bar_chart_of(run, group, configs)
+        return bar_chart_of(run, panel, configs)
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
-        """Extra tables of one group in the report (none by default)."""
+    def figure_name(self, panel: str) -> str:
+        """What the panel's figure file is named after (``figures/NN-{slug}.png``): the panel, by default."""
+        return panel
+
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
+        """Extra tables of one panel in the report (none by default)."""
         return []
 
-    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
-        """Text files the report writes next to itself for one group (``{name: text}``; none by
+    def files(self, run: RunData, panel: str, configs: list[StoredConfig]) -> dict[str, str]:
+        """Text files the report writes next to itself for one panel (``{name: text}``; none by
         default): what a later recipe can read back, such as a found circuit."""
         return {}
 

@@ -13,9 +13,17 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from graftlens.configfiles import Seed
-from graftlens.methods.base import RecipeError, RunConfig, Strict
-from graftlens.methods.circuits import GROUP_POSITIONS, GROUPS, GroupSizes, discovered_circuit, load_circuit, stored_results
-from graftlens.methods.registry import Context, Method, Table, register
+from graftlens.methods.core.circuits import (
+    GROUP_POSITIONS,
+    GROUPS,
+    GroupSizes,
+    discovered_circuit,
+    load_circuit,
+    plain_of,
+    stored_results,
+)
+from graftlens.methods.core.parts import RecipeError, RunConfig, Strict
+from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate, ratio_estimate
 
 if TYPE_CHECKING:
@@ -31,24 +39,25 @@ if TYPE_CHECKING:
 class CircuitSpec(Strict):
     kind: Literal["circuit"] = "circuit"
     circuit: str  # "discovered", "shipped:NAME" or a JSON file
-    clean: str
+    plain: str  # the configuration without interventions: the full model's accuracy
     sizes: GroupSizes = GroupSizes()
     seed: Seed | None = None  # a random circuit of the same sizes
     mean_prompts: int = Field(100, ge=1, le=100_000)
     half: Literal["all", "train", "test"] = "test"
 
 
-def circuit_of(spec: CircuitSpec, context: Context, model: LoadedModel) -> Circuit:
+def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> Circuit:
     """The spec's circuit (the found one, or a random one of its sizes), checked against the model."""
     from graftlens.interventions.circuits import random_circuit
 
     a = model.adapter
     if spec.circuit == "discovered":
-        if context.results is None:
+        if execution.results is None:
             raise RecipeError("a discovered circuit needs the stored path-patching results of the run")
         sizes = spec.sizes
-        circuit = context.state(
-            ("circuit", spec.clean, sizes), lambda: discovered_circuit(context.results, spec.clean, sizes, a.n_layers, a.n_heads)
+        circuit = execution.state(
+            ("circuit", spec.plain, sizes),
+            lambda: discovered_circuit(execution.results, spec.plain, sizes, a.n_layers, a.n_heads),
         )
     else:
         circuit = load_circuit(spec.circuit)
@@ -56,7 +65,7 @@ def circuit_of(spec: CircuitSpec, context: Context, model: LoadedModel) -> Circu
     return circuit if spec.seed is None else random_circuit(circuit, a.n_layers, a.n_heads, spec.seed)
 
 
-def reference_means(context: Context, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0):
+def reference_means(execution: Execution, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0):
     """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run)."""
 
     def make():
@@ -71,7 +80,7 @@ def reference_means(context: Context, model_name: str, model: LoadedModel, n_box
         ]
         return head_means(model, work)
 
-    return context.state(("head-means", model_name, n_boxes, n, half, seed), make)
+    return execution.state(("head-means", model_name, n_boxes, n, half, seed), make)
 
 
 def boxes_of(batch: PromptBatch) -> int:
@@ -82,7 +91,7 @@ def boxes_of(batch: PromptBatch) -> int:
 
 
 @register
-class CircuitAblation(Method[CircuitSpec]):
+class CircuitFaithfulness(Method[CircuitSpec]):
     """The found circuit as a diagram of head groups; a table of accuracy and faithfulness."""
 
     kind = "circuit"
@@ -96,20 +105,23 @@ class CircuitAblation(Method[CircuitSpec]):
             return [g.positions for g in circuit.groups.values()]  # each group kept at the file's positions
         return list(GROUP_POSITIONS.values())
 
-    def readout(self, config: RunConfig[CircuitSpec], context: Context) -> LastLogits:
+    def readout(self, config: RunConfig[CircuitSpec], execution: Execution) -> LastLogits:
         spec = config.method
         from graftlens.interventions.circuits import mean_ablated_logits
 
-        model = context.models[config.model]
-        circuit = circuit_of(spec, context, model)
+        model = execution.models[config.model]
+        circuit = circuit_of(spec, execution, model)
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            means = reference_means(context, config.model, model, boxes_of(batch), spec.mean_prompts, spec.half)
+            means = reference_means(execution, config.model, model, boxes_of(batch), spec.mean_prompts, spec.half)
             return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
 
         return run
 
-    def figure(self, run: RunData, group: str, configs: list[StoredConfig]):
+    def figure_name(self, panel: str) -> str:
+        return "circuit"  # the figure is the found circuit's diagram; its faithfulness is a table
+
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         circuit = stored_circuit(run, configs)
         if circuit is None:
             return None
@@ -119,16 +131,16 @@ class CircuitAblation(Method[CircuitSpec]):
         groups = [(n.replace("_", " "), circuit.groups[n].positions, circuit.groups[n].heads) for n in names]
         reads = {"structure_readers": "V", "position_detectors": "V", "position_transmitters": "Q", "value_fetchers": "direct"}
         edges = [(i, i + 1, reads[n]) for i, n in enumerate(names)]
-        title = f"{run.name}: the circuit path patching found (arrows: which input of the next group it reaches)"
+        title = f"{run.name}: the circuit path patching found (arrows: which input of the next head group it reaches)"
         return charts.circuit_diagram(title, groups, edges), title
 
-    def tables(self, run: RunData, group: str, configs: list[StoredConfig]) -> list[Table]:
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
         """Accuracy of the full model, the circuit and random circuits, and faithfulness (their ratio)."""
         by_config = run.by_config
         spec = next((c.method for c in configs if c.method), None)
-        if spec is None or spec["clean"] not in by_config:
+        if spec is None or plain_of(spec) not in by_config:
             return []
-        full = by_config[spec["clean"]]
+        full = by_config[plain_of(spec)]
         rows: list[tuple[str, list[Estimate | None]]] = [
             (f"full model ({spec['clean']})", [estimate(full, "top1", run.n_boot, run.seed), None])
         ]
@@ -151,14 +163,14 @@ class CircuitAblation(Method[CircuitSpec]):
             rows.append((label, values))
         return [
             Table(
-                f"{group}: accuracy with every head outside the circuit mean-ablated",
+                f"{panel}: accuracy with every head outside the circuit mean-ablated",
                 "circuit",
                 ["accuracy (top-1)", "faithfulness (÷ full model)"],
                 rows,
             )
         ]
 
-    def files(self, run: RunData, group: str, configs: list[StoredConfig]) -> dict[str, str]:
+    def files(self, run: RunData, panel: str, configs: list[StoredConfig]) -> dict[str, str]:
         circuit = stored_circuit(run, configs)
         if circuit is None:
             return {}
@@ -176,11 +188,11 @@ def stored_circuit(run: RunData, configs: list[StoredConfig]) -> Circuit | None:
     if not pp:
         return None
     by_config = run.by_config
-    if any(c.name not in by_config for c in pp) or spec["clean"] not in by_config:
+    if any(c.name not in by_config for c in pp) or plain_of(spec) not in by_config:
         return None
     n_layers = 1 + max(int(c.coords["layer"]) for c in pp)
     n_heads = 1 + max(int(c.coords["head"]) for c in pp)
-    return discovered_circuit(stored_results(run), spec["clean"], GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
+    return discovered_circuit(stored_results(run), plain_of(spec), GroupSizes(**spec.get("sizes", {})), n_layers, n_heads)
 
 
 def circuit_json(circuit: Circuit, model: object, run_id: str) -> str:

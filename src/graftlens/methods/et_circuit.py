@@ -1,0 +1,113 @@
+"""``et_circuit``: find the entity-tracking circuit by path patching, then test it (Prakash et al.).
+
+The sweep expands into one ``path_patching`` configuration per (stage, sender head)
+(:mod:`graftlens.methods.path_patching`), scored phase by phase, then ``circuit`` configurations
+(:mod:`graftlens.methods.circuit`) that mean-ablate every head outside the found circuit, and
+outside ``random`` circuits of the same group sizes. It scores nothing itself.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from graftlens.methods.circuit import CircuitSpec
+from graftlens.methods.core.circuits import GROUPS, GroupSizes, stage_config_name
+from graftlens.methods.core.parts import RunConfig, Sweep
+from graftlens.methods.core.registry import Method, register
+from graftlens.methods.path_patching import PathPatchSpec
+
+FAITHFULNESS_PHASE = len(GROUPS) + 1
+
+
+class CircuitSweep(Sweep):
+    """Path patching stage by stage, then the found circuit's faithfulness against ``random`` random ones."""
+
+    renamed: ClassVar[dict[str, str]] = {"group": "panel", "clean": "plain"}
+
+    kind: Literal["et_circuit"]
+    plain: str  # the written configuration without interventions: the reference of every relative change
+    sizes: GroupSizes = GroupSizes()
+    stages: list[Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]] = list(GROUPS)
+    random: int = Field(5, ge=0, le=1000)  # random circuits of the same sizes
+    mean_prompts: int = Field(100, ge=1, le=100_000)  # reference prompts of the head means
+    panel: str = "path patching"
+
+    def check_data(self, data: dict) -> None:
+        if (data.get("entity_tracking") or {}).get("pairs") != ["corrupted"]:
+            raise ValueError(
+                "et_circuit sweep: path patching needs clean prompts with corrupted sources: "
+                "data: {entity_tracking: {pairs: [corrupted]}}"
+            )
+
+    def check_batches(self, data: dict, batch_size: int) -> None:
+        et = data.get("entity_tracking") or {}
+        boxes, per_count = et.get("boxes", []), et.get("examples", 0)  # one corrupted pair per example
+        if len(boxes) > 1 and per_count % batch_size:
+            raise ValueError(
+                f"et_circuit sweep: mean ablation takes each batch's head means at one box count, so with boxes "
+                f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
+                f"(entity_tracking.examples: {per_count})"
+            )
+
+    def check_in_recipe(self, plain_configs: list[str]) -> None:
+        if self.plain not in plain_configs:
+            raise ValueError(
+                f"et_circuit sweep: plain {self.plain!r} must name a configuration without grafts (written under "
+                f"'configs'); plain configurations: {', '.join(plain_configs) or 'none'}"
+            )
+        if self.stages != list(GROUPS[: len(self.stages)]):
+            raise ValueError(f"et_circuit sweep: stages run in order, each on the one before: {', '.join(GROUPS)}")
+
+
+def expand_circuit_sweep(sweep: CircuitSweep, recipient: str, n_layers: int, n_heads: int) -> list[RunConfig]:
+    out = []
+    for phase, stage in enumerate(sweep.stages, start=1):
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                spec = PathPatchSpec(stage=stage, layer=layer, head=head, plain=sweep.plain, sizes=sweep.sizes)
+                coords = {"stage": stage, "layer": str(layer), "head": str(head)}
+                out.append(
+                    RunConfig(
+                        name=stage_config_name(stage, layer, head),
+                        panel=f"{sweep.panel}: {stage.replace('_', ' ')}",
+                        model=recipient,
+                        coords=coords,
+                        method=spec,
+                        kind="path_patching",
+                        phase=phase,
+                    )
+                )
+    if len(sweep.stages) == len(GROUPS):
+        for seed in [None, *range(1, sweep.random + 1)]:
+            name = "circuit" if seed is None else f"random circuit {seed}"
+            spec = CircuitSpec(
+                circuit="discovered", plain=sweep.plain, sizes=sweep.sizes, seed=seed, mean_prompts=sweep.mean_prompts
+            )
+            out.append(
+                RunConfig(
+                    name=name,
+                    panel="faithfulness",
+                    model=recipient,
+                    coords={"circuit": "random" if seed else "found"},
+                    method=spec,
+                    kind="circuit",
+                    phase=FAITHFULNESS_PHASE,
+                )
+            )
+    return out
+
+
+@register
+class EntityTrackingCircuit(Method[None]):
+    """The sweep that makes the path-patching and faithfulness configurations (it scores none itself)."""
+
+    kind = "et_circuit"
+    sweep = CircuitSweep
+    needs_depth = True
+    needs_heads = True
+
+    def expand(self, sweep: CircuitSweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
+        assert n_layers is not None and n_heads is not None
+        return expand_circuit_sweep(sweep, recipient, n_layers, n_heads)
