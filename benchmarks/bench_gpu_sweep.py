@@ -30,7 +30,7 @@ import graftlens
 from graftlens.data.dataset import tokenize_test
 from graftlens.eval.batching import batches, pad_id_of
 from graftlens.eval.scoring import Readout
-from graftlens.experiments.setup import cached_dataset
+from graftlens.experiments.prepare import cached_dataset
 from graftlens.methods.core.parts import GraftSpec, RunConfig
 from graftlens.methods.core.registry import Execution, method_for
 from graftlens.models.loading import as_loaded

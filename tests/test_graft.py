@@ -403,7 +403,7 @@ def test_embedded_model_grafted_into_itself_is_unchanged(embedded) -> None:
     tok = embedded.tokenizer
     enc = tok(["The capital of France is", "Apple was founded by Steve"], return_tensors="pt", padding=True)
     rules = [Graft("self", "all", "all", "0+LT")]
-    got = grafted_forward(embedded, {"self": embedded.source}, rules, enc.input_ids, enc.attention_mask)
+    got = grafted_forward(embedded, {"self": embedded.location}, rules, enc.input_ids, enc.attention_mask)
     want = base_logits(embedded.model, enc.input_ids, enc.attention_mask)
     real = enc.attention_mask.bool()
     assert (got[real] - want[real]).abs().max() < 1e-4

@@ -22,7 +22,7 @@ def test_local_directory_roundtrip(tmp_path, family: str) -> None:
     original = save_tiny_model(family, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert loaded.adapter.model_type == family
-    assert loaded.source == str(tmp_path / "m")
+    assert loaded.location == str(tmp_path / "m")
     assert not loaded.model.training
     torch.testing.assert_close(logits(loaded.model), logits(original), rtol=0, atol=0)
 
@@ -46,7 +46,7 @@ def test_peft_adapter_is_merged_into_its_base(tmp_path) -> None:
     got = logits(loaded.model)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert (got - logits(load_model(tmp_path / "base").model)).abs().max() > 1e-3  # the adapter did something
-    assert "merged into" in loaded.source
+    assert "merged into" in loaded.location
     assert not any("lora" in name for name, _ in loaded.model.named_parameters())
 
 
@@ -109,7 +109,7 @@ def test_embedded_model_loads_from_cache_without_converting(embedded, monkeypatc
 
     monkeypatch.setattr("graftlens.models.loading.load_gguf", no_conversion)
     again = load_model("smollm2-135m")
-    assert again.source == embedded.source
+    assert again.location == embedded.location
     for (name, p), (_, q) in zip(again.model.named_parameters(), embedded.model.named_parameters()):
         assert torch.equal(p, q), name
 

@@ -73,7 +73,7 @@ def info(
     summary = Table(show_header=False, box=None, pad_edge=False)
     for key, value in [
         ("spec", loaded.spec),
-        ("source", loaded.source),
+        ("location", loaded.location),
         ("architecture", f"{type(loaded.model).__name__} (model_type {a.model_type}, family {a.family.name})"),
         ("parameters", f"{loaded.n_params():,}"),
         ("dtype", str(loaded.dtype).removeprefix("torch.")),

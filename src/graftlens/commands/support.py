@@ -148,7 +148,7 @@ def metrics_table(
 ) -> Table:
     """A table of metric dicts keyed by row name."""
     table = Table(title=title, title_justify="left")
-    table.add_column("group")
+    table.add_column("prompts")
     for c in columns:
         table.add_column(c, justify="right")
     for name, m in rows.items():

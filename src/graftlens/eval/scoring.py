@@ -1,7 +1,7 @@
 """Next-token metrics of a model on a prompt set: target probability, rank, top-k hits.
 
 The model is anything that maps a :class:`PromptBatch` to last-position logits ``[batch,
-vocab]``; :func:`plain_last_logits` is the unmodified model, and the methods in
+vocab]``; :func:`plain_last_logits` is the plain model, and the methods in
 :mod:`graftlens.methods` pass their own. All metrics are of the first target token.
 """
 
@@ -49,7 +49,7 @@ class PromptScore:
 
 
 def plain_last_logits(model: torch.nn.Module) -> LastLogits:
-    """Last-position logits of the unmodified model (left-padded batches)."""
+    """Last-position logits of the plain model (left-padded batches)."""
 
     def run(batch: PromptBatch) -> torch.Tensor:
         return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]

@@ -100,7 +100,7 @@ class ScoringWorker:
         import torch
 
         from graftlens.eval.batching import batches
-        from graftlens.experiments.setup import prepare_models, recipe_data
+        from graftlens.experiments.prepare import prepare_models, recipe_data
         from graftlens.models import model_fingerprint
 
         node = os.uname().nodename

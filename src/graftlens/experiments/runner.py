@@ -17,8 +17,7 @@ import torch
 
 from graftlens.eval.batching import batches, pad_id_of
 from graftlens.experiments.distributed import WorkerSetup, check_ray, score_on_ray
-from graftlens.experiments.recipe import EvalSpec, Recipe
-from graftlens.experiments.setup import (
+from graftlens.experiments.prepare import (
     FinetuneProgress,
     check_configs,
     check_prompt_lengths,
@@ -26,6 +25,7 @@ from graftlens.experiments.setup import (
     prepare_models,
     recipe_data,
 )
+from graftlens.experiments.recipe import EvalSpec, Recipe
 from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.experiments.verify import run_tolerance
 from graftlens.fileio import write_json_atomic

@@ -20,8 +20,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from graftlens.eval.batching import batches, pad_id_of
+from graftlens.experiments.prepare import prepare_models, recipe_data
 from graftlens.experiments.recipe import Recipe
-from graftlens.experiments.setup import prepare_models, recipe_data
 from graftlens.experiments.units import run_scorer
 from graftlens.models import model_fingerprint
 from graftlens.results.store import ResultRow, ResultsStore, StoreError

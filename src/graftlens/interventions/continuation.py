@@ -1,6 +1,6 @@
 """Compute only what an intervention can change: continue a kept run from (layer, column).
 
-An intervention at layer ``l`` leaves every layer below ``l`` as in the unmodified run, and one
+An intervention at layer ``l`` leaves every layer below ``l`` as in the plain run, and one
 that starts at column ``j`` leaves every column before ``j`` unchanged (attention is causal). So a
 sweep of interventions runs the model once (:class:`CachedRun`: the KV cache of every column and
 the residual stream entering every layer), then each intervention continues it:

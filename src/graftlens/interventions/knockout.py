@@ -248,13 +248,13 @@ def _knockout_logits(
 ) -> torch.Tensor:
     """Logits ``[batch, vocab]`` at the last position with the knockout of
     :func:`attention_knockout`, continuing a :class:`~graftlens.interventions.continuation.CachedRun`
-    of the unmodified model: a knockout changes nothing below its lowest layer, nor before the
+    of the plain model: a knockout changes nothing below its lowest layer, nor before the
     first target column, so only the rest is computed."""
     layers = sorted(set(int(layer) for layer in layers))
     mask = run.attention_mask
     edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
     if not layers or not bool(edges.any()):
-        return run.logits  # nothing blocked: the unmodified run, bit for bit
+        return run.logits  # nothing blocked: the plain run, bit for bit
     column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
     with attention_knockout(run.model, layers, sources=sources, targets=targets, spans=spans):
         return run.continued(layers[0], column)
@@ -270,7 +270,7 @@ def _knockout_sweep_logits(
 ) -> torch.Tensor:
     """Logits ``[len(windows), batch, vocab]`` at the last position, one knockout per window of
     layers (Geva et al.'s sweep), continuing a
-    :class:`~graftlens.interventions.continuation.CachedRun` of the unmodified model.
+    :class:`~graftlens.interventions.continuation.CachedRun` of the plain model.
 
     Windows run as variants of one pass (up to ``KNOCKOUT_ROWS_PER_PASS`` rows): each variant's rows have
     the edges blocked in its own window's layers only, every variant computes the layers from the

@@ -29,7 +29,7 @@ class PatchError(InterventionError):
 
 @dataclass(frozen=True)
 class Patch:
-    """Write ``source`` into ``point`` at ``positions`` and, for per-head points, only for
+    """Write ``value`` into ``point`` at ``positions`` and, for per-head points, only for
     ``heads`` (None = all heads).
 
     ``positions`` are named as everywhere in graftlens: a selector in prompt coordinates
@@ -48,18 +48,18 @@ class Patch:
     """
 
     point: Point
-    source: torch.Tensor  # the point's activation in the source run: [batch, pos, ...]
+    value: torch.Tensor  # the activation written at the point (from another run or model): [batch, pos, ...]
     positions: PositionsLike = None
     heads: tuple[int, ...] | None = None
 
     def as_edit(self, where: torch.Tensor | None) -> Edit:
         """The edit writing this patch at ``where`` (``BoolTensor[batch, pos]``, the resolved positions)."""
-        point, source, heads = self.point, self.source, self.heads
+        point, value, heads = self.point, self.value, self.heads
 
         def write(x: torch.Tensor) -> torch.Tensor:
             nonlocal where
-            if source.shape != x.shape:
-                raise PatchError(f"patch of {point}: source has shape {list(source.shape)}, the run has {list(x.shape)}")
+            if value.shape != x.shape:
+                raise PatchError(f"patch of {point}: the value has shape {list(value.shape)}, the run has {list(x.shape)}")
             where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if where is None else where.to(x.device)
             where = where.reshape(*where.shape, *([1] * (x.dim() - 2)))  # [batch, pos, 1(, 1)]
             if heads is not None:
@@ -71,7 +71,7 @@ class Patch:
                 chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
                 chosen[list(heads)] = True
                 where = where & chosen[:, None]  # [batch, pos, head, 1]
-            return torch.where(where, source.to(x.device, x.dtype), x)
+            return torch.where(where, value.to(x.device, x.dtype), x)
 
         return write
 
@@ -190,8 +190,8 @@ def _continued_patched_variants(run, patch_sets: Sequence[Sequence[Patch]], span
     for v, p, where in resolved:
         rows = torch.zeros(batch, variants, where.shape[1], dtype=torch.bool, device=where.device)
         rows[:, v] = where
-        source = p.source[:, column:].repeat_interleave(variants, 0)  # [batch * variants, new, ...]
-        sliced = Patch(p.point, source, None, p.heads)
+        value = p.value[:, column:].repeat_interleave(variants, 0)  # [batch * variants, new, ...]
+        sliced = Patch(p.point, value, None, p.heads)
         edits.setdefault(p.point, []).append(sliced.as_edit(rows.flatten(0, 1)[:, column:]))
 
     with edit(run.model, {point: _chained(fns) for point, fns in edits.items()}):

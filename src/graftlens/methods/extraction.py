@@ -1,6 +1,6 @@
 """``extraction``: what attribute extraction depends on (Geva et al.). Extraction events (an
 attention or MLP output at the last position whose projection's top-1 token is the answer) in
-the unmodified model, and with one of the two earlier steps taken away:
+the plain model, and with one of the two earlier steps taken away:
 
 - ``no_enrichment``: the early MLPs' updates cancelled at the subject positions;
 - ``no_relation``: the last position may not attend to the relation positions in the layers
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 Condition = Literal["none", "no_enrichment", "no_relation"]
 ExtractionPoint = Literal["attn_out", "mlp_out"]
 CONDITION_LABELS = {
-    "none": "unmodified",
+    "none": "plain",
     "no_enrichment": "early MLPs cancelled at the subject",
     "no_relation": "last ↛ relation",
 }

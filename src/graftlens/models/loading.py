@@ -41,7 +41,8 @@ class LoadedModel:
     """A causal LM with its tokenizer and architecture adapter, and where it came from.
 
     ``model`` is the HF module (eval mode), ``adapter`` maps canonical component names to its
-    modules, ``spec`` is what was asked for and ``source`` what was loaded.
+    modules, ``spec`` is what was asked for and ``location`` where the weights were loaded from (a
+    directory, ``hub:ID``, or a PEFT adapter merged into its base model).
 
     Example:
         >>> from graftlens.models import tiny_model
@@ -54,7 +55,7 @@ class LoadedModel:
     tokenizer: Any
     adapter: ArchitectureAdapter
     spec: str
-    source: str
+    location: str
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +112,7 @@ def _load_peft(path: Path, dtype: Any, device_map: Any) -> tuple[nn.Module, Any,
         merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not apply PEFT adapter {path} to base {base_spec!r}: {exc}") from exc
-    return merged, base.tokenizer, f"{path} (merged into {base.source})"
+    return merged, base.tokenizer, f"{path} (merged into {base.location})"
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
@@ -208,7 +209,7 @@ def load_model(
         model = model.to(device)
     model.eval()
     # The tokenizer is returned as loaded (its pad token too): graftlens pads with `pad_id_of`.
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=spec_str, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=spec_str, location=source)
 
 
 def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedModel:
@@ -216,7 +217,7 @@ def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedMo
     if isinstance(model, LoadedModel):
         return model
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), spec=name, source=name)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), spec=name, location=name)
 
 
 def _check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:

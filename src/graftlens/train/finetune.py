@@ -327,7 +327,7 @@ class _Run:
         return {
             "status": "complete" if final_eval is not None else "partial",
             "content_hash": self.name,
-            "base_model": {"spec": self.loaded.spec, "source": self.loaded.source, "fingerprint": self.base_print},
+            "base_model": {"spec": self.loaded.spec, "source": self.loaded.location, "fingerprint": self.base_print},
             "dataset": {
                 "content_hash": self.data.content_hash,
                 **{k: self.data.meta[k] for k in ("kind", "n_facts", "n_train", "seed") if k in self.data.meta},
