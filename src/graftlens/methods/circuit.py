@@ -142,7 +142,7 @@ class CircuitFaithfulness(Method[CircuitSpec]):
             return []
         full = by_config[plain_of(spec)]
         rows: list[tuple[str, list[Estimate | None]]] = [
-            (f"full model ({spec['clean']})", [estimate(full, "top1", run.n_boot, run.seed), None])
+            (f"full model ({plain_of(spec)})", [estimate(full, "top1", run.n_boot, run.seed), None])
         ]
         randoms = [c for c in configs if c.method and c.method.get("seed") is not None and c.name in by_config]
         for c in configs:
