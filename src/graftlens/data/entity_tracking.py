@@ -10,15 +10,15 @@ The vocabulary splits into two disjoint halves (``"train"`` and ``"test"``): a m
 entity tracking sees only the train half, and the circuit experiments use the test half, so a
 gain is not memorised objects or labels.
 
-Besides plain prompts, this module makes the *pairs* the circuit methods need, each a base
-scene with a source scene of the same shape:
+Besides plain prompts, this module makes the *pairs* the circuit methods need, each a clean
+scene with a corrupted scene of the same shape (stored as the clean prompt's ``meta["source"]``):
 
-- ``corrupted`` (path patching, Prakash et al.): the source has other objects and labels, asks
+- ``corrupted`` (path patching, Prakash et al.): the corrupted scene has other objects and labels, asks
   about another box index, and its query label is a letter that labels no box in it;
-- desiderata (DCM): ``position`` (the source asks about another box index: the answer is the
-  *base's* object at the *source's* index), ``object`` (the answer is the source's object),
-  ``box_label`` (the source asks for a label that is in the base context but is not the base
-  query: the answer is the base's object in that box).
+- desiderata (DCM): ``position`` (the corrupted scene asks about another box index: the answer
+  is the *clean* scene's object at the *corrupted* scene's index), ``object`` (the answer is the
+  corrupted scene's object), ``box_label`` (the corrupted scene asks for a label that is in the
+  clean context but is not the clean query: the answer is the clean scene's object in that box).
 """
 
 from __future__ import annotations

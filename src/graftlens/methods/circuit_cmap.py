@@ -3,7 +3,7 @@
 On the same prompt, the donor's outputs (``z``) of one group's heads, at that group's positions,
 are written into the recipient: which step of the circuit does the donor (a finetune) do better?
 One configuration per group, one for every group at once. Run it in both directions (finetune into
-base, base into finetune) with two sweeps."""
+pretrained, pretrained into finetune) with two sweeps."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
         from graftlens.interventions.patching import Patch, patched_logits
         from graftlens.interventions.points import Point
 
-        base, donor = execution.models[config.model], execution.models[spec.donor]
+        recipient, donor = execution.models[config.model], execution.models[spec.donor]
         circuit = load_circuit(spec.circuit)
         per_point: list[tuple[Point, str, tuple[int, ...]]] = []
         for g in spec.head_groups:
@@ -111,6 +111,6 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
         def run(batch: PromptBatch) -> torch.Tensor:
             cache = donor_activations.get(spec.donor, donor, batch, points)
             patches = [Patch(p, cache[p], positions, heads) for p, positions, heads in per_point]
-            return patched_logits(base, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]
+            return patched_logits(recipient, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]
 
         return run

@@ -125,18 +125,18 @@ class CrossModelPatching(Method[CmapSpec]):
         return [spec.positions]
 
     def readout(self, config: RunConfig[CmapSpec], execution: Execution) -> LastLogits:
-        base, spec = execution.models[config.model], config.method
+        recipient, spec = execution.models[config.model], config.method
         from graftlens.interventions.patching import Patch, check_same_shapes
 
         donor = execution.models[spec.donor]
-        check_same_shapes(base, donor)
+        check_same_shapes(recipient, donor)
         donor_activations: DonorActivations = execution.state(self.kind, DonorActivations)
-        layers = select_layers(spec.layers, base.adapter.n_layers)
+        layers = select_layers(spec.layers, recipient.adapter.n_layers)
         points = [Point(name, layer) for name in spec.points for layer in layers]
 
         def run(batch: PromptBatch) -> torch.Tensor:
             cache = donor_activations.get(spec.donor, donor, batch, points)
-            # The base model's run is continued from the lowest patched layer and first patched column.
+            # The recipient model's run is continued from the lowest patched layer and first patched column.
             patches = [Patch(p, cache[p], spec.positions, None if spec.heads is None else tuple(spec.heads)) for p in points]
             return execution.plain_run(config.model, batch).patched(patches, batch.spans)
 

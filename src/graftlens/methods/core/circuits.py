@@ -81,10 +81,10 @@ def stage_scores(results: Results, clean: str, stage: str, n_layers: int, n_head
 
     names = [stage_config_name(stage, layer, head) for layer in range(n_layers) for head in range(n_heads)]
     probs = results([clean, *names])
-    base = probs[clean]
+    plain_probs = probs[clean]
     scores = torch.zeros(n_layers, n_heads)
     for i, name in enumerate(names):
-        values = [(p - base[ex]) / base[ex] for ex, p in probs[name].items() if base.get(ex, 0) > 0]
+        values = [(p - plain_probs[ex]) / plain_probs[ex] for ex, p in probs[name].items() if plain_probs.get(ex, 0) > 0]
         if len(probs[name]) == 0:
             raise RecipeError(f"path patching: no stored result for {name!r}; its stage has not been run")
         scores[i // n_heads, i % n_heads] = sum(values) / len(values) if values else 0.0
@@ -154,7 +154,7 @@ def check_fixed_positions(circuit: Circuit, groups: Sequence[str], source: str, 
 
 
 def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
-    """The batch as base prompts with their sources (``meta["source"]``, entity-tracking pairs)."""
+    """The batch as clean prompts with their corrupted ones (``meta["source"]`` of entity-tracking pairs)."""
     from graftlens.eval.batching import collate
     from graftlens.interventions.path_patching import PathInputs
 
