@@ -24,7 +24,7 @@ from graftlens.data.facts import DIRECTIONS
 from graftlens.data.facts import KINDS as FACT_KINDS
 from graftlens.errors import RenamedRecipeKey
 from graftlens.methods import RecipeError, RunConfig, Strict, method_for, sweep_types
-from graftlens.methods.configs import ConfigSpec, WrittenConfigs
+from graftlens.methods.configs import ConfigSpec, expand_written
 from graftlens.train.config import FinetuneConfig
 
 __all__ = ["ConfigSpec", "Recipe", "RecipeError", "RunConfig", "load_recipe", "shipped_recipes"]
@@ -247,9 +247,7 @@ class Recipe(Strict):
 
         Sweeps whose method needs the model's depth (layer windows, knockout, lens) are left out
         when ``n_layers`` is None."""
-        written = method_for("configs")
-        assert isinstance(written, WrittenConfigs)
-        out = written.expand_written(self.configs, self.recipient)
+        out = expand_written(self.configs, self.recipient)
         for s in self.sweeps:
             method = method_for(s.kind)
             if (method.needs_depth and n_layers is None) or (method.needs_heads and n_heads is None):

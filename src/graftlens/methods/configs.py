@@ -29,8 +29,10 @@ class WrittenConfigs(GraftingMethod):
 
     kind = "configs"
 
-    def expand_written(self, configs: list[ConfigSpec], recipient: str) -> list[RunConfig]:
-        return [
-            RunConfig(name=c.name, panel=c.panel, model=c.model or recipient, grafts=tuple(c.grafts), kind=self.kind)
-            for c in configs
-        ]
+
+def expand_written(configs: list[ConfigSpec], recipient: str) -> list[RunConfig]:
+    """The configurations a recipe writes out under ``configs:``, in order."""
+    return [
+        RunConfig(name=c.name, panel=c.panel, model=c.model or recipient, grafts=tuple(c.grafts), kind=WrittenConfigs.kind)
+        for c in configs
+    ]
