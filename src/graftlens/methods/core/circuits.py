@@ -40,7 +40,7 @@ GROUP_POSITIONS = {
 }
 GROUPS = tuple(GROUP_POSITIONS)
 RECEIVER_POINT = {"position_transmitters": "q", "position_detectors": "v", "structure_readers": "v"}
-SHIPPED_CIRCUITS = Path(__file__).resolve().parent.parent / "data" / "files" / "circuits"
+SHIPPED_CIRCUITS = Path(__file__).resolve().parents[2] / "data" / "files" / "circuits"
 
 Results = Callable[[Sequence[str]], dict[str, dict[str, float]]]
 
