@@ -31,6 +31,7 @@ lazy_exports(
         "graftlens.experiments.recipe": ["load_recipe"],
         "graftlens.experiments.runner": ["run_recipe"],
         "graftlens.graft.engine": ["grafted_forward", "grafted_generate", "Grafter", "grafting"],
+        "graftlens.graft.heads": ["HeadGraft"],
         "graftlens.graft.rules": ["Graft"],
         "graftlens.graft.sweep": ["graft_sweep"],
         "graftlens.interventions.circuits": ["Circuit", "head_means", "HeadGroup", "mean_ablated_logits", "random_circuit"],

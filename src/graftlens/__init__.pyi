@@ -23,6 +23,9 @@ from graftlens.graft.engine import (
     Grafter as Grafter,
     grafting as grafting,
 )
+from graftlens.graft.heads import (
+    HeadGraft as HeadGraft,
+)
 from graftlens.graft.rules import (
     Graft as Graft,
 )
@@ -119,6 +122,7 @@ __all__ = [
     "GraftlensError",
     "head_mapping_vectors",
     "head_means",
+    "HeadGraft",
     "HeadGroup",
     "InterventionError",
     "knockout_sweep",

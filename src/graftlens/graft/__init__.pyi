@@ -12,6 +12,10 @@ from graftlens.graft.engine import (
     Grafter as Grafter,
     grafting as grafting,
 )
+from graftlens.graft.heads import (
+    HeadGraft as HeadGraft,
+    HeadGraftError as HeadGraftError,
+)
 from graftlens.graft.rules import (
     Graft as Graft,
     GraftRuleError as GraftRuleError,
@@ -37,6 +41,8 @@ __all__ = [
     "Grafter",
     "grafting",
     "GraftRuleError",
+    "HeadGraft",
+    "HeadGraftError",
     "LT",
     "NEW",
     "parse_positions",

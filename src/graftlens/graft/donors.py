@@ -71,6 +71,10 @@ def donor_weights(
 ) -> DonorWeights:
     """Collect and check the donor's parameters for ``module_paths`` of ``recipient``."""
     paths = sorted(set(module_paths))
+    from graftlens.graft.heads import SplicedDonor
+
+    if isinstance(donor, SplicedDonor):  # a head graft's donor: the recipient with some heads' weights spliced in
+        return donor.weights(name, recipient, paths)
     recipient_type = recipient.config.model_type
     if isinstance(donor, LoadedModel):
         donor = donor.model

@@ -23,6 +23,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.graft.donors import DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
+from graftlens.graft.heads import HeadGraft, expand_head_grafts
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
 from graftlens.models.adapters import ArchitectureAdapter
 from graftlens.models.arguments import checked
@@ -62,11 +63,11 @@ class Grafter:
         self,
         recipient: LoadedModel | nn.Module,
         donors: Mapping[str, DonorLike],
-        rules: Sequence[Graft],
+        rules: Sequence[Graft | HeadGraft],
         spans: Sequence[Spans] | None = None,
     ):
         self.recipient = as_loaded(recipient)
-        self.rules = list(rules)
+        self.rules, donors = expand_head_grafts(self.recipient, donors, rules)
         self.donor_names = list(donors)
         self._spans = spans
         adapter = self.recipient.adapter
@@ -186,7 +187,7 @@ def _mlp_blocks(
 def grafting(
     recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
-    rules: Sequence[Graft],
+    rules: Sequence[Graft | HeadGraft],
     spans: Sequence[Spans] | None = None,
 ) -> Grafter:
     """Graft ``donors`` into ``recipient`` by ``rules`` on every forward call inside the block.
@@ -222,7 +223,7 @@ def grafting(
 def grafted_forward(
     recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
-    rules: Sequence[Graft],
+    rules: Sequence[Graft | HeadGraft],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     spans: Sequence[Spans] | None = None,
@@ -268,7 +269,7 @@ def grafted_forward(
 def grafted_generate(
     recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
-    rules: Sequence[Graft],
+    rules: Sequence[Graft | HeadGraft],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     spans: Sequence[Spans],

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from graftlens.graft.heads import HeadGraft, head_sites
 from graftlens.graft.rules import Graft, GraftRuleError
 from graftlens.models.adapters import Rows
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -112,6 +113,15 @@ def _rule_sites(loaded: LoadedModel, rule: Graft) -> list[tuple[str, Rows | None
     return out
 
 
+def _literal_sites(loaded: LoadedModel, rule: Graft | HeadGraft) -> list[tuple[str, Rows | None, Rows | None]]:
+    """(module path, output rows, input columns) of every site a rule names; a head graft names
+    its heads' rows of q, k, v and columns of o (:mod:`graftlens.graft.heads`)."""
+    if isinstance(rule, HeadGraft):
+        parts = rule.part_list()
+        return [(s.path, s.rows, s.cols) for head in rule.heads for s in head_sites(loaded, head, parts)]
+    return [(path, rows, None) for path, rows in _rule_sites(loaded, rule)]
+
+
 def site_owners(
     recipient: LoadedModel | nn.Module, rules: Sequence[Graft], n_tokens: int, spans: Spans | None = None
 ) -> dict[tuple[str, Rows | None], list[str | None]]:
@@ -146,7 +156,7 @@ def reference_forward(
     donors: Mapping[str, DonorSource],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    rules: Sequence[Graft],
+    rules: Sequence[Graft | HeadGraft],
     spans: Sequence[Spans] | None = None,
 ) -> torch.Tensor:
     """Logits ``[batch, pos, vocab]`` by the literal definition; padded positions are NaN."""
@@ -157,8 +167,8 @@ def reference_forward(
         if rule.donor not in donors:
             raise GraftRuleError(f"graft rule names donor {rule.donor!r}; the donors are: {', '.join(donors)}")
     donor_models = {name: _as_module(name, d, loaded.model) for name, d in donors.items()}
-    sites = [_rule_sites(loaded, rule) for rule in rules]  # per rule: [(path, rows)]
-    paths = list(dict.fromkeys(path for rule_sites in sites for path, _ in rule_sites))
+    sites = [_literal_sites(loaded, rule) for rule in rules]  # per rule: [(path, rows, cols)]
+    paths = list(dict.fromkeys(site[0] for rule_sites in sites for site in rule_sites))
 
     model = copy.deepcopy(loaded.model)  # the copy whose weights get overwritten
     originals: dict[str, dict[str, torch.Tensor]] = {}
@@ -187,16 +197,20 @@ def reference_forward(
                 if not rule_claims(rule.positions, b, col, t, n, example_spans):
                     continue
                 donor = donor_models[rule.donor]
-                for path, rows in rule_sites:
+                for path, rows, cols in rule_sites:
                     module = model.get_submodule(path)
                     donor_params = dict(donor.get_submodule(path).named_parameters(recurse=False))
                     for pname in originals[path]:
                         w = getattr(module, pname)
                         donor_w = donor_params[pname].to(device=w.device, dtype=w.dtype)
-                        if rows is None:
+                        dim = _out_dim(module, pname)
+                        if cols is not None:  # a head's input columns of o: its weight only
+                            if pname == "weight":
+                                for a, z in cols:
+                                    w.narrow(1 - dim, a, z - a).copy_(donor_w.narrow(1 - dim, a, z - a))
+                        elif rows is None:
                             w.copy_(donor_w)
                         else:
-                            dim = _out_dim(module, pname)
                             for a, z in rows:
                                 w.narrow(dim, a, z - a).copy_(donor_w.narrow(dim, a, z - a))
             out = model(

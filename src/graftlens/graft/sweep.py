@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from graftlens.graft.engine import DonorLike, Grafter, grafting
+from graftlens.graft.heads import HeadGraft, expand_head_grafts
 from graftlens.graft.prefix import SharedPrefix, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules
 from graftlens.models.arguments import checked
@@ -28,7 +29,7 @@ from graftlens.positions import Selector, Spans
 def graft_sweep(
     recipient: LoadedModel | nn.Module,
     donors: Mapping[str, DonorLike],
-    configs: Mapping[str, Sequence[Graft]],
+    configs: Mapping[str, Sequence[Graft | HeadGraft]],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
@@ -64,6 +65,13 @@ def graft_sweep(
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
     head_paths = {s.path for s in loaded.adapter.sites("lm_head")}
+    # Head grafts become rules of spliced donors, one set per configuration.
+    expanded: dict[str, list[Graft]] = {}
+    all_donors: dict[str, DonorLike] = dict(donors)
+    for name, rules in configs.items():
+        expanded[name], with_spliced = expand_head_grafts(loaded, donors, list(rules), tag=f" of {name!r}")
+        all_donors.update(with_spliced)
+    configs, donors = expanded, all_donors
 
     cuts: dict[str, int] = {}  # configuration → where its shared prefix ends (0: it runs alone)
     for name, rules in configs.items():
