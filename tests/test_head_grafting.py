@@ -13,7 +13,7 @@ import torch
 
 from conftest import make_tiny_model
 from graftlens import Graft, HeadGraft, graft_sweep, grafted_forward
-from graftlens.graft.heads import HeadGraftError
+from graftlens.graft.heads import HeadGraftError, expand_head_grafts
 from graftlens.graft.reference import reference_forward
 from graftlens.models import as_loaded
 from graftlens.models.run import position_ids_for
@@ -111,7 +111,11 @@ def test_graft_sweep_takes_head_grafts() -> None:
         ([HeadGraft("ft", [(1, 9)])], "head 1.9 is not a head of the model"),
         ([HeadGraft("ft", [(1, 0)], parts="q+mlp")], "parts ['mlp'] are not parts of a head"),
         ([HeadGraft("nobody", [(1, 0)])], "head graft names donor 'nobody'"),
-        ([HeadGraft("ft", [(1, 0)], "LT"), HeadGraft("ft", [(1, 2)], "FE")], "is grafted by two rules"),
+        ([HeadGraft("ft", [(1, 0)], [[0], [1], [2]]), HeadGraft("ft", [(1, 2)], "LT")], "need selectors"),
+        (
+            [HeadGraft("ft", [(1, 0)], "LT", p + "o") for p in ["", "q+", "k+", "v+", "q+k+", "q+v+", "k+v+"]],
+            "7 head grafts at different positions or donors share o of layer 1",
+        ),
         ([Graft("ft", "q", [1], "LT"), HeadGraft("ft", [(1, 2)], "LT")], "is grafted by two rules"),
     ],
 )
@@ -121,6 +125,52 @@ def test_bad_head_grafts_are_one_error(rules, message) -> None:
     with pytest.raises(HeadGraftError) as caught:
         grafted_forward(recipient, {"ft": donor}, rules, ids, mask)
     assert message in str(caught.value)
+
+
+def _overlapping_head_grafts(rng: random.Random, t: int, n_sets: int) -> list[HeadGraft]:
+    """Head grafts of random donors, parts and positions (index selectors, some shared), all in
+    layers 1 and 2, so that they share modules."""
+    rules = []
+    for i in range(n_sets):
+        layers = [1] if i < 2 else [1, 2]  # the first two share layer 1's q (and are of two donors)
+        heads = [(rng.choice(layers), h) for h in rng.sample(range(4), rng.randint(1, 3))]
+        with_q = [("q", "k", "v", "o"), ("q",), ("q", "o")]
+        parts = rng.choice(with_q if i < 2 else [*with_q, ("k", "v"), ("o",)])
+        positions = ",".join(map(str, sorted(rng.sample(range(t), rng.randint(1, t)))))
+        donor = ["a", "b"][i] if i < 2 else rng.choice(["a", "b"])
+        rules.append(HeadGraft(donor, heads, rng.choice([positions, "all", "-1"]), parts))
+    return rules
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_head_grafts_sharing_modules_at_different_positions_equal_the_reference(family: str, seed: int) -> None:
+    """A circuit's groups graft heads of one layer at different positions: at each position the
+    module computes with exactly the heads claimed there (every combination of sets sharing a
+    module gets its rule), as the literal per-token reading of the rules says."""
+    recipient, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(seed)
+    rules = _overlapping_head_grafts(random.Random(f"overlap-{family}-{seed}"), ids.shape[1] - 2, 3 + seed)
+    donors = {"a": a, "b": b}
+    expanded, _ = expand_head_grafts(as_loaded(recipient), donors, rules)
+    assert any("&" in rule.donor for rule in expanded)  # some sets share a module
+    got = grafted_forward(recipient, donors, rules, ids, mask)
+    want = reference_forward(recipient, donors, ids, mask, rules)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+
+
+def test_overlapping_head_grafts_are_not_the_later_one_alone() -> None:
+    """Two head grafts in one layer at overlapping positions: where both claim, both heads are the
+    donor's (not only the later graft's heads, which a plain later-wins rule would give)."""
+    recipient, donor = make_tiny_model("llama", 0), make_tiny_model("llama", 1)
+    ids, mask = batch(7)
+    first, second = HeadGraft("ft", [(2, 0)], "0,1,2", "q+o"), HeadGraft("ft", [(2, 3)], "1,2,3", "q+o")
+    got = grafted_forward(recipient, {"ft": donor}, [first, second], ids, mask)
+    want = reference_forward(recipient, {"ft": donor}, ids, mask, [first, second])
+    later_alone = grafted_forward(recipient, {"ft": donor}, [HeadGraft("ft", [(2, 3)], "0,1,2,3", "q+o")], ids, mask)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert (got[real] - later_alone[real]).abs().max() > 1e-4
 
 
 def test_head_grafts_of_one_donor_and_positions_merge() -> None:

@@ -17,9 +17,11 @@ as a rule of the whole projection from a *spliced* donor: the recipient's weight
 heads' rows (columns, for ``o``) copied from the donor. What the engine computes is then, row for
 row, the literal definition above (tested against the literal reference extended to heads).
 
-Two head grafts (or a head graft and a component graft) may not share a module unless they
-name the same donor and positions (they are then merged): at a position both claim, the
-spliced donor of the later one would give the earlier one's heads back to the recipient.
+Head grafts may share a module: a circuit's groups each graft their heads at their own positions,
+and two groups often have heads in one layer. Where they share a module, every combination of
+them gets a rule at the positions all of its members claim, from a donor spliced with all of
+their heads, so that at each position the module computes with exactly the heads claimed there
+(:func:`expand_head_grafts`). A head graft and a component graft may not share a module.
 """
 
 from __future__ import annotations
@@ -130,55 +132,83 @@ def head_sites(loaded: LoadedModel, head: Head, parts: Iterable[str]) -> list[He
 
 
 class SplicedDonor:
-    """The recipient's weights with some heads' rows (columns, for o) taken from ``donor``: what a
-    head graft's rule computes its modules with. Modules it does not splice lend the recipient's
-    own tensors (a rule of this donor claims only spliced modules and norms left as they are)."""
+    """The recipient's weights with some heads' rows (columns, for o) taken from donors: what a
+    head graft's rule computes its modules with. ``sources`` are ``(donor, sites)`` pairs, spliced
+    in order (a later one wins on a head both name). Modules it does not splice lend the
+    recipient's own tensors (a rule of this donor claims only spliced modules and norms left as
+    they are)."""
 
-    def __init__(self, donor: Any, sites: Sequence[HeadSite]):
-        self.donor = donor
-        self.sites = list(sites)
+    def __init__(self, sources: Sequence[tuple[Any, Sequence[HeadSite]]]):
+        self.sources = [(donor, list(sites)) for donor, sites in sources]
 
     def weights(self, name: str, recipient: nn.Module, module_paths: Iterable[str]):
         from graftlens.graft.donors import DonorWeights, donor_weights, module_params
 
         paths = sorted(set(module_paths))
-        spliced = sorted({s.path for s in self.sites} & set(paths))
-        source = donor_weights(name, self.donor, recipient, spliced)
+        read = []  # per source: its donor's tensors of the modules it splices
+        for donor, sites in self.sources:
+            spliced = sorted({s.path for s in sites} & set(paths))
+            read.append((donor_weights(name, donor, recipient, spliced) if spliced else None, sites))
         tensors: dict[str, dict[str, torch.Tensor]] = {}
         for path in paths:
             module = recipient.get_submodule(path)
             own = {k: v.detach() for k, v in module_params(module).items()}
-            if path not in spliced:
+            if not any(s.path == path for _, sites in read for s in sites):
                 tensors[path] = own
                 continue
             params = {k: v.clone() for k, v in own.items()}
-            for site in (s for s in self.sites if s.path == path):
-                for pname, t in params.items():
-                    theirs = source.tensors[path][pname]
-                    out_dim = 1 if type(module).__name__ == "Conv1D" and pname == "weight" else 0
-                    if site.rows is not None:
-                        for a, b in site.rows:
-                            t.narrow(out_dim, a, b - a).copy_(theirs.narrow(out_dim, a, b - a))
-                    elif site.cols is not None and pname == "weight":
-                        for a, b in site.cols:
-                            t.narrow(1 - out_dim, a, b - a).copy_(theirs.narrow(1 - out_dim, a, b - a))
+            for source, sites in read:
+                for site in (s for s in sites if s.path == path):
+                    for pname, t in params.items():
+                        theirs = source.tensors[path][pname]
+                        out_dim = 1 if type(module).__name__ == "Conv1D" and pname == "weight" else 0
+                        if site.rows is not None:
+                            for a, b in site.rows:
+                                t.narrow(out_dim, a, b - a).copy_(theirs.narrow(out_dim, a, b - a))
+                        elif site.cols is not None and pname == "weight":
+                            for a, b in site.cols:
+                                t.narrow(1 - out_dim, a, b - a).copy_(theirs.narrow(1 - out_dim, a, b - a))
             tensors[path] = params
-        return DonorWeights(name, f"{source.source} (heads spliced)", tensors, owned=True)
+        described = " + ".join(dict.fromkeys(w.source for w, _ in read if w is not None))
+        return DonorWeights(name, f"{described} (heads spliced)", tensors, owned=True)
+
+
+@dataclass
+class _HeadSet:
+    """Head grafts merged: one donor, positions and parts; their heads and the sites of those."""
+
+    donor: str
+    positions: Any
+    parts: list[str]
+    heads: list[Head]
+    sites: list[HeadSite]
+
+    def layers(self, part: str) -> set[int]:
+        return {layer for layer, _ in self.heads} if part in self.parts else set()
+
+
+MAX_OVERLAPPING = 6  # head sets sharing one module: a rule per combination of them
 
 
 def expand_head_grafts(
     recipient: LoadedModel, donors: Mapping[str, Any], rules: Sequence[Any], tag: str = ""
 ) -> tuple[list[Graft], dict[str, Any]]:
-    """``rules`` with every :class:`HeadGraft` replaced by a rule of its modules from a spliced
-    donor, and the donors with those spliced donors added. Head grafts of one donor and the same
-    positions are merged; any other sharing of a module is a :class:`HeadGraftError`."""
+    """``rules`` with every :class:`HeadGraft` replaced by rules of its modules from spliced
+    donors, and the donors with those spliced donors added.
+
+    Head grafts of one donor, positions and parts are merged into one *head set*. Head sets may
+    share modules (a layer with heads of two groups, each at its own positions): every
+    combination of sets that share a part of a layer gets one more rule, at the positions all of
+    them claim, from a donor spliced with all of their heads (later sets winning a head two name),
+    and these rules come after the sets' own, smallest combination first. At every position a
+    module then computes with exactly the heads of the sets that claim it. A head graft may not
+    share a module with a component rule (a :class:`HeadGraftError` naming it)."""
     if not any(isinstance(r, HeadGraft) for r in rules):
         return list(rules), dict(donors)
     from graftlens.graft.rules import touched_modules
 
-    out_donors = dict(donors)
-    merged: dict[tuple[str, str], list[HeadGraft]] = {}
-    order: list[Any] = []
+    sets: dict[tuple, _HeadSet] = {}
+    order: list[Any] = []  # component rules and head-set keys, in the rules' order
     for r in rules:
         if not isinstance(r, HeadGraft):
             order.append(r)
@@ -187,38 +217,94 @@ def expand_head_grafts(
             raise HeadGraftError(f"head graft names donor {r.donor!r}; the donors are: {', '.join(donors) or 'none'}")
         where = r.positions if r.positions is None or isinstance(r.positions, str) else id(r.positions)
         key = (r.donor, where, "+".join(r.part_list()))
-        if key not in merged:
-            merged[key] = []
+        if key not in sets:
+            sets[key] = _HeadSet(r.donor, r.positions, r.part_list(), [], [])
             order.append(key)
-        merged[key].append(r)
+        sets[key].heads.extend(h for h in r.heads if h not in sets[key].heads)
+    out_donors = dict(donors)
     out: list[Graft] = []
-    claimed: dict[str, str] = {}  # module path -> which rule claims it
-    for i, item in enumerate(order):
-        if not isinstance(item, tuple):
-            rule, modules = item, touched_modules(recipient.adapter, [item])
+    component_modules: dict[str, str] = {}
+    for item in order:
+        if isinstance(item, tuple):
+            hs = sets[item]
+            if not hs.heads:
+                raise HeadGraftError(f"head graft of donor {hs.donor!r} names no head")
+            hs.sites = [s for head in hs.heads for s in head_sites(recipient, head, hs.parts)]
+            name = f"{hs.donor} heads#{len(out)}{tag}"
+            out_donors[name] = SplicedDonor([(donors[hs.donor], hs.sites)])
+            out.append(Graft(name, hs.parts, sorted({layer for layer, _ in hs.heads}), hs.positions))
         else:
-            group = merged[item]
-            heads = list(dict.fromkeys(h for g in group for h in g.heads))
-            if not heads:
-                raise HeadGraftError(f"head graft of donor {group[0].donor!r} names no head")
-            parts = group[0].part_list()
-            sites = [s for head in heads for s in head_sites(recipient, head, parts)]
-            name = f"{group[0].donor} heads#{i}{tag}"
-            out_donors[name] = SplicedDonor(donors[group[0].donor], sites)
-            rule = Graft(name, parts, sorted({layer for layer, _ in heads}), group[0].positions)
-            modules = sorted({s.path for s in sites})
-        for path in modules:
-            if path in claimed and (isinstance(item, tuple) or claimed[path].startswith("head")):
+            out.append(item)
+            for path in touched_modules(recipient.adapter, [item]):
+                component_modules.setdefault(path, f"rule of donor {item.donor!r}")
+    head_sets = [sets[k] for k in order if isinstance(k, tuple)]
+    for hs in head_sets:
+        rule = Graft("", hs.parts, sorted({layer for layer, _ in hs.heads}), hs.positions)
+        for path in touched_modules(recipient.adapter, [rule]):
+            if path in component_modules:
                 raise HeadGraftError(
-                    f"module {path} is grafted by two rules ({claimed[path]} and {_describe(item)}): a head graft "
-                    "shares no module with another rule unless both name the same donor and positions"
+                    f"module {path} is grafted by two rules ({component_modules[path]} and heads of donor "
+                    f"{hs.donor!r} at {_positions_text(hs.positions)}): a head graft shares no module with a component rule"
                 )
-            claimed.setdefault(path, _describe(item))
-        out.append(rule)
+    for combo, where in _combinations(head_sets):
+        members = [head_sets[i] for i in combo]
+        positions = _all_of([m.positions for m in members])
+        name = f"{'+'.join(dict.fromkeys(m.donor for m in members))} heads#{'&'.join(map(str, combo))}{tag}"
+        out_donors[name] = SplicedDonor([(donors[m.donor], m.sites) for m in members])
+        for part in HEAD_PARTS:
+            layers = sorted(layer for p, layer in where if p == part)
+            if layers:
+                out.append(Graft(name, [part], layers, positions))
     return out, out_donors
 
 
-def _describe(item: Any) -> str:
-    if isinstance(item, tuple):
-        return f"heads of donor {item[0]!r} at {item[1]}"
-    return f"rule of donor {item.donor!r}"
+def _combinations(head_sets: Sequence[_HeadSet]) -> list[tuple[tuple[int, ...], list[tuple[str, int]]]]:
+    """Every combination (indices, smallest first) of two or more head sets that all graft some
+    part of some layer, with those ``(part, layer)`` pairs."""
+    from itertools import combinations
+
+    sharing: dict[tuple[str, int], list[int]] = {}
+    for i, hs in enumerate(head_sets):
+        for part in hs.parts:
+            for layer in hs.layers(part):
+                sharing.setdefault((part, layer), []).append(i)
+    found: dict[tuple[int, ...], list[tuple[str, int]]] = {}
+    for where, members in sharing.items():
+        if len(members) > MAX_OVERLAPPING:
+            raise HeadGraftError(
+                f"{len(members)} head grafts at different positions or donors share {where[0]} of layer {where[1]} "
+                f"(at most {MAX_OVERLAPPING}): merge those of one donor and positions"
+            )
+        for size in range(2, len(members) + 1):
+            for combo in combinations(members, size):
+                found.setdefault(combo, []).append(where)
+    return sorted(found.items(), key=lambda item: (len(item[0]), item[0]))
+
+
+def _all_of(positions: Sequence[Any]) -> Any:
+    """The positions every one of ``positions`` claims (``None``: all of them)."""
+    from graftlens.positions import Complement, Selector, Union, parse_positions
+
+    given = [p for p in positions if p is not None]
+    if not given:
+        return None
+    if all(isinstance(p, torch.Tensor) for p in given):
+        both = given[0]
+        for p in given[1:]:
+            both = both & p
+        return both
+    if not all(isinstance(p, str | Selector) for p in given):
+        raise HeadGraftError(
+            "head grafts that share a module at different positions need selectors (\"LT\", \"query_box\") or "
+            "BoolTensors for positions, not per-example index lists"
+        )
+    selectors = [parse_positions(p) if isinstance(p, str) else p for p in given]
+    if len(set(map(str, selectors))) == 1:
+        return selectors[0]
+    return Complement(Union(tuple(Complement(s) for s in selectors)))  # A and B = not (not A or not B)
+
+
+def _positions_text(positions: Any) -> str:
+    if positions is None or isinstance(positions, str):
+        return str(positions or "every position")
+    return type(positions).__name__
