@@ -226,6 +226,62 @@ def test_circuit_cmap_of_a_model_into_itself_changes_nothing(tmp_path, et_model_
     assert "all groups from pre into other" in by_config
 
 
+def test_circuit_graft_grafts_each_groups_head_weights_at_its_positions_like_the_library(tmp_path, et_model_dir, other_dir):
+    """Weight-level CMAP: the donor's weights of each group's heads at the group's positions. The
+    circuit's groups share layers 1 and 2 at different positions (query_box, correct_box, LT), so
+    "all groups" needs head grafts that share modules. A model into itself changes nothing; the
+    stored probabilities are the library's HeadGraft forward; the report draws one figure of both
+    views for the panel."""
+    from graftlens import HeadGraft, grafted_forward
+
+    groups = {
+        "value_fetchers": {"positions": "LT", "heads": [[3, 0], [3, 1]]},
+        "position_transmitters": {"positions": "LT", "heads": [[2, 0]]},
+        "position_detectors": {"positions": "query_box", "heads": [[1, 0], [2, 1]]},
+        "structure_readers": {"positions": "correct_box", "heads": [[1, 2], [2, 3]]},
+    }
+    circuit = tmp_path / "circuit.json"
+    circuit.write_text(json.dumps({"groups": groups}))
+    sweeps = """\
+        - {kind: circuit_graft, donor: pre, circuit: CIRCUIT, panel: self}
+        - {kind: circuit_cmap, donor: other, circuit: CIRCUIT, panel: both views}
+        - {kind: circuit_graft, donor: other, circuit: CIRCUIT, panel: both views}
+        - {kind: circuit_graft, donor: other, circuit: CIRCUIT, parts: q, head_groups: [position_detectors], panel: q}
+        """
+    recipe = _later_recipe(tmp_path / "graft.yaml", et_model_dir, other_dir, circuit, sweeps)
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    by_config = load_run(tmp_path / "run").by_config
+    clean = [r.target_prob for r in by_config["clean"]]
+    itself = [n for n in by_config if n.endswith("from pre into pre")]
+    assert len(itself) == 5
+    for name in itself:
+        assert [r.target_prob for r in by_config[name]] == clean
+    model, other = load_model(et_model_dir), load_model(other_dir)
+    prompts, base, _ = _pairs(model, "corrupted", 5)
+    for name, rules in [
+        (
+            "all groups weights (q+k+v+o) from other into pre",
+            [HeadGraft("other", g["heads"], g["positions"]) for g in groups.values()],
+        ),
+        ("position detectors weights (q) from other into pre", [HeadGraft("other", [(1, 0), (2, 1)], "query_box", "q")]),
+    ]:
+        with torch.no_grad():
+            logits = grafted_forward(
+                model, {"other": other}, rules, base.input_ids, base.attention_mask, spans=base.spans, last_only=True
+            )
+        expected = logits[:, -1].float().softmax(-1).gather(1, base.target_ids[:, None])[:, 0].tolist()
+        stored = {r.example: r.target_prob for r in by_config[name]}
+        assert [stored[p.id] for p in prompts] == pytest.approx(expected, rel=1e-5), name
+        assert [stored[p.id] for p in prompts] != clean
+    assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert (
+        "both views, heads&#x27; activations and weights from other" in html
+        or "both views, heads' activations and weights from other" in html
+    )
+
+
 def test_dcm_recipe_stores_masks_and_patches_the_whole_group_like_the_library(tmp_path, et_model_dir, other_dir, circuit_file):
     from graftlens.interventions.masks import DesideratumBatch, masked_patch_logits
 
@@ -346,7 +402,7 @@ def test_shipped_entity_tracking_recipes_and_circuit():
         ("entity-tracking", {"configs"}),
         ("et-circuit", {"configs", "path_patching", "circuit"}),
         ("et-dcm", {"configs", "dcm"}),
-        ("et-cmap", {"configs", "circuit_cmap"}),
+        ("et-cmap", {"configs", "circuit_cmap", "circuit_graft"}),
     ]:
         recipe, _ = load_recipe(name)
         configs = recipe.expanded(n_layers=30, n_heads=9)

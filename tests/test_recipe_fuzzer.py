@@ -116,7 +116,7 @@ def tiny_recipe(name: str, dirs: dict[str, str], circuit: Path) -> dict:
                 random=1,
                 mean_prompts=4,
             )
-        if sweep["kind"] in ("dcm", "circuit_cmap"):
+        if sweep["kind"] in ("dcm", "circuit_cmap", "circuit_graft"):
             sweep["circuit"] = str(circuit)
         if sweep["kind"] == "dcm":
             sweep.update(boxes=3, train_examples=4, epochs=1, batch_size=4)

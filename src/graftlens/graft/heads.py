@@ -295,7 +295,7 @@ def _all_of(positions: Sequence[Any]) -> Any:
         return both
     if not all(isinstance(p, str | Selector) for p in given):
         raise HeadGraftError(
-            "head grafts that share a module at different positions need selectors (\"LT\", \"query_box\") or "
+            'head grafts that share a module at different positions need selectors ("LT", "query_box") or '
             "BoolTensors for positions, not per-example index lists"
         )
     selectors = [parse_positions(p) if isinstance(p, str) else p for p in given]

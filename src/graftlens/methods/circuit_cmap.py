@@ -3,7 +3,8 @@
 On the same prompt, the donor's outputs (``z``) of one group's heads, at that group's positions,
 are written into the recipient: which step of the circuit does the donor (a finetune) do better?
 One configuration per group, one for every group at once. Run it in both directions (finetune into
-pretrained, pretrained into finetune) with two sweeps."""
+pretrained, pretrained into finetune) with two sweeps. A circuit_graft sweep in the same panel
+(the donor's weights of the same heads) is drawn beside it: one figure, both views."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from graftlens.eval.batching import PromptBatch
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
 
 GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
 
@@ -114,3 +116,42 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
             return patched_logits(recipient, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]
 
         return run
+
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
+        """The default bars per test template; a panel that also holds circuit_graft
+        configurations is drawn by :func:`circuit_views_figure` instead."""
+        if any(c.kind == "circuit_graft" for c in configs):
+            return circuit_views_figure(run, panel, configs)
+        return super().figure(run, panel, configs)
+
+
+ACTIVATIONS_VIEW = "activations (z)"
+
+
+def circuit_views_figure(run: RunData, panel: str, configs: list[StoredConfig]):
+    """One group of bars per head group (and all groups), one bar per view: the donor's head
+    outputs patched in (circuit_cmap) and the donor's head weights grafted (circuit_graft, one
+    bar per grafted parts); the plain models as reference lines. Each bar is the metric over every
+    prompt with its 95% bootstrap interval."""
+    from graftlens import charts
+    from graftlens.methods.core.figures import metric_label
+    from graftlens.results.metrics import estimate
+
+    by_config = run.by_config
+    shown = [c for c in configs if not c.plain and c.name in by_config]
+    references = {
+        c.name: estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
+        for c in run.reference_configs()
+        if c.name in by_config
+    }
+    groups = list(dict.fromkeys(c.coords["groups"] for c in shown))
+    views = list(dict.fromkeys(c.coords.get("view", ACTIVATIONS_VIEW) for c in shown))
+    values = {
+        (c.coords["groups"], c.coords.get("view", ACTIVATIONS_VIEW)): estimate(
+            by_config[c.name], run.metric, run.n_boot, run.seed
+        )
+        for c in shown
+    }
+    donors = ", ".join(dict.fromkeys(c.coords["donor"] for c in shown))
+    title = f"{run.name}: {panel}, heads' activations and weights from {donors} ({metric_label(run.metric)}, 95% CI)"
+    return charts.bar_chart(title, groups, views, values, references, run.metric), title

@@ -12,9 +12,9 @@ from graftlens.results.rundata import RunData, StoredConfig
 
 
 def panel_method(configs: list[StoredConfig]) -> Method:
-    """The method that draws a panel: its configurations' own, or the default bar chart when a
-    panel mixes kinds."""
-    kinds = {c.kind for c in configs}
+    """The method that draws a panel: its configurations' own (or the one their kind ``draws_with``),
+    or the default bar chart when a panel mixes kinds."""
+    kinds = {method_for(c.kind).draws_with or c.kind for c in configs}
     return method_for(kinds.pop() if len(kinds) == 1 else "configs")
 
 

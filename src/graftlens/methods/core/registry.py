@@ -57,6 +57,9 @@ class Method(Generic[SpecT]):
     kind: ClassVar[str]
     sweep: ClassVar[type[Sweep] | None] = None  # its part under `sweeps:` (None: configurations written out)
     needs_depth: ClassVar[bool] = False  # expansion needs the model's number of layers
+    #: The kind whose ``figure`` draws a panel mixing this kind with it (circuit_graft's weight
+    #: view is drawn beside circuit_cmap's activation view); None: a mixed panel gets the default bars.
+    draws_with: ClassVar[str | None] = None
     needs_heads: ClassVar[bool] = False  # expansion also needs its heads per layer (``n_heads``)
 
     def expand(self, sweep: Sweep, recipient: str, n_layers: int | None, n_heads: int | None = None) -> list[RunConfig]:
