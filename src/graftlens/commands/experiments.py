@@ -18,7 +18,7 @@ RUNS_DIR = Path("runs")
 
 @contextmanager
 def sweep_progress() -> Iterator[tuple]:
-    """Progress bars for a run: one per finetuned model (added when it starts) and one for scoring."""
+    """Progress bars for a run: one per model finetuned or tuned lens trained (added when it starts) and one for scoring."""
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -31,9 +31,10 @@ def sweep_progress() -> Iterator[tuple]:
     with Progress(*columns, console=err_console) as progress:
         tasks: dict[str, int] = {}
 
-        def on_finetune(name: str, step: int, total: int, loss: float) -> None:
+        def on_finetune(what: str, step: int, total: int, loss: float) -> None:
+            name = what
             if name not in tasks:
-                tasks[name] = progress.add_task(f"finetuning {name}", total=total, extra="")
+                tasks[name] = progress.add_task(what, total=total, extra="")
             extra = f"loss {loss:.3f}" if loss == loss else ""
             progress.update(tasks[name], completed=step, total=total, extra=extra)
 

@@ -27,7 +27,7 @@ from graftlens.train import finetune
 
 TASK_EXAMPLES = 2000  # training texts of a task finetune when the recipe does not say
 
-FinetuneProgress = Callable[[str, int, int, float], None]  # (model name, step, total steps, loss)
+FinetuneProgress = Callable[[str, int, int, float], None]  # (what trains: "finetuning sft", step, total steps, loss)
 
 
 @dataclass
@@ -138,7 +138,7 @@ def prepare_models(
 
         def report(step: int, total: int, loss: float, _name: str = name) -> None:
             if finetune_progress is not None:
-                finetune_progress(_name, step, total, loss)
+                finetune_progress(f"finetuning {_name}", step, total, loss)
 
         data: FactDataset | Path | None = dataset_dir
         if task is not None:
@@ -261,3 +261,18 @@ def correct_only(model: LoadedModel, prompts: list[TokenizedPrompt], batch_size:
     if not kept:
         raise RecipeError(f"eval.only_correct: the recipient {model.spec!r} gets none of the {len(prompts)} prompts right")
     return kept
+
+
+def prepare_lenses(configs, models: dict[str, LoadedModel], progress: FinetuneProgress | None = None) -> None:
+    """Train (or find in the cache) the tuned lens of every model a configuration reads with
+    ``lens: tuned``, before scoring: its readouts then load it from the cache."""
+    from graftlens.train.tuned_lens import tuned_lens
+
+    names = dict.fromkeys(c.model for c in configs if getattr(c.method, "lens", "logit") == "tuned")
+    for name in names:
+
+        def report(step: int, total: int, loss: float, _name: str = name) -> None:
+            if progress is not None:
+                progress(f"training the tuned lens of {_name}", step, total, loss)
+
+        tuned_lens(models[name], progress=report)

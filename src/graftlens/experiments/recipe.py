@@ -257,11 +257,12 @@ class Recipe(Strict):
 
     def content_hash(self) -> str:
         """The run id: a hash of the recipe's content. Keys renamed since a recipe part was first
-        written (a sweep's ``panel`` was ``group``) are hashed under their first names, so that
-        renaming a word changes no run id."""
+        written (a sweep's ``panel`` was ``group``) are hashed under their first names, and keys
+        added since (a lens sweep's ``lens``) are left out at their defaults, so that renaming a
+        word or adding an option changes no run id."""
         dump = self.model_dump(mode="json")
         dump["configs"] = [_first_names(c, ConfigSpec) for c in dump["configs"]]
-        dump["sweeps"] = [_first_names(s, method_for(s["kind"]).sweep) for s in dump["sweeps"]]
+        dump["sweeps"] = [_first_names(s.stable_dump(), method_for(s.kind).sweep) for s in self.sweeps]
         text = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -22,6 +22,7 @@ from graftlens.experiments.prepare import (
     check_configs,
     check_prompt_lengths,
     correct_only,
+    prepare_lenses,
     prepare_models,
     recipe_data,
 )
@@ -155,6 +156,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         check_sweeps_fit(recipe.sweeps, recipe.recipient, models)
         configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)
         check_configs(configs, models, prompts, pad)
+        prepare_lenses(configs, models, finetune_progress)
         if recipe.eval.only_correct:
             prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
         attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None

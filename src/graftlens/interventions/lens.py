@@ -22,6 +22,7 @@ from torch import nn
 from graftlens.errors import UnknownComponentError
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.interventions.points import parse_point
+from graftlens.interventions.tuned_lens import TunedLens, TunedLensError
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
@@ -85,12 +86,15 @@ def point_logits(
     *,
     spans: Sequence[Spans] | None = None,
     grad: bool = False,
+    lens: TunedLens | None = None,
 ) -> dict[str, torch.Tensor]:
     """Projected logits of each stream point at one position per example, from one forward pass.
 
     ``positions`` is a selector in prompt coordinates (``"LT"``, ``"subject"``, per-example index
     lists, ...); each example is read at the *last* position it picks (e.g. the subject's last
-    token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``.
+    token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``. With ``lens`` (a
+    :class:`~graftlens.interventions.tuned_lens.TunedLens`), each point is translated by its
+    translator before the final norm and the unembedding.
 
     Example:
         >>> import torch, graftlens
@@ -105,9 +109,17 @@ def point_logits(
     for p in parsed:
         if p.per_head:
             raise UnknownComponentError(f"vocabulary projection reads stream points (resid, attn_out, mlp_out), not {p}")
+    if lens is not None:
+        lens.check_fits(loaded.adapter.n_layers, loaded.adapter.dims.d_model)
+        if not use_final_norm:
+            raise TunedLensError("a tuned lens reads through the final norm (it was trained so): keep use_final_norm")
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     where = last_index(resolve_positions(positions, mask, spans))  # [batch], padded indices
     with capture(loaded, parsed, keep_graph=grad) as cache:
         run_logits(loaded, input_ids, attention_mask, last_only=True, grad=grad)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return {str(p): project(loaded, cache[p][rows, where.to(input_ids.device)], use_final_norm, grad) for p in parsed}
+    out = {}
+    for p in parsed:
+        hidden = cache[p][rows, where.to(input_ids.device)]  # [batch, d_model]
+        out[str(p)] = project(loaded, hidden if lens is None else lens.translate(hidden, p), use_final_norm, grad)
+    return out

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 
 from graftlens.methods.core.figures import metric_label
-from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Strict, Sweep, check_positions
+from graftlens.methods.core.lenses import LensChoice, lens_of, read_through
+from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Sweep, check_positions
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate
 
@@ -28,7 +29,7 @@ SublayerName = Literal["mlp", "attn"]
 MEANS_FILE = "sublayer-means.safetensors"
 
 
-class EnrichmentSpec(Strict):
+class EnrichmentSpec(LensChoice):
     kind: Literal["enrichment"] = "enrichment"
     sublayer: SublayerName | None  # None: nothing cancelled (the reference)
     layers: list[int] = []
@@ -44,10 +45,11 @@ class EnrichmentSpec(Strict):
         return (self.sublayer, tuple(self.layers), self.positions, self.ablation, self.read_layer)
 
 
-class EnrichmentSweep(Sweep):
+class EnrichmentSweep(LensChoice, Sweep):
     """For each sublayer and each window start ℓ ≤ ``read_layer``: cancel that sublayer in layers
     ℓ..ℓ+window−1 at every position up to the last one ``positions`` picks; read the
-    representation there after ``read_layer`` (and, with ``answer``, the last position's prediction)."""
+    representation there after ``read_layer`` (and, with ``answer``, the last position's prediction).
+    ``lens: tuned`` reads the representation through the model's tuned lens."""
 
     kind: Literal["enrichment"]
     sublayers: list[SublayerName] = Field(["mlp", "attn"], min_length=1)
@@ -71,6 +73,10 @@ class EnrichmentSweep(Sweep):
         return layer
 
 
+def _lens_suffix(lens: str) -> str:
+    return " (tuned lens)" if lens == "tuned" else ""
+
+
 def _answer_group(panel: str) -> str:
     return f"{panel}: the last position's prediction"
 
@@ -92,7 +98,7 @@ class Enrichment(Method[EnrichmentSpec]):
             what = "nothing cancelled" if start is None else f"{sublayer} L{layers[0]}-{layers[-1]} cancelled"
             return [
                 RunConfig(
-                    name=f"enrichment {what} @ {sweep.positions} → L{read_layer} {read}",
+                    name=f"enrichment {what} @ {sweep.positions} → L{read_layer} {read}{_lens_suffix(sweep.lens)}",
                     panel=groups[read],
                     model=recipient,
                     coords={"sublayer": sublayer or "none", "layer": "" if start is None else str(start), "read": read},
@@ -103,6 +109,7 @@ class Enrichment(Method[EnrichmentSpec]):
                         ablation=sweep.ablation,  # type: ignore[arg-type]
                         read_layer=read_layer,
                         read=read,
+                        lens=sweep.lens,
                     ),
                     kind=self.kind,
                 )
@@ -139,13 +146,13 @@ class Enrichment(Method[EnrichmentSpec]):
                 logits = run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
             return at_last_picked(cache[point], spec.positions, batch.attention_mask, batch.spans), logits
 
+        lens = lens_of(execution, config.model, spec.lens)
+
         def run(batch: PromptBatch) -> torch.Tensor:
             hidden, logits = execution.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())
             if spec.read == "last":
                 return logits
-            from graftlens.interventions.lens import project
-
-            return project(model, hidden)
+            return read_through(model, hidden, f"resid_post.{spec.read_layer}", lens)
 
         return run
 

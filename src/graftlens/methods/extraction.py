@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from graftlens.methods.core.figures import curves
+from graftlens.methods.core.lenses import LensChoice, lens_of, read_through
 from graftlens.methods.core.parts import (
     Fits,
     LayerSpec,
     RunConfig,
-    Strict,
     Sweep,
     check_positions,
     layers_label,
@@ -48,8 +48,9 @@ CONDITION_LABELS = {
 POINT_LABELS = {"attn_out": "attention", "mlp_out": "MLP"}
 
 
-class ExtractionPositions(Strict):
-    """What an extraction sweep and each of its configurations share: the positions it reads and cancels at."""
+class ExtractionPositions(LensChoice):
+    """What an extraction sweep and each of its configurations share: the positions it reads and
+    cancels at, and the lens that reads the sublayer outputs."""
 
     position: str = "LT"
     subject: str = "subject"
@@ -100,6 +101,7 @@ class Extraction(Method[ExtractionSpec]):
         enrichment = sweep_layers(sweep, "enrichment_layers", n_layers)
         relation = sweep_layers(sweep, "relation_layers", n_layers)
         out = []
+        lens = " (tuned lens)" if sweep.lens == "tuned" else ""
         for condition in sweep.conditions:  # condition first: its points and layers share one pass
             for point in sweep.points:
                 for layer in range(n_layers):
@@ -118,7 +120,7 @@ class Extraction(Method[ExtractionSpec]):
                     }[condition]
                     out.append(
                         RunConfig(
-                            name=f"extraction {point} @ {sweep.position} @ L{layer}{where}",
+                            name=f"extraction {point} @ {sweep.position} @ L{layer}{where}{lens}",
                             panel=f"{sweep.panel}: {POINT_LABELS[point]}",
                             model=recipient,
                             coords={"condition": condition, "point": point, "layer": str(layer)},
@@ -158,11 +160,12 @@ class Extraction(Method[ExtractionSpec]):
                 run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)
             return {p: at_last_picked(cache[p], spec.position, batch.attention_mask, batch.spans) for p in points}
 
-        def run(batch: PromptBatch) -> torch.Tensor:
-            from graftlens.interventions.lens import project
+        lens = lens_of(execution, config.model, spec.lens)
 
+        def run(batch: PromptBatch) -> torch.Tensor:
+            point = f"{spec.point}.{spec.layer}"
             outputs = execution.for_batch("extraction", batch, lambda: forward(batch), spec.intervention())
-            return project(model, outputs[f"{spec.point}.{spec.layer}"])
+            return read_through(model, outputs[point], point, lens)
 
         return run
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from graftlens.methods.core.figures import curves, metric_label
-from graftlens.methods.core.parts import RunConfig, Strict, Sweep, check_positions, shared_fields
+from graftlens.methods.core.lenses import LensChoice, lens_of
+from graftlens.methods.core.parts import RunConfig, Sweep, check_positions, shared_fields
 from graftlens.methods.core.registry import Execution, Method, register
 from graftlens.results.metrics import estimate
 
@@ -24,13 +25,20 @@ if TYPE_CHECKING:  # imported where they run: a method module loads without torc
 StreamPoint = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 
 
-class LensRead(Strict):
-    """What a lens sweep and each of its configurations share: where and how the stream is read."""
+class LensRead(LensChoice):
+    """What a lens sweep and each of its configurations share: where and how the stream is read
+    (``lens: tuned`` reads it through the model's tuned lens)."""
 
     position: str = "LT"  # the last position of this selector in each prompt
     final_norm: bool = True
 
     _position = field_validator("position")(check_positions)
+
+    @model_validator(mode="after")
+    def _tuned_reads_through_the_norm(self):
+        if self.lens == "tuned" and not self.final_norm:
+            raise ValueError("lens: tuned reads through the final norm (it was trained so): drop final_norm: false")
+        return self
 
 
 class LensSpec(LensRead):
@@ -57,7 +65,7 @@ class VocabularyProjection(Method[LensSpec]):
         assert n_layers is not None
         return [
             RunConfig(
-                name=f"lens {point} @ {sweep.position} @ L{layer}",
+                name=f"lens {point} @ {sweep.position} @ L{layer}{' (tuned lens)' if sweep.lens == 'tuned' else ''}",
                 panel=sweep.panel,
                 model=recipient,
                 coords={"point": point, "layer": str(layer)},
@@ -76,9 +84,18 @@ class VocabularyProjection(Method[LensSpec]):
         point = f"{spec.point}.{spec.layer}"
         from graftlens.interventions.lens import point_logits
 
+        lens = lens_of(execution, config.model, spec.lens)
+
         def run(batch: PromptBatch) -> torch.Tensor:
             return point_logits(
-                model, batch.input_ids, batch.attention_mask, [point], spec.position, spec.final_norm, spans=batch.spans
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                [point],
+                spec.position,
+                spec.final_norm,
+                spans=batch.spans,
+                lens=lens,
             )[point]
 
         return run

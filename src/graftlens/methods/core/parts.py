@@ -31,6 +31,16 @@ class Strict(BaseModel):
     #: with one :class:`~graftlens.errors.RenamedRecipeKey` warning naming the key to write.
     renamed: ClassVar[dict[str, str]] = {}
 
+    #: Keys added after the recipe part was first written, ``{key: default}``: at their default
+    #: they are left out of what is hashed into a run id and stored per configuration
+    #: (:meth:`stable_dump`), so adding an option changes no run and no store.
+    added: ClassVar[dict[str, Any]] = {}
+
+    def stable_dump(self) -> dict:
+        """The JSON dump without added keys at their defaults."""
+        added = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("added", {}).items()}
+        return {k: v for k, v in self.model_dump(mode="json").items() if not (k in added and v == added[k])}
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
@@ -255,6 +265,6 @@ class RunConfig(Generic[SpecT]):
             "kind": self.kind,
             "grafts": [g.model_dump(mode="json") for g in self.grafts],
             "coords": self.coords,
-            "method": self.method.model_dump(mode="json") if self.method is not None else None,
+            "method": self.method.stable_dump() if self.method is not None else None,
             **({"phase": self.phase} if self.phase else {}),
         }
