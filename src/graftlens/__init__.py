@@ -9,7 +9,7 @@ The public API, in tiers. This namespace holds what a researcher calls:
   :func:`patched_logits`;
 - one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
   :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
-  :func:`knockout_sweep`, :func:`project` and :func:`point_logits`, :func:`path_patching`,
+  :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or a :func:`tuned_lens`), :func:`path_patching`,
   :class:`Circuit` with :func:`mean_ablated_logits`, :func:`learn_mask` (DCM),
   :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
 - experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
@@ -38,6 +38,7 @@ lazy_exports(
         "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
         "graftlens.interventions.knockout": ["attention_knockout"],
         "graftlens.interventions.lens": ["point_logits", "project"],
+        "graftlens.interventions.tuned_lens": ["TunedLens"],
         "graftlens.interventions.mappings": ["head_mapping_vectors"],
         "graftlens.interventions.masks": ["DcmSettings", "DesideratumBatch", "learn_mask"],
         "graftlens.interventions.patching": [
@@ -56,6 +57,7 @@ lazy_exports(
         "graftlens.models.run": ["run_logits"],
         "graftlens.positions": ["parse_positions"],
         "graftlens.results.opened": ["open_run"],
+        "graftlens.train.tuned_lens": ["tuned_lens", "TunedLensSettings"],
     },
     eager=["__version__"],
 )

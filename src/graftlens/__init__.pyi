@@ -84,6 +84,9 @@ from graftlens.interventions.sweeps import (
     cmap_sweep as cmap_sweep,
     knockout_sweep as knockout_sweep,
 )
+from graftlens.interventions.tuned_lens import (
+    TunedLens as TunedLens,
+)
 from graftlens.models.loading import (
     load_model as load_model,
     LoadedModel as LoadedModel,
@@ -96,6 +99,10 @@ from graftlens.positions import (
 )
 from graftlens.results.opened import (
     open_run as open_run,
+)
+from graftlens.train.tuned_lens import (
+    tuned_lens as tuned_lens,
+    TunedLensSettings as TunedLensSettings,
 )
 
 __all__ = [
@@ -150,4 +157,7 @@ __all__ = [
     "run_with_cache",
     "StoreError",
     "sublayer_means",
+    "tuned_lens",
+    "TunedLens",
+    "TunedLensSettings",
 ]

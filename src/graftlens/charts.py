@@ -51,9 +51,11 @@ def bar_chart(
     values: dict[tuple[str, str], Estimate],
     references: dict[str, Estimate],
     metric: str,
+    legend_title: str = "test template / reference",
 ) -> Figure:
-    """One group of bars per configuration, one bar per test template, 95% CI error bars;
-    ``references`` (e.g. PRE and SFT over all templates) drawn as labelled dashed lines."""
+    """One group of bars per configuration, one bar per test template (or per what
+    ``legend_title`` names), 95% CI error bars; ``references`` (e.g. PRE and SFT over all
+    templates) drawn as labelled dashed lines. A long title is wrapped to the figure's width."""
     width = 0.8 / max(1, len(templates))
     fig, ax = _figure((max(6.0, 1.1 * len(configs) + 2), 4.2))
     x = np.arange(len(configs))
@@ -81,9 +83,9 @@ def bar_chart(
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if metric != "mean_rank":
         ax.set_ylim(0, 1.05)
-    ax.set_title(title, loc="left", fontsize=11)
+    ax.set_title("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 9))), loc="left", fontsize=11)
     ax.legend(
-        title="test template / reference",
+        title=legend_title,
         fontsize=8,
         title_fontsize=8,
         loc="upper left",

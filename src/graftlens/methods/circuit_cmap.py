@@ -154,4 +154,4 @@ def circuit_views_figure(run: RunData, panel: str, configs: list[StoredConfig]):
     }
     donors = ", ".join(dict.fromkeys(c.coords["donor"] for c in shown))
     title = f"{run.name}: {panel}, heads' activations and weights from {donors} ({metric_label(run.metric)}, 95% CI)"
-    return charts.bar_chart(title, groups, views, values, references, run.metric), title
+    return charts.bar_chart(title, groups, views, values, references, run.metric, "from the donor / reference"), title
