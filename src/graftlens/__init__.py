@@ -9,7 +9,8 @@ The public API, in tiers. This namespace holds what a researcher calls:
   :func:`patched_logits`;
 - one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
   :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
-  :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or a :func:`tuned_lens`), :func:`path_patching`,
+  :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or
+  a :func:`tuned_lens`), :func:`path_patching`,
   :class:`Circuit` with :func:`mean_ablated_logits`, :func:`learn_mask` (DCM),
   :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
 - experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
