@@ -166,3 +166,12 @@ def test_bad_lens_choices_are_one_error(tmp_path, text_model_dir, sweep, message
     _lens_recipe(tmp_path / "bad.yaml", text_model_dir, f"- {sweep}\n")
     result = runner.invoke(app, ["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_training_reports_progress_through_sampling_and_fitting() -> None:
+    from graftlens.train.tuned_lens import fit_tuned_lens
+
+    seen: list[tuple[int, int]] = []
+    settings = TunedLensSettings(samples=8, sample_length=6, steps=3)
+    fit_tuned_lens(as_loaded(make_tiny_model("gpt2", 0)), settings, progress=lambda step, total, loss: seen.append((step, total)))
+    assert seen == [(k, 8) for k in range(1, 9)]  # 5 sampled tokens, then 3 steps

@@ -39,8 +39,9 @@ from graftlens.models.loading import LoadedModel, as_loaded
 
 LENS_CODE_VERSION = 1
 HELD_OUT = 8  # one sample in HELD_OUT is held out to measure the lens
+HELD_OUT_TOKENS = 256  # at most this many held-out tokens are scored (spread over the samples)
 
-ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss)
+ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss): sampled tokens, then KL steps (their loss)
 
 
 class TunedLensSettings(Strict):
@@ -51,7 +52,7 @@ class TunedLensSettings(Strict):
     seed: int = 0
     steps: int = Field(100, ge=0)  # KL steps after the least-squares start
     batch_tokens: int = Field(32, ge=1)  # tokens per step (every depth reads them)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-4, gt=0)
     ridge: float = Field(1e-3, ge=0)  # of the least-squares start, relative to the mean feature power
 
 
@@ -94,8 +95,23 @@ def tuned_lens(
     return TunedLens.load(final)
 
 
-def sample_tokens(loaded: LoadedModel, settings: TunedLensSettings) -> torch.Tensor:
-    """``LongTensor[samples, sample_length]``: the model's own text from its start token, seeded."""
+def sample_tokens(
+    loaded: LoadedModel, settings: TunedLensSettings, on_token: Callable[[int], None] | None = None
+) -> torch.Tensor:
+    """``LongTensor[samples, sample_length]``: the model's own text from its start token, seeded
+    (``on_token(k)`` after the ``k``-th sampled token of every sequence)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Reporting(StoppingCriteria):  # never stops generation: it only counts its steps
+        def __init__(self) -> None:
+            self.k = 0
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            self.k += 1
+            if on_token is not None:
+                on_token(self.k)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
     owners = [o for o in (loaded.tokenizer, loaded.model.config) if o is not None]
     starts = [getattr(o, name, None) for o in owners for name in ("bos_token_id", "eos_token_id")]
     start = next((t for t in starts if isinstance(t, int)), 0)
@@ -113,6 +129,7 @@ def sample_tokens(loaded: LoadedModel, settings: TunedLensSettings) -> torch.Ten
                 max_new_tokens=settings.sample_length - 1,
                 min_new_tokens=settings.sample_length - 1,
                 pad_token_id=start,
+                stopping_criteria=StoppingCriteriaList([Reporting()]),
             )
     return out[:, : settings.sample_length]
 
@@ -182,7 +199,13 @@ def fit_tuned_lens(
     """Train a tuned lens of ``loaded`` (not cached; :func:`tuned_lens` caches). Returns the lens
     and its manifest (settings, held-out KL per depth under both lenses, the last losses)."""
     n_layers, d_model = loaded.adapter.n_layers, loaded.adapter.dims.d_model
-    tokens = sample_tokens(loaded, settings)
+    total = settings.sample_length - 1 + settings.steps  # progress: sampled tokens, then KL steps
+
+    def sampled(k: int) -> None:
+        if progress is not None:
+            progress(k, total, float("nan"))
+
+    tokens = sample_tokens(loaded, settings, sampled)
     held = torch.arange(tokens.shape[0]) % HELD_OUT == HELD_OUT - 1
     train, test = stream_by_depth(loaded, tokens[~held]), stream_by_depth(loaded, tokens[held])
     lens = TunedLens(n_layers, d_model)
@@ -205,15 +228,16 @@ def fit_tuned_lens(
             optimizer.step()
             losses.append(float(loss.detach()))
             if progress is not None:
-                progress(step + 1, settings.steps, losses[-1])
+                progress(settings.sample_length + step, total, losses[-1])
     lens.cpu().requires_grad_(False)
+    scored = test[:: max(1, -(-test.shape[0] // HELD_OUT_TOKENS))]  # [<= HELD_OUT_TOKENS, depth, d_model]
     manifest = {
         "n_layers": n_layers,
         "d_model": d_model,
         "settings": settings.model_dump(),
         "train_tokens": int(train.shape[0]),
-        "held_out_tokens": int(test.shape[0]),
-        "held_out_kl": held_out_kl(loaded, lens.to(device), test),
+        "held_out_tokens": int(scored.shape[0]),
+        "held_out_kl": held_out_kl(loaded, lens.to(device), scored),
         "last_losses": [round(x, 6) for x in losses[-10:]],
         "code": LENS_CODE_VERSION,
     }
