@@ -74,7 +74,8 @@ def tuned_lens(
         >>> from graftlens.models import tiny_model
         >>> from graftlens.train.tuned_lens import TunedLensSettings, tuned_lens
         >>> lens = tuned_lens(tiny_model("llama"), TunedLensSettings(samples=8, sample_length=8, steps=2))
-        >>> len(lens.translators), lens.manifest["held_out_kl"]["tuned"][0] <= lens.manifest["held_out_kl"]["logit"][0]
+        >>> kl = lens.manifest["held_out_kl"]  # nats per depth, on held-out samples
+        >>> len(lens.translators), all(tuned < logit for tuned, logit in zip(kl["tuned"], kl["logit"]))
         (4, True)
     """
     loaded = as_loaded(model)
