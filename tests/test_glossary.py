@@ -145,9 +145,9 @@ RUN_IDS = {
     "demo": "25ac80c1173d2662",
     "direction": "7ff5512dd5befc1f",
     "et-circuit": "e3d3dbff63201d83",
-    "et-cmap": "2b9aba62d75fcadd",
     "et-dcm": "a56131ee521c4ddd",
     "hybrid": "d207c11e7e2575af",
+    "knockout": "5c956b593276286b",
 }
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from graftlens.methods.core.figures import curves, metric_label
+from graftlens.methods.core.figures import metric_label
 from graftlens.methods.core.lenses import LensChoice, lens_of
 from graftlens.methods.core.parts import RunConfig, Sweep, check_positions, shared_fields
 from graftlens.methods.core.registry import Execution, Method, register
@@ -68,7 +68,7 @@ class VocabularyProjection(Method[LensSpec]):
                 name=f"lens {point} @ {sweep.position} @ L{layer}{' (tuned lens)' if sweep.lens == 'tuned' else ''}",
                 panel=sweep.panel,
                 model=recipient,
-                coords={"point": point, "layer": str(layer)},
+                coords={"point": point, "layer": str(layer), **({"lens": "tuned"} if sweep.lens == "tuned" else {})},
                 method=LensSpec(point=point, layer=layer, **shared_fields(sweep, LensRead)),
                 kind=self.kind,
             )
@@ -102,12 +102,17 @@ class VocabularyProjection(Method[LensSpec]):
 
     def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         by_config = run.by_config
+
+        def label(c: StoredConfig) -> str:  # a point read through the tuned lens is a curve of its own
+            return c.coords["point"] + (", tuned lens" if c.coords.get("lens") == "tuned" else "")
+
         values = {
-            (c.coords["point"], c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
+            (label(c), c.coords["layer"]): estimate(by_config[c.name], run.metric, run.n_boot, run.seed)
             for c in configs
             if c.name in by_config
         }
-        layers, series = curves(configs, "point", values)
+        layers = list(dict.fromkeys(c.coords["layer"] for c in configs))
+        series = {lab: [values.get((lab, layer)) for layer in layers] for lab in dict.fromkeys(map(label, configs))}
         label = metric_label(run.metric)
         attributes = run.metric == "attribute_rate"
         what = "the subject's attributes in the top 50" if attributes else f"target in the projection ({label})"

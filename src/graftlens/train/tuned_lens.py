@@ -29,11 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from graftlens.cache import cache_dir
 from graftlens.interventions.tuned_lens import MANIFEST, TunedLens
-from graftlens.methods.core.parts import Strict
 from graftlens.models.fingerprint import model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded
 
@@ -44,8 +43,10 @@ HELD_OUT_TOKENS = 256  # at most this many held-out tokens are scored (spread ov
 ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss): sampled tokens, then KL steps (their loss)
 
 
-class TunedLensSettings(Strict):
+class TunedLensSettings(BaseModel):
     """How a tuned lens is trained (every field is part of its cache key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     samples: int = Field(64, ge=HELD_OUT)  # sequences the model samples (one in 8 held out)
     sample_length: int = Field(64, ge=2)  # tokens per sequence, the start token included
