@@ -44,7 +44,14 @@ ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss): sampled t
 
 
 class TunedLensSettings(BaseModel):
-    """How a tuned lens is trained (every field is part of its cache key)."""
+    """How a tuned lens is trained (every field is part of its cache key).
+
+    Example:
+        >>> from graftlens import TunedLensSettings
+        >>> settings = TunedLensSettings(samples=16, steps=20)  # the rest at their defaults
+        >>> settings.sample_length, settings.lr
+        (64, 0.0001)
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
