@@ -136,6 +136,7 @@ WRONG_CALLS = [
     ("capture", lambda: _enter(graftlens.capture("x", ["resid_pre.0"])), "model must be a LoadedModel"),
     ("edit", lambda: _enter(graftlens.edit(42, {})), "model must be a LoadedModel"),
     ("learn_mask", lambda: graftlens.learn_mask("m", [], []), "model must be a LoadedModel"),
+    ("tuned_lens", lambda: graftlens.tuned_lens("smollm2-135m"), "model must be a LoadedModel"),
 ]
 
 

@@ -169,7 +169,7 @@ def test_shipped_method_recipes_expand():
     centre = next(c for c in configs if c.name == "knockout subject @ L15")
     assert centre.method.layers == [13, 14, 15, 16, 17]
     assert len(load_recipe("extraction")[0].expanded(n_layers=30)) == 1 + 2 * 30
-    assert len(load_recipe("attribute-rate")[0].expanded(n_layers=30)) == 1 + 2 * 30
+    assert len(load_recipe("attribute-rate")[0].expanded(n_layers=30)) == 1 + 3 * 30  # subject (both lenses), last
     assert len(load_recipe("cmap")[0].expanded(n_layers=30)) == 2 + 5 * 4 * 3
 
 

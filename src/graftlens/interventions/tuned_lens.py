@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from graftlens.errors import GraftlensError
+from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import PointLike
 from graftlens.interventions.points import parse_point
 
@@ -31,7 +31,7 @@ WEIGHTS = "lens.safetensors"
 MANIFEST = "manifest.json"
 
 
-class TunedLensError(GraftlensError):
+class TunedLensError(InterventionError):
     """A tuned lens does not fit the model, or a point it cannot read."""
 
 

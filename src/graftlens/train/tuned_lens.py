@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graftlens.cache import cache_dir
 from graftlens.interventions.tuned_lens import MANIFEST, TunedLens
+from graftlens.models.arguments import checked
 from graftlens.models.fingerprint import model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded
 
@@ -69,6 +70,7 @@ def lens_key(fingerprint: str, settings: TunedLensSettings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@checked
 def tuned_lens(
     model: LoadedModel | torch.nn.Module,
     settings: TunedLensSettings | None = None,
