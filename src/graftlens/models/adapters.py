@@ -124,6 +124,12 @@ class Family:
     mlp_block: str = "mlp"
     """The per-layer module (relative to a layer) holding gate/up/down. Its forward must act on
     each position independently: the engine then grafts it as one block (one gather, one scatter)."""
+    attn_in_norm: str | None = "input_layernorm"
+    """The norm between the residual stream and the q/k/v projections (relative to a layer; None:
+    the projections read the residual stream itself). Edge attribution differentiates through it."""
+    attn_out_norm: str | None = None
+    """The norm between the output projection and the residual stream (Gemma-2's and OLMo-2's
+    ``post_attention_layernorm``; None: the projection's output is added as it is)."""
 
 
 _LLAMA_ATTN = {
@@ -163,6 +169,7 @@ FAMILIES: tuple[Family, ...] = (
         model_wide=_LLAMA_MODEL,
         gated_mlp=True,
         notes="sandwich norms: ln_attn/ln_mlp hold the norms before and after each sublayer",
+        attn_out_norm="post_attention_layernorm",
     ),
     Family(
         name="olmo2",
@@ -177,6 +184,8 @@ FAMILIES: tuple[Family, ...] = (
         model_wide=_LLAMA_MODEL,
         gated_mlp=True,
         notes="post-norm: ln_attn/ln_mlp are the norms after each sublayer; q_norm/k_norm belong to q/k",
+        attn_in_norm=None,
+        attn_out_norm="post_attention_layernorm",
     ),
     Family(
         name="phi3",
@@ -218,6 +227,7 @@ FAMILIES: tuple[Family, ...] = (
         },
         gated_mlp=False,
         notes="Conv1D weights are [in, out]; fused c_attn is [q | k | v]; embed includes positions (wpe)",
+        attn_in_norm="ln_1",
     ),
     Family(
         name="gpt_neox",
