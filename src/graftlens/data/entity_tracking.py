@@ -233,15 +233,23 @@ def make_pairs(
     return out
 
 
-def mean_reference(tokenizer, n_examples: int, n_boxes: int, seed: int = 0, half: Half = "all") -> list[EntityTrackingExample]:
-    """Prompts for mean ablation (Prakash et al.): scenes whose query label names no box in them."""
+MeanQuery = Literal["no_box", "any_label"]
+
+
+def mean_reference(
+    tokenizer, n_examples: int, n_boxes: int, seed: int = 0, half: Half = "all", query: MeanQuery = "no_box"
+) -> list[EntityTrackingExample]:
+    """Prompts for mean ablation (Prakash et al.): scenes whose query label names no box in them
+    (``query="no_box"``), or is any label, drawn uniformly, so that it names one of the scene's
+    boxes as often as chance has it (``"any_label"``: the paper's code, which draws a letter A–Z)."""
     vocab = vocabulary(tokenizer, half)
     check_boxes(vocab, n_boxes, half, spare_labels=1)
-    rng = random.Random(f"mean-{seed}")
+    rng = random.Random(f"mean-{seed}" if query == "no_box" else f"mean-{query}-{seed}")
     out = []
     for i in range(n_examples):
         scene = _scene(vocab, n_boxes, rng)
-        scene = replace(scene, query_label=rng.choice([x for x in vocab.labels if x not in scene.labels]))
+        choices = [x for x in vocab.labels if query == "any_label" or x not in scene.labels]
+        scene = replace(scene, query_label=rng.choice(choices))
         out.append(_example(f"mean-{n_boxes}b-{seed}-{i:04d}", scene, scene.objects[scene.query]))
     return out
 

@@ -224,6 +224,7 @@ class Recipe(Strict):
             for name in s.model_references():
                 known(name, f"{s.kind} sweep")
             s.check_in_recipe(plain)
+            s.check_with_sweeps(self.sweeps)
             s.check_data(self.data.model_dump(mode="json"))
             s.check_batches(self.data.model_dump(mode="json"), self.eval.batch_size)
         if self.data.known_facts is not None or self.data.entity_tracking is not None:

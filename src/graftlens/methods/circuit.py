@@ -65,22 +65,25 @@ def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> C
     return circuit if spec.seed is None else random_circuit(circuit, a.n_layers, a.n_heads, spec.seed)
 
 
-def reference_means(execution: Execution, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0):
-    """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run)."""
+def reference_means(
+    execution: Execution, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0, query: str = "no_box"
+):
+    """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run);
+    ``query``: what their query label names (:func:`~graftlens.data.entity_tracking.mean_reference`)."""
 
     def make():
         from graftlens.data.entity_tracking import mean_reference, tokenize_entity_tracking
         from graftlens.eval.batching import batches, pad_id_of
         from graftlens.interventions.circuits import head_means
 
-        prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half), model.tokenizer)
+        prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half, query), model.tokenizer)
         work = [
             (b.input_ids.to(model.device), b.attention_mask.to(model.device))
             for b in batches(prompts, 32, pad_id_of(model.tokenizer))
         ]
         return head_means(model, work)
 
-    return execution.state(("head-means", model_name, n_boxes, n, half, seed), make)
+    return execution.state(("head-means", model_name, n_boxes, n, half, seed, query), make)
 
 
 def boxes_of(batch: PromptBatch) -> int:

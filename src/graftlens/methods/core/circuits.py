@@ -177,3 +177,41 @@ def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
 
 def batch_key(batch: PromptBatch) -> tuple[str, ...]:
     return tuple(p.id for p in batch.prompts)
+
+
+def proportional_sizes(sizes: GroupSizes, total: int) -> dict[str, int]:
+    """``total`` heads shared among the groups in proportion to ``sizes`` (largest remainders;
+    each group keeps at least one head while ``total`` allows)."""
+    weights = {g: getattr(sizes, g) for g in GROUPS}
+    whole = sum(weights.values())
+    exact = {g: total * w / whole for g, w in weights.items()}
+    out = {g: int(x) for g, x in exact.items()}
+    for g in sorted(GROUPS, key=lambda g: (-(exact[g] - out[g]), GROUPS.index(g)))[: total - sum(out.values())]:
+        out[g] += 1
+    for g in GROUPS:  # a group rounded to nothing takes a head from the largest
+        if out[g] == 0 and total >= len(GROUPS):
+            out[max(GROUPS, key=lambda x: out[x])] -= 1
+            out[g] = 1
+    return out
+
+
+def discovered_circuit_of_size(
+    results: Results, clean: str, sizes: GroupSizes, total: int, n_layers: int, n_heads: int
+) -> Circuit:
+    """The path-patching circuit grown or shrunk to ``total`` (head, group) pairs: each stage's
+    top heads, the groups in proportion to ``sizes`` (the sizes the stages were found with). A head
+    both a position transmitter and a value fetcher is a transmitter, and the fetchers take the
+    next head of their ranking instead, so the circuit keeps its size."""
+    from graftlens.interventions.circuits import Circuit, HeadGroup
+    from graftlens.interventions.path_patching import top_heads
+
+    if not 0 < total <= len(GROUPS) * n_layers * n_heads:
+        raise RecipeError(f"a path-patching circuit of {total} heads (each group has {n_layers * n_heads} to choose from)")
+    want = proportional_sizes(sizes, total)
+    picked: dict[str, list[tuple[int, int]]] = {}
+    for stage in reversed(GROUPS):  # transmitters before fetchers
+        ranked = top_heads(stage_scores(results, clean, stage, n_layers, n_heads), n_layers * n_heads)
+        if stage == "value_fetchers":
+            ranked = [h for h in ranked if h not in picked["position_transmitters"]]
+        picked[stage] = ranked[: want[stage]]
+    return Circuit({stage: HeadGroup(tuple(picked[stage]), GROUP_POSITIONS[stage]) for stage in GROUPS if picked[stage]})

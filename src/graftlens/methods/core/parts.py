@@ -216,6 +216,9 @@ class Sweep(Strict):
         """Raise ``ValueError`` if the sweep does not fit the rest of its recipe (``plain_configs``:
         the names of the written configurations without grafts)."""
 
+    def check_with_sweeps(self, sweeps: list[Sweep]) -> None:
+        """Raise ``ValueError`` if the sweep needs another sweep the recipe lacks (``sweeps``: all of them)."""
+
     def check_data(self, data: dict) -> None:
         """Raise ``ValueError`` if the sweep cannot score the recipe's prompts (``data``: the
         recipe's ``data`` part, dumped)."""

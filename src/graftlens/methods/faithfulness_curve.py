@@ -1,0 +1,285 @@
+"""``faithfulness_curve``: circuits of growing size, each with every other head mean-ablated,
+against random circuits of the same size (Prakash et al.'s faithfulness, as a curve).
+
+A circuit comes from one of three rankings of the heads:
+
+- ``eap_edges``: edge attribution patching (:func:`~graftlens.interventions.edge_attribution.edge_attribution`)
+  over the run's clean/corrupted pairs, the heads in the order its strongest edges reach them;
+- ``eap_nodes``: the same pass's node scores (attribution patching of each head's output);
+- ``path_patching``: the stage-by-stage circuit of the recipe's ``et_circuit`` sweep, its
+  groups grown or shrunk in proportion (:func:`~graftlens.methods.core.circuits.discovered_circuit_of_size`).
+
+Heads are kept at every position (``positions: all``), or, for the path-patching circuit, each
+group at its own positions (``groups``, the paper's procedure). Random circuits of each size are
+drawn for each of the two. Head means come from the reference prompts of
+:mod:`graftlens.methods.circuit` (query labels naming no box).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from graftlens.configfiles import Seed
+from graftlens.data.entity_tracking import MeanQuery
+from graftlens.methods.circuit import boxes_of, reference_means
+from graftlens.methods.core.circuits import GROUP_POSITIONS, GroupSizes, discovered_circuit_of_size, pair_inputs, plain_of
+from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Strict, Sweep
+from graftlens.methods.core.registry import Execution, Method, Table, register
+from graftlens.methods.et_circuit import FAITHFULNESS_PHASE
+from graftlens.results.metrics import Estimate, ratio_estimate
+
+if TYPE_CHECKING:
+    import torch
+
+    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.scoring import LastLogits
+    from graftlens.interventions.circuits import Circuit
+    from graftlens.interventions.edge_attribution import EdgeScores
+    from graftlens.models import LoadedModel
+    from graftlens.results.rundata import RunData, StoredConfig
+
+Ranking = Literal["eap_edges", "eap_nodes", "path_patching"]
+LABELS = {"eap_edges": "EAP (edges)", "eap_nodes": "EAP (nodes)", "path_patching": "path patching", "random": "random heads"}
+WHERE = {"all": "all positions", "groups": "group positions"}
+
+
+class FaithfulnessSpec(Strict):
+    kind: Literal["faithfulness_curve"] = "faithfulness_curve"
+    plain: str  # the configuration without interventions: the full model's accuracy
+    ranking: Ranking | Literal["random"]
+    size: Annotated[int, Fits("heads")] = Field(ge=1)
+    positions: Literal["all", "groups"] = "all"
+    seed: Seed | None = None  # random circuits only
+    path_patching_sizes: GroupSizes = GroupSizes()  # the et_circuit sweep's sizes (its stages' receivers)
+    steps: int = Field(1, ge=1, le=64)  # EAP-IG steps (1: EAP)
+    mean_prompts: int = Field(100, ge=1, le=100_000)
+    means: MeanQuery = "no_box"  # the reference prompts' query label: names no box, or any label (the paper's code)
+    half: Literal["all", "train", "test"] = "test"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FaithfulnessSpec:
+        if self.positions == "groups" and self.ranking not in ("path_patching", "random"):
+            raise ValueError(f"ranking {self.ranking!r} keeps its heads at every position (positions: all)")
+        if (self.seed is None) != (self.ranking != "random"):
+            raise ValueError("a random circuit needs a seed, and only a random circuit takes one")
+        return self
+
+
+class FaithfulnessCurveSweep(Sweep):
+    """Faithfulness of growing circuits from each ranking, and of random circuits of each size."""
+
+    kind: Literal["faithfulness_curve"]
+    plain: str
+    rankings: list[Ranking] = Field(["eap_edges", "eap_nodes", "path_patching"], min_length=1)
+    sizes: Annotated[list[int], Fits("heads")] = Field(min_length=1)
+    positions: list[Literal["all", "groups"]] = Field(["all", "groups"], min_length=1)  # for path_patching
+    path_patching_sizes: GroupSizes = GroupSizes()
+    random: int = Field(3, ge=0, le=100)  # random circuits per size and positions
+    steps: int = Field(1, ge=1, le=64)
+    mean_prompts: int = Field(100, ge=1, le=100_000)
+    means: MeanQuery = "no_box"
+    panel: str = "faithfulness curve"
+
+    @field_validator("sizes")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or v != sorted(set(v)):
+            raise ValueError(f"sizes {v}: positive head counts, increasing, each once")
+        return v
+
+    def check_data(self, data: dict) -> None:
+        if (data.get("entity_tracking") or {}).get("pairs") != ["corrupted"]:
+            raise ValueError(
+                "faithfulness_curve sweep: edge attribution needs clean prompts with corrupted sources: "
+                "data: {entity_tracking: {pairs: [corrupted]}}"
+            )
+
+    def check_in_recipe(self, plain_configs: list[str]) -> None:
+        if self.plain not in plain_configs:
+            raise ValueError(
+                f"faithfulness_curve sweep: plain {self.plain!r} must name a written configuration without grafts; "
+                f"plain configurations: {', '.join(plain_configs) or 'none'}"
+            )
+        if "groups" in self.positions and "path_patching" not in self.rankings:
+            raise ValueError("faithfulness_curve sweep: positions 'groups' are the path-patching circuit's; add it to rankings")
+
+    def check_with_sweeps(self, sweeps: list[Sweep]) -> None:
+        if "path_patching" not in self.rankings:
+            return
+        found = [s for s in sweeps if s.kind == "et_circuit"]
+        if not any(s.plain == self.plain and s.sizes == self.path_patching_sizes for s in found):  # type: ignore[attr-defined]
+            raise ValueError(
+                "faithfulness_curve sweep: the path_patching ranking reads the stages of an et_circuit sweep of the same "
+                f"plain ({self.plain!r}) and sizes (path_patching_sizes: {self.path_patching_sizes.model_dump()}); "
+                + ("the recipe has none" if not found else "the recipe's differ")
+            )
+
+
+def _config(spec: FaithfulnessSpec, sweep: FaithfulnessCurveSweep, recipient: str) -> RunConfig:
+    where = WHERE[spec.positions]
+    label = f"{LABELS[spec.ranking]}, {where}"
+    name = f"faithfulness {label}, {spec.size} heads" + (f", seed {spec.seed}" if spec.seed is not None else "")
+    if spec.means != "no_box":
+        name += f" (means: {spec.means.replace('_', ' ')})"
+    coords = {"ranking": spec.ranking, "positions": spec.positions, "size": str(spec.size)}
+    return RunConfig(
+        name=name, panel=sweep.panel, model=recipient, coords=coords, method=spec, kind="faithfulness_curve", phase=FAITHFULNESS_PHASE
+    )
+
+
+@register
+class FaithfulnessCurve(Method[FaithfulnessSpec]):
+    """A line per ranking: faithfulness against circuit size, with random circuits as a band."""
+
+    kind = "faithfulness_curve"
+    sweep = FaithfulnessCurveSweep
+    needs_heads = True
+
+    def expand(
+        self, sweep: FaithfulnessCurveSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
+    ) -> list[RunConfig]:
+        shared = dict(
+            plain=sweep.plain,
+            path_patching_sizes=sweep.path_patching_sizes,
+            steps=sweep.steps,
+            mean_prompts=sweep.mean_prompts,
+            means=sweep.means,
+        )
+        out = []
+        for k in sweep.sizes:
+            for ranking in sweep.rankings:
+                for positions in sweep.positions if ranking == "path_patching" else ["all"]:
+                    out.append(_config(FaithfulnessSpec(ranking=ranking, size=k, positions=positions, **shared), sweep, recipient))
+            uses_all = "all" in sweep.positions or any(r != "path_patching" for r in sweep.rankings)
+            random_positions = [p for p in ("all", "groups") if p in sweep.positions or (p == "all" and uses_all)]
+            for positions in random_positions:
+                for seed in range(1, sweep.random + 1):
+                    spec = FaithfulnessSpec(ranking="random", size=k, positions=positions, seed=seed, **shared)
+                    out.append(_config(spec, sweep, recipient))
+        return out
+
+    def check(self, config: RunConfig[FaithfulnessSpec], models: Mapping[str, LoadedModel]) -> list[str]:
+        spec = config.method
+        if spec.positions == "groups":
+            return list(GROUP_POSITIONS.values())
+        return ["all"]
+
+    def circuit(self, spec: FaithfulnessSpec, execution: Execution, model_name: str) -> Circuit:
+        """The configuration's circuit (a ranking's first ``size`` heads, or a random one)."""
+        from graftlens.interventions.circuits import random_circuit
+        from graftlens.interventions.faithfulness import random_heads, top_circuit
+
+        a = execution.models[model_name].adapter
+        if spec.positions == "groups":
+            if execution.results is None:
+                raise RecipeError("a path-patching circuit needs the stored path-patching results of the run")
+            sizes = spec.path_patching_sizes
+            found = discovered_circuit_of_size(execution.results, spec.plain, sizes, spec.size, a.n_layers, a.n_heads)
+            return found if spec.seed is None else random_circuit(found, a.n_layers, a.n_heads, spec.seed)
+        if spec.ranking == "random":
+            return random_heads(a.n_layers, a.n_heads, spec.size, spec.seed or 0)
+        if spec.ranking == "path_patching":  # the same heads, everywhere: grown until ``size`` distinct ones
+            for total in range(spec.size, len(GROUP_POSITIONS) * a.n_layers * a.n_heads + 1):
+                found = self.circuit(spec.model_copy(update={"positions": "groups", "size": total}), execution, model_name)
+                heads = list(dict.fromkeys(h for g in found.groups.values() for h in g.heads))
+                if len(heads) >= spec.size:
+                    return top_circuit(heads, spec.size)
+        scores = eap_scores(execution, model_name, spec.steps)
+        ranking = scores.heads_by_edges() if spec.ranking == "eap_edges" else scores.heads_by_nodes()
+        return top_circuit(ranking, spec.size)
+
+    def readout(self, config: RunConfig[FaithfulnessSpec], execution: Execution) -> LastLogits:
+        from graftlens.interventions.circuits import mean_ablated_logits
+
+        spec = config.method
+        model = execution.models[config.model]
+        circuit = execution.state(("faithfulness circuit", config.name), lambda: self.circuit(spec, execution, config.model))
+
+        def run(batch: PromptBatch) -> torch.Tensor:
+            n_boxes = boxes_of(batch)
+            means = reference_means(execution, config.model, model, n_boxes, spec.mean_prompts, spec.half, query=spec.means)
+            return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
+
+        return run
+
+    def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
+        from graftlens import charts
+
+        series, xs, full = curves(run, configs)
+        if not series:
+            return None
+        title = f"{run.name}: faithfulness as the circuit grows (every other head mean-ablated), random circuits of each size"
+        fig = charts.line_chart(
+            title, xs, series, "faithfulness (accuracy ÷ full model's)", "circuit size (heads)", legend_title="circuit"
+        )
+        fig.axes[0].axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+        return fig, title
+
+    def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
+        series, xs, full = curves(run, configs)
+        if not series:
+            return []
+        rows = [(label, list(values)) for label, values in series.items()]
+        columns = [f"{k} heads" for k in xs]
+        return [Table(f"{panel}: faithfulness by circuit size (full model accuracy {full:.3f})", "circuit", columns, rows)]
+
+
+def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Estimate | None]], list[str], float]:
+    """``({series label: faithfulness per size}, sizes, full accuracy)`` from the stored rows;
+    random circuits of one size and positions are pooled into one estimate."""
+    by_config = run.by_config
+    spec = next((c.method for c in configs if c.method), None)
+    if spec is None or plain_of(spec) not in by_config:
+        return {}, [], float("nan")
+    full = by_config[plain_of(spec)]
+    sizes = sorted({int(c.coords["size"]) for c in configs})
+    pooled: dict[tuple[str, str, int], list] = {}
+    for c in configs:
+        if c.name in by_config:
+            if c.method.get("means", "no_box") != spec.get("means", "no_box"):
+                raise RecipeError(f"panel {c.panel!r} mixes head means over two kinds of reference prompts: give each its own")
+            key = (c.method["ranking"], c.method.get("positions", "all"), int(c.coords["size"]))
+            pooled.setdefault(key, []).extend(by_config[c.name])
+    series: dict[str, list[Estimate | None]] = {}
+    for ranking, positions, _ in sorted(pooled, key=lambda k: (k[0] == "random", k[0], k[1])):
+        label = f"{LABELS[ranking]}, {WHERE[positions]}"
+        if ranking == "random" and positions == "groups":
+            label = "random heads, the path-patching groups' sizes and positions"
+        if label in series:
+            continue
+        series[label] = [
+            ratio_estimate(pooled[(ranking, positions, k)], full, run.n_boot, run.seed) if (ranking, positions, k) in pooled else None
+            for k in sizes
+        ]
+    accuracy = sum(r.hit(1) for r in full) / len(full) if full else float("nan")
+    return series, [str(k) for k in sizes], accuracy
+
+
+def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
+    """Edge attribution over every batch of the run (its clean prompts and their corrupted
+    sources), the mean over prompts; made once per run and model."""
+
+    def make() -> EdgeScores:
+        from dataclasses import replace
+
+        from graftlens.eval.batching import pad_id_of
+        from graftlens.interventions.edge_attribution import edge_attribution
+
+        model = execution.models[model_name]
+        total, n = None, 0
+        for batch in execution.batches:
+            part = edge_attribution(model, pair_inputs(batch, pad_id_of(model.tokenizer)), batch.target_ids, steps=steps)
+            rows = batch.input_ids.shape[0]
+            if total is None:
+                total = replace(part, scores=part.scores * rows, node_scores=part.node_scores * rows)
+            else:
+                total = replace(total, scores=total.scores + part.scores * rows, node_scores=total.node_scores + part.node_scores * rows)
+            n += rows
+        if total is None:
+            raise RecipeError("edge attribution needs prompts; the run has none")
+        return replace(total, scores=total.scores / n, node_scores=total.node_scores / n)
+
+    return execution.state(("eap", model_name, steps), make)
