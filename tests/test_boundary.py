@@ -137,6 +137,21 @@ WRONG_CALLS = [
     ("edit", lambda: _enter(graftlens.edit(42, {})), "model must be a LoadedModel"),
     ("learn_mask", lambda: graftlens.learn_mask("m", [], []), "model must be a LoadedModel"),
     ("tuned_lens", lambda: graftlens.tuned_lens("smollm2-135m"), "model must be a LoadedModel"),
+    (
+        "edge_attribution",
+        lambda: graftlens.edge_attribution(MODEL, PathInputs(IDS, IDS), torch.arange(5)),
+        "target_ids has 5 entries for a batch of 2",
+    ),
+    (
+        "edge_patched_logits",
+        lambda: graftlens.edge_patched_logits(MODEL, PathInputs(IDS + 500, IDS), (0, 0), "logits"),
+        "inputs.clean_ids holds token id 512",
+    ),
+    (
+        "faithfulness_curve",
+        lambda: graftlens.faithfulness_curve(MODEL, IDS, MASK.T, IDS[:, 0], [(0, 0)], [1], {}),
+        "attention_mask [4, 2]",
+    ),
 ]
 
 

@@ -162,10 +162,18 @@ def test_proportional_sizes_add_up():
     ("curve", "circuit", "message"),
     [
         ("- {kind: faithfulness_curve, plain: clean, sizes: [2, 8]}\n", False, "et_circuit sweep"),
-        ("- {kind: faithfulness_curve, plain: clean, sizes: [8, 2], rankings: [eap_nodes], positions: [all]}\n", False, "increasing"),
+        (
+            "- {kind: faithfulness_curve, plain: clean, sizes: [8, 2], rankings: [eap_nodes], positions: [all]}\n",
+            False,
+            "increasing",
+        ),
         ("- {kind: faithfulness_curve, plain: nope, sizes: [2], rankings: [eap_nodes], positions: [all]}\n", False, "plain"),
         ("- {kind: faithfulness_curve, plain: clean, sizes: [2], rankings: [eap_nodes]}\n", False, "positions 'groups'"),
-        (f"- {{kind: faithfulness_curve, plain: clean, sizes: [2], path_patching_sizes: {{value_fetchers: 9}}}}\n", True, "differ"),
+        (
+            "- {kind: faithfulness_curve, plain: clean, sizes: [2], path_patching_sizes: {value_fetchers: 9}}\n",
+            True,
+            "differ",
+        ),
     ],
 )
 def test_bad_sweeps_are_one_error(tmp_path, et_model_dir, curve, circuit, message):
@@ -175,5 +183,7 @@ def test_bad_sweeps_are_one_error(tmp_path, et_model_dir, curve, circuit, messag
 
 def test_a_size_beyond_the_model_is_refused_before_scoring(tmp_path, et_model_dir, graftlens_cache):
     curve = "- {kind: faithfulness_curve, plain: clean, sizes: [17], rankings: [eap_nodes], positions: [all]}\n"
-    result = runner.invoke(app, ["run", str(_recipe(tmp_path / "r.yaml", et_model_dir, curve, False)), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["run", str(_recipe(tmp_path / "r.yaml", et_model_dir, curve, False)), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "17" in result.output and "Traceback" not in result.output

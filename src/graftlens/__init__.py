@@ -10,8 +10,8 @@ The public API, in tiers. This namespace holds what a researcher calls:
 - one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
   :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
   :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or
-  a :func:`tuned_lens`), :func:`path_patching`,
-  :class:`Circuit` with :func:`mean_ablated_logits`, :func:`learn_mask` (DCM),
+  a :func:`tuned_lens`), :func:`path_patching`, :func:`edge_attribution` (EAP),
+  :class:`Circuit` with :func:`mean_ablated_logits` and :func:`faithfulness_curve`, :func:`learn_mask` (DCM),
   :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
 - experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
 - the five errors a user catches.
@@ -36,6 +36,8 @@ lazy_exports(
         "graftlens.graft.rules": ["Graft"],
         "graftlens.graft.sweep": ["graft_sweep"],
         "graftlens.interventions.circuits": ["Circuit", "head_means", "HeadGroup", "mean_ablated_logits", "random_circuit"],
+        "graftlens.interventions.edge_attribution": ["edge_attribution", "edge_patched_logits", "EdgeScores"],
+        "graftlens.interventions.faithfulness": ["faithfulness_curve", "FaithfulnessCurve"],
         "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
         "graftlens.interventions.knockout": ["attention_knockout"],
         "graftlens.interventions.lens": ["point_logits", "project"],

@@ -39,6 +39,15 @@ from graftlens.interventions.circuits import (
     mean_ablated_logits as mean_ablated_logits,
     random_circuit as random_circuit,
 )
+from graftlens.interventions.edge_attribution import (
+    edge_attribution as edge_attribution,
+    edge_patched_logits as edge_patched_logits,
+    EdgeScores as EdgeScores,
+)
+from graftlens.interventions.faithfulness import (
+    faithfulness_curve as faithfulness_curve,
+    FaithfulnessCurve as FaithfulnessCurve,
+)
 from graftlens.interventions.hooks import (
     ActivationCache as ActivationCache,
     capture as capture,
@@ -119,7 +128,12 @@ __all__ = [
     "DataError",
     "DcmSettings",
     "DesideratumBatch",
+    "edge_attribution",
+    "edge_patched_logits",
+    "EdgeScores",
     "edit",
+    "faithfulness_curve",
+    "FaithfulnessCurve",
     "Graft",
     "graft_sweep",
     "grafted_forward",

@@ -1,5 +1,5 @@
 """Activation-level methods: a hook layer, activation patching, CMAP, attention knockout, vocabulary projection,
-path patching, mean-ablated circuits and learned head masks (DCM)."""
+path patching, edge attribution patching, mean-ablated circuits and their faithfulness curves, and learned head masks (DCM)."""
 
 from graftlens.lazy import lazy_exports
 
@@ -14,6 +14,14 @@ lazy_exports(
             "mean_ablated_logits",
             "random_circuit",
         ],
+        "graftlens.interventions.edge_attribution": [
+            "edge_attribution",
+            "edge_patched_logits",
+            "EdgeAttributionError",
+            "EdgeScores",
+            "rank_correlation",
+        ],
+        "graftlens.interventions.faithfulness": ["faithfulness_curve", "FaithfulnessCurve", "random_heads", "top_circuit"],
         "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
         "graftlens.interventions.knockout": ["attention_knockout", "knockout_edges", "KnockoutError"],
         "graftlens.interventions.lens": ["point_logits", "project"],

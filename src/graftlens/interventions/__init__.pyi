@@ -10,6 +10,19 @@ from graftlens.interventions.circuits import (
     mean_ablated_logits as mean_ablated_logits,
     random_circuit as random_circuit,
 )
+from graftlens.interventions.edge_attribution import (
+    edge_attribution as edge_attribution,
+    edge_patched_logits as edge_patched_logits,
+    EdgeAttributionError as EdgeAttributionError,
+    EdgeScores as EdgeScores,
+    rank_correlation as rank_correlation,
+)
+from graftlens.interventions.faithfulness import (
+    faithfulness_curve as faithfulness_curve,
+    FaithfulnessCurve as FaithfulnessCurve,
+    random_heads as random_heads,
+    top_circuit as top_circuit,
+)
 from graftlens.interventions.hooks import (
     ActivationCache as ActivationCache,
     capture as capture,
@@ -68,7 +81,13 @@ __all__ = [
     "DcmSettings",
     "desideratum_accuracy",
     "DesideratumBatch",
+    "edge_attribution",
+    "edge_patched_logits",
+    "EdgeAttributionError",
+    "EdgeScores",
     "edit",
+    "faithfulness_curve",
+    "FaithfulnessCurve",
     "head_means",
     "HEAD_POINTS",
     "HeadGroup",
@@ -93,7 +112,10 @@ __all__ = [
     "PointError",
     "project",
     "random_circuit",
+    "random_heads",
+    "rank_correlation",
     "Receiver",
     "run_with_cache",
+    "top_circuit",
     "top_heads",
 ]

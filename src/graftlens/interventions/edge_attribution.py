@@ -72,8 +72,8 @@ class EdgeScores:
         >>> m = tiny_model("llama")
         >>> inputs = graftlens.PathInputs(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]]))
         >>> eap = graftlens.edge_attribution(m, inputs, torch.tensor([3]))
-        >>> eap.scores.shape  # 16 sender heads; 3 layers × (4 q + 2 k + 2 v) receivers and the logits
-        torch.Size([16, 25])
+        >>> eap.scores.shape  # 16 sender heads; 4 layers × (4 q + 2 k + 2 v) receivers and the logits
+        torch.Size([16, 33])
         >>> len(eap.top_edges(5)), len(eap.heads_by_edges()) <= 16
         (5, True)
     """
@@ -261,7 +261,8 @@ def edge_attribution(
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("gpt2")
-        >>> inputs = graftlens.PathInputs(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.tensor([[5, 13, 7, 8], [9, 14, 11, 12]]))
+        >>> clean = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> inputs = graftlens.PathInputs(clean, torch.tensor([[5, 13, 7, 8], [9, 14, 11, 12]]))
         >>> eap = graftlens.edge_attribution(m, inputs, torch.tensor([3, 4]))
         >>> sender, receiver, score = eap.top_edges(1)[0]
         >>> sender[0] < (receiver.layer if receiver != "logits" else 4)
@@ -407,8 +408,14 @@ def edge_patched_logits(
             return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
 
 
-def edge_effect(model: LoadedModel | nn.Module, inputs: PathInputs, target_ids: torch.Tensor, sender: Head,
-                receiver: EdgeReceiver, scale: float = 1.0) -> float:
+def edge_effect(
+    model: LoadedModel | nn.Module,
+    inputs: PathInputs,
+    target_ids: torch.Tensor,
+    sender: Head,
+    receiver: EdgeReceiver,
+    scale: float = 1.0,
+) -> float:
     """The change of the metric (mean target log-probability) when one edge is patched exactly
     (:func:`edge_patched_logits`): what ``edge_attribution``'s score of that edge estimates."""
     loaded = as_loaded(model)

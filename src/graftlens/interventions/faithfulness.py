@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.interventions.circuits import Circuit, CircuitError, HeadGroup, Head, accuracy, mean_ablated_logits
+from graftlens.interventions.circuits import Circuit, CircuitError, Head, HeadGroup, accuracy, mean_ablated_logits
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
@@ -26,7 +26,14 @@ from graftlens.positions import Spans
 @dataclass(frozen=True)
 class FaithfulnessCurve:
     """Faithfulness at each size: the ranked circuit's, and each random circuit's (``random[i]``
-    holds the ``i``-th size's draws); ``full`` is the full model's accuracy."""
+    holds the ``i``-th size's draws); ``full`` is the full model's accuracy.
+
+    Example:
+        >>> from graftlens import FaithfulnessCurve
+        >>> curve = FaithfulnessCurve(sizes=(5, 10), circuit=(0.4, 0.9), random=((0.0, 0.1), (0.2, 0.0)), full=0.8)
+        >>> [sum(draws) / len(draws) for draws in curve.random]
+        [0.05, 0.1]
+    """
 
     sizes: tuple[int, ...]
     circuit: tuple[float, ...]

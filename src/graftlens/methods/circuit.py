@@ -66,7 +66,14 @@ def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> C
 
 
 def reference_means(
-    execution: Execution, model_name: str, model: LoadedModel, n_boxes: int, n: int, half: str, seed: int = 0, query: str = "no_box"
+    execution: Execution,
+    model_name: str,
+    model: LoadedModel,
+    n_boxes: int,
+    n: int,
+    half: str,
+    seed: int = 0,
+    query: str = "no_box",
 ):
     """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run);
     ``query``: what their query label names (:func:`~graftlens.data.entity_tracking.mean_reference`)."""

@@ -18,7 +18,7 @@ drawn for each of the two. Head means come from the reference prompts of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -126,7 +126,13 @@ def _config(spec: FaithfulnessSpec, sweep: FaithfulnessCurveSweep, recipient: st
         name += f" (means: {spec.means.replace('_', ' ')})"
     coords = {"ranking": spec.ranking, "positions": spec.positions, "size": str(spec.size)}
     return RunConfig(
-        name=name, panel=sweep.panel, model=recipient, coords=coords, method=spec, kind="faithfulness_curve", phase=FAITHFULNESS_PHASE
+        name=name,
+        panel=sweep.panel,
+        model=recipient,
+        coords=coords,
+        method=spec,
+        kind="faithfulness_curve",
+        phase=FAITHFULNESS_PHASE,
     )
 
 
@@ -152,7 +158,9 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         for k in sweep.sizes:
             for ranking in sweep.rankings:
                 for positions in sweep.positions if ranking == "path_patching" else ["all"]:
-                    out.append(_config(FaithfulnessSpec(ranking=ranking, size=k, positions=positions, **shared), sweep, recipient))
+                    out.append(
+                        _config(FaithfulnessSpec(ranking=ranking, size=k, positions=positions, **shared), sweep, recipient)
+                    )
             uses_all = "all" in sweep.positions or any(r != "path_patching" for r in sweep.rankings)
             random_positions = [p for p in ("all", "groups") if p in sweep.positions or (p == "all" and uses_all)]
             for positions in random_positions:
@@ -251,7 +259,9 @@ def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Es
         if label in series:
             continue
         series[label] = [
-            ratio_estimate(pooled[(ranking, positions, k)], full, run.n_boot, run.seed) if (ranking, positions, k) in pooled else None
+            ratio_estimate(pooled[(ranking, positions, k)], full, run.n_boot, run.seed)
+            if (ranking, positions, k) in pooled
+            else None
             for k in sizes
         ]
     accuracy = sum(r.hit(1) for r in full) / len(full) if full else float("nan")
@@ -276,7 +286,9 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
             if total is None:
                 total = replace(part, scores=part.scores * rows, node_scores=part.node_scores * rows)
             else:
-                total = replace(total, scores=total.scores + part.scores * rows, node_scores=total.node_scores + part.node_scores * rows)
+                total = replace(
+                    total, scores=total.scores + part.scores * rows, node_scores=total.node_scores + part.node_scores * rows
+                )
             n += rows
         if total is None:
             raise RecipeError("edge attribution needs prompts; the run has none")
