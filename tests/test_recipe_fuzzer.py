@@ -110,12 +110,11 @@ def tiny_recipe(name: str, dirs: dict[str, str], circuit: Path) -> dict:
     for sweep in recipe.get("sweeps", []):
         if "window" in sweep:
             sweep["window"] = 2
+        tiny_sizes = {"value_fetchers": 2, "position_transmitters": 1, "position_detectors": 1, "structure_readers": 1}
         if sweep["kind"] == "et_circuit":
-            sweep.update(
-                sizes={"value_fetchers": 2, "position_transmitters": 1, "position_detectors": 1, "structure_readers": 1},
-                random=1,
-                mean_prompts=4,
-            )
+            sweep.update(sizes=tiny_sizes, random=1, mean_prompts=4)
+        if sweep["kind"] == "faithfulness_curve":
+            sweep.update(sizes=[2, 8], path_patching_sizes=tiny_sizes, random=1, mean_prompts=4)
         if sweep["kind"] in ("dcm", "circuit_cmap", "circuit_graft"):
             sweep["circuit"] = str(circuit)
         if sweep["kind"] == "dcm":
