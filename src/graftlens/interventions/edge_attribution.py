@@ -42,7 +42,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
-from graftlens.interventions.path_patching import Head, PathInputs, Receiver, _subset
+from graftlens.interventions.path_patching import Head, PathInputs, Receiver
 from graftlens.interventions.points import Point, hook_site
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -286,7 +286,7 @@ def edge_attribution(
     chunk = max(1, WRITES_BUDGET // per_row)
     for start in range(0, batch, chunk):  # the metric is a mean over prompts: chunks add up weighted
         rows = torch.arange(start, min(batch, start + chunk))
-        part, nodes = _attribute(loaded, _subset(inputs, rows), target_ids[rows.to(target_ids.device)], steps)
+        part, nodes = _attribute(loaded, inputs.select(rows), target_ids[rows.to(target_ids.device)], steps)
         scores += part * (len(rows) / batch)
         node_scores += nodes * (len(rows) / batch)
     return EdgeScores(senders, tuple(receivers), scores, node_scores, a.n_heads // a.n_kv_heads)

@@ -93,6 +93,24 @@ class PathInputs:
                 f"{self.clean_ids.shape[0]} and {self.corrupted_ids.shape[0]} rows"
             )
 
+    def select(self, rows: torch.Tensor) -> PathInputs:
+        """The inputs of the examples ``rows`` (``LongTensor[n]``), in that order."""
+
+        def pick(t):
+            return None if t is None else t[rows.to(t.device)]
+
+        def spans(sp):
+            return None if sp is None else [sp[int(i)] for i in rows]
+
+        return PathInputs(
+            pick(self.clean_ids),
+            pick(self.corrupted_ids),
+            pick(self.clean_mask),
+            pick(self.corrupted_mask),
+            spans(self.clean_spans),
+            spans(self.corrupted_spans),
+        )
+
     @property
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         clean = self.clean_mask if self.clean_mask is not None else torch.ones_like(self.clean_ids)
@@ -467,7 +485,7 @@ class PreparedBatch:
         groups = {int(c): (first == c).nonzero().flatten() for c in first.unique()} if first is not None else {0: None}
         self.parts: list[_Part] = []
         for cut, rows in sorted(groups.items()):
-            part_inputs = inputs if rows is None else _subset(inputs, rows)
+            part_inputs = inputs if rows is None else inputs.select(rows)
             take = (lambda t: t) if rows is None else (lambda t, r=rows: t[r.to(t.device)])
             prefix = run_prefix(self.model, part_inputs.clean_ids, part_inputs.masks[0], cut) if cut > 0 else None
             self.parts.append(
@@ -510,21 +528,6 @@ def _first_columns(inputs: PathInputs, sender_positions, receivers, receiver_pos
     if not bool(where.any(1).all()):
         return None
     return where.float().argmax(1).cpu()  # the first True of each row
-
-
-def _subset(inputs: PathInputs, rows: torch.Tensor) -> PathInputs:
-    def pick(t):
-        return None if t is None else t[rows.to(t.device)]
-
-    spans = lambda sp: None if sp is None else [sp[int(i)] for i in rows]  # noqa: E731
-    return PathInputs(
-        pick(inputs.clean_ids),
-        pick(inputs.corrupted_ids),
-        pick(inputs.clean_mask),
-        pick(inputs.corrupted_mask),
-        spans(inputs.clean_spans),
-        spans(inputs.corrupted_spans),
-    )
 
 
 @checked
