@@ -98,6 +98,10 @@ def test_stored_eap_circuits_agree_with_the_library(curve_run, et_model_dir):
     from dataclasses import replace
 
     eap = replace(part, scores=total / n)
+    from safetensors.torch import load_file
+
+    kept = load_file(str(curve_run / "eap-scores.safetensors"))
+    assert [tuple(h) for h in kept["pre/steps1/heads_by_edges"].tolist()] == eap.heads_by_edges()
     reference = tokenize_entity_tracking(mean_reference(model.tokenizer, 8, 3, 0, "test"), model.tokenizer)
     means = head_means(model, [(b.input_ids, b.attention_mask) for b in batches(reference, 32, pad)])
     circuit = top_circuit(eap.heads_by_edges(), 8)
@@ -127,6 +131,7 @@ def test_report_draws_the_curve_and_its_table(curve_run):
     html = (curve_run / "report.html").read_text()
     assert "faithfulness by circuit size" in html
     assert "EAP (edges), all positions" in html and "path patching, group positions" in html
+    assert "path-patching heads among the first" in html and "by chance (expected)" in html
     assert any("faithfulness-curve" in p.name for p in (curve_run / "figures").glob("*.png"))
 
 

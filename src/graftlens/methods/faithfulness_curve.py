@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 Ranking = Literal["eap_edges", "eap_nodes", "path_patching"]
 LABELS = {"eap_edges": "EAP (edges)", "eap_nodes": "EAP (nodes)", "path_patching": "path patching", "random": "random heads"}
 WHERE = {"all": "all positions", "groups": "group positions"}
+EAP_FILE = "eap-scores.safetensors"  # kept beside the store: each model's EAP rankings and scores
 
 
 class FaithfulnessSpec(Strict):
@@ -232,7 +233,8 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
             return []
         rows = [(label, list(values)) for label, values in series.items()]
         columns = [f"{k} heads" for k in xs]
-        return [Table(f"{panel}: faithfulness by circuit size (full model accuracy {full:.3f})", "circuit", columns, rows)]
+        tables = [Table(f"{panel}: faithfulness by circuit size (full model accuracy {full:.3f})", "circuit", columns, rows)]
+        return tables + overlap_tables(run, panel, configs)
 
 
 def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Estimate | None]], list[str], float]:
@@ -292,6 +294,57 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
             n += rows
         if total is None:
             raise RecipeError("edge attribution needs prompts; the run has none")
-        return replace(total, scores=total.scores / n, node_scores=total.node_scores / n)
+        scores = replace(total, scores=total.scores / n, node_scores=total.node_scores / n)
+        if execution.keep is not None:  # the rankings, for the report's overlap with the path-patching circuit
+            import torch
+
+            prefix = f"{model_name}/steps{steps}"
+            tensors = {
+                f"{prefix}/heads_by_edges": torch.tensor(scores.heads_by_edges()),
+                f"{prefix}/heads_by_nodes": torch.tensor(scores.heads_by_nodes()),
+                f"{prefix}/node_scores": scores.node_scores.float(),
+                f"{prefix}/edge_scores": scores.scores.float(),
+            }
+            execution.keep(EAP_FILE, tensors, {"receivers": ",".join(map(str, scores.receivers))})
+        return scores
 
     return execution.state(("eap", model_name, steps), make)
+
+
+def overlap_tables(run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
+    """How many heads of each path-patching group EAP's first ``N`` heads hold, ``N`` the
+    path-patching circuit's distinct heads (at the sizes its stages were found with)."""
+    from graftlens.interventions.path_patching import top_heads
+    from graftlens.methods.core.circuits import GROUPS, stage_scores, stored_results
+
+    path = run.run_dir / EAP_FILE
+    spec = next((c.method for c in configs if c.method), None)
+    pp = [c for c in run.configs if c.kind == "path_patching"]
+    by_config = run.by_config
+    if spec is None or not path.is_file() or not pp or any(c.name not in by_config for c in pp):
+        return []
+    from safetensors.torch import load_file
+
+    kept = load_file(str(path))
+    model = next(c.model for c in configs)
+    prefix = f"{model}/steps{spec.get('steps', 1)}"
+    if f"{prefix}/heads_by_edges" not in kept:
+        return []
+    n_layers = 1 + max(int(c.coords["layer"]) for c in pp)
+    n_heads = 1 + max(int(c.coords["head"]) for c in pp)
+    sizes = GroupSizes(**spec.get("path_patching_sizes", {}))
+    results = stored_results(run)
+    groups = {g: top_heads(stage_scores(results, plain_of(spec), g, n_layers, n_heads), getattr(sizes, g)) for g in GROUPS}
+    circuit = {h for heads in groups.values() for h in heads}
+    n = len(circuit)
+    ranked = {
+        LABELS[r]: {tuple(int(x) for x in h) for h in kept[f"{prefix}/heads_by_{r.removeprefix('eap_')}"][:n].tolist()}
+        for r in ("eap_edges", "eap_nodes")
+    }
+    rows: list[tuple[str, list]] = []
+    for g, heads in [*groups.items(), ("the whole circuit", sorted(circuit))]:
+        cells = [f"{len(set(heads) & top)} of {len(heads)}" for top in ranked.values()]
+        chance = len(heads) * n / (n_layers * n_heads)
+        rows.append((g.replace("_", " "), [*cells, f"{chance:.1f}"]))
+    title = f"{panel}: path-patching heads among the first {n} heads of EAP, as many as the path-patching circuit has"
+    return [Table(title, "group", [*ranked, "by chance (expected)"], rows)]
