@@ -192,3 +192,35 @@ def test_a_size_beyond_the_model_is_refused_before_scoring(tmp_path, et_model_di
         app, ["run", str(_recipe(tmp_path / "r.yaml", et_model_dir, curve, False)), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "17" in result.output and "Traceback" not in result.output
+
+
+def test_the_path_patching_circuit_grows_in_proportion_and_keeps_its_size():
+    """Each stage's most negative heads; a transmitter is not also a fetcher, and the fetchers
+    take their next head instead, so the circuit has exactly the size asked."""
+    from graftlens.methods.core.circuits import GROUPS, discovered_circuit_of_size, stage_config_name
+
+    n_layers, n_heads = 2, 4
+    # stage scores: fetchers prefer heads (1, 0), (1, 1), (1, 2); transmitters prefer (1, 0)
+    prefer = {
+        "value_fetchers": [(1, 0), (1, 1), (1, 2)],
+        "position_transmitters": [(1, 0), (0, 3)],
+        "position_detectors": [(0, 1)],
+        "structure_readers": [(0, 0)],
+    }
+
+    def results(names):
+        out = {"clean": {"ex": 1.0}}
+        for stage in GROUPS:
+            for layer in range(n_layers):
+                for head in range(n_heads):
+                    rank = prefer[stage].index((layer, head)) if (layer, head) in prefer[stage] else 9
+                    out[stage_config_name(stage, layer, head)] = {"ex": 0.1 * rank}
+        return {n: out[n] for n in names}
+
+    sizes = GroupSizes(value_fetchers=2, position_transmitters=1, position_detectors=1, structure_readers=1)
+    circuit = discovered_circuit_of_size(results, "clean", sizes, 5, n_layers, n_heads)
+    assert circuit.group("position_transmitters").heads == ((1, 0),)
+    assert circuit.group("value_fetchers").heads == ((1, 1), (1, 2))  # (1, 0) is a transmitter
+    assert circuit.group("position_detectors").heads == ((0, 1),) and circuit.group("structure_readers").heads == ((0, 0),)
+    assert circuit.size == 5
+    assert discovered_circuit_of_size(results, "clean", sizes, 10, n_layers, n_heads).size == 10
