@@ -12,7 +12,10 @@ A circuit comes from one of three rankings of the heads:
 Heads are kept at every position (``positions: all``), or, for the path-patching circuit, each
 group at its own positions (``groups``, the paper's procedure). Random circuits of each size are
 drawn for each of the two. Head means come from the reference prompts of
-:mod:`graftlens.methods.circuit` (query labels naming no box).
+:mod:`graftlens.methods.circuit`: query labels naming no box, or (``means: any_label``) any
+label, as the paper's code draws them. EAP's rankings are kept beside the store
+(``eap-scores.safetensors``), and the report counts each path-patching group's heads among
+EAP's first heads.
 """
 
 from __future__ import annotations
