@@ -19,6 +19,7 @@ lazy_exports(
             "edge_patched_logits",
             "EdgeAttributionError",
             "EdgeScores",
+            "ExactEdges",
             "rank_correlation",
         ],
         "graftlens.interventions.faithfulness": ["faithfulness_curve", "FaithfulnessCurve", "random_heads", "top_circuit"],

@@ -15,6 +15,7 @@ from graftlens.interventions.edge_attribution import (
     edge_patched_logits as edge_patched_logits,
     EdgeAttributionError as EdgeAttributionError,
     EdgeScores as EdgeScores,
+    ExactEdges as ExactEdges,
     rank_correlation as rank_correlation,
 )
 from graftlens.interventions.faithfulness import (
@@ -86,6 +87,7 @@ __all__ = [
     "EdgeAttributionError",
     "EdgeScores",
     "edit",
+    "ExactEdges",
     "faithfulness_curve",
     "FaithfulnessCurve",
     "head_means",

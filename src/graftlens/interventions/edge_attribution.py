@@ -370,8 +370,14 @@ def edge_patched_logits(
         torch.Size([1, 96])
     """
     loaded = as_loaded(model)
-    a = loaded.adapter
-    _check_aligned(inputs)
+    _check_edge(loaded.adapter, sender, receiver)
+    layer = sender[0]
+    return ExactEdges(loaded, inputs, layers=[layer, receiver.layer if receiver != LOGITS else None]).logits(
+        sender, receiver, scale
+    )
+
+
+def _check_edge(a, sender: Head, receiver: EdgeReceiver) -> None:
     layer, head = sender
     if not (0 <= layer < a.n_layers and 0 <= head < a.n_heads):
         raise EdgeAttributionError(f"sender {sender}: no such head (layers 0..{a.n_layers - 1}, heads 0..{a.n_heads - 1})")
@@ -381,31 +387,55 @@ def edge_patched_logits(
             raise EdgeAttributionError(
                 f"edge {layer}.{head} → {receiver}: a receiver is a q, k or v head of a later layer (of {a.n_layers})"
             )
-    clean_mask, _ = inputs.masks
-    real = clean_mask.bool()[:, :, None]
-    wanted = [Point("z", layer)] + ([Point("resid_pre", receiver.layer)] if receiver != LOGITS else [])
-    with capture(loaded, wanted) as clean, torch.no_grad():
-        run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
-    with capture(loaded, [Point("z", layer)]) as corrupted, torch.no_grad():
-        run_logits(loaded, inputs.corrupted_ids, inputs.corrupted_mask, last_only=True)
-    with torch.no_grad():
-        zc = clean[Point("z", layer)]
-        write = torch.where(real, head_writes(loaded, layer, zc, corrupted[Point("z", layer)], scale)[head], 0.0)
-        if receiver == LOGITS:
-            point = Point("resid_post", a.n_layers - 1)
-            edits = {point: lambda x: x + write.to(x.dtype)}
-        else:
-            value = receiver_input(loaded, receiver.layer, clean[Point("resid_pre", receiver.layer)] + write)[receiver.point]
 
-            def swap(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
-                out = x.clone()
-                out[:, :, receiver.head] = value[:, :, receiver.head].to(x.dtype)
-                return out
 
-            point = Point(receiver.point, receiver.layer)
-            edits = {point: swap}
-        with edit(loaded, edits):
-            return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
+class ExactEdges:
+    """Exact edge patching of many edges on one batch: the clean and corrupted runs are made once
+    (their head outputs, and the residual stream entering each receiver layer), then each edge
+    costs one patched run. ``layers``: the layers whose activations to keep (None: all)."""
+
+    def __init__(self, model: LoadedModel | nn.Module, inputs: PathInputs, layers: Sequence[int | None] | None = None):
+        self.loaded = as_loaded(model)
+        _check_aligned(inputs)
+        self.inputs = inputs
+        n = self.loaded.adapter.n_layers
+        kept = range(n) if layers is None else sorted({x for x in layers if x is not None})
+        self.real = inputs.masks[0].bool()[:, :, None]  # [batch, pos, 1]
+        with capture(self.loaded, [Point(p, x) for x in kept for p in ("z", "resid_pre")]) as self.clean, torch.no_grad():
+            self.clean_logits = run_logits(self.loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
+        with capture(self.loaded, [Point("z", x) for x in kept]) as self.corrupted, torch.no_grad():
+            run_logits(self.loaded, inputs.corrupted_ids, inputs.corrupted_mask, last_only=True)
+
+    def logits(self, sender: Head, receiver: EdgeReceiver, scale: float = 1.0) -> torch.Tensor:
+        """Last-position logits ``[batch, vocab]`` with the edge patched (see :func:`edge_patched_logits`)."""
+        loaded, a = self.loaded, self.loaded.adapter
+        _check_edge(a, sender, receiver)
+        layer, head = sender
+        if Point("z", layer) not in self.clean or (receiver != LOGITS and Point("resid_pre", receiver.layer) not in self.clean):
+            raise EdgeAttributionError(f"edge {sender} → {receiver}: its layers' activations were not kept (layers=...)")
+        with torch.no_grad():
+            zc = self.clean[Point("z", layer)]
+            write = torch.where(self.real, head_writes(loaded, layer, zc, self.corrupted[Point("z", layer)], scale)[head], 0.0)
+            if receiver == LOGITS:
+                edits = {Point("resid_post", a.n_layers - 1): lambda x: x + write.to(x.dtype)}
+            else:
+                resid = self.clean[Point("resid_pre", receiver.layer)]
+                value = receiver_input(loaded, receiver.layer, resid + write)[receiver.point]
+
+                def swap(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
+                    out = x.clone()
+                    out[:, :, receiver.head] = value[:, :, receiver.head].to(x.dtype)
+                    return out
+
+                edits = {Point(receiver.point, receiver.layer): swap}
+            with edit(loaded, edits):
+                return run_logits(loaded, self.inputs.clean_ids, self.inputs.clean_mask, last_only=True)[:, -1]
+
+    def effect(self, target_ids: torch.Tensor, sender: Head, receiver: EdgeReceiver, scale: float = 1.0) -> float:
+        """The change of the metric (mean target log-probability) when the edge is patched:
+        what :func:`edge_attribution`'s score of that edge estimates."""
+        patched = self.logits(sender, receiver, scale)
+        return float(_metric(patched, target_ids) - _metric(self.clean_logits, target_ids))
 
 
 def edge_effect(
@@ -417,12 +447,10 @@ def edge_effect(
     scale: float = 1.0,
 ) -> float:
     """The change of the metric (mean target log-probability) when one edge is patched exactly
-    (:func:`edge_patched_logits`): what ``edge_attribution``'s score of that edge estimates."""
-    loaded = as_loaded(model)
-    with torch.no_grad():
-        clean = run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
-        patched = edge_patched_logits(loaded, inputs, sender, receiver, scale=scale)
-    return float(_metric(patched, target_ids) - _metric(clean, target_ids))
+    (:func:`edge_patched_logits`): what ``edge_attribution``'s score of that edge estimates.
+    Many edges of one batch: :class:`ExactEdges` makes the clean and corrupted runs once."""
+    layers = [sender[0], receiver.layer if receiver != LOGITS else None]
+    return ExactEdges(model, inputs, layers).effect(target_ids, sender, receiver, scale)
 
 
 def rank_correlation(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
