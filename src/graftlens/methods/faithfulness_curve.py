@@ -228,6 +228,7 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
             title, xs, series, "faithfulness (accuracy ÷ full model's)", "circuit size (heads)", legend_title="circuit"
         )
         fig.axes[0].axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+        fig.set_size_inches(10.5, 4.6)  # room for the plot beside its legend of long labels
         return fig, title
 
     def tables(self, run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
@@ -260,7 +261,7 @@ def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Es
     for ranking, positions, _ in sorted(pooled, key=lambda k: (k[0] == "random", k[0], k[1])):
         label = f"{LABELS[ranking]}, {WHERE[positions]}"
         if ranking == "random" and positions == "groups":
-            label = "random heads, the path-patching groups' sizes and positions"
+            label = "random heads, as many per group, group positions"
         if label in series:
             continue
         series[label] = [
