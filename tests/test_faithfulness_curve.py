@@ -79,7 +79,7 @@ def test_the_sweep_expands_every_ranking_size_and_random_draw(curve_run):
     run = load_run(curve_run)
     curve = [c for c in run.configs if c.kind == "faithfulness_curve"]
     # per size: eap_edges, eap_nodes, path patching at all and at group positions; 2 random draws each at both
-    assert len(curve) == 3 * (4 + 2 * 2)
+    assert len(curve) == 3 * (4 + 2 * 2) + 1  # and every head kept at the groups' positions, once
     assert all(len([r for r in run.rows if r.config == c.name]) == 6 for c in curve)
 
 
@@ -132,6 +132,7 @@ def test_report_draws_the_curve_and_its_table(curve_run):
     assert "faithfulness by circuit size" in html
     assert "EAP (edges), all positions" in html and "path patching, group positions" in html
     assert "path-patching heads among the first" in html and "by chance (expected)" in html
+    assert "the ceiling of keeping heads only at the groups" in html
     assert any("faithfulness-curve" in p.name for p in (curve_run / "figures").glob("*.png"))
 
 

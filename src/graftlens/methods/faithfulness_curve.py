@@ -45,7 +45,13 @@ if TYPE_CHECKING:
     from graftlens.results.rundata import RunData, StoredConfig
 
 Ranking = Literal["eap_edges", "eap_nodes", "path_patching"]
-LABELS = {"eap_edges": "EAP (edges)", "eap_nodes": "EAP (nodes)", "path_patching": "path patching", "random": "random heads"}
+LABELS = {
+    "eap_edges": "EAP (edges)",
+    "eap_nodes": "EAP (nodes)",
+    "path_patching": "path patching",
+    "random": "random heads",
+    "every_head": "every head",
+}
 WHERE = {"all": "all positions", "groups": "group positions"}
 EAP_FILE = "eap-scores.safetensors"  # kept beside the store: each model's EAP rankings and scores
 
@@ -53,7 +59,7 @@ EAP_FILE = "eap-scores.safetensors"  # kept beside the store: each model's EAP r
 class FaithfulnessSpec(Strict):
     kind: Literal["faithfulness_curve"] = "faithfulness_curve"
     plain: str  # the configuration without interventions: the full model's accuracy
-    ranking: Ranking | Literal["random"]
+    ranking: Ranking | Literal["random", "every_head"]  # every_head: every head kept at each group's positions
     size: Annotated[int, Fits("heads")] = Field(ge=1)
     positions: Literal["all", "groups"] = "all"
     seed: Seed | None = None  # random circuits only
@@ -65,7 +71,7 @@ class FaithfulnessSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> FaithfulnessSpec:
-        if self.positions == "groups" and self.ranking not in ("path_patching", "random"):
+        if self.positions == "groups" and self.ranking not in ("path_patching", "random", "every_head"):
             raise ValueError(f"ranking {self.ranking!r} keeps its heads at every position (positions: all)")
         if (self.seed is None) != (self.ranking != "random"):
             raise ValueError("a random circuit needs a seed, and only a random circuit takes one")
@@ -171,6 +177,10 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
                 for seed in range(1, sweep.random + 1):
                     spec = FaithfulnessSpec(ranking="random", size=k, positions=positions, seed=seed, **shared)
                     out.append(_config(spec, sweep, recipient))
+        if "groups" in sweep.positions and n_layers is not None and n_heads is not None:
+            # the ceiling of the paper's procedure: every head kept at every group's positions
+            spec = FaithfulnessSpec(ranking="every_head", size=n_layers * n_heads, positions="groups", **shared)
+            out.append(_config(spec, sweep, recipient))
         return out
 
     def check(self, config: RunConfig[FaithfulnessSpec], models: Mapping[str, LoadedModel]) -> list[str]:
@@ -185,6 +195,11 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         from graftlens.interventions.faithfulness import random_heads, top_circuit
 
         a = execution.models[model_name].adapter
+        if spec.ranking == "every_head":
+            from graftlens.interventions.circuits import Circuit, HeadGroup
+
+            every = tuple((layer, h) for layer in range(a.n_layers) for h in range(a.n_heads))
+            return Circuit({g: HeadGroup(every, where) for g, where in GROUP_POSITIONS.items()})
         if spec.positions == "groups":
             if execution.results is None:
                 raise RecipeError("a path-patching circuit needs the stored path-patching results of the run")
@@ -228,6 +243,18 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
             title, xs, series, "faithfulness (accuracy ÷ full model's)", "circuit size (heads)", legend_title="circuit"
         )
         fig.axes[0].axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+        ceiling = ceiling_of(run, configs)
+        if ceiling is not None:
+            ax = fig.axes[0]
+            ax.axhline(ceiling.value, color="tab:red", linewidth=0.9, linestyle=":")
+            ax.annotate(
+                f"every head at the groups' positions: {ceiling.value:.2f}",
+                (0, ceiling.value),
+                xytext=(2, 3),
+                textcoords="offset points",
+                fontsize=8,
+                color="tab:red",
+            )
         fig.set_size_inches(10.5, 4.6)  # room for the plot beside its legend of long labels
         return fig, title
 
@@ -238,7 +265,22 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         rows = [(label, list(values)) for label, values in series.items()]
         columns = [f"{k} heads" for k in xs]
         tables = [Table(f"{panel}: faithfulness by circuit size (full model accuracy {full:.3f})", "circuit", columns, rows)]
+        ceiling = ceiling_of(run, configs)
+        if ceiling is not None:
+            rows = [("every head kept at each group's positions, all heads ablated elsewhere", [ceiling])]
+            tables.append(
+                Table(f"{panel}: the ceiling of keeping heads only at the groups' positions", "circuit", ["faithfulness"], rows)
+            )
         return tables + overlap_tables(run, panel, configs)
+
+
+def ceiling_of(run: RunData, configs: list[StoredConfig]) -> Estimate | None:
+    """Faithfulness with every head kept at every group's positions (None: not in the panel)."""
+    by_config = run.by_config
+    c = next((c for c in configs if c.method and c.method.get("ranking") == "every_head" and c.name in by_config), None)
+    if c is None or plain_of(c.method) not in by_config:
+        return None
+    return ratio_estimate(by_config[c.name], by_config[plain_of(c.method)], run.n_boot, run.seed)
 
 
 def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Estimate | None]], list[str], float]:
@@ -249,12 +291,14 @@ def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Es
     if spec is None or plain_of(spec) not in by_config:
         return {}, [], float("nan")
     full = by_config[plain_of(spec)]
-    sizes = sorted({int(c.coords["size"]) for c in configs})
+    sizes = sorted({int(c.coords["size"]) for c in configs if c.method.get("ranking") != "every_head"})
     pooled: dict[tuple[str, str, int], list] = {}
     for c in configs:
         if c.name in by_config:
             if c.method.get("means", "no_box") != spec.get("means", "no_box"):
                 raise RecipeError(f"panel {c.panel!r} mixes head means over two kinds of reference prompts: give each its own")
+            if c.method["ranking"] == "every_head":
+                continue  # a ceiling, not a point of a curve (see ceiling_of)
             key = (c.method["ranking"], c.method.get("positions", "all"), int(c.coords["size"]))
             pooled.setdefault(key, []).extend(by_config[c.name])
     series: dict[str, list[Estimate | None]] = {}
