@@ -132,7 +132,7 @@ def test_report_draws_the_curve_and_its_table(curve_run):
     assert "faithfulness by circuit size" in html
     assert "EAP (edges), all positions" in html and "path patching, group positions" in html
     assert "path-patching heads among the first" in html and "by chance (expected)" in html
-    assert "the ceiling of keeping heads only at the groups" in html
+    assert "every head kept at the groups" in html
     assert any("faithfulness-curve" in p.name for p in (curve_run / "figures").glob("*.png"))
 
 

@@ -178,7 +178,7 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
                     spec = FaithfulnessSpec(ranking="random", size=k, positions=positions, seed=seed, **shared)
                     out.append(_config(spec, sweep, recipient))
         if "groups" in sweep.positions and n_layers is not None and n_heads is not None:
-            # the ceiling of the paper's procedure: every head kept at every group's positions
+            # what the paper's procedure leaves when no head is dropped at the groups' positions
             spec = FaithfulnessSpec(ranking="every_head", size=n_layers * n_heads, positions="groups", **shared)
             out.append(_config(spec, sweep, recipient))
         return out
@@ -243,13 +243,13 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
             title, xs, series, "faithfulness (accuracy ÷ full model's)", "circuit size (heads)", legend_title="circuit"
         )
         fig.axes[0].axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
-        ceiling = ceiling_of(run, configs)
-        if ceiling is not None:
+        reference = every_head_value(run, configs)
+        if reference is not None:
             ax = fig.axes[0]
-            ax.axhline(ceiling.value, color="tab:red", linewidth=0.9, linestyle=":")
+            ax.axhline(reference.value, color="tab:red", linewidth=0.9, linestyle=":")
             ax.annotate(
-                f"every head at the groups' positions: {ceiling.value:.2f}",
-                (0, ceiling.value),
+                f"every head at the groups' positions: {reference.value:.2f}",
+                (0, reference.value),
                 xytext=(2, 3),
                 textcoords="offset points",
                 fontsize=8,
@@ -265,16 +265,16 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         rows = [(label, list(values)) for label, values in series.items()]
         columns = [f"{k} heads" for k in xs]
         tables = [Table(f"{panel}: faithfulness by circuit size (full model accuracy {full:.3f})", "circuit", columns, rows)]
-        ceiling = ceiling_of(run, configs)
-        if ceiling is not None:
-            rows = [("every head kept at each group's positions, all heads ablated elsewhere", [ceiling])]
+        reference = every_head_value(run, configs)
+        if reference is not None:
+            rows = [("every head kept at each group's positions, all heads ablated elsewhere", [reference])]
             tables.append(
-                Table(f"{panel}: the ceiling of keeping heads only at the groups' positions", "circuit", ["faithfulness"], rows)
+                Table(f"{panel}: every head kept at the groups' positions, none elsewhere", "circuit", ["faithfulness"], rows)
             )
         return tables + overlap_tables(run, panel, configs)
 
 
-def ceiling_of(run: RunData, configs: list[StoredConfig]) -> Estimate | None:
+def every_head_value(run: RunData, configs: list[StoredConfig]) -> Estimate | None:
     """Faithfulness with every head kept at every group's positions (None: not in the panel)."""
     by_config = run.by_config
     c = next((c for c in configs if c.method and c.method.get("ranking") == "every_head" and c.name in by_config), None)
@@ -298,7 +298,7 @@ def curves(run: RunData, configs: list[StoredConfig]) -> tuple[dict[str, list[Es
             if c.method.get("means", "no_box") != spec.get("means", "no_box"):
                 raise RecipeError(f"panel {c.panel!r} mixes head means over two kinds of reference prompts: give each its own")
             if c.method["ranking"] == "every_head":
-                continue  # a ceiling, not a point of a curve (see ceiling_of)
+                continue  # one reference value, not a point of a curve (see every_head_value)
             key = (c.method["ranking"], c.method.get("positions", "all"), int(c.coords["size"]))
             pooled.setdefault(key, []).extend(by_config[c.name])
     series: dict[str, list[Estimate | None]] = {}
