@@ -31,8 +31,8 @@ class FaithfulnessCurve:
     Example:
         >>> from graftlens import FaithfulnessCurve
         >>> curve = FaithfulnessCurve(sizes=(5, 10), circuit=(0.4, 0.9), random=((0.0, 0.1), (0.2, 0.0)), full=0.8)
-        >>> [sum(draws) / len(draws) for draws in curve.random]
-        [0.05, 0.1]
+        >>> tuple(sum(draws) / len(draws) for draws in curve.random)  # random circuits' mean per size
+        (0.05, 0.1)
     """
 
     sizes: tuple[int, ...]
@@ -76,7 +76,8 @@ def faithfulness_curve(
 
     Args:
         model: the model whose heads are ablated.
-        input_ids, attention_mask: the prompts (all of the length ``means`` were taken at).
+        input_ids: ``LongTensor[batch, pos]``, the prompts (all of the length ``means`` were taken at).
+        attention_mask: ``LongTensor[batch, pos]`` or None (no padding).
         target_ids: ``LongTensor[batch]``, the answers.
         ranking: heads ``(layer, head)``, most important first.
         sizes: circuit sizes, in heads.
