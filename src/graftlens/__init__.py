@@ -10,8 +10,9 @@ The public API, in tiers. This namespace holds what a researcher calls:
 - one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
   :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
   :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or
-  a :func:`tuned_lens`), :func:`path_patching`, :func:`edge_attribution` (EAP),
-  :class:`Circuit` with :func:`mean_ablated_logits` and :func:`faithfulness_curve`, :func:`learn_mask` (DCM),
+  a :func:`tuned_lens`), :func:`path_patching`, :func:`edge_attribution` (EAP)
+  with :class:`EdgeCircuit` and :func:`edge_ablated_logits`, :class:`Circuit` with
+  :func:`mean_ablated_logits` and :func:`faithfulness_curve`, :func:`learn_mask` (DCM),
   :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
 - experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
 - the five errors a user catches.
@@ -37,6 +38,7 @@ lazy_exports(
         "graftlens.graft.sweep": ["graft_sweep"],
         "graftlens.interventions.circuits": ["Circuit", "head_means", "HeadGroup", "mean_ablated_logits", "random_circuit"],
         "graftlens.interventions.edge_attribution": ["edge_attribution", "edge_patched_logits", "EdgeScores"],
+        "graftlens.interventions.edge_circuits": ["edge_ablated_logits", "EdgeCircuit"],
         "graftlens.interventions.faithfulness": ["faithfulness_curve", "FaithfulnessCurve"],
         "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
         "graftlens.interventions.knockout": ["attention_knockout"],

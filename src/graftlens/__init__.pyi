@@ -44,6 +44,10 @@ from graftlens.interventions.edge_attribution import (
     edge_patched_logits as edge_patched_logits,
     EdgeScores as EdgeScores,
 )
+from graftlens.interventions.edge_circuits import (
+    edge_ablated_logits as edge_ablated_logits,
+    EdgeCircuit as EdgeCircuit,
+)
 from graftlens.interventions.faithfulness import (
     faithfulness_curve as faithfulness_curve,
     FaithfulnessCurve as FaithfulnessCurve,
@@ -128,8 +132,10 @@ __all__ = [
     "DataError",
     "DcmSettings",
     "DesideratumBatch",
+    "edge_ablated_logits",
     "edge_attribution",
     "edge_patched_logits",
+    "EdgeCircuit",
     "EdgeScores",
     "edit",
     "faithfulness_curve",

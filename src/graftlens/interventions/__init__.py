@@ -1,5 +1,6 @@
 """Activation-level methods: a hook layer, activation patching, CMAP, attention knockout, vocabulary projection,
-path patching, edge attribution patching, mean-ablated circuits and their faithfulness curves, and learned head masks (DCM)."""
+path patching, edge attribution patching, edge circuits, mean-ablated circuits and their faithfulness curves,
+and learned head masks (DCM)."""
 
 from graftlens.lazy import lazy_exports
 
@@ -22,6 +23,7 @@ lazy_exports(
             "ExactEdges",
             "rank_correlation",
         ],
+        "graftlens.interventions.edge_circuits": ["edge_ablated_logits", "EdgeCircuit", "edges_for_heads"],
         "graftlens.interventions.faithfulness": ["faithfulness_curve", "FaithfulnessCurve", "random_heads", "top_circuit"],
         "graftlens.interventions.hooks": ["ActivationCache", "capture", "edit"],
         "graftlens.interventions.knockout": ["attention_knockout", "knockout_edges", "KnockoutError"],

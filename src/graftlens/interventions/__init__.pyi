@@ -18,6 +18,11 @@ from graftlens.interventions.edge_attribution import (
     ExactEdges as ExactEdges,
     rank_correlation as rank_correlation,
 )
+from graftlens.interventions.edge_circuits import (
+    edge_ablated_logits as edge_ablated_logits,
+    EdgeCircuit as EdgeCircuit,
+    edges_for_heads as edges_for_heads,
+)
 from graftlens.interventions.faithfulness import (
     faithfulness_curve as faithfulness_curve,
     FaithfulnessCurve as FaithfulnessCurve,
@@ -82,9 +87,12 @@ __all__ = [
     "DcmSettings",
     "desideratum_accuracy",
     "DesideratumBatch",
+    "edge_ablated_logits",
     "edge_attribution",
     "edge_patched_logits",
     "EdgeAttributionError",
+    "EdgeCircuit",
+    "edges_for_heads",
     "EdgeScores",
     "edit",
     "ExactEdges",

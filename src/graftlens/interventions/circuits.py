@@ -219,7 +219,8 @@ def mean_ablated_logits(
 
     Each circuit head keeps its own output at its group's positions; every other head output
     ``z`` (and circuit heads elsewhere) is replaced by its mean per position from ``means``
-    (:func:`head_means`). ``circuit=None`` ablates every head. Faithfulness is the circuit's
+    (:func:`head_means`). ``circuit=None`` ablates nothing (the plain run); ``Circuit({})``
+    ablates every head. Faithfulness is the circuit's
     accuracy over the full model's.
 
     Example (keeping every head is the model):

@@ -1,0 +1,306 @@
+"""Edge circuits: a set of edges of the head graph kept, every other edge mean-ablated.
+
+The graph is edge attribution's (:mod:`~graftlens.interventions.edge_attribution`): a sender
+head reaches a later head's query, key or value input, or the logits. An :class:`EdgeCircuit`
+keeps some edges. Running it (:func:`edge_ablated_logits`):
+
+- a receiver (a head's q, k or v, or the logits) reads the residual stream of the circuit run
+  plus, for every sender whose edge to it is *not* kept, that sender's write when its output
+  is set to its mean (:func:`~graftlens.interventions.edge_attribution.head_writes`): the
+  receiver alone sees that sender mean-ablated;
+- a head with no path of kept edges to the logits outputs its mean (it is not in the circuit);
+- MLPs, norms and embeddings are not nodes of the graph: they read the circuit run's residual
+  stream as it is.
+
+So keeping every edge is the model, keeping none mean-ablates every head, and keeping every edge
+among some heads (and theirs to the logits, :meth:`EdgeCircuit.complete`) is the node circuit of
+those heads (:func:`~graftlens.interventions.circuits.mean_ablated_logits` at every position).
+Means are per position, as :func:`~graftlens.interventions.circuits.head_means` takes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from graftlens.interventions.circuits import CircuitError, Head
+from graftlens.interventions.edge_attribution import (
+    _POINTS,
+    LOGITS,
+    WRITES_BUDGET,
+    EdgeReceiver,
+    EdgeScores,
+    head_writes,
+    receiver_input,
+)
+from graftlens.interventions.hooks import edit
+from graftlens.interventions.path_patching import Receiver
+from graftlens.interventions.points import Point
+from graftlens.models.arguments import checked
+from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import run_logits
+
+Edge = tuple[Head, EdgeReceiver]
+
+
+@dataclass(frozen=True)
+class EdgeCircuit:
+    """The edges kept: ``(sender head, receiver)`` pairs, a receiver being a
+    :class:`~graftlens.Receiver` (a later head's q, k or v; a key/value head under GQA) or
+    ``"logits"``.
+
+    Example:
+        >>> from graftlens import EdgeCircuit, Receiver
+        >>> circuit = EdgeCircuit.complete([(0, 1), (2, 0)], n_heads=4, n_kv_heads=2)
+        >>> sorted(map(str, (r for _, r in circuit.edges)))
+        ['k.2.0', 'logits', 'logits', 'q.2.0', 'v.2.0']
+        >>> circuit.heads(n_layers=4, n_heads=4, n_kv_heads=2)
+        [(0, 1), (2, 0)]
+    """
+
+    edges: frozenset[Edge]
+
+    def __init__(self, edges: Iterable[Edge]) -> None:
+        object.__setattr__(self, "edges", frozenset(edges))
+
+    @classmethod
+    def top(cls, scores: EdgeScores, k: int, by: str = "abs") -> EdgeCircuit:
+        """The first ``k`` edges of ``scores``' ranking (:meth:`EdgeScores.top_edges`)."""
+        return cls((s, r) for s, r, _ in scores.top_edges(k, by))  # type: ignore[arg-type]
+
+    @classmethod
+    def complete(cls, heads: Iterable[Head], n_heads: int, n_kv_heads: int) -> EdgeCircuit:
+        """Every edge among ``heads`` and from each of them to the logits: the node circuit of
+        those heads, as edges (a key/value receiver is kept when one of its query heads is in)."""
+        heads = sorted(set(heads))
+        group = n_heads // n_kv_heads
+        edges: list[Edge] = [(s, LOGITS) for s in heads]
+        for s in heads:
+            for layer, h in heads:
+                if layer > s[0]:
+                    edges.append((s, Receiver("q", layer, h)))
+                    edges += [(s, Receiver(p, layer, h // group)) for p in ("k", "v")]
+        return cls(edges)
+
+    def heads(self, n_layers: int, n_heads: int, n_kv_heads: int) -> list[Head]:
+        """The heads in the circuit: those with a path of kept edges to the logits."""
+        group = n_heads // n_kv_heads
+        out_edges: dict[Head, list[EdgeReceiver]] = {}
+        for s, r in self.edges:
+            out_edges.setdefault(s, []).append(r)
+        alive: set[Head] = set()
+        for layer in reversed(range(n_layers)):
+            for h in range(n_heads):
+                for r in out_edges.get((layer, h), []):
+                    if r == LOGITS or (r.point == "q" and (r.layer, r.head) in alive):
+                        alive.add((layer, h))
+                    elif r.point != "q" and any((r.layer, q) in alive for q in range(r.head * group, (r.head + 1) * group)):
+                        alive.add((layer, h))
+        return sorted(alive)
+
+    def check(self, n_layers: int, n_heads: int, n_kv_heads: int) -> None:
+        for (layer, head), r in self.edges:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise CircuitError(
+                    f"edge from head {(layer, head)}: no such head (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
+                )
+            if r == LOGITS:
+                continue
+            n = n_heads if r.point == "q" else n_kv_heads
+            if not isinstance(r, Receiver) or r.point not in _POINTS or not (layer < r.layer < n_layers and 0 <= r.head < n):
+                raise CircuitError(f"edge {layer}.{head} → {r}: a receiver is a q, k or v head of a later layer, or 'logits'")
+
+
+class _Plan:
+    """Which senders each receiver of each layer sees mean-ablated, as 0/1 matrices."""
+
+    def __init__(self, circuit: EdgeCircuit, n_layers: int, n_heads: int, n_kv_heads: int) -> None:
+        self.alive = set(circuit.heads(n_layers, n_heads, n_kv_heads))
+        group = n_heads // n_kv_heads
+        kept = circuit.edges
+        self.senders = sorted(self.alive)  # a head outside the circuit outputs its mean: it writes nothing to ablate
+        self.receivers: dict[int, list[Receiver]] = {}
+        self.ablated: dict[int, torch.Tensor] = {}  # layer → [sender before the layer, receiver]
+        for layer in range(n_layers):
+            before = [s for s in self.senders if s[0] < layer]
+            receivers = [Receiver("q", layer, h) for h in range(n_heads) if (layer, h) in self.alive]
+            for p in ("k", "v"):
+                receivers += [
+                    Receiver(p, layer, kv)
+                    for kv in range(n_kv_heads)
+                    if any((layer, q) in self.alive for q in range(kv * group, (kv + 1) * group))
+                ]
+            cut = torch.tensor([[(s, r) not in kept for r in receivers] for s in before], dtype=torch.bool).reshape(
+                len(before), len(receivers)
+            )
+            keep_cols = cut.any(0)  # receivers that see some sender ablated; the others read the stream as it is
+            self.receivers[layer] = [r for r, c in zip(receivers, keep_cols.tolist(), strict=True) if c]
+            self.ablated[layer] = cut[:, keep_cols]
+        self.logits_cut = torch.tensor([(s, LOGITS) not in kept for s in self.senders], dtype=torch.bool)
+
+
+def _check_means(means: Mapping[int, torch.Tensor], attention_mask: torch.Tensor, n_layers: int) -> int:
+    if sorted(means) != list(range(n_layers)):
+        raise CircuitError(f"means for layers {sorted(means)}; the model has layers 0..{n_layers - 1}")
+    lengths = attention_mask.sum(-1).tolist()
+    n = next(iter(means.values())).shape[0]
+    if len(set(lengths)) != 1 or int(lengths[0]) != n:
+        raise CircuitError(f"the mean activations are of {n}-token prompts; these prompts have {sorted(set(lengths))} tokens")
+    return n
+
+
+@checked
+def edge_ablated_logits(
+    model: LoadedModel | nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    circuit: EdgeCircuit,
+    means: Mapping[int, torch.Tensor],
+) -> torch.Tensor:
+    """Last-position logits ``[batch, vocab]`` of the circuit run: ``circuit``'s edges kept,
+    every other edge mean-ablated (see the module docstring).
+
+    Args:
+        model: the model whose edges are ablated.
+        input_ids: ``LongTensor[batch, pos]``, prompts of the length ``means`` were taken at.
+        attention_mask: ``LongTensor[batch, pos]`` or None (no padding).
+        circuit: the edges kept.
+        means: every head's mean output per position (:func:`~graftlens.head_means`).
+
+    Example (keeping every edge is the model):
+        >>> import torch, graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> means = graftlens.head_means(m, [(ids, None)])
+        >>> every = graftlens.EdgeCircuit.complete([(l, h) for l in range(4) for h in range(4)], 4, 2)
+        >>> kept = graftlens.edge_ablated_logits(m, ids, None, every, means)
+        >>> torch.allclose(kept, graftlens.run_logits(m, ids)[:, -1], atol=1e-5)
+        True
+    """
+    loaded = as_loaded(model)
+    a = loaded.adapter
+    circuit.check(a.n_layers, a.n_heads, a.n_kv_heads)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    _check_means(means, mask, a.n_layers)
+    plan = _Plan(circuit, a.n_layers, a.n_heads, a.n_kv_heads)
+    batch, width = input_ids.shape
+    per_row = max(1, len(plan.senders)) * width * a.d_model * 4  # bytes of one prompt's sender writes
+    chunk = max(1, WRITES_BUDGET // per_row)
+    parts = []
+    for start in range(0, batch, chunk):
+        rows = slice(start, min(batch, start + chunk))
+        parts.append(_run(loaded, plan, input_ids[rows], mask[rows], attention_mask is not None, means))
+    return torch.cat(parts)
+
+
+def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means) -> torch.Tensor:
+    a = loaded.adapter
+    n = next(iter(means.values())).shape[0]
+    real = mask.bool()[:, :, None]  # [batch, pos, 1]: padding writes nothing
+    index = {s: i for i, s in enumerate(plan.senders)}
+    writes: list[torch.Tensor | None] = [None] * len(plan.senders)  # [batch, pos, d_model] each, as the run makes them
+    stream: dict[int, torch.Tensor] = {}
+    inputs: dict[int, dict[Receiver, torch.Tensor]] = {}
+    inner: list[bool] = []  # set while this run calls o or q/k/v itself: its own hooks then stand aside
+
+    def record_stream(layer: int):
+        def fn(x: torch.Tensor) -> None:  # [batch, pos, d_model]
+            stream[layer] = x
+
+        return fn
+
+    def receiver_values(layer: int) -> dict[Receiver, torch.Tensor]:
+        """Each receiver's own q/k/v row block ``[batch, pos, d_head]``, from its own stream."""
+        if layer not in inputs:
+            receivers, cut = plan.receivers[layer], plan.ablated[layer]
+            before = [i for i, s in enumerate(plan.senders) if s[0] < layer]
+            sent = torch.stack([writes[i] for i in before]) if before else None  # [sender, batch, pos, d_model]
+            out = {}
+            inner.append(True)
+            try:
+                for j, r in enumerate(receivers):
+                    x = stream[layer] + torch.einsum("s,sbpd->bpd", cut[:, j].to(sent.dtype), sent)
+                    out[r] = receiver_input(loaded, layer, x)[r.point][:, :, r.head]
+            finally:
+                inner.pop()
+            inputs[layer] = out
+        return inputs[layer]
+
+    def swap(point: str, layer: int):
+        def fn(x: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
+            if inner:
+                return None
+            values = receiver_values(layer)
+            out = x.clone()
+            for r, value in values.items():
+                if r.point == point:
+                    out[:, :, r.head] = value.to(x.dtype)
+            return out
+
+        return fn
+
+    def ablate(layer: int):
+        mine = [h for h in range(a.n_heads) if (layer, h) in plan.alive]
+        dead = torch.tensor([h not in mine for h in range(a.n_heads)])
+
+        def fn(z: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
+            if inner:
+                return None
+            at_mean = z.clone()
+            at_mean[:, -n:] = means[layer].to(z.device, z.dtype)
+            z = torch.where(dead.to(z.device)[:, None], at_mean, z)
+            if mine:  # each circuit head's write when it alone is set to its mean
+                inner.append(True)
+                try:
+                    moved = head_writes(loaded, layer, z, at_mean)  # [head, batch, pos, d_model]
+                finally:
+                    inner.pop()
+                for h in mine:
+                    writes[index[(layer, h)]] = torch.where(real, moved[h], 0.0)
+            return z
+
+        return fn
+
+    def logits_read(x: torch.Tensor) -> torch.Tensor:
+        cut = [i for i, c in enumerate(plan.logits_cut.tolist()) if c]
+        if not cut:
+            return x
+        return x + torch.stack([writes[i] for i in cut]).sum(0).to(x.dtype)
+
+    edits = {Point("z", layer): ablate(layer) for layer in range(a.n_layers)}
+    for layer in range(a.n_layers):
+        if plan.receivers[layer]:
+            edits[Point("resid_pre", layer)] = record_stream(layer)
+            for p in _POINTS:
+                if any(r.point == p for r in plan.receivers[layer]):
+                    edits[Point(p, layer)] = swap(p, layer)
+    edits[Point("resid_post", a.n_layers - 1)] = logits_read
+    with torch.no_grad(), edit(loaded, edits):
+        return run_logits(loaded, input_ids, mask if masked else None, last_only=True)[:, -1]
+
+
+def edges_for_heads(scores: EdgeScores, n_heads_wanted: int, by: str = "abs") -> EdgeCircuit:
+    """The longest prefix of ``scores``' edge ranking whose edges touch only the first
+    ``n_heads_wanted`` heads of :meth:`EdgeScores.heads_by_edges`: the edges that built that
+    node circuit, kept alone (the other edges among its heads ablated)."""
+    first = set(scores.heads_by_edges(by)[:n_heads_wanted])  # type: ignore[arg-type]
+    group = scores.n_kv_groups
+    edges: list[Edge] = []
+    for s, r, _ in scores.top_edges(int(scores.valid.sum()), by):  # type: ignore[arg-type]
+        touched = {s}
+        if r != LOGITS:
+            readers = [r.head] if r.point == "q" else range(r.head * group, (r.head + 1) * group)
+            touched |= {(r.layer, q) for q in readers}
+        if not touched <= first:
+            break
+        edges.append((s, r))
+    return EdgeCircuit(edges)
+
+
+def edge_circuit_sizes(circuit: EdgeCircuit, n_layers: int, n_heads: int, n_kv_heads: int) -> tuple[int, int]:
+    """``(edges, heads in the circuit)``: its size both ways."""
+    return len(circuit.edges), len(circuit.heads(n_layers, n_heads, n_kv_heads))
