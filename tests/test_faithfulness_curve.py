@@ -17,6 +17,7 @@ from graftlens.eval.batching import batches, collate, pad_id_of
 from graftlens.experiments import load_recipe
 from graftlens.interventions.circuits import head_means, mean_ablated_logits
 from graftlens.interventions.edge_attribution import edge_attribution
+from graftlens.interventions.edge_circuits import edge_ablated_logits, edges_for_heads
 from graftlens.interventions.faithfulness import faithfulness_curve, top_circuit
 from graftlens.interventions.path_patching import PathInputs
 from graftlens.methods.core.circuits import GroupSizes, proportional_sizes
@@ -78,8 +79,9 @@ def _pairs(model, n: int = 6):
 def test_the_sweep_expands_every_ranking_size_and_random_draw(curve_run):
     run = load_run(curve_run)
     curve = [c for c in run.configs if c.kind == "faithfulness_curve"]
-    # per size: eap_edges, eap_nodes, path patching at all and at group positions; 2 random draws each at both
-    assert len(curve) == 3 * (4 + 2 * 2) + 1  # and every head kept at the groups' positions, once
+    # per size: eap_edges, eap_nodes, the EAP edge circuit, path patching at all and at group positions;
+    # 2 random draws each at both
+    assert len(curve) == 3 * (5 + 2 * 2) + 1  # and every head kept at the groups' positions, once
     assert all(len([r for r in run.rows if r.config == c.name]) == 6 for c in curve)
 
 
@@ -110,6 +112,16 @@ def test_stored_eap_circuits_agree_with_the_library(curve_run, et_model_dir):
         logits = mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
         for p, row, target in zip(batch.prompts, logits, batch.target_ids, strict=True):
             assert stored[p.id] == pytest.approx(float(row.float().softmax(-1)[target]), abs=1e-5)
+    edges = edges_for_heads(eap, 8)
+    assert 0 < len(edges.edges) < int(eap.valid.sum())
+    stored = {r.example: r.target_prob for r in run.rows if r.config == "faithfulness EAP edge circuit, all positions, 8 heads"}
+    for batch in batches(prompts, 4, pad):
+        logits = edge_ablated_logits(model, batch.input_ids, batch.attention_mask, edges, means)
+        for p, row, target in zip(batch.prompts, logits, batch.target_ids, strict=True):
+            assert stored[p.id] == pytest.approx(float(row.float().softmax(-1)[target]), abs=1e-5)
+    a = model.adapter
+    sizes = kept["pre/steps1/edge_circuit/8"].tolist()
+    assert sizes == [8, len(edges.edges), len(edges.heads(a.n_layers, a.n_heads, a.n_kv_heads))]
 
 
 def test_the_whole_model_as_its_circuit_is_faithful(curve_run):
@@ -119,6 +131,7 @@ def test_the_whole_model_as_its_circuit_is_faithful(curve_run):
     for name in (
         "faithfulness EAP (edges), all positions, 16 heads",
         "faithfulness EAP (nodes), all positions, 16 heads",
+        "faithfulness EAP edge circuit, all positions, 16 heads",
         "faithfulness path patching, all positions, 16 heads",
         "faithfulness random heads, all positions, 16 heads, seed 1",
     ):
@@ -133,6 +146,7 @@ def test_report_draws_the_curve_and_its_table(curve_run):
     assert "EAP (edges), all positions" in html and "path patching, group positions" in html
     assert "path-patching heads among the first" in html and "by chance (expected)" in html
     assert "every head kept at the groups" in html
+    assert "the EAP edge circuit at each size" in html and "heads in the circuit" in html
     assert any("faithfulness-curve" in p.name for p in (curve_run / "figures").glob("*.png"))
 
 

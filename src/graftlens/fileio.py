@@ -65,13 +65,17 @@ def read_utf8(path: str | Path) -> str:
 
 
 def merge_tensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
-    """Add ``tensors`` (name → torch tensor) to the safetensors file ``path`` (made if missing; a
-    tensor of the same name is replaced), written aside and renamed into place."""
+    """Add ``tensors`` (name → torch tensor) and ``metadata`` to the safetensors file ``path`` (made
+    if missing; a tensor or key of the same name is replaced), written aside and renamed into place."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     path = Path(path)
     merged = load_file(path) if path.exists() else {}
     merged.update(tensors)
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            metadata = {**(f.metadata() or {}), **metadata}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -202,7 +202,7 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
     n = next(iter(means.values())).shape[0]
     real = mask.bool()[:, :, None]  # [batch, pos, 1]: padding writes nothing
     index = {s: i for i, s in enumerate(plan.senders)}
-    writes: list[torch.Tensor | None] = [None] * len(plan.senders)  # [batch, pos, d_model] each, as the run makes them
+    held: dict[str, torch.Tensor] = {}  # "writes": [sender, batch, pos, d_model], filled layer by layer as the run goes
     stream: dict[int, torch.Tensor] = {}
     inputs: dict[int, dict[Receiver, torch.Tensor]] = {}
     inner: list[bool] = []  # set while this run calls o or q/k/v itself: its own hooks then stand aside
@@ -216,15 +216,14 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
     def receiver_values(layer: int) -> dict[Receiver, torch.Tensor]:
         """Each receiver's own q/k/v row block ``[batch, pos, d_head]``, from its own stream."""
         if layer not in inputs:
-            receivers, cut = plan.receivers[layer], plan.ablated[layer]
-            before = [i for i, s in enumerate(plan.senders) if s[0] < layer]
-            sent = torch.stack([writes[i] for i in before]) if before else None  # [sender, batch, pos, d_model]
+            receivers, cut = plan.receivers[layer], plan.ablated[layer]  # cut: [sender before the layer, receiver]
+            sent = held["writes"][: cut.shape[0]].flatten(1)  # [sender, batch·pos·d_model]: senders are in layer order
+            seen = (cut.T.to(sent.dtype) @ sent).view(len(receivers), *stream[layer].shape)  # [receiver, batch, pos, d_model]
             out = {}
             inner.append(True)
             try:
                 for j, r in enumerate(receivers):
-                    x = stream[layer] + torch.einsum("s,sbpd->bpd", cut[:, j].to(sent.dtype), sent)
-                    out[r] = receiver_input(loaded, layer, x)[r.point][:, :, r.head]
+                    out[r] = receiver_input(loaded, layer, stream[layer] + seen[j].to(stream[layer].dtype))[r.point][:, :, r.head]
             finally:
                 inner.pop()
             inputs[layer] = out
@@ -259,8 +258,10 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
                     moved = head_writes(loaded, layer, z, at_mean)  # [head, batch, pos, d_model]
                 finally:
                     inner.pop()
+                if "writes" not in held:
+                    held["writes"] = moved.new_zeros(len(plan.senders), *moved.shape[1:])
                 for h in mine:
-                    writes[index[(layer, h)]] = torch.where(real, moved[h], 0.0)
+                    held["writes"][index[(layer, h)]] = torch.where(real, moved[h], 0.0)
             return z
 
         return fn
@@ -269,7 +270,7 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
         cut = [i for i, c in enumerate(plan.logits_cut.tolist()) if c]
         if not cut:
             return x
-        return x + torch.stack([writes[i] for i in cut]).sum(0).to(x.dtype)
+        return x + held["writes"][cut].sum(0).to(x.dtype)
 
     edits = {Point("z", layer): ablate(layer) for layer in range(a.n_layers)}
     for layer in range(a.n_layers):

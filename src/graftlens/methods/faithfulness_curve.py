@@ -6,6 +6,10 @@ A circuit comes from one of three rankings of the heads:
 - ``eap_edges``: edge attribution patching (:func:`~graftlens.interventions.edge_attribution.edge_attribution`)
   over the run's clean/corrupted pairs, the heads in the order its strongest edges reach them;
 - ``eap_nodes``: the same pass's node scores (attribution patching of each head's output);
+- ``eap_edge_circuit``: EAP's strongest edges themselves, kept as an edge circuit
+  (:func:`~graftlens.interventions.edge_circuits.edge_ablated_logits`): at size ``k`` the edges
+  that brought ``eap_edges``' first ``k`` heads (:func:`~graftlens.interventions.edge_circuits.edges_for_heads`),
+  every other edge mean-ablated, the other edges among those heads included;
 - ``path_patching``: the stage-by-stage circuit of the recipe's ``et_circuit`` sweep, its
   groups grown or shrunk in proportion (:func:`~graftlens.methods.core.circuits.discovered_circuit_of_size`).
 
@@ -41,12 +45,14 @@ if TYPE_CHECKING:
     from graftlens.eval.scoring import LastLogits
     from graftlens.interventions.circuits import Circuit
     from graftlens.interventions.edge_attribution import EdgeScores
+    from graftlens.interventions.edge_circuits import EdgeCircuit
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
 
-Ranking = Literal["eap_edges", "eap_nodes", "path_patching"]
+Ranking = Literal["eap_edges", "eap_nodes", "eap_edge_circuit", "path_patching"]
 LABELS = {
     "eap_edges": "EAP (edges)",
+    "eap_edge_circuit": "EAP edge circuit",
     "eap_nodes": "EAP (nodes)",
     "path_patching": "path patching",
     "random": "random heads",
@@ -83,7 +89,7 @@ class FaithfulnessCurveSweep(Sweep):
 
     kind: Literal["faithfulness_curve"]
     plain: str
-    rankings: list[Ranking] = Field(["eap_edges", "eap_nodes", "path_patching"], min_length=1)
+    rankings: list[Ranking] = Field(["eap_edges", "eap_nodes", "eap_edge_circuit", "path_patching"], min_length=1)
     sizes: Annotated[list[int], Fits("heads")] = Field(min_length=1)
     positions: list[Literal["all", "groups"]] = Field(["all", "groups"], min_length=1)  # for path_patching
     path_patching_sizes: GroupSizes = GroupSizes()
@@ -218,16 +224,36 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         ranking = scores.heads_by_edges() if spec.ranking == "eap_edges" else scores.heads_by_nodes()
         return top_circuit(ranking, spec.size)
 
+    def edge_circuit(self, spec: FaithfulnessSpec, execution: Execution, model_name: str) -> EdgeCircuit:
+        """The edges that brought EAP's first ``size`` heads; its size in edges and in heads is
+        kept beside the store for the report."""
+        import torch
+
+        from graftlens.interventions.edge_circuits import edges_for_heads
+
+        a = execution.models[model_name].adapter
+        found = edges_for_heads(eap_scores(execution, model_name, spec.steps), spec.size)
+        if execution.keep is not None:
+            n_heads = len(found.heads(a.n_layers, a.n_heads, a.n_kv_heads))
+            sizes = torch.tensor([spec.size, len(found.edges), n_heads])
+            execution.keep(EAP_FILE, {f"{model_name}/steps{spec.steps}/edge_circuit/{spec.size}": sizes}, {})
+        return found
+
     def readout(self, config: RunConfig[FaithfulnessSpec], execution: Execution) -> LastLogits:
         from graftlens.interventions.circuits import mean_ablated_logits
+        from graftlens.interventions.edge_circuits import edge_ablated_logits
 
         spec = config.method
         model = execution.models[config.model]
-        circuit = execution.state(("faithfulness circuit", config.name), lambda: self.circuit(spec, execution, config.model))
+        edges = spec.ranking == "eap_edge_circuit"
+        make = self.edge_circuit if edges else self.circuit
+        circuit = execution.state(("faithfulness circuit", config.name), lambda: make(spec, execution, config.model))
 
         def run(batch: PromptBatch) -> torch.Tensor:
             n_boxes = boxes_of(batch)
             means = reference_means(execution, config.model, model, n_boxes, spec.mean_prompts, spec.half, query=spec.means)
+            if edges:
+                return edge_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means)
             return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
 
         return run
@@ -271,7 +297,7 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
             tables.append(
                 Table(f"{panel}: every head kept at the groups' positions, none elsewhere", "circuit", ["faithfulness"], rows)
             )
-        return tables + overlap_tables(run, panel, configs)
+        return tables + edge_circuit_tables(run, panel, configs) + overlap_tables(run, panel, configs)
 
 
 def every_head_value(run: RunData, configs: list[StoredConfig]) -> Estimate | None:
@@ -357,6 +383,30 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
         return scores
 
     return execution.state(("eap", model_name, steps), make)
+
+
+def edge_circuit_tables(run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
+    """The EAP edge circuit's size at each point of the curve: edges kept, and heads in the
+    circuit (those with a path of kept edges to the logits)."""
+    path = run.run_dir / EAP_FILE
+    spec = next((c.method for c in configs if c.method and c.method.get("ranking") == "eap_edge_circuit"), None)
+    if spec is None or not path.is_file():
+        return []
+    from safetensors.torch import load_file
+
+    kept = load_file(str(path))
+    model = next(c.model for c in configs)
+    prefix = f"{model}/steps{spec.get('steps', 1)}/edge_circuit/"
+    sizes = sorted(kept[name].tolist() for name in kept if name.startswith(prefix))
+    if not sizes:
+        return []
+    rows = [("edges kept", [n_edges for _, n_edges, _ in sizes]), ("heads in the circuit", [h for _, _, h in sizes])]
+    columns = [f"{k} heads" for k, _, _ in sizes]
+    title = (
+        f"{panel}: the EAP edge circuit at each size "
+        "(the edges that brought EAP's first heads; a head is in when it reaches the logits)"
+    )
+    return [Table(title, "", columns, rows)]
 
 
 def overlap_tables(run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
