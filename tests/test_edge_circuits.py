@@ -204,22 +204,22 @@ def test_heads_in_the_circuit_are_those_that_reach_the_logits():
     assert EdgeCircuit([to_kv, ((3, 2), LOGITS)]).heads(4, 4, 2) == [(3, 2)]
 
 
-def test_edges_for_heads_build_the_node_circuit_of_eap():
+def test_edges_for_heads_are_the_shortest_prefix_holding_that_many_heads():
     m = tiny_model("llama")
     a = m.adapter
     clean = _prompts(6)
     corrupted = clean.clone()
     corrupted[:, 2] += 1
     scores = edge_attribution(m, PathInputs(clean, corrupted), torch.tensor([3, 4, 5]))
-    for k in (3, 8, 16):
+    ranked = [(s, r) for s, r, _ in scores.top_edges(int(scores.valid.sum()))]
+    for k in (1, 3, 8, 16):
         circuit = edges_for_heads(scores, k)
-        first = set(scores.heads_by_edges()[:k])
-        assert set(circuit.heads(a.n_layers, a.n_heads, a.n_kv_heads)) <= first
-        assert circuit.edges <= EdgeCircuit.complete(first, a.n_heads, a.n_kv_heads).edges
-        assert [(s, r) for s, r, _ in scores.top_edges(len(circuit.edges))] == sorted(
-            circuit.edges, key=lambda e: [(s, r) for s, r, _ in scores.top_edges(len(circuit.edges))].index(e)
-        )
-    assert len(edges_for_heads(scores, 16).edges) == int(scores.valid.sum())
+        n = len(circuit.edges)
+        assert circuit.edges == frozenset(ranked[:n])
+        assert len(circuit.heads(a.n_layers, a.n_heads, a.n_kv_heads)) >= k
+        assert len(EdgeCircuit(ranked[: n - 1]).heads(a.n_layers, a.n_heads, a.n_kv_heads)) < k
+    with pytest.raises(CircuitError, match="17 heads"):
+        edges_for_heads(scores, 17)
 
 
 def test_bad_input_is_one_clear_error():

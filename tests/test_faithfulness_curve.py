@@ -131,7 +131,6 @@ def test_the_whole_model_as_its_circuit_is_faithful(curve_run):
     for name in (
         "faithfulness EAP (edges), all positions, 16 heads",
         "faithfulness EAP (nodes), all positions, 16 heads",
-        "faithfulness EAP edge circuit, all positions, 16 heads",
         "faithfulness path patching, all positions, 16 heads",
         "faithfulness random heads, all positions, 16 heads, seed 1",
     ):

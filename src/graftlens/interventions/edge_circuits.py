@@ -285,21 +285,27 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
 
 
 def edges_for_heads(scores: EdgeScores, n_heads_wanted: int, by: str = "abs") -> EdgeCircuit:
-    """The longest prefix of ``scores``' edge ranking whose edges touch only the first
-    ``n_heads_wanted`` heads of :meth:`EdgeScores.heads_by_edges`: the edges that built that
-    node circuit, kept alone (the other edges among its heads ablated)."""
-    first = set(scores.heads_by_edges(by)[:n_heads_wanted])  # type: ignore[arg-type]
-    group = scores.n_kv_groups
-    edges: list[Edge] = []
-    for s, r, _ in scores.top_edges(int(scores.valid.sum()), by):  # type: ignore[arg-type]
-        touched = {s}
-        if r != LOGITS:
-            readers = [r.head] if r.point == "q" else range(r.head * group, (r.head + 1) * group)
-            touched |= {(r.layer, q) for q in readers}
-        if not touched <= first:
-            break
-        edges.append((s, r))
-    return EdgeCircuit(edges)
+    """The first ``N`` edges of ``scores``' ranking (:meth:`EdgeScores.top_edges`), ``N`` the
+    fewest whose circuit holds at least ``n_heads_wanted`` heads (heads with a path of kept edges
+    to the logits; one edge may bring several): an edge circuit as large, in heads, as a node
+    circuit of that many heads. ``N`` is found by bisection (the heads only grow with ``N``)."""
+    n_layers, n_heads = scores.node_scores.shape
+    n_kv = n_heads // scores.n_kv_groups
+    if not 0 < n_heads_wanted <= n_layers * n_heads:
+        raise CircuitError(f"an edge circuit of {n_heads_wanted} heads; the model has {n_layers * n_heads}")
+    ranked = [(s, r) for s, r, _ in scores.top_edges(int(scores.valid.sum()), by)]  # type: ignore[arg-type]
+
+    def heads_of(n: int) -> int:
+        return len(EdgeCircuit(ranked[:n]).heads(n_layers, n_heads, n_kv))
+
+    low, high = 0, len(ranked)  # heads_of(high) is every head: each has its edge to the logits
+    while low < high:
+        mid = (low + high) // 2
+        if heads_of(mid) >= n_heads_wanted:
+            high = mid
+        else:
+            low = mid + 1
+    return EdgeCircuit(ranked[:low])
 
 
 def edge_circuit_sizes(circuit: EdgeCircuit, n_layers: int, n_heads: int, n_kv_heads: int) -> tuple[int, int]:

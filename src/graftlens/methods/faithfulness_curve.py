@@ -7,9 +7,9 @@ A circuit comes from one of three rankings of the heads:
   over the run's clean/corrupted pairs, the heads in the order its strongest edges reach them;
 - ``eap_nodes``: the same pass's node scores (attribution patching of each head's output);
 - ``eap_edge_circuit``: EAP's strongest edges themselves, kept as an edge circuit
-  (:func:`~graftlens.interventions.edge_circuits.edge_ablated_logits`): at size ``k`` the edges
-  that brought ``eap_edges``' first ``k`` heads (:func:`~graftlens.interventions.edge_circuits.edges_for_heads`),
-  every other edge mean-ablated, the other edges among those heads included;
+  (:func:`~graftlens.interventions.edge_circuits.edge_ablated_logits`, every other edge
+  mean-ablated): at size ``k`` the fewest first edges of the ranking whose circuit holds ``k``
+  heads (:func:`~graftlens.interventions.edge_circuits.edges_for_heads`);
 - ``path_patching``: the stage-by-stage circuit of the recipe's ``et_circuit`` sweep, its
   groups grown or shrunk in proportion (:func:`~graftlens.methods.core.circuits.discovered_circuit_of_size`).
 
@@ -225,7 +225,7 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         return top_circuit(ranking, spec.size)
 
     def edge_circuit(self, spec: FaithfulnessSpec, execution: Execution, model_name: str) -> EdgeCircuit:
-        """The edges that brought EAP's first ``size`` heads; its size in edges and in heads is
+        """EAP's first edges, as few as hold ``size`` heads; its size in edges and in heads is
         kept beside the store for the report."""
         import torch
 
@@ -404,7 +404,7 @@ def edge_circuit_tables(run: RunData, panel: str, configs: list[StoredConfig]) -
     columns = [f"{k} heads" for k, _, _ in sizes]
     title = (
         f"{panel}: the EAP edge circuit at each size "
-        "(the edges that brought EAP's first heads; a head is in when it reaches the logits)"
+        "(EAP's first edges, as few as hold that many heads; a head is in when its kept edges reach the logits)"
     )
     return [Table(title, "", columns, rows)]
 
