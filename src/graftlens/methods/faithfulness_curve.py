@@ -264,7 +264,10 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         series, xs, full = curves(run, configs)
         if not series:
             return None
-        title = f"{run.name}: faithfulness as the circuit grows (every other head mean-ablated), random circuits of each size"
+        title = (
+            f"{run.name}: faithfulness as the circuit grows (every head or edge outside it mean-ablated), "
+            "random circuits of each size"
+        )
         fig = charts.line_chart(
             title, xs, series, "faithfulness (accuracy ÷ full model's)", "circuit size (heads)", legend_title="circuit"
         )
