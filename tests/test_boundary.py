@@ -151,7 +151,8 @@ WRONG_CALLS = [
         "faithfulness_curve",
         lambda: graftlens.faithfulness_curve(MODEL, IDS, MASK.T, IDS[:, 0], [(0, 0)], [1], {}),
         "attention_mask [4, 2]",
-    ),    (
+    ),
+    (
         "edge_ablated_logits",
         lambda: graftlens.edge_ablated_logits(MODEL, IDS + 500, None, graftlens.EdgeCircuit([]), {}),
         "input_ids holds token id 512",
