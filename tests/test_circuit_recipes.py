@@ -168,6 +168,61 @@ def test_circuit_recipe_errors(tmp_path, et_model_dir):
     assert result.exit_code != 0 and "at least 2 boxes" in result.output
 
 
+def _file_circuit_recipe(path: Path, model_dir: str, circuit: str, sweep: str = ", random: 2", plain: str = "clean") -> Path:
+    """The circuit recipe's data, model and plain configuration, with a ``circuit`` sweep of a given circuit."""
+    text = _circuit_recipe(path, model_dir).read_text().split("sweeps:")[0]
+    sweep = f"{{kind: circuit, plain: {plain}, circuit: {circuit}, mean_prompts: 8{sweep}}}"
+    path.write_text(f"{text}sweeps:\n  - {sweep}\n")
+    return path
+
+
+def test_circuit_sweep_of_a_file_equals_the_discovered_circuit(tmp_path, et_model_dir, circuit_run, circuit_file):
+    """The circuit written by an et-circuit run, tested by a ``circuit`` sweep on the same
+    prompts, gives the run's own faithfulness rows: the circuit and each seed's random circuit."""
+    recipe = _file_circuit_recipe(tmp_path / "r.yaml", et_model_dir, str(circuit_file))
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    given, found = load_run(tmp_path / "run").by_config, load_run(circuit_run).by_config
+
+    def probs(rows):
+        return {r.example: r.target_prob for r in rows}
+
+    assert probs(given[str(circuit_file)]) == probs(found["circuit"])
+    for seed in (1, 2):
+        assert probs(given[f"random circuit {seed} of {circuit_file}'s sizes"]) == probs(found[f"random circuit {seed}"])
+    assert probs(given[str(circuit_file)]) != probs(given["clean"])
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "faithfulness (÷ full model)" in html and "random circuits (mean of 2)" in html
+
+
+def test_circuit_sweep_takes_the_papers_head_means(tmp_path, et_model_dir, circuit_file):
+    """``means: any_label`` takes the head means over prompts whose query label may name a box:
+    other means, other rows."""
+    rows = {}
+    for means in ("no_box", "any_label"):
+        recipe = _file_circuit_recipe(tmp_path / f"{means}.yaml", et_model_dir, str(circuit_file), f", random: 0, means: {means}")
+        result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / means)])
+        assert result.exit_code == 0, result.output
+        rows[means] = [r.target_prob for r in load_run(tmp_path / means).by_config[str(circuit_file)]]
+    assert rows["no_box"] != rows["any_label"]
+
+
+@pytest.mark.parametrize(
+    ("circuit", "plain", "message"),
+    [
+        ("discovered", "clean", "an et_circuit sweep tests the one it discovers"),
+        ("missing.json", "clean", "circuit file missing.json does not exist"),
+        ("shipped:nothing", "clean", "no shipped circuit 'shipped:nothing'"),
+        ("CIRCUIT", "nothing", "plain 'nothing' must name a written configuration without grafts"),
+    ],
+)
+def test_circuit_sweep_errors_name_the_problem(tmp_path, et_model_dir, circuit_file, circuit, plain, message):
+    recipe = _file_circuit_recipe(tmp_path / "r.yaml", et_model_dir, circuit.replace("CIRCUIT", str(circuit_file)), plain=plain)
+    result = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+
+
 def _later_recipe(path: Path, model_dir: str, donor_dir: str, circuit: Path, sweeps: str, pairs: str = "[corrupted]") -> Path:
     path.write_text(
         textwrap.dedent(f"""\
@@ -395,14 +450,17 @@ def test_task_datasets_are_seeded_and_disjoint_from_the_scored_vocabulary():
 def test_shipped_entity_tracking_recipes_and_circuit():
     from graftlens.methods.core.circuits import GROUPS, load_circuit
 
-    circuit = load_circuit("shipped:smollm2-135m-et")
-    assert list(circuit.groups) == list(GROUPS)
-    circuit.check(30, 9)  # SmolLM2-135M: 30 layers of 9 heads
+    for name in ("smollm2-135m-et", "smollm2-135m-et-7boxes"):
+        circuit = load_circuit(f"shipped:{name}")
+        assert list(circuit.groups) == list(GROUPS)
+        circuit.check(30, 9)  # SmolLM2-135M: 30 layers of 9 heads
     for name, kinds in [
         ("entity-tracking", {"configs"}),
         ("et-circuit", {"configs", "path_patching", "circuit"}),
         ("et-dcm", {"configs", "dcm"}),
         ("et-cmap", {"configs", "circuit_cmap", "circuit_graft"}),
+        ("et-circuit-7boxes", {"configs", "path_patching", "circuit", "faithfulness_curve"}),
+        ("et-faithfulness-paper", {"configs", "circuit"}),
     ]:
         recipe, _ = load_recipe(name)
         configs = recipe.expanded(n_layers=30, n_heads=9)

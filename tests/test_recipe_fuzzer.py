@@ -115,8 +115,10 @@ def tiny_recipe(name: str, dirs: dict[str, str], circuit: Path) -> dict:
             sweep.update(sizes=tiny_sizes, random=1, mean_prompts=4)
         if sweep["kind"] == "faithfulness_curve":
             sweep.update(sizes=[2, 8], path_patching_sizes=tiny_sizes, random=1, mean_prompts=4)
-        if sweep["kind"] in ("dcm", "circuit_cmap", "circuit_graft"):
+        if sweep["kind"] in ("dcm", "circuit_cmap", "circuit_graft", "circuit"):
             sweep["circuit"] = str(circuit)
+        if sweep["kind"] == "circuit":
+            sweep.update(random=1, mean_prompts=4)
         if sweep["kind"] == "dcm":
             sweep.update(boxes=3, train_examples=4, epochs=1, batch_size=4)
         if sweep["kind"] == "components":

@@ -1,8 +1,13 @@
 """``circuit`` configurations: the model with every head outside a circuit mean-ablated
 (Prakash et al.'s faithfulness test). The circuit is the one path patching found in the same run
 (``discovered``), a shipped one (``shipped:NAME``) or a JSON file; ``seed`` replaces it by a random
-circuit of the same group sizes. Head means come from prompts whose query label names no box,
-of the same box count and vocabulary half."""
+circuit of the same group sizes. Head means come from prompts of the same box count and
+vocabulary half whose query label names no box, or (``means: any_label``) any label, as the
+paper's code draws them.
+
+An ``et_circuit`` sweep makes the configurations of its discovered circuit; a ``circuit`` sweep
+makes those of a shipped circuit or a file, on any entity-tracking prompts of the recipe (plain
+ones too, as the paper evaluates its circuit on 500 plain prompts)."""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from graftlens.configfiles import Seed
+from graftlens.data.entity_tracking import MeanQuery
 from graftlens.methods.core.circuits import (
     GROUP_POSITIONS,
     GROUPS,
@@ -22,7 +28,7 @@ from graftlens.methods.core.circuits import (
     plain_of,
     stored_results,
 )
-from graftlens.methods.core.parts import RecipeError, RunConfig, Strict
+from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate, ratio_estimate
 
@@ -44,6 +50,52 @@ class CircuitSpec(Strict):
     seed: Seed | None = None  # a random circuit of the same sizes
     mean_prompts: int = Field(100, ge=1, le=100_000)
     half: Literal["all", "train", "test"] = "test"
+    means: MeanQuery = "no_box"  # the reference prompts' query label: names no box, or any label (the paper's code)
+
+
+class CircuitFileSweep(Sweep):
+    """The faithfulness of a given circuit (``shipped:NAME`` or a JSON file) on the recipe's
+    entity-tracking prompts, against ``random`` random circuits of its group sizes."""
+
+    kind: Literal["circuit"]
+    circuit: str  # "shipped:NAME" or a JSON file (as an et-circuit run's report writes it)
+    plain: str  # the written configuration without interventions: the full model's accuracy
+    random: int = Field(5, ge=0, le=1000)
+    mean_prompts: int = Field(100, ge=1, le=100_000)
+    means: MeanQuery = "no_box"
+    half: Literal["all", "train", "test"] = "test"
+    panel: str = "faithfulness"
+
+    @field_validator("circuit")
+    @classmethod
+    def _given(cls, v: str) -> str:
+        if v == "discovered":
+            raise ValueError("a circuit sweep tests a shipped circuit or a file; an et_circuit sweep tests the one it discovers")
+        return v  # read and checked against the model before scoring (``check``): reading a recipe loads no torch
+
+    def check_data(self, data: dict) -> None:
+        if not data.get("entity_tracking"):
+            raise ValueError(
+                "circuit sweep: mean ablation at the circuit's positions needs entity-tracking prompts "
+                "(data: {entity_tracking: ...})"
+            )
+
+    def check_batches(self, data: dict, batch_size: int) -> None:
+        et = data.get("entity_tracking") or {}
+        boxes, per_count = et.get("boxes", []), et.get("examples", 0)
+        if len(boxes) > 1 and per_count % batch_size:
+            raise ValueError(
+                f"circuit sweep: mean ablation takes each batch's head means at one box count, so with boxes "
+                f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
+                f"(entity_tracking.examples: {per_count})"
+            )
+
+    def check_in_recipe(self, plain_configs: list[str]) -> None:
+        if self.plain not in plain_configs:
+            raise ValueError(
+                f"circuit sweep: plain {self.plain!r} must name a written configuration without grafts; "
+                f"plain configurations: {', '.join(plain_configs) or 'none'}"
+            )
 
 
 def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> Circuit:
@@ -105,6 +157,25 @@ class CircuitFaithfulness(Method[CircuitSpec]):
     """The found circuit as a diagram of head groups; a table of accuracy and faithfulness."""
 
     kind = "circuit"
+    sweep = CircuitFileSweep
+
+    def expand(
+        self, sweep: CircuitFileSweep, recipient: str, n_layers: int | None, n_heads: int | None = None
+    ) -> list[RunConfig]:
+        out = []
+        for seed in [None, *range(1, sweep.random + 1)]:
+            spec = CircuitSpec(
+                circuit=sweep.circuit,
+                plain=sweep.plain,
+                seed=seed,
+                mean_prompts=sweep.mean_prompts,
+                means=sweep.means,
+                half=sweep.half,
+            )
+            name = sweep.circuit if seed is None else f"random circuit {seed} of {sweep.circuit}'s sizes"
+            coords = {"circuit": "random" if seed else "given"}
+            out.append(RunConfig(name=name, panel=sweep.panel, model=recipient, coords=coords, method=spec, kind="circuit"))
+        return out
 
     def check(self, config: RunConfig[CircuitSpec], models: Mapping[str, LoadedModel]) -> list[str]:
         spec = config.method
@@ -123,7 +194,8 @@ class CircuitFaithfulness(Method[CircuitSpec]):
         circuit = circuit_of(spec, execution, model)
 
         def run(batch: PromptBatch) -> torch.Tensor:
-            means = reference_means(execution, config.model, model, boxes_of(batch), spec.mean_prompts, spec.half)
+            n_boxes = boxes_of(batch)
+            means = reference_means(execution, config.model, model, n_boxes, spec.mean_prompts, spec.half, query=spec.means)
             return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)
 
         return run
