@@ -213,7 +213,7 @@ def test_circuit_sweep_takes_the_papers_head_means(tmp_path, et_model_dir, circu
         ("discovered", "clean", "an et_circuit sweep tests the one it discovers"),
         ("missing.json", "clean", "circuit file missing.json does not exist"),
         ("shipped:nothing", "clean", "no shipped circuit 'shipped:nothing'"),
-        ("CIRCUIT", "nothing", "plain 'nothing' must name a written configuration without grafts"),
+        ("CIRCUIT", "nothing", "plain 'nothing' must name a configuration without grafts (written under 'configs')"),
     ],
 )
 def test_circuit_sweep_errors_name_the_problem(tmp_path, et_model_dir, circuit_file, circuit, plain, message):

@@ -23,6 +23,8 @@ from graftlens.methods.core.circuits import (
     GROUP_POSITIONS,
     GROUPS,
     GroupSizes,
+    check_one_box_count_per_batch,
+    check_plain_written,
     discovered_circuit,
     load_circuit,
     plain_of,
@@ -81,21 +83,10 @@ class CircuitFileSweep(Sweep):
             )
 
     def check_batches(self, data: dict, batch_size: int) -> None:
-        et = data.get("entity_tracking") or {}
-        boxes, per_count = et.get("boxes", []), et.get("examples", 0)
-        if len(boxes) > 1 and per_count % batch_size:
-            raise ValueError(
-                f"circuit sweep: mean ablation takes each batch's head means at one box count, so with boxes "
-                f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
-                f"(entity_tracking.examples: {per_count})"
-            )
+        check_one_box_count_per_batch("circuit", data, batch_size)
 
     def check_in_recipe(self, plain_configs: list[str]) -> None:
-        if self.plain not in plain_configs:
-            raise ValueError(
-                f"circuit sweep: plain {self.plain!r} must name a written configuration without grafts; "
-                f"plain configurations: {', '.join(plain_configs) or 'none'}"
-            )
+        check_plain_written("circuit", self.plain, plain_configs)
 
 
 def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> Circuit:

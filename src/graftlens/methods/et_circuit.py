@@ -13,7 +13,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from graftlens.methods.circuit import CircuitSpec
-from graftlens.methods.core.circuits import GROUPS, GroupSizes, stage_config_name
+from graftlens.methods.core.circuits import (
+    GROUPS,
+    GroupSizes,
+    check_one_box_count_per_batch,
+    check_plain_written,
+    stage_config_name,
+)
 from graftlens.methods.core.parts import RunConfig, Sweep
 from graftlens.methods.core.registry import Method, register
 from graftlens.methods.path_patching import PathPatchSpec
@@ -42,21 +48,10 @@ class CircuitSweep(Sweep):
             )
 
     def check_batches(self, data: dict, batch_size: int) -> None:
-        et = data.get("entity_tracking") or {}
-        boxes, per_count = et.get("boxes", []), et.get("examples", 0)  # one corrupted pair per example
-        if len(boxes) > 1 and per_count % batch_size:
-            raise ValueError(
-                f"et_circuit sweep: mean ablation takes each batch's head means at one box count, so with boxes "
-                f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
-                f"(entity_tracking.examples: {per_count})"
-            )
+        check_one_box_count_per_batch("et_circuit", data, batch_size)  # one corrupted pair per example
 
     def check_in_recipe(self, plain_configs: list[str]) -> None:
-        if self.plain not in plain_configs:
-            raise ValueError(
-                f"et_circuit sweep: plain {self.plain!r} must name a configuration without grafts (written under "
-                f"'configs'); plain configurations: {', '.join(plain_configs) or 'none'}"
-            )
+        check_plain_written("et_circuit", self.plain, plain_configs)
         if self.stages != list(GROUPS[: len(self.stages)]):
             raise ValueError(f"et_circuit sweep: stages run in order, each on the one before: {', '.join(GROUPS)}")
 

@@ -32,7 +32,14 @@ from pydantic import Field, field_validator, model_validator
 from graftlens.configfiles import Seed
 from graftlens.data.entity_tracking import MeanQuery
 from graftlens.methods.circuit import boxes_of, reference_means
-from graftlens.methods.core.circuits import GROUP_POSITIONS, GroupSizes, discovered_circuit_of_size, pair_inputs, plain_of
+from graftlens.methods.core.circuits import (
+    GROUP_POSITIONS,
+    GroupSizes,
+    check_plain_written,
+    discovered_circuit_of_size,
+    pair_inputs,
+    plain_of,
+)
 from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Strict, Sweep
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.methods.et_circuit import FAITHFULNESS_PHASE
@@ -114,11 +121,7 @@ class FaithfulnessCurveSweep(Sweep):
             )
 
     def check_in_recipe(self, plain_configs: list[str]) -> None:
-        if self.plain not in plain_configs:
-            raise ValueError(
-                f"faithfulness_curve sweep: plain {self.plain!r} must name a written configuration without grafts; "
-                f"plain configurations: {', '.join(plain_configs) or 'none'}"
-            )
+        check_plain_written("faithfulness_curve", self.plain, plain_configs)
         if "groups" in self.positions and "path_patching" not in self.rankings:
             raise ValueError("faithfulness_curve sweep: positions 'groups' are the path-patching circuit's; add it to rankings")
 

@@ -175,6 +175,28 @@ def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
     )
 
 
+def check_plain_written(kind: str, plain: str, plain_configs: list[str]) -> None:
+    """A circuit sweep's ``plain`` must name a configuration without grafts written in the recipe."""
+    if plain not in plain_configs:
+        raise ValueError(
+            f"{kind} sweep: plain {plain!r} must name a configuration without grafts (written under "
+            f"'configs'); plain configurations: {', '.join(plain_configs) or 'none'}"
+        )
+
+
+def check_one_box_count_per_batch(kind: str, data: dict, batch_size: int) -> None:
+    """Mean ablation takes each batch's head means at one box count: with several box counts the
+    batch size must divide the prompts of each (entity-tracking prompts come grouped by count)."""
+    et = data.get("entity_tracking") or {}
+    boxes, per_count = et.get("boxes", []), et.get("examples", 0)
+    if len(boxes) > 1 and per_count % batch_size:
+        raise ValueError(
+            f"{kind} sweep: mean ablation takes each batch's head means at one box count, so with boxes "
+            f"{boxes} eval.batch_size ({batch_size}) must divide the prompts of each box count "
+            f"(entity_tracking.examples: {per_count})"
+        )
+
+
 def batch_key(batch: PromptBatch) -> tuple[str, ...]:
     return tuple(p.id for p in batch.prompts)
 
