@@ -131,7 +131,8 @@ def test_the_checker_sees_a_backward_or_sideways_import() -> None:
 
 def test_module_imports_form_no_cycle() -> None:
     graph = {module: set(names) - {module} for module, names in _edges().items()}
-    graphlib.TopologicalSorter(graph).static_order()  # raises CycleError naming the cycle
+    # static_order() is a generator: only consuming it raises CycleError (naming the cycle).
+    tuple(graphlib.TopologicalSorter(graph).static_order())
     graph["graftlens.models.loading"].add("graftlens.models.embedded")
     graph["graftlens.models.embedded"].add("graftlens.models.loading")
     try:
@@ -140,6 +141,43 @@ def test_module_imports_form_no_cycle() -> None:
         pass
     else:
         raise AssertionError("a planted cycle went unnoticed")
+
+
+def _private_imports(module: str, package: str, source: str) -> list[str]:
+    """``from graftlens.x import _name`` lines of ``module`` (in ``package``, its text
+    ``source``): another module's private name."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")
+            name = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+        else:
+            name = node.module or ""
+        if name == "graftlens" or name.startswith("graftlens."):
+            out += [f"{module}:{node.lineno} imports {name}.{a.name}" for a in node.names if _private(a.name)]
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A leading underscore means "this module's own": another module importing it is a hidden
+    dependency (the planted imports show the check sees one, relative or absolute)."""
+    wrong = []
+    for f in SRC.rglob("*.py"):
+        module = _module_name(f)
+        package = module if f.name == "__init__.py" else module.rsplit(".", 1)[0]
+        wrong += _private_imports(module, package, f.read_text())
+    assert not wrong, "\n".join(wrong)
+    planted = "from graftlens.models.prefix import _helper, public\nfrom .run import _inner\nfrom graftlens import __version__\n"
+    assert _private_imports("graftlens.models.planted", "graftlens.models", planted) == [
+        "graftlens.models.planted:1 imports graftlens.models.prefix._helper",
+        "graftlens.models.planted:2 imports graftlens.models.run._inner",
+    ]
 
 
 def test_each_package_imports_alone() -> None:

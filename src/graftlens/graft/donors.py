@@ -8,6 +8,7 @@ the modules the plan grafts are loaded, never a second full model.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,22 +64,28 @@ class DonorWeights:
         return self.tensors[path]
 
 
-def donor_weights(
-    name: str,
-    donor: LoadedModel | nn.Module | str | Path,
-    recipient: nn.Module,
-    module_paths: Iterable[str],
-) -> DonorWeights:
-    """Collect and check the donor's parameters for ``module_paths`` of ``recipient``."""
-    paths = sorted(set(module_paths))
-    from graftlens.graft.heads import SplicedDonor
+class DonorSource(ABC):
+    """A kind of donor: hands over its tensors of some of the recipient's modules, checked
+    against the recipient's shapes and placed where each module computes.
 
-    if isinstance(donor, SplicedDonor):  # a head graft's donor: the recipient with some heads' weights spliced in
-        return donor.weights(name, recipient, paths)
-    recipient_type = recipient.config.model_type
-    if isinstance(donor, LoadedModel):
-        donor = donor.model
-    if isinstance(donor, nn.Module):
+    The kinds: :class:`ModelDonor` (a loaded model lends its own parameters),
+    :class:`CheckpointDonor` (a ``save_pretrained`` directory read lazily), and the spliced donor
+    of head grafts (:class:`~graftlens.graft.heads.SplicedDonor`)."""
+
+    @abstractmethod
+    def weights(self, name: str, recipient: nn.Module, paths: list[str]) -> DonorWeights:
+        """The donor tensors of the modules at ``paths`` of ``recipient``; ``name`` names the
+        donor in errors."""
+
+
+class ModelDonor(DonorSource):
+    """A donor model in memory: its parameters are lent by reference (no copy)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def weights(self, name: str, recipient: nn.Module, paths: list[str]) -> DonorWeights:
+        donor, recipient_type = self.model, recipient.config.model_type
         donor_type = getattr(getattr(donor, "config", None), "model_type", None)
         if donor_type != recipient_type:
             raise DonorError(f"donor {name!r} is a {donor_type} model, the recipient is {recipient_type}")
@@ -88,13 +95,48 @@ def donor_weights(
             if path not in donor_modules:
                 raise DonorError(f"donor {name!r} has no module {path!r}")
             tensors[path] = {k: v.detach() for k, v in module_params(donor_modules[path]).items()}
-        weights = DonorWeights(name, type(donor).__name__, tensors, owned=False)
-    else:
-        weights = _lazy_from_checkpoint(name, Path(donor), recipient, paths)
+        return _placed(DonorWeights(name, type(donor).__name__, tensors, owned=False), recipient, paths)
+
+
+class CheckpointDonor(DonorSource):
+    """A donor checkpoint directory: only the tensors of the grafted modules are read."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def weights(self, name: str, recipient: nn.Module, paths: list[str]) -> DonorWeights:
+        return _placed(_lazy_from_checkpoint(name, self.directory, recipient, paths), recipient, paths)
+
+
+def as_donor_source(donor: DonorSource | LoadedModel | nn.Module | str | Path) -> DonorSource:
+    """The :class:`DonorSource` of a donor as the public functions accept it."""
+    if isinstance(donor, DonorSource):
+        return donor
+    if isinstance(donor, LoadedModel):
+        return ModelDonor(donor.model)
+    if isinstance(donor, nn.Module):
+        return ModelDonor(donor)
+    if isinstance(donor, (str, Path)):
+        return CheckpointDonor(Path(donor))
+    raise DonorError(f"a donor is a loaded model, an nn.Module or a checkpoint directory, not {type(donor).__name__}")
+
+
+def donor_weights(
+    name: str,
+    donor: DonorSource | LoadedModel | nn.Module | str | Path,
+    recipient: nn.Module,
+    module_paths: Iterable[str],
+) -> DonorWeights:
+    """Collect and check the donor's parameters for ``module_paths`` of ``recipient``."""
+    return as_donor_source(donor).weights(name, recipient, sorted(set(module_paths)))
+
+
+def _placed(weights: DonorWeights, recipient: nn.Module, paths: list[str]) -> DonorWeights:
+    """``weights`` checked against the recipient's shapes, each module's tensors moved where that
+    module computes, in its dtype: a recipient split over devices (a device map) keeps every
+    module's donor weights beside its own."""
     recipient_modules = dict(recipient.named_modules())
     _check_shapes(weights, recipient_modules, paths)
-    # Each module's donor tensors go where that module computes, in its dtype: a recipient split
-    # over devices (a device map) keeps every module's donor weights beside its own.
     for path, params in weights.tensors.items():
         like = next(iter(module_params(recipient_modules[path]).values()))
         device, dtype = _execution_device(recipient_modules[path], like.device), like.dtype

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError
+from graftlens.graft.donors import DonorSource, DonorWeights, donor_weights, module_params
 from graftlens.graft.rules import Graft
 from graftlens.models.adapters import Rows, rows_index
 
@@ -131,7 +132,7 @@ def head_sites(loaded: LoadedModel, head: Head, parts: Iterable[str]) -> list[He
     return out
 
 
-class SplicedDonor:
+class SplicedDonor(DonorSource):
     """The recipient's weights with some heads' rows (columns, for o) taken from donors: what a
     head graft's rule computes its modules with. ``sources`` are ``(donor, sites)`` pairs, spliced
     in order (a later one wins on a head both name). Modules it does not splice lend the
@@ -141,9 +142,7 @@ class SplicedDonor:
     def __init__(self, sources: Sequence[tuple[Any, Sequence[HeadSite]]]):
         self.sources = [(donor, list(sites)) for donor, sites in sources]
 
-    def weights(self, name: str, recipient: nn.Module, module_paths: Iterable[str]):
-        from graftlens.graft.donors import DonorWeights, donor_weights, module_params
-
+    def weights(self, name: str, recipient: nn.Module, module_paths: Iterable[str]) -> DonorWeights:
         paths = sorted(set(module_paths))
         read = []  # per source: its donor's tensors of the modules it splices
         for donor, sites in self.sources:

@@ -19,21 +19,17 @@ rounding (tested against the straightforward loop on every family).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import _keeps_every_position, cache_argument, copied_cache
+from graftlens.models.prefix import keeps_every_position, cache_argument, copied_cache
 from graftlens.models.run import position_ids_for
 
-if TYPE_CHECKING:
-    from graftlens.interventions.patching import Patch
-    from graftlens.positions import PositionsLike, Spans
 
 
 class _Skipped(nn.Module):
@@ -69,7 +65,10 @@ class CachedRun:
     """One plain forward pass of ``model`` on a batch, kept to be continued from any (layer, column).
 
     ``logits``: ``[batch, vocab]`` at the last column; ``captured``: the activations of ``points``
-    (and the streams entering each layer). :meth:`continued` runs variants of a batch at once."""
+    (and the streams entering each layer). :meth:`continued` runs variants of a batch at once.
+    The interventions continued from a kept run live beside their definitions:
+    :func:`~graftlens.interventions.patching.continued_patched_logits` and ``_variants``,
+    :func:`~graftlens.interventions.knockout.continued_knockout_logits` and ``_windows``."""
 
     def __init__(
         self,
@@ -100,7 +99,7 @@ class CachedRun:
         self.streams = [streams[p] for p in streams_at]  # each [batch, pos, d_model]
         self.captured = streams  # ``points`` (and the streams) of this run, by point
         # A sliding-window layer may have evicted columns: then no column is reused (layers still are).
-        self.columns_reusable = _keeps_every_position(self.cache, 0, input_ids.shape[1])
+        self.columns_reusable = keeps_every_position(self.cache, 0, input_ids.shape[1])
 
     @property
     def n_columns(self) -> int:
@@ -138,43 +137,3 @@ class CachedRun:
                 **{cache_argument(self.model): cache},
             )
         return out.logits[:, -1]
-
-    # ---- interventions continued from the kept run ------------------------------------------
-
-    def patched(self, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` at the last position with every patch written in, like
-        :func:`~graftlens.interventions.patching.patched_logits`, continued from the lowest patched
-        layer and the first patched column."""
-        from graftlens.interventions.patching import _continued_patched_logits
-
-        return _continued_patched_logits(self, patches, spans)
-
-    def patched_variants(self, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
-        """Logits ``[batch, variants, vocab]``, one variant per patch set, each equal to
-        :meth:`patched` of its set, in one continuation (the weights read once for all)."""
-        from graftlens.interventions.patching import _continued_patched_variants
-
-        return _continued_patched_variants(self, patch_sets, spans)
-
-    def knocked_out(
-        self, layers: Iterable[int], sources: PositionsLike, targets: PositionsLike = "LT", spans: Sequence[Spans] | None = None
-    ) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` at the last position under
-        :func:`~graftlens.interventions.knockout.attention_knockout`, continued from its lowest
-        layer and first target column (the kept run itself, bit for bit, when nothing is blocked)."""
-        from graftlens.interventions.knockout import _knockout_logits
-
-        return _knockout_logits(self, layers, sources, targets, spans=spans)
-
-    def knocked_out_windows(
-        self,
-        windows: Sequence[Iterable[int]],
-        sources: PositionsLike,
-        targets: PositionsLike = "LT",
-        spans: Sequence[Spans] | None = None,
-    ) -> torch.Tensor:
-        """Logits ``[len(windows), batch, vocab]``: one knockout per window of layers, the windows
-        run as variants of one continuation."""
-        from graftlens.interventions.knockout import _knockout_sweep_logits
-
-        return _knockout_sweep_logits(self, windows, sources, targets, spans=spans)

@@ -50,7 +50,7 @@ from graftlens.models.run import run_logits
 
 LOGITS = "logits"
 EdgeReceiver = Receiver | Literal["logits"]
-_POINTS = ("q", "k", "v")
+RECEIVER_POINTS = ("q", "k", "v")
 WRITES_BUDGET = 256 * 2**20  # bytes of head writes held at once: longer batches are attributed in chunks of prompts
 
 
@@ -171,7 +171,7 @@ def receiver_input(loaded: LoadedModel, layer: int, resid: torch.Tensor) -> torc
     in_norm = _layer_module(loaded, layer, a.family.attn_in_norm)
     x = in_norm(resid) if in_norm is not None else resid
     out = {}
-    for name in _POINTS:
+    for name in RECEIVER_POINTS:
         site = hook_site(a, Point(name, layer))
         out[name] = site.read(loaded.model.get_submodule(site.path)(x))
     return out
@@ -192,7 +192,7 @@ def _gradients(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor
     averaged over ``steps`` points from the corrupted to the clean embeddings (1: the clean run)."""
     a = loaded.adapter
     last = Point("resid_post", a.n_layers - 1)
-    points = [Point(name, layer) for layer in range(a.n_layers) for name in ("z", *_POINTS)] + [last]
+    points = [Point(name, layer) for layer in range(a.n_layers) for name in ("z", *RECEIVER_POINTS)] + [last]
     wanted = [Point(n, layer) for layer in range(a.n_layers) for n in ("resid_pre", "z")]
     with capture(loaded, wanted) as clean, torch.no_grad():
         run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
@@ -276,7 +276,7 @@ def edge_attribution(
     senders = tuple((layer, h) for layer in range(a.n_layers) for h in range(a.n_heads))
     receivers: list[EdgeReceiver] = []
     for layer in range(a.n_layers):
-        for name in _POINTS:
+        for name in RECEIVER_POINTS:
             receivers += [Receiver(name, layer, h) for h in range(a.n_heads if name == "q" else a.n_kv_heads)]
     receivers.append(LOGITS)
     scores = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
@@ -336,7 +336,7 @@ def _pulled_back(loaded: LoadedModel, layer: int, resid: torch.Tensor, grads) ->
     with torch.enable_grad():
         heads_in = receiver_input(loaded, layer, x)
         rows = []
-        for name in _POINTS:
+        for name in RECEIVER_POINTS:
             g = grads[Point(name, layer)]  # [batch, pos, head, d_head]
             for h in range(g.shape[2]):
                 (pulled,) = torch.autograd.grad(heads_in[name][:, :, h], x, g[:, :, h], retain_graph=True)
@@ -383,7 +383,7 @@ def _check_edge(a, sender: Head, receiver: EdgeReceiver) -> None:
         raise EdgeAttributionError(f"sender {sender}: no such head (layers 0..{a.n_layers - 1}, heads 0..{a.n_heads - 1})")
     if receiver != LOGITS:
         n = a.n_heads if receiver.point == "q" else a.n_kv_heads
-        if receiver.point not in _POINTS or not (layer < receiver.layer < a.n_layers and 0 <= receiver.head < n):
+        if receiver.point not in RECEIVER_POINTS or not (layer < receiver.layer < a.n_layers and 0 <= receiver.head < n):
             raise EdgeAttributionError(
                 f"edge {layer}.{head} → {receiver}: a receiver is a q, k or v head of a later layer (of {a.n_layers})"
             )

@@ -28,7 +28,7 @@ from torch import nn
 
 from graftlens.interventions.circuits import CircuitError, Head
 from graftlens.interventions.edge_attribution import (
-    _POINTS,
+    RECEIVER_POINTS,
     LOGITS,
     WRITES_BUDGET,
     EdgeReceiver,
@@ -110,7 +110,7 @@ class EdgeCircuit:
             if r == LOGITS:
                 continue
             n = n_heads if r.point == "q" else n_kv_heads
-            if not isinstance(r, Receiver) or r.point not in _POINTS or not (layer < r.layer < n_layers and 0 <= r.head < n):
+            if not isinstance(r, Receiver) or r.point not in RECEIVER_POINTS or not (layer < r.layer < n_layers and 0 <= r.head < n):
                 raise CircuitError(f"edge {layer}.{head} → {r}: a receiver is a q, k or v head of a later layer, or 'logits'")
 
 
@@ -276,7 +276,7 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
     for layer in range(a.n_layers):
         if plan.receivers[layer]:
             edits[Point("resid_pre", layer)] = record_stream(layer)
-            for p in _POINTS:
+            for p in RECEIVER_POINTS:
                 if any(r.point == p for r in plan.receivers[layer]):
                     edits[Point(p, layer)] = swap(p, layer)
     edits[Point("resid_post", a.n_layers - 1)] = logits_read

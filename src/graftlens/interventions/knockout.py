@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError, LayerSelectionError
+from graftlens.interventions.continuation import CachedRun
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence
@@ -238,8 +239,8 @@ def attention_knockout(
             _unregister(name)
 
 
-def _knockout_logits(
-    run,
+def continued_knockout_logits(
+    run: CachedRun,
     layers: Iterable[int],
     sources: PositionsLike,
     targets: PositionsLike = "LT",
@@ -260,8 +261,8 @@ def _knockout_logits(
         return run.continued(layers[0], column)
 
 
-def _knockout_sweep_logits(
-    run,
+def continued_knockout_windows(
+    run: CachedRun,
     windows: Sequence[Iterable[int]],
     sources: PositionsLike,
     targets: PositionsLike = "LT",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError
+from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.arguments import checked
@@ -158,17 +159,17 @@ def patched_logits(
         return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
 
 
-def _continued_patched_logits(run, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+def continued_patched_logits(run: CachedRun, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
     """Logits ``[batch, vocab]`` at the last position of ``run``'s batch with every patch written
     in, like :func:`patched_logits`, computing only what the patches can change: ``run`` (a
     :class:`~graftlens.interventions.continuation.CachedRun` of the unpatched model) is continued
     from the lowest patched layer and the first patched column."""
-    return _continued_patched_variants(run, [patches], spans)[:, 0]
+    return continued_patched_variants(run, [patches], spans)[:, 0]
 
 
-def _continued_patched_variants(run, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+def continued_patched_variants(run: CachedRun, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
     """Logits ``[batch, variants, vocab]`` at the last position, one variant per patch set, each
-    equal to :func:`_continued_patched_logits` of its set: the sets run as variants of one
+    equal to :func:`continued_patched_logits` of its set: the sets run as variants of one
     continuation of ``run`` (row ``b`` of variant ``v`` at ``b * variants + v``), from the lowest
     patched layer and the first patched column of any set, so the weights are read once for all."""
     mask = run.attention_mask
@@ -299,7 +300,6 @@ def activation_patching(
         >>> graftlens.activation_patching(m, clean, corrupted, torch.tensor([3, 4]), "z", by="head").scores.shape
         torch.Size([4, 4])
     """
-    from graftlens.interventions.continuation import CachedRun
 
     if approx:
         return attribution_patching(model, clean_ids, corrupted_ids, target_ids, point_name, attention_mask, layers, by)

@@ -39,7 +39,7 @@ def copied_cache(cache, keep: int | None = None, repeat: int = 1):
     return work
 
 
-def _keeps_every_position(cache, length: int, more: int) -> bool:
+def keeps_every_position(cache, length: int, more: int) -> bool:
     """Can the cache drop ``more`` appended tokens again (a sliding-window layer may have evicted some)?"""
     for layer in getattr(cache, "layers", []):
         window = getattr(layer, "sliding_window", None)
@@ -110,7 +110,7 @@ def continue_and_force(
     more = 0 if forced_ids is None else forced_ids.shape[1] - width
     # A pass with gradients keeps the tensors the cache appends in its graph: it works on a copy, so
     # the shared prefix never holds a view into a graph that a backward pass frees.
-    reusable = fresh or (_keeps_every_position(cache, length, width - length + more) and not grad)
+    reusable = fresh or (keeps_every_position(cache, length, width - length + more) and not grad)
     work = cache if reusable else copy.deepcopy(cache)
     argument = {cache_argument(model): work}
     try:
