@@ -173,6 +173,23 @@ def test_overlapping_head_grafts_are_not_the_later_one_alone() -> None:
     assert (got[real] - later_alone[real]).abs().max() > 1e-4
 
 
+def test_a_later_head_graft_wins_across_donors(family: str) -> None:
+    """[a, b, a] on one head: the last rule (donor a) computes it, as for component rules, though
+    the third rule has the first one's donor, positions and parts (merging keeps rule order)."""
+    recipient, a, b = make_tiny_model(family, 0), make_tiny_model(family, 1), make_tiny_model(family, 2)
+    ids, mask = batch(3)
+    donors = {"a": a, "b": b}
+    rules = [HeadGraft("a", [(1, 0)], "LT", "q"), HeadGraft("b", [(1, 0)], "LT", "q"), HeadGraft("a", [(1, 0)], "LT", "q")]
+    got = grafted_forward(recipient, donors, rules, ids, mask)
+    want = reference_forward(recipient, donors, ids, mask, rules)
+    last_alone = grafted_forward(recipient, donors, rules[2:], ids, mask)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert (got[real] - last_alone[real]).abs().max() < 1e-5
+    b_wins = grafted_forward(recipient, donors, rules[1:2], ids, mask)
+    assert (got[real] - b_wins[real]).abs().max() > 1e-4  # the donors differ where it is read
+
+
 def test_head_grafts_of_one_donor_and_positions_merge() -> None:
     recipient, donor = make_tiny_model("qwen2", 0), make_tiny_model("qwen2", 1)
     ids, mask = batch(6)

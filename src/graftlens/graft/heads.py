@@ -206,25 +206,12 @@ def expand_head_grafts(
         return list(rules), dict(donors)
     from graftlens.graft.rules import touched_modules
 
-    sets: dict[tuple, _HeadSet] = {}
-    order: list[Any] = []  # component rules and head-set keys, in the rules' order
-    for r in rules:
-        if not isinstance(r, HeadGraft):
-            order.append(r)
-            continue
-        if r.donor not in donors:
-            raise HeadGraftError(f"head graft names donor {r.donor!r}; the donors are: {', '.join(donors) or 'none'}")
-        where = r.positions if r.positions is None or isinstance(r.positions, str) else id(r.positions)
-        key = (r.donor, where, "+".join(r.part_list()))
-        if key not in sets:
-            sets[key] = _HeadSet(r.donor, r.positions, r.part_list(), [], [])
-            order.append(key)
-        sets[key].heads.extend(h for h in r.heads if h not in sets[key].heads)
+    sets, order = _merged_head_sets(rules, donors)
     out_donors = dict(donors)
     out: list[Graft] = []
     component_modules: dict[str, str] = {}
     for item in order:
-        if isinstance(item, tuple):
+        if isinstance(item, int):
             hs = sets[item]
             if not hs.heads:
                 raise HeadGraftError(f"head graft of donor {hs.donor!r} names no head")
@@ -236,7 +223,7 @@ def expand_head_grafts(
             out.append(item)
             for path in touched_modules(recipient.adapter, [item]):
                 component_modules.setdefault(path, f"rule of donor {item.donor!r}")
-    head_sets = [sets[k] for k in order if isinstance(k, tuple)]
+    head_sets = [sets[k] for k in order if isinstance(k, int)]
     for hs in head_sets:
         rule = Graft("", hs.parts, sorted({layer for layer, _ in hs.heads}), hs.positions)
         for path in touched_modules(recipient.adapter, [rule]):
@@ -255,6 +242,35 @@ def expand_head_grafts(
             if layers:
                 out.append(Graft(name, [part], layers, positions))
     return out, out_donors
+
+
+def _merged_head_sets(rules: Sequence[Any], donors: Mapping[str, Any]) -> tuple[dict[int, _HeadSet], list[Any]]:
+    """Head grafts merged into head sets, and the order of component rules and head sets (by
+    index). A head graft joins the latest set of its donor, positions and parts unless a set made
+    after that one names one of its heads in a common part: then rule order decides who computes
+    the head (the later rule wins), so it starts a set of its own, after the other."""
+    sets: dict[int, _HeadSet] = {}
+    latest: dict[tuple, int] = {}  # (donor, positions, parts) -> index of the latest set of that key
+    order: list[Any] = []  # component rules and head-set indices, in the rules' order
+    for r in rules:
+        if not isinstance(r, HeadGraft):
+            order.append(r)
+            continue
+        if r.donor not in donors:
+            raise HeadGraftError(f"head graft names donor {r.donor!r}; the donors are: {', '.join(donors) or 'none'}")
+        where = r.positions if r.positions is None or isinstance(r.positions, str) else id(r.positions)
+        key = (r.donor, where, "+".join(r.part_list()))
+        parts = set(r.part_list())
+        at = latest.get(key)
+        overtaken = at is not None and any(
+            parts & set(later.parts) and set(r.heads) & set(later.heads) for i, later in sets.items() if i > at
+        )
+        if at is None or overtaken:
+            at = latest[key] = len(sets)
+            sets[at] = _HeadSet(r.donor, r.positions, r.part_list(), [], [])
+            order.append(at)
+        sets[at].heads.extend(h for h in r.heads if h not in sets[at].heads)
+    return sets, order
 
 
 def _combinations(head_sets: Sequence[_HeadSet]) -> list[tuple[tuple[int, ...], list[tuple[str, int]]]]:
