@@ -5,7 +5,7 @@ uses). Measures:
 
 - ``eap_s``: seconds for EAP over every edge (head → q/k/v of every later head, head → logits);
 - ``exact_s_per_edge``: seconds per exact edge patch (one patched run; the clean and corrupted
-  runs are made once, :class:`~graftlens.interventions.edge_attribution.ExactEdges`);
+  runs are made once, :class:`~graftlens.interventions.edges.ExactEdges`);
 - the rank correlation (Spearman) of EAP scores and exact edge-patching effects (the whole edge
   patched, ``scale = 1``) over the ``--top`` edges with the largest |EAP score| and over
   ``--random`` edges drawn uniformly among all, and the share of equal signs.
@@ -25,8 +25,8 @@ import torch
 
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
-from graftlens.interventions.edge_attribution import ExactEdges, edge_attribution, rank_correlation
-from graftlens.interventions.path_patching import PathInputs
+from graftlens.interventions.edges import ExactEdges, edge_attribution, rank_correlation
+from graftlens.interventions.paths import PathInputs
 from graftlens.models import load_model
 
 

@@ -23,10 +23,10 @@ import torch
 from graftlens.data.entity_tracking import make_pairs, mean_reference, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
 from graftlens.interventions.circuits import accuracy, head_means, mean_ablated_logits
-from graftlens.interventions.edge_attribution import edge_attribution
 from graftlens.interventions.edge_circuits import edge_ablated_logits, edges_for_heads
+from graftlens.interventions.edges import edge_attribution
 from graftlens.interventions.faithfulness import top_circuit
-from graftlens.interventions.path_patching import PathInputs
+from graftlens.interventions.paths import PathInputs
 from graftlens.models import load_model
 from graftlens.models.run import run_logits
 

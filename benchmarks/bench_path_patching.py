@@ -24,7 +24,7 @@ import torch
 
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
-from graftlens.interventions.path_patching import PathInputs, PreparedBatch, Receiver, _path_patched_run, first_touched_column
+from graftlens.interventions.paths import PathInputs, PreparedBatch, Receiver, _path_patched_run, first_touched_column
 from graftlens.models import load_model
 from graftlens.models.prefix import run_prefix
 

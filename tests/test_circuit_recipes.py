@@ -18,7 +18,7 @@ from graftlens.data.entity_tracking import OBJECTS, make_pairs, tokenize_entity_
 from graftlens.eval.batching import collate, pad_id_of
 from graftlens.experiments import load_recipe, run_recipe
 from graftlens.interventions.circuits import Circuit
-from graftlens.interventions.path_patching import PathInputs, path_patching
+from graftlens.interventions.paths import PathInputs, path_patching
 from graftlens.methods.core.circuits import stage_config_name
 from graftlens.models import load_model
 from graftlens.results import load_run
@@ -94,7 +94,7 @@ def test_stored_value_fetcher_scores_agree_with_the_library(circuit_run, et_mode
 
 def test_stored_later_stages_agree_with_the_library(circuit_run, et_model_dir):
     """Each stage's receivers are the heads the stage before picked, read at the sender's column."""
-    from graftlens.interventions.path_patching import Receiver
+    from graftlens.interventions.paths import Receiver
     from graftlens.methods.core.circuits import discovered_circuit
 
     run = load_run(circuit_run)

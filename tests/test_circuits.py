@@ -17,7 +17,7 @@ from graftlens.interventions.circuits import (
 )
 from graftlens.interventions.masks import DcmSettings, DesideratumBatch, MaskError, desideratum_accuracy, learn_mask
 from graftlens.interventions.patching import Patch, patched_logits
-from graftlens.interventions.path_patching import (
+from graftlens.interventions.paths import (
     PathInputs,
     PathPatchingError,
     Receiver,
@@ -324,7 +324,7 @@ def _padded_pairs(g: torch.Generator, width: int, padded_row: int, padding: int,
 
 
 def test_a_shared_prefix_gives_the_full_path_patching(family):
-    from graftlens.interventions.path_patching import PreparedBatch, first_touched_column, target_probs
+    from graftlens.interventions.paths import PreparedBatch, first_touched_column, target_probs
 
     model = make_tiny_model(family)
     g = torch.Generator().manual_seed(8)

@@ -13,9 +13,9 @@ from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.knockout import continued_knockout_logits
 from graftlens.interventions.patching import (
     Patch,
-    continued_patched_logits,
     activation_patching,
     activation_patching_loop,
+    continued_patched_logits,
     cross_model_patched_logits,
     run_with_cache,
 )
@@ -99,8 +99,12 @@ def test_fast_knockout_is_the_full_knockout(family: str) -> None:
         for sources, targets in (("subject", "LT"), ("(subject+LT)^C", "LT"), ("LT", "LT"), ("0", "subject")):
             with attention_knockout(model, layers, sources=sources, targets=targets, spans=SPANS):
                 full = run_logits(model, ids, mask, last_only=True)[:, -1]
-            torch.testing.assert_close(continued_knockout_logits(run, layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5)
-    assert torch.equal(continued_knockout_logits(run, [1], "all^C", "LT", spans=SPANS), run.logits)  # nothing blocked: bit for bit
+            torch.testing.assert_close(
+                continued_knockout_logits(run, layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5
+            )
+    assert torch.equal(
+        continued_knockout_logits(run, [1], "all^C", "LT", spans=SPANS), run.logits
+    )  # nothing blocked: bit for bit
 
 
 def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:

@@ -9,14 +9,14 @@ expected to agree: Spearman's correlation is checked on every family.
 
 from __future__ import annotations
 
-import importlib
 import random
 
 import pytest
 import torch
 
 import graftlens
-from graftlens.interventions.edge_attribution import (
+from graftlens.interventions import edges as ea  # the module
+from graftlens.interventions.edges import (
     LOGITS,
     EdgeAttributionError,
     edge_attribution,
@@ -24,11 +24,10 @@ from graftlens.interventions.edge_attribution import (
     edge_patched_logits,
     rank_correlation,
 )
-from graftlens.interventions.path_patching import PathInputs, Receiver
+from graftlens.interventions.paths import PathInputs, Receiver
 from graftlens.models import tiny_model
 from graftlens.models.run import run_logits
 
-ea = importlib.import_module("graftlens.interventions.edge_attribution")  # the module (its name is also the function's)
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "olmo2", "phi3", "gpt2", "gpt_neox"]
 SCALE = 1e-3
 

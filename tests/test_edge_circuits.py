@@ -11,10 +11,10 @@ import torch
 
 import graftlens
 from graftlens.interventions.circuits import Circuit, CircuitError, HeadGroup, head_means, mean_ablated_logits
-from graftlens.interventions.edge_attribution import LOGITS, edge_attribution, receiver_input
 from graftlens.interventions.edge_circuits import EdgeCircuit, edge_ablated_logits, edges_for_heads
+from graftlens.interventions.edges import LOGITS, edge_attribution, receiver_input
 from graftlens.interventions.hooks import capture, edit
-from graftlens.interventions.path_patching import PathInputs, Receiver
+from graftlens.interventions.paths import PathInputs, Receiver
 from graftlens.interventions.points import Point
 from graftlens.models import tiny_model
 from graftlens.models.run import run_logits

@@ -16,10 +16,10 @@ from graftlens.data.entity_tracking import make_pairs, mean_reference, tokenize_
 from graftlens.eval.batching import batches, collate, pad_id_of
 from graftlens.experiments import load_recipe
 from graftlens.interventions.circuits import head_means, mean_ablated_logits
-from graftlens.interventions.edge_attribution import edge_attribution
 from graftlens.interventions.edge_circuits import edge_ablated_logits, edges_for_heads
+from graftlens.interventions.edges import edge_attribution
 from graftlens.interventions.faithfulness import faithfulness_curve, top_circuit
-from graftlens.interventions.path_patching import PathInputs
+from graftlens.interventions.paths import PathInputs
 from graftlens.methods.core.circuits import GroupSizes, proportional_sizes
 from graftlens.models import load_model
 from graftlens.results import load_run

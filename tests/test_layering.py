@@ -256,18 +256,39 @@ def test_a_recipe_is_read_and_refused_without_torch(tmp_path) -> None:
     assert "names model 'pree'" in done.stderr and done.stdout.strip().endswith("ok")
 
 
-def test_a_lazy_name_is_not_shadowed_by_its_submodule():
-    """``graftlens.train.finetune`` is both a module and the function it exports: asking for
-    another name of that module first must not leave the package attribute the module."""
-    code = (
-        "import types\n"
-        "from graftlens.train import FinetuneError, finetune\n"
-        "assert callable(finetune) and not isinstance(finetune, types.ModuleType)\n"
-    )
-    import subprocess
-    import sys
+def test_no_public_name_is_shadowed_by_a_submodule() -> None:
+    """Importing ``package.x`` sets the package attribute ``x`` to the submodule: a public name
+    that is also a submodule's name (``graftlens.train.finetune``) would become the module. So no
+    declared name is a submodule's, and after importing every submodule, in a fresh interpreter,
+    every public name of every package is still its home module's object, never a module."""
+    from graftlens.lazy import DECLARING_PACKAGES
 
-    subprocess.run([sys.executable, "-c", code], check=True)
+    modules = sorted({_module_name(f) for f in SRC.rglob("*.py") if f.name != "__main__.py"})
+    clashes = [f"{p}.{n}" for p in DECLARING_PACKAGES for n in _declared(p) if f"{p}.{n}" in modules]
+    assert not clashes, f"public names that are also submodules: {clashes}"
+    script = (
+        "import importlib, types\n"
+        "from graftlens.lazy import DECLARING_PACKAGES\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "wrong = []\n"
+        "for p in DECLARING_PACKAGES:\n"
+        "    package = importlib.import_module(p)\n"
+        "    for home, names in package._EXPORTS.items():\n"
+        "        for n in names:\n"
+        "            got = getattr(package, n)\n"
+        "            if isinstance(got, types.ModuleType) or got is not getattr(importlib.import_module(home), n):\n"
+        "                wrong.append(f'{p}.{n}')\n"
+        "assert not wrong, wrong\n"
+        "print('ok')\n"
+    )
+    assert _in_fresh_interpreter(script).stdout.strip() == "ok"
+
+
+def _declared(package: str) -> list[str]:
+    import importlib
+
+    return [n for names in importlib.import_module(package)._EXPORTS.values() for n in names]
 
 
 def test_each_stub_is_what_its_declaration_gives() -> None:

@@ -39,14 +39,14 @@ from graftlens.interventions.circuits import (
     mean_ablated_logits as mean_ablated_logits,
     random_circuit as random_circuit,
 )
-from graftlens.interventions.edge_attribution import (
-    edge_attribution as edge_attribution,
-    edge_patched_logits as edge_patched_logits,
-    EdgeScores as EdgeScores,
-)
 from graftlens.interventions.edge_circuits import (
     edge_ablated_logits as edge_ablated_logits,
     EdgeCircuit as EdgeCircuit,
+)
+from graftlens.interventions.edges import (
+    edge_attribution as edge_attribution,
+    edge_patched_logits as edge_patched_logits,
+    EdgeScores as EdgeScores,
 )
 from graftlens.interventions.faithfulness import (
     faithfulness_curve as faithfulness_curve,
@@ -80,7 +80,7 @@ from graftlens.interventions.patching import (
     patched_logits as patched_logits,
     run_with_cache as run_with_cache,
 )
-from graftlens.interventions.path_patching import (
+from graftlens.interventions.paths import (
     path_patched_logits as path_patched_logits,
     path_patching as path_patching,
     PathInputs as PathInputs,

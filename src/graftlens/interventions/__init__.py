@@ -15,7 +15,7 @@ lazy_exports(
             "mean_ablated_logits",
             "random_circuit",
         ],
-        "graftlens.interventions.edge_attribution": [
+        "graftlens.interventions.edges": [
             "edge_attribution",
             "edge_patched_logits",
             "EdgeAttributionError",
@@ -38,7 +38,7 @@ lazy_exports(
             "PatchingSweep",
             "run_with_cache",
         ],
-        "graftlens.interventions.path_patching": [
+        "graftlens.interventions.paths": [
             "path_patched_logits",
             "path_patching",
             "PathInputs",

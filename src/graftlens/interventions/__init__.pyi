@@ -10,18 +10,18 @@ from graftlens.interventions.circuits import (
     mean_ablated_logits as mean_ablated_logits,
     random_circuit as random_circuit,
 )
-from graftlens.interventions.edge_attribution import (
+from graftlens.interventions.edge_circuits import (
+    edge_ablated_logits as edge_ablated_logits,
+    EdgeCircuit as EdgeCircuit,
+    edges_for_heads as edges_for_heads,
+)
+from graftlens.interventions.edges import (
     edge_attribution as edge_attribution,
     edge_patched_logits as edge_patched_logits,
     EdgeAttributionError as EdgeAttributionError,
     EdgeScores as EdgeScores,
     ExactEdges as ExactEdges,
     rank_correlation as rank_correlation,
-)
-from graftlens.interventions.edge_circuits import (
-    edge_ablated_logits as edge_ablated_logits,
-    EdgeCircuit as EdgeCircuit,
-    edges_for_heads as edges_for_heads,
 )
 from graftlens.interventions.faithfulness import (
     faithfulness_curve as faithfulness_curve,
@@ -59,7 +59,7 @@ from graftlens.interventions.patching import (
     PatchingSweep as PatchingSweep,
     run_with_cache as run_with_cache,
 )
-from graftlens.interventions.path_patching import (
+from graftlens.interventions.paths import (
     path_patched_logits as path_patched_logits,
     path_patching as path_patching,
     PathInputs as PathInputs,

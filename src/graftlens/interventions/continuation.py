@@ -27,9 +27,8 @@ from torch import nn
 
 from graftlens.interventions.hooks import PointLike, capture
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.prefix import keeps_every_position, cache_argument, copied_cache
+from graftlens.models.prefix import cache_argument, copied_cache, keeps_every_position
 from graftlens.models.run import position_ids_for
-
 
 
 class _Skipped(nn.Module):

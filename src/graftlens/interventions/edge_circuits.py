@@ -1,12 +1,12 @@
 """Edge circuits: a set of edges of the head graph kept, every other edge mean-ablated.
 
-The graph is edge attribution's (:mod:`~graftlens.interventions.edge_attribution`): a sender
+The graph is edge attribution's (:mod:`~graftlens.interventions.edges`): a sender
 head reaches a later head's query, key or value input, or the logits. An :class:`EdgeCircuit`
 keeps some edges. Running it (:func:`edge_ablated_logits`):
 
 - a receiver (a head's q, k or v, or the logits) reads the residual stream of the circuit run
   plus, for every sender whose edge to it is *not* kept, that sender's write when its output
-  is set to its mean (:func:`~graftlens.interventions.edge_attribution.head_writes`): the
+  is set to its mean (:func:`~graftlens.interventions.edges.head_writes`): the
   receiver alone sees that sender mean-ablated;
 - a head with no path of kept edges to the logits outputs its mean (it is not in the circuit);
 - MLPs, norms and embeddings are not nodes of the graph: they read the circuit run's residual
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from graftlens.interventions.circuits import CircuitError, Head
-from graftlens.interventions.edge_attribution import (
-    RECEIVER_POINTS,
+from graftlens.interventions.edges import (
     LOGITS,
+    RECEIVER_POINTS,
     WRITES_BUDGET,
     EdgeReceiver,
     EdgeScores,
@@ -37,7 +37,7 @@ from graftlens.interventions.edge_attribution import (
     receiver_input,
 )
 from graftlens.interventions.hooks import edit
-from graftlens.interventions.path_patching import Receiver
+from graftlens.interventions.paths import Receiver
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -110,7 +110,11 @@ class EdgeCircuit:
             if r == LOGITS:
                 continue
             n = n_heads if r.point == "q" else n_kv_heads
-            if not isinstance(r, Receiver) or r.point not in RECEIVER_POINTS or not (layer < r.layer < n_layers and 0 <= r.head < n):
+            if (
+                not isinstance(r, Receiver)
+                or r.point not in RECEIVER_POINTS
+                or not (layer < r.layer < n_layers and 0 <= r.head < n)
+            ):
                 raise CircuitError(f"edge {layer}.{head} → {r}: a receiver is a q, k or v head of a later layer, or 'logits'")
 
 

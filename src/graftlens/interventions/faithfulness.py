@@ -2,7 +2,7 @@
 random circuits of the same size.
 
 At size ``k`` the circuit is the first ``k`` heads of the ranking (from edge attribution,
-:meth:`~graftlens.interventions.edge_attribution.EdgeScores.heads_by_edges`, or any order),
+:meth:`~graftlens.interventions.edges.EdgeScores.heads_by_edges`, or any order),
 kept at ``positions``; every other head is mean-ablated (:func:`mean_ablated_logits`).
 Faithfulness is the circuit's top-1 accuracy over the full model's.
 """

@@ -21,7 +21,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, edit
-from graftlens.interventions.path_patching import Head, PathInputs, first_touched_column, head_outputs, paired_positions
+from graftlens.interventions.paths import Head, PathInputs, first_touched_column, head_outputs, paired_positions
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded

@@ -167,7 +167,9 @@ def continued_patched_logits(run: CachedRun, patches: Sequence[Patch], spans: Se
     return continued_patched_variants(run, [patches], spans)[:, 0]
 
 
-def continued_patched_variants(run: CachedRun, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+def continued_patched_variants(
+    run: CachedRun, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None
+) -> torch.Tensor:
     """Logits ``[batch, variants, vocab]`` at the last position, one variant per patch set, each
     equal to :func:`continued_patched_logits` of its set: the sets run as variants of one
     continuation of ``run`` (row ``b`` of variant ``v`` at ``b * variants + v``), from the lowest

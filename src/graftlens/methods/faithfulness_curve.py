@@ -3,7 +3,7 @@ against random circuits of the same size (Prakash et al.'s faithfulness, as a cu
 
 A circuit comes from one of three rankings of the heads:
 
-- ``eap_edges``: edge attribution patching (:func:`~graftlens.interventions.edge_attribution.edge_attribution`)
+- ``eap_edges``: edge attribution patching (:func:`~graftlens.interventions.edges.edge_attribution`)
   over the run's clean/corrupted pairs, the heads in the order its strongest edges reach them;
 - ``eap_nodes``: the same pass's node scores (attribution patching of each head's output);
 - ``eap_edge_circuit``: EAP's strongest edges themselves, kept as an edge circuit
@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from graftlens.eval.batching import PromptBatch
     from graftlens.eval.scoring import LastLogits
     from graftlens.interventions.circuits import Circuit
-    from graftlens.interventions.edge_attribution import EdgeScores
     from graftlens.interventions.edge_circuits import EdgeCircuit
+    from graftlens.interventions.edges import EdgeScores
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
 
@@ -358,7 +358,7 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
         from dataclasses import replace
 
         from graftlens.eval.batching import pad_id_of
-        from graftlens.interventions.edge_attribution import edge_attribution
+        from graftlens.interventions.edges import edge_attribution
 
         model = execution.models[model_name]
         total, n = None, 0
@@ -418,7 +418,7 @@ def edge_circuit_tables(run: RunData, panel: str, configs: list[StoredConfig]) -
 def overlap_tables(run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:
     """How many heads of each path-patching group EAP's first ``N`` heads hold, ``N`` the
     path-patching circuit's distinct heads (at the sizes its stages were found with)."""
-    from graftlens.interventions.path_patching import top_heads
+    from graftlens.interventions.paths import top_heads
     from graftlens.methods.core.circuits import GROUPS, stage_scores, stored_results
 
     path = run.run_dir / EAP_FILE

@@ -68,7 +68,7 @@ class PathPatching(Method[PathPatchSpec]):
     def readout(self, config: RunConfig[PathPatchSpec], execution: Execution) -> LastLogits:
         spec = config.method
         from graftlens.eval.batching import pad_id_of
-        from graftlens.interventions.path_patching import PreparedBatch, Receiver, prepared_bytes
+        from graftlens.interventions.paths import PreparedBatch, Receiver, prepared_bytes
 
         model = execution.models[config.model]
         a = model.adapter
@@ -110,7 +110,7 @@ class PathPatching(Method[PathPatchSpec]):
 
     def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         from graftlens import charts
-        from graftlens.interventions.path_patching import top_heads
+        from graftlens.interventions.paths import top_heads
 
         spec = configs[0].method or {}
         stage, clean = spec["stage"], plain_of(spec)

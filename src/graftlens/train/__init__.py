@@ -6,6 +6,6 @@ lazy_exports(
     globals(),
     {
         "graftlens.train.config": ["FinetuneConfig", "LoraSettings"],
-        "graftlens.train.finetune": ["finetune", "FinetuneError", "FinetuneResult"],
+        "graftlens.train.finetuning": ["finetune", "FinetuneError", "FinetuneResult"],
     },
 )

@@ -6,7 +6,7 @@ from graftlens.train.config import (
     FinetuneConfig as FinetuneConfig,
     LoraSettings as LoraSettings,
 )
-from graftlens.train.finetune import (
+from graftlens.train.finetuning import (
     finetune as finetune,
     FinetuneError as FinetuneError,
     FinetuneResult as FinetuneResult,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from graftlens.eval.batching import PromptBatch
     from graftlens.interventions.circuits import Circuit
-    from graftlens.interventions.path_patching import PathInputs
+    from graftlens.interventions.paths import PathInputs
     from graftlens.results.rundata import RunData
 
 GROUP_POSITIONS = {
@@ -95,7 +95,7 @@ def discovered_circuit(results: Results, clean: str, sizes: GroupSizes, n_layers
     """The first ``upto`` groups as the stored path-patching results pick them. A head that is
     both a value fetcher and a position transmitter counts as a transmitter (as in the paper)."""
     from graftlens.interventions.circuits import Circuit, HeadGroup
-    from graftlens.interventions.path_patching import top_heads
+    from graftlens.interventions.paths import top_heads
 
     picked: dict[str, list[tuple[int, int]]] = {}
     for stage in GROUPS[:upto]:
@@ -156,7 +156,7 @@ def check_fixed_positions(circuit: Circuit, groups: Sequence[str], source: str, 
 def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
     """The batch as clean prompts with their corrupted ones (``meta["source"]`` of entity-tracking pairs)."""
     from graftlens.eval.batching import collate
-    from graftlens.interventions.path_patching import PathInputs
+    from graftlens.interventions.paths import PathInputs
 
     missing = [p.id for p in batch.prompts if "source" not in p.meta]
     if missing:
@@ -225,7 +225,7 @@ def discovered_circuit_of_size(
     both a position transmitter and a value fetcher is a transmitter, and the fetchers take the
     next head of their ranking instead, so the circuit keeps its size."""
     from graftlens.interventions.circuits import Circuit, HeadGroup
-    from graftlens.interventions.path_patching import top_heads
+    from graftlens.interventions.paths import top_heads
 
     if not 0 < total <= len(GROUPS) * n_layers * n_heads:
         raise RecipeError(f"a path-patching circuit of {total} heads (each group has {n_layers * n_heads} to choose from)")

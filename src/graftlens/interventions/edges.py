@@ -3,7 +3,7 @@ forward and one backward pass, and the exact edge patching it approximates.
 
 The graph's nodes are attention heads. An *edge* runs from a *sender* head ``(layer, head)``
 to a *receiver*: the query, key or value input of a head in a later layer
-(:class:`~graftlens.interventions.path_patching.Receiver`), or the logits. Patching an edge
+(:class:`~graftlens.interventions.paths.Receiver`), or the logits. Patching an edge
 means: run the clean input, but let the receiver alone read the residual stream as it would be
 if the sender's output were the corrupted run's (every other reader, MLPs included, sees the
 clean stream). The sender's *write* is what it adds to the residual stream,
@@ -42,7 +42,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
-from graftlens.interventions.path_patching import Head, PathInputs, Receiver
+from graftlens.interventions.paths import Head, PathInputs, Receiver
 from graftlens.interventions.points import Point, hook_site
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
