@@ -8,7 +8,8 @@ Each shipped recipe is first made tiny (its models become tiny random llamas wit
 tokenizer, its data and sweeps small enough to score in about a second; finetuned models become a
 second tiny model, since finetuning is fuzzed by its own settings' validation), then mutated once:
 a value replaced by another type, sign, zero, a huge or tiny number, inf/NaN, an empty list, an
-unknown name, unicode or a very long string; a key removed, added or written twice.
+unknown name, unicode or a very long string; a key removed, added or written twice; a value
+replaced by nested YAML aliases (up to a "billion laughs").
 
 The examples are seeded (``derandomize``): ``make test`` runs the same ones every time, on a fixed
 budget of ``FUZZ_EXAMPLES`` per recipe (about a minute in all). ``pytest --fuzz-examples N`` runs
@@ -156,7 +157,8 @@ def mutations(draw, recipe: dict) -> tuple[str, str]:
     recipe = copy.deepcopy(recipe)
     path = draw(st.sampled_from(paths(recipe)))
     parent, key = _parent(recipe, path), path[-1]
-    op = draw(st.sampled_from(["replace", "replace", "replace", "number", "remove", "add key", "empty", "repeat", "twice"]))
+    ops = ["replace", "replace", "replace", "number", "remove", "add key", "empty", "repeat", "twice", "aliases"]
+    op = draw(st.sampled_from(ops))
     where = ".".join(map(str, path))
     if op == "replace":
         value = draw(st.sampled_from(ODD_VALUES))
@@ -184,10 +186,27 @@ def mutations(draw, recipe: dict) -> tuple[str, str]:
         text = yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False)
         value = draw(st.sampled_from(ODD_VALUES))
         return f"{path[0]} written twice", f"{text}{path[0]}: {json.dumps(value)}\n"
+    elif op == "aliases":  # the value becomes 9 ** depth strings written through nested aliases
+        depth = draw(st.integers(1, 9))
+        parent[key] = PLACEHOLDER
+        text = yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False)
+        return f"{where} = aliases of depth {depth}", text.replace(PLACEHOLDER, alias_bomb(depth), 1)
     else:  # a key added where there is no mapping, or a mapping's key repeated: a plain replacement
         parent[key] = draw(st.sampled_from(ODD_VALUES))
         what = f"{where} = {parent[key]!r:.40}"
     return what, yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False)
+
+
+PLACEHOLDER = "ALIAS_PLACEHOLDER"
+
+
+def alias_bomb(depth: int, width: int = 9) -> str:
+    """A YAML flow sequence standing for ``width ** depth`` strings in about ``depth * width``
+    aliases: level k is level k-1 once (anchored) and aliased ``width - 1`` more times."""
+    text = "&a1 [" + ", ".join(["lol"] * width) + "]"
+    for k in range(2, depth + 1):
+        text = f"&a{k} [{text}, " + ", ".join([f"*a{k - 1}"] * (width - 1)) + "]"
+    return text
 
 
 # --- the property ---------------------------------------------------------------------------------
@@ -289,6 +308,22 @@ def test_mutated_recipes_run_or_fail_with_one_line(name, tiny_dirs, tiny_circuit
 
     property_holds()
     request.node.user_properties += [("ran", seen.count("ran")), ("refused", seen.count("refused"))]
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path, tiny_dirs, tiny_circuit):
+    """Ten lines of nested aliases standing for 9**9 values: one error line within a second, not a
+    hang (every step after loading would walk the expanded values)."""
+    import time
+
+    recipe = tiny_recipe("position-grafting", tiny_dirs, tiny_circuit)
+    recipe["name"] = PLACEHOLDER
+    text = yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False).replace(PLACEHOLDER, alias_bomb(9), 1)
+    t0 = time.perf_counter()
+    assert check_property(text, tmp_path, "alias bomb") == "refused"
+    assert time.perf_counter() - t0 < 1.0
+    path = tmp_path / "recipe.yaml"
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "again")])
+    assert "aliases expand to more than 100,000 values" in result.output
 
 
 #: What the fuzzer found, each kept as a case: (name, shipped recipe, mutation as path → value).

@@ -30,8 +30,10 @@ def read_yaml(path: Path, what: str) -> object:
         raise ConfigFileError(f"{what} {path} does not exist")
     try:
         return yaml.load(read_utf8(path), Loader=_unique_keys_loader())  # noqa: S506 - a SafeLoader
-    except _DuplicateKey as exc:
+    except (_DuplicateKey, _TooLarge) as exc:
         raise ConfigFileError(f"{what} {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigFileError(f"{what} {path} is nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -43,12 +45,29 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _TooLarge(Exception):
+    pass
+
+
+#: The most values a configuration file may hold once its aliases are expanded. Anchors and
+#: aliases (``&name`` / ``*name``) are allowed for sharing a block, but ten lines of nested aliases
+#: can stand for billions of values ("billion laughs"): every later step (validation, hashing,
+#: expansion) would walk them all, so such a file is refused before anything is built.
+MAX_EXPANDED_VALUES = 100_000
+
+
 def _unique_keys_loader():
     """PyYAML's SafeLoader, refusing a key written twice in one mapping (it would keep the last
     silently, and a recipe's earlier line would mean nothing)."""
     import yaml
 
     class UniqueKeys(yaml.SafeLoader):
+        def get_single_node(self):
+            node = super().get_single_node()
+            if node is not None:
+                _check_expanded_size(node)
+            return node
+
         def construct_mapping(self, node, deep=False):
             seen: set = set()
             for key_node, _ in node.value:
@@ -59,6 +78,40 @@ def _unique_keys_loader():
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeys
+
+
+def _check_expanded_size(root) -> None:
+    """Refuse a composed YAML document that stands for more than ``MAX_EXPANDED_VALUES`` values
+    or refers to itself. An alias is the anchored node itself, so sizes are counted once per node
+    (linear in the file's length however large the expansion)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _TooLarge(f"an alias refers to a block that holds it (line {node.start_mark.line + 1})")
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in node.value)
+        else:
+            total = 1
+        open_nodes.discard(key)
+        if total > MAX_EXPANDED_VALUES:
+            raise _TooLarge(
+                f"its aliases expand to more than {MAX_EXPANDED_VALUES:,} values (the block at line "
+                f"{node.start_mark.line + 1}); write the values out instead of nesting aliases"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
