@@ -349,6 +349,20 @@ REGRESSIONS: list[tuple[str, str, tuple, object]] = [
     ("et-dcm-with-a-huge-seed", "et-dcm", ("sweeps", 0, "seed"), 2**63),
 ]
 
+#: Mutations that must run to the end (each once failed late).
+RUN_REGRESSIONS: list[tuple[str, str, tuple, object]] = [
+    # A 5000-character panel name became a figure file name too long for the file system: the
+    # report failed after every result was stored.
+    ("answer-rate-with-a-very-long-panel", "answer-rate", ("sweeps", 1, "panel"), "x" * 5000),
+]
+
+
+@pytest.mark.parametrize(("case", "name", "path", "value"), RUN_REGRESSIONS, ids=[r[0] for r in RUN_REGRESSIONS])
+def test_found_by_the_fuzzer_and_runs(case, name, path, value, tiny_dirs, tiny_circuit, tmp_path, graftlens_cache):
+    recipe = tiny_recipe(name, tiny_dirs, tiny_circuit)
+    _parent(recipe, path)[path[-1]] = value
+    assert check_property(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False), tmp_path, case) == "ran"
+
 
 @pytest.mark.parametrize(("case", "name", "path", "value"), REGRESSIONS, ids=[r[0] for r in REGRESSIONS])
 def test_found_by_the_fuzzer(case, name, path, value, tiny_dirs, tiny_circuit, tmp_path, graftlens_cache):

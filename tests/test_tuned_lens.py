@@ -103,6 +103,37 @@ def test_lenses_are_cached_by_model_and_settings(graftlens_cache, tmp_path) -> N
         assert torch.allclose(x, y, atol=1e-5)
 
 
+def test_a_lens_cached_under_an_older_fingerprint_is_loaded_and_dead_work_is_removed(tmp_path, monkeypatch) -> None:
+    """A lens an older graftlens cached (its key hashed a fingerprint that named the model's path)
+    is renamed to its key and loaded, not trained again; the work folders of killed trainings
+    (their process gone) are removed, a live process's kept."""
+    import os
+    import subprocess
+    import sys
+
+    from graftlens.models.fingerprint import legacy_fingerprints
+    from graftlens.train import tuned_lens as training
+
+    monkeypatch.setenv("GRAFTLENS_CACHE", str(tmp_path))
+    model = make_tiny_model("llama", 0)
+    made = tuned_lens(model, SMALL)
+    lenses = tmp_path / "lenses"
+    (old_print,) = legacy_fingerprints(model)
+    old = lenses / lens_key(old_print, SMALL)
+    (lenses / made.manifest["key"]).rename(old)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = lenses / f"{made.manifest['key']}.partial-{int(dead.stdout)}"
+    live = lenses / f"other.partial-{os.getpid()}"
+    abandoned.mkdir()
+    live.mkdir()
+    monkeypatch.setattr(training, "fit_tuned_lens", lambda *a, **k: pytest.fail("a cached lens was trained again"))
+    found = tuned_lens(model, SMALL)
+    assert found.manifest["key"] == made.manifest["key"] and not old.exists()
+    for x, y in zip(made.state_dict().values(), found.state_dict().values()):
+        assert torch.equal(x, y)
+    assert not abandoned.exists() and live.exists()
+
+
 def _lens_recipe(path, model_dir: str, sweeps: str) -> None:
     path.write_text(
         textwrap.dedent(f"""\

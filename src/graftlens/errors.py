@@ -65,3 +65,9 @@ class LayerSelectionError(InterventionError):
 class RenamedRecipeKey(FutureWarning):
     """A recipe used a key graftlens has renamed: it is read with the meaning it had, and the CLI
     prints one line naming the key to write instead."""
+
+
+class GraftlensNote(UserWarning):
+    """Something worth knowing that changes nothing asked for (a cached finetune found under the
+    name an older graftlens gave it, a wait for another process finetuning the same model): the
+    CLI prints it as one ``note:`` line."""

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from graftlens.errors import GraftlensError, RenamedRecipeKey
+from graftlens.errors import GraftlensError, GraftlensNote, RenamedRecipeKey
 
 console = Console()
 err_console = Console(stderr=True)
@@ -56,8 +56,8 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
-    """A renamed recipe key is one yellow line; other warnings show as Python shows them."""
-    if issubclass(category, RenamedRecipeKey):
+    """A renamed recipe key or a note is one yellow line; other warnings show as Python shows them."""
+    if issubclass(category, RenamedRecipeKey | GraftlensNote):
         err_console.print(f"[yellow]note:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
@@ -76,6 +76,7 @@ def friendly_errors(fn: F) -> F:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", RenamedRecipeKey)
+                warnings.simplefilter("always", GraftlensNote)
                 warnings.showwarning = _show_notice
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):

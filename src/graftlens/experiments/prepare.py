@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,6 +24,7 @@ from graftlens.eval.scoring import plain_last_logits, score_logits
 from graftlens.experiments.recipe import EntityTrackingData, ModelSpec, Recipe
 from graftlens.methods import RecipeError, RunConfig, check_config
 from graftlens.models import LoadedModel, load_model
+from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.train import finetune
 
 TASK_EXAMPLES = 2000  # training texts of a task finetune when the recipe does not say
@@ -157,6 +159,25 @@ def prepare_models(
         }
     _check_shared_tokenizer(models)
     return models, sources
+
+
+def models_not_recorded(
+    models: Mapping[str, LoadedModel], recorded: Mapping[str, str], sources: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The names of ``models`` whose weights are not the ones a run recorded (``recorded``: name →
+    fingerprint). A fingerprint an older graftlens gave the same weights counts as theirs: it
+    named the path a model was read from, tried as the model's current one and as the spec or
+    checkpoint path that ``sources`` (the run manifest's models) recorded."""
+    wrong = []
+    for name, model in models.items():
+        stored = recorded.get(name)
+        if stored == model_fingerprint(model.model):
+            continue
+        source = (sources or {}).get(name)
+        paths = [str(source[k]) for k in ("checkpoint", "spec") if isinstance(source, dict) and source.get(k)]
+        if stored is None or stored not in legacy_fingerprints(model.model, paths):
+            wrong.append(name)
+    return wrong
 
 
 def _check_shared_tokenizer(models: dict[str, LoadedModel]) -> None:

@@ -22,6 +22,7 @@ from graftlens.experiments.prepare import (
     check_configs,
     check_prompt_lengths,
     correct_only,
+    models_not_recorded,
     prepare_lenses,
     prepare_models,
     recipe_data,
@@ -133,6 +134,18 @@ class OnRay:
     workers: int | None
 
 
+def _same_inputs(stored: dict, inputs: dict, models: dict[str, LoadedModel], manifest: dict | None) -> bool:
+    """The stored run was made from this data and these weights (fingerprints an older graftlens
+    gave the same weights included)."""
+    if not isinstance(stored, dict) or stored.get("dataset_hash") != inputs["dataset_hash"]:
+        return False
+    recorded = stored.get("models")
+    if not isinstance(recorded, dict) or set(recorded) != set(inputs["models"]):
+        return False
+    sources = manifest.get("models") if isinstance(manifest, dict) else None
+    return not models_not_recorded(models, recorded, sources if isinstance(sources, dict) else None)
+
+
 def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, on_ray: OnRay | None):
     run_id = recipe.content_hash()
     with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
@@ -166,7 +179,11 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
             "models": {name: model_fingerprint(m.model) for name, m in models.items()},
         }
         stored_inputs = store.get_meta("inputs")
-        if stored_inputs is not None and stored_inputs != inputs and store.total() > 0:
+        if (
+            stored_inputs is not None
+            and not _same_inputs(stored_inputs, inputs, models, store.get_meta("manifest"))
+            and store.total() > 0
+        ):
             raise StoreError(
                 f"{run_dir} holds results made from other models or data than this recipe now gives "
                 f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"

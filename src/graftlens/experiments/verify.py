@@ -20,10 +20,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from graftlens.eval.batching import batches, pad_id_of
-from graftlens.experiments.prepare import prepare_models, recipe_data
+from graftlens.experiments.prepare import models_not_recorded, prepare_models, recipe_data
 from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.units import run_scorer
-from graftlens.models import model_fingerprint
 from graftlens.results.store import ResultRow, ResultsStore, StoreError
 
 #: How far a re-scored probability may stand from the stored one, by the dtype the run computed
@@ -93,12 +92,11 @@ def verify_run(
                 f"the recipe's data now has content hash {data.content_hash}; the run was scored on {inputs['dataset_hash']}"
             )
         models, _ = prepare_models(recipe, data.dataset_dir, device)
-        for name, model in models.items():
-            if model_fingerprint(model.model) != inputs["models"].get(name):
-                raise StoreError(
-                    f"model {name!r} loads other weights than the run was scored with (fingerprint "
-                    f"{inputs['models'].get(name)}): verify needs the same models"
-                )
+        for name in models_not_recorded(models, inputs["models"], manifest.get("models")):
+            raise StoreError(
+                f"model {name!r} loads other weights than the run was scored with (fingerprint "
+                f"{inputs['models'].get(name)}): verify needs the same models"
+            )
         recipient = models[recipe.recipient]
         pad = pad_id_of(recipient.tokenizer)
         by_id = {p.id: p for p in data.prompts(recipe, recipient.tokenizer)}

@@ -41,8 +41,14 @@ def method_tables(run: RunData) -> list[Table]:
     return [t for panel, configs in run.panels().items() if configs for t in panel_method(configs).tables(run, panel, configs)]
 
 
+SLUG_CHARS = 60  # a figure's file name stays far below file systems' 255-byte limit
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower() or "panel"
+    """A file-name part for a panel: its letters and digits, at most ``SLUG_CHARS`` of them (the
+    figure's number before it keeps names of long panels apart)."""
+    slug = re.sub(r"[^0-9a-zA-Z]+", "-", text).strip("-").lower()[:SLUG_CHARS].strip("-")
+    return slug or "panel"
 
 
 def method_files(run: RunData) -> dict[str, str]:

@@ -5,31 +5,38 @@ asking again for the same thing returns the existing directory. Training writes 
 sibling ``<name>.partial`` directory and saves a resumable state there every
 ``checkpoint_every_s`` seconds; a killed run started again continues from it and produces
 the same weights as an uninterrupted one. The finished directory appears in one rename, so
-a half-written checkpoint is never mistaken for a finished one.
+a half-written checkpoint is never mistaken for a finished one. Processes asking for the same
+checkpoint at once take turns (a file lock): the first trains, the others wait and then find it
+finished.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from graftlens.cache import cache_dir
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.prompts import check_tokenizer_fits
-from graftlens.errors import RecipeError
+from graftlens.errors import GraftlensNote, RecipeError
 from graftlens.eval.batching import pad_id_of
 from graftlens.eval.scoring import evaluate
 from graftlens.fileio import write_json_atomic
-from graftlens.models.fingerprint import model_fingerprint
+from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.models.loading import LoadedModel, check_device, load_model
 from graftlens.provenance import run_versions
 from graftlens.train.batches import collate_train, epoch_batches, tokenize_texts
@@ -93,30 +100,120 @@ def finetune(
     base_print = model_fingerprint(model)
     name = content_hash(base_print, data.content_hash, config)
     final = Path(out_dir) if out_dir is not None else cache_dir() / "finetuned" / name
-    existing = _finished_manifest(final)
-    if existing is not None:
-        if existing.get("content_hash") != name:
-            raise FinetuneError(
-                f"{final} holds another finetuning run (content hash {existing.get('content_hash')}, this request {name}); "
-                "choose another output directory"
-            )
-        return FinetuneResult(final, existing, reused=True)
-    if final.exists() and any(final.iterdir()):
-        raise FinetuneError(f"{final} exists and is not a finished graftlens checkpoint; choose another output directory")
+    with _entry_lock(final):
+        existing = _finished_manifest(final)
+        if existing is None and out_dir is None:
+            existing = _adopt_legacy_entry(model, final, base_print, data.content_hash, config)
+        if existing is not None:
+            if existing.get("content_hash") != name:
+                existing = _recognised_legacy(model, final, existing, base_print, data.content_hash, config)
+            return FinetuneResult(final, existing, reused=True)
+        if final.exists() and any(final.iterdir()):
+            raise FinetuneError(f"{final} exists and is not a finished graftlens checkpoint; choose another output directory")
 
-    work = final.with_name(final.name + ".partial")
-    work.mkdir(parents=True, exist_ok=True)
-    run = _Run(loaded, base_print, data, texts, config, name, work, checkpoint_every_s, progress)
-    done = run.train(stop_after_steps)
-    if not done:
-        return FinetuneResult(work, run.manifest(final_eval=None), reused=False)
-    manifest = run.finish()
-    model_dir = work / "model"
-    if final.exists():
-        final.rmdir()  # empty, checked above
-    os.replace(model_dir, final)
-    shutil.rmtree(work, ignore_errors=True)
-    return FinetuneResult(final, manifest, reused=False)
+        # One process at a time trains an entry (the lock): a killed run's work folder is resumed
+        # by the next, and a process that waited finds the finished entry above.
+        work = final.with_name(final.name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)
+        run = _Run(loaded, base_print, data, texts, config, name, work, checkpoint_every_s, progress)
+        done = run.train(stop_after_steps)
+        if not done:
+            return FinetuneResult(work, run.manifest(final_eval=None), reused=False)
+        manifest = run.finish()
+        model_dir = work / "model"
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        os.replace(model_dir, final)
+        shutil.rmtree(work, ignore_errors=True)
+        return FinetuneResult(final, manifest, reused=False)
+
+
+LOCKS = ".locks"  # in the cache's finetuned/ folder: one lock file per checkpoint, held while it is made
+
+
+@contextmanager
+def _entry_lock(final: Path) -> Iterator[None]:
+    """Hold the lock of the checkpoint ``final`` for the block. A second process asking for the
+    same checkpoint waits (after one note naming the holder) and then finds it finished; the OS
+    releases the lock of a process that dies, so a killed run's lock is simply taken over."""
+    locks = cache_dir() / "finetuned" / LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    # A cache entry's lock is named by the entry; an output directory's by its absolute path.
+    in_cache = final.parent.resolve() == (cache_dir() / "finetuned").resolve()
+    key = final.name if in_cache else hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:16]
+    lock = FileLock(str(locks / f"{key}.lock"))
+    holder = locks / f"{key}.json"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        warnings.warn(
+            GraftlensNote(f"waiting for {_holder(holder)}, which is finetuning the same checkpoint ({final.name})"),
+            stacklevel=4,
+        )
+        lock.acquire()
+    try:
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n", encoding="utf-8")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text(encoding="utf-8"))
+        return f"process {h['pid']} on {h['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _legacy_names(model: torch.nn.Module, locations: Iterable[str], data_hash: str, config: FinetuneConfig) -> list[str]:
+    """The names an older graftlens gave this finetune (its base fingerprint named the base's path)."""
+    return sorted({content_hash(p, data_hash, config) for p in legacy_fingerprints(model, locations)})
+
+
+def _adopt_legacy_entry(
+    model: torch.nn.Module, final: Path, base_print: str, data_hash: str, config: FinetuneConfig
+) -> dict | None:
+    """A finished cache entry of this finetune under the name an older graftlens gave it, renamed to
+    ``final`` (its manifest updated first, so a kill in between leaves an entry found the next
+    time); ``None`` when there is none. The base paths that entries recorded are tried as the
+    paths the older fingerprints named."""
+    entries = [m for m in final.parent.glob(f"*/{MANIFEST}") if m.parent.name != final.name]
+    manifests = {m.parent: _finished_manifest(m.parent) for m in entries}
+    locations = {str(m["base_model"].get("source")) for m in manifests.values() if m and isinstance(m.get("base_model"), dict)}
+    for old_name in _legacy_names(model, locations, data_hash, config):
+        old = final.parent / old_name
+        manifest = manifests.get(old)
+        if manifest is None or manifest.get("content_hash") not in (old_name, final.name):
+            continue
+        manifest.update(content_hash=final.name, legacy_content_hash=old_name)
+        manifest["base_model"]["fingerprint"] = base_print
+        write_json_atomic(old / MANIFEST, manifest)
+        os.replace(old, final)
+        warnings.warn(GraftlensNote(f"finetuned checkpoint {old_name} is now named {final.name} (same weights)"), stacklevel=3)
+        return manifest
+    return None
+
+
+def _recognised_legacy(
+    model: torch.nn.Module, final: Path, existing: dict, base_print: str, data_hash: str, config: FinetuneConfig
+) -> dict:
+    """``existing`` (the finished manifest in ``final``, of another content hash) when an older
+    graftlens gave this same finetune that hash; its manifest then takes the current one.
+    Otherwise ``final`` holds another run: an error."""
+    source = existing.get("base_model", {}).get("source") if isinstance(existing.get("base_model"), dict) else None
+    legacy = _legacy_names(model, [str(source)] if source else [], data_hash, config)
+    name = content_hash(base_print, data_hash, config)
+    if existing.get("content_hash") not in legacy:
+        raise FinetuneError(
+            f"{final} holds another finetuning run (content hash {existing.get('content_hash')}, this request {name}); "
+            "choose another output directory"
+        )
+    existing.update(content_hash=name, legacy_content_hash=existing.get("content_hash"))
+    existing["base_model"]["fingerprint"] = base_print
+    write_json_atomic(final / MANIFEST, existing)
+    return existing
 
 
 def _finished_manifest(path: Path) -> dict | None:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from graftlens.cache import cache_dir
 from graftlens.interventions.tuned_lens import MANIFEST, TunedLens
 from graftlens.models.arguments import checked
-from graftlens.models.fingerprint import model_fingerprint
+from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded
 
 LENS_CODE_VERSION = 1
@@ -93,6 +94,9 @@ def tuned_lens(
     fingerprint = model_fingerprint(loaded.model)
     key = lens_key(fingerprint, settings)
     final = directory or cache_dir() / "lenses" / key
+    if directory is None:
+        _remove_abandoned_work(final.parent)
+        _adopt_legacy_lens(loaded, settings, final)
     if (final / MANIFEST).is_file():
         return TunedLens.load(final)
     lens, manifest = fit_tuned_lens(loaded, settings, progress)
@@ -104,6 +108,52 @@ def tuned_lens(
     except OSError:  # another process finished the same lens first: keep its copy
         shutil.rmtree(work, ignore_errors=True)
     return TunedLens.load(final)
+
+
+ABANDONED_AFTER_S = 3600.0  # a work folder this old whose process is gone is a killed run's
+
+
+def _remove_abandoned_work(lenses: Path) -> None:
+    """Remove the work folders (``<key>.partial-<pid>``) that killed trainings left: their
+    process no longer runs here, and the folder is empty or was last written an hour ago (a
+    shared cache may hold a live folder of another machine's process of the same number, which
+    writes its lens within seconds)."""
+    for work in lenses.glob("*.partial-*"):
+        pid = work.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        try:
+            empty = not any(work.iterdir())
+            stale = time.time() - work.stat().st_mtime > ABANDONED_AFTER_S
+        except OSError:
+            continue
+        if empty or stale:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _adopt_legacy_lens(loaded: LoadedModel, settings: TunedLensSettings, final: Path) -> None:
+    """Rename a lens cached under the key an older graftlens gave it (its model fingerprint named
+    the model's path) to ``final``, so it is loaded rather than trained again."""
+    if (final / MANIFEST).is_file() or not final.parent.is_dir():
+        return
+    for old_print in legacy_fingerprints(loaded.model):
+        old = final.with_name(lens_key(old_print, settings))
+        if (old / MANIFEST).is_file():
+            try:
+                os.replace(old, final)
+            except OSError:  # another process renamed it first
+                pass
+            return
 
 
 def sample_tokens(
