@@ -138,3 +138,40 @@ def test_loading_leaves_the_tokenizer_as_saved(tmp_path) -> None:
     loaded = load_model(tmp_path / "m")
     assert loaded.tokenizer.pad_token is None
     assert pad_id_of(loaded.tokenizer) == loaded.tokenizer.eos_token_id
+
+
+def test_a_directory_missing_its_tokenizer_or_weights_names_the_file(tmp_path) -> None:
+    save_tiny_model("llama", tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model"):
+        (tmp_path / "m" / name).unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match=r"has no tokenizer \(tokenizer.json"):
+        load_model(tmp_path / "m")
+    save_tiny_model("llama", tmp_path / "w")
+    (tmp_path / "w" / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"has no weights \(model.safetensors\)"):
+        load_model(tmp_path / "w")
+
+
+def test_pickled_weights_load_without_running_code_and_say_so(tmp_path) -> None:
+    """A folder holding only pytorch_model.bin loads through torch's weights-only unpickler (a
+    pickle that would run code is refused) with one note saying so."""
+    import pickle
+
+    original = save_tiny_model("llama", tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    torch.save(original.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    with pytest.warns(UserWarning, match="pytorch_model.bin, a pickle: it is read with torch's weights-only"):
+        loaded = load_model(tmp_path / "m")
+    torch.testing.assert_close(logits(loaded.model), logits(original), rtol=0, atol=0)
+
+    marker = tmp_path / "planted-code-ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "m" / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": Planted()}, f)
+    with pytest.warns(UserWarning), pytest.raises(ModelLoadError):
+        load_model(tmp_path / "m")
+    assert not marker.exists()

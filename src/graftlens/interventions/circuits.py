@@ -22,7 +22,7 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.points import Point
-from graftlens.models.arguments import checked
+from graftlens.models.arguments import check_finite, checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import Spans, resolve_positions
@@ -167,6 +167,22 @@ def head_means(
     return {layer: s / count for layer, s in sums.items()}
 
 
+def check_means(who: str, means: object, n_layers: int, n_heads: int) -> None:
+    """``means`` is what :func:`head_means` gives: layer → ``[pos, head, d_head]``, for every layer,
+    finite."""
+    if not isinstance(means, Mapping) or not means:
+        raise CircuitError(f"{who}: means must map every layer to its heads' means (graftlens.head_means), got {means!r}")
+    missing = [layer for layer in range(n_layers) if layer not in means]
+    if missing:
+        raise CircuitError(f"{who}: means has no layer {missing[0]} (graftlens.head_means gives 0..{n_layers - 1})")
+    for layer in range(n_layers):
+        mean = means[layer]
+        if not isinstance(mean, torch.Tensor) or mean.ndim != 3 or mean.shape[1] != n_heads:
+            shape = list(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+            raise CircuitError(f"{who}: means[{layer}] must be [pos, head={n_heads}, d_head], got {shape}")
+        check_finite(who, f"means[{layer}]", mean)
+
+
 def mean_ablation_edits(
     n_layers: int,
     n_heads: int,
@@ -238,6 +254,7 @@ def mean_ablated_logits(
     loaded = as_loaded(model)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     a = loaded.adapter
+    check_means("mean_ablated_logits", means, a.n_layers, a.n_heads)
     with edit(loaded, mean_ablation_edits(a.n_layers, a.n_heads, circuit, means, mask, spans)):
         return run_logits(loaded, input_ids, attention_mask, last_only=True)[:, -1]
 

@@ -109,6 +109,8 @@ def point_logits(
     for p in parsed:
         if p.per_head:
             raise UnknownComponentError(f"vocabulary projection reads stream points (resid, attn_out, mlp_out), not {p}")
+    if lens is not None and not isinstance(lens, TunedLens):
+        raise TunedLensError(f"point_logits: lens must be a TunedLens (graftlens.tuned_lens(model)), not {lens!r}")
     if lens is not None:
         lens.check_fits(loaded.adapter.n_layers, loaded.adapter.dims.d_model)
         if not use_final_norm:

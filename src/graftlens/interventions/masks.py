@@ -12,6 +12,7 @@ the desideratum selects. Prakash et al. train with Adam, lr 0.1, λ = 0.01.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +66,20 @@ class DcmSettings:
     epochs: int = 10
     init: float = 0.0  # mask logits start here: sigmoid(0) = 0.5, undecided (a few epochs then decide each head)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        def number(name: str, ok, wanted: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+                raise MaskError(f"DcmSettings.{name} must be {wanted}, got {value!r}")
+
+        number("lam", lambda v: v >= 0, "a finite number ≥ 0")
+        number("lr", lambda v: v > 0, "a finite number > 0")
+        number("init", lambda v: True, "a finite number")
+        for name in ("epochs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "epochs" else 0):
+                raise MaskError(f"DcmSettings.{name} must be an integer ≥ {1 if name == 'epochs' else 0}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -177,6 +192,23 @@ def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsL
     return corrupted_cache, (run_prefix(loaded, inputs.clean_ids, clean_mask, cut) if cut > 0 else None)
 
 
+def _check_batches(loaded: LoadedModel, batches: Sequence[DesideratumBatch]) -> None:
+    """Every batch is a :class:`DesideratumBatch` whose ``answer_ids`` are one vocabulary id per prompt."""
+    if isinstance(batches, DesideratumBatch) or not isinstance(batches, Sequence) or len(batches) == 0:
+        raise MaskError("learn_mask: batches must be a non-empty list of DesideratumBatch (there is nothing to learn from)")
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, DesideratumBatch):
+            raise MaskError(f"learn_mask: batches[{i}] is a {type(batch).__name__}, not a DesideratumBatch")
+        answers, n = batch.answer_ids, batch.inputs.clean_ids.shape[0]
+        if not isinstance(answers, torch.Tensor) or answers.ndim != 1 or answers.shape[0] != n:
+            shape = list(answers.shape) if isinstance(answers, torch.Tensor) else type(answers).__name__
+            raise MaskError(f"learn_mask: batches[{i}].answer_ids must be [batch] = [{n}] token ids, got {shape}")
+        integers = not (answers.dtype.is_floating_point or answers.dtype == torch.bool)
+        if not integers or int(answers.min()) < 0 or int(answers.max()) >= vocab:
+            raise MaskError(f"learn_mask: batches[{i}].answer_ids must hold token ids of the vocabulary (0..{vocab - 1})")
+
+
 @checked
 def learn_mask(
     model: LoadedModel | nn.Module,
@@ -209,6 +241,9 @@ def learn_mask(
         >>> mask.values.shape, len(mask.losses)
         (torch.Size([2]), 3)
     """
+    _check_batches(as_loaded(model), batches)
+    if not isinstance(settings, DcmSettings):
+        raise MaskError(f"learn_mask: settings must be DcmSettings, not {type(settings).__name__}")
     if not heads:
         raise MaskError("DCM needs at least one candidate head")
     if len(set(heads)) != len(heads):

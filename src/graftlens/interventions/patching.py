@@ -18,7 +18,7 @@ from graftlens.errors import InterventionError
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
 from graftlens.interventions.points import Point, parse_point
-from graftlens.models.arguments import checked
+from graftlens.models.arguments import check_finite, checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
 from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
@@ -52,6 +52,11 @@ class Patch:
     value: torch.Tensor  # the activation written at the point (from another run or model): [batch, pos, ...]
     positions: PositionsLike = None
     heads: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, torch.Tensor) or not (self.value.dtype.is_floating_point or self.value.dtype.is_complex):
+            raise PatchError(f"patch of {self.point}: value must be a float tensor, not {type(self.value).__name__}")
+        check_finite(f"patch of {self.point}", "value", self.value)
 
     def as_edit(self, where: torch.Tensor | None) -> Edit:
         """The edit writing this patch at ``where`` (``BoolTensor[batch, pos]``, the resolved positions)."""

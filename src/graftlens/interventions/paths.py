@@ -118,6 +118,17 @@ class PathInputs:
         return clean, corrupted
 
 
+def check_receivers(who: str, receivers: object) -> None:
+    """``receivers`` is ``"logits"``, ``"everything"`` or a non-empty list of :class:`Receiver`
+    (any other string would silently mean another method)."""
+    if isinstance(receivers, str):
+        if receivers not in ("logits", "everything"):
+            raise PathPatchingError(f'{who}: receivers must be "logits", "everything" or Receivers, not {receivers!r}')
+        return
+    if not isinstance(receivers, Sequence) or not receivers or not all(isinstance(r, Receiver) for r in receivers):
+        raise PathPatchingError(f'{who}: receivers must be "logits", "everything" or a list of Receivers, got {receivers!r}')
+
+
 def paired_positions(clean_where: torch.Tensor, corrupted_where: torch.Tensor, what: str) -> tuple[torch.Tensor, ...]:
     """``(rows, clean positions, corrupted positions)``: the i-th claimed position of each clean row
     paired with the i-th claimed position of the same corrupted row (equal counts required)."""
@@ -193,6 +204,7 @@ def path_patched_logits(
         >>> graftlens.path_patched_logits(m, inputs, (1, 2), receivers="everything").shape
         torch.Size([1, 96])
     """
+    check_receivers("path_patched_logits", receivers)
     return _path_patched_run(
         model,
         inputs,
@@ -567,6 +579,7 @@ def path_patching(
         >>> via_q.scores.shape
         torch.Size([4, 4])
     """
+    check_receivers("path_patching", receivers)
     adapter = as_loaded(model).adapter
     with torch.no_grad():
         prepared = PreparedBatch(

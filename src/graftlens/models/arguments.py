@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -72,6 +73,22 @@ def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
     hidden = arguments.get("hidden")
     if module is not None and hidden is not None:
         _check_hidden(who, hidden, module)
+    scale = arguments.get("scale")
+    if "scale" in arguments and (isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale)):
+        raise InterventionError(f"{who}: scale must be a finite number, got {scale!r}")
+    if "windows" in arguments:
+        windows = arguments["windows"]
+        if isinstance(windows, str | bytes) or not hasattr(windows, "__len__") or len(windows) == 0:
+            raise InterventionError(f"{who}: windows must be a non-empty list of layer windows, got {windows!r}")
+
+
+def check_finite(who: str, name: str, value: torch.Tensor) -> None:
+    """Refuse a tensor holding NaN or ±inf (it would turn every logit it reaches into NaN)."""
+    if value.dtype.is_floating_point or value.dtype.is_complex:
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise InterventionError(f"{who}: {name} holds {n} NaN or infinite value{'s' if n > 1 else ''}")
 
 
 def _model_of(who: str, arguments: Mapping[str, Any]) -> nn.Module | None:
@@ -156,3 +173,10 @@ def _check_hidden(who: str, hidden: Any, module: nn.Module) -> None:
     width = getattr(getattr(module, "config", None), "hidden_size", None)
     if isinstance(width, int) and hidden.shape[-1] != width:
         raise InterventionError(f"{who}: hidden has width {hidden.shape[-1]}, the model's residual stream {width}")
+    out = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if weight is not None and weight.device.type != "meta" and hidden.dtype != weight.dtype:
+        raise InterventionError(
+            f"{who}: hidden is {hidden.dtype}, the model computes in {weight.dtype}: pass hidden.to({weight.dtype})"
+        )
+    check_finite(who, "hidden", hidden)

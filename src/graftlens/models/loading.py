@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftlens.errors import GraftlensError, ModelLoadError
+from graftlens.errors import GraftlensError, GraftlensNote, ModelLoadError
 from graftlens.models.adapters import ArchitectureAdapter, adapter_for
 from graftlens.models.embedded import EMBEDDED_SPEC, embedded_model_dir
 from graftlens.models.gguf import load_gguf
@@ -94,10 +95,44 @@ def _looks_like_path(spec: str) -> bool:
 def _load_pretrained_dir(path: str, dtype: Any, device_map: Any, offload_folder: str | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(path).is_dir():
+        check_model_dir(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     extra = {"offload_folder": offload_folder} if offload_folder is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **extra)
+    # weights_only: a pickled checkpoint (pytorch_model.bin) is read by torch's restricted
+    # unpickler, which builds tensors and plain containers and never runs code.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, weights_only=True, **extra)
     return model, tokenizer
+
+
+#: Files a tokenizer is read from (any one, with tokenizer_config.json beside it where needed).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_model_dir(path: Path) -> None:
+    """A ``save_pretrained`` directory holds a config, a tokenizer and weights: one
+    :class:`ModelLoadError` naming the missing file, and a note when its weights are a pickle."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model directory {path} has no config.json: save the model there with save_pretrained")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model directory {path} has no tokenizer (tokenizer.json, or tokenizer.model / vocab.json with "
+            f"tokenizer_config.json): save it there too, tokenizer.save_pretrained({str(path)!r})"
+        )
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for p in [*path.glob("*.bin"), *path.glob("*.pt"), *path.glob("*.pth")])
+    if not pickles:
+        raise ModelLoadError(
+            f"model directory {path} has no weights (model.safetensors): save the model there with save_pretrained"
+        )
+    warnings.warn(
+        GraftlensNote(
+            f"model directory {path} holds its weights as {pickles[0]}, a pickle: it is read with torch's weights-only "
+            "unpickler, which never runs code; save_pretrained it once to store safetensors"
+        ),
+        stacklevel=4,
+    )
 
 
 def _load_peft(path: Path, dtype: Any, device_map: Any) -> tuple[nn.Module, Any, str]:

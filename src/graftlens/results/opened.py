@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from graftlens.results.export import COLUMNS, extra_columns, table_rows
 from graftlens.results.rundata import RunData, load_run
+from graftlens.results.store import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,5 +71,7 @@ def open_run(path: str | Path) -> Run:
     ...
     graftlens.errors.StoreError: no/such/run is not a run directory: results.sqlite is missing
     """
+    if not isinstance(path, str | os.PathLike):
+        raise StoreError(f"open_run: path must be a run directory (a str or Path), not {path!r}")
     path = Path(path)
     return Run(path, load_run(path))

@@ -28,12 +28,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graftlens.cache import cache_dir
-from graftlens.interventions.tuned_lens import MANIFEST, TunedLens
+from graftlens.configfiles import validation_message
+from graftlens.interventions.tuned_lens import MANIFEST, TunedLens, TunedLensError
 from graftlens.models.arguments import checked
 from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -64,6 +66,12 @@ class TunedLensSettings(BaseModel):
     batch_tokens: int = Field(32, ge=1)  # tokens per step (every depth reads them)
     lr: float = Field(1e-4, gt=0)
     ridge: float = Field(1e-3, ge=0)  # of the least-squares start, relative to the mean feature power
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # one graftlens error naming the setting, as a recipe's would be
+            raise TunedLensError(validation_message(exc, values, "TunedLensSettings")) from None
 
 
 def lens_key(fingerprint: str, settings: TunedLensSettings) -> str:
