@@ -32,7 +32,7 @@ import torch
 from graftlens.data.known_facts import load_known_facts, tokenize_known_facts
 from graftlens.eval.batching import collate, pad_id_of
 from graftlens.interventions.continuation import CachedRun
-from graftlens.interventions.knockout import attention_knockout, continued_knockout_windows
+from graftlens.interventions.knockout import attention_knockout
 from graftlens.interventions.patching import activation_patching, activation_patching_loop
 from graftlens.models import load_model
 from graftlens.models.names import layer_window
@@ -98,7 +98,7 @@ def knockout_loop(model, batch):
 def knockout_fast(model, batch):
     n = model.adapter.n_layers
     run = CachedRun(model, batch.input_ids, batch.attention_mask)
-    return continued_knockout_windows(run, [layer_window(c, WINDOW, n) for c in range(n)], "subject", "LT", spans=batch.spans)
+    return run.knocked_out_windows([layer_window(c, WINDOW, n) for c in range(n)], "subject", "LT", spans=batch.spans)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from graftlens.interventions.circuits import (
     random_circuit,
 )
 from graftlens.interventions.masks import DcmSettings, DesideratumBatch, MaskError, desideratum_accuracy, learn_mask
-from graftlens.interventions.patching import Patch, patched_logits
+from graftlens.interventions.patches import Patch
+from graftlens.interventions.patching import patched_logits
 from graftlens.interventions.paths import (
     PathInputs,
     PathPatchingError,

@@ -10,12 +10,10 @@ import torch
 from conftest import make_tiny_model
 from graftlens.interventions import attention_knockout, capture
 from graftlens.interventions.continuation import CachedRun
-from graftlens.interventions.knockout import continued_knockout_logits
 from graftlens.interventions.patching import (
     Patch,
     activation_patching,
     activation_patching_loop,
-    continued_patched_logits,
     cross_model_patched_logits,
     run_with_cache,
 )
@@ -99,12 +97,8 @@ def test_fast_knockout_is_the_full_knockout(family: str) -> None:
         for sources, targets in (("subject", "LT"), ("(subject+LT)^C", "LT"), ("LT", "LT"), ("0", "subject")):
             with attention_knockout(model, layers, sources=sources, targets=targets, spans=SPANS):
                 full = run_logits(model, ids, mask, last_only=True)[:, -1]
-            torch.testing.assert_close(
-                continued_knockout_logits(run, layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5
-            )
-    assert torch.equal(
-        continued_knockout_logits(run, [1], "all^C", "LT", spans=SPANS), run.logits
-    )  # nothing blocked: bit for bit
+            torch.testing.assert_close(run.knocked_out(layers, sources, targets, spans=SPANS), full, atol=1e-5, rtol=1e-5)
+    assert torch.equal(run.knocked_out([1], "all^C", "LT", spans=SPANS), run.logits)  # nothing blocked: bit for bit
 
 
 def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
@@ -124,7 +118,7 @@ def test_fast_cross_model_patching_is_the_full_pass(family: str) -> None:
         patches = [
             Patch(parse_point(p), cache[p], positions, None if per_point[p] is None else tuple(per_point[p])) for p in points
         ]
-        torch.testing.assert_close(continued_patched_logits(run, patches, SPANS), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run.patched(patches, SPANS), full, atol=1e-5, rtol=1e-5)
 
 
 def test_hooks_inside_a_continuation_see_only_the_continued_columns() -> None:

@@ -46,11 +46,11 @@ lazy_exports(
         "graftlens.interventions.tuned_lens": ["TunedLens"],
         "graftlens.interventions.mappings": ["head_mapping_vectors"],
         "graftlens.interventions.masks": ["DcmSettings", "DesideratumBatch", "learn_mask"],
+        "graftlens.interventions.patches": ["Patch"],
         "graftlens.interventions.patching": [
             "activation_patching",
             "attribution_patching",
             "cross_model_patched_logits",
-            "Patch",
             "patched_logits",
             "run_with_cache",
         ],

@@ -72,11 +72,13 @@ from graftlens.interventions.masks import (
     DesideratumBatch as DesideratumBatch,
     learn_mask as learn_mask,
 )
+from graftlens.interventions.patches import (
+    Patch as Patch,
+)
 from graftlens.interventions.patching import (
     activation_patching as activation_patching,
     attribution_patching as attribution_patching,
     cross_model_patched_logits as cross_model_patched_logits,
-    Patch as Patch,
     patched_logits as patched_logits,
     run_with_cache as run_with_cache,
 )

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
@@ -15,6 +16,10 @@ from graftlens.commands import data as data_commands
 from graftlens.commands import experiments as experiment_commands
 from graftlens.commands import train as train_commands
 from graftlens.commands.support import DEBUG_ENV, INTERRUPTED_EXIT, console, err_console, friendly_errors
+
+# Typer carries its own copy of click; its usage errors are these (typer.BadParameter's bases).
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+NoArgsIsHelp = getattr(sys.modules[UsageError.__module__], "NoArgsIsHelpError", ())
 
 OPTIONAL_VALUES = {"--ray": "local"}  # options whose value may be left out (typer cannot say so), and its stand-in
 
@@ -32,10 +37,31 @@ def with_optional_values(args: list[str]) -> list[str]:
 
 
 class _Commands(typer.core.TyperGroup):
-    """The command group, reading options whose value may be left out (see ``with_optional_values``)."""
+    """The command group, reading options whose value may be left out (see ``with_optional_values``),
+    and saying a command line it cannot parse (an unknown option, a value of the wrong type) in one
+    ``error:`` line, as every other fault, instead of click's usage box."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, with_optional_values(args))
+        try:
+            return super().parse_args(ctx, with_optional_values(args))
+        except UsageError as exc:
+            _usage_error(exc)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:  # a subcommand's (or a sub-group's) arguments
+            _usage_error(exc)
+
+
+def _usage_error(exc) -> NoReturn:
+    if NoArgsIsHelp and isinstance(exc, NoArgsIsHelp):
+        raise exc  # a bare `graftlens` or `graftlens data`: the help it asks for
+    where = exc.ctx.command_path if exc.ctx is not None else "graftlens"
+    err_console.print(
+        f"[bold red]error:[/] {escape(exc.format_message().rstrip('.'))} (see {where} --help)", highlight=False, soft_wrap=True
+    )
+    raise SystemExit(2)
 
 
 app = typer.Typer(

@@ -15,24 +15,19 @@ from pathlib import Path
 
 import torch
 
-from graftlens.eval.batching import batches, pad_id_of
+from graftlens.eval.batching import batches
 from graftlens.experiments.distributed import WorkerSetup, check_ray, score_on_ray
 from graftlens.experiments.prepare import (
     FinetuneProgress,
-    check_configs,
-    check_prompt_lengths,
     correct_only,
     models_not_recorded,
-    prepare_lenses,
-    prepare_models,
-    recipe_data,
 )
 from graftlens.experiments.recipe import EvalSpec, Recipe
+from graftlens.experiments.setup import set_up_run
 from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.experiments.verify import run_tolerance
 from graftlens.fileio import write_json_atomic
 from graftlens.methods import RunConfig
-from graftlens.methods.core.parts import check_sweeps_fit
 from graftlens.models import LoadedModel, check_device, model_fingerprint
 from graftlens.provenance import run_versions
 from graftlens.results.lock import run_lock
@@ -159,20 +154,13 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         store.set_meta("recipe", recipe.model_dump(mode="json"))
 
         recipe_path = Path(recipe_path) if recipe_path is not None else None
-        data = recipe_data(recipe, recipe_path.parent if recipe_path else None)
-        models, sources = prepare_models(recipe, data.dataset_dir, device, finetune_progress)
-        recipient = models[recipe.recipient]
-        pad = pad_id_of(recipient.tokenizer)
-        prompts = data.prompts(recipe, recipient.tokenizer)
-        check_prompt_lengths(prompts, models, recipe.eval.generate)
         # Every number against the models, before any forward pass of the prompts.
-        check_sweeps_fit(recipe.sweeps, recipe.recipient, models)
-        configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)
-        check_configs(configs, models, prompts, pad)
-        prepare_lenses(configs, models, finetune_progress)
+        setup = set_up_run(recipe, recipe_path.parent if recipe_path else None, device, finetune_progress)
+        data, models, sources, configs = setup.data, setup.models, setup.sources, setup.configs
+        recipient, pad, prompts = setup.recipient, setup.pad, setup.prompts
         if recipe.eval.only_correct:
             prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
-        attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
+        attributes = setup.attributes(prompts)
 
         inputs = {
             "dataset_hash": data.content_hash,
@@ -198,13 +186,13 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
 
         if on_ray is not None:
             base_dir = recipe_path.parent.resolve() if recipe_path else None
-            setup = WorkerSetup(
+            worker_setup = WorkerSetup(
                 recipe, base_dir, device, prompts, configs, attributes, inputs["models"], pad, torch.get_num_threads()
             )
-            del models, recipient  # the workers load their own; this process only writes
+            del models, recipient, setup  # the workers load their own; this process only writes
             _free_memory()
             outcome = score_on_ray(
-                store, run_id, setup, address=on_ray.address, workers=on_ray.workers, progress=progress, run_dir=run_dir
+                store, run_id, worker_setup, address=on_ray.address, workers=on_ray.workers, progress=progress, run_dir=run_dir
             )
             return RunSummary(
                 run_dir,

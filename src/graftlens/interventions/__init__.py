@@ -29,12 +29,11 @@ lazy_exports(
         "graftlens.interventions.knockout": ["attention_knockout", "knockout_edges", "KnockoutError"],
         "graftlens.interventions.lens": ["point_logits", "project"],
         "graftlens.interventions.masks": ["DcmSettings", "desideratum_accuracy", "DesideratumBatch", "learn_mask", "LearnedMask"],
+        "graftlens.interventions.patches": ["Patch", "PatchError"],
         "graftlens.interventions.patching": [
             "activation_patching",
             "cross_model_patched_logits",
-            "Patch",
             "patched_logits",
-            "PatchError",
             "PatchingSweep",
             "run_with_cache",
         ],

@@ -50,12 +50,14 @@ from graftlens.interventions.masks import (
     learn_mask as learn_mask,
     LearnedMask as LearnedMask,
 )
+from graftlens.interventions.patches import (
+    Patch as Patch,
+    PatchError as PatchError,
+)
 from graftlens.interventions.patching import (
     activation_patching as activation_patching,
     cross_model_patched_logits as cross_model_patched_logits,
-    Patch as Patch,
     patched_logits as patched_logits,
-    PatchError as PatchError,
     PatchingSweep as PatchingSweep,
     run_with_cache as run_with_cache,
 )

@@ -19,16 +19,20 @@ rounding (tested against the straightforward loop on every family).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
-from graftlens.interventions.hooks import PointLike, capture
+from graftlens.interventions.hooks import Edit, PointLike, capture, edit
+from graftlens.interventions.knockout import KNOCKOUT_ROWS_PER_PASS, attention_knockout, knockout_edges
+from graftlens.interventions.patches import Patch, chained
+from graftlens.interventions.points import Point
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.prefix import cache_argument, copied_cache, keeps_every_position
 from graftlens.models.run import position_ids_for
+from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
 
 
 class _Skipped(nn.Module):
@@ -65,9 +69,8 @@ class CachedRun:
 
     ``logits``: ``[batch, vocab]`` at the last column; ``captured``: the activations of ``points``
     (and the streams entering each layer). :meth:`continued` runs variants of a batch at once.
-    The interventions continued from a kept run live beside their definitions:
-    :func:`~graftlens.interventions.patching.continued_patched_logits` and ``_variants``,
-    :func:`~graftlens.interventions.knockout.continued_knockout_logits` and ``_windows``."""
+    :meth:`patched` and :meth:`knocked_out` (and their variants) continue it under a patch or a
+    knockout."""
 
     def __init__(
         self,
@@ -136,3 +139,95 @@ class CachedRun:
                 **{cache_argument(self.model): cache},
             )
         return out.logits[:, -1]
+
+    # ---- interventions continued from the kept run ------------------------------------------
+
+    def patched(self, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+        """Logits ``[batch, vocab]`` at the last position with every patch written in, like
+        :func:`~graftlens.interventions.patching.patched_logits`, continued from the lowest patched
+        layer and the first patched column."""
+        return self.patched_variants([patches], spans)[:, 0]
+
+    def patched_variants(self, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
+        """Logits ``[batch, variants, vocab]``, one variant per patch set, each equal to
+        :meth:`patched` of its set: the sets run as variants of one continuation (row ``b`` of
+        variant ``v`` at ``b * variants + v``), from the lowest patched layer and the first patched
+        column of any set, so the weights are read once for all."""
+        mask = self.attention_mask
+        batch, variants = mask.shape[0], len(patch_sets)
+        resolved = []  # (variant, patch, where [batch, pos])
+        for v, patches in enumerate(patch_sets):
+            for p in patches:
+                everywhere = p.positions is None
+                where = torch.ones_like(mask, dtype=torch.bool) if everywhere else resolve_positions(p.positions, mask, spans)
+                resolved.append((v, p, where.bool()))
+        if not resolved:
+            return self.logits[:, None].expand(batch, variants, -1)
+        first = min(first_picked_column(where, mask) for _, _, where in resolved)
+        if first == self.n_columns:
+            return self.logits[:, None].expand(batch, variants, -1)  # no patch touches any position
+        column = min(first, self.n_columns - 1)
+        layer = min(p.point.layer for _, p, _ in resolved)
+        edits: dict[Point, list[Edit]] = {}
+        for v, p, where in resolved:
+            rows = torch.zeros(batch, variants, where.shape[1], dtype=torch.bool, device=where.device)
+            rows[:, v] = where
+            value = p.value[:, column:].repeat_interleave(variants, 0)  # [batch * variants, new, ...]
+            sliced = Patch(p.point, value, None, p.heads)
+            edits.setdefault(p.point, []).append(sliced.as_edit(rows.flatten(0, 1)[:, column:]))
+
+        with edit(self.model, {point: chained(fns) for point, fns in edits.items()}):
+            return self.continued(layer, column, repeat=variants).unflatten(0, (batch, variants))
+
+    def knocked_out(
+        self, layers: Iterable[int], sources: PositionsLike, targets: PositionsLike = "LT", spans: Sequence[Spans] | None = None
+    ) -> torch.Tensor:
+        """Logits ``[batch, vocab]`` at the last position under
+        :func:`~graftlens.interventions.knockout.attention_knockout`: a knockout changes nothing
+        below its lowest layer, nor before the first target column, so only the rest is computed
+        (the kept run itself, bit for bit, when nothing is blocked)."""
+        layers = sorted(set(int(layer) for layer in layers))
+        mask = self.attention_mask
+        edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
+        if not layers or not bool(edges.any()):
+            return self.logits  # nothing blocked: the plain run, bit for bit
+        column = min(first_picked_column(targets, mask, spans), self.n_columns - 1)
+        with attention_knockout(self.model, layers, sources=sources, targets=targets, spans=spans):
+            return self.continued(layers[0], column)
+
+    def knocked_out_windows(
+        self,
+        windows: Sequence[Iterable[int]],
+        sources: PositionsLike,
+        targets: PositionsLike = "LT",
+        spans: Sequence[Spans] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[len(windows), batch, vocab]``: one knockout per window of layers (Geva et
+        al.'s sweep). Windows run as variants of one pass (up to ``KNOCKOUT_ROWS_PER_PASS`` rows):
+        each variant's rows have the edges blocked in its own window's layers only, every variant
+        computes the layers from the lowest window start of its pass and the columns from the
+        first target."""
+        mask = self.attention_mask
+        batch = mask.shape[0]
+        windows = [sorted(set(int(layer) for layer in w)) for w in windows]
+        edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))  # [batch, q, k]
+        column = min(first_picked_column(targets, mask, spans), self.n_columns - 1)
+        out: list[torch.Tensor] = []
+        per_pass = max(1, KNOCKOUT_ROWS_PER_PASS // batch)
+        for start in range(0, len(windows), per_pass):
+            group = windows[start : start + per_pass]
+            active = [w for w in group if w]
+            if not active or not bool(edges.any()):
+                out += [self.logits] * len(group)
+                continue
+            layers = sorted({layer for w in active for layer in w})
+            per_layer = {}
+            for layer in layers:  # [batch * variants, q, k]: the edges of the variants whose window holds the layer
+                holds = torch.tensor([layer in w for w in group], device=edges.device)
+                per_layer[layer] = (edges[:, None] & holds[None, :, None, None]).flatten(0, 1)
+            with ExitStack() as stack:
+                for layer, layer_edges in per_layer.items():
+                    stack.enter_context(attention_knockout(self.model, [layer], edges=layer_edges))
+                logits = self.continued(layers[0], column, repeat=len(group)).unflatten(0, (batch, len(group)))
+            out += [logits[:, v] for v in range(len(group))]
+        return torch.stack(out)

@@ -27,18 +27,17 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from graftlens.errors import InterventionError, LayerSelectionError
-from graftlens.interventions.continuation import CachedRun
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence
-from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 _PREFIX = "graftlens_knockout|"
 _BLOCKED = "_graftlens_blocked_edges"
@@ -237,66 +236,3 @@ def attention_knockout(
         if outermost:
             config._attn_implementation = previous
             _unregister(name)
-
-
-def continued_knockout_logits(
-    run: CachedRun,
-    layers: Iterable[int],
-    sources: PositionsLike,
-    targets: PositionsLike = "LT",
-    *,
-    spans: Sequence[Spans] | None = None,
-) -> torch.Tensor:
-    """Logits ``[batch, vocab]`` at the last position with the knockout of
-    :func:`attention_knockout`, continuing a :class:`~graftlens.interventions.continuation.CachedRun`
-    of the plain model: a knockout changes nothing below its lowest layer, nor before the
-    first target column, so only the rest is computed."""
-    layers = sorted(set(int(layer) for layer in layers))
-    mask = run.attention_mask
-    edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))
-    if not layers or not bool(edges.any()):
-        return run.logits  # nothing blocked: the plain run, bit for bit
-    column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
-    with attention_knockout(run.model, layers, sources=sources, targets=targets, spans=spans):
-        return run.continued(layers[0], column)
-
-
-def continued_knockout_windows(
-    run: CachedRun,
-    windows: Sequence[Iterable[int]],
-    sources: PositionsLike,
-    targets: PositionsLike = "LT",
-    *,
-    spans: Sequence[Spans] | None = None,
-) -> torch.Tensor:
-    """Logits ``[len(windows), batch, vocab]`` at the last position, one knockout per window of
-    layers (Geva et al.'s sweep), continuing a
-    :class:`~graftlens.interventions.continuation.CachedRun` of the plain model.
-
-    Windows run as variants of one pass (up to ``KNOCKOUT_ROWS_PER_PASS`` rows): each variant's rows have
-    the edges blocked in its own window's layers only, every variant computes the layers from the
-    lowest window start of its pass and the columns from the first target."""
-    mask = run.attention_mask
-    batch = mask.shape[0]
-    windows = [sorted(set(int(layer) for layer in w)) for w in windows]
-    edges = knockout_edges(resolve_positions(sources, mask, spans), resolve_positions(targets, mask, spans))  # [batch, q, k]
-    column = min(first_picked_column(targets, mask, spans), run.n_columns - 1)
-    out: list[torch.Tensor] = []
-    per_pass = max(1, KNOCKOUT_ROWS_PER_PASS // batch)
-    for start in range(0, len(windows), per_pass):
-        group = windows[start : start + per_pass]
-        active = [w for w in group if w]
-        if not active or not bool(edges.any()):
-            out += [run.logits] * len(group)
-            continue
-        layers = sorted({layer for w in active for layer in w})
-        per_layer = {}
-        for layer in layers:  # [batch * variants, q, k]: the edges of the variants whose window holds the layer
-            holds = torch.tensor([layer in w for w in group], device=edges.device)
-            per_layer[layer] = (edges[:, None] & holds[None, :, None, None]).flatten(0, 1)
-        with ExitStack() as stack:
-            for layer, layer_edges in per_layer.items():
-                stack.enter_context(attention_knockout(run.model, [layer], edges=layer_edges))
-            logits = run.continued(layers[0], column, repeat=len(group)).unflatten(0, (batch, len(group)))
-        out += [logits[:, v] for v in range(len(group))]
-    return torch.stack(out)

@@ -14,72 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.errors import InterventionError
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
+from graftlens.interventions.patches import Patch, PatchError, chained
 from graftlens.interventions.points import Point, parse_point
-from graftlens.models.arguments import check_finite, checked
+from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import run_logits
-from graftlens.positions import PositionsLike, Spans, first_picked_column, resolve_positions
-
-
-class PatchError(InterventionError):
-    """A patch does not fit the run it is written into (shape, heads, models)."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    """Write ``value`` into ``point`` at ``positions`` and, for per-head points, only for
-    ``heads`` (None = all heads).
-
-    ``positions`` are named as everywhere in graftlens: a selector in prompt coordinates
-    (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, per-example index lists; None = every position),
-    resolved on the run the patch is written into, with that run's spans.
-
-    Example:
-        >>> import torch, graftlens
-        >>> from graftlens.models import tiny_model
-        >>> m = tiny_model("llama")
-        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]])
-        >>> _, cache = graftlens.run_with_cache(m, clean, None, ["resid_pre.2"])
-        >>> patch = graftlens.Patch(graftlens.Point("resid_pre", 2), cache["resid_pre.2"], "LT")
-        >>> graftlens.patched_logits(m, corrupted, None, [patch], last_only=True).shape
-        torch.Size([1, 1, 96])
-    """
-
-    point: Point
-    value: torch.Tensor  # the activation written at the point (from another run or model): [batch, pos, ...]
-    positions: PositionsLike = None
-    heads: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.value, torch.Tensor) or not (self.value.dtype.is_floating_point or self.value.dtype.is_complex):
-            raise PatchError(f"patch of {self.point}: value must be a float tensor, not {type(self.value).__name__}")
-        check_finite(f"patch of {self.point}", "value", self.value)
-
-    def as_edit(self, where: torch.Tensor | None) -> Edit:
-        """The edit writing this patch at ``where`` (``BoolTensor[batch, pos]``, the resolved positions)."""
-        point, value, heads = self.point, self.value, self.heads
-
-        def write(x: torch.Tensor) -> torch.Tensor:
-            nonlocal where
-            if value.shape != x.shape:
-                raise PatchError(f"patch of {point}: the value has shape {list(value.shape)}, the run has {list(x.shape)}")
-            where = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if where is None else where.to(x.device)
-            where = where.reshape(*where.shape, *([1] * (x.dim() - 2)))  # [batch, pos, 1(, 1)]
-            if heads is not None:
-                if not point.per_head:
-                    raise PatchError(f"patch of {point}: heads are given, but {point.name!r} is not a per-head point")
-                bad = [h for h in heads if not 0 <= h < x.shape[2]]
-                if bad:
-                    raise PatchError(f"patch of {point}: heads {bad} out of range (the point has {x.shape[2]} heads)")
-                chosen = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
-                chosen[list(heads)] = True
-                where = where & chosen[:, None]  # [batch, pos, head, 1]
-            return torch.where(where, value.to(x.device, x.dtype), x)
-
-        return write
+from graftlens.positions import PositionsLike, Spans, resolve_positions
 
 
 @checked
@@ -108,17 +50,6 @@ def run_with_cache(
     with capture(model, points, keep_graph=grad) as cache:
         logits = run_logits(model, input_ids, attention_mask, last_only, grad=grad)
     return logits, cache
-
-
-def _chained(fns: list[Edit]) -> Edit:
-    """One edit applying ``fns`` in turn (several patches of one point)."""
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        for fn in fns:
-            x = fn(x)
-        return x
-
-    return apply
 
 
 @checked
@@ -160,50 +91,8 @@ def patched_logits(
         where = None if p.positions is None else resolve_positions(p.positions, mask, spans)
         edits.setdefault(p.point, []).append(p.as_edit(where))
 
-    with edit(model, {point: _chained(fns) for point, fns in edits.items()}):
+    with edit(model, {point: chained(fns) for point, fns in edits.items()}):
         return run_logits(model, input_ids, attention_mask, last_only, grad=grad)
-
-
-def continued_patched_logits(run: CachedRun, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
-    """Logits ``[batch, vocab]`` at the last position of ``run``'s batch with every patch written
-    in, like :func:`patched_logits`, computing only what the patches can change: ``run`` (a
-    :class:`~graftlens.interventions.continuation.CachedRun` of the unpatched model) is continued
-    from the lowest patched layer and the first patched column."""
-    return continued_patched_variants(run, [patches], spans)[:, 0]
-
-
-def continued_patched_variants(
-    run: CachedRun, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None
-) -> torch.Tensor:
-    """Logits ``[batch, variants, vocab]`` at the last position, one variant per patch set, each
-    equal to :func:`continued_patched_logits` of its set: the sets run as variants of one
-    continuation of ``run`` (row ``b`` of variant ``v`` at ``b * variants + v``), from the lowest
-    patched layer and the first patched column of any set, so the weights are read once for all."""
-    mask = run.attention_mask
-    batch, variants = mask.shape[0], len(patch_sets)
-    resolved = []  # (variant, patch, where [batch, pos])
-    for v, patches in enumerate(patch_sets):
-        for p in patches:
-            everywhere = p.positions is None
-            where = torch.ones_like(mask, dtype=torch.bool) if everywhere else resolve_positions(p.positions, mask, spans)
-            resolved.append((v, p, where.bool()))
-    if not resolved:
-        return run.logits[:, None].expand(batch, variants, -1)
-    first = min(first_picked_column(where, mask) for _, _, where in resolved)
-    if first == run.n_columns:
-        return run.logits[:, None].expand(batch, variants, -1)  # no patch touches any position
-    column = min(first, run.n_columns - 1)
-    layer = min(p.point.layer for _, p, _ in resolved)
-    edits: dict[Point, list[Edit]] = {}
-    for v, p, where in resolved:
-        rows = torch.zeros(batch, variants, where.shape[1], dtype=torch.bool, device=where.device)
-        rows[:, v] = where
-        value = p.value[:, column:].repeat_interleave(variants, 0)  # [batch * variants, new, ...]
-        sliced = Patch(p.point, value, None, p.heads)
-        edits.setdefault(p.point, []).append(sliced.as_edit(rows.flatten(0, 1)[:, column:]))
-
-    with edit(run.model, {point: _chained(fns) for point, fns in edits.items()}):
-        return run.continued(layer, column, repeat=variants).unflatten(0, (batch, variants))
 
 
 # ---- activation patching sweeps -----------------------------------------------------------------

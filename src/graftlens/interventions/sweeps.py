@@ -16,8 +16,8 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import PointLike
-from graftlens.interventions.knockout import continued_knockout_windows
-from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_variants, run_with_cache
+from graftlens.interventions.patches import Patch
+from graftlens.interventions.patching import check_same_shapes, run_with_cache
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -90,7 +90,7 @@ def cmap_sweep(
             [Patch(p, donor_activations[p], positions, None if h is None else tuple(h)) for p, h in parsed[name].items()]
             for name in chunk
         ]
-        logits = continued_patched_variants(run, patch_sets, spans)  # [batch, variants, vocab]
+        logits = run.patched_variants(patch_sets, spans)  # [batch, variants, vocab]
         out.update({name: logits[:, v] for v, name in enumerate(chunk)})
     return out
 
@@ -133,4 +133,4 @@ def knockout_sweep(
         if bad:
             raise InterventionError(f"knockout window {w} names layers {bad} outside 0..{n - 1}")
     run = CachedRun(loaded, input_ids, attention_mask)
-    return continued_knockout_windows(run, windows, sources, targets, spans=spans)
+    return run.knocked_out_windows(windows, sources, targets, spans=spans)

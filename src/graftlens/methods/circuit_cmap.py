@@ -93,7 +93,8 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
 
     def readout(self, config: RunConfig[CircuitCmapSpec], execution: Execution) -> LastLogits:
         spec = config.method
-        from graftlens.interventions.patching import Patch, patched_logits
+        from graftlens.interventions.patches import Patch
+        from graftlens.interventions.patching import patched_logits
         from graftlens.interventions.points import Point
 
         recipient, donor = execution.models[config.model], execution.models[spec.donor]

@@ -126,7 +126,8 @@ class CrossModelPatching(Method[CmapSpec]):
 
     def readout(self, config: RunConfig[CmapSpec], execution: Execution) -> LastLogits:
         recipient, spec = execution.models[config.model], config.method
-        from graftlens.interventions.patching import Patch, check_same_shapes, continued_patched_logits
+        from graftlens.interventions.patches import Patch
+        from graftlens.interventions.patching import check_same_shapes
 
         donor = execution.models[spec.donor]
         check_same_shapes(recipient, donor)
@@ -138,7 +139,7 @@ class CrossModelPatching(Method[CmapSpec]):
             cache = donor_activations.get(spec.donor, donor, batch, points)
             # The recipient model's run is continued from the lowest patched layer and first patched column.
             patches = [Patch(p, cache[p], spec.positions, None if spec.heads is None else tuple(spec.heads)) for p in points]
-            return continued_patched_logits(execution.plain_run(config.model, batch), patches, batch.spans)
+            return execution.plain_run(config.model, batch).patched(patches, batch.spans)
 
         return run
 

@@ -98,12 +98,11 @@ class AttentionKnockout(Method[KnockoutSpec]):
 
     def readout(self, config: RunConfig[KnockoutSpec], execution: Execution) -> LastLogits:
         spec = config.method
-        from graftlens.interventions.knockout import continued_knockout_logits
 
         def run(batch: PromptBatch) -> torch.Tensor:
             # Only the layers from the window's first and the columns from the first target are computed.
             kept = execution.plain_run(config.model, batch)
-            return continued_knockout_logits(kept, spec.layers, spec.sources, spec.targets, spans=batch.spans)
+            return kept.knocked_out(spec.layers, spec.sources, spec.targets, spans=batch.spans)
 
         return run
 
