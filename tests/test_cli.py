@@ -82,3 +82,21 @@ def test_bad_finetune_setting_and_template_file_name_the_culprit(tmp_path, text_
     templates.write_text("- {name: x, kind: qa, text: '{first_actor} met {second_actor} on {planet}'}\n")
     result = runner.invoke(app, ["data", "make", str(tmp_path / "d"), "--templates", str(templates)])
     assert result.exit_code == 2 and "unknown slot(s) 'planet'" in result.output and "t.yaml" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["verify", "runs/x", "--seed", "ten"], "Invalid value for '--seed'"),
+        (["run", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["data", "nosuch"], "No such command 'nosuch'"),
+        (["run"], "Missing argument"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_error_line(args, said) -> None:
+    """Click's usage box would be several lines; every fault of the CLI is one ``error:`` line."""
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], result.output

@@ -212,7 +212,10 @@ def test_verify_passes_on_an_untouched_run(finished_run):
     with ResultsStore.open_existing(finished_run) as store:
         total = store.total()
     text = " ".join(result.output.split())
-    assert total == 11 * 161 and f"verified: {total} of {total} rows re-scored (of {total} stored) match within 1e-05" in text
+    assert total == 11 * 161
+    assert f"verified: {total} of {total} stored rows re-scored; {total} match within 1e-05; all {total} rows" in text
+    again = runner.invoke(app, ["verify", str(finished_run), "--rows", "all"])
+    assert again.exit_code == 0 and f"{total} of {total} stored rows re-scored;" in " ".join(again.output.split())
 
 
 def test_verify_fails_on_a_row_edited_in_sqlite_and_names_it(finished_run, tmp_path):
@@ -232,7 +235,56 @@ def test_verify_fails_on_a_row_edited_in_sqlite_and_names_it(finished_run, tmp_p
     assert f"'{config}' / '{example}': target_prob stored {prob * 1.01}, re-scored {prob}" in text, text
     # A sample of rows: the seed decides which; the summary counts what it checked.
     result = runner.invoke(app, ["verify", str(tampered), "--rows", "5", "--seed", "3"])
-    assert "of 5 rows re-scored" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "5 of 1771 stored rows re-scored (a sample drawn with seed 3; --rows all re-scores every one)" in text
+
+
+def _tampered(finished_run, tmp_path, sql: str, *args):
+    import shutil
+    import sqlite3
+
+    tampered = tmp_path / "run"
+    shutil.copytree(finished_run, tampered)
+    with sqlite3.connect(tampered / "results.sqlite") as conn:
+        conn.execute(sql, args)
+    return tampered
+
+
+def test_verify_compares_the_top_tokens(finished_run, tmp_path):
+    """A row whose top tokens were replaced (its probabilities untouched) is a mismatch."""
+    import json
+
+    with ResultsStore.open_existing(finished_run) as store:
+        row = store.rows(store.get_meta("run"))[7]
+    swapped = json.dumps(list(reversed(row.top_tokens)))
+    tampered = _tampered(
+        finished_run,
+        tmp_path,
+        "UPDATE results SET top_tokens = ? WHERE config = ? AND example = ?",
+        swapped,
+        row.config,
+        row.example,
+    )
+    result = runner.invoke(app, ["verify", str(tampered), "--rows", "all"])
+    assert result.exit_code == 1, result.output
+    assert f"'{row.config}' / '{row.example}': top_tokens stored" in " ".join(result.output.split())
+
+
+def test_verify_reports_a_configuration_missing_from_the_store(finished_run, tmp_path):
+    with ResultsStore.open_existing(finished_run) as store:
+        config = store.rows(store.get_meta("run"))[0].config
+    tampered = _tampered(finished_run, tmp_path, "DELETE FROM results WHERE config = ?", config)
+    result = runner.invoke(app, ["verify", str(tampered)])
+    assert result.exit_code == 1, result.output
+    assert f"configuration '{config}': 161 of its rows are missing" in " ".join(result.output.split())
+
+
+def test_verify_rows_must_be_a_number_or_all(finished_run):
+    result = runner.invoke(app, ["verify", str(finished_run), "--rows", "ten"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "error: --rows takes a number of rows or all, not 'ten'"
+    ]
 
 
 def test_verify_refuses_other_weights_by_fingerprint(finished_run, tmp_path, monkeypatch):
@@ -240,7 +292,8 @@ def test_verify_refuses_other_weights_by_fingerprint(finished_run, tmp_path, mon
 
     moved = tmp_path / "run"
     shutil.copytree(finished_run, moved)
-    monkeypatch.setattr("graftlens.experiments.verify.model_fingerprint", lambda model: "other")
+    monkeypatch.setattr("graftlens.experiments.prepare.model_fingerprint", lambda model: "other")
+    monkeypatch.setattr("graftlens.experiments.prepare.legacy_fingerprints", lambda model, paths=(): {"older"})
     result = runner.invoke(app, ["verify", str(moved)])
     assert result.exit_code == 2 and "loads other weights than the run was scored with" in result.output
 
@@ -257,7 +310,7 @@ def test_verify_passes_on_the_demo_run(tmp_path, embedded):
     run_recipe(recipe, tmp_path / "run", recipe_path=path)
     result = runner.invoke(app, ["verify", str(tmp_path / "run"), "--rows", "24"])
     assert result.exit_code == 0, result.output
-    assert "verified: 24 of 24 rows re-scored" in " ".join(result.output.split())
+    assert "verified: 24 of" in " ".join(result.output.split())
 
 
 def _error_lines(output: str) -> list[str]:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from graftlens.commands.support import console, err_console
+from graftlens.errors import RecipeError
 
 RUNS_DIR = Path("runs")
 
@@ -175,30 +176,40 @@ def run_cmd(
 
 def verify_cmd(
     run_dir: Path = typer.Argument(..., help="a finished run directory (holds results.sqlite and manifest.json)"),
-    rows: int = typer.Option(32, "--rows", help="how many stored rows to re-score (all of them if the run has fewer)"),
+    rows: str = typer.Option("32", "--rows", help="how many stored rows to re-score, or all (all of them if the run has fewer)"),
     seed: int = typer.Option(0, help="seed of the sample of rows"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: where the models load)"),
 ) -> None:
-    """Re-score a seeded sample of a run's rows with the same models and inputs, and compare.
+    """Re-score a seeded sample of a run's rows (or all of them) with the same models and inputs,
+    compare every stored field, and check that every configuration was scored on every prompt.
 
-    Exit 0 when every re-scored row matches the stored one within the run's tolerance; exit 1,
-    naming the rows, when one does not."""
+    Exit 0 when every re-scored row matches the stored one within the run's tolerance and no row
+    is missing; exit 1, naming the rows or configurations, when not."""
     from graftlens.experiments.verify import verify_run
 
+    if rows != "all" and not rows.isdigit():
+        raise RecipeError(f"--rows takes a number of rows or all, not {rows!r}")
     with progress_columns() as progress:
         task = progress.add_task("re-scoring", total=None)
         result = verify_run(
             run_dir,
-            rows=rows,
+            rows=None if rows == "all" else int(rows),
             seed=seed,
             device=device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    summary = f"{result.matched} of {result.checked} rows re-scored (of {result.total} stored) match within {result.tolerance:g}"
+    scored = f"{result.checked} of {result.total} stored rows re-scored"
+    if result.sampled:
+        scored += f" (a sample drawn with seed {seed}; --rows all re-scores every one)"
+    summary = f"{scored}; {result.matched} match within {result.tolerance:g}"
     if result.ok:
-        console.print(f"[bold green]verified:[/] {summary}")
+        console.print(f"[bold green]verified:[/] {summary}; all {result.expected} rows of the run are stored")
         return
-    err_console.print(f"[bold red]mismatch:[/] {summary}; these differ:", highlight=False)
+    err_console.print(f"[bold red]mismatch:[/] {summary}", highlight=False)
+    for config, n in result.missing.items():
+        err_console.print(f"  configuration {escape(repr(config))}: {n} of its rows are missing", highlight=False, soft_wrap=True)
+    if result.unexpected:
+        err_console.print(f"  {result.unexpected} stored rows belong to no configuration or prompt of the run", highlight=False)
     for m in result.mismatches[:20]:
         err_console.print(f"  {escape(str(m))}", highlight=False, soft_wrap=True)
     if len(result.mismatches) > 20:

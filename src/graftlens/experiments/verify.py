@@ -14,14 +14,16 @@ import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from graftlens.eval.batching import batches, pad_id_of
-from graftlens.experiments.prepare import models_not_recorded, prepare_models, recipe_data
+from graftlens.data.prompts import TokenizedPrompt
+from graftlens.eval.batching import batches
+from graftlens.experiments.prepare import models_not_recorded
 from graftlens.experiments.recipe import Recipe
+from graftlens.experiments.setup import RunSetup, set_up_run
 from graftlens.experiments.units import run_scorer
 from graftlens.results.store import ResultRow, ResultsStore, StoreError
 
@@ -56,72 +58,72 @@ class Verification:
     total: int  # rows in the store
     tolerance: float
     mismatches: list[Mismatch]
+    expected: int = 0  # rows the run's configurations and prompts make
+    missing: dict[str, int] = field(default_factory=dict)  # configuration → rows of it the store lacks
+    unexpected: int = 0  # stored rows of no configuration or prompt of the run
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        return not self.mismatches and not self.missing and not self.unexpected
 
     @property
     def matched(self) -> int:
         return self.checked - len({(m.config, m.example) for m in self.mismatches})
+
+    @property
+    def sampled(self) -> bool:
+        """Only some of the stored rows were re-scored (``--rows all`` re-scores every one)."""
+        return self.checked < self.total
 
 
 Progress = Callable[[int, int], None]  # (units re-scored, units in all)
 
 
 def verify_run(
-    run_dir: str | Path, rows: int = 32, seed: int = 0, device: str | None = None, progress: Progress | None = None
+    run_dir: str | Path, rows: int | None = 32, seed: int = 0, device: str | None = None, progress: Progress | None = None
 ) -> Verification:
     """Re-score ``rows`` rows of the run in ``run_dir`` drawn with ``seed`` (all of them when
-    ``rows`` is at least the run's size) and compare them with the stored ones."""
-    if rows < 1:
-        raise StoreError(f"--rows must be at least 1 (got {rows})")
+    ``rows`` is None or at least the run's size) and compare every field with the stored one; and
+    count the rows the store should hold but does not (a configuration never scored)."""
+    if rows is not None and rows < 1:
+        raise StoreError(f"--rows must be at least 1 or all (got {rows})")
     run_dir = Path(run_dir)
     with ResultsStore.open_existing(run_dir) as store:
         run_id, recipe, manifest, inputs = _recorded(store, run_dir)
         stored = store.rows(run_id)
         if not stored:
             raise StoreError(f"{run_dir} holds no results to verify")
-        sample = sorted(random.Random(seed).sample(range(len(stored)), min(rows, len(stored))))
-        picked = [stored[i] for i in sample]
+        n = len(stored) if rows is None else min(rows, len(stored))
+        picked = [stored[i] for i in sorted(random.Random(seed).sample(range(len(stored)), n))]
 
         base_dir = Path(manifest["recipe_file"]).parent if manifest.get("recipe_file") else None
-        data = recipe_data(recipe, base_dir)
-        if data.content_hash != inputs["dataset_hash"]:
-            raise StoreError(
-                f"the recipe's data now has content hash {data.content_hash}; the run was scored on {inputs['dataset_hash']}"
-            )
-        models, _ = prepare_models(recipe, data.dataset_dir, device)
-        for name in models_not_recorded(models, inputs["models"], manifest.get("models")):
-            raise StoreError(
-                f"model {name!r} loads other weights than the run was scored with (fingerprint "
-                f"{inputs['models'].get(name)}): verify needs the same models"
-            )
-        recipient = models[recipe.recipient]
-        pad = pad_id_of(recipient.tokenizer)
-        by_id = {p.id: p for p in data.prompts(recipe, recipient.tokenizer)}
-        missing = [i for i in manifest["prompts"] if i not in by_id]
-        if missing:
-            raise StoreError(f"prompt {missing[0]!r} of the run is not among the recipe's prompts any more")
-        prompts = [by_id[i] for i in manifest["prompts"]]
-        configs = recipe.expanded(n_layers=recipient.adapter.n_layers, n_heads=recipient.adapter.n_heads)
+        setup = set_up_run(recipe, base_dir, device)  # the runner's own setup and checks
+        prompts = _same_inputs(setup, inputs, manifest)
+        configs = setup.configs
         by_name = {c.name: c for c in configs}
         stored_configs = {c["name"]: c for c in store.configs(run_id)}
         for name, config in by_name.items():
             if name in stored_configs and stored_configs[name] != json.loads(json.dumps(config.to_json())):
                 raise StoreError(f"configuration {name!r} expands differently than it was stored: verify needs the same code")
-        attributes = data.attribute_sets(prompts, recipient.tokenizer) if recipe.eval.metric == "attribute_rate" else None
-        work = list(batches(prompts, recipe.eval.batch_size, pad))
+        expected, missing, unexpected = _coverage(stored, configs, manifest["prompts"])
+        work = list(batches(prompts, recipe.eval.batch_size, setup.pad))
         batch_of = {p.id: i for i, b in enumerate(work) for p in b.prompts}
         scorer = run_scorer(
-            models, recipient, configs, work, recipe.eval, attributes, lambda names: store.target_probs(run_id, names), None
+            setup.models,
+            setup.recipient,
+            configs,
+            work,
+            recipe.eval,
+            setup.attributes(prompts),
+            lambda names: store.target_probs(run_id, names),
+            None,
         )
         units: dict[tuple[int, int, str], list[ResultRow]] = {}
         for row in picked:
-            if row.config not in by_name:
-                raise StoreError(f"row {row.config!r} / {row.example!r}: the recipe has no such configuration")
+            if row.config not in by_name or row.example not in batch_of:
+                continue  # counted as unexpected above
             units.setdefault((by_name[row.config].phase, batch_of[row.example], row.config), []).append(row)
-        tolerance = float(manifest.get("tolerance", run_tolerance([str(m.dtype) for m in models.values()])))
+        tolerance = float(manifest.get("tolerance", run_tolerance([str(m.dtype) for m in setup.models.values()])))
         mismatches: list[Mismatch] = []
         for done, key in enumerate(sorted(units, key=lambda k: (k[0], k[1], configs.index(by_name[k[2]])))):
             _, batch, name = key
@@ -130,7 +132,39 @@ def verify_run(
                 mismatches += compare(row, now[row.example], tolerance)
             if progress is not None:
                 progress(done + 1, len(units))
-    return Verification(run_dir, len(picked), len(stored), tolerance, mismatches)
+    return Verification(run_dir, len(picked), len(stored), tolerance, mismatches, expected, missing, unexpected)
+
+
+def _same_inputs(setup: RunSetup, inputs: dict, manifest: dict) -> list[TokenizedPrompt]:
+    """The run's prompts, in scoring order, once the data and the models are checked to be the
+    ones the run was scored with."""
+    if setup.data.content_hash != inputs["dataset_hash"]:
+        raise StoreError(
+            f"the recipe's data now hashes to {setup.data.content_hash}; the run was scored on {inputs['dataset_hash']}"
+        )
+    for name in models_not_recorded(setup.models, inputs["models"], manifest.get("models")):
+        raise StoreError(
+            f"model {name!r} loads other weights than the run was scored with (fingerprint "
+            f"{inputs['models'].get(name)}): verify needs the same models"
+        )
+    by_id = {p.id: p for p in setup.prompts}
+    missing = [i for i in manifest["prompts"] if i not in by_id]
+    if missing:
+        raise StoreError(f"prompt {missing[0]!r} of the run is not among the recipe's prompts any more")
+    return [by_id[i] for i in manifest["prompts"]]
+
+
+def _coverage(stored: list[ResultRow], configs: list, prompt_ids: list[str]) -> tuple[int, dict[str, int], int]:
+    """Rows the run should hold (every configuration × every prompt), the rows each configuration
+    lacks, and the stored rows of no configuration or prompt of the run."""
+    have: dict[str, set[str]] = {}
+    for row in stored:
+        have.setdefault(row.config, set()).add(row.example)
+    wanted = set(prompt_ids)
+    missing = {c.name: len(wanted - have.get(c.name, set())) for c in configs}
+    names = {c.name for c in configs}
+    unexpected = sum(1 for row in stored if row.config not in names or row.example not in wanted)
+    return len(configs) * len(wanted), {k: v for k, v in missing.items() if v}, unexpected
 
 
 def _recorded(store: ResultsStore, run_dir: Path) -> tuple[str, Recipe, dict, dict]:
@@ -160,6 +194,9 @@ def compare(stored: ResultRow, now: ResultRow, tolerance: float) -> list[Mismatc
     def differs(field: str, a: object, b: object) -> None:
         out.append(Mismatch(stored.config, stored.example, field, a, b))
 
+    for name in ("template", "direction", "prompt", "target", "top_tokens"):
+        if getattr(stored, name) != getattr(now, name):
+            differs(name, getattr(stored, name), getattr(now, name))
     if not close(stored.target_prob, now.target_prob):
         differs("target_prob", stored.target_prob, now.target_prob)
     if stored.target_rank != now.target_rank:
