@@ -238,7 +238,8 @@ def grafted_forward(
         donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily:
             only the tensors the rules graft).
         rules: :class:`Graft` rules; a later rule wins where rules overlap.
-        input_ids: ``LongTensor[batch, pos]``, left- or right-padded.
+        input_ids: ``LongTensor[batch, pos]``, left-padded (right padding only with
+            ``last_only=False``: the last column is read as each prompt's last token).
         attention_mask: ``[batch, pos]``; None means no padding.
         spans: per example, the named spans (``FE``, ``title``, ...) the rules' selectors name.
         grad: keep the autograd graph (the donors' tensors get no gradient).

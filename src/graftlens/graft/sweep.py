@@ -41,7 +41,8 @@ def graft_sweep(
         recipient: the model grafted into (a :class:`~graftlens.LoadedModel` or HF model).
         donors: donor name → model, checkpoint directory or loaded weights, as for :func:`grafting`.
         configs: configuration name → its graft rules (``[]``: the recipient as it is).
-        input_ids: ``LongTensor[batch, pos]``, left-padded (right padding works, without sharing).
+        input_ids: ``LongTensor[batch, pos]``, left-padded (a right-padded batch is refused: the
+            sweep reads each prompt's last token in the last column).
         attention_mask: ``[batch, pos]``; None means no padding.
         spans: per example, named spans (``FE``, ...) that the rules' selectors name.
 

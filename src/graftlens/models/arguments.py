@@ -3,7 +3,9 @@
 A wrong shape, dtype, device or range is one :class:`~graftlens.InterventionError` naming the
 argument, not a RuntimeError from deep inside torch. :func:`checked` reads a function's arguments
 by their names (``input_ids``, ``attention_mask``, ``target_ids``, ``layers``, ...), so every entry
-point that takes them gets the same checks by one decorator.
+point that takes them gets the same checks by one decorator. A right-padded batch is refused
+wherever the last column is read as each prompt's last token (everywhere but ``last_only=False``),
+so a padding column's logits are never returned as a prompt's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def checked(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        check_arguments(fn.__name__, signature.bind(*args, **kwargs).arguments)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        check_arguments(fn.__name__, bound.arguments)
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -48,18 +52,20 @@ def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
             _check_ids(who, name, ids, module)
             if batch is None:  # (whether clean and corrupted inputs must align is the method's own check)
                 batch = (name, ids)
+    # Right padding is refused wherever the last column is read as each prompt's last token.
+    reads_last = not ("last_only" in arguments and arguments["last_only"] is False)
     if batch is not None:
         first, ids = batch
         mask = arguments.get("attention_mask")
         if mask is not None:
-            _check_mask(who, "attention_mask", mask, first, ids)
+            _check_mask(who, "attention_mask", mask, first, ids, reads_last)
     inputs = arguments.get("inputs")
     if batch is None and isinstance(getattr(inputs, "clean_ids", None), torch.Tensor):  # PathInputs
         for side in ("clean", "corrupted"):
             ids, mask = getattr(inputs, f"{side}_ids"), getattr(inputs, f"{side}_mask")
             _check_ids(who, f"inputs.{side}_ids", ids, module)
             if mask is not None:
-                _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids)
+                _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids, reads_last)
         batch = ("inputs.clean_ids", inputs.clean_ids)
     if batch is not None:
         ids = batch[1]
@@ -142,7 +148,7 @@ def _check_ids(who: str, name: str, ids: Any, module: nn.Module | None) -> None:
             raise InterventionError(f"{who}: {name} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
 
 
-def _check_mask(who: str, name: str, mask: Any, first: str, ids: torch.Tensor) -> None:
+def _check_mask(who: str, name: str, mask: Any, first: str, ids: torch.Tensor, reads_last: bool = True) -> None:
     if not isinstance(mask, torch.Tensor):
         raise InterventionError(f"{who}: {name} must be a tensor [batch, pos] of 0 and 1, not {type(mask).__name__}")
     if mask.shape != ids.shape:
@@ -151,6 +157,12 @@ def _check_mask(who: str, name: str, mask: Any, first: str, ids: torch.Tensor) -
         raise InterventionError(f"{who}: {name} is on {mask.device}, {first} on {ids.device}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise InterventionError(f"{who}: {name} must hold only 0 (padding) and 1 (a token)")
+    if reads_last and bool((mask[:, -1] == 0).any()):
+        row = int((mask[:, -1] == 0).nonzero()[0, 0])
+        raise InterventionError(
+            f"{who}: {name} is right-padded (row {row} ends in padding), and {who} reads the last column as each "
+            "prompt's last token: pad on the left (tokenizer.padding_side = 'left')"
+        )
 
 
 def _check_targets(who: str, target: Any, batch: int, module: nn.Module | None) -> None:
