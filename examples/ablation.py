@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import field_validator
 
-from graftlens.eval.batching import PromptBatch
+from graftlens.eval.batching import Prompts
 from graftlens.eval.scoring import LastLogits
 from graftlens.interventions import edit
 from graftlens.methods.core.parts import RunConfig, Strict, Sweep, check_positions
@@ -70,7 +70,7 @@ class ZeroAblation(Method[AblationSpec]):
     def readout(self, config: RunConfig[AblationSpec], execution: Execution) -> LastLogits:
         model, spec = execution.models[config.model], config.method
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             where = resolve_positions(spec.positions, batch.attention_mask, batch.spans)[..., None]  # [batch, pos, 1]
             with edit(model, {spec.point: lambda x: x.masked_fill(where, 0.0)}):
                 return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]  # [batch, vocab]

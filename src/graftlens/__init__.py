@@ -46,6 +46,8 @@ lazy_exports(
         "graftlens.interventions.tuned_lens": ["TunedLens"],
         "graftlens.interventions.mappings": ["head_mapping_vectors"],
         "graftlens.interventions.masks": ["DcmSettings", "DesideratumBatch", "learn_mask"],
+        "graftlens.eval.batching": ["Prompts"],
+        "graftlens.eval.text": ["prompts"],
         "graftlens.interventions.patches": ["Patch"],
         "graftlens.interventions.patching": [
             "activation_patching",

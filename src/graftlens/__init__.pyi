@@ -11,6 +11,12 @@ from graftlens.errors import (
     RecipeError as RecipeError,
     StoreError as StoreError,
 )
+from graftlens.eval.batching import (
+    Prompts as Prompts,
+)
+from graftlens.eval.text import (
+    prompts as prompts,
+)
 from graftlens.experiments.recipe import (
     load_recipe as load_recipe,
 )
@@ -171,6 +177,8 @@ __all__ = [
     "Point",
     "point_logits",
     "project",
+    "Prompts",
+    "prompts",
     "random_circuit",
     "Receiver",
     "RecipeError",

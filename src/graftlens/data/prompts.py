@@ -34,6 +34,8 @@ class TokenizedPrompt:
     @property
     def target_id(self) -> int:
         """The first target token: the one next-token metrics score."""
+        if not self.target_ids:
+            raise DataError(f"prompt {self.id!r} ({self.prompt!r}) has no target to score: give targets=")
         return self.target_ids[0]
 
 
@@ -41,11 +43,12 @@ def tokenize_prompt(
     tokenizer: Any,
     id: str,
     prompt: str,
-    target: str,
+    target: str | None,
     char_spans: Mapping[str, Sequence[int]],
     meta: Mapping[str, Any] | None = None,
 ) -> TokenizedPrompt:
-    """Tokenize one prompt and map its character spans onto tokens (raises SpanError naming ``id``)."""
+    """Tokenize one prompt and map its character spans onto tokens (raises SpanError naming ``id``).
+    ``target=None``: a prompt with nothing to score (``target`` "", no ``target_ids``)."""
     enc = tokenizer(prompt, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
@@ -56,9 +59,8 @@ def tokenize_prompt(
         except SpanError as exc:
             raise SpanError(f"example {id!r}: span {name!r}: {exc}") from None
     spans["LT"] = (len(ids) - 1, len(ids))
-    return TokenizedPrompt(
-        id, prompt, target, tuple(ids), _target_ids(tokenizer, id, prompt, target, ids), spans, dict(meta or {})
-    )
+    target_ids = () if target is None else _target_ids(tokenizer, id, prompt, target, ids)
+    return TokenizedPrompt(id, prompt, target or "", tuple(ids), target_ids, spans, dict(meta or {}))
 
 
 def _target_ids(tokenizer: Any, id: str, prompt: str, target: str, prompt_ids: list[int]) -> tuple[int, ...]:

@@ -11,9 +11,10 @@ lazy_exports(
             "ForcedTargets",
             "pad_id_of",
             "prompt_batch",
-            "PromptBatch",
+            "Prompts",
             "with_targets",
         ],
+        "graftlens.eval.text": ["prompts", "unmark"],
         "graftlens.eval.scoring": ["evaluate", "plain_last_logits", "PromptScore", "score_logits", "summarize", "target_logprob"],
     },
 )

@@ -8,7 +8,7 @@ from graftlens.eval.batching import (
     ForcedTargets as ForcedTargets,
     pad_id_of as pad_id_of,
     prompt_batch as prompt_batch,
-    PromptBatch as PromptBatch,
+    Prompts as Prompts,
     with_targets as with_targets,
 )
 from graftlens.eval.scoring import (
@@ -19,6 +19,10 @@ from graftlens.eval.scoring import (
     summarize as summarize,
     target_logprob as target_logprob,
 )
+from graftlens.eval.text import (
+    prompts as prompts,
+    unmark as unmark,
+)
 
 __all__ = [
     "batches",
@@ -28,10 +32,12 @@ __all__ = [
     "pad_id_of",
     "plain_last_logits",
     "prompt_batch",
-    "PromptBatch",
+    "Prompts",
+    "prompts",
     "PromptScore",
     "score_logits",
     "summarize",
     "target_logprob",
+    "unmark",
     "with_targets",
 ]

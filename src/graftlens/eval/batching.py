@@ -8,22 +8,46 @@ from dataclasses import dataclass
 import torch
 
 from graftlens.data.prompts import TokenizedPrompt
+from graftlens.models.text import left_padded, pad_id_of
 
 
 @dataclass
-class PromptBatch:
+class Prompts:
+    """A left-padded batch of prompts: token ids, mask, named spans and the target to score.
+
+    Every public entry point takes it where it takes ``input_ids`` (its mask, spans and targets
+    come along): make one from text with :func:`graftlens.prompts`, from a dataset's test
+    examples or known facts with :func:`~graftlens.eval.prompt_batch`.
+
+    Examples:
+        >>> import graftlens
+        >>> from graftlens.models import tiny_model
+        >>> m = tiny_model("llama")
+        >>> batch = graftlens.prompts(m, ["[FE:Ann] stars in", "[FE:Bo Li] stars"], targets=[" a", " b"])
+        >>> graftlens.run_logits(m, batch, last_only=True).shape
+        torch.Size([2, 1, 96])
+    """
+
     prompts: list[TokenizedPrompt]
     input_ids: torch.Tensor  # LongTensor[batch, pos], left-padded
     attention_mask: torch.Tensor  # LongTensor[batch, pos]
-    target_ids: torch.Tensor  # LongTensor[batch]: first target token of each prompt
+    target_ids: torch.Tensor | None  # LongTensor[batch]: first target token of each prompt (None: no targets)
 
     @property
     def spans(self) -> list[dict[str, tuple[int, int]]]:
         """Span annotations in prompt coordinates, as the grafting engine takes them."""
         return [p.spans for p in self.prompts]
 
-    def to(self, device: torch.device | str) -> PromptBatch:
-        return PromptBatch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device), self.target_ids.to(device))
+    def to(self, device: torch.device | str) -> Prompts:
+        targets = None if self.target_ids is None else self.target_ids.to(device)
+        return Prompts(self.prompts, self.input_ids.to(device), self.attention_mask.to(device), targets)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(p.prompt) for p in self.prompts[:3]) + (", ..." if len(self.prompts) > 3 else "")
+        return f"Prompts({len(self.prompts)} prompts, width {self.input_ids.shape[1]}: {shown})"
 
 
 @dataclass
@@ -42,7 +66,7 @@ class ForcedTargets:
         return int(self.target_ids.shape[1])
 
 
-def with_targets(batch: PromptBatch, pad_id: int = 0) -> ForcedTargets:
+def with_targets(batch: Prompts, pad_id: int = 0) -> ForcedTargets:
     """Append each prompt's target tokens (all but its last) after the batch's last column."""
     n_target = max(len(p.target_ids) for p in batch.prompts)
     rows = len(batch.prompts)
@@ -58,36 +82,21 @@ def with_targets(batch: PromptBatch, pad_id: int = 0) -> ForcedTargets:
     return ForcedTargets(ids, mask, targets, target_mask)
 
 
-def collate(prompts: Sequence[TokenizedPrompt], pad_id: int) -> PromptBatch:
+def collate(prompts: Sequence[TokenizedPrompt], pad_id: int, with_targets: bool = True) -> Prompts:
     """Left-pad so every row's last real token sits at position -1."""
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        n = len(p.input_ids)
-        ids[i, width - n :] = torch.tensor(p.input_ids, dtype=torch.long)
-        mask[i, width - n :] = 1
-    targets = torch.tensor([p.target_id for p in prompts], dtype=torch.long)
-    return PromptBatch(list(prompts), ids, mask, targets)
+    ids, mask = left_padded([p.input_ids for p in prompts], pad_id)
+    targets = torch.tensor([p.target_id for p in prompts], dtype=torch.long) if with_targets else None
+    return Prompts(list(prompts), ids, mask, targets)
 
 
-def batches(prompts: Sequence[TokenizedPrompt], batch_size: int, pad_id: int) -> Iterator[PromptBatch]:
+def batches(prompts: Sequence[TokenizedPrompt], batch_size: int, pad_id: int) -> Iterator[Prompts]:
     """Batches in length order (less padding), each of at most ``batch_size`` prompts."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
     for start in range(0, len(order), batch_size):
         yield collate([prompts[i] for i in order[start : start + batch_size]], pad_id)
 
 
-def pad_id_of(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id, else 0 (padded positions are masked anyway)."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def prompt_batch(examples: Sequence, tokenizer) -> PromptBatch:
+def prompt_batch(examples: Sequence, tokenizer) -> Prompts:
     """Test examples (a dataset's ``test``, or known facts) tokenized with their spans and
     left-padded into one batch (``input_ids``, ``attention_mask``, ``spans``, ``target_ids``)."""
     from graftlens.data.dataset import TestExample, tokenize_test

@@ -1,6 +1,6 @@
 """Next-token metrics of a model on a prompt set: target probability, rank, top-k hits.
 
-The model is anything that maps a :class:`PromptBatch` to last-position logits ``[batch,
+The model is anything that maps a :class:`Prompts` to last-position logits ``[batch,
 vocab]``; :func:`plain_last_logits` is the plain model, and the methods in
 :mod:`graftlens.methods` pass their own. All metrics are of the first target token.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from graftlens.data.prompts import TokenizedPrompt
-from graftlens.eval.batching import ForcedTargets, PromptBatch, batches
+from graftlens.eval.batching import ForcedTargets, Prompts, batches
 from graftlens.models.run import run_logits
 
 
@@ -32,7 +32,7 @@ class Readout:
 
 
 # A method's readout: a batch → its last-position logits ``[batch, vocab]``, or a :class:`Readout`.
-LastLogits = Callable[[PromptBatch], "torch.Tensor | Readout"]
+LastLogits = Callable[[Prompts], "torch.Tensor | Readout"]
 
 DEFAULT_TOPK = (1, 5, 10)
 
@@ -51,7 +51,7 @@ class PromptScore:
 def plain_last_logits(model: torch.nn.Module) -> LastLogits:
     """Last-position logits of the plain model (left-padded batches)."""
 
-    def run(batch: PromptBatch) -> torch.Tensor:
+    def run(batch: Prompts) -> torch.Tensor:
         return run_logits(model, batch.input_ids, batch.attention_mask, last_only=True)[:, -1]
 
     return run

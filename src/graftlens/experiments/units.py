@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from graftlens.data.attributes import ATTRIBUTE_K
-from graftlens.eval.batching import PromptBatch
+from graftlens.eval.batching import Prompts
 from graftlens.eval.scoring import LastLogits, Readout, attribute_rate, score_logits
 from graftlens.experiments.recipe import EvalSpec
 from graftlens.fileio import merge_tensors_atomic
@@ -37,7 +37,7 @@ class Unit:
 
 
 def plan_units(
-    configs: Sequence[RunConfig], work: Sequence[PromptBatch], store: ResultsStore, run: str
+    configs: Sequence[RunConfig], work: Sequence[Prompts], store: ResultsStore, run: str
 ) -> tuple[list[Unit], int]:
     """The units of run ``run`` still to score, in scoring order, and how many results the store
     already holds.
@@ -94,7 +94,7 @@ def run_scorer(
     models: Mapping[str, LoadedModel],
     recipient: LoadedModel,
     configs: Sequence[RunConfig],
-    work: Sequence[PromptBatch],
+    work: Sequence[Prompts],
     asks: EvalSpec | None,
     attributes: Mapping[str, frozenset[int]] | None,
     results: Callable[[Sequence[str]], dict[str, dict[str, float]]],
@@ -124,7 +124,7 @@ class UnitScorer:
         self.attributes = attributes  # prompt id → attribute token ids (eval.metric attribute_rate)
         self._readouts: dict[str, LastLogits] = {}
 
-    def rows(self, name: str, batch: PromptBatch) -> list[ResultRow]:
+    def rows(self, name: str, batch: Prompts) -> list[ResultRow]:
         config = self.configs[name]
         if name not in self._readouts:
             self._readouts[name] = method_for(config.kind).readout(config, self.execution)

@@ -93,6 +93,24 @@ class PathInputs:
                 f"{self.clean_ids.shape[0]} and {self.corrupted_ids.shape[0]} rows"
             )
 
+    @classmethod
+    def of(cls, clean, corrupted) -> PathInputs:
+        """The clean and corrupted :class:`~graftlens.Prompts` (each with its ids, mask and spans)
+        as one input.
+
+        Examples:
+            >>> import graftlens
+            >>> from graftlens.models import tiny_model
+            >>> m = tiny_model("llama")
+            >>> clean = graftlens.prompts(m, ["[FE:Ann] stars in", "[FE:Bo] stars"])
+            >>> corrupted = graftlens.prompts(m, ["[FE:Cy] stars in", "[FE:Di] stars"])
+            >>> graftlens.PathInputs.of(clean, corrupted).clean_spans[0]["FE"]
+            (0, 3)
+        """
+        return cls(
+            clean.input_ids, corrupted.input_ids, clean.attention_mask, corrupted.attention_mask, clean.spans, corrupted.spans
+        )
+
     def select(self, rows: torch.Tensor) -> PathInputs:
         """The inputs of the examples ``rows`` (``LongTensor[n]``), in that order."""
 

@@ -37,7 +37,7 @@ from graftlens.results.metrics import Estimate, estimate, ratio_estimate
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.interventions.circuits import Circuit
     from graftlens.models import LoadedModel
@@ -136,7 +136,7 @@ def reference_means(
     return execution.state(("head-means", model_name, n_boxes, n, half, seed, query), make)
 
 
-def boxes_of(batch: PromptBatch) -> int:
+def boxes_of(batch: Prompts) -> int:
     counts = {p.meta.get("n_boxes") for p in batch.prompts}
     if len(counts) != 1 or None in counts:
         raise RecipeError("mean ablation needs entity-tracking prompts of one box count per batch")
@@ -184,7 +184,7 @@ class CircuitFaithfulness(Method[CircuitSpec]):
         model = execution.models[config.model]
         circuit = circuit_of(spec, execution, model)
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             n_boxes = boxes_of(batch)
             means = reference_means(execution, config.model, model, n_boxes, spec.mean_prompts, spec.half, query=spec.means)
             return mean_ablated_logits(model, batch.input_ids, batch.attention_mask, circuit, means, batch.spans)

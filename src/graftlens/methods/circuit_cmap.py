@@ -21,7 +21,7 @@ from graftlens.methods.core.registry import Execution, Method, register
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -111,7 +111,7 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
         points = sorted({p for p, _, _ in per_point})
         donor_activations: DonorActivations = execution.state("cmap", DonorActivations)
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             cache = donor_activations.get(spec.donor, donor, batch, points)
             patches = [Patch(p, cache[p], positions, heads) for p, positions, heads in per_point]
             return patched_logits(recipient, batch.input_ids, batch.attention_mask, patches, True, batch.spans)[:, -1]

@@ -29,7 +29,7 @@ from graftlens.models.names import select_layers
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.interventions.hooks import ActivationCache
     from graftlens.models import LoadedModel
@@ -73,7 +73,7 @@ class DonorActivations:
     def __init__(self, max_bytes: int = 2 << 30):
         self._store: BoundedStore[torch.Tensor] = BoundedStore(max_bytes)
 
-    def get(self, name: str, donor: LoadedModel, batch: PromptBatch, points: list[Point]) -> ActivationCache:
+    def get(self, name: str, donor: LoadedModel, batch: Prompts, points: list[Point]) -> ActivationCache:
         from graftlens.interventions.hooks import ActivationCache
         from graftlens.interventions.patching import run_with_cache
 
@@ -135,7 +135,7 @@ class CrossModelPatching(Method[CmapSpec]):
         layers = select_layers(spec.layers, recipient.adapter.n_layers)
         points = [Point(name, layer) for name in spec.points for layer in layers]
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             cache = donor_activations.get(spec.donor, donor, batch, points)
             # The recipient model's run is continued from the lowest patched layer and first patched column.
             patches = [Patch(p, cache[p], spec.positions, None if spec.heads is None else tuple(spec.heads)) for p in points]

@@ -27,7 +27,7 @@ from graftlens.results.metrics import estimate
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -137,7 +137,7 @@ class DesiderataMasking(Method[DcmSpec]):
             chosen = learned.selected
             execution.note(config.name, {mask_key(la, h): round(float(v), 6) for (la, h), v in zip(heads, learned.values)})
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             from graftlens.interventions.masks import DesideratumBatch
 
             inputs = pair_inputs(batch, pad)

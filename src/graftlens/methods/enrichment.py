@@ -20,7 +20,7 @@ from graftlens.results.metrics import Estimate, estimate
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -128,7 +128,7 @@ class Enrichment(Method[EnrichmentSpec]):
     def readout(self, config: RunConfig[EnrichmentSpec], execution: Execution) -> LastLogits:
         model, spec = execution.models[config.model], config.method
 
-        def forward(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(batch: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
             """``(hidden[batch, d_model] after the read layer at the subject's last token, logits[batch, vocab] at LT)``."""
             from graftlens.interventions.hooks import capture
             from graftlens.interventions.lens import at_last_picked
@@ -148,7 +148,7 @@ class Enrichment(Method[EnrichmentSpec]):
 
         lens = lens_of(execution, config.model, spec.lens)
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             hidden, logits = execution.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())
             if spec.read == "last":
                 return logits

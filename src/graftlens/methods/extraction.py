@@ -33,7 +33,7 @@ from graftlens.results.metrics import Estimate, bootstrap_ci, estimate
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -137,7 +137,7 @@ class Extraction(Method[ExtractionSpec]):
     def readout(self, config: RunConfig[ExtractionSpec], execution: Execution) -> LastLogits:
         model, spec = execution.models[config.model], config.method
 
-        def forward(batch: PromptBatch) -> dict[str, torch.Tensor]:
+        def forward(batch: Prompts) -> dict[str, torch.Tensor]:
             """Every layer's attention and MLP output at ``position`` under the condition: name → ``[batch, d_model]``."""
             from contextlib import nullcontext
 
@@ -162,7 +162,7 @@ class Extraction(Method[ExtractionSpec]):
 
         lens = lens_of(execution, config.model, spec.lens)
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             point = f"{spec.point}.{spec.layer}"
             outputs = execution.for_batch("extraction", batch, lambda: forward(batch), spec.intervention())
             return read_through(model, outputs[point], point, lens)

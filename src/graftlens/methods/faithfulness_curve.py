@@ -48,7 +48,7 @@ from graftlens.results.metrics import Estimate, ratio_estimate
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.interventions.circuits import Circuit
     from graftlens.interventions.edge_circuits import EdgeCircuit
@@ -252,7 +252,7 @@ class FaithfulnessCurve(Method[FaithfulnessSpec]):
         make = self.edge_circuit if edges else self.circuit
         circuit = execution.state(("faithfulness circuit", config.name), lambda: make(spec, execution, config.model))
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             n_boxes = boxes_of(batch)
             means = reference_means(execution, config.model, model, n_boxes, spec.mean_prompts, spec.half, query=spec.means)
             if edges:

@@ -19,7 +19,7 @@ from graftlens.results.metrics import Estimate, bootstrap_ci
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -106,7 +106,7 @@ class HeadMappings(Method[HeadMappingSpec]):
     def readout(self, config: RunConfig[HeadMappingSpec], execution: Execution) -> LastLogits:
         model, spec = execution.models[config.model], config.method
 
-        def events(batch: PromptBatch) -> torch.Tensor:
+        def events(batch: Prompts) -> torch.Tensor:
             """``[batch, len(layers), d_model]``: each layer's attention output at ``position``."""
             import torch
 
@@ -120,14 +120,14 @@ class HeadMappings(Method[HeadMappingSpec]):
             stacked = torch.stack([cache[p] for p in points], 2)  # [batch, pos, layer, d_model]
             return at_last_picked(stacked, spec.position, batch.attention_mask, batch.spans)
 
-        def mappings(batch: PromptBatch) -> torch.Tensor:
+        def mappings(batch: Prompts) -> torch.Tensor:
             from graftlens.interventions.mappings import head_mapping_vectors
 
             return head_mapping_vectors(
                 model, batch.input_ids, batch.attention_mask, spec.layers, spec.subject, spec.read, spans=batch.spans
             )
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             from graftlens.interventions.lens import project
 
             index = spec.layers.index(spec.layer)

@@ -18,7 +18,7 @@ from graftlens.results.metrics import Estimate, relative_change
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -99,7 +99,7 @@ class AttentionKnockout(Method[KnockoutSpec]):
     def readout(self, config: RunConfig[KnockoutSpec], execution: Execution) -> LastLogits:
         spec = config.method
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             # Only the layers from the window's first and the columns from the first target are computed.
             kept = execution.plain_run(config.model, batch)
             return kept.knocked_out(spec.layers, spec.sources, spec.targets, spans=batch.spans)

@@ -17,7 +17,7 @@ from graftlens.results.metrics import estimate
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -86,7 +86,7 @@ class VocabularyProjection(Method[LensSpec]):
 
         lens = lens_of(execution, config.model, spec.lens)
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             return point_logits(
                 model,
                 batch.input_ids,

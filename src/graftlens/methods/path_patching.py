@@ -34,7 +34,7 @@ from graftlens.methods.core.registry import Execution, Method, register
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -96,7 +96,7 @@ class PathPatching(Method[PathPatchSpec]):
             receiver_positions = position
         caches: BoundedStore = execution.state(("pp-caches", config.model), lambda: BoundedStore(2 << 30))
 
-        def run(batch: PromptBatch) -> torch.Tensor:
+        def run(batch: Prompts) -> torch.Tensor:
             key = (batch_key(batch), spec.stage)
             if key not in caches:  # the clean and corrupted runs and the shared prefixes, once per batch and stage
                 inputs = pair_inputs(batch, pad)

@@ -21,6 +21,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.models.loading import LoadedModel
+from graftlens.models.text import encode_texts
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,12 +35,66 @@ def checked(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
+        bound = signature.bind_partial(*args, **kwargs)
+        unpack_inputs(fn.__name__, signature, bound.arguments)
+        missing = [
+            name
+            for name, p in signature.parameters.items()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in bound.arguments
+        ]
+        if missing:
+            raise TypeError(f"{fn.__name__}() missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
         bound.apply_defaults()
         check_arguments(fn.__name__, bound.arguments)
-        return fn(*args, **kwargs)
+        return fn(*bound.args, **bound.kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def unpack_inputs(who: str, signature: inspect.Signature, arguments: dict[str, Any]) -> None:
+    """Where a function takes token ids, also take :class:`~graftlens.Prompts` (its mask, spans
+    and targets fill the arguments of those names that were not given) or text (a string or a
+    list of strings, read with the model's tokenizer and left-padded)."""
+    params = signature.parameters
+    for name in TOKEN_ARGUMENTS:
+        value = arguments.get(name)
+        if value is None or isinstance(value, torch.Tensor):
+            continue
+        first = name != "corrupted_ids"  # the corrupted run shares the clean one's mask and targets
+        if _is_prompts(value):
+            arguments[name] = value.input_ids
+            fills = {"attention_mask": value.attention_mask, "spans": value.spans, "target_ids": value.target_ids}
+            if not first:
+                _same_mask(who, arguments, value.attention_mask)
+                continue
+        elif isinstance(value, str) or (isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value)):
+            model = next((arguments[m] for m in MODEL_ARGUMENTS if m in arguments), None)
+            ids, mask = encode_texts(getattr(model, "tokenizer", None), value, name)
+            arguments[name] = ids
+            fills = {"attention_mask": mask}
+            if not first:
+                _same_mask(who, arguments, mask)
+                continue
+        else:
+            continue
+        for key, filled in fills.items():
+            if key in params and arguments.get(key) is None and filled is not None:
+                arguments[key] = filled
+
+
+def _is_prompts(value: Any) -> bool:
+    return all(isinstance(getattr(value, a, None), torch.Tensor) for a in ("input_ids", "attention_mask")) and hasattr(
+        value, "spans"
+    )
+
+
+def _same_mask(who: str, arguments: Mapping[str, Any], mask: torch.Tensor) -> None:
+    clean = arguments.get("attention_mask")
+    if clean is not None and (clean.shape != mask.shape or not torch.equal(clean.cpu(), mask.cpu())):
+        raise InterventionError(
+            f"{who}: the corrupted prompts are padded differently from the clean ones: they must be token-aligned "
+            "(the same number of tokens, prompt by prompt)"
+        )
 
 
 def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:

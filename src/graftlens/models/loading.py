@@ -66,6 +66,24 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def save(self, directory: str | Path) -> Path:
+        """Write the model (safetensors) and its tokenizer as a ``save_pretrained`` directory,
+        which :func:`load_model`, a recipe's ``spec:`` and a donor path all read.
+
+        Examples:
+            >>> import tempfile, graftlens
+            >>> from graftlens.models import tiny_model
+            >>> saved = tiny_model("llama").save(tempfile.mkdtemp())
+            >>> graftlens.load_model(saved).adapter.n_layers
+            4
+        """
+        directory = Path(directory)
+        if self.tokenizer is None:
+            raise ModelLoadError(f"model {self.spec!r} has no tokenizer to save beside it: a saved model must be loadable")
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
     def n_params(self) -> int:
         """Number of distinct parameters (tied tensors counted once)."""
         seen: set[int] = set()

@@ -57,8 +57,28 @@ def tiny_configs() -> dict[str, Callable[[], object]]:
     }
 
 
+def tiny_tokenizer():
+    """A character-level tokenizer of ``TINY_VOCAB`` tokens: ``<unk>``, ``<pad>``, ``<eos>`` and the
+    printable ASCII characters from the space to ``|`` (any other character is ``<unk>``), with
+    offsets, so prompts with spans can be made from any text for a tiny model.
+
+    >>> from graftlens.models.tiny import tiny_tokenizer
+    >>> tiny_tokenizer()("Ann stars")["input_ids"]
+    [36, 81, 81, 3, 86, 87, 68, 85, 86]
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "<eos>": 2}
+    vocab.update({chr(32 + i): 3 + i for i in range(TINY_VOCAB - 3)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+
+
 def tiny_model(family: str = "llama", seed: int = 0) -> LoadedModel:
-    """A tiny random causal LM of ``family`` (fp32, eval mode), without a tokenizer.
+    """A tiny random causal LM of ``family`` (fp32, eval mode), with a character-level tokenizer
+    (:func:`tiny_tokenizer`).
 
     Every parameter is perturbed from its initial value (norms away from 1, biases away from 0),
     so that a wrong slice or a skipped module shows in its outputs.
@@ -79,4 +99,4 @@ def tiny_model(family: str = "llama", seed: int = 0) -> LoadedModel:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    return as_loaded(model.eval())
+    return as_loaded(model.eval(), tiny_tokenizer())

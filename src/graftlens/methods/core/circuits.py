@@ -27,7 +27,7 @@ from graftlens.positions import parse_positions
 if TYPE_CHECKING:
     import torch
 
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.interventions.circuits import Circuit
     from graftlens.interventions.paths import PathInputs
     from graftlens.results.rundata import RunData
@@ -153,7 +153,7 @@ def check_fixed_positions(circuit: Circuit, groups: Sequence[str], source: str, 
             )
 
 
-def pair_inputs(batch: PromptBatch, pad_id: int) -> PathInputs:
+def pair_inputs(batch: Prompts, pad_id: int) -> PathInputs:
     """The batch as clean prompts with their corrupted ones (``meta["source"]`` of entity-tracking pairs)."""
     from graftlens.eval.batching import collate
     from graftlens.interventions.paths import PathInputs
@@ -197,7 +197,7 @@ def check_one_box_count_per_batch(kind: str, data: dict, batch_size: int) -> Non
         )
 
 
-def batch_key(batch: PromptBatch) -> tuple[str, ...]:
+def batch_key(batch: Prompts) -> tuple[str, ...]:
     return tuple(p.id for p in batch.prompts)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.graft.prefix import PrefixCaches
     from graftlens.interventions.continuation import CachedRun
     from graftlens.methods.core.parts import RunConfig
@@ -53,7 +53,7 @@ class Execution:
         models: Mapping[str, LoadedModel],
         *,
         configs: Sequence[RunConfig] = (),
-        batches: Sequence[PromptBatch] = (),
+        batches: Sequence[Prompts] = (),
         results: Results | None = None,
         measures: Measures = Measures(),
         keep: Keep | None = None,
@@ -80,7 +80,7 @@ class Execution:
             self._state[key] = make()
         return self._state[key]
 
-    def for_batch(self, key: str, batch: PromptBatch, make: Callable[[], Any], variant: Any = None) -> Any:
+    def for_batch(self, key: str, batch: Prompts, make: Callable[[], Any], variant: Any = None) -> Any:
         """What configurations share for one batch: ``make()`` once per (``key``, batch,
         ``variant``); one value per ``key`` is kept, so a new batch or variant drops the old one.
 
@@ -94,7 +94,7 @@ class Execution:
             self._batch_state[key] = slot
         return slot[2]
 
-    def plain_run(self, model_name: str, batch: PromptBatch) -> CachedRun:
+    def plain_run(self, model_name: str, batch: Prompts) -> CachedRun:
         """The batch's plain run of ``model_name``, kept to be continued
         (:class:`~graftlens.interventions.continuation.CachedRun`): made once per batch and
         shared by every configuration of the batch that intervenes on that model."""

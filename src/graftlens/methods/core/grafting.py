@@ -14,7 +14,7 @@ from graftlens.methods.core.registry import Execution, Method, method_for
 if TYPE_CHECKING:  # imported where they run: a method module loads without torch (recipes are read with it)
     import torch
 
-    from graftlens.eval.batching import ForcedTargets, PromptBatch
+    from graftlens.eval.batching import ForcedTargets, Prompts
     from graftlens.eval.scoring import LastLogits, Readout
     from graftlens.graft.prefix import PrefixCaches, SharedPrefix
     from graftlens.models import LoadedModel
@@ -50,7 +50,7 @@ def grafted_last_logits(
     loaded = as_loaded(recipient)
     grafter = Grafter(loaded, donors, rules)
 
-    def run(batch: PromptBatch) -> Readout:
+    def run(batch: Prompts) -> Readout:
         batch = batch.to(loaded.device)
         forced = with_targets(batch) if target_logprob else None
         prefix = None
@@ -90,7 +90,7 @@ def forced_readout(last: torch.Tensor, more: torch.Tensor | None, forced: Forced
     return Readout(last, target_logprob(columns, forced))
 
 
-def grafted_continuation(model: LoadedModel, grafter, batch: PromptBatch, n: int, prefix: SharedPrefix | None) -> torch.Tensor:
+def grafted_continuation(model: LoadedModel, grafter, batch: Prompts, n: int, prefix: SharedPrefix | None) -> torch.Tensor:
     """``LongTensor[batch, n]``: what the grafted model says after each prompt, greedily (continuing
     the plain ``prefix`` when the rules leave its columns the recipient's own)."""
     from graftlens.models.generate import greedy_continuation
@@ -131,7 +131,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], execution
         """Each sibling's first claimed column on this batch (0: it runs alone)."""
         return {c.name: prefix_cut(c.rules(), mask, spans, c.name in grafts_head) for c in siblings}
 
-    def run(batch: PromptBatch) -> Readout:
+    def run(batch: Prompts) -> Readout:
         batch = batch.to(model.device)
         mask, spans = batch.attention_mask, batch.spans
         # Made once per batch for every sibling, not once per sibling for every configuration.

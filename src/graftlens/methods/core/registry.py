@@ -27,7 +27,7 @@ from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 
 if TYPE_CHECKING:  # methods register (and recipes validate) without torch; readouts import it when they run
-    from graftlens.eval.batching import PromptBatch
+    from graftlens.eval.batching import Prompts
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
@@ -131,7 +131,7 @@ def sweep_types() -> tuple[type[Sweep], ...]:
     return tuple(m.sweep for m in _METHODS.values() if m.sweep is not None)
 
 
-def check_config(config: RunConfig, models: Mapping[str, LoadedModel], batches: Sequence[PromptBatch]) -> None:
+def check_config(config: RunConfig, models: Mapping[str, LoadedModel], batches: Sequence[Prompts]) -> None:
     """``config`` fits its models and every prompt, or one :class:`RecipeError` naming it."""
     try:
         if config.method is not None:
