@@ -61,9 +61,7 @@ def prompts(
         raise SpanError("prompts needs at least one text")
     per_text = _per_text(spans, len(texts), "spans")
     target_list = _per_text([targets] if isinstance(targets, str) else targets, len(texts), "targets")
-    made = [
-        _prompt(tokenizer, i, text, per_text[i] or {}, target_list[i]) for i, text in enumerate(texts)
-    ]
+    made = [_prompt(tokenizer, i, text, per_text[i] or {}, target_list[i]) for i, text in enumerate(texts)]
     return collate(made, pad_id_of(tokenizer), with_targets=targets is not None)
 
 

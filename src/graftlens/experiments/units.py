@@ -36,9 +36,7 @@ class Unit:
     n_prompts: int  # prompts in the batch: each configuration adds this many rows
 
 
-def plan_units(
-    configs: Sequence[RunConfig], work: Sequence[Prompts], store: ResultsStore, run: str
-) -> tuple[list[Unit], int]:
+def plan_units(configs: Sequence[RunConfig], work: Sequence[Prompts], store: ResultsStore, run: str) -> tuple[list[Unit], int]:
     """The units of run ``run`` still to score, in scoring order, and how many results the store
     already holds.
 
