@@ -9,9 +9,8 @@ import torch
 
 import graftlens
 from graftlens import Graft, PathInputs, Prompts
-from graftlens.data.spans import SpanError
+from graftlens.data.spans import SpanError, unmark
 from graftlens.errors import GraftlensError
-from graftlens.eval.text import unmark
 from graftlens.models import tiny_model
 
 TEXTS = ["[FE:Lori Barker] stars in a movie alongside", "[FE:Ann Li] stars alongside"]

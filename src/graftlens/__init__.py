@@ -47,6 +47,7 @@ lazy_exports(
         "graftlens.interventions.mappings": ["head_mapping_vectors"],
         "graftlens.interventions.masks": ["DcmSettings", "DesideratumBatch", "learn_mask"],
         "graftlens.eval.batching": ["Prompts"],
+        "graftlens.experiments.demo": ["demo_models"],
         "graftlens.eval.text": ["prompts"],
         "graftlens.interventions.patches": ["Patch"],
         "graftlens.interventions.patching": [

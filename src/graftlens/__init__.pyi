@@ -17,6 +17,9 @@ from graftlens.eval.batching import (
 from graftlens.eval.text import (
     prompts as prompts,
 )
+from graftlens.experiments.demo import (
+    demo_models as demo_models,
+)
 from graftlens.experiments.recipe import (
     load_recipe as load_recipe,
 )
@@ -139,6 +142,7 @@ __all__ = [
     "cross_model_patched_logits",
     "DataError",
     "DcmSettings",
+    "demo_models",
     "DesideratumBatch",
     "edge_ablated_logits",
     "edge_attribution",

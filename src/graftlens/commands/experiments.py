@@ -255,14 +255,27 @@ def export_cmd(
             console.print(f"{n} rows → {escape(str(path))}")
 
 
-def recipes_cmd() -> None:
-    """List the shipped recipes (run one with `graftlens run NAME`)."""
+def recipes_cmd(
+    action: str | None = typer.Argument(None, help="show: print a shipped recipe's YAML (to copy and edit)"),
+    name: str | None = typer.Argument(None, help="the shipped recipe to show"),
+) -> None:
+    """List the shipped recipes (run one with `graftlens run NAME`); `graftlens recipes show NAME`
+    prints one's YAML, to copy into a file of your own and edit."""
     from graftlens.experiments import load_recipe, shipped_recipes
 
+    if action is not None:
+        if action != "show" or name is None:
+            raise RecipeError(f"graftlens recipes takes `show NAME`, not {' '.join(filter(None, [action, name]))!r}")
+        if name not in shipped_recipes():
+            raise RecipeError(f"no shipped recipe {name!r}; the shipped ones: {', '.join(shipped_recipes())}")
+        _, path = load_recipe(name)
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
     table = Table(title="shipped recipes", title_justify="left")
     table.add_column("name")
     table.add_column("what it runs")
-    for name in shipped_recipes():
-        recipe, _ = load_recipe(name)
-        table.add_row(name, escape(recipe.description.strip().split("\n")[0]))
+    for recipe_name in shipped_recipes():
+        recipe, _ = load_recipe(recipe_name)
+        table.add_row(recipe_name, escape(recipe.description.strip().split("\n")[0]))
     console.print(table)
+    console.print("print one to copy and edit: graftlens recipes show NAME > my-recipe.yaml", highlight=False)

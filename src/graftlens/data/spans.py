@@ -7,6 +7,7 @@ the substring's characters, not counting leading whitespace.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,3 +50,34 @@ def char_span_to_tokens(text: str, offsets: Sequence[Sequence[int]], start_char:
     if not tokens:
         raise SpanError(f"{text[start_char:end_char]!r} covers no token of prompt {text!r}")
     return tokens[0], tokens[-1] + 1
+
+
+#: A marked span: ``[NAME:text]``; NAME is a span name (letters, digits, underscores).
+MARK = re.compile(r"\[(?P<name>[A-Za-z_]\w*):(?P<text>[^\[\]]+)\]")
+
+
+def unmark(text: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``text`` without its ``[NAME:words]`` marks, and each mark's character span in it.
+
+    Examples:
+        >>> from graftlens.data.spans import unmark
+        >>> unmark("[FE:Lori Barker] stars in a movie alongside")
+        ('Lori Barker stars in a movie alongside', {'FE': (0, 11)})
+    """
+    plain, spans, last = [], {}, 0
+    length = 0
+    for m in MARK.finditer(text):
+        before = text[last : m.start()]
+        plain.append(before)
+        length += len(before)
+        if m["name"] in spans:
+            raise SpanError(f"{text!r}: span {m['name']!r} is marked twice")
+        spans[m["name"]] = (length, length + len(m["text"]))
+        plain.append(m["text"])
+        length += len(m["text"])
+        last = m.end()
+    plain.append(text[last:])
+    out = "".join(plain)
+    if re.search(r"\[[A-Za-z_]\w*:", out):
+        raise SpanError(f"{text!r}: a span mark [NAME:words] is not closed, or holds a bracket")
+    return out, spans

@@ -14,7 +14,7 @@ lazy_exports(
             "Prompts",
             "with_targets",
         ],
-        "graftlens.eval.text": ["prompts", "unmark"],
+        "graftlens.eval.text": ["prompts"],
         "graftlens.eval.scoring": ["evaluate", "plain_last_logits", "PromptScore", "score_logits", "summarize", "target_logprob"],
     },
 )

@@ -8,17 +8,13 @@ token is the one scored (``" Gregory"``: mind the leading space).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from graftlens.data.prompts import TokenizedPrompt, tokenize_prompt
-from graftlens.data.spans import SpanError
+from graftlens.data.spans import SpanError, unmark
 from graftlens.eval.batching import Prompts, collate
 from graftlens.models.text import pad_id_of
-
-#: A marked span: ``[NAME:text]``; NAME is a span name (letters, digits, underscores).
-MARK = re.compile(r"\[(?P<name>[A-Za-z_]\w*):(?P<text>[^\[\]]+)\]")
 
 
 def prompts(
@@ -88,30 +84,3 @@ def _prompt(tokenizer: Any, i: int, text: str, named: Mapping[str, str], target:
     if target is not None and not isinstance(target, str):
         raise SpanError(f"text {i}: a target is a string, not {type(target).__name__}")
     return tokenize_prompt(tokenizer, f"text-{i}", plain, target, char_spans)
-
-
-def unmark(text: str) -> tuple[str, dict[str, tuple[int, int]]]:
-    """``text`` without its ``[NAME:words]`` marks, and each mark's character span in it.
-
-    Examples:
-        >>> from graftlens.eval.text import unmark
-        >>> unmark("[FE:Lori Barker] stars in a movie alongside")
-        ('Lori Barker stars in a movie alongside', {'FE': (0, 11)})
-    """
-    plain, spans, last = [], {}, 0
-    length = 0
-    for m in MARK.finditer(text):
-        before = text[last : m.start()]
-        plain.append(before)
-        length += len(before)
-        if m["name"] in spans:
-            raise SpanError(f"{text!r}: span {m['name']!r} is marked twice")
-        spans[m["name"]] = (length, length + len(m["text"]))
-        plain.append(m["text"])
-        length += len(m["text"])
-        last = m.end()
-    plain.append(text[last:])
-    out = "".join(plain)
-    if re.search(r"\[[A-Za-z_]\w*:", out):
-        raise SpanError(f"{text!r}: a span mark [NAME:words] is not closed, or holds a bracket")
-    return out, spans

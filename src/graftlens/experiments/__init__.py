@@ -7,6 +7,7 @@ from graftlens.lazy import lazy_exports
 lazy_exports(
     globals(),
     {
+        "graftlens.experiments.demo": ["demo_models"],
         "graftlens.experiments.recipe": ["load_recipe", "Recipe", "RecipeError", "RunConfig", "shipped_recipes"],
         "graftlens.experiments.runner": ["run_recipe", "RunSummary"],
         "graftlens.results.store": ["ResultRow", "ResultsStore", "StoreError"],

@@ -2,6 +2,9 @@
 
 # Generated from the package's lazy_exports declaration by `make stubs`; do not edit.
 
+from graftlens.experiments.demo import (
+    demo_models as demo_models,
+)
 from graftlens.experiments.recipe import (
     load_recipe as load_recipe,
     Recipe as Recipe,
@@ -20,6 +23,7 @@ from graftlens.results.store import (
 )
 
 __all__ = [
+    "demo_models",
     "load_recipe",
     "Recipe",
     "RecipeError",

@@ -115,7 +115,7 @@ class ScoringWorker:
             os.chdir(setup.cwd)
         recipe = setup.recipe
         data = recipe_data(recipe, setup.base_dir)
-        models, _ = prepare_models(recipe, data.dataset_dir, setup.device)
+        models, _ = prepare_models(recipe, data.dataset_dir, setup.device, base_dir=setup.base_dir)
         for name, model in models.items():
             if model_fingerprint(model.model) != setup.fingerprints[name]:
                 raise DistributedError(

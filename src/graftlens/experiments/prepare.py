@@ -17,6 +17,7 @@ from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
 from graftlens.data.defaults import cached_dataset
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.data.known_facts import KnownFact, load_known_facts, tokenize_known_facts
+from graftlens.data.prompt_files import FilePrompt, load_prompt_file, prompt_file_hash, tokenize_prompt_file
 from graftlens.data.prompts import TokenizedPrompt, check_tokenizer_fits, tokenizer_fingerprint
 from graftlens.data.tasks import task_dataset
 from graftlens.eval.batching import batches
@@ -41,6 +42,7 @@ class RecipeData:
     dataset: FactDataset | None = None
     dataset_dir: Path | None = None
     known: list[KnownFact] | None = None
+    own: list[FilePrompt] | None = None  # a prompt file's prompts
     entity_tracking: EntityTrackingData | None = None
     subject_texts: dict[str, str] | None = None  # for the attribute rate (known facts only)
 
@@ -55,6 +57,8 @@ class RecipeData:
     def prompts(self, recipe: Recipe, tokenizer) -> list[TokenizedPrompt]:
         if self.known is not None:
             return tokenize_known_facts(self.known, tokenizer)
+        if self.own is not None:
+            return tokenize_prompt_file(self.own, tokenizer)
         if self.entity_tracking is not None:
             return entity_tracking_prompts(self.entity_tracking, recipe, tokenizer)
         assert self.dataset is not None
@@ -77,6 +81,11 @@ def recipe_data(recipe: Recipe, base_dir: Path | None = None) -> RecipeData:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         manifest.update({"content_hash": digest, "n_facts": len(known)})
         return RecipeData(digest, manifest, known=known, subject_texts=texts)
+    if spec.prompts is not None:
+        path = _relative(Path(spec.prompts), base_dir)
+        own = load_prompt_file(path)
+        digest = prompt_file_hash(own)
+        return RecipeData(digest, {"prompts": str(path), "content_hash": digest, "n_prompts": len(own)}, own=own)
     if spec.entity_tracking is not None:
         dumped = spec.entity_tracking.model_dump(mode="json")
         digest = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
@@ -93,6 +102,15 @@ def recipe_data(recipe: Recipe, base_dir: Path | None = None) -> RecipeData:
 
 def _relative(path: Path, base_dir: Path | None) -> Path:
     return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def model_path(spec: str, base_dir: Path | None) -> str:
+    """A recipe's model ``spec``: a relative path is taken from the recipe's folder when it exists
+    there (as data paths are); a hub id, the embedded model's name or an absolute path as written."""
+    relative = Path(spec).expanduser()
+    if base_dir is not None and not relative.is_absolute() and (base_dir / relative).exists():
+        return str(base_dir / relative)
+    return spec
 
 
 def recipe_dataset(recipe: Recipe, base_dir: Path | None = None) -> tuple[FactDataset, Path]:
@@ -122,13 +140,15 @@ def prepare_models(
     dataset_dir: Path | None,
     device: str | None = None,
     finetune_progress: FinetuneProgress | None = None,
+    base_dir: Path | None = None,
 ) -> tuple[dict[str, LoadedModel], dict[str, dict]]:
-    """Load (and where asked, finetune — cached by content hash) every model of the recipe."""
+    """Load (and where asked, finetune — cached by content hash) every model of the recipe. A
+    relative model path is read from the recipe's folder ``base_dir`` when it is there."""
     models: dict[str, LoadedModel] = {}
     sources: dict[str, dict] = {}
     for name, spec in recipe.models.items():
         if spec.spec is not None:
-            models[name] = load_model(spec.spec, **_placement(spec, device))
+            models[name] = load_model(model_path(spec.spec, base_dir), **_placement(spec, device))
             sources[name] = {"spec": spec.spec, **_placement_record(spec)}
             continue
         assert spec.finetune is not None
@@ -136,7 +156,7 @@ def prepare_models(
         if dataset_dir is None and task is None:
             raise RecipeError(f"model {name!r} finetunes on the recipe's data, which has no training documents")
         base_source = sources[spec.finetune.base]
-        base_spec = base_source.get("checkpoint", base_source.get("spec"))
+        base_spec = base_source.get("checkpoint") or model_path(str(base_source.get("spec")), base_dir)
 
         def report(step: int, total: int, loss: float, _name: str = name) -> None:
             if finetune_progress is not None:

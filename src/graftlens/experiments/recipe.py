@@ -80,10 +80,13 @@ def _distinct(values: list, what: str) -> list:
 class DataSpec(Strict):
     """Generated facts (``kind``, ``facts``, ``seed``), an existing dataset directory (``dir``),
     well-known facts (``known_facts``: ``shipped`` or a JSONL file) for the activation-level
-    methods, or entity-tracking prompts (``entity_tracking``)."""
+    methods, your own prompts (``prompts``: a JSONL or CSV file of texts with marked spans and
+    targets, :mod:`graftlens.data.prompt_files`), or entity-tracking prompts (``entity_tracking``).
+    Relative paths are read from the recipe's folder."""
 
     dir: str | None = None
     known_facts: str | None = None
+    prompts: str | None = None
     entity_tracking: EntityTrackingData | None = None
     kind: str = "fake_actors"
     facts: int = Field(12, ge=1)
@@ -98,8 +101,8 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if sum(x is not None for x in (self.dir, self.known_facts, self.entity_tracking)) > 1:
-            raise ValueError("give at most one of 'dir', 'known_facts' or 'entity_tracking'")
+        if sum(x is not None for x in (self.dir, self.known_facts, self.prompts, self.entity_tracking)) > 1:
+            raise ValueError("give at most one of 'dir', 'known_facts', 'prompts' or 'entity_tracking'")
         return self
 
     @model_serializer(mode="wrap")
@@ -227,10 +230,16 @@ class Recipe(Strict):
             s.check_with_sweeps(self.sweeps)
             s.check_data(self.data.model_dump(mode="json"))
             s.check_batches(self.data.model_dump(mode="json"), self.eval.batch_size)
-        if self.data.known_facts is not None or self.data.entity_tracking is not None:
+        if self.data.known_facts is not None or self.data.prompts is not None or self.data.entity_tracking is not None:
             tuned = [name for name, spec in self.models.items() if spec.finetune is not None and spec.finetune.task is None]
             if tuned:
-                what = "known facts" if self.data.known_facts is not None else "entity-tracking prompts"
+                what = (
+                    "known facts"
+                    if self.data.known_facts is not None
+                    else "a prompt file's prompts"
+                    if self.data.prompts is not None
+                    else "entity-tracking prompts"
+                )
                 raise ValueError(
                     f"models {', '.join(tuned)} finetune on the data, but {what} have no training documents (give a 'task')"
                 )

@@ -57,7 +57,7 @@ def set_up_run(
     every number against the models (prompt lengths, sweeps, configurations), before any forward
     pass of the prompts; tuned lenses the configurations read are trained (cached) here too."""
     data = recipe_data(recipe, base_dir)
-    models, sources = prepare_models(recipe, data.dataset_dir, device, progress)
+    models, sources = prepare_models(recipe, data.dataset_dir, device, progress, base_dir)
     recipient = models[recipe.recipient]
     prompts = data.prompts(recipe, recipient.tokenizer)
     check_prompt_lengths(prompts, models, recipe.eval.generate)
