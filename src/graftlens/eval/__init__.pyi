@@ -21,7 +21,6 @@ from graftlens.eval.scoring import (
 )
 from graftlens.eval.text import (
     prompts as prompts,
-    unmark as unmark,
 )
 
 __all__ = [
@@ -38,6 +37,5 @@ __all__ = [
     "score_logits",
     "summarize",
     "target_logprob",
-    "unmark",
     "with_targets",
 ]

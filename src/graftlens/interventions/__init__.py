@@ -29,6 +29,7 @@ lazy_exports(
         "graftlens.interventions.knockout": ["attention_knockout", "knockout_edges", "KnockoutError"],
         "graftlens.interventions.lens": ["point_logits", "project"],
         "graftlens.interventions.masks": ["DcmSettings", "desideratum_accuracy", "DesideratumBatch", "learn_mask", "LearnedMask"],
+        "graftlens.interventions.metrics": ["logit_diff", "logprob", "Metric", "prob", "rank"],
         "graftlens.interventions.patches": ["Patch", "PatchError"],
         "graftlens.interventions.patching": [
             "activation_patching",

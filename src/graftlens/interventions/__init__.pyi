@@ -50,6 +50,13 @@ from graftlens.interventions.masks import (
     learn_mask as learn_mask,
     LearnedMask as LearnedMask,
 )
+from graftlens.interventions.metrics import (
+    logit_diff as logit_diff,
+    logprob as logprob,
+    Metric as Metric,
+    prob as prob,
+    rank as rank,
+)
 from graftlens.interventions.patches import (
     Patch as Patch,
     PatchError as PatchError,
@@ -108,7 +115,10 @@ __all__ = [
     "KnockoutError",
     "learn_mask",
     "LearnedMask",
+    "logit_diff",
+    "logprob",
     "mean_ablated_logits",
+    "Metric",
     "parse_point",
     "Patch",
     "patched_logits",
@@ -122,9 +132,11 @@ __all__ = [
     "point_logits",
     "POINT_NAMES",
     "PointError",
+    "prob",
     "project",
     "random_circuit",
     "random_heads",
+    "rank",
     "rank_correlation",
     "Receiver",
     "run_with_cache",

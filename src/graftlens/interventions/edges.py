@@ -42,6 +42,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
+from graftlens.interventions.metrics import Metric, check_metric, logprob, per_prompt
 from graftlens.interventions.paths import Head, PathInputs, Receiver
 from graftlens.interventions.points import Point, hook_site
 from graftlens.models.arguments import checked
@@ -182,12 +183,13 @@ def _exact(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _metric(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-    """The mean over prompts of the target's log-probability, from last-position logits."""
-    return logits.double().log_softmax(-1).gather(1, target_ids[:, None].to(logits.device))[:, 0].mean()
+def _metric(logits: torch.Tensor, target_ids: torch.Tensor, metric: Metric = logprob) -> torch.Tensor:
+    """The mean over prompts of ``metric`` (the target's log-probability), from last-position
+    logits, in float64."""
+    return per_prompt(metric, logits.double(), target_ids, "edge_attribution").mean()
 
 
-def _gradients(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor, steps: int):
+def _gradients(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor, steps: int, metric: Metric = logprob):
     """The clean run's activations and ``∂M/∂`` every head point and the last layer's output,
     averaged over ``steps`` points from the corrupted to the clean embeddings (1: the clean run)."""
     a = loaded.adapter
@@ -225,8 +227,10 @@ def _gradients(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor
         try:
             with edit(loaded, {p: keep(p) for p in points}):
                 logits = run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True, grad=True)[:, -1]
-                metric = _metric(logits, target_ids)
-                got = torch.autograd.grad(metric, [recorded[p] for p in points], allow_unused=True)
+                value = _metric(logits, target_ids, metric)
+                if not value.requires_grad:
+                    raise EdgeAttributionError("edge_attribution: the metric has no gradient (rank is not differentiable)")
+                got = torch.autograd.grad(value, [recorded[p] for p in points], allow_unused=True)
         finally:
             if handle is not None:
                 handle.remove()
@@ -243,6 +247,7 @@ def edge_attribution(
     target_ids: torch.Tensor,
     *,
     steps: int = 1,
+    metric: Metric = logprob,
 ) -> EdgeScores:
     """EAP scores of every head → head (q, k, v) and head → logits edge, and node scores.
 
@@ -252,6 +257,9 @@ def edge_attribution(
         target_ids: ``LongTensor[batch]``, the answer whose log-probability is the metric.
         steps: 1 for EAP (gradients at the clean run); more for EAP-IG, the gradients averaged
             over ``steps`` points from the corrupted to the clean input embeddings.
+        metric: what the scores estimate the change of, a differentiable function of the
+            last-position logits and the targets (:mod:`~graftlens.interventions.metrics`:
+            ``logprob`` by default, ``prob``, ``logit_diff(foil_ids)``).
 
     Returns:
         :class:`EdgeScores` (a sum over positions, a mean over prompts): rank edges with
@@ -273,6 +281,7 @@ def edge_attribution(
     _check_aligned(inputs)
     if not isinstance(steps, int) or steps < 1:
         raise EdgeAttributionError(f"steps must be a positive integer, not {steps!r}")
+    check_metric("edge_attribution", metric)
     senders = tuple((layer, h) for layer in range(a.n_layers) for h in range(a.n_heads))
     receivers: list[EdgeReceiver] = []
     for layer in range(a.n_layers):
@@ -286,13 +295,15 @@ def edge_attribution(
     chunk = max(1, WRITES_BUDGET // per_row)
     for start in range(0, batch, chunk):  # the metric is a mean over prompts: chunks add up weighted
         rows = torch.arange(start, min(batch, start + chunk))
-        part, nodes = _attribute(loaded, inputs.select(rows), target_ids[rows.to(target_ids.device)], steps)
+        part, nodes = _attribute(loaded, inputs.select(rows), target_ids[rows.to(target_ids.device)], steps, metric=metric)
         scores += part * (len(rows) / batch)
         node_scores += nodes * (len(rows) / batch)
     return EdgeScores(senders, tuple(receivers), scores, node_scores, a.n_heads // a.n_kv_heads)
 
 
-def _attribute(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor, steps: int, scale: float = 1.0):
+def _attribute(
+    loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor, steps: int, scale: float = 1.0, metric: Metric = logprob
+):
     """``(scores [sender, receiver], node scores [layer, head])`` of one chunk of prompts; the
     senders' writes are those of outputs moved ``scale`` of the way to the corrupted run's (the
     tests compare small scales with exact edge patching, where a post-norm write is not linear)."""
@@ -302,7 +313,7 @@ def _attribute(loaded: LoadedModel, inputs: PathInputs, target_ids: torch.Tensor
     z_points = [Point("z", layer) for layer in range(a.n_layers)]
     with capture(loaded, z_points) as corrupted, torch.no_grad():
         run_logits(loaded, inputs.corrupted_ids, inputs.corrupted_mask, last_only=True)
-    clean, grads = _gradients(loaded, inputs, target_ids, steps)
+    clean, grads = _gradients(loaded, inputs, target_ids, steps, metric)
     grads = {p: torch.where(real.view(*real.shape[:2], *[1] * (g.dim() - 2)), g, 0.0) for p, g in grads.items()}
 
     n_receivers = a.n_layers * (a.n_heads + 2 * a.n_kv_heads) + 1

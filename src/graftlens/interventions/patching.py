@@ -16,6 +16,7 @@ from torch import nn
 
 from graftlens.interventions.continuation import CachedRun
 from graftlens.interventions.hooks import ActivationCache, Edit, PointLike, capture, edit
+from graftlens.interventions.metrics import Metric, check_metric, per_prompt, prob
 from graftlens.interventions.patches import Patch, PatchError, chained
 from graftlens.interventions.points import Point, parse_point
 from graftlens.models.arguments import checked
@@ -102,7 +103,7 @@ def patched_logits(
 class PatchingSweep:
     """Result of :func:`activation_patching`: the metric after each single patch.
 
-    ``scores[layer, j]``: mean target probability at the last position when the clean
+    ``scores[layer, j]``: the metric's mean (the target's probability by default) when the clean
     activation of ``point_name`` at layer ``layer`` and column ``j`` (a position, or a head with
     ``by="head"``) is written into the corrupted run. ``clean``/``corrupted`` are the unpatched
     values; :attr:`recovered` rescales to 0 (corrupted) .. 1 (clean)."""
@@ -119,9 +120,9 @@ class PatchingSweep:
         return (self.scores - self.corrupted) / gap if gap != 0 else torch.full_like(self.scores, float("nan"))
 
 
-def _target_prob(logits: torch.Tensor, target_ids: torch.Tensor) -> float:
-    probs = logits[:, -1].float().softmax(-1)  # [batch, vocab]
-    return float(probs.gather(1, target_ids[:, None].to(probs.device)).mean())
+def _mean(metric: Metric, logits: torch.Tensor, target_ids: torch.Tensor, who: str = "activation_patching") -> float:
+    """The metric's mean over prompts, from last-position logits ``[batch, 1, vocab]``."""
+    return float(per_prompt(metric, logits, target_ids, who).mean())
 
 
 def _sweep_inputs(loaded: LoadedModel, clean_ids, corrupted_ids, point_name: str, layers, by: str) -> list[Point]:
@@ -165,9 +166,13 @@ def activation_patching(
     layers: Sequence[int] | None = None,
     by: str = "position",
     approx: bool = False,
+    metric: Metric = prob,
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
-    layer × head, at every position) at a time, and record the target's mean probability.
+    layer × head, at every position) at a time, and record the metric's mean over prompts
+    (``metric``: the target's probability by default; :mod:`~graftlens.interventions.metrics`
+    has ``logprob``, ``logit_diff(foil_ids)`` and ``rank``, or pass a function of the
+    last-position logits and the targets).
 
     ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
     prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``.
@@ -197,14 +202,15 @@ def activation_patching(
         torch.Size([4, 4])
     """
 
+    check_metric("activation_patching", metric)
     if approx:
-        return attribution_patching(model, clean_ids, corrupted_ids, target_ids, point_name, attention_mask, layers, by)
+        return attribution_patching(model, clean_ids, corrupted_ids, target_ids, point_name, attention_mask, layers, by, metric)
 
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
     run = CachedRun(loaded, corrupted_ids, attention_mask, points)
-    corrupted = _target_prob(run.logits[:, None], target_ids)
+    corrupted = _mean(metric, run.logits[:, None], target_ids)
     batch, seq = clean_ids.shape
     columns = clean_cache[points[0]].shape[2] if by == "head" else seq
     # A patch writing what the corrupted run already holds changes nothing (in minimal pairs, every
@@ -227,7 +233,7 @@ def activation_patching(
                 with edit(loaded, {point: write_columns}):
                     logits = run.continued(point.layer, group[0], repeat=len(group)).unflatten(0, (batch, len(group)))
                 for v, j in enumerate(group):
-                    scores[i, j] = _target_prob(logits[:, v, None], target_ids)
+                    scores[i, j] = _mean(metric, logits[:, v, None], target_ids)
             continue
         head_differs = new.any(-1).any(0)  # [pos, head]
         changed = [h for h in range(columns) if bool(head_differs[:, h].any())]
@@ -245,8 +251,8 @@ def activation_patching(
             with edit(loaded, {point: write_heads}):
                 logits = run.continued(point.layer, first, repeat=len(heads)).unflatten(0, (batch, len(heads)))
             for v, h in enumerate(heads):
-                scores[i, h] = _target_prob(logits[:, v, None], target_ids)
-    return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
+                scores[i, h] = _mean(metric, logits[:, v, None], target_ids)
+    return PatchingSweep(point_name, by, scores, _mean(metric, clean_logits, target_ids), corrupted)
 
 
 @checked
@@ -259,6 +265,7 @@ def attribution_patching(
     attention_mask: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     by: str = "position",
+    metric: Metric = prob,
 ) -> PatchingSweep:
     """Attribution patching: the first-order estimate of :func:`activation_patching`'s scores,
     ``corrupted + Σ (clean − corrupted activation) · ∂metric/∂activation`` with the gradient taken
@@ -274,6 +281,7 @@ def attribution_patching(
         >>> graftlens.attribution_patching(m, clean, corrupted, torch.tensor([3]), "resid_pre").scores.shape
         torch.Size([4, 4])
     """
+    check_metric("attribution_patching", metric)
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
@@ -288,17 +296,17 @@ def attribution_patching(
 
     with capture(loaded, points) as own, edit(loaded, {p: through_delta(p) for p in points}):
         logits = run_logits(loaded, corrupted_ids, attention_mask, last_only=True, grad=True)  # [batch, 1, vocab]
-    wide = logits[:, -1].to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, float64 kept
-    probs = wide.softmax(-1).gather(1, target_ids[:, None].to(logits.device))  # [batch, 1]
-    metric = probs.mean()
-    grads = torch.autograd.grad(metric, [deltas[p] for p in points])
+    value = per_prompt(metric, logits, target_ids, "attribution_patching").mean()
+    if not value.requires_grad:
+        raise PatchError("attribution_patching: the metric has no gradient (rank is not differentiable): use activation_patching")
+    grads = torch.autograd.grad(value, [deltas[p] for p in points])
     scores = []
     for point, grad in zip(points, grads):
         effect = ((clean_cache[point] - own[point]) * grad).detach().double()  # [batch, pos, ...]
         scores.append(effect.sum((0, 1, 3)) if by == "head" else effect.flatten(2).sum((0, 2)))
-    corrupted = float(metric.detach())
+    corrupted = float(value.detach())
     estimates = (torch.stack(scores) + corrupted).float()  # [layer, pos] or [layer, head]
-    return PatchingSweep(point_name, by, estimates, _target_prob(clean_logits, target_ids), corrupted)
+    return PatchingSweep(point_name, by, estimates, _mean(metric, clean_logits, target_ids), corrupted)
 
 
 def activation_patching_loop(
@@ -310,6 +318,7 @@ def activation_patching_loop(
     attention_mask: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     by: str = "position",
+    metric: Metric = prob,
 ) -> PatchingSweep:
     """:func:`activation_patching` the straightforward way: one full forward pass per patch, as a
     hand-written loop in any library does. The reference the fast sweep is tested and
@@ -317,7 +326,7 @@ def activation_patching_loop(
     loaded = as_loaded(model)
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
-    corrupted = _target_prob(run_logits(loaded, corrupted_ids, attention_mask, last_only=True), target_ids)
+    corrupted = _mean(metric, run_logits(loaded, corrupted_ids, attention_mask, last_only=True), target_ids)
     batch, seq = clean_ids.shape
     columns = clean_cache[points[0]].shape[2] if by == "head" else seq
     scores = torch.empty(len(points), columns)
@@ -330,8 +339,8 @@ def activation_patching_loop(
                 where[:, j] = True
                 patch = Patch(point, clean_cache[point], where)
             logits = patched_logits(loaded, corrupted_ids, attention_mask, [patch], last_only=True)
-            scores[i, j] = _target_prob(logits, target_ids)
-    return PatchingSweep(point_name, by, scores, _target_prob(clean_logits, target_ids), corrupted)
+            scores[i, j] = _mean(metric, logits, target_ids)
+    return PatchingSweep(point_name, by, scores, _mean(metric, clean_logits, target_ids), corrupted)
 
 
 # ---- cross-model activation patching ------------------------------------------------------------

@@ -31,6 +31,7 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, capture, edit
+from graftlens.interventions.metrics import Metric, check_metric, per_prompt, prob
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
@@ -439,10 +440,11 @@ def first_touched_column(
 @dataclass(frozen=True)
 class PathPatchingScores:
     """Per sender head: the mean relative change of the target's probability,
-    ``(p_patched - p_clean) / p_clean`` (``scores[layer, head]``), and the clean probability."""
+    ``(p_patched - p_clean) / p_clean`` (``scores[layer, head]``), and the clean probability (with
+    another ``metric``, its relative change and clean values)."""
 
     scores: torch.Tensor  # [layer, head]
-    clean_prob: torch.Tensor  # [batch]
+    clean_prob: torch.Tensor  # [batch]: the metric of the clean run
 
     def top(self, k: int, largest: bool = False) -> list[Head]:
         """The ``k`` heads with the most negative scores (or the largest with ``largest``)."""
@@ -571,9 +573,12 @@ def path_patching(
     corrupted_positions: PositionsLike | None = None,
     receivers: Receivers = "logits",
     receiver_positions: PositionsLike = "LT",
+    metric: Metric = prob,
 ) -> PathPatchingScores:
     """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
-    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked.
+    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked
+    (``metric``: the target's probability by default, or any metric of
+    :mod:`~graftlens.interventions.metrics`; the score is then ``(M_patched − M_clean) / |M_clean|``).
 
     The columns before the first one any sender or receiver touches are run once, with a KV
     cache, and every sender continues from there (the same result, computed on fewer columns).
@@ -598,6 +603,7 @@ def path_patching(
         torch.Size([4, 4])
     """
     check_receivers("path_patching", receivers)
+    check_metric("path_patching", metric)
     adapter = as_loaded(model).adapter
     with torch.no_grad():
         prepared = PreparedBatch(
@@ -608,13 +614,13 @@ def path_patching(
             receivers=receivers,
             receiver_positions=receiver_positions,
         )
-        clean_prob = target_probs(prepared.clean_logits, target_ids)
+        clean_prob = per_prompt(metric, prepared.clean_logits, target_ids, "path_patching")
         scores = torch.zeros(adapter.n_layers, adapter.n_heads)
         if senders is None:
             senders = [(layer, head) for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
         for layer, head in senders:
-            p = target_probs(prepared.logits((layer, head)), target_ids)
-            scores[layer, head] = ((p - clean_prob) / clean_prob).mean()
+            p = per_prompt(metric, prepared.logits((layer, head)), target_ids, "path_patching")
+            scores[layer, head] = ((p - clean_prob) / clean_prob.abs()).mean()
     return PathPatchingScores(scores, clean_prob)
 
 
