@@ -157,7 +157,7 @@ CASES: dict[str, Case] = {
     "recipe is a list": Case(_run(lambda ws: ws.recipe(text="- a\n- b\n")), ("must be a mapping",)),
     "two data sources": Case(
         _run(lambda ws: ws.recipe(("data: {dir:", "data: {known_facts: shipped, dir:"))),
-        ("at most one of 'dir', 'known_facts' or 'entity_tracking'",),
+        ("at most one of 'dir', 'known_facts', 'prompts' or 'entity_tracking'",),
     ),
     # --- datasets --------------------------------------------------------------------------------
     "dataset directory missing": Case(

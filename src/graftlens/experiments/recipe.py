@@ -107,7 +107,7 @@ class DataSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler) -> dict:
-        return _without_unset_options(handler, self, ("entity_tracking",))
+        return _without_unset_options(handler, self, ("entity_tracking", "prompts"))
 
 
 class FinetuneSpec(Strict):
