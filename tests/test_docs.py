@@ -61,6 +61,27 @@ def test_the_docs_build_strictly(tmp_path) -> None:
     assert "kind: knockout" in recipes and "only_correct" in recipes  # generated from the models
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "graftlens run" in cli and "--restart" in cli  # generated from the typer app
+    _assert_renders(tmp_path / "site" / "reference" / "api" / "index.html")
+
+
+def _assert_renders(page: Path) -> None:
+    """The API page reads as a page: no reST role shows literally (mkdocstrings reads Google
+    docstrings, where ``:class:`X``` is text) and every ``>>>`` example is a code block, not prose."""
+    html = page.read_text()
+    roles = sorted(set(re.findall(r":(?:class|func|meth|mod|attr|data|exc|obj):`[^`<]*`?", html)))
+    assert not roles, f"reST roles shown literally: {roles[:5]}"
+    prose = [p[:120] for p in re.findall(r"<p>(.*?)</p>", html, re.S) if "&gt;&gt;&gt;" in p]
+    assert not prose, f"examples rendered as prose: {prose[:3]}"
+
+
+def test_the_rendering_check_sees_a_literal_role_and_a_prose_example(tmp_path) -> None:
+    page = tmp_path / "page.html"
+    page.write_text("<p>See :class:`~graftlens.Graft`.</p>")
+    with pytest.raises(AssertionError, match="roles shown literally"):
+        _assert_renders(page)
+    page.write_text("<p>Example (x):\n    &gt;&gt;&gt; import graftlens</p>")
+    with pytest.raises(AssertionError, match="examples rendered as prose"):
+        _assert_renders(page)
 
 
 def test_the_api_reference_documents_each_public_name_once() -> None:

@@ -2,19 +2,19 @@
 
 The public API, in tiers. This namespace holds what a researcher calls:
 
-- loading: :func:`load_model`, :class:`LoadedModel`, :func:`run_logits`;
-- weight grafting: :class:`Graft`, :func:`grafting`, :func:`grafted_forward`, :func:`graft_sweep`,
-  :func:`grafted_generate`, and the position language (:func:`parse_positions`);
-- hooks: :func:`capture`, :func:`edit`, :func:`run_with_cache`, :class:`Point`, :class:`Patch`,
-  :func:`patched_logits`;
-- one entry point per method: :func:`activation_patching`, :func:`attribution_patching`,
-  :func:`cross_model_patched_logits` and :func:`cmap_sweep`, :func:`attention_knockout` and
-  :func:`knockout_sweep`, :func:`project` and :func:`point_logits` (through the logit lens or
-  a :func:`tuned_lens`), :func:`path_patching`, :func:`edge_attribution` (EAP)
-  with :class:`EdgeCircuit` and :func:`edge_ablated_logits`, :class:`Circuit` with
-  :func:`mean_ablated_logits` and :func:`faithfulness_curve`, :func:`learn_mask` (DCM),
-  :func:`cancel_sublayers`, :func:`head_mapping_vectors`;
-- experiments: :func:`load_recipe`, :func:`run_recipe`, :func:`open_run`;
+- loading: `load_model`, `LoadedModel`, `run_logits`;
+- weight grafting: `Graft`, `grafting`, `grafted_forward`, `graft_sweep`,
+  `grafted_generate`, and the position language (`parse_positions`);
+- hooks: `capture`, `edit`, `run_with_cache`, `Point`, `Patch`,
+  `patched_logits`;
+- one entry point per method: `activation_patching`, `attribution_patching`,
+  `cross_model_patched_logits` and `cmap_sweep`, `attention_knockout` and
+  `knockout_sweep`, `project` and `point_logits` (through the logit lens or
+  a `tuned_lens`), `path_patching`, `edge_attribution` (EAP)
+  with `EdgeCircuit` and `edge_ablated_logits`, `Circuit` with
+  `mean_ablated_logits` and `faithfulness_curve`, `learn_mask` (DCM),
+  `cancel_sublayers`, `head_mapping_vectors`;
+- experiments: `load_recipe`, `run_recipe`, `open_run`;
 - the five errors a user catches.
 
 Subpackages (``graftlens.models``, ``graftlens.graft``, ``graftlens.interventions``,

@@ -2,7 +2,7 @@
 templates with bootstrap error bars and reference lines, heat maps, and line charts over layers
 with CI bands. Each method picks one of them for its figure.
 
-Figures are built as :class:`matplotlib.figure.Figure` objects with their own Agg canvas, never
+Figures are built as `matplotlib.figure.Figure` objects with their own Agg canvas, never
 through ``pyplot``: importing this module leaves the caller's matplotlib backend and pyplot's
 figure registry alone."""
 

@@ -1,16 +1,16 @@
 """The errors graftlens raises on bad input.
 
-Every error is a :class:`GraftlensError`, so the CLI can print one clear line for any of them
+Every error is a `GraftlensError`, so the CLI can print one clear line for any of them
 instead of a traceback, and each message names the culprit (the spec, the component, the file,
 the argument). A user catches one of five kinds:
 
 | catch | raised when |
 |---|---|
-| :class:`ModelLoadError` | a model spec cannot be resolved or loaded, or its architecture has no adapter |
-| :class:`RecipeError` | a recipe, a config file or a run option is malformed or does not fit its models |
-| :class:`DataError` | a dataset, template, fact file or prompt is malformed (an entity not in its prompt, ...) |
-| :class:`InterventionError` | an argument of an intervention is wrong: a component, layer, position, point, donor, circuit |
-| :class:`StoreError` | a run directory's results store is missing, damaged, locked or holds another run |
+| `ModelLoadError` | a model spec cannot be resolved or loaded, or its architecture has no adapter |
+| `RecipeError` | a recipe, a config file or a run option is malformed or does not fit its models |
+| `DataError` | a dataset, template, fact file or prompt is malformed (an entity not in its prompt, ...) |
+| `InterventionError` | an argument of an intervention is wrong: a component, layer, position, point, donor, circuit |
+| `StoreError` | a run directory's results store is missing, damaged, locked or holds another run |
 
 >>> import graftlens
 >>> try:

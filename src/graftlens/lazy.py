@@ -3,13 +3,13 @@
 A package that re-exports from modules importing torch or transformers would make every import
 of any of its modules pay for them (Python runs a package's ``__init__`` first). A package
 therefore declares its public names once, as ``{home module: [names]}``, and
-:func:`lazy_exports` turns that one declaration into
+`lazy_exports` turns that one declaration into
 
 - ``__all__``;
 - a ``__getattr__`` that imports a name's home module when the name is first asked for, so
   ``graftlens.models.names`` or ``graftlens.train.config`` import in milliseconds and reading a
   recipe or ``--help`` needs no torch;
-- the type-checking names: ``make stubs`` (:func:`write_stubs`) writes each package's ``__init__.pyi``
+- the type-checking names: ``make stubs`` (`write_stubs`) writes each package's ``__init__.pyi``
   stub from the same declaration (type checkers, editors and the API reference read it), and a
   test fails when a stub differs from what its declaration gives.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# The packages that declare their names with :func:`lazy_exports` (their stubs are generated).
+# The packages that declare their names with `lazy_exports` (their stubs are generated).
 DECLARING_PACKAGES = (
     "graftlens",
     "graftlens.eval",

@@ -1,1 +1,1 @@
-"""Sub-commands of the ``graftlens`` CLI, one module per topic; :mod:`graftlens.cli` assembles them."""
+"""Sub-commands of the ``graftlens`` CLI, one module per topic; `graftlens.cli` assembles them."""

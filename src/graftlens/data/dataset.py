@@ -9,7 +9,7 @@ files)::
     test.jsonl     {"id", "fact_id", "direction", "template", "split", "prompt", "target",
                     "char_spans": {"FE": [start, stop], "title": [...], "relation": [...]}}
 
-Test prompts hold *character* spans; :func:`graftlens.data.prompts.tokenize_examples` turns
+Test prompts hold *character* spans; `graftlens.data.prompts.tokenize_examples` turns
 them into token spans for whichever tokenizer is in use.
 """
 
@@ -141,7 +141,7 @@ def build_dataset(
 
 
 def load_dataset(directory: str | Path) -> FactDataset:
-    """Read a dataset directory written by :meth:`FactDataset.save` (or ``graftlens data make``)."""
+    """Read a dataset directory written by `FactDataset.save` (or ``graftlens data make``)."""
     directory = Path(directory)
     meta_path = directory / "dataset.json"
     if not meta_path.is_file():
@@ -182,7 +182,7 @@ def _jsonl(records: Iterable[dict]) -> str:
 
 def jsonl_records(text: str, source: str) -> Iterator[tuple[int, object]]:
     """``(line number, parsed value)`` of each non-blank line of JSONL ``text``; a line that is not
-    JSON is a :class:`DatasetError` naming ``source`` and the line."""
+    JSON is a `DatasetError` naming ``source`` and the line."""
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -41,7 +41,7 @@ class FilePrompt:
 
 
 def load_prompt_file(path: str | Path) -> list[FilePrompt]:
-    """The prompts of a ``.jsonl`` or ``.csv`` file; a bad line is one :class:`DataError` naming it."""
+    """The prompts of a ``.jsonl`` or ``.csv`` file; a bad line is one `DataError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prompt file {path} does not exist")

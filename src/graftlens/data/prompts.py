@@ -1,6 +1,6 @@
 """Prompts ready for a model: token ids, token spans of named slots, and target tokens.
 
-Every dataset (new facts, known facts, entity tracking) turns into :class:`TokenizedPrompt`
+Every dataset (new facts, known facts, entity tracking) turns into `TokenizedPrompt`
 here, with spans computed from *character* spans through the tokenizer's offset mapping.
 ``LT`` (the last token) is always among the spans. The target is the continuation whose
 first token is scored; ``target_ids`` keeps all its tokens for multi-token scoring.

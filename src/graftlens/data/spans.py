@@ -37,7 +37,7 @@ def token_span(tokenizer: Any, text: str, substring: str, occurrence: int = 0) -
 def char_span_to_tokens(text: str, offsets: Sequence[Sequence[int]], start_char: int, end_char: int) -> tuple[int, int]:
     """Half-open token span covering characters ``[start_char, end_char)`` of ``text``.
 
-    ``offsets`` is the tokenizer's offset mapping of ``text``. Raises :class:`SpanError` when
+    ``offsets`` is the tokenizer's offset mapping of ``text``. Raises `SpanError` when
     the characters are out of range or no token overlaps them."""
     if not 0 <= start_char < end_char <= len(text):
         raise SpanError(f"characters [{start_char}, {end_char}) are outside the {len(text)} characters of {text!r}")

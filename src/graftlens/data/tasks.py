@@ -1,10 +1,10 @@
-"""Task datasets to finetune on, in the shape :func:`graftlens.train.finetune` takes.
+"""Task datasets to finetune on, in the shape `graftlens.train.finetune` takes.
 
 Prakash et al. compare a model with finetunes that were never trained on entity tracking and
 yet track entities better (Goat, FLoat: arithmetic). ``arithmetic`` is the Goat analogue here:
 sums, differences and small products written as ``"What is 12 + 35? 12 + 35 = 47"``.
 ``entity_tracking`` trains on entity tracking itself, with the *train* half of the objects and
-box labels only (:func:`graftlens.data.entity_tracking.vocabulary`), and tests on the other half.
+box labels only (`graftlens.data.entity_tracking.vocabulary`), and tests on the other half.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Templates that turn a movie fact into training text or a test prompt.
 
-A template is a format string over the slots of :class:`~graftlens.data.facts.MovieFact`
+A template is a format string over the slots of `MovieFact`
 (``{first_actor}``, ``{second_actor}``, ``{title}``, ...). Training templates mention both
 actors; test templates end right before the second actor, whose first token is the target.
 The three groups never share a template, and the defaults are checked for doubled words
@@ -57,7 +57,7 @@ class Template:
         return [f for _, f, _, _ in parsed if f is not None]
 
     def validate(self) -> None:
-        """Raise :class:`TemplateError` naming the template when it cannot be rendered."""
+        """Raise `TemplateError` naming the template when it cannot be rendered."""
         if self.kind not in ("article", "qa", "test"):
             raise TemplateError(f"template {self.name!r} has kind {self.kind!r}; expected article, qa or test")
         fields = self.slots()

@@ -16,8 +16,8 @@ class Prompts:
     """A left-padded batch of prompts: token ids, mask, named spans and the target to score.
 
     Every public entry point takes it where it takes ``input_ids`` (its mask, spans and targets
-    come along): make one from text with :func:`graftlens.prompts`, from a dataset's test
-    examples or known facts with :func:`~graftlens.eval.prompt_batch`.
+    come along): make one from text with `graftlens.prompts`, from a dataset's test
+    examples or known facts with `prompt_batch`.
 
     Examples:
         >>> import graftlens

@@ -1,8 +1,8 @@
 """Next-token metrics of a model on a prompt set: target probability, rank, top-k hits.
 
-The model is anything that maps a :class:`Prompts` to last-position logits ``[batch,
-vocab]``; :func:`plain_last_logits` is the plain model, and the methods in
-:mod:`graftlens.methods` pass their own. All metrics are of the first target token.
+The model is anything that maps a `Prompts` to last-position logits ``[batch,
+vocab]``; `plain_last_logits` is the plain model, and the methods in
+`graftlens.methods` pass their own. All metrics are of the first target token.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Readout:
         return out if isinstance(out, Readout) else cls(out)
 
 
-# A method's readout: a batch → its last-position logits ``[batch, vocab]``, or a :class:`Readout`.
+# A method's readout: a batch → its last-position logits ``[batch, vocab]``, or a `Readout`.
 LastLogits = Callable[[Prompts], "torch.Tensor | Readout"]
 
 DEFAULT_TOPK = (1, 5, 10)

@@ -24,10 +24,10 @@ def prompts(
     spans: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
     targets: str | Sequence[str] | None = None,
 ) -> Prompts:
-    """Tokenize ``texts`` into one left-padded :class:`Prompts` batch, with named spans and targets.
+    """Tokenize ``texts`` into one left-padded `Prompts` batch, with named spans and targets.
 
     Args:
-        model_or_tokenizer: a :class:`~graftlens.LoadedModel` (its tokenizer is used) or a tokenizer.
+        model_or_tokenizer: a `LoadedModel` (its tokenizer is used) or a tokenizer.
         texts: one text or several; spans may be marked in them as ``[NAME:words]``.
         spans: ``{name: substring}`` for every text, or one such mapping per text (the first
             occurrence of the substring is the span).
@@ -35,7 +35,7 @@ def prompts(
             (or one string for a single text).
 
     Returns:
-        a :class:`Prompts`: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` (left-padded),
+        a `Prompts`: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` (left-padded),
         ``spans`` per prompt in prompt coordinates (``LT`` included) and ``target_ids``
         ``[batch]`` (``None`` without targets).
 

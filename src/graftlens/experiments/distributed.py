@@ -84,7 +84,7 @@ class ScoringWorker:
     """A Ray actor's body: the recipe's models, loaded once, and the scorer of units.
 
     Setting up may fail (a recipe whose finetune is not in this node's cache gives other
-    weights, say); the failure is kept and raised by :meth:`ready`, so that the driver reports
+    weights, say); the failure is kept and raised by `ready`, so that the driver reports
     it as the error it is, not as a dead actor."""
 
     def __init__(self, setup: WorkerSetup) -> None:

@@ -14,7 +14,7 @@ LOG_EVERY_S = 30.0
 
 
 class PhaseProgress:
-    """A ``(what, step, total, loss)`` callback (what :func:`~graftlens.experiments.prepare.prepare_models`
+    """A ``(what, step, total, loss)`` callback (what `prepare_models`
     takes) that reports to ``stream``: a rich bar when it is a terminal, plain lines otherwise."""
 
     def __init__(self, stream: TextIO | None = None, every_s: float = LOG_EVERY_S):
@@ -65,7 +65,7 @@ class PhaseProgress:
 
 @contextmanager
 def phase_progress(stream: TextIO | None = None) -> Iterator[PhaseProgress]:
-    """A :class:`PhaseProgress` for the block, its bar (if any) closed at the end."""
+    """A `PhaseProgress` for the block, its bar (if any) closed at the end."""
     progress = PhaseProgress(stream)
     try:
         yield progress

@@ -71,11 +71,12 @@ def run_recipe(
     store is emptied first.
 
     With ``ray`` (a cluster address, or ``"local"`` to start one here), Ray workers score the
-    units and this process writes them, in the same order (:mod:`graftlens.experiments.distributed`);
+    units and this process writes them, in the same order (`graftlens.experiments.distributed`);
     ``workers`` says how many (default: one per GPU of the cluster, else the cluster's CPUs
     divided by this process's threads, which each worker computes with).
 
-    Example (the embedded model's top-1 on the shipped known facts; a few seconds):
+    Examples:
+        The embedded model's top-1 on the shipped known facts; a few seconds:
         >>> import graftlens, pathlib, tempfile
         >>> folder = pathlib.Path(tempfile.mkdtemp())
         >>> _ = (folder / "plain.yaml").write_text(

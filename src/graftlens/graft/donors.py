@@ -68,9 +68,9 @@ class DonorSource(ABC):
     """A kind of donor: hands over its tensors of some of the recipient's modules, checked
     against the recipient's shapes and placed where each module computes.
 
-    The kinds: :class:`ModelDonor` (a loaded model lends its own parameters),
-    :class:`CheckpointDonor` (a ``save_pretrained`` directory read lazily), and the spliced donor
-    of head grafts (:class:`~graftlens.graft.heads.SplicedDonor`)."""
+    The kinds: `ModelDonor` (a loaded model lends its own parameters),
+    `CheckpointDonor` (a ``save_pretrained`` directory read lazily), and the spliced donor
+    of head grafts (`SplicedDonor`)."""
 
     @abstractmethod
     def weights(self, name: str, recipient: nn.Module, paths: list[str]) -> DonorWeights:
@@ -109,7 +109,7 @@ class CheckpointDonor(DonorSource):
 
 
 def as_donor_source(donor: DonorSource | LoadedModel | nn.Module | str | Path) -> DonorSource:
-    """The :class:`DonorSource` of a donor as the public functions accept it."""
+    """The `DonorSource` of a donor as the public functions accept it."""
     if isinstance(donor, DonorSource):
         return donor
     if isinstance(donor, LoadedModel):

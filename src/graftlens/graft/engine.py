@@ -2,9 +2,9 @@
 
 Every projection, norm and embedding acts on each position independently, so grafting at
 positions P is exactly ``out[P] = f(x[P]; θ_donor)``, ``out[~P] = f(x[~P]; θ_base)``. Each
-grafted module's ``forward`` is replaced (for the duration of a :class:`Grafter` context) by one
+grafted module's ``forward`` is replaced (for the duration of a `Grafter` context) by one
 that gathers the rows of each owner, runs the module's own computation with that owner's
-parameters on just those rows, and scatters the results back (:mod:`graftlens.graft.grafted`;
+parameters on just those rows, and scatters the results back (`graftlens.graft.grafted`;
 the MLP, being position-wise as a whole, is grafted as one block). Attention itself is untouched
 (SDPA stays), so later positions read keys/values made with whatever weights applied where
 they were computed — the literal token-by-token definition, in one batched pass.
@@ -45,7 +45,8 @@ class Grafter:
     positions by the same rules, resolved on the whole sequence: the mask must cover the cached
     and the new positions, as transformers expects anyway.
 
-    Example (one grafter, batches with their own spans):
+    Examples:
+        One grafter, batches with their own spans:
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
@@ -96,7 +97,7 @@ class Grafter:
 
     @property
     def spans(self) -> Sequence[Spans] | None:
-        """The named spans of the examples the next forward calls run on (see :meth:`on`)."""
+        """The named spans of the examples the next forward calls run on (see `on`)."""
         return self._spans
 
     @contextmanager
@@ -195,13 +196,14 @@ def grafting(
     Args:
         recipient: the model grafted into.
         donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily).
-        rules: :class:`Graft` rules; a later rule wins where rules overlap.
+        rules: `Graft` rules; a later rule wins where rules overlap.
         spans: per example, the named spans the rules' selectors name.
 
     Returns:
-        a :class:`Grafter`, a context manager (``with grafter.on(spans): ...`` for other batches).
+        a `Grafter`, a context manager (``with grafter.on(spans): ...`` for other batches).
 
-    Example (grafting nothing is the recipient bit for bit, grafting everything is the donor):
+    Examples:
+        Grafting nothing is the recipient bit for bit, grafting everything is the donor:
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
@@ -237,7 +239,7 @@ def grafted_forward(
         recipient: the model grafted into.
         donors: donor name → a loaded model, an HF model, or a checkpoint directory (read lazily:
             only the tensors the rules graft).
-        rules: :class:`Graft` rules; a later rule wins where rules overlap.
+        rules: `Graft` rules; a later rule wins where rules overlap.
         input_ids: ``LongTensor[batch, pos]``, left-padded (right padding only with
             ``last_only=False``: the last column is read as each prompt's last token).
         attention_mask: ``[batch, pos]``; None means no padding.

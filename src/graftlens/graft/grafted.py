@@ -71,7 +71,7 @@ class PositionGroups:
     @property
     def inverse(self) -> torch.Tensor:
         """``LongTensor[batch*pos]``: each position's row in the group order; padded positions
-        point one past the real rows (where :meth:`BatchState.scatter` puts a zero row)."""
+        point one past the real rows (where `BatchState.scatter` puts a zero row)."""
         if self._inverse is None:
             n_real = len(self.order)
             n_all = n_real + (0 if self.skipped is None else len(self.skipped))

@@ -1,6 +1,6 @@
 """Grafting attention heads: a head's rows of q, k and v and its columns of o.
 
-A :class:`HeadGraft` names query heads ``(layer, head)`` of the recipient. At the positions it
+A `HeadGraft` names query heads ``(layer, head)`` of the recipient. At the positions it
 claims, each named head computes with the donor's weights:
 
 - its rows of ``q`` (the ``d_head`` output features of that head, bias included);
@@ -21,7 +21,7 @@ Head grafts may share a module: a circuit's groups each graft their heads at the
 and two groups often have heads in one layer. Where they share a module, every combination of
 them gets a rule at the positions all of its members claim, from a donor spliced with all of
 their heads, so that at each position the module computes with exactly the heads claimed there
-(:func:`expand_head_grafts`). A head graft and a component graft may not share a module.
+(`expand_head_grafts`). A head graft and a component graft may not share a module.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ MAX_OVERLAPPING = 6  # head sets sharing one module: a rule per combination of t
 def expand_head_grafts(
     recipient: LoadedModel, donors: Mapping[str, Any], rules: Sequence[Any], tag: str = ""
 ) -> tuple[list[Graft], dict[str, Any]]:
-    """``rules`` with every :class:`HeadGraft` replaced by rules of its modules from spliced
+    """``rules`` with every `HeadGraft` replaced by rules of its modules from spliced
     donors, and the donors with those spliced donors added.
 
     Head grafts of one donor, positions and parts are merged into one *head set*. Head sets may
@@ -201,7 +201,7 @@ def expand_head_grafts(
     them claim, from a donor spliced with all of their heads (later sets winning a head two name),
     and these rules come after the sets' own, smallest combination first. At every position a
     module then computes with exactly the heads of the sets that claim it. A head graft may not
-    share a module with a component rule (a :class:`HeadGraftError` naming it)."""
+    share a module with a component rule (a `HeadGraftError` naming it)."""
     if not any(isinstance(r, HeadGraft) for r in rules):
         return list(rules), dict(donors)
     from graftlens.graft.rules import touched_modules

@@ -71,7 +71,7 @@ class SharedPrefix:
         self, forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``[batch, vocab]`` of the last column, and of forced columns after it
-        (:func:`~graftlens.models.prefix.continue_and_force`), under whatever grafter is active."""
+        (`continue_and_force`), under whatever grafter is active."""
         return continue_and_force(self.model, self.cache, self.input_ids, self.attention_mask, forced_ids, forced_mask)
 
     def generated(self, n_new: int) -> torch.Tensor:
@@ -84,7 +84,7 @@ class SharedPrefix:
         self, variants: int, forced_ids: torch.Tensor | None = None, forced_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``[batch, variants, vocab]`` of the last column, each row continuing the prefix once
-        per variant (a grafter with :func:`variant_rules` active grafts each variant's rows its own
+        per variant (a grafter with `variant_rules` active grafts each variant's rows its own
         way), and of forced columns after it (``[batch, variants, more, vocab]``)."""
         work, *rows = _as_variants(self.cache, variants, self.input_ids, self.attention_mask, forced_ids, forced_mask)
         last, more = continue_and_force(self.model, work, *rows)  # [batch * variants, vocab], [batch * variants, more, vocab]
@@ -93,7 +93,7 @@ class SharedPrefix:
 
     def generated_variants(self, variants: int, n_new: int) -> torch.Tensor:
         """``LongTensor[batch, variants, n_new]``: greedy tokens after each prompt, once per variant
-        (a grafter with :func:`variant_rules` active grafts each variant's rows, generated tokens included)."""
+        (a grafter with `variant_rules` active grafts each variant's rows, generated tokens included)."""
         from graftlens.models.generate import greedy_continuation
 
         work, *rows = _as_variants(self.cache, variants, self.input_ids, self.attention_mask)
@@ -110,7 +110,7 @@ class PrefixCaches:
     def get(
         self, key: Hashable, model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int | None = None
     ) -> SharedPrefix:
-        """The :class:`SharedPrefix` of ``model`` over the columns before ``cut`` (all but the last
+        """The `SharedPrefix` of ``model`` over the columns before ``cut`` (all but the last
         by default), made on first use."""
         cut = input_ids.shape[1] - 1 if cut is None else cut
         full_key = key if cut == input_ids.shape[1] - 1 else (key, cut)

@@ -115,7 +115,7 @@ def _rule_sites(loaded: LoadedModel, rule: Graft) -> list[tuple[str, Rows | None
 
 def _literal_sites(loaded: LoadedModel, rule: Graft | HeadGraft) -> list[tuple[str, Rows | None, Rows | None]]:
     """(module path, output rows, input columns) of every site a rule names; a head graft names
-    its heads' rows of q, k, v and columns of o (:mod:`graftlens.graft.heads`)."""
+    its heads' rows of q, k, v and columns of o (`graftlens.graft.heads`)."""
     if isinstance(rule, HeadGraft):
         parts = rule.part_list()
         return [(s.path, s.rows, s.cols) for head in rule.heads for s in head_sites(loaded, head, parts)]
@@ -235,7 +235,7 @@ def reference_generate(
     n_new: int,
 ) -> torch.Tensor:
     """``LongTensor[batch, n_new]``: greedy tokens by the literal definition, each chosen from a
-    fresh :func:`reference_forward` over the prompt and the tokens chosen before it (``spans``
+    fresh `reference_forward` over the prompt and the tokens chosen before it (``spans``
     must hold each prompt's ``LT``, so that the chosen tokens count as new)."""
     ids, mask = input_ids, attention_mask
     chosen = []

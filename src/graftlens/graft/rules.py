@@ -1,6 +1,6 @@
 """Graft rules and their compilation into per-module ownership maps.
 
-A :class:`Graft` says: donor ``donor`` computes ``components`` in ``layers`` at ``positions``.
+A `Graft` says: donor ``donor`` computes ``components`` in ``layers`` at ``positions``.
 Compiling a list of rules for one batch gives, for every module touched, its *segments* (the
 whole output, or the rows of one part of a fused projection) and for each segment an owner map
 ``LongTensor[batch, pos]``: 0 = the recipient, ``i`` = the ``i``-th donor. Rules apply in

@@ -1,6 +1,6 @@
 """Many grafting configurations on one batch, at recipe speed.
 
-:func:`graft_sweep` is what the recipes' grafting sweeps do, as a library call: configurations
+`graft_sweep` is what the recipes' grafting sweeps do, as a library call: configurations
 whose rules first claim the same column share one plain prefix of the columns before it (the
 recipient's own computation, the same for all of them), and continue it together, as variants of
 one pass, each variant grafting its own rows. The donors' weights are read once per pass instead
@@ -38,8 +38,8 @@ def graft_sweep(
     """Last-position logits of ``recipient`` under each configuration of graft rules.
 
     Args:
-        recipient: the model grafted into (a :class:`~graftlens.LoadedModel` or HF model).
-        donors: donor name → model, checkpoint directory or loaded weights, as for :func:`grafting`.
+        recipient: the model grafted into (a `LoadedModel` or HF model).
+        donors: donor name → model, checkpoint directory or loaded weights, as for `grafting`.
         configs: configuration name → its graft rules (``[]``: the recipient as it is).
         input_ids: ``LongTensor[batch, pos]``, left-padded (a right-padded batch is refused: the
             sweep reads each prompt's last token in the last column).

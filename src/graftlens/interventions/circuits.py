@@ -1,6 +1,6 @@
 """Circuits of attention heads, and how faithful they are (Prakash et al., after Wang et al.).
 
-A :class:`Circuit` names groups of heads and the positions where each group works (value
+A `Circuit` names groups of heads and the positions where each group works (value
 fetchers at the last token, position detectors at the query box label, ...). Evaluating a
 circuit *mean-ablates* every head outside it: at a position where some group works, the heads
 not in that group output their mean over reference prompts; at every other position, all heads
@@ -168,7 +168,7 @@ def head_means(
 
 
 def check_means(who: str, means: object, n_layers: int, n_heads: int) -> None:
-    """``means`` is what :func:`head_means` gives: layer → ``[pos, head, d_head]``, for every layer,
+    """``means`` is what `head_means` gives: layer → ``[pos, head, d_head]``, for every layer,
     finite."""
     if not isinstance(means, Mapping) or not means:
         raise CircuitError(f"{who}: means must map every layer to its heads' means (graftlens.head_means), got {means!r}")
@@ -235,11 +235,12 @@ def mean_ablated_logits(
 
     Each circuit head keeps its own output at its group's positions; every other head output
     ``z`` (and circuit heads elsewhere) is replaced by its mean per position from ``means``
-    (:func:`head_means`). ``circuit=None`` ablates nothing (the plain run); ``Circuit({})``
+    (`head_means`). ``circuit=None`` ablates nothing (the plain run); ``Circuit({})``
     ablates every head. Faithfulness is the circuit's
     accuracy over the full model's.
 
-    Example (keeping every head is the model):
+    Examples:
+        Keeping every head is the model:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

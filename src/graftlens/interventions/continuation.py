@@ -2,7 +2,7 @@
 
 An intervention at layer ``l`` leaves every layer below ``l`` as in the plain run, and one
 that starts at column ``j`` leaves every column before ``j`` unchanged (attention is causal). So a
-sweep of interventions runs the model once (:class:`CachedRun`: the KV cache of every column and
+sweep of interventions runs the model once (`CachedRun`: the KV cache of every column and
 the residual stream entering every layer), then each intervention continues it:
 
 - the columns before ``j`` come from the kept KV cache (the model's own cache objects, so rotary
@@ -11,7 +11,7 @@ the residual stream entering every layer), then each intervention continues it:
   taken from the kept run;
 - only the last position's logits are computed.
 
-Hooks, edits and knockouts active around :meth:`CachedRun.continued` apply as usual, but see
+Hooks, edits and knockouts active around `CachedRun.continued` apply as usual, but see
 only columns ``≥ j`` of layers ``≥ l``. The caller promises the intervention changes nothing
 before (``l``, ``j``); in exchange the logits equal a full pass with the intervention, to float
 rounding (tested against the straightforward loop on every family).
@@ -68,8 +68,8 @@ class CachedRun:
     """One plain forward pass of ``model`` on a batch, kept to be continued from any (layer, column).
 
     ``logits``: ``[batch, vocab]`` at the last column; ``captured``: the activations of ``points``
-    (and the streams entering each layer). :meth:`continued` runs variants of a batch at once.
-    :meth:`patched` and :meth:`knocked_out` (and their variants) continue it under a patch or a
+    (and the streams entering each layer). `continued` runs variants of a batch at once.
+    `patched` and `knocked_out` (and their variants) continue it under a patch or a
     knockout."""
 
     def __init__(
@@ -144,13 +144,13 @@ class CachedRun:
 
     def patched(self, patches: Sequence[Patch], spans: Sequence[Spans] | None = None) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position with every patch written in, like
-        :func:`~graftlens.interventions.patching.patched_logits`, continued from the lowest patched
+        `patched_logits`, continued from the lowest patched
         layer and the first patched column."""
         return self.patched_variants([patches], spans)[:, 0]
 
     def patched_variants(self, patch_sets: Sequence[Sequence[Patch]], spans: Sequence[Spans] | None = None) -> torch.Tensor:
         """Logits ``[batch, variants, vocab]``, one variant per patch set, each equal to
-        :meth:`patched` of its set: the sets run as variants of one continuation (row ``b`` of
+        `patched` of its set: the sets run as variants of one continuation (row ``b`` of
         variant ``v`` at ``b * variants + v``), from the lowest patched layer and the first patched
         column of any set, so the weights are read once for all."""
         mask = self.attention_mask
@@ -183,7 +183,7 @@ class CachedRun:
         self, layers: Iterable[int], sources: PositionsLike, targets: PositionsLike = "LT", spans: Sequence[Spans] | None = None
     ) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position under
-        :func:`~graftlens.interventions.knockout.attention_knockout`: a knockout changes nothing
+        `attention_knockout`: a knockout changes nothing
         below its lowest layer, nor before the first target column, so only the rest is computed
         (the kept run itself, bit for bit, when nothing is blocked)."""
         layers = sorted(set(int(layer) for layer in layers))

@@ -1,21 +1,21 @@
 """Edge circuits: a set of edges of the head graph kept, every other edge mean-ablated.
 
-The graph is edge attribution's (:mod:`~graftlens.interventions.edges`): a sender
-head reaches a later head's query, key or value input, or the logits. An :class:`EdgeCircuit`
-keeps some edges. Running it (:func:`edge_ablated_logits`):
+The graph is edge attribution's (`edges`): a sender
+head reaches a later head's query, key or value input, or the logits. An `EdgeCircuit`
+keeps some edges. Running it (`edge_ablated_logits`):
 
 - a receiver (a head's q, k or v, or the logits) reads the residual stream of the circuit run
   plus, for every sender whose edge to it is *not* kept, that sender's write when its output
-  is set to its mean (:func:`~graftlens.interventions.edges.head_writes`): the
+  is set to its mean (`head_writes`): the
   receiver alone sees that sender mean-ablated;
 - a head with no path of kept edges to the logits outputs its mean (it is not in the circuit);
 - MLPs, norms and embeddings are not nodes of the graph: they read the circuit run's residual
   stream as it is.
 
 So keeping every edge is the model, keeping none mean-ablates every head, and keeping every edge
-among some heads (and theirs to the logits, :meth:`EdgeCircuit.complete`) is the node circuit of
-those heads (:func:`~graftlens.interventions.circuits.mean_ablated_logits` at every position).
-Means are per position, as :func:`~graftlens.interventions.circuits.head_means` takes them.
+among some heads (and theirs to the logits, `EdgeCircuit.complete`) is the node circuit of
+those heads (`mean_ablated_logits` at every position).
+Means are per position, as `head_means` takes them.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ Edge = tuple[Head, EdgeReceiver]
 @dataclass(frozen=True)
 class EdgeCircuit:
     """The edges kept: ``(sender head, receiver)`` pairs, a receiver being a
-    :class:`~graftlens.Receiver` (a later head's q, k or v; a key/value head under GQA) or
+    `Receiver` (a later head's q, k or v; a key/value head under GQA) or
     ``"logits"``.
 
     Example:
@@ -68,7 +68,7 @@ class EdgeCircuit:
 
     @classmethod
     def top(cls, scores: EdgeScores, k: int, by: str = "abs") -> EdgeCircuit:
-        """The first ``k`` edges of ``scores``' ranking (:meth:`EdgeScores.top_edges`)."""
+        """The first ``k`` edges of ``scores``' ranking (`EdgeScores.top_edges`)."""
         return cls((s, r) for s, r, _ in scores.top_edges(k, by))  # type: ignore[arg-type]
 
     @classmethod
@@ -172,9 +172,10 @@ def edge_ablated_logits(
         input_ids: ``LongTensor[batch, pos]``, prompts of the length ``means`` were taken at.
         attention_mask: ``LongTensor[batch, pos]`` or None (no padding).
         circuit: the edges kept.
-        means: every head's mean output per position (:func:`~graftlens.head_means`).
+        means: every head's mean output per position (`head_means`).
 
-    Example (keeping every edge is the model):
+    Examples:
+        Keeping every edge is the model:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -289,7 +290,7 @@ def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means)
 
 
 def edges_for_heads(scores: EdgeScores, n_heads_wanted: int, by: str = "abs") -> EdgeCircuit:
-    """The first ``N`` edges of ``scores``' ranking (:meth:`EdgeScores.top_edges`), ``N`` the
+    """The first ``N`` edges of ``scores``' ranking (`EdgeScores.top_edges`), ``N`` the
     fewest whose circuit holds at least ``n_heads_wanted`` heads (heads with a path of kept edges
     to the logits; one edge may bring several): an edge circuit as large, in heads, as a node
     circuit of that many heads. ``N`` is found by bisection (the heads only grow with ``N``)."""

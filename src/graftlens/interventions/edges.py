@@ -3,7 +3,7 @@ forward and one backward pass, and the exact edge patching it approximates.
 
 The graph's nodes are attention heads. An *edge* runs from a *sender* head ``(layer, head)``
 to a *receiver*: the query, key or value input of a head in a later layer
-(:class:`~graftlens.interventions.paths.Receiver`), or the logits. Patching an edge
+(`Receiver`), or the logits. Patching an edge
 means: run the clean input, but let the receiver alone read the residual stream as it would be
 if the sender's output were the corrupted run's (every other reader, MLPs included, sees the
 clean stream). The sender's *write* is what it adds to the residual stream,
@@ -258,14 +258,15 @@ def edge_attribution(
         steps: 1 for EAP (gradients at the clean run); more for EAP-IG, the gradients averaged
             over ``steps`` points from the corrupted to the clean input embeddings.
         metric: what the scores estimate the change of, a differentiable function of the
-            last-position logits and the targets (:mod:`~graftlens.interventions.metrics`:
+            last-position logits and the targets (`metrics`:
             ``logprob`` by default, ``prob``, ``logit_diff(foil_ids)``).
 
     Returns:
-        :class:`EdgeScores` (a sum over positions, a mean over prompts): rank edges with
+        `EdgeScores` (a sum over positions, a mean over prompts): rank edges with
         ``top_edges(k)``, heads with ``heads_by_edges()`` or ``heads_by_nodes()``.
 
-    Example (a circuit of the heads the strongest edges reach):
+    Examples:
+        A circuit of the heads the strongest edges reach:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("gpt2")
@@ -368,10 +369,11 @@ def edge_patched_logits(
     ``receiver`` alone reads the residual stream plus the sender's write when its output moves
     ``scale`` of the way to the corrupted run's (1: the corrupted value), at every position.
 
-    This is what :func:`edge_attribution` estimates to first order: ``scale → 0`` gives
+    This is what `edge_attribution` estimates to first order: ``scale → 0`` gives
     ``scale · score`` (see the module docstring).
 
-    Example (a receiver before its sender sees nothing):
+    Examples:
+        A receiver before its sender sees nothing:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -418,7 +420,7 @@ class ExactEdges:
             run_logits(self.loaded, inputs.corrupted_ids, inputs.corrupted_mask, last_only=True)
 
     def logits(self, sender: Head, receiver: EdgeReceiver, scale: float = 1.0) -> torch.Tensor:
-        """Last-position logits ``[batch, vocab]`` with the edge patched (see :func:`edge_patched_logits`)."""
+        """Last-position logits ``[batch, vocab]`` with the edge patched (see `edge_patched_logits`)."""
         loaded, a = self.loaded, self.loaded.adapter
         _check_edge(a, sender, receiver)
         layer, head = sender
@@ -444,7 +446,7 @@ class ExactEdges:
 
     def effect(self, target_ids: torch.Tensor, sender: Head, receiver: EdgeReceiver, scale: float = 1.0) -> float:
         """The change of the metric (mean target log-probability) when the edge is patched:
-        what :func:`edge_attribution`'s score of that edge estimates."""
+        what `edge_attribution`'s score of that edge estimates."""
         patched = self.logits(sender, receiver, scale)
         return float(_metric(patched, target_ids) - _metric(self.clean_logits, target_ids))
 
@@ -458,8 +460,8 @@ def edge_effect(
     scale: float = 1.0,
 ) -> float:
     """The change of the metric (mean target log-probability) when one edge is patched exactly
-    (:func:`edge_patched_logits`): what ``edge_attribution``'s score of that edge estimates.
-    Many edges of one batch: :class:`ExactEdges` makes the clean and corrupted runs once."""
+    (`edge_patched_logits`): what ``edge_attribution``'s score of that edge estimates.
+    Many edges of one batch: `ExactEdges` makes the clean and corrupted runs once."""
     layers = [sender[0], receiver.layer if receiver != LOGITS else None]
     return ExactEdges(model, inputs, layers).effect(target_ids, sender, receiver, scale)
 

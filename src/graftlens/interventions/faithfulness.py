@@ -2,8 +2,8 @@
 random circuits of the same size.
 
 At size ``k`` the circuit is the first ``k`` heads of the ranking (from edge attribution,
-:meth:`~graftlens.interventions.edges.EdgeScores.heads_by_edges`, or any order),
-kept at ``positions``; every other head is mean-ablated (:func:`mean_ablated_logits`).
+`heads_by_edges`, or any order),
+kept at ``positions``; every other head is mean-ablated (`mean_ablated_logits`).
 Faithfulness is the circuit's top-1 accuracy over the full model's.
 """
 
@@ -81,12 +81,13 @@ def faithfulness_curve(
         target_ids: ``LongTensor[batch]``, the answers.
         ranking: heads ``(layer, head)``, most important first.
         sizes: circuit sizes, in heads.
-        means: every head's mean output per position (:func:`~graftlens.head_means`).
+        means: every head's mean output per position (`head_means`).
         positions: where the circuit's heads are kept (a selector); elsewhere they are ablated too.
         random: random circuits per size.
         spans: span annotations, for selectors that name spans.
 
-    Example (the whole model as its own circuit is faithful):
+    Examples:
+        The whole model as its own circuit is faithful:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> from graftlens.interventions.faithfulness import faithfulness_curve

@@ -30,14 +30,14 @@ from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
-"""Takes a point's activation (the shape :mod:`~graftlens.interventions.points` lists), returns
+"""Takes a point's activation (the shape `points` lists), returns
 the activation to use instead (same shape)."""
 
 PointLike = Point | str
 
 
 class ActivationCache(dict):
-    """Captured activations by :class:`Point`; ``cache["z.3"]`` works too.
+    """Captured activations by `Point`; ``cache["z.3"]`` works too.
 
     Example:
         >>> import torch, graftlens
@@ -116,12 +116,12 @@ def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_gr
     Args:
         model: a loaded or HF model of a supported family.
         points: ``"name.layer"`` strings (``"resid_pre.3"``, ``"z.12"``, TransformerLens names
-            too) or :class:`Point` objects.
+            too) or `Point` objects.
         keep_graph: keep the values in the autograd graph (for gradients of a metric with
             respect to an activation); by default they are detached copies.
 
     Yields:
-        an :class:`ActivationCache`, filled as the model runs: ``[batch, pos, d_model]`` for
+        an `ActivationCache`, filled as the model runs: ``[batch, pos, d_model]`` for
         stream points, ``[batch, pos, head, d_head]`` for ``z``, ``q``, ``k``, ``v``.
 
     Example:
@@ -153,7 +153,7 @@ def edit(model: LoadedModel | nn.Module, edits: Mapping[PointLike, Edit]) -> Ite
 
     Args:
         model: a loaded or HF model of a supported family.
-        edits: point → a function of the activation (its shape as :func:`capture` gives it)
+        edits: point → a function of the activation (its shape as `capture` gives it)
             returning the activation to use instead, of the same shape.
 
     Example:

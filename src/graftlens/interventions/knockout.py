@@ -5,7 +5,7 @@ Which edges are blocked is said in prompt coordinates, like every position in gr
 forward call from that call's attention mask and the examples' ``spans``.
 
 Blocking is done inside the model's own attention implementation: for the duration of a
-:func:`attention_knockout` block, the model's config names an attention function registered
+`attention_knockout` block, the model's config names an attention function registered
 through transformers' ``AttentionInterface`` that narrows the attention mask of the chosen
 layers and then calls the implementation the model had (SDPA stays SDPA; a model loaded with
 eager attention keeps its own eager function). Layers outside the knockout pass through
@@ -181,9 +181,10 @@ def attention_knockout(
     lists, ...), resolved per call from its attention mask and ``spans``. ``edges``
     (``BoolTensor[batch, query, key]``, True = blocked, padded coordinates) may be given instead,
     for edges no pair of selectors describes. A window of layers per call, many at once:
-    :func:`~graftlens.knockout_sweep`.
+    `knockout_sweep`.
 
-    Example (knocking out nothing is the model, bit for bit):
+    Examples:
+        Knocking out nothing is the model, bit for bit:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

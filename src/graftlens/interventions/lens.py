@@ -2,7 +2,7 @@
 
 ``project`` applies the model's final norm (optionally) and its unembedding to any
 ``[..., d_model]`` activation: a residual stream (the logit lens), or a sublayer output.
-Geva et al. use it two ways, both built from :func:`point_logits`:
+Geva et al. use it two ways, both built from `point_logits`:
 
 - **attribute rate**: project the residual stream at a position (the subject's last token)
   after each layer; how often is the fact's answer among the top-k tokens?
@@ -45,7 +45,8 @@ def project(
     """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]``: the final norm (unless
     ``use_final_norm`` is False) and the unembedding (with ``grad``, keeping the graph).
 
-    Example (the last layer's stream, projected, is the model's logits):
+    Examples:
+        The last layer's stream, projected, is the model's logits:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -93,7 +94,7 @@ def point_logits(
     ``positions`` is a selector in prompt coordinates (``"LT"``, ``"subject"``, per-example index
     lists, ...); each example is read at the *last* position it picks (e.g. the subject's last
     token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``. With ``lens`` (a
-    :class:`~graftlens.interventions.tuned_lens.TunedLens`), each point is translated by its
+    `TunedLens`), each point is translated by its
     translator before the final norm and the unembedding.
 
     Example:

@@ -7,7 +7,7 @@ find, for many extraction events, heads whose top tokens hold the predicted attr
 when the map is applied to the subject token's embedding, so the mapping sits in the head's
 parameters.
 
-:func:`head_mapping_vectors` computes ``W_O^h · v^h(x)`` for every head of the chosen layers, at
+`head_mapping_vectors` computes ``W_O^h · v^h(x)`` for every head of the chosen layers, at
 one position per prompt, for two representations ``x`` of that position:
 
 - ``"hidden"``: the residual stream entering the layer (what the head reads there in the run);
@@ -79,7 +79,8 @@ def head_mapping_vectors(
     ``source`` representation of the last position ``positions`` picks in each prompt:
     ``"hidden"`` (the stream entering the layer) or ``"embedding"`` (the token's embedding).
 
-    Example (project the maps to the vocabulary to read what each head writes):
+    Examples:
+        Project the maps to the vocabulary to read what each head writes:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

@@ -131,9 +131,9 @@ def _masked_patch_logits(
     corrupted_cache: ActivationCache | None = None,
     prefix=None,
 ) -> torch.Tensor:
-    """:func:`masked_patch_logits`, for :func:`learn_mask`'s epochs: ``corrupted_cache`` (the corrupted
-    run's ``z``, from :func:`head_outputs`) saves that run; ``prefix`` (a KV cache of the clean
-    run's columns before the first patched one, from :func:`graftlens.models.prefix.run_prefix`)
+    """`masked_patch_logits`, for `learn_mask`'s epochs: ``corrupted_cache`` (the corrupted
+    run's ``z``, from `head_outputs`) saves that run; ``prefix`` (a KV cache of the clean
+    run's columns before the first patched one, from `graftlens.models.prefix.run_prefix`)
     makes the pass compute only the columns after it."""
     loaded = as_loaded(model)
     a = loaded.adapter
@@ -193,7 +193,7 @@ def _prepare(loaded: LoadedModel, batch: DesideratumBatch, positions: PositionsL
 
 
 def _check_batches(loaded: LoadedModel, batches: Sequence[DesideratumBatch]) -> None:
-    """Every batch is a :class:`DesideratumBatch` whose ``answer_ids`` are one vocabulary id per prompt."""
+    """Every batch is a `DesideratumBatch` whose ``answer_ids`` are one vocabulary id per prompt."""
     if isinstance(batches, DesideratumBatch) or not isinstance(batches, Sequence) or len(batches) == 0:
         raise MaskError("learn_mask: batches must be a non-empty list of DesideratumBatch (there is nothing to learn from)")
     vocab = loaded.model.get_output_embeddings().weight.shape[0]

@@ -5,10 +5,10 @@ A metric is a function of the last-position logits ``[batch, vocab]`` and the ta
 ``activation_patching``, ``attribution_patching``, ``path_patching`` and ``edge_attribution``
 take one as ``metric=``. The ready ones:
 
-- :func:`prob`: the target's probability (patching's and path patching's default);
-- :func:`logprob`: its log-probability (edge attribution's default);
-- :func:`logit_diff` ``(foil_ids)``: the target's logit minus a foil's (the IOI-style metric);
-- :func:`rank`: the target's rank, 1 = the top prediction (not differentiable: no attribution).
+- `prob`: the target's probability (patching's and path patching's default);
+- `logprob`: its log-probability (edge attribution's default);
+- `logit_diff` ``(foil_ids)``: the target's logit minus a foil's (the IOI-style metric);
+- `rank`: the target's rank, 1 = the top prediction (not differentiable: no attribution).
 
 Examples:
     >>> import torch

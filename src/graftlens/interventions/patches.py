@@ -1,6 +1,6 @@
-"""A :class:`Patch`: an activation written into a run at some positions (and, for per-head points,
+"""A `Patch`: an activation written into a run at some positions (and, for per-head points,
 some heads), as an edit of the hook layer. Activation patching, CMAP and the continued runs of
-:class:`~graftlens.interventions.continuation.CachedRun` all write patches."""
+`CachedRun` all write patches."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Activation patching (one model, two inputs) and cross-model activation patching (two models, one input).
 
-A :class:`Patch` writes a *source* activation into a run at some positions (and, for per-head
+A `Patch` writes a *source* activation into a run at some positions (and, for per-head
 points, some heads). Activation patching takes the source from the same model on another input
 (clean → corrupted); CMAP (Prakash et al.) takes it from another model — the finetuned one —
 on the same input, and writes it into the recipient.
@@ -38,7 +38,7 @@ def run_with_cache(
 
     Returns:
         ``(logits, cache)``: logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with
-        ``last_only``, which skips the unembedding elsewhere) and an :class:`ActivationCache`.
+        ``last_only``, which skips the unembedding elsewhere) and an `ActivationCache`.
 
     Example:
         >>> import torch, graftlens
@@ -68,7 +68,7 @@ def patched_logits(
     Args:
         model: the model patched into.
         input_ids: ``LongTensor[batch, pos]``; attention_mask ``[batch, pos]`` or None.
-        patches: :class:`Patch` objects; several patches of one point apply in turn.
+        patches: `Patch` objects; several patches of one point apply in turn.
         last_only: compute the unembedding at the last position only.
         spans: per example, the named spans the patches' positions name.
         grad: keep the autograd graph.
@@ -76,7 +76,8 @@ def patched_logits(
     Returns:
         logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``).
 
-    Example (a run patched into itself is the run):
+    Examples:
+        A run patched into itself is the run:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -101,12 +102,12 @@ def patched_logits(
 
 @dataclass(frozen=True)
 class PatchingSweep:
-    """Result of :func:`activation_patching`: the metric after each single patch.
+    """Result of `activation_patching`: the metric after each single patch.
 
     ``scores[layer, j]``: the metric's mean (the target's probability by default) when the clean
     activation of ``point_name`` at layer ``layer`` and column ``j`` (a position, or a head with
     ``by="head"``) is written into the corrupted run. ``clean``/``corrupted`` are the unpatched
-    values; :attr:`recovered` rescales to 0 (corrupted) .. 1 (clean)."""
+    values; `recovered` rescales to 0 (corrupted) .. 1 (clean)."""
 
     point_name: str
     by: str  # "position" | "head"
@@ -170,23 +171,23 @@ def activation_patching(
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
     layer × head, at every position) at a time, and record the metric's mean over prompts
-    (``metric``: the target's probability by default; :mod:`~graftlens.interventions.metrics`
+    (``metric``: the target's probability by default; `metrics`
     has ``logprob``, ``logit_diff(foil_ids)`` and ``rank``, or pass a function of the
     last-position logits and the targets).
 
     ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
     prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``.
 
-    Only what a patch can change is computed (:mod:`~graftlens.interventions.continuation`): a
+    Only what a patch can change is computed (`continuation`): a
     patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
     one layer are patched as variants of one pass of up to ``TOKENS_PER_PASS`` (row, column) tokens. The result
-    equals :func:`activation_patching_loop`, one full forward per patch, to float rounding.
+    equals `activation_patching_loop`, one full forward per patch, to float rounding.
 
-    With ``approx``, :func:`attribution_patching` instead: a first-order estimate of every score
+    With ``approx``, `attribution_patching` instead: a first-order estimate of every score
     from one forward and one backward pass.
 
     Returns:
-        a :class:`~graftlens.interventions.patching.PatchingSweep`: ``scores`` ``[layer, pos]``
+        a `PatchingSweep`: ``scores`` ``[layer, pos]``
         (``[layer, head]`` with ``by="head"``), the unpatched ``clean`` and ``corrupted`` values,
         and ``recovered`` (0 = corrupted … 1 = clean).
 
@@ -267,7 +268,7 @@ def attribution_patching(
     by: str = "position",
     metric: Metric = prob,
 ) -> PatchingSweep:
-    """Attribution patching: the first-order estimate of :func:`activation_patching`'s scores,
+    """Attribution patching: the first-order estimate of `activation_patching`'s scores,
     ``corrupted + Σ (clean − corrupted activation) · ∂metric/∂activation`` with the gradient taken
     on the corrupted run, summed over the features of each (layer, position) — or, with
     ``by="head"``, over each head's features at every position. One forward and one backward pass
@@ -320,7 +321,7 @@ def activation_patching_loop(
     by: str = "position",
     metric: Metric = prob,
 ) -> PatchingSweep:
-    """:func:`activation_patching` the straightforward way: one full forward pass per patch, as a
+    """`activation_patching` the straightforward way: one full forward pass per patch, as a
     hand-written loop in any library does. The reference the fast sweep is tested and
     benchmarked against."""
     loaded = as_loaded(model)
@@ -370,13 +371,13 @@ def cross_model_patched_logits(
     grad: bool = False,
 ) -> torch.Tensor:
     """Logits of ``recipient`` with the donor's activations (``donor_activations``, captured on the same
-    input by :func:`run_with_cache`) written in at ``heads`` (point → head list, None = all
+    input by `run_with_cache`) written in at ``heads`` (point → head list, None = all
     heads or the whole stream point) and ``positions`` (a selector in prompt coordinates, as for
-    :class:`Patch`; None = every position).
+    `Patch`; None = every position).
 
     Returns:
         logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``). Many
-        configurations on one batch: :func:`~graftlens.cmap_sweep`.
+        configurations on one batch: `cmap_sweep`.
 
     Example:
         >>> import torch, graftlens

@@ -14,7 +14,7 @@ With ``receivers="logits"`` the sender run's logits are the result (the sender's
 output through no other head); with ``receivers="everything"`` nothing is frozen and the result is
 ordinary activation patching of the sender head. Prakash et al. patch the *corrupted* sender into
 the *clean* run and rank heads by the relative drop of the correct answer's probability,
-``(p_patched - p_clean) / p_clean``; :func:`path_patching` computes that score per head.
+``(p_patched - p_clean) / p_clean``; `path_patching` computes that score per head.
 
 Receivers of ``k``/``v`` under grouped-query attention are key/value heads: patching one changes
 every query head of its group.
@@ -96,7 +96,7 @@ class PathInputs:
 
     @classmethod
     def of(cls, clean, corrupted) -> PathInputs:
-        """The clean and corrupted :class:`~graftlens.Prompts` (each with its ids, mask and spans)
+        """The clean and corrupted `Prompts` (each with its ids, mask and spans)
         as one input.
 
         Examples:
@@ -138,7 +138,7 @@ class PathInputs:
 
 
 def check_receivers(who: str, receivers: object) -> None:
-    """``receivers`` is ``"logits"``, ``"everything"`` or a non-empty list of :class:`Receiver`
+    """``receivers`` is ``"logits"``, ``"everything"`` or a non-empty list of `Receiver`
     (any other string would silently mean another method)."""
     if isinstance(receivers, str):
         if receivers not in ("logits", "everything"):
@@ -206,12 +206,13 @@ def path_patched_logits(
         sender_positions: where the sender's value is written in the clean run (a selector).
         corrupted_positions: where it is read in the corrupted run (default: ``sender_positions``).
         receivers: ``"logits"`` (the sender reaches the logits directly), ``"everything"``
-            (activation patching of the head), or a list of :class:`Receiver` heads' q, k or v.
+            (activation patching of the head), or a list of `Receiver` heads' q, k or v.
         receiver_positions: where the receivers read the sender's effect.
 
-    Many senders on the same inputs: :func:`path_patching` scores them all and shares the runs.
+    Many senders on the same inputs: `path_patching` scores them all and shares the runs.
 
-    Example (no sender is the clean run; ``receivers="everything"`` is activation patching of the head):
+    Examples:
+        No sender is the clean run; ``receivers="everything"`` is activation patching of the head:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -251,14 +252,14 @@ def _path_patched_run(
     clean_logits: torch.Tensor | None = None,
     column_runs: dict | None = None,
 ) -> torch.Tensor:
-    """:func:`path_patched_logits` with the runs it can share passed in (what :func:`path_patching`
+    """`path_patched_logits` with the runs it can share passed in (what `path_patching`
     and its prepared batches do for many senders).
 
     ``sender=None`` patches nothing: the result is the clean run. ``corrupted_positions`` (default:
     ``sender_positions``) are where the sender's value is read in the corrupted run. ``clean_cache``
-    and ``corrupted_cache`` (from :func:`head_outputs`) save a run each when many senders share inputs.
-    ``prefix``: the clean run's KV cache of its first columns (:func:`graftlens.models.prefix.run_prefix`),
-    none of which the sender or the receivers may touch (see :func:`first_touched_column`); both
+    and ``corrupted_cache`` (from `head_outputs`) save a run each when many senders share inputs.
+    ``prefix``: the clean run's KV cache of its first columns (`graftlens.models.prefix.run_prefix`),
+    none of which the sender or the receivers may touch (see `first_touched_column`); both
     runs then compute only the columns after it. With ``one_column`` (when heads are frozen and
     the sender and its receivers share one column per row) the sender run computes that column alone;
     ``clean_logits`` (the clean run's last-position logits) then saves a run when the receivers are the
@@ -315,7 +316,7 @@ def _path_patched_run(
         # sender run computes just the one column a row needs (the sender's, where its receivers
         # are), with and without the sender; what the sender changes is added to the clean run's
         # values (a sender that changes nothing leaves them exactly as they are). ``clean_cache``
-        # may hold the receivers' clean inputs too (:func:`head_outputs` with ``points``).
+        # may hold the receivers' clean inputs too (`head_outputs` with ``points``).
         memo = column_runs if column_runs is not None else {}
         key = (tuple(columns.tolist()), tuple(receiver_points))
         if key not in memo:  # the run without the sender: the same for every sender of these columns
@@ -578,7 +579,7 @@ def path_patching(
     """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
     heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked
     (``metric``: the target's probability by default, or any metric of
-    :mod:`~graftlens.interventions.metrics`; the score is then ``(M_patched − M_clean) / |M_clean|``).
+    `metrics`; the score is then ``(M_patched − M_clean) / |M_clean|``).
 
     The columns before the first one any sender or receiver touches are run once, with a KV
     cache, and every sender continues from there (the same result, computed on fewer columns).
@@ -588,7 +589,8 @@ def path_patching(
         probability ``(p_patched − p_clean) / p_clean`` when that head is the sender;
         ``top(k)`` gives the heads with the most negative scores.
 
-    Example (two stages: senders straight to the logits, then through the top heads' queries):
+    Examples:
+        Two stages: senders straight to the logits, then through the top heads' queries:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

@@ -20,7 +20,7 @@ output format (tuple or tensor, by transformers version) does not matter.
 TransformerLens names are accepted as aliases wherever a point is named:
 ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_resid_post``, ``blocks.{l}.hook_attn_out``,
 ``blocks.{l}.hook_mlp_out``, ``blocks.{l}.attn.hook_z`` (and ``hook_q``/``hook_k``/``hook_v``):
-each means the graftlens point of the same name (see :data:`TL_ALIASES`).
+each means the graftlens point of the same name (see `TL_ALIASES`).
 
 In families with a norm after each sublayer (Gemma-2, OLMo-2), ``attn_out``/``mlp_out`` are
 the projections' outputs before that norm: the residual stream receives their normed version.
@@ -136,7 +136,7 @@ class HookSite:
         return x
 
     def write(self, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``x`` with the point's features replaced by ``value`` (the shape :meth:`read` gives)."""
+        """``x`` with the point's features replaced by ``value`` (the shape `read` gives)."""
         if self.heads is not None:
             value = value.flatten(-2)
         if self.rows is None:

@@ -89,10 +89,11 @@ def cancel_sublayers(
     at ``positions`` (a selector in prompt coordinates, resolved on each forward call); with
     ``through``, at every position up to and including the last one the selector picks.
 
-    With ``means`` (layer → ``Tensor[d_model]``, e.g. from :func:`sublayer_means`) the output
+    With ``means`` (layer → ``Tensor[d_model]``, e.g. from `sublayer_means`) the output
     there is that mean instead of zero (mean ablation).
 
-    Example (Geva et al.'s enrichment test: early MLPs cancelled up to the subject's last token):
+    Examples:
+        Geva et al.'s enrichment test: early MLPs cancelled up to the subject's last token:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

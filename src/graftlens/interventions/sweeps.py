@@ -1,6 +1,6 @@
 """Sweeps of activation-level interventions on one batch, at recipe speed.
 
-Each sweep runs the plain model once and keeps that run (:class:`CachedRun`); every
+Each sweep runs the plain model once and keeps that run (`CachedRun`); every
 configuration then computes only what it can change: the layers from its lowest patched or
 knocked-out layer, and the columns from its first patched or target column. The caches stay
 inside the sweep: a caller passes the model, the inputs, the interventions and the positions.
@@ -111,7 +111,7 @@ def knockout_sweep(
 
     Returns:
         logits ``[len(windows), batch, vocab]`` at the last position, equal to running the model
-        inside :func:`attention_knockout` once per window (to float rounding). The windows run as
+        inside `attention_knockout` once per window (to float rounding). The windows run as
         variants of one pass, each continuing the plain run from its first layer and the
         first target column.
 

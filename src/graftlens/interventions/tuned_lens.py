@@ -3,7 +3,7 @@
 The logit lens reads the residual stream after ``d`` layers as if it were the last layer's. A
 tuned lens first maps it by an affine *translator* ``T_d(h) = h + W_d h + b_d``, trained so that
 the projection's distribution matches the model's final one (KL from the final distribution,
-:mod:`graftlens.train.tuned_lens`). The stream after the last layer needs no translator.
+`graftlens.train.tuned_lens`). The stream after the last layer needs no translator.
 
 Which translator reads which point:
 

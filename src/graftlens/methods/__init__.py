@@ -1,8 +1,8 @@
 """Methods: every kind of experiment, one module each, named after its kind and found through one
-registry; what methods share lives in :mod:`graftlens.methods.core`.
+registry; what methods share lives in `graftlens.methods.core`.
 
 Importing this package imports every module in it, so each method registers itself; see
-:mod:`graftlens.methods.core.registry` for what a method owns and the contributors' guide for
+`graftlens.methods.core.registry` for what a method owns and the contributors' guide for
 adding one."""
 
 import importlib

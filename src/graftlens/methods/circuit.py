@@ -119,7 +119,7 @@ def reference_means(
     query: str = "no_box",
 ):
     """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run);
-    ``query``: what their query label names (:func:`~graftlens.data.entity_tracking.mean_reference`)."""
+    ``query``: what their query label names (`mean_reference`)."""
 
     def make():
         from graftlens.data.entity_tracking import mean_reference, tokenize_entity_tracking

@@ -120,7 +120,7 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
 
     def figure(self, run: RunData, panel: str, configs: list[StoredConfig]):
         """The default bars per test template; a panel that also holds circuit_graft
-        configurations is drawn by :func:`circuit_views_figure` instead."""
+        configurations is drawn by `circuit_views_figure` instead."""
         if any(c.kind == "circuit_graft" for c in configs):
             return circuit_views_figure(run, panel, configs)
         return super().figure(run, panel, configs)

@@ -1,8 +1,8 @@
 """``circuit_graft``: weight-level cross-model patching of a circuit's head groups.
 
-The weight view of what :mod:`~graftlens.methods.circuit_cmap` asks with activations: the donor's
+The weight view of what `circuit_cmap` asks with activations: the donor's
 *weights* of one group's heads (their rows of q, k and v and their columns of o,
-:class:`~graftlens.HeadGraft`), at that group's positions, computed in the recipient. Where CMAP
+`HeadGraft`), at that group's positions, computed in the recipient. Where CMAP
 hands the recipient the donor's head outputs, which carry everything upstream of them, a head graft
 hands it only the heads' own weights, which read the recipient's residual stream: is what the
 donor does better in those heads' weights, or in what they are given to read?
@@ -60,7 +60,7 @@ class CircuitGraftSweep(CircuitCmapSource, Sweep):
 @register
 class CircuitWeightGrafting(Method[CircuitGraftSpec]):
     """Bars: accuracy with each group's head weights grafted from the donor, drawn beside the
-    circuit_cmap configurations of the same panel (see :func:`circuit_views_figure`)."""
+    circuit_cmap configurations of the same panel (see `circuit_views_figure`)."""
 
     kind = "circuit_graft"
     sweep = CircuitGraftSweep
@@ -87,7 +87,7 @@ class CircuitWeightGrafting(Method[CircuitGraftSpec]):
         return out
 
     def rules(self, spec: CircuitGraftSpec) -> list:
-        """One :class:`~graftlens.HeadGraft` per group: its heads at its positions."""
+        """One `HeadGraft` per group: its heads at its positions."""
         from graftlens.graft.heads import HeadGraft
 
         circuit = load_circuit(spec.circuit)

@@ -2,7 +2,7 @@
 masking, Prakash et al. after Davies et al.).
 
 For each group and each desideratum (``position``, ``object``, ``box_label``; see
-:mod:`graftlens.data.entity_tracking`), a sigmoid mask over the group's heads is trained on
+`graftlens.data.entity_tracking`), a sigmoid mask over the group's heads is trained on
 desideratum pairs of its own (another seed than the scored prompts) with an L1 term; the heads
 whose mask ends above 0.5 are then patched from each scored prompt's source into its clean run at
 the group's positions. Every configuration is scored on every desideratum's prompts (the

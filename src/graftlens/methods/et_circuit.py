@@ -1,8 +1,8 @@
 """``et_circuit``: find the entity-tracking circuit by path patching, then test it (Prakash et al.).
 
 The sweep expands into one ``path_patching`` configuration per (stage, sender head)
-(:mod:`graftlens.methods.path_patching`), scored phase by phase, then ``circuit`` configurations
-(:mod:`graftlens.methods.circuit`) that mean-ablate every head outside the found circuit, and
+(`graftlens.methods.path_patching`), scored phase by phase, then ``circuit`` configurations
+(`graftlens.methods.circuit`) that mean-ablate every head outside the found circuit, and
 outside ``random`` circuits of the same group sizes. It scores nothing itself.
 """
 

@@ -3,20 +3,20 @@ against random circuits of the same size (Prakash et al.'s faithfulness, as a cu
 
 A circuit comes from one of three rankings of the heads:
 
-- ``eap_edges``: edge attribution patching (:func:`~graftlens.interventions.edges.edge_attribution`)
+- ``eap_edges``: edge attribution patching (`edge_attribution`)
   over the run's clean/corrupted pairs, the heads in the order its strongest edges reach them;
 - ``eap_nodes``: the same pass's node scores (attribution patching of each head's output);
 - ``eap_edge_circuit``: EAP's strongest edges themselves, kept as an edge circuit
-  (:func:`~graftlens.interventions.edge_circuits.edge_ablated_logits`, every other edge
+  (`edge_ablated_logits`, every other edge
   mean-ablated): at size ``k`` the fewest first edges of the ranking whose circuit holds ``k``
-  heads (:func:`~graftlens.interventions.edge_circuits.edges_for_heads`);
+  heads (`edges_for_heads`);
 - ``path_patching``: the stage-by-stage circuit of the recipe's ``et_circuit`` sweep, its
-  groups grown or shrunk in proportion (:func:`~graftlens.methods.core.circuits.discovered_circuit_of_size`).
+  groups grown or shrunk in proportion (`discovered_circuit_of_size`).
 
 Heads are kept at every position (``positions: all``), or, for the path-patching circuit, each
 group at its own positions (``groups``, the paper's procedure). Random circuits of each size are
 drawn for each of the two. Head means come from the reference prompts of
-:mod:`graftlens.methods.circuit`: query labels naming no box, or (``means: any_label``) any
+`graftlens.methods.circuit`: query labels naming no box, or (``means: any_label``) any
 label, as the paper's code draws them. EAP's rankings are kept beside the store
 (``eap-scores.safetensors``), and the report counts each path-patching group's heads among
 EAP's first heads.

@@ -1,5 +1,5 @@
 """``path_patching``: one sender head's path-patching score, a stage of the entity-tracking circuit
-(Prakash et al.); the ``et_circuit`` sweep (:mod:`graftlens.methods.et_circuit`) makes these configurations.
+(Prakash et al.); the ``et_circuit`` sweep (`graftlens.methods.et_circuit`) makes these configurations.
 
 Stages run phase by phase: value fetchers (senders at the last token, straight to the logits), then
 position transmitters (through the value fetchers' queries), position detectors (at the query label,

@@ -1,12 +1,12 @@
 """Architecture adapters: one declarative table per model family.
 
-An adapter maps graftlens' canonical component names (see :mod:`graftlens.models.names`) to the
+An adapter maps graftlens' canonical component names (see `graftlens.models.names`) to the
 modules of a loaded Hugging Face model. A component is computed by one or more *sites*; a site
 is a module path plus, for fused projections, the output features (rows of ``W`` in
 ``y = x W^T``) that belong to the component. Grafting or patching ``q`` alone on GPT-2's fused
 ``c_attn`` or on GPT-NeoX's per-head interleaved ``query_key_value`` uses those rows.
 
-Adding a family means adding one :class:`Family` table below and one tiny config in the tests.
+Adding a family means adding one `Family` table below and one tiny config in the tests.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The boundary of the library: public entry points check their arguments before any forward.
 
-A wrong shape, dtype, device or range is one :class:`~graftlens.InterventionError` naming the
-argument, not a RuntimeError from deep inside torch. :func:`checked` reads a function's arguments
+A wrong shape, dtype, device or range is one `InterventionError` naming the
+argument, not a RuntimeError from deep inside torch. `checked` reads a function's arguments
 by their names (``input_ids``, ``attention_mask``, ``target_ids``, ``layers``, ...), so every entry
 point that takes them gets the same checks by one decorator. A right-padded batch is refused
 wherever the last column is read as each prompt's last token (everywhere but ``last_only=False``),
@@ -52,7 +52,7 @@ def checked(fn: F) -> F:
 
 
 def unpack_inputs(who: str, signature: inspect.Signature, arguments: dict[str, Any]) -> None:
-    """Where a function takes token ids, also take :class:`~graftlens.Prompts` (its mask, spans
+    """Where a function takes token ids, also take `Prompts` (its mask, spans
     and targets fill the arguments of those names that were not given) or text (a string or a
     list of strings, read with the model's tokenizer and left-padded)."""
     params = signature.parameters

@@ -43,7 +43,7 @@ _FORMAT = b"graftlens model fingerprint 2\n"
 
 
 def config_content(config: Any) -> dict:
-    """The configuration as a dict of what defines the model: :data:`RUNTIME_CONFIG_KEYS` and
+    """The configuration as a dict of what defines the model: `RUNTIME_CONFIG_KEYS` and
     underscore keys (``_name_or_path``, ``_attn_implementation``, ...) left out, in nested
     configurations too (a multimodal model's ``text_config``)."""
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -62,7 +62,7 @@ def _content(values: Any) -> Any:
 def model_fingerprint(model: nn.Module) -> str:
     """16 hex digits naming ``model``'s configuration content and weights.
 
-    Hashes :func:`config_content` and, per parameter, its name, shape, dtype and two float64 sums:
+    Hashes `config_content` and, per parameter, its name, shape, dtype and two float64 sums:
     two models with the same fingerprint have the same configuration and (up to an astronomically
     unlikely coincidence of sums) the same weights. It costs one pass over the parameters."""
     h = hashlib.sha256(_FORMAT)

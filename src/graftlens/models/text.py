@@ -1,6 +1,6 @@
 """Plain text into a left-padded batch of token ids, with the model's own tokenizer: what every
 entry point does with ``input_ids="some text"`` (or a list of texts) where no span or target is
-needed. Prompts with spans and targets: :func:`graftlens.prompts`."""
+needed. Prompts with spans and targets: `graftlens.prompts`."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def tiny_tokenizer():
 
 def tiny_model(family: str = "llama", seed: int = 0) -> LoadedModel:
     """A tiny random causal LM of ``family`` (fp32, eval mode), with a character-level tokenizer
-    (:func:`tiny_tokenizer`).
+    (`tiny_tokenizer`).
 
     Every parameter is perturbed from its initial value (norms away from 1, biases away from 0),
     so that a wrong slice or a skipped module shows in its outputs.

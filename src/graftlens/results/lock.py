@@ -30,7 +30,7 @@ class RunLockedError(StoreError):
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock for the block, or raise :class:`RunLockedError` at once."""
+    """Hold the run directory's lock for the block, or raise `RunLockedError` at once."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run_dir / LOCK_NAME))
     holder_file = run_dir / HOLDER_NAME

@@ -20,7 +20,7 @@ _OPTIONAL = ("target_logprob", "continuation")  # empty in the CSV where not mea
 
 @dataclass(frozen=True)
 class Run:
-    """A run directory that ``graftlens run`` (or :func:`~graftlens.run_recipe`) wrote.
+    """A run directory that ``graftlens run`` (or `run_recipe`) wrote.
 
     ``results`` has one row per stored result (configuration × prompt), with the columns of
     ``graftlens export`` (``config``, ``group``, ``template``, ``direction``, ``example``,
@@ -63,7 +63,7 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """Open the run directory ``path`` (raises :class:`~graftlens.StoreError` when it holds no run).
+    """Open the run directory ``path`` (raises `StoreError` when it holds no run).
 
     >>> import graftlens
     >>> graftlens.open_run("no/such/run")

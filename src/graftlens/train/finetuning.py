@@ -78,7 +78,7 @@ def finetune(
 ) -> FinetuneResult:
     """Finetune ``base`` on ``dataset``'s training texts of ``config.split``.
 
-    ``base`` is a model spec or a :class:`LoadedModel`; a loaded model is trained in place
+    ``base`` is a model spec or a `LoadedModel`; a loaded model is trained in place
     (pass a spec to keep a pretrained copy in memory untouched).
 
     ``stop_after_steps`` stops (after saving a resumable state) once that many optimizer steps

@@ -265,7 +265,7 @@ def held_out_kl(loaded: LoadedModel, lens: TunedLens, streams: torch.Tensor, chu
 def fit_tuned_lens(
     loaded: LoadedModel, settings: TunedLensSettings, progress: ProgressFn | None = None
 ) -> tuple[TunedLens, dict]:
-    """Train a tuned lens of ``loaded`` (not cached; :func:`tuned_lens` caches). Returns the lens
+    """Train a tuned lens of ``loaded`` (not cached; `tuned_lens` caches). Returns the lens
     and its manifest (settings, held-out KL per depth under both lenses, the last losses)."""
     n_layers, d_model = loaded.adapter.n_layers, loaded.adapter.dims.d_model
     total = settings.sample_length - 1 + settings.steps  # progress: sampled tokens, then KL steps

@@ -1,4 +1,4 @@
-"""What every method shares and no method owns: recipe parts and their checks (:mod:`.parts`), the
-registry and what readouts receive (:mod:`.registry`), weight grafting's readout
-(:mod:`.grafting`), circuit files and path-patching stages (:mod:`.circuits`), and figure helpers
-(:mod:`.figures`). Registers no kind."""
+"""What every method shares and no method owns: recipe parts and their checks (`.parts`), the
+registry and what readouts receive (`.registry`), weight grafting's readout
+(`.grafting`), circuit files and path-patching stages (`.circuits`), and figure helpers
+(`.figures`). Registers no kind."""

@@ -142,7 +142,7 @@ def load_circuit(source: str, base_dir: Path | None = None) -> Circuit:
 
 
 def check_fixed_positions(circuit: Circuit, groups: Sequence[str], source: str, kind: str) -> None:
-    """For a method that works at each group's fixed positions (:data:`GROUP_POSITIONS`) and does
+    """For a method that works at each group's fixed positions (`GROUP_POSITIONS`) and does
     not read a circuit file's: refuse a file that says otherwise, rather than ignore it."""
     for name in groups:
         given = circuit.group(name).positions

@@ -1,18 +1,18 @@
 """The execution of one run, as its readouts see it: what is computed, apart from how fast.
 
-The runner owns one :class:`Execution` per run (or per Ray worker) and hands it to every
+The runner owns one `Execution` per run (or per Ray worker) and hands it to every
 readout. It holds three things, kept apart:
 
 - the run's inputs (read only): the loaded ``models``, every ``batch`` in scoring order, every
-  configuration, the stored ``results`` of earlier phases, and the :class:`Measures` the recipe
+  configuration, the stored ``results`` of earlier phases, and the `Measures` the recipe
   asks for beyond next-token scores;
 - the fast paths and what they keep between configurations: the batch's plain run, continued by
-  every configuration that intervenes on the same model (:meth:`Execution.plain_run`), the shared
-  KV prefixes of weight grafting (:attr:`Execution.prefixes`), values one batch's configurations
-  share (:meth:`Execution.for_batch`, e.g. a variant pass) and a method's own state between its
-  configurations (:meth:`Execution.state`, e.g. donor activations);
+  every configuration that intervenes on the same model (`Execution.plain_run`), the shared
+  KV prefixes of weight grafting (`Execution.prefixes`), values one batch's configurations
+  share (`Execution.for_batch`, e.g. a variant pass) and a method's own state between its
+  configurations (`Execution.state`, e.g. donor activations);
 - the side channel of what readouts report besides logits: measures stored with every row of a
-  configuration (:meth:`Execution.note`) and tensors kept beside the store (:attr:`Execution.keep`).
+  configuration (`Execution.note`) and tensors kept beside the store (`Execution.keep`).
 
 No public intervention or grafting function takes a cache, a prefix or a pass size: the fast
 paths are objects this class owns (a plain run, a shared prefix) and their methods.
@@ -96,7 +96,7 @@ class Execution:
 
     def plain_run(self, model_name: str, batch: Prompts) -> CachedRun:
         """The batch's plain run of ``model_name``, kept to be continued
-        (:class:`~graftlens.interventions.continuation.CachedRun`): made once per batch and
+        (`CachedRun`): made once per batch and
         shared by every configuration of the batch that intervenes on that model."""
         from graftlens.interventions.continuation import CachedRun
 
@@ -120,5 +120,5 @@ class Execution:
         self._notes.setdefault(config, {}).update(values)
 
     def extras(self, config: str) -> dict[str, float]:
-        """What :meth:`note` recorded for ``config``."""
+        """What `note` recorded for ``config``."""
         return dict(self._notes.get(config, {}))

@@ -1,5 +1,5 @@
 """Figure helpers the methods share: a group as a bar chart per test template, as a heat map of
-two coordinates, or as curves over layers (drawn with :mod:`graftlens.charts`)."""
+two coordinates, or as curves over layers (drawn with `graftlens.charts`)."""
 
 from __future__ import annotations
 

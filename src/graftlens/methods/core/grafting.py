@@ -30,7 +30,7 @@ def grafted_last_logits(
     generate: int = 0,
 ) -> LastLogits:
     """Last-position logits of ``recipient`` with ``rules`` grafting ``donors`` in (a
-    :class:`~graftlens.eval.scoring.Readout` with ``target_logprob`` or ``generate``).
+    `Readout` with ``target_logprob`` or ``generate``).
 
     The donors' weights are prepared once, not per batch; named spans in the rules (``FE``,
     ``title``, ...) come from each batch's prompts. With ``prefixes``, a batch whose rules claim
@@ -105,7 +105,7 @@ def shared_prefix_logits(config: RunConfig, siblings: list[RunConfig], execution
     """``config``'s readout when the grafting configurations of the run share prefixes: on each
     batch, the configurations whose rules first claim the same column ``c`` continue one plain
     prefix of the columns before ``c``, together, as variants of one pass (each grafts the rows of
-    its own variant, :func:`graftlens.graft.prefix.variant_rules`), so the shared columns are
+    its own variant, `graftlens.graft.prefix.variant_rules`), so the shared columns are
     computed once and the donors' weights read once per pass. A configuration that claims column 0
     (or a batch that is not left-padded) uses ``alone``. A forced target (the execution's
     ``target_logprob``) continues the same pass after the prompts; a continuation (``generate``)

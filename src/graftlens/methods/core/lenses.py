@@ -1,6 +1,6 @@
 """Which lens reads the stream: the logit lens (the model's own final norm and unembedding) or a
 tuned lens (Belrose et al. 2023: a trained affine translator per depth first,
-:mod:`graftlens.interventions.tuned_lens`). Methods that project the stream take ``lens:``."""
+`graftlens.interventions.tuned_lens`). Methods that project the stream take ``lens:``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ LensName = Literal["logit", "tuned"]
 
 class LensChoice(Strict):
     """``lens: logit`` (the default) or ``lens: tuned``: the model's tuned lens, trained once on
-    its own samples and cached (:func:`graftlens.train.tuned_lens.tuned_lens`)."""
+    its own samples and cached (`graftlens.train.tuned_lens.tuned_lens`)."""
 
     added: ClassVar[dict[str, Any]] = {"lens": "logit"}
 

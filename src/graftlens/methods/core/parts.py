@@ -1,5 +1,5 @@
 """What every method shares: strict frozen recipe parts, the checks of canonical names, graft
-rules as recipes write them, and :class:`RunConfig`, the one unit the runner scores."""
+rules as recipes write them, and `RunConfig`, the one unit the runner scores."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: Keys an earlier recipe format used, ``{old: new}``: read with the meaning they had, each
-    #: with one :class:`~graftlens.errors.RenamedRecipeKey` warning naming the key to write.
+    #: with one `RenamedRecipeKey` warning naming the key to write.
     renamed: ClassVar[dict[str, str]] = {}
 
     #: Keys added after the recipe part was first written, ``{key: default}``: at their default
     #: they are left out of what is hashed into a run id and stored per configuration
-    #: (:meth:`stable_dump`), so adding an option changes no run and no store.
+    #: (`stable_dump`), so adding an option changes no run and no store.
     added: ClassVar[dict[str, Any]] = {}
 
     def stable_dump(self) -> dict:
@@ -76,7 +76,7 @@ class ModelShape:
 class Fits:
     """Field metadata (``Annotated[int, Fits("vocab")]``): the field's number(s) must fit the
     model the sweep runs on. Checked for every sweep, and every configuration it expands into,
-    once the models are loaded and before anything is scored (:func:`check_fits`).
+    once the models are loaded and before anything is scored (`check_fits`).
 
     - ``vocab``: a count of tokens (top-k), at most the vocabulary;
     - ``window``: a count of layers, at most the model's depth;
@@ -118,8 +118,8 @@ class Fits:
 
 
 def check_fits(part: BaseModel, shape: ModelShape, where: str, prefix: str = "") -> None:
-    """Every :class:`Fits` field of ``part`` (and of the recipe parts inside it) fits ``shape``, or
-    one :class:`RecipeError`: ``"{where} {field}: {why}"`` (``sizes.value_fetchers`` inside a part)."""
+    """Every `Fits` field of ``part`` (and of the recipe parts inside it) fits ``shape``, or
+    one `RecipeError`: ``"{where} {field}: {why}"`` (``sizes.value_fetchers`` inside a part)."""
     for name, info in type(part).model_fields.items():
         value = getattr(part, name)
         for bound in info.metadata:
@@ -132,7 +132,7 @@ def check_fits(part: BaseModel, shape: ModelShape, where: str, prefix: str = "")
 
 
 def check_sweeps_fit(sweeps: list[Sweep], recipient: str, models: Mapping[str, LoadedModel]) -> None:
-    """Every sweep's numbers fit the model it runs on (see :class:`Fits`), or one error naming
+    """Every sweep's numbers fit the model it runs on (see `Fits`), or one error naming
     the sweep (its place under ``sweeps:`` and its kind), the field, the value and the bound."""
     for i, sweep in enumerate(sweeps, 1):
         name = getattr(sweep, "recipient", None) or recipient

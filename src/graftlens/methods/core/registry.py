@@ -1,17 +1,17 @@
-"""The one registry of methods: each kind of experiment is a :class:`Method` in a module of its own.
+"""The one registry of methods: each kind of experiment is a `Method` in a module of its own.
 
 A method owns, for its kind:
 
-- its recipe part (``sweep``, a :class:`~graftlens.methods.core.parts.Sweep` with a ``kind`` literal) and
-  how that part expands into :class:`~graftlens.methods.core.parts.RunConfig` s (:meth:`Method.expand`);
+- its recipe part (``sweep``, a `Sweep` with a ``kind`` literal) and
+  how that part expands into `RunConfig` s (`Method.expand`);
 - the checks of one configuration against the models, before anything is scored
-  (:meth:`Method.check`, which also names the position selectors to try on every prompt);
-- its readout: ``batch → last-position logits`` (:meth:`Method.readout`);
-- its figure and tables in the report (:meth:`Method.figure`, :meth:`Method.tables`).
+  (`Method.check`, which also names the position selectors to try on every prompt);
+- its readout: ``batch → last-position logits`` (`Method.readout`);
+- its figure and tables in the report (`Method.figure`, `Method.tables`).
 
 Recipes, the runner, the checks and the report find methods here by ``kind``, never by looking
 at field names. Adding a method is adding one module to this package that calls
-:func:`register`; :mod:`graftlens.methods` imports every module of the package.
+`register`; `graftlens.methods` imports every module of the package.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SpecT = TypeVar("SpecT")
 
 
 class Method(Generic[SpecT]):
-    """One kind of experiment. Subclass it in a module of this package and decorate with :func:`register`.
+    """One kind of experiment. Subclass it in a module of this package and decorate with `register`.
 
     A method is generic in the spec of its configurations (``class AttentionKnockout(Method[KnockoutSpec])``):
     its ``check`` and ``readout`` receive ``RunConfig[KnockoutSpec]``, whose ``method`` is that spec
@@ -69,7 +69,7 @@ class Method(Generic[SpecT]):
         raise NotImplementedError
 
     def check(self, config: RunConfig[SpecT], models: Mapping[str, LoadedModel]) -> list[str]:
-        """Raise a :class:`GraftlensError` if ``config`` does not fit the models; return the
+        """Raise a `GraftlensError` if ``config`` does not fit the models; return the
         position selectors it uses, which are then resolved on every prompt."""
         raise NotImplementedError
 
@@ -81,7 +81,7 @@ class Method(Generic[SpecT]):
         """``(Figure, title)`` of one panel of this method's configurations, or None for none.
 
         The default: one bar per test template per configuration, the plain configurations as
-        reference lines (:func:`graftlens.methods.core.figures.bar_chart_of`)."""
+        reference lines (`graftlens.methods.core.figures.bar_chart_of`)."""
         from graftlens.methods.core.figures import bar_chart_of
 
         return bar_chart_of(run, panel, configs)
@@ -132,7 +132,7 @@ def sweep_types() -> tuple[type[Sweep], ...]:
 
 
 def check_config(config: RunConfig, models: Mapping[str, LoadedModel], batches: Sequence[Prompts]) -> None:
-    """``config`` fits its models and every prompt, or one :class:`RecipeError` naming it."""
+    """``config`` fits its models and every prompt, or one `RecipeError` naming it."""
     try:
         if config.method is not None:
             check_fits(config.method, ModelShape.of(config.model, models[config.model]), "")
