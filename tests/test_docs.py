@@ -132,3 +132,13 @@ def test_the_docstring_examples_run(module: str, graftlens_cache) -> None:
 
     results = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert results.attempted > 0 and results.failed == 0, results
+
+
+def test_the_readme_opens_with_a_short_example_from_strings_that_prints() -> None:
+    """The README's first Python block is what a newcomer pastes: at most 12 lines of at most 88
+    characters, from strings (no tensors built by hand), printing its result. It runs in
+    ``test_every_python_block_runs``."""
+    first = next(code for reason, code in blocks(ROOT / "README.md") if reason is None)
+    lines = first.rstrip("\n").splitlines()
+    assert len(lines) <= 12 and max(len(line) for line in lines) <= 88, first
+    assert "graftlens.prompts(" in first and "print(" in first and "torch.tensor" not in first
