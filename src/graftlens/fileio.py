@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator, Mapping
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,36 @@ def merge_tensors_atomic(path: Path, tensors: Mapping[str, Any], metadata: Mappi
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def held_lock(lock_path: Path, holder_path: Path, on_busy: Callable[[str], None]) -> Iterator[None]:
+    """Hold an OS file lock (``filelock``) for the block, with who holds it (PID, host, start time)
+    written beside it in ``holder_path``. When another process holds it, ``on_busy(holder)`` is
+    called with that process described: it raises to refuse at once, or returns to wait for the
+    lock. The OS releases the lock of a process that dies, so a killed holder's lock is taken over.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        on_busy(lock_holder(holder_path))
+        lock.acquire()
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder_path.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+        yield
+    finally:
+        holder_path.unlink(missing_ok=True)
+        lock.release()
+
+
+def lock_holder(holder_path: Path) -> str:
+    """``process PID on HOST, started TIME`` from a :func:`held_lock` holder file, or ``an unknown process``."""
+    try:
+        h = json.loads(holder_path.read_text(encoding="utf-8"))
+        return f"process {h['pid']} on {h['host']}, started {h['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unknown process"

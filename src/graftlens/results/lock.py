@@ -8,16 +8,11 @@ releases the lock of a process that dies, so a lock left by a killed run is simp
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
+from graftlens.fileio import held_lock
 from graftlens.results.store import StoreError
 
 LOCK_NAME = "run.lock"
@@ -32,27 +27,11 @@ class RunLockedError(StoreError):
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock for the block, or raise `RunLockedError` at once."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / LOCK_NAME))
-    holder_file = run_dir / HOLDER_NAME
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+
+    def refuse(holder: str) -> None:
         raise RunLockedError(
-            f"{run_dir} is being written by another run ({_holder(holder_file)}); "
-            "wait for it to finish, stop it, or choose another --out"
-        ) from None
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        holder_file.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+            f"{run_dir} is being written by another run ({holder}); wait for it to finish, stop it, or choose another --out"
+        )
+
+    with held_lock(run_dir / LOCK_NAME, run_dir / HOLDER_NAME, refuse):
         yield
-    finally:
-        holder_file.unlink(missing_ok=True)
-        lock.release()
-
-
-def _holder(path: Path) -> str:
-    try:
-        h = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {h['pid']} on {h['host']}, started {h['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"

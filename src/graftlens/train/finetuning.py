@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 
 from graftlens.cache import cache_dir
 from graftlens.data.dataset import FactDataset, load_dataset, tokenize_test
@@ -35,7 +33,7 @@ from graftlens.data.prompts import check_tokenizer_fits
 from graftlens.errors import GraftlensNote, RecipeError
 from graftlens.eval.batching import pad_id_of
 from graftlens.eval.scoring import evaluate
-from graftlens.fileio import write_json_atomic
+from graftlens.fileio import held_lock, write_json_atomic
 from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.models.loading import LoadedModel, check_device, load_model
 from graftlens.provenance import run_versions
@@ -141,30 +139,13 @@ def _entry_lock(final: Path) -> Iterator[None]:
     # A cache entry's lock is named by the entry; an output directory's by its absolute path.
     in_cache = final.parent.resolve() == (cache_dir() / "finetuned").resolve()
     key = final.name if in_cache else hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:16]
-    lock = FileLock(str(locks / f"{key}.lock"))
-    holder = locks / f"{key}.json"
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        warnings.warn(
-            GraftlensNote(f"waiting for {_holder(holder)}, which is finetuning the same checkpoint ({final.name})"),
-            stacklevel=4,
-        )
-        lock.acquire()
-    try:
-        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n", encoding="utf-8")
+
+    def wait(holder: str) -> None:
+        note = f"waiting for {holder}, which is finetuning the same checkpoint ({final.name})"
+        warnings.warn(GraftlensNote(note), stacklevel=5)
+
+    with held_lock(locks / f"{key}.lock", locks / f"{key}.json", wait):
         yield
-    finally:
-        holder.unlink(missing_ok=True)
-        lock.release()
-
-
-def _holder(path: Path) -> str:
-    try:
-        h = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {h['pid']} on {h['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 def _legacy_names(model: torch.nn.Module, locations: Iterable[str], data_hash: str, config: FinetuneConfig) -> list[str]:
