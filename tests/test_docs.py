@@ -61,20 +61,87 @@ def test_the_docs_build_strictly(tmp_path) -> None:
     assert "kind: knockout" in recipes and "only_correct" in recipes  # generated from the models
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "graftlens run" in cli and "--restart" in cli  # generated from the typer app
-    _assert_renders(tmp_path / "site" / "reference" / "api" / "index.html")
+    _assert_renders(tmp_path / "site" / "reference" / "api" / "index.html", _names_with_arguments())
 
 
-def _assert_renders(page: Path) -> None:
+ERRORS = {"GraftlensError", "ModelLoadError", "RecipeError", "DataError", "InterventionError", "StoreError"}
+
+
+def _facade() -> dict[str, object]:
+    """The public names of ``graftlens`` a researcher calls (the errors and ``__version__`` aside)."""
+    import graftlens
+
+    return {n: getattr(graftlens, n) for n in graftlens.__all__ if not n.startswith("__") and n not in ERRORS}
+
+
+def _arguments(obj: object) -> list[str]:
+    """What a caller passes: the parameters of a function, or of a class's constructor."""
+    import inspect
+
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    try:
+        parameters = inspect.signature(obj).parameters.values()
+    except ValueError:  # a builtin's subclass made by graftlens, not by the caller (ActivationCache, a dict)
+        return []
+    return [p.name for p in parameters if p.kind not in kinds]
+
+
+def _names_with_arguments() -> list[str]:
+    return [name for name, obj in _facade().items() if _arguments(obj)]
+
+
+def _documented_arguments(obj: object) -> list[str]:
+    """The names of the docstring's Args (or, for a settings class, Attributes) table, as
+    mkdocstrings parses it (griffe, Google style)."""
+    import inspect
+    import logging
+
+    import griffe
+
+    logging.getLogger("griffe").setLevel(logging.ERROR)
+    sections = griffe.Docstring(inspect.getdoc(obj) or "").parse("google")
+    tables = [s for s in sections if s.kind.value in ("parameters", "attributes")]
+    return [p.name for s in tables for p in s.value]
+
+
+def test_every_argument_of_every_facade_name_is_in_its_parameter_table() -> None:
+    """Each public function's (each class's constructor's) arguments, in its docstring's table:
+    none missing, none that the signature does not have."""
+    wrong = {}
+    for name, obj in _facade().items():
+        arguments, documented = _arguments(obj), _documented_arguments(obj)
+        if set(arguments) != set(documented):
+            wrong[name] = {"missing": sorted(set(arguments) - set(documented)), "extra": sorted(set(documented) - set(arguments))}
+    assert wrong == {}
+
+
+def test_the_argument_check_sees_a_missing_and_an_extra_argument() -> None:
+    def documented(x: int, y: int) -> None:
+        """Do.
+
+        Args:
+            x: one.
+            z: not an argument.
+        """
+
+    assert _arguments(documented) == ["x", "y"] and _documented_arguments(documented) == ["x", "z"]
+
+
+def _assert_renders(page: Path, tabled: list[str] = ()) -> None:
     """The API page reads as a page: no reST role shows literally (mkdocstrings reads Google
-    docstrings, where ``:class:`X``` is text) and every ``>>>`` example is a code block, not prose."""
+    docstrings, where ``:class:`X``` is text), every ``>>>`` example is a code block, not prose,
+    and each name of ``tabled`` has a parameter table under its heading."""
     html = page.read_text()
     roles = sorted(set(re.findall(r":(?:class|func|meth|mod|attr|data|exc|obj):`[^`<]*`?", html)))
     assert not roles, f"reST roles shown literally: {roles[:5]}"
     prose = [p[:120] for p in re.findall(r"<p>(.*?)</p>", html, re.S) if "&gt;&gt;&gt;" in p]
     assert not prose, f"examples rendered as prose: {prose[:3]}"
+    entries = dict(re.findall(r'<h3 id="graftlens\.([\w.]+)"(.*?)(?=<h3 id=|\Z)', html, re.S))
+    untabled = [n for n in tabled if not re.search(r'doc-section-title">(Parameters|Attributes):', entries.get(n, ""))]
+    assert not untabled, f"entries without a parameter table: {untabled}"
 
 
-def test_the_rendering_check_sees_a_literal_role_and_a_prose_example(tmp_path) -> None:
+def test_the_rendering_check_sees_a_literal_role_a_prose_example_and_a_missing_table(tmp_path) -> None:
     page = tmp_path / "page.html"
     page.write_text("<p>See :class:`~graftlens.Graft`.</p>")
     with pytest.raises(AssertionError, match="roles shown literally"):
@@ -82,6 +149,11 @@ def test_the_rendering_check_sees_a_literal_role_and_a_prose_example(tmp_path) -
     page.write_text("<p>Example (x):\n    &gt;&gt;&gt; import graftlens</p>")
     with pytest.raises(AssertionError, match="examples rendered as prose"):
         _assert_renders(page)
+    table = '<span class="doc-section-title">Parameters:</span>'
+    page.write_text(f'<h3 id="graftlens.a">a</h3>{table}<h3 id="graftlens.b">b</h3><p>none</p>')
+    _assert_renders(page, ["a"])
+    with pytest.raises(AssertionError, match=r"without a parameter table: \['b'\]"):
+        _assert_renders(page, ["a", "b"])
 
 
 def test_the_api_reference_documents_each_public_name_once() -> None:

@@ -202,6 +202,15 @@ def parse_positions(text: str) -> Selector:
     token; indices count in prompt coordinates (0 = first real token, -1 = last), so left and
     right padding give the same positions. ``+`` is union, ``^C`` complement.
 
+    Args:
+        text: the selector, in the position language.
+
+    Returns:
+        a selector: ``resolve(attention_mask, spans)`` gives ``BoolTensor[batch, pos]``.
+
+    Raises:
+        PositionError: the text does not parse, naming where.
+
     Example:
         >>> import torch, graftlens
         >>> selector = graftlens.parse_positions("(FE+LT)^C")

@@ -19,6 +19,12 @@ class Prompts:
     come along): make one from text with `graftlens.prompts`, from a dataset's test
     examples or known facts with `prompt_batch`.
 
+    Args:
+        prompts: each prompt's tokens and named spans (prompt coordinates, ``LT`` included).
+        input_ids: ``LongTensor[batch, pos]``, left-padded.
+        attention_mask: ``LongTensor[batch, pos]``, 1 on real tokens.
+        target_ids: ``LongTensor[batch]``, each prompt's first target token (None: no targets).
+
     Examples:
         >>> import graftlens
         >>> from graftlens.models import tiny_model

@@ -17,6 +17,9 @@ def demo_models(device: str | None = None) -> tuple[LoadedModel, LoadedModel]:
     the checkpoint ``make demo`` makes, cached by content. The first call finetunes it (minutes on a
     CPU; a progress bar, or a line every 30 s on a log); later calls load it in seconds.
 
+    Args:
+        device: where to load both models (``"cuda"``, ``"cpu"``; default: the CPU).
+
     Examples:
         >>> import graftlens
         >>> pre, sft = graftlens.demo_models()  # doctest: +SKIP

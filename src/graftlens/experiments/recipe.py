@@ -286,8 +286,14 @@ def _first_names(part: dict, model: type[Strict] | None) -> dict:
 def load_recipe(source: str | Path) -> tuple[Recipe, Path]:
     """A recipe from a YAML file, or a shipped recipe by name (``position-grafting``).
 
-    Returns ``(recipe, path)``: the validated recipe and the file it came from. An unknown key,
-    a bad value or an unknown name is a `RecipeError` naming it.
+    Args:
+        source: a YAML file, or the name of a shipped recipe (``graftlens recipes`` lists them).
+
+    Returns:
+        ``(recipe, path)``: the validated recipe and the file it came from.
+
+    Raises:
+        RecipeError: an unknown key, a bad value or an unknown name, naming it.
 
     Example:
         >>> import graftlens

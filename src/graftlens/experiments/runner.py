@@ -66,14 +66,24 @@ def run_recipe(
 ) -> RunSummary:
     """Run ``recipe`` into ``run_dir`` (``results.sqlite`` + ``manifest.json``).
 
-    With ``resume`` (the default), results already in the store are kept and only the missing
-    ones are computed; a store holding another recipe's results is an error. Without it, the
-    store is emptied first.
+    Args:
+        recipe: a validated recipe (`load_recipe`).
+        run_dir: the run directory, made if missing.
+        recipe_path: the recipe's file: relative data and model paths resolve from its folder,
+            and the manifest records it.
+        device: where the models run (``"cuda"``, ``"cpu"``; default: the CPU).
+        resume: keep the results already in the store and compute only the missing ones (a
+            store holding another recipe's results is an error); False empties it first.
+        command: the command line, recorded in the manifest.
+        progress: called as ``progress(done, total)`` in prompts scored.
+        finetune_progress: called as ``progress(what, step, steps, loss)`` while a model trains.
+        ray: a Ray cluster address, or ``"local"`` to start one here: Ray workers score the
+            units and this process writes them, in the same order.
+        workers: how many Ray workers (default: one per GPU of the cluster, else the cluster's
+            CPUs divided by this process's threads, which each worker computes with).
 
-    With ``ray`` (a cluster address, or ``"local"`` to start one here), Ray workers score the
-    units and this process writes them, in the same order (`graftlens.experiments.distributed`);
-    ``workers`` says how many (default: one per GPU of the cluster, else the cluster's CPUs
-    divided by this process's threads, which each worker computes with).
+    Returns:
+        a `RunSummary`: the run id, rows written by this call and in the store, and the time taken.
 
     Examples:
         The embedded model's top-1 on the shipped known facts; a few seconds:

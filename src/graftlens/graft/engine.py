@@ -45,6 +45,13 @@ class Grafter:
     positions by the same rules, resolved on the whole sequence: the mask must cover the cached
     and the new positions, as transformers expects anyway.
 
+    Args:
+        recipient: the model grafted into (a `LoadedModel` or an HF causal LM).
+        donors: donor name → a `LoadedModel`, an HF model, or a checkpoint directory (read
+            lazily: only the tensors the rules graft).
+        rules: `Graft` and `HeadGraft` rules; a later rule wins where rules overlap.
+        spans: per example, the named spans the rules' positions name (or per batch with ``on``).
+
     Examples:
         One grafter, batches with their own spans:
         >>> import torch, graftlens
@@ -285,6 +292,16 @@ def grafted_generate(
     are then *new* and each is grafted as the last token of the sequence so far — ``LT`` grafts
     every generated token (as the paper's token-by-token code does), ``"new"`` all of them,
     ``FE`` none.
+
+    Args:
+        recipient: the model grafted into (a `LoadedModel` or an HF causal LM).
+        donors: donor name → a `LoadedModel`, an HF model, or a checkpoint directory (read
+            lazily: only the tensors the rules graft).
+        rules: `Graft` and `HeadGraft` rules; a later rule wins where rules overlap.
+        input_ids: ``LongTensor[batch, pos]``, left-padded prompts.
+        attention_mask: ``[batch, pos]``, 1 on real tokens.
+        spans: per prompt, its named spans, ``LT`` included.
+        n_new: the number of tokens to generate.
 
     Example:
         >>> import torch, graftlens

@@ -56,6 +56,13 @@ class HeadGraft:
     their rows of ``q``, ``k`` and ``v`` (k/v: the KV head each reads) and their columns of ``o``
     (``parts`` chooses among the four).
 
+    Args:
+        donor: the donor's name, a key of the ``donors`` mapping.
+        heads: query heads, ``(layer, head)`` pairs.
+        positions: None (every position) or a selector in prompt coordinates (``"FE"``, ``"LT"``,
+            ``"(FE+LT)^C"``, index lists).
+        parts: which of ``q``, ``k``, ``v`` (the KV head each reads) and ``o`` are grafted.
+
     Example:
         >>> import torch, graftlens
         >>> from graftlens import HeadGraft

@@ -33,11 +33,13 @@ class GraftRuleError(InterventionError):
 class Graft:
     """Donor ``donor`` computes ``components`` of ``layers`` at ``positions``.
 
-    ``components``: canonical names or groups (``"q"``, ``"attn"``, ``"o+mlp"``, ``"all"``).
-    ``layers``: ints, lists, ranges or named groups (``"half2"``); ignored for model-wide
-    components (embed, lm_head, ln_final). ``positions``: ``None`` (every position), a
-    ``BoolTensor[batch, pos]``, a selector or selector string (``"FE+LT"``), or per-example lists
-    of prompt-coordinate indices.
+    Args:
+        donor: the donor's name, a key of the ``donors`` mapping.
+        components: canonical names or groups (``"q"``, ``"attn"``, ``"o+mlp"``, ``"all"``).
+        layers: ints, lists, ranges or named groups (``"half2"``, ``"quarter4"``, ``"all"``);
+            ignored for model-wide components (embed, lm_head, ln_final).
+        positions: None (every position), a ``BoolTensor[batch, pos]``, or a selector in prompt
+            coordinates (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists).
 
     Example:
         >>> from graftlens import Graft

@@ -40,6 +40,11 @@ class HeadGroup:
 
     ``heads`` are ``(layer, head)`` pairs, each named once.
 
+    Args:
+        heads: ``(layer, head)`` pairs, each named once.
+        positions: where the heads work, a selector in prompt coordinates (``"FE"``, ``"LT"``,
+            ``"(FE+LT)^C"``, index lists).
+
     Example:
         >>> from graftlens import HeadGroup
         >>> HeadGroup(((22, 4), (23, 1)), "LT").heads
@@ -57,6 +62,9 @@ class HeadGroup:
 @dataclass(frozen=True)
 class Circuit:
     """Named groups of heads (``{"value_fetchers": HeadGroup(...), ...}``), in order.
+
+    Args:
+        groups: group name → `HeadGroup`, in order.
 
     Example:
         >>> from graftlens import Circuit, HeadGroup
@@ -112,6 +120,12 @@ def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int) -> 
     (Prakash et al.'s released code drew with replacement and decoded ``index // n_layers``,
     which is right only when the model has as many layers as heads.)
 
+    Args:
+        circuit: the circuit whose groups, positions and sizes are kept.
+        n_layers: the model's number of layers.
+        n_heads: the model's number of query heads per layer.
+        seed: the random seed (the same seed draws the same circuit).
+
     Example:
         >>> from graftlens import Circuit, HeadGroup
         >>> circuit = Circuit({"fetchers": HeadGroup(((3, 0), (3, 2)), "LT"), "movers": HeadGroup(((1, 1),), "0")})
@@ -136,6 +150,10 @@ def head_means(
 ) -> dict[int, torch.Tensor]:
     """Per layer, every head's mean output ``z`` per position over the prompts of ``batches``
     (``(input_ids, attention_mask)`` pairs, all prompts of one length): ``{layer: [pos, head, d_head]}``.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        batches: ``(input_ids, attention_mask)`` pairs, all prompts of one length.
 
     Example:
         >>> import torch, graftlens
@@ -238,6 +256,16 @@ def mean_ablated_logits(
     (`head_means`). ``circuit=None`` ablates nothing (the plain run); ``Circuit({})``
     ablates every head. Faithfulness is the circuit's
     accuracy over the full model's.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        circuit: the heads kept (None: ablate nothing; ``Circuit({})``: ablate every head).
+        means: every head's mean output per position, layer → ``[pos, head, d_head]``
+            (`head_means`).
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
 
     Examples:
         Keeping every head is the model:

@@ -52,6 +52,9 @@ class EdgeCircuit:
     `Receiver` (a later head's q, k or v; a key/value head under GQA) or
     ``"logits"``.
 
+    Args:
+        edges: ``(sender head, receiver)`` pairs.
+
     Example:
         >>> from graftlens import EdgeCircuit, Receiver
         >>> circuit = EdgeCircuit.complete([(0, 1), (2, 0)], n_heads=4, n_kv_heads=2)

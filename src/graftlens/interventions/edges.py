@@ -67,6 +67,13 @@ class EdgeScores:
     ``senders[s] → receivers[r]`` is patched from the corrupted run; edges that do not exist
     (a receiver at or before its sender's layer) are 0 and False in ``valid``.
 
+    Args:
+        senders: the sending heads ``(layer, head)``, in the order of ``scores``' rows.
+        receivers: the receivers (`Receiver` or ``"logits"``), in the order of its columns.
+        scores: ``[sender, receiver]`` edge scores.
+        node_scores: ``[layer, head]`` attribution-patching score of each head.
+        n_kv_groups: query heads per key/value head (1 without grouped-query attention).
+
     Example:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
@@ -371,6 +378,13 @@ def edge_patched_logits(
 
     This is what `edge_attribution` estimates to first order: ``scale → 0`` gives
     ``scale · score`` (see the module docstring).
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        inputs: the clean and the corrupted prompts (`PathInputs`).
+        sender: the sending head, ``(layer, head)``.
+        receiver: a later head's input (`Receiver`) or ``"logits"``.
+        scale: how far the sender's output moves towards the corrupted run's (1: all the way).
 
     Examples:
         A receiver before its sender sees nothing:

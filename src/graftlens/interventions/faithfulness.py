@@ -28,6 +28,12 @@ class FaithfulnessCurve:
     """Faithfulness at each size: the ranked circuit's, and each random circuit's (``random[i]``
     holds the ``i``-th size's draws); ``full`` is the full model's accuracy.
 
+    Args:
+        sizes: circuit sizes, in heads.
+        circuit: the ranked circuit's faithfulness at each size.
+        random: per size, each random circuit's faithfulness.
+        full: the full model's accuracy.
+
     Example:
         >>> from graftlens import FaithfulnessCurve
         >>> curve = FaithfulnessCurve(sizes=(5, 10), circuit=(0.4, 0.9), random=((0.0, 0.1), (0.2, 0.0)), full=0.8)
@@ -84,6 +90,7 @@ def faithfulness_curve(
         means: every head's mean output per position (`head_means`).
         positions: where the circuit's heads are kept (a selector); elsewhere they are ablated too.
         random: random circuits per size.
+        seed: the first random circuit's seed (the next ones count up from it).
         spans: span annotations, for selectors that name spans.
 
     Examples:

@@ -183,6 +183,16 @@ def attention_knockout(
     for edges no pair of selectors describes. A window of layers per call, many at once:
     `knockout_sweep`.
 
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        layers: the layers whose heads are knocked out (every head of each).
+        sources: the positions attended to that are blocked, a selector in prompt coordinates
+            (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists); None: every position.
+        targets: the positions whose attention to ``sources`` is blocked (default ``"LT"``).
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
+        edges: ``BoolTensor[batch, query, key]`` (True = blocked, padded coordinates), instead of
+            ``sources``/``targets``, for edges no pair of selectors describes.
+
     Examples:
         Knocking out nothing is the model, bit for bit:
         >>> import torch, graftlens

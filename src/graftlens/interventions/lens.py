@@ -45,6 +45,12 @@ def project(
     """Logits ``[..., vocab]`` of an activation ``hidden[..., d_model]``: the final norm (unless
     ``use_final_norm`` is False) and the unembedding (with ``grad``, keeping the graph).
 
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        hidden: ``[..., d_model]`` activations of the residual stream.
+        use_final_norm: apply the final norm before the unembedding (the logit lens does).
+        grad: keep the autograd graph (for gradients through the result).
+
     Examples:
         The last layer's stream, projected, is the model's logits:
         >>> import torch, graftlens
@@ -96,6 +102,19 @@ def point_logits(
     token). Returns point name (``"attn_out.4"``) → ``[batch, vocab]``. With ``lens`` (a
     `TunedLens`), each point is translated by its
     translator before the final norm and the unembedding.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        points: stream points to project (``"resid_post.4"``, ``"attn_out.4"``, `Point` objects).
+        positions: a selector in prompt coordinates (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index
+            lists); each prompt is read at the last position it picks.
+        use_final_norm: apply the final norm before the unembedding.
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
+        grad: keep the autograd graph (for gradients through the result).
+        lens: a `TunedLens` whose translators map each point first (None: the logit lens).
 
     Example:
         >>> import torch, graftlens

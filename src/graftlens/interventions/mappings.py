@@ -79,6 +79,18 @@ def head_mapping_vectors(
     ``source`` representation of the last position ``positions`` picks in each prompt:
     ``"hidden"`` (the stream entering the layer) or ``"embedding"`` (the token's embedding).
 
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        layers: the layers whose heads are applied.
+        positions: a selector in prompt coordinates (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index
+            lists); each prompt is read at the last position it picks.
+        source: ``"hidden"`` (the stream entering the layer) or ``"embedding"`` (the token's
+            embedding).
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
+
     Examples:
         Project the maps to the vocabulary to read what each head writes:
         >>> import torch, graftlens

@@ -39,6 +39,10 @@ class DesideratumBatch:
     """Base and corrupted inputs with the answer the desideratum expects (``LongTensor[batch]``):
     with the heads patched from the corrupted run, the clean run should predict ``answer_ids``.
 
+    Args:
+        inputs: the base (clean) and the corrupted prompts.
+        answer_ids: ``LongTensor[batch]``, the answer expected with the masked heads patched.
+
     Example:
         >>> import torch
         >>> from graftlens import DesideratumBatch, PathInputs
@@ -54,6 +58,13 @@ class DesideratumBatch:
 @dataclass(frozen=True)
 class DcmSettings:
     """Training settings: Prakash et al.'s λ and learning rate, a fixed number of epochs.
+
+    Args:
+        lam: λ, the weight of the mask's size in the loss (≥ 0).
+        lr: Adam's learning rate (> 0).
+        epochs: passes over the batches.
+        init: the mask logits' start (0: sigmoid 0.5, undecided).
+        seed: the torch random seed set before training.
 
     Example:
         >>> from graftlens import DcmSettings
@@ -225,6 +236,16 @@ def learn_mask(
     ``positions`` are interpolated between the clean run and the corrupted run (read at
     ``corrupted_positions``) by ``sigmoid(logits)``; the loss is the cross-entropy of each batch's
     answer plus ``λ·Σ mask``. The model's own weights get no gradient.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        batches: the desideratum's `DesideratumBatch` batches (one Adam step each).
+        heads: the heads masked, ``(layer, head)`` pairs.
+        settings: λ, learning rate, epochs (`DcmSettings`).
+        positions: where the masked heads are interpolated, a selector in prompt coordinates
+            (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists) on the clean run.
+        corrupted_positions: where the corrupted run is read (default: ``positions``).
+        progress: called as ``progress(epoch, mean_loss)`` after each epoch.
 
     Returns:
         a ``LearnedMask``: ``values`` (``[n heads]``, the sigmoids), ``selected`` (heads above

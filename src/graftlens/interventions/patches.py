@@ -28,6 +28,13 @@ class Patch:
     (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, per-example index lists; None = every position),
     resolved on the run the patch is written into, with that run's spans.
 
+    Args:
+        point: the `Point` written.
+        value: the activation written, of the point's shape (``[batch, pos, ...]``).
+        positions: where it is written, a selector in prompt coordinates (``"FE"``, ``"LT"``,
+            ``"(FE+LT)^C"``, index lists); None: every position.
+        heads: for per-head points, the heads written (None: all).
+
     Example:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model

@@ -36,6 +36,16 @@ def run_with_cache(
 ) -> tuple[torch.Tensor, ActivationCache]:
     """Logits and the activations at ``points`` of one forward pass (with ``grad``, both keep the graph).
 
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        points: the points to capture (`Point` objects or names such as ``"z.0"``,
+            ``"resid_pre.3"``).
+        last_only: compute the unembedding at the last position only (``[batch, 1, vocab]``).
+        grad: keep the graph of the logits and of the captured activations.
+
     Returns:
         ``(logits, cache)``: logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with
         ``last_only``, which skips the unembedding elsewhere) and an `ActivationCache`.
@@ -67,7 +77,8 @@ def patched_logits(
 
     Args:
         model: the model patched into.
-        input_ids: ``LongTensor[batch, pos]``; attention_mask ``[batch, pos]`` or None.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts`, or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
         patches: `Patch` objects; several patches of one point apply in turn.
         last_only: compute the unembedding at the last position only.
         spans: per example, the named spans the patches' positions name.
@@ -170,13 +181,7 @@ def activation_patching(
     metric: Metric = prob,
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
-    layer × head, at every position) at a time, and record the metric's mean over prompts
-    (``metric``: the target's probability by default; `metrics`
-    has ``logprob``, ``logit_diff(foil_ids)`` and ``rank``, or pass a function of the
-    last-position logits and the targets).
-
-    ``clean_ids`` and ``corrupted_ids`` are ``LongTensor[batch, pos]`` of equal shape (token-aligned
-    prompts, sharing ``attention_mask``); ``target_ids`` is ``LongTensor[batch]``.
+    layer × head, at every position) at a time, and record the metric's mean over prompts.
 
     Only what a patch can change is computed (`continuation`): a
     patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
@@ -185,6 +190,24 @@ def activation_patching(
 
     With ``approx``, `attribution_patching` instead: a first-order estimate of every score
     from one forward and one backward pass.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        clean_ids: ``LongTensor[batch, pos]``, the clean prompts (or a `Prompts`, or text);
+            the source of every patch.
+        corrupted_ids: ``LongTensor[batch, pos]`` of the same shape, token-aligned with the
+            clean prompts: the run patched into.
+        target_ids: ``LongTensor[batch]``, the token each prompt is scored on.
+        point_name: the point patched: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` or a
+            per-head point (``z``, ``q``, ``k``, ``v``).
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding. Shared by both runs.
+        layers: the layers to patch (default: all).
+        by: ``"position"`` (one patch per layer × position) or ``"head"`` (per-head points: one
+            patch per layer × head, at every position).
+        approx: estimate the scores by `attribution_patching` instead.
+        metric: a function of the last-position logits ``[batch, vocab]`` and ``target_ids``
+            giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
+            foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Returns:
         a `PatchingSweep`: ``scores`` ``[layer, pos]``
@@ -273,6 +296,21 @@ def attribution_patching(
     on the corrupted run, summed over the features of each (layer, position) — or, with
     ``by="head"``, over each head's features at every position. One forward and one backward pass
     give every score; how well they track the exact ones is on the docs' performance page.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        clean_ids: ``LongTensor[batch, pos]``, the clean prompts (or a `Prompts`, or text);
+            the source of every patch.
+        corrupted_ids: ``LongTensor[batch, pos]`` of the same shape, token-aligned with the
+            clean prompts: the run patched into.
+        target_ids: ``LongTensor[batch]``, the token each prompt is scored on.
+        point_name: the point scored, as for `activation_patching`.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding. Shared by both runs.
+        layers: the layers to score (default: all).
+        by: ``"position"`` or ``"head"``, as for `activation_patching`.
+        metric: a function of the last-position logits ``[batch, vocab]`` and ``target_ids``
+            giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
+            foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Example:
         >>> import torch, graftlens
@@ -374,6 +412,20 @@ def cross_model_patched_logits(
     input by `run_with_cache`) written in at ``heads`` (point → head list, None = all
     heads or the whole stream point) and ``positions`` (a selector in prompt coordinates, as for
     `Patch`; None = every position).
+
+    Args:
+        recipient: the model patched into (a `LoadedModel` or an HF causal LM).
+        donor_activations: point → the donor's activation on the same input (a `run_with_cache`
+            cache).
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        heads: point → the heads written (None: every head, or the whole stream point).
+        positions: where to write, a selector in prompt coordinates (``"LT"``, ``"FE+LT"``, index
+            lists); None: every position.
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
+        last_only: compute the unembedding at the last position only (``[batch, 1, vocab]``).
+        grad: keep the autograd graph (for gradients through the result).
 
     Returns:
         logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``). Many

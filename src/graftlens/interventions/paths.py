@@ -49,6 +49,11 @@ class PathPatchingError(InterventionError):
 class Receiver:
     """The input ``point`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` at layer ``layer``.
 
+    Args:
+        point: ``"q"``, ``"k"`` or ``"v"``.
+        layer: the receiving head's layer.
+        head: the head (a key/value head for ``k``/``v`` under grouped-query attention).
+
     Example:
         >>> from graftlens import Receiver
         >>> str(Receiver("q", 20, 3))
@@ -71,6 +76,14 @@ class PathInputs:
     """A clean and a corrupted input of equal batch size, with their masks and span annotations.
 
     The two may differ in length: positions are selectors resolved on each input separately.
+
+    Args:
+        clean_ids: ``LongTensor[batch, pos]``, the clean prompts.
+        corrupted_ids: ``LongTensor[batch, pos']``, the corrupted prompts (same batch size).
+        clean_mask: the clean prompts' attention mask (None: no padding).
+        corrupted_mask: the corrupted prompts' attention mask (None: no padding).
+        clean_spans: per clean prompt, its named spans.
+        corrupted_spans: per corrupted prompt, its named spans.
 
     Example:
         >>> import torch
@@ -577,12 +590,26 @@ def path_patching(
     metric: Metric = prob,
 ) -> PathPatchingScores:
     """Path-patch every sender (default: every head) and score it as Prakash et al. do; unscored
-    heads are 0. ``target_ids``: ``LongTensor[batch]``, the answer whose probability is tracked
-    (``metric``: the target's probability by default, or any metric of
-    `metrics`; the score is then ``(M_patched − M_clean) / |M_clean|``).
+    heads are 0. With a ``metric`` other than the target's probability the score is
+    ``(M_patched − M_clean) / |M_clean|``.
 
     The columns before the first one any sender or receiver touches are run once, with a KV
     cache, and every sender continues from there (the same result, computed on fewer columns).
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        inputs: the clean and the corrupted prompts (`PathInputs`).
+        target_ids: ``LongTensor[batch]``, the token each prompt is scored on.
+        senders: the heads path-patched, one at a time (default: every head).
+        sender_positions: where each sender's output is patched, a selector in prompt coordinates
+            (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists) on the clean run.
+        corrupted_positions: where the corrupted run is read (default: ``sender_positions``).
+        receivers: ``"logits"`` (the direct path), ``"everything"``, or `Receiver` inputs of later
+            heads.
+        receiver_positions: where the receivers read the patched stream.
+        metric: a function of the last-position logits ``[batch, vocab]`` and ``target_ids``
+            giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
+            foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Returns:
         ``PathPatchingScores``: ``scores[layer, head]``, the relative change of the target's

@@ -55,6 +55,11 @@ class Point:
     Names: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` (``[batch, pos, d_model]``),
     and per head ``z``, ``q``, ``k``, ``v`` (``[batch, pos, head, d_head]``).
 
+    Args:
+        name: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out``, or a per-head ``z``, ``q``,
+            ``k``, ``v``.
+        layer: the layer, from 0.
+
     Example:
         >>> from graftlens import Point
         >>> from graftlens.interventions import parse_point

@@ -92,6 +92,17 @@ def cancel_sublayers(
     With ``means`` (layer → ``Tensor[d_model]``, e.g. from `sublayer_means`) the output
     there is that mean instead of zero (mean ablation).
 
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        sublayer: ``"mlp"`` or ``"attn"``.
+        layers: the layers whose sublayer is cancelled.
+        positions: where the sublayer adds nothing, a selector in prompt coordinates (``"FE"``,
+            ``"LT"``, ``"(FE+LT)^C"``, index lists).
+        through: cancel at every position up to and including the last one ``positions`` picks.
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
+        means: layer → ``Tensor[d_model]`` written instead of zero (mean ablation;
+            `sublayer_means`).
+
     Examples:
         Geva et al.'s enrichment test: early MLPs cancelled up to the subject's last token:
         >>> import torch, graftlens
@@ -148,6 +159,14 @@ def sublayer_means(
     """Mean of ``sublayer``'s output of each of ``layers`` over the positions a cancellation with
     the same ``positions``/``through`` would touch, over every ``(input_ids, attention_mask,
     spans)`` batch: layer → ``Tensor[d_model]`` (float32).
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        batches: ``(input_ids, attention_mask, spans)`` triples to average over.
+        sublayer: ``"mlp"`` or ``"attn"``.
+        layers: the layers whose output is averaged.
+        positions: the positions averaged over, as `cancel_sublayers` takes them.
+        through: average over every position up to the last one ``positions`` picks.
 
     Example:
         >>> import torch, graftlens

@@ -47,7 +47,8 @@ def cmap_sweep(
         donor: a model of the recipient's family and shapes (its finetuned copy, say).
         configs: configuration name → ``{point: heads}``, e.g. ``{"z.12": None, "z.13": [0, 4]}``
             (None: every head, or the whole stream point).
-        input_ids: ``LongTensor[batch, pos]``; attention_mask ``[batch, pos]`` or None.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts`, or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
         positions: where to patch, a selector in prompt coordinates (``"LT"``, ``"FE+LT"``, ...);
             None patches every position.
         spans: per example, the named spans the selector names.
@@ -108,6 +109,17 @@ def knockout_sweep(
 ) -> torch.Tensor:
     """Attention knockout once per window of layers (Geva et al.'s sweep): in every head of the
     window's layers, the ``targets`` positions may not attend to the ``sources`` positions.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask and spans
+            fill the arguments left unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        windows: the windows of layers, one knockout each (``[range(0, 9), range(1, 10), ...]``).
+        sources: the positions attended to that are blocked, a selector in prompt coordinates
+            (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists).
+        targets: the positions whose attention to ``sources`` is blocked (default ``"LT"``).
+        spans: per example, the named spans (``FE``, ``subject``, ...) the position selectors name.
 
     Returns:
         logits ``[len(windows), batch, vocab]`` at the last position, equal to running the model

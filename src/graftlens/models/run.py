@@ -39,8 +39,14 @@ def run_logits(
     """Logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``) of one full-prompt
     forward pass, with position ids from the mask.
 
-    Without ``grad`` the pass runs under ``torch.no_grad()``; with it, the logits keep the graph
-    (for learned masks and attribution methods), whatever the caller's grad mode.
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        input_ids: ``LongTensor[batch, pos]``, left-padded; or a `Prompts` (its mask fills
+            ``attention_mask`` when unset), or text.
+        attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding.
+        last_only: compute the unembedding at the last position only (``[batch, 1, vocab]``).
+        grad: keep the autograd graph, whatever the caller's grad mode (for learned masks and
+            attribution methods); without it the pass runs under ``torch.no_grad()``.
 
     Examples:
         Left padding changes nothing:

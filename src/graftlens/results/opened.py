@@ -63,13 +63,23 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """Open the run directory ``path`` (raises `StoreError` when it holds no run).
+    """Open a run directory to read its results as a table.
 
-    >>> import graftlens
-    >>> graftlens.open_run("no/such/run")
-    Traceback (most recent call last):
-    ...
-    graftlens.errors.StoreError: no/such/run is not a run directory: results.sqlite is missing
+    Args:
+        path: the directory ``graftlens run`` (or `run_recipe`) wrote.
+
+    Returns:
+        a `Run`: ``results`` (one row per configuration × prompt), its manifest and summaries.
+
+    Raises:
+        StoreError: the directory holds no run.
+
+    Examples:
+        >>> import graftlens
+        >>> graftlens.open_run("no/such/run")
+        Traceback (most recent call last):
+        ...
+        graftlens.errors.StoreError: no/such/run is not a run directory: results.sqlite is missing
     """
     if not isinstance(path, str | os.PathLike):
         raise StoreError(f"open_run: path must be a run directory (a str or Path), not {path!r}")

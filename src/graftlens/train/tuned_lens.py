@@ -48,7 +48,16 @@ ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss): sampled t
 
 
 class TunedLensSettings(BaseModel):
-    """How a tuned lens is trained (every field is part of its cache key).
+    """How a tuned lens is trained (every field is part of its cache key); fields by keyword.
+
+    Attributes:
+        samples: sequences the model samples to train on (one in 8 held out; at least 8).
+        sample_length: tokens per sequence, the start token included.
+        seed: the random seed of the sampling and of the batches.
+        steps: KL-divergence steps after the least-squares start (0: the least-squares lens).
+        batch_tokens: tokens per step (every depth reads them).
+        lr: the learning rate of the KL steps.
+        ridge: the least-squares start's ridge, relative to the mean feature power.
 
     Example:
         >>> from graftlens import TunedLensSettings
@@ -88,6 +97,13 @@ def tuned_lens(
     progress: ProgressFn | None = None,
 ) -> TunedLens:
     """The tuned lens of ``model``: loaded from the cache, or trained and cached.
+
+    Args:
+        model: a `LoadedModel` or an HF causal LM of a supported family.
+        settings: how to train it (`TunedLensSettings`; default settings when None).
+        directory: where to keep it (default: the graftlens cache, keyed by the model's fingerprint
+            and the settings).
+        progress: called as ``progress(step, steps, loss)`` while it trains.
 
     Example:
         >>> from graftlens.models import tiny_model
