@@ -62,6 +62,12 @@ def test_the_docs_build_strictly(tmp_path) -> None:
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "graftlens run" in cli and "--restart" in cli  # generated from the typer app
     _assert_renders(tmp_path / "site" / "reference" / "api" / "index.html", _names_with_arguments())
+    wide = {
+        str(page.relative_to(tmp_path / "site")): lines
+        for page in (tmp_path / "site").rglob("*.html")
+        if (lines := [line for line in _code_lines(page.read_text()) if len(line) > 88])
+    }
+    assert wide == {}, "code lines wider than 88 characters in the built site"
 
 
 ERRORS = {"GraftlensError", "ModelLoadError", "RecipeError", "DataError", "InterventionError", "StoreError"}
@@ -135,10 +141,22 @@ def _assert_renders(page: Path, tabled: list[str] = ()) -> None:
     roles = sorted(set(re.findall(r":(?:class|func|meth|mod|attr|data|exc|obj):`[^`<]*`?", html)))
     assert not roles, f"reST roles shown literally: {roles[:5]}"
     prose = [p[:120] for p in re.findall(r"<p>(.*?)</p>", html, re.S) if "&gt;&gt;&gt;" in p]
+    # ``>>>`` outside an Examples section is read as Markdown's quote marker, three deep
+    prose += [q[:120] for q in re.findall(r"<blockquote>\s*<blockquote>(.*?)</blockquote>", html, re.S)]
     assert not prose, f"examples rendered as prose: {prose[:3]}"
+    wide = [line for line in _code_lines(html) if len(line) > 88]
+    assert not wide, f"code lines wider than 88 characters: {wide[:3]}"
     entries = dict(re.findall(r'<h3 id="graftlens\.([\w.]+)"(.*?)(?=<h3 id=|\Z)', html, re.S))
     untabled = [n for n in tabled if not re.search(r'doc-section-title">(Parameters|Attributes):', entries.get(n, ""))]
     assert not untabled, f"entries without a parameter table: {untabled}"
+
+
+def _code_lines(html: str) -> list[str]:
+    """The text lines of a built page's code blocks (``<pre>``), markup removed."""
+    import html as html_module
+
+    blocks = re.findall(r"<pre[^>]*>(.*?)</pre>", html, re.S)
+    return [line for block in blocks for line in html_module.unescape(re.sub(r"<[^>]+>", "", block)).splitlines()]
 
 
 def test_the_rendering_check_sees_a_literal_role_a_prose_example_and_a_missing_table(tmp_path) -> None:
@@ -148,6 +166,12 @@ def test_the_rendering_check_sees_a_literal_role_a_prose_example_and_a_missing_t
         _assert_renders(page)
     page.write_text("<p>Example (x):\n    &gt;&gt;&gt; import graftlens</p>")
     with pytest.raises(AssertionError, match="examples rendered as prose"):
+        _assert_renders(page)
+    page.write_text("<blockquote>\n<blockquote>\n<blockquote>\n<p>import graftlens</p></blockquote></blockquote></blockquote>")
+    with pytest.raises(AssertionError, match="examples rendered as prose"):
+        _assert_renders(page)
+    page.write_text(f'<div class="highlight"><pre><span></span><code>x = 1  # {"y" * 90}</code></pre></div>')
+    with pytest.raises(AssertionError, match="wider than 88"):
         _assert_renders(page)
     table = '<span class="doc-section-title">Parameters:</span>'
     page.write_text(f'<h3 id="graftlens.a">a</h3>{table}<h3 id="graftlens.b">b</h3><p>none</p>')
@@ -214,3 +238,22 @@ def test_the_readme_opens_with_a_short_example_from_strings_that_prints() -> Non
     lines = first.rstrip("\n").splitlines()
     assert len(lines) <= 12 and max(len(line) for line in lines) <= 88, first
     assert "graftlens.prompts(" in first and "print(" in first and "torch.tensor" not in first
+
+
+FENCE = re.compile(r"^```[^\n]*\n(?P<code>.*?)^```", re.S | re.M)
+
+
+def _wide_code_lines(text: str, width: int = 88) -> list[str]:
+    """The lines of ``text``'s fenced code blocks wider than ``width`` characters."""
+    return [line for m in FENCE.finditer(text) for line in m["code"].splitlines() if len(line) > width]
+
+
+def test_no_code_line_in_the_docs_is_wider_than_88_characters() -> None:
+    """A wider line scrolls in the site's code boxes, hiding its end (often the comment)."""
+    wide = {str(p.relative_to(ROOT)): lines for p in PAGES if (lines := _wide_code_lines(p.read_text()))}
+    assert wide == {}
+
+
+def test_the_width_check_sees_a_wide_line() -> None:
+    text = "text " * 30 + "\n```python\nshort = 1\n" + "x = 1  # " + "y" * 80 + "\n```\n"
+    assert _wide_code_lines(text) == ["x = 1  # " + "y" * 80]

@@ -12,15 +12,16 @@ the argument). A user catches one of five kinds:
 | `InterventionError` | an argument of an intervention is wrong: a component, layer, position, point, donor, circuit |
 | `StoreError` | a run directory's results store is missing, damaged, locked or holds another run |
 
->>> import graftlens
->>> try:
-...     graftlens.parse_positions("FE+")
-... except graftlens.InterventionError as exc:
-...     print(type(exc).__name__)
-PositionError
-
 The finer classes (``PositionError``, ``DonorError``, ...) stay importable from the modules that
 raise them, each a subclass of one of the five.
+
+Examples:
+    >>> import graftlens
+    >>> try:
+    ...     graftlens.parse_positions("FE+")
+    ... except graftlens.InterventionError as exc:
+    ...     print(type(exc).__name__)
+    PositionError
 """
 
 from __future__ import annotations

@@ -206,16 +206,16 @@ def parse_positions(text: str) -> Selector:
         text: the selector, in the position language.
 
     Returns:
-        a selector: ``resolve(attention_mask, spans)`` gives ``BoolTensor[batch, pos]``.
+        Selector: ``resolve(attention_mask, spans)`` gives ``BoolTensor[batch, pos]``.
 
     Raises:
         PositionError: the text does not parse, naming where.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> selector = graftlens.parse_positions("(FE+LT)^C")
-        >>> mask = torch.tensor([[0, 1, 1, 1, 1, 1]])                    # one left-padded prompt
-        >>> selector.resolve(mask, [{"FE": (0, 2)}]).int()               # [batch, pos], padded coordinates
+        >>> mask = torch.tensor([[0, 1, 1, 1, 1, 1]])  # one left-padded prompt
+        >>> selector.resolve(mask, [{"FE": (0, 2)}]).int()  # [batch, pos], padded coordinates
         tensor([[0, 0, 0, 1, 1, 0]], dtype=torch.int32)
     """
     tokens: list[str] = []

@@ -29,7 +29,8 @@ class Prompts:
         >>> import graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> batch = graftlens.prompts(m, ["[FE:Ann] stars in", "[FE:Bo Li] stars"], targets=[" a", " b"])
+        >>> texts = ["[FE:Ann] stars in", "[FE:Bo Li] stars"]
+        >>> batch = graftlens.prompts(m, texts, targets=[" a", " b"])
         >>> graftlens.run_logits(m, batch, last_only=True).shape
         torch.Size([2, 1, 96])
     """

@@ -35,7 +35,7 @@ def prompts(
             (or one string for a single text).
 
     Returns:
-        a `Prompts`: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` (left-padded),
+        Prompts: ``input_ids`` and ``attention_mask`` ``[batch, pos]`` (left-padded),
         ``spans`` per prompt in prompt coordinates (``LT`` included) and ``target_ids``
         ``[batch]`` (``None`` without targets).
 
@@ -45,7 +45,8 @@ def prompts(
     Examples:
         >>> import graftlens
         >>> from graftlens.models import tiny_model
-        >>> batch = graftlens.prompts(tiny_model("llama"), ["[FE:Lori Barker] stars in", "[FE:Ann] stars"])
+        >>> texts = ["[FE:Lori Barker] stars in", "[FE:Ann] stars"]
+        >>> batch = graftlens.prompts(tiny_model("llama"), texts)
         >>> batch.input_ids.shape[0], sorted(batch.spans[0])
         (2, ['FE', 'LT'])
     """

@@ -290,12 +290,12 @@ def load_recipe(source: str | Path) -> tuple[Recipe, Path]:
         source: a YAML file, or the name of a shipped recipe (``graftlens recipes`` lists them).
 
     Returns:
-        ``(recipe, path)``: the validated recipe and the file it came from.
+        tuple[Recipe, Path]: the validated recipe and the file it came from.
 
     Raises:
         RecipeError: an unknown key, a bad value or an unknown name, naming it.
 
-    Example:
+    Examples:
         >>> import graftlens
         >>> recipe, path = graftlens.load_recipe("demo")
         >>> recipe.recipient, sorted(recipe.models), path.name

@@ -83,7 +83,7 @@ def run_recipe(
             CPUs divided by this process's threads, which each worker computes with).
 
     Returns:
-        a `RunSummary`: the run id, rows written by this call and in the store, and the time taken.
+        RunSummary: the run id, rows written by this call and in the store, and the time taken.
 
     Examples:
         The embedded model's top-1 on the shipped known facts; a few seconds:

@@ -58,11 +58,13 @@ class Grafter:
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
         >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
-        >>> grafter = graftlens.Grafter(recipient, {"ft": ft}, [Graft("ft", "mlp", "half2", "FE+LT")])
+        >>> rules = [Graft("ft", "mlp", "half2", "FE+LT")]
+        >>> grafter = graftlens.Grafter(recipient, {"ft": ft}, rules)
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
         >>> with grafter.on([{"FE": (0, 2)}]):
-        ...     a = graftlens.run_logits(recipient, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        ...     a = graftlens.run_logits(recipient, ids, last_only=True)
         >>> with grafter.on([{"FE": (1, 3)}]):
-        ...     b = graftlens.run_logits(recipient, torch.tensor([[5, 6, 7, 8]]), last_only=True)
+        ...     b = graftlens.run_logits(recipient, ids, last_only=True)
         >>> torch.equal(a, b), grafter.donor_bytes
         (False, {'ft': 0})
     """
@@ -207,7 +209,7 @@ def grafting(
         spans: per example, the named spans the rules' selectors name.
 
     Returns:
-        a `Grafter`, a context manager (``with grafter.on(spans): ...`` for other batches).
+        Grafter: a context manager (``with grafter.on(spans): ...`` for other batches).
 
     Examples:
         Grafting nothing is the recipient bit for bit, grafting everything is the donor:
@@ -258,16 +260,18 @@ def grafted_forward(
     Returns:
         logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``).
 
-    Example:
+    Examples:
         >>> import graftlens, torch
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
         >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> everything = graftlens.grafted_forward(recipient, {"ft": ft}, [Graft("ft", "all", "all", None)], ids)
+        >>> rules = [Graft("ft", "all", "all", None)]
+        >>> everything = graftlens.grafted_forward(recipient, {"ft": ft}, rules, ids)
         >>> torch.allclose(everything, graftlens.run_logits(ft, ids, None), atol=1e-5)
         True
-        >>> graftlens.grafted_forward(recipient, {"ft": ft}, [Graft("ft", "mlp", "half2", "LT")], ids, last_only=True).shape
+        >>> rules = [Graft("ft", "mlp", "half2", "LT")]
+        >>> graftlens.grafted_forward(recipient, {"ft": ft}, rules, ids, last_only=True).shape
         torch.Size([1, 1, 96])
     """
     loaded = as_loaded(recipient)
@@ -303,14 +307,15 @@ def grafted_generate(
         spans: per prompt, its named spans, ``LT`` included.
         n_new: the number of tokens to generate.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
         >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids, spans = torch.tensor([[5, 6, 7, 8]]), [{"FE": (0, 2), "LT": (3, 4)}]
         >>> rules = [Graft("ft", "all", "all", "FE+LT")]
-        >>> graftlens.grafted_generate(recipient, {"ft": ft}, rules, ids, torch.ones_like(ids), spans, 3).shape
+        >>> mask = torch.ones_like(ids)
+        >>> graftlens.grafted_generate(recipient, {"ft": ft}, rules, ids, mask, spans, 3).shape
         torch.Size([1, 3])
     """
     from graftlens.models.generate import greedy_continuation

@@ -63,7 +63,7 @@ class HeadGraft:
             ``"(FE+LT)^C"``, index lists).
         parts: which of ``q``, ``k``, ``v`` (the KV head each reads) and ``o`` are grafted.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens import HeadGraft
         >>> from graftlens.models import tiny_model

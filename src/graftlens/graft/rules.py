@@ -41,7 +41,7 @@ class Graft:
         positions: None (every position), a ``BoolTensor[batch, pos]``, or a selector in prompt
             coordinates (``"FE"``, ``"LT"``, ``"(FE+LT)^C"``, index lists).
 
-    Example:
+    Examples:
         >>> from graftlens import Graft
         >>> Graft("ft", "o+mlp", "quarter4", "LT")
         Graft(donor='ft', components='o+mlp', layers='quarter4', positions='LT')

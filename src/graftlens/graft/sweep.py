@@ -50,13 +50,17 @@ def graft_sweep(
         configuration name → logits ``[batch, vocab]`` at each prompt's last position, equal to
         ``grafted_forward(...)[:, -1]`` for that configuration's rules (to float rounding).
 
-    Example:
+    Examples:
         >>> import graftlens, torch
         >>> from graftlens import Graft
         >>> from graftlens.models import tiny_model
         >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-        >>> configs = {"PRE": [], "LT mlp": [Graft("ft", "mlp", "all", "LT")], "LT attn": [Graft("ft", "attn", "half2", "LT")]}
+        >>> configs = {
+        ...     "PRE": [],
+        ...     "LT mlp": [Graft("ft", "mlp", "all", "LT")],
+        ...     "LT attn": [Graft("ft", "attn", "half2", "LT")],
+        ... }
         >>> out = graftlens.graft_sweep(recipient, {"ft": ft}, configs, ids)
         >>> out["LT mlp"].shape
         torch.Size([2, 96])

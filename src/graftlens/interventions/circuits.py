@@ -45,7 +45,7 @@ class HeadGroup:
         positions: where the heads work, a selector in prompt coordinates (``"FE"``, ``"LT"``,
             ``"(FE+LT)^C"``, index lists).
 
-    Example:
+    Examples:
         >>> from graftlens import HeadGroup
         >>> HeadGroup(((22, 4), (23, 1)), "LT").heads
         ((22, 4), (23, 1))
@@ -66,9 +66,10 @@ class Circuit:
     Args:
         groups: group name → `HeadGroup`, in order.
 
-    Example:
+    Examples:
         >>> from graftlens import Circuit, HeadGroup
-        >>> circuit = Circuit({"fetchers": HeadGroup(((3, 0), (3, 2)), "LT"), "movers": HeadGroup(((1, 1),), "0")})
+        >>> fetchers, movers = HeadGroup(((3, 0), (3, 2)), "LT"), HeadGroup(((1, 1),), "0")
+        >>> circuit = Circuit({"fetchers": fetchers, "movers": movers})
         >>> circuit.size, circuit.group("movers").positions
         (3, '0')
         >>> Circuit.from_json(circuit.to_json()) == circuit
@@ -126,9 +127,10 @@ def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int) -> 
         n_heads: the model's number of query heads per layer.
         seed: the random seed (the same seed draws the same circuit).
 
-    Example:
+    Examples:
         >>> from graftlens import Circuit, HeadGroup
-        >>> circuit = Circuit({"fetchers": HeadGroup(((3, 0), (3, 2)), "LT"), "movers": HeadGroup(((1, 1),), "0")})
+        >>> fetchers, movers = HeadGroup(((3, 0), (3, 2)), "LT"), HeadGroup(((1, 1),), "0")
+        >>> circuit = Circuit({"fetchers": fetchers, "movers": movers})
         >>> import graftlens
         >>> other = graftlens.random_circuit(circuit, n_layers=4, n_heads=4, seed=1)
         >>> [len(g.heads) for g in other.groups.values()], other.group("fetchers").positions
@@ -155,11 +157,12 @@ def head_means(
         model: a `LoadedModel` or an HF causal LM of a supported family.
         batches: ``(input_ids, attention_mask)`` pairs, all prompts of one length.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> means = graftlens.head_means(m, [(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), None)])
+        >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> means = graftlens.head_means(m, [(ids, None)])
         >>> sorted(means), means[0].shape
         ([0, 1, 2, 3], torch.Size([4, 4, 8]))
     """
@@ -275,7 +278,8 @@ def mean_ablated_logits(
         >>> from graftlens import Circuit, HeadGroup
         >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
         >>> means = graftlens.head_means(m, [(ids, None)])
-        >>> everything = Circuit({"all": HeadGroup(tuple((l, h) for l in range(4) for h in range(4)), "all")})
+        >>> heads = tuple((layer, h) for layer in range(4) for h in range(4))
+        >>> everything = Circuit({"all": HeadGroup(heads, "all")})
         >>> kept = graftlens.mean_ablated_logits(m, ids, None, everything, means)
         >>> torch.allclose(kept, graftlens.run_logits(m, ids)[:, -1], atol=1e-5)
         True

@@ -55,7 +55,7 @@ class EdgeCircuit:
     Args:
         edges: ``(sender head, receiver)`` pairs.
 
-    Example:
+    Examples:
         >>> from graftlens import EdgeCircuit, Receiver
         >>> circuit = EdgeCircuit.complete([(0, 1), (2, 0)], n_heads=4, n_kv_heads=2)
         >>> sorted(map(str, (r for _, r in circuit.edges)))
@@ -184,7 +184,8 @@ def edge_ablated_logits(
         >>> m = tiny_model("llama")
         >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
         >>> means = graftlens.head_means(m, [(ids, None)])
-        >>> every = graftlens.EdgeCircuit.complete([(l, h) for l in range(4) for h in range(4)], 4, 2)
+        >>> heads = [(layer, h) for layer in range(4) for h in range(4)]
+        >>> every = graftlens.EdgeCircuit.complete(heads, 4, 2)
         >>> kept = graftlens.edge_ablated_logits(m, ids, None, every, means)
         >>> torch.allclose(kept, graftlens.run_logits(m, ids)[:, -1], atol=1e-5)
         True

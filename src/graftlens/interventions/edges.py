@@ -74,13 +74,15 @@ class EdgeScores:
         node_scores: ``[layer, head]`` attribution-patching score of each head.
         n_kv_groups: query heads per key/value head (1 without grouped-query attention).
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> inputs = graftlens.PathInputs(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]]))
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]])
+        >>> inputs = graftlens.PathInputs(clean, corrupted)
         >>> eap = graftlens.edge_attribution(m, inputs, torch.tensor([3]))
-        >>> eap.scores.shape  # 16 sender heads; 4 layers × (4 q + 2 k + 2 v) receivers and the logits
+        >>> # 16 sender heads; 4 layers × (4 q + 2 k + 2 v) receivers and the logits
+        >>> eap.scores.shape
         torch.Size([16, 33])
         >>> len(eap.top_edges(5)), len(eap.heads_by_edges()) <= 16
         (5, True)
@@ -269,7 +271,7 @@ def edge_attribution(
             ``logprob`` by default, ``prob``, ``logit_diff(foil_ids)``).
 
     Returns:
-        `EdgeScores` (a sum over positions, a mean over prompts): rank edges with
+        EdgeScores: a sum over positions, a mean over prompts; rank edges with
         ``top_edges(k)``, heads with ``heads_by_edges()`` or ``heads_by_nodes()``.
 
     Examples:
@@ -391,8 +393,10 @@ def edge_patched_logits(
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> inputs = graftlens.PathInputs(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]]))
-        >>> patched = graftlens.edge_patched_logits(m, inputs, (2, 1), graftlens.Receiver("v", 3, 0))
+        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 9, 7, 8]])
+        >>> inputs = graftlens.PathInputs(clean, corrupted)
+        >>> receiver = graftlens.Receiver("v", 3, 0)
+        >>> patched = graftlens.edge_patched_logits(m, inputs, (2, 1), receiver)
         >>> patched.shape
         torch.Size([1, 96])
     """

@@ -34,10 +34,11 @@ class FaithfulnessCurve:
         random: per size, each random circuit's faithfulness.
         full: the full model's accuracy.
 
-    Example:
+    Examples:
         >>> from graftlens import FaithfulnessCurve
-        >>> curve = FaithfulnessCurve(sizes=(5, 10), circuit=(0.4, 0.9), random=((0.0, 0.1), (0.2, 0.0)), full=0.8)
-        >>> tuple(sum(draws) / len(draws) for draws in curve.random)  # random circuits' mean per size
+        >>> random = ((0.0, 0.1), (0.2, 0.0))  # two draws at each size
+        >>> curve = FaithfulnessCurve((5, 10), circuit=(0.4, 0.9), random=random, full=0.8)
+        >>> tuple(sum(draws) / len(draws) for draws in curve.random)  # mean per size
         (0.05, 0.1)
     """
 

@@ -39,7 +39,7 @@ PointLike = Point | str
 class ActivationCache(dict):
     """Captured activations by `Point`; ``cache["z.3"]`` works too.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -124,7 +124,7 @@ def capture(model: LoadedModel | nn.Module, points: Iterable[PointLike], keep_gr
         an `ActivationCache`, filled as the model runs: ``[batch, pos, d_model]`` for
         stream points, ``[batch, pos, head, d_head]`` for ``z``, ``q``, ``k``, ``v``.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
@@ -156,7 +156,7 @@ def edit(model: LoadedModel | nn.Module, edits: Mapping[PointLike, Edit]) -> Ite
         edits: point → a function of the activation (its shape as `capture` gives it)
             returning the activation to use instead, of the same shape.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

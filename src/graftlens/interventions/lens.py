@@ -116,11 +116,12 @@ def point_logits(
         grad: keep the autograd graph (for gradients through the result).
         lens: a `TunedLens` whose translators map each point first (None: the logit lens).
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> out = graftlens.point_logits(m, torch.tensor([[5, 6, 7]]), None, ["attn_out.1", "resid_post.2"], "LT")
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> out = graftlens.point_logits(m, ids, None, ["attn_out.1", "resid_post.2"], "LT")
         >>> {name: tuple(t.shape) for name, t in out.items()}
         {'attn_out.1': (1, 96), 'resid_post.2': (1, 96)}
     """

@@ -97,7 +97,8 @@ def head_mapping_vectors(
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> ids, spans = torch.tensor([[5, 6, 7, 8]]), [{"subject": (1, 3)}]
-        >>> vectors = graftlens.head_mapping_vectors(m, ids, None, [2, 3], "subject", "hidden", spans=spans)
+        >>> maps = graftlens.head_mapping_vectors
+        >>> vectors = maps(m, ids, None, [2, 3], "subject", spans=spans)
         >>> vectors.shape, graftlens.project(m, vectors).topk(5).indices.shape
         (torch.Size([1, 2, 4, 32]), torch.Size([1, 2, 4, 5]))
     """

@@ -43,10 +43,11 @@ class DesideratumBatch:
         inputs: the base (clean) and the corrupted prompts.
         answer_ids: ``LongTensor[batch]``, the answer expected with the masked heads patched.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from graftlens import DesideratumBatch, PathInputs
-        >>> batch = DesideratumBatch(PathInputs(torch.tensor([[5, 6, 7]]), torch.tensor([[8, 6, 7]])), torch.tensor([3]))
+        >>> inputs = PathInputs(torch.tensor([[5, 6, 7]]), torch.tensor([[8, 6, 7]]))
+        >>> batch = DesideratumBatch(inputs, torch.tensor([3]))
         >>> batch.answer_ids.shape
         torch.Size([1])
     """
@@ -66,7 +67,7 @@ class DcmSettings:
         init: the mask logits' start (0: sigmoid 0.5, undecided).
         seed: the torch random seed set before training.
 
-    Example:
+    Examples:
         >>> from graftlens import DcmSettings
         >>> DcmSettings(epochs=4).lam, DcmSettings().lr
         (0.01, 0.1)
@@ -248,10 +249,10 @@ def learn_mask(
         progress: called as ``progress(epoch, mean_loss)`` after each epoch.
 
     Returns:
-        a ``LearnedMask``: ``values`` (``[n heads]``, the sigmoids), ``selected`` (heads above
+        LearnedMask: ``values`` (``[n heads]``, the sigmoids), ``selected`` (heads above
         0.5) and the mean loss of each epoch.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

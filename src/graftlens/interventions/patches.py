@@ -35,7 +35,7 @@ class Patch:
             ``"(FE+LT)^C"``, index lists); None: every position.
         heads: for per-head points, the heads written (None: all).
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")

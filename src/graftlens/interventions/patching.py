@@ -47,14 +47,15 @@ def run_with_cache(
         grad: keep the graph of the logits and of the captured activations.
 
     Returns:
-        ``(logits, cache)``: logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with
+        tuple[torch.Tensor, ActivationCache]: logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with
         ``last_only``, which skips the unembedding elsewhere) and an `ActivationCache`.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> logits, cache = graftlens.run_with_cache(m, torch.tensor([[5, 6, 7]]), None, ["z.0"], last_only=True)
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> logits, cache = graftlens.run_with_cache(m, ids, None, ["z.0"], last_only=True)
         >>> logits.shape, cache["z.0"].shape
         (torch.Size([1, 1, 96]), torch.Size([1, 3, 4, 8]))
     """
@@ -94,7 +95,8 @@ def patched_logits(
         >>> m = tiny_model("llama")
         >>> ids = torch.tensor([[5, 6, 7, 8]])
         >>> plain, cache = graftlens.run_with_cache(m, ids, None, ["z.1"])
-        >>> same = graftlens.patched_logits(m, ids, None, [graftlens.Patch(graftlens.Point("z", 1), cache["z.1"])])
+        >>> patch = graftlens.Patch(graftlens.Point("z", 1), cache["z.1"])
+        >>> same = graftlens.patched_logits(m, ids, None, [patch])
         >>> torch.equal(same, plain)
         True
     """
@@ -210,19 +212,23 @@ def activation_patching(
             foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Returns:
-        a `PatchingSweep`: ``scores`` ``[layer, pos]``
+        PatchingSweep: ``scores`` ``[layer, pos]``
         (``[layer, head]`` with ``by="head"``), the unpatched ``clean`` and ``corrupted`` values,
         and ``recovered`` (0 = corrupted … 1 = clean).
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
-        >>> clean, corrupted = torch.tensor([[5, 6, 7, 8], [9, 6, 7, 8]]), torch.tensor([[5, 10, 7, 8], [9, 11, 7, 8]])
-        >>> sweep = graftlens.activation_patching(m, clean, corrupted, torch.tensor([3, 4]), "resid_pre")
-        >>> sweep.scores.shape, sweep.recovered[:, 0].abs().max().item()  # column 0 is the same in both runs
+        >>> clean = torch.tensor([[5, 6, 7, 8], [9, 6, 7, 8]])
+        >>> corrupted = torch.tensor([[5, 10, 7, 8], [9, 11, 7, 8]])
+        >>> target = torch.tensor([3, 4])
+        >>> sweep = graftlens.activation_patching(m, clean, corrupted, target, "resid_pre")
+        >>> # column 0 is the same in both runs: nothing to recover there
+        >>> sweep.scores.shape, sweep.recovered[:, 0].abs().max().item()
         (torch.Size([4, 4]), 0.0)
-        >>> graftlens.activation_patching(m, clean, corrupted, torch.tensor([3, 4]), "z", by="head").scores.shape
+        >>> by_head = graftlens.activation_patching(m, clean, corrupted, target, "z", by="head")
+        >>> by_head.scores.shape
         torch.Size([4, 4])
     """
 
@@ -312,12 +318,14 @@ def attribution_patching(
             giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
             foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> clean, corrupted = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 10, 7, 8]])
-        >>> graftlens.attribution_patching(m, clean, corrupted, torch.tensor([3]), "resid_pre").scores.shape
+        >>> target = torch.tensor([3])
+        >>> approx = graftlens.attribution_patching(m, clean, corrupted, target, "resid_pre")
+        >>> approx.scores.shape
         torch.Size([4, 4])
     """
     check_metric("attribution_patching", metric)
@@ -431,16 +439,17 @@ def cross_model_patched_logits(
         logits ``[batch, pos, vocab]`` (``[batch, 1, vocab]`` with ``last_only``). Many
         configurations on one batch: `cmap_sweep`.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> ft = tiny_model("llama", seed=1)
         >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> _, ft_cache = graftlens.run_with_cache(ft, ids, None, ["z.2", "z.3"], last_only=True)
+        >>> _, ft_cache = graftlens.run_with_cache(ft, ids, None, ["z.2", "z.3"])
         >>> heads = {"z.2": None, "z.3": [0, 1]}
-        >>> graftlens.cross_model_patched_logits(m, ft_cache, ids, None, heads, positions="LT", last_only=True).shape
-        torch.Size([1, 1, 96])
+        >>> out = graftlens.cross_model_patched_logits(m, ft_cache, ids, None, heads, "LT")
+        >>> out[:, -1].shape
+        torch.Size([1, 96])
     """
     patches = []
     for key, hs in heads.items():

@@ -54,7 +54,7 @@ class Receiver:
         layer: the receiving head's layer.
         head: the head (a key/value head for ``k``/``v`` under grouped-query attention).
 
-    Example:
+    Examples:
         >>> from graftlens import Receiver
         >>> str(Receiver("q", 20, 3))
         'q.20.3'
@@ -85,10 +85,11 @@ class PathInputs:
         clean_spans: per clean prompt, its named spans.
         corrupted_spans: per corrupted prompt, its named spans.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from graftlens import PathInputs
-        >>> inputs = PathInputs(torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.tensor([[5, 11, 12, 7], [8, 13, 14, 10]]))
+        >>> clean = torch.tensor([[5, 6, 7], [8, 9, 10]])
+        >>> inputs = PathInputs(clean, torch.tensor([[5, 11, 12, 7], [8, 13, 14, 10]]))
         >>> inputs.masks[1].shape  # masks default to no padding
         torch.Size([2, 4])
     """
@@ -612,7 +613,7 @@ def path_patching(
             foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Returns:
-        ``PathPatchingScores``: ``scores[layer, head]``, the relative change of the target's
+        PathPatchingScores: ``scores[layer, head]``, the relative change of the target's
         probability ``(p_patched − p_clean) / p_clean`` when that head is the sender;
         ``top(k)`` gives the heads with the most negative scores.
 
@@ -622,8 +623,10 @@ def path_patching(
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> from graftlens import PathInputs, Receiver
-        >>> inputs = PathInputs(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.tensor([[5, 13, 7, 8], [9, 14, 11, 12]]))
-        >>> direct = graftlens.path_patching(m, inputs, torch.tensor([3, 4]), receivers="logits")
+        >>> clean = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        >>> inputs = PathInputs(clean, torch.tensor([[5, 13, 7, 8], [9, 14, 11, 12]]))
+        >>> target = torch.tensor([3, 4])
+        >>> direct = graftlens.path_patching(m, inputs, target, receivers="logits")
         >>> direct.scores.shape
         torch.Size([4, 4])
         >>> queries = [Receiver("q", layer, head) for layer, head in direct.top(2)]

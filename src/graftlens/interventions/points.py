@@ -60,7 +60,7 @@ class Point:
             ``k``, ``v``.
         layer: the layer, from 0.
 
-    Example:
+    Examples:
         >>> from graftlens import Point
         >>> from graftlens.interventions import parse_point
         >>> parse_point("z.5") == Point("z", 5) == parse_point("blocks.5.attn.hook_z")

@@ -109,7 +109,8 @@ def cancel_sublayers(
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> ids, spans = torch.tensor([[5, 6, 7, 8, 9]]), [{"subject": (1, 3)}]
-        >>> with graftlens.cancel_sublayers(m, "mlp", range(0, 2), "subject", through=True, spans=spans):
+        >>> cancel = graftlens.cancel_sublayers
+        >>> with cancel(m, "mlp", [0, 1], "subject", through=True, spans=spans):
         ...     cancelled = graftlens.run_logits(m, ids, last_only=True)
         >>> cancelled.shape
         torch.Size([1, 1, 96])
@@ -168,12 +169,15 @@ def sublayer_means(
         positions: the positions averaged over, as `cancel_sublayers` takes them.
         through: average over every position up to the last one ``positions`` picks.
 
-    Example:
+    Examples:
         >>> import torch, graftlens
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> ids, spans = torch.tensor([[5, 6, 7, 8, 9]]), [{"subject": (1, 3)}]
-        >>> means = graftlens.sublayer_means(m, [(ids, None, spans)], "mlp", range(4), "subject", through=True)
+        >>> batches = [(ids, None, spans)]
+        >>> means = graftlens.sublayer_means(
+        ...     m, batches, "mlp", range(4), "subject", through=True
+        ... )
         >>> sorted(means), means[0].shape
         ([0, 1, 2, 3], torch.Size([32]))
     """

