@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graftlens-installed
 
-.PHONY: demo test lint bench docs docs-serve stubs clean-venv
+.PHONY: demo test lint bench docs docs-serve notebooks stubs clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 # reference fails the build. The output goes to site/.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Execute the tutorials (docs/tutorials/*.ipynb) and store their outputs; the tests compare them.
+notebooks: $(STAMP)
+	$(BIN)/python tools/notebooks.py
 
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
