@@ -257,3 +257,20 @@ def test_no_code_line_in_the_docs_is_wider_than_88_characters() -> None:
 def test_the_width_check_sees_a_wide_line() -> None:
     text = "text " * 30 + "\n```python\nshort = 1\n" + "x = 1  # " + "y" * 80 + "\n```\n"
     assert _wide_code_lines(text) == ["x = 1  # " + "y" * 80]
+
+
+def test_the_recipe_reference_gives_every_field_its_meaning() -> None:
+    """Every field of every recipe part on the reference page has a meaning (its docstring)."""
+    import importlib.util
+
+    from graftlens.experiments.recipe import Recipe
+    from graftlens.methods import sweep_types
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "tools" / "docs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    models = [Recipe, *(model for _, model in hooks.recipe_sections()), *sweep_types()]
+    empty = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items() if name != "kind" and not f.description]
+    assert empty == []
+    page = hooks.recipe_reference()
+    assert all(f"| `{name}` |" in page for m in models for name in m.model_fields if name != "kind")

@@ -62,22 +62,33 @@ def model_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
     return "\n".join(rows)
 
 
-def recipe_reference() -> str:
+def recipe_sections() -> list[tuple[str, type[BaseModel]]]:
+    """The parts of a recipe, each with the title of its section on the reference page."""
     from graftlens.experiments import recipe as recipe_module
-    from graftlens.methods import sweep_types
-    from graftlens.train.config import FinetuneConfig
+    from graftlens.methods.core.circuits import GroupSizes
+    from graftlens.methods.core.parts import GraftSpec
+    from graftlens.train.config import FinetuneConfig, LoraSettings
 
-    parts = ["## The recipe (top level)", "", _describe(recipe_module.Recipe), "", model_table(recipe_module.Recipe)]
-    sections = [
+    return [
         ("`data:`", recipe_module.DataSpec),
         ("`data: {entity_tracking: ...}`", recipe_module.EntityTrackingData),
         ("`models: {NAME: ...}`", recipe_module.ModelSpec),
         ("`models: {NAME: {finetune: ...}}`", recipe_module.FinetuneSpec),
         ("`models: {NAME: {finetune: {settings: ...}}}`", FinetuneConfig),
+        ("`models: {NAME: {finetune: {settings: {lora: ...}}}}`", LoraSettings),
         ("`eval:`", recipe_module.EvalSpec),
         ("`configs:` (each entry)", recipe_module.ConfigSpec),
+        ("`configs: [{grafts: ...}]` (each graft rule)", GraftSpec),
+        ("`sizes:` / `path_patching_sizes:` (path-patching stages)", GroupSizes),
     ]
-    for title, model in sections:
+
+
+def recipe_reference() -> str:
+    from graftlens.experiments import recipe as recipe_module
+    from graftlens.methods import sweep_types
+
+    parts = ["## The recipe (top level)", "", _describe(recipe_module.Recipe), "", model_table(recipe_module.Recipe)]
+    for title, model in recipe_sections():
         parts += ["", f"## {title}", "", _describe(model), "", model_table(model)]
     parts += [
         "",

@@ -50,10 +50,15 @@ class EntityTrackingData(Strict):
     (``position``, ``object``, ``box_label``: one prompt set per desideratum, DCM)."""
 
     boxes: list[int] = Field([2, 3, 4, 5, 6, 7], min_length=1)
+    """box counts of the prompts; each count gets `examples` prompts"""
     examples: int = Field(100, ge=1, le=100_000)
+    """prompts per box count"""
     seed: Seed = 0
+    """the seed of the prompts' objects and labels"""
     half: Literal["all", "train", "test"] = "test"
+    """which half of the entity-tracking vocabulary the prompts draw from: `train`, `test` or `all`"""
     pairs: list[Literal["corrupted", "position", "object", "box_label"]] = ["corrupted"]
+    """the second prompt each prompt gets: `corrupted` (path patching) or a desideratum's (`position`, `object`, `box_label`)"""
 
     @field_validator("boxes")
     @classmethod
@@ -85,12 +90,19 @@ class DataSpec(Strict):
     Relative paths are read from the recipe's folder."""
 
     dir: str | None = None
+    """a dataset directory (`graftlens data make`), instead of generating one"""
     known_facts: str | None = None
+    """`shipped` (161 well-known facts) or a JSONL file of facts with subject spans"""
     prompts: str | None = None
+    """a JSONL or CSV file of your own prompts with marked spans and targets"""
     entity_tracking: EntityTrackingData | None = None
+    """seeded entity-tracking prompts (boxes and objects) instead of facts"""
     kind: str = "fake_actors"
+    """the generator of made-up facts (`fake_actors`, `real_actors`, ...)"""
     facts: int = Field(12, ge=1)
+    """how many facts the generator makes"""
     seed: Seed = 0
+    """the generator's seed (the same seed gives byte-identical files)"""
 
     @field_validator("kind")
     @classmethod
@@ -116,9 +128,13 @@ class FinetuneSpec(Strict):
     Goat analogue of Prakash et al., or ``entity_tracking`` on the vocabulary's train half)."""
 
     base: str
+    """the model finetuned: a model defined before this one in `models`"""
     settings: FinetuneConfig = FinetuneConfig()
+    """the finetuning hyperparameters (below)"""
     task: Literal["arithmetic", "entity_tracking"] | None = None
+    """finetune on a task's texts instead of the recipe's data: `arithmetic` or `entity_tracking`"""
     examples: int | None = Field(None, ge=1, le=1_000_000)
+    """how many task texts (with `task`)"""
 
     @model_validator(mode="after")
     def _examples_need_a_task(self) -> FinetuneSpec:
@@ -139,12 +155,18 @@ class ModelSpec(Strict):
     the recipient's dtype."""
 
     spec: str | None = None
+    """a hub id, a checkpoint directory (relative: from the recipe's folder), a `.gguf` file, a PEFT adapter, or `smollm2-135m`"""
     finetune: FinetuneSpec | None = None
+    """finetune another model of the recipe instead (`base`, `settings`)"""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """the precision the model is loaded in for the sweeps (float32 when not given)"""
     # Where the modules go, through accelerate: "auto", "balanced", "sequential", or module path →
     # device ("cpu", "cuda:1", 0, "disk"); offloaded modules are kept in offload_folder.
     device_map: str | dict[str, str | int] | None = None
+    """where the modules go, through accelerate: `auto`, `balanced`, `sequential`, or module path → device (`cpu`, `cuda:1`, `0`,
+    `disk`)"""
     offload_folder: str | None = None
+    """where modules `device_map` sends to `disk` are kept"""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -161,21 +183,31 @@ class EvalSpec(Strict):
     """Which test prompts are scored, and how."""
 
     split: Literal["all", "A", "B"] = "all"
-    templates: list[str] | None = None  # None: every test template of the dataset
+    """which facts' test prompts are scored: `all`, `A` or `B`"""
+    templates: list[str] | None = None
+    """test templates scored (default: every test template of the dataset)"""
     directions: list[str] = list(DIRECTIONS)
+    """which directions are scored: `forward` (A→B), `backward` (B→A)"""
     batch_size: int = Field(32, ge=1)
+    """prompts per forward pass"""
     # attribute_rate: Geva et al.'s share of the top-50 tokens that are attributes of the subject
     # (known facts only, from the subject texts)
     metric: Literal["top1", "top5", "top10", "mean_prob", "attribute_rate"] = "top5"
+    """the report's headline metric; `attribute_rate` is Geva et al.'s share of the top-50 tokens that are attributes of the
+    subject (known facts only)"""
     bootstrap: int = Field(1000, ge=0, le=100_000)
-    only_correct: bool = False  # keep only the prompts whose target is the recipient's top-1
+    """bootstrap resamples of the confidence intervals (0: none)"""
+    only_correct: bool = False
+    """keep only the prompts whose target is the recipient's top-1"""
     # Store each target's whole log-probability (teacher-forced after its prompt), so that targets
     # sharing a first token are told apart; weight-grafting methods and the plain model. It computes
     # the target's tokens too: a sweep at LT costs about as many times more as targets have tokens.
     target_logprob: bool = False
+    """also store log p(the whole target), token by token"""
     # Store what each configuration says: a greedy continuation of this many tokens (0: none);
     # weight-grafting methods and the plain model, the grafts applying to every generated token as to LT.
     generate: int = Field(0, ge=0, le=256)
+    """also store what each configuration says: this many greedy tokens"""
 
     @field_validator("directions")
     @classmethod
@@ -188,14 +220,23 @@ class EvalSpec(Strict):
 
 class Recipe(Strict):
     name: str
+    """the recipe's name; names the run directory (letters, digits, `-`, `_`, `.`)"""
     description: str = ""
+    """free text, shown on the report's first page"""
     seed: Seed = 0
+    """the seed of everything random in the run (data, sampling, bootstrap)"""
     data: DataSpec = DataSpec()
+    """the prompts: a generated dataset, a dataset directory, known facts, a prompt file or entity-tracking prompts"""
     models: dict[str, ModelSpec]
+    """model name → where it comes from (`spec`) or how it is finetuned (`finetune`)"""
     recipient: str
+    """the model every configuration intervenes on unless it names another"""
     eval: EvalSpec = EvalSpec()
+    """which test prompts are scored, and by which metric"""
     configs: list[ConfigSpec] = []
+    """written configurations, each a model with graft rules"""
     sweeps: list[Sweep] = []
+    """generated configurations, one entry per method (`kind`)"""
 
     @field_validator("name")
     @classmethod

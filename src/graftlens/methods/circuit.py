@@ -60,13 +60,20 @@ class CircuitFileSweep(Sweep):
     entity-tracking prompts, against ``random`` random circuits of its group sizes."""
 
     kind: Literal["circuit"]
-    circuit: str  # "shipped:NAME" or a JSON file (as an et-circuit run's report writes it)
-    plain: str  # the written configuration without interventions: the full model's accuracy
+    circuit: str
+    """the circuit: `"shipped:NAME"` or a `circuit.json` an `et-circuit` report wrote"""
+    plain: str
+    """the written configuration without interventions: the full model's reference"""
     random: int = Field(5, ge=0, le=1000)
+    """random circuits of the same sizes, for each size"""
     mean_prompts: int = Field(100, ge=1, le=100_000)
+    """reference prompts the head means are taken over"""
     means: MeanQuery = "no_box"
+    """the reference prompts' query label: `no_box` (names no box) or `any` (any label, as the paper's code)"""
     half: Literal["all", "train", "test"] = "test"
+    """which half of the entity-tracking vocabulary the prompts draw from: `train`, `test` or `all`"""
     panel: str = "faithfulness"
+    """the report's figure its configurations are drawn in"""
 
     @field_validator("circuit")
     @classmethod

@@ -33,7 +33,9 @@ class CircuitCmapSource(Strict):
     """What a circuit_cmap sweep and each of its configurations share: the donor and the circuit."""
 
     donor: str
-    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
+    """the model whose heads' outputs (or weights) are put in"""
+    circuit: str
+    """the circuit: `"shipped:NAME"` or a `circuit.json` an `et-circuit` report wrote"""
 
 
 class CircuitCmapSpec(CircuitCmapSource):
@@ -48,7 +50,9 @@ class CircuitCmapSweep(CircuitCmapSource, Sweep):
     renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
 
     head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    """the circuit's head groups, each patched alone (and all together)"""
     panel: str = "circuit CMAP"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

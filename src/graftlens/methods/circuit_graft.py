@@ -51,8 +51,11 @@ class CircuitGraftSweep(CircuitCmapSource, Sweep):
 
     kind: Literal["circuit_graft"]
     head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
-    parts: str = "q+k+v+o"  # which of each head's weights: its rows of q, k, v, its columns of o
+    """the circuit's head groups, each grafted alone (and all together)"""
+    parts: str = "q+k+v+o"
+    """which of each head's weights: its rows of q, k, v and its columns of o (`q+k+v+o`, `q`, ...)"""
     panel: str = "circuit CMAP"
+    """the report's figure its configurations are drawn in"""
 
     _parts = field_validator("parts")(_check_parts)
 

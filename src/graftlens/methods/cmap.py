@@ -54,11 +54,17 @@ class CmapSweep(Sweep):
 
     kind: Literal["cmap"]
     donor: str
+    """the model whose activations are written in"""
     points: list[list[HeadPoint]] = Field([["z"]], min_length=1)
+    """groups of per-head points patched together (`[[z], [q, k, v]]`)"""
     layers: Annotated[list[LayerSpec], Fits("selections")] = Field(["all"], min_length=1)
+    """layer groups: one configuration per (points, layers, positions)"""
     positions: list[str] = Field(["all"], min_length=1)
+    """where the activations are written, each a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     heads: Annotated[list[int] | None, Fits("head")] = None
+    """the heads patched (default: every head)"""
     panel: str = "cmap"
+    """the report's figure its configurations are drawn in"""
 
     _positions = field_validator("positions")(check_position_list)
 

@@ -17,7 +17,9 @@ class ComponentSweep(ComponentListSweep):
 
     kind: Literal["components"]
     layers: Annotated[list[LayerSpec], Fits("selections")] = Field(min_length=1)
+    """layer groups, one configuration each (with each component)"""
     panel: str = "components"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

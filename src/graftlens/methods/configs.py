@@ -18,9 +18,13 @@ class ConfigSpec(Strict):
     renamed: ClassVar[dict[str, str]] = {"group": "panel"}
 
     name: str = Field(min_length=1)
+    """the configuration's name, in the store and the report"""
     model: str | None = None
+    """the model run (default: the recipe's recipient)"""
     grafts: list[GraftSpec] = []
+    """graft rules applied to it (none: the model as it is)"""
     panel: str = "configs"
+    """the report's figure it is drawn in"""
 
 
 @register

@@ -39,16 +39,26 @@ Desideratum = Literal["position", "object", "box_label"]
 class DcmTraining(Strict):
     """What a dcm sweep and each of its configurations share: the circuit and how masks are trained."""
 
-    circuit: str  # "shipped:NAME" or a circuit.json an et-circuit report wrote
-    boxes: int = Field(7, ge=2)  # box count of the training pairs (the scored prompts' own)
+    circuit: str
+    """the circuit: `"shipped:NAME"` or a `circuit.json` an `et-circuit` report wrote"""
+    boxes: int = Field(7, ge=2)
+    """box count of the training pairs"""
     train_examples: int = Field(120, ge=1, le=100_000)
+    """training pairs per desideratum"""
     epochs: int = Field(10, ge=1, le=10_000)
-    lam: float = Field(0.01, ge=0)  # λ of the L1 term (Prakash et al.: 0.01)
-    lr: float = Field(0.1, gt=0)  # Adam's learning rate (Prakash et al.: 0.1)
+    """passes over the training pairs"""
+    lam: float = Field(0.01, ge=0)
+    """λ of the L1 term (Prakash et al.: 0.01)"""
+    lr: float = Field(0.1, gt=0)
+    """Adam's learning rate (Prakash et al.: 0.1)"""
     batch_size: int = Field(24, ge=1)
-    init: float = 0.0  # the mask logits' start (sigmoid 0.5: every head undecided)
+    """pairs per Adam step"""
+    init: float = 0.0
+    """the mask logits' start (0: sigmoid 0.5, every head undecided)"""
     seed: Seed = 0
+    """the seed of the training pairs and the mask"""
     half: Literal["all", "train", "test"] = "test"
+    """which half of the entity-tracking vocabulary the prompts draw from: `train`, `test` or `all`"""
 
 
 class DcmSpec(DcmTraining):
@@ -64,8 +74,11 @@ class DcmSweep(DcmTraining, Sweep):
     renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
 
     head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
+    """the circuit's head groups a mask is learned over"""
     desiderata: list[Desideratum] = Field(["position", "object", "box_label"], min_length=1)
+    """what the masked heads should carry: `position`, `object`, `box_label`"""
     panel: str = "dcm"
+    """the report's figure its configurations are drawn in"""
 
     def check_data(self, data: dict) -> None:
         pairs = (data.get("entity_tracking") or {}).get("pairs")

@@ -53,12 +53,19 @@ class EnrichmentSweep(LensChoice, Sweep):
 
     kind: Literal["enrichment"]
     sublayers: list[SublayerName] = Field(["mlp", "attn"], min_length=1)
+    """which sublayers are cancelled: `mlp`, `attn`"""
     window: Annotated[int, Fits("window")] = Field(5, ge=1)
-    read_layer: Annotated[int, Fits("layer")] = -1  # negative: counted from the last layer
+    """layers cancelled together, from each start"""
+    read_layer: Annotated[int, Fits("layer")] = -1
+    """the layer after which the representation is read (negative: from the last layer)"""
     positions: str = "subject"
+    """cancel up to the last position this picks, and read there: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     ablation: Literal["zero", "mean"] = "zero"
+    """`zero` (Geva et al.) or `mean` (the mean output over the prompts)"""
     answer: bool = True
+    """also read the last position's prediction"""
     panel: str = "sublayers cancelled"
+    """the report's figure its configurations are drawn in"""
 
     _positions = field_validator("positions")(check_positions)
 

@@ -33,12 +33,18 @@ class CircuitSweep(Sweep):
     renamed: ClassVar[dict[str, str]] = {"group": "panel", "clean": "plain"}
 
     kind: Literal["et_circuit"]
-    plain: str  # the written configuration without interventions: the reference of every relative change
+    plain: str
+    """the written configuration without interventions: the reference of every relative change"""
     sizes: GroupSizes = GroupSizes()
+    """heads each path-patching stage keeps"""
     stages: list[Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]] = list(GROUPS)
-    random: int = Field(5, ge=0, le=1000)  # random circuits of the same sizes
-    mean_prompts: int = Field(100, ge=1, le=100_000)  # reference prompts of the head means
+    """the stages run, in order"""
+    random: int = Field(5, ge=0, le=1000)
+    """random circuits of the same sizes, for each size"""
+    mean_prompts: int = Field(100, ge=1, le=100_000)
+    """reference prompts the head means are taken over"""
     panel: str = "path patching"
+    """the report's figure its configurations are drawn in"""
 
     def check_data(self, data: dict) -> None:
         if (data.get("entity_tracking") or {}).get("pairs") != ["corrupted"]:

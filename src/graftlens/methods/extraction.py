@@ -53,8 +53,11 @@ class ExtractionPositions(LensChoice):
     cancels at, and the lens that reads the sublayer outputs."""
 
     position: str = "LT"
+    """where the sublayer outputs are read: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     subject: str = "subject"
+    """the subject's positions"""
     relation: str = "(subject+LT)^C"
+    """the relation's positions: what the last position may not attend to under `no_relation`"""
 
     _positions = field_validator("position", "subject", "relation")(check_positions)
 
@@ -84,10 +87,15 @@ class ExtractionSweep(ExtractionPositions, Sweep):
 
     kind: Literal["extraction"]
     points: list[ExtractionPoint] = Field(["attn_out", "mlp_out"], min_length=1)
+    """sublayer outputs read: `attn_out`, `mlp_out`"""
     conditions: list[Condition] = Field(["none", "no_enrichment", "no_relation"], min_length=1)
-    enrichment_layers: Annotated[LayerSpec, Fits("selection")] = "quarter1"  # the early MLPs
-    relation_layers: Annotated[LayerSpec, Fits("selection")] = "half1"  # the layers before extraction
+    """`none`, `no_enrichment` (early MLPs cancelled at the subject), `no_relation` (attention to the relation blocked)"""
+    enrichment_layers: Annotated[LayerSpec, Fits("selection")] = "quarter1"
+    """the early MLPs `no_enrichment` cancels"""
+    relation_layers: Annotated[LayerSpec, Fits("selection")] = "half1"
+    """the layers `no_relation` blocks attention in"""
     panel: str = "extraction"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

@@ -96,15 +96,25 @@ class FaithfulnessCurveSweep(Sweep):
 
     kind: Literal["faithfulness_curve"]
     plain: str
+    """the written configuration without interventions: the full model's reference"""
     rankings: list[Ranking] = Field(["eap_edges", "eap_nodes", "eap_edge_circuit", "path_patching"], min_length=1)
+    """how heads are ranked: `eap_edges`, `eap_nodes`, `eap_edge_circuit`, `path_patching`"""
     sizes: Annotated[list[int], Fits("heads")] = Field(min_length=1)
-    positions: list[Literal["all", "groups"]] = Field(["all", "groups"], min_length=1)  # for path_patching
+    """circuit sizes, in heads"""
+    positions: list[Literal["all", "groups"]] = Field(["all", "groups"], min_length=1)
+    """where a path-patching circuit keeps its heads: `all`, or its `groups`' positions"""
     path_patching_sizes: GroupSizes = GroupSizes()
-    random: int = Field(3, ge=0, le=100)  # random circuits per size and positions
+    """heads each path-patching stage keeps"""
+    random: int = Field(3, ge=0, le=100)
+    """random circuits per size and positions"""
     steps: int = Field(1, ge=1, le=64)
+    """EAP-IG steps (1: EAP)"""
     mean_prompts: int = Field(100, ge=1, le=100_000)
+    """reference prompts the head means are taken over"""
     means: MeanQuery = "no_box"
+    """the reference prompts' query label: `no_box` (names no box) or `any` (any label, as the paper's code)"""
     panel: str = "faithfulness curve"
+    """the report's figure its configurations are drawn in"""
 
     @field_validator("sizes")
     @classmethod

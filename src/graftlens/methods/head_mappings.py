@@ -34,9 +34,13 @@ class HeadMappingRead(Strict):
     """What a head-mappings sweep and each of its configurations share: where and how maps are read."""
 
     subject: str = "subject"
+    """the subject's positions (its last token is mapped)"""
     position: str = "LT"
+    """where each layer's attention output is read: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     top_k: Annotated[int, Fits("vocab")] = Field(10, ge=1)
+    """tokens of each map's projection kept"""
     final_norm: bool = True
+    """apply the final norm before the unembedding"""
 
     _positions = field_validator("subject", "position")(check_positions)
 
@@ -55,8 +59,11 @@ class HeadMappingSweep(HeadMappingRead, Sweep):
 
     kind: Literal["head_mappings"]
     layers: Annotated[LayerSpec, Fits("selection")] = "half2"
+    """the layers whose heads are mapped"""
     sources: list[MappingSource] = Field(["hidden", "embedding"], min_length=1)
+    """`hidden` (the stream entering the layer) or `embedding` (the token's embedding)"""
     panel: str = "head mappings"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

@@ -37,11 +37,16 @@ class KnockoutSweep(Sweep):
     """For each source set and each layer ℓ: block ``targets`` → source in the ``window`` layers around ℓ."""
 
     kind: Literal["knockout"]
-    sources: dict[str, str] = Field(min_length=1)  # label → position selector
+    sources: dict[str, str] = Field(min_length=1)
+    """label → the positions attended to that are blocked, a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     targets: str = "LT"
+    """the positions whose attention is blocked"""
     window: Annotated[int, Fits("window")] = Field(9, ge=1)
-    baseline: str  # a configuration without interventions, the denominator of the relative change
+    """layers knocked out together, around each layer"""
+    baseline: str
+    """a configuration without interventions, the denominator of the relative change"""
     panel: str = "knockout"
+    """the report's figure its configurations are drawn in"""
 
     _targets = field_validator("targets")(check_positions)
 

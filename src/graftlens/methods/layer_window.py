@@ -18,7 +18,9 @@ class LayerWindowSweep(ComponentListSweep):
 
     kind: Literal["layer_window"]
     window: Annotated[int, Fits("window")] = Field(1, ge=1)
+    """layers grafted together, in a window centred on each layer"""
     panel: str = "layer_window"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

@@ -29,8 +29,10 @@ class LensRead(LensChoice):
     """What a lens sweep and each of its configurations share: where and how the stream is read
     (``lens: tuned`` reads it through the model's tuned lens)."""
 
-    position: str = "LT"  # the last position of this selector in each prompt
+    position: str = "LT"
+    """each prompt is read at the last position this selector picks"""
     final_norm: bool = True
+    """apply the final norm before the unembedding"""
 
     _position = field_validator("position")(check_positions)
 
@@ -52,7 +54,9 @@ class LensSweep(LensRead, Sweep):
 
     kind: Literal["lens"]
     points: list[StreamPoint] = Field(["attn_out", "mlp_out"], min_length=1)
+    """stream points read: `attn_out`, `mlp_out`, `resid_post`, ..."""
     panel: str = "lens"
+    """the report's figure its configurations are drawn in"""
 
 
 @register

@@ -16,11 +16,17 @@ class PositionSweep(Sweep):
 
     kind: Literal["positions"]
     donor: str
+    """the model whose weights are grafted"""
     sets: list[str] = Field(min_length=1)
+    """position sets, one configuration each: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     components: str | list[str] = "all"
+    """components or groups grafted at each set"""
     layers: Annotated[LayerSpec, Fits("selection")] = "all"
+    """the layers grafted"""
     panel: str = "positions"
-    label: str | None = None  # config names become "label: set"
+    """the report's figure its configurations are drawn in"""
+    label: str | None = None
+    """configuration names become `label: set` (default: the set alone)"""
 
     _components = field_validator("components")(check_components)
 

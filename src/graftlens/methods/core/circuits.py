@@ -49,9 +49,13 @@ class GroupSizes(Strict):
     """How many heads each path-patching stage keeps (the most negative scores, as in the paper's code)."""
 
     value_fetchers: Annotated[int, Fits("heads")] = Field(10, ge=1)
+    """heads kept as value fetchers"""
     position_transmitters: Annotated[int, Fits("heads")] = Field(5, ge=1)
+    """heads kept as position transmitters"""
     position_detectors: Annotated[int, Fits("heads")] = Field(5, ge=1)
+    """heads kept as position detectors"""
     structure_readers: Annotated[int, Fits("heads")] = Field(3, ge=1)
+    """heads kept as structure readers"""
 
 
 def plain_of(spec: dict) -> str:

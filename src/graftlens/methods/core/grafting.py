@@ -231,8 +231,11 @@ class ComponentListSweep(Sweep):
     """What the component and layer-window sweeps share: a donor, positions, component groups."""
 
     donor: str
+    """the model whose weights are grafted"""
     positions: str = "LT"
+    """where the donor computes: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
     components: list[str] = Field(min_length=1)
+    """components or groups, one configuration each (with each layer group)"""
 
     _positions = field_validator("positions")(check_positions)
 

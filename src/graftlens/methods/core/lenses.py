@@ -24,6 +24,7 @@ class LensChoice(Strict):
     added: ClassVar[dict[str, Any]] = {"lens": "logit"}
 
     lens: LensName = "logit"
+    """`logit` (final norm and unembedding) or `tuned` (the model's tuned lens first)"""
 
 
 def lens_of(execution: Execution, model: str, lens: LensName) -> TunedLens | None:

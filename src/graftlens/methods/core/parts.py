@@ -25,7 +25,7 @@ class Strict(BaseModel):
     """Unknown keys are errors; parsed recipes are immutable (and hashable into a run id); every
     number is finite (``inf`` and ``nan`` are refused, whatever the field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
     #: Keys an earlier recipe format used, ``{old: new}``: read with the meaning they had, each
     #: with one `RenamedRecipeKey` warning naming the key to write.
@@ -185,9 +185,13 @@ class GraftSpec(Strict):
     """One graft rule: ``donor`` computes ``components`` of ``layers`` at ``positions``."""
 
     donor: str
+    """the model whose weights are grafted (a name in `models`)"""
     components: str | list[str] = "all"
+    """canonical components or groups (`q`, `attn`, `o+mlp`, `all`)"""
     layers: LayerSpec = "all"
+    """layers: an index, a list, or a named group (`all`, `half2`, `quarter4`)"""
     positions: str = "all"
+    """where the donor computes: a position selector (`FE`, `LT`, `subject`, `(FE+LT)^C`, ...)"""
 
     _components = field_validator("components")(check_components)
     _positions = field_validator("positions")(check_positions)
@@ -206,7 +210,9 @@ class Sweep(Strict):
     renamed: ClassVar[dict[str, str]] = {"group": "panel"}
 
     recipient: str | None = None
+    """the model intervened on (default: the recipe's `recipient`)"""
     panel: str
+    """the report's figure its configurations are drawn in"""
 
     def model_references(self) -> list[str]:
         """Names of the recipe's models this sweep uses (checked against ``models:``)."""
