@@ -24,7 +24,15 @@ import torch
 
 from graftlens.data.entity_tracking import make_pairs, tokenize_entity_tracking
 from graftlens.eval.batching import collate, pad_id_of
-from graftlens.interventions.paths import PathInputs, PreparedBatch, Receiver, _path_patched_run, first_touched_column
+from graftlens.interventions.paths import (
+    PathInputs,
+    PathRuns,
+    PathStage,
+    PreparedBatch,
+    Receiver,
+    first_touched_column,
+    path_patched_run,
+)
 from graftlens.models import load_model
 from graftlens.models.prefix import run_prefix
 
@@ -53,14 +61,16 @@ def main() -> None:
             part = prepared.parts[0]
             cut = first_touched_column(inputs, position, receivers, position)
             prefix = run_prefix(model, inputs.clean_ids, inputs.masks[0], cut)
-            full_cache = PreparedBatch(model, inputs, share_prefix=False, **kw).parts[0]
-            caches = dict(clean_cache=full_cache.clean_cache, corrupted_cache=full_cache.corrupted_cache)
+            whole = PreparedBatch(model, inputs, share_prefix=False, **kw).parts[0].runs
+            stage = PathStage(position, None, receivers, position)
 
             def full(sender):
-                return _path_patched_run(model, inputs, sender, one_column=False, **caches, **kw)
+                runs = PathRuns(whole.clean_cache, whole.corrupted_cache, one_column=False)
+                return path_patched_run(model, inputs, sender, stage, runs)
 
             def with_prefix(sender):
-                return _path_patched_run(model, inputs, sender, one_column=False, prefix=prefix, **caches, **kw)
+                runs = PathRuns(whole.clean_cache, whole.corrupted_cache, prefix=prefix, one_column=False)
+                return path_patched_run(model, inputs, sender, stage, runs)
 
             def shortcuts(sender):
                 return prepared.logits(sender)

@@ -28,7 +28,7 @@ import graftlens
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import collate
 from graftlens.graft.engine import Grafter
-from graftlens.graft.prefix import PrefixCaches, continue_variants, variant_rules
+from graftlens.graft.prefix import PrefixCaches, variant_rules
 from graftlens.methods.core.grafting import grafted_last_logits
 
 COMPONENTS = ["attn", "q", "k", "v", "o", "mlp", "o+mlp"]
@@ -73,7 +73,7 @@ def main() -> None:
         with torch.no_grad():
             for chunk, grafter in zip(chunks, grafters):
                 with grafter.on([s for s in batch.spans for _ in chunk]):
-                    logits = continue_variants(base, cache, batch.input_ids, batch.attention_mask, len(chunk))[0]
+                    logits = cache.continued_variants(len(chunk))[0]
                 variant_out += [logits[:, v] for v in range(len(chunk))]
         variant_times.append((time.perf_counter() - t0) / len(configs))
         for a, b, c in zip(full_out, shared_out, variant_out):

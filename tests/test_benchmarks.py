@@ -38,3 +38,14 @@ def test_the_gpu_sweep_benchmark_runs_on_a_cpu(embedded, graftlens_cache) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     assert out["prompts"] == 16 and out["configurations"] == 7 and out["prompt_configurations_per_s"] > 0
+
+
+def test_every_benchmark_script_imports_what_it_uses() -> None:
+    """A benchmark that names a function the library no longer has fails here, not when someone
+    next measures with it (each script in a fresh interpreter, its ``main`` not run)."""
+    scripts = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *scripts], cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

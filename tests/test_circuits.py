@@ -21,10 +21,12 @@ from graftlens.interventions.patching import patched_logits
 from graftlens.interventions.paths import (
     PathInputs,
     PathPatchingError,
+    PathRuns,
+    PathStage,
     Receiver,
-    _path_patched_run,
     head_outputs,
     path_patched_logits,
+    path_patched_run,
     path_patching,
     top_heads,
 )
@@ -361,7 +363,8 @@ def test_the_one_column_sender_run_gives_the_full_sender_run(family):
             for sender in [(0, 1), (2, 3)]:
                 kw = dict(sender_positions=positions, receivers=receivers, receiver_positions=receiver_positions)
                 one = path_patched_logits(model, inputs, sender, **kw)
-                full = _path_patched_run(model, inputs, sender, one_column=False, **kw)
+                stage = PathStage(positions, None, receivers, receiver_positions)
+                full = path_patched_run(as_loaded(model), inputs, sender, stage, PathRuns(one_column=False))
                 torch.testing.assert_close(one, full, rtol=1e-4, atol=1e-5)
                 assert not torch.allclose(full, path_patched_logits(model, inputs, None, **kw))
 

@@ -155,56 +155,33 @@ def _same_inputs(stored: dict, inputs: dict, models: dict[str, LoadedModel], man
 def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progress, finetune_progress, on_ray: OnRay | None):
     run_id = recipe.content_hash()
     with ResultsStore.open_for_run(run_dir / STORE_NAME, restart=not resume) as store:
-        previous = store.get_meta("run")
-        if not resume:
-            store.clear()
-        elif previous is not None and previous != run_id and store.total() > 0:
-            raise StoreError(_another_recipe(run_dir, previous, store.get_meta("recipe") or {}, recipe))
-        # Claimed at once (the lock keeps other writers out until this run ends).
-        store.set_meta("run", run_id)
-        store.set_meta("recipe", recipe.model_dump(mode="json"))
-
+        _claim(store, run_dir, run_id, recipe, resume)
         recipe_path = Path(recipe_path) if recipe_path is not None else None
         # Every number against the models, before any forward pass of the prompts.
         setup = set_up_run(recipe, recipe_path.parent if recipe_path else None, device, finetune_progress)
-        data, models, sources, configs = setup.data, setup.models, setup.sources, setup.configs
-        recipient, pad, prompts = setup.recipient, setup.pad, setup.prompts
+        data, models, configs = setup.data, setup.models, setup.configs
+        prompts = setup.prompts
         if recipe.eval.only_correct:
-            prompts = correct_only(recipient, prompts, recipe.eval.batch_size, pad)
+            prompts = correct_only(setup.recipient, prompts, recipe.eval.batch_size, setup.pad)
         attributes = setup.attributes(prompts)
-
         inputs = {
             "dataset_hash": data.content_hash,
             "models": {name: model_fingerprint(m.model) for name, m in models.items()},
         }
-        stored_inputs = store.get_meta("inputs")
-        if (
-            stored_inputs is not None
-            and not _same_inputs(stored_inputs, inputs, models, store.get_meta("manifest"))
-            and store.total() > 0
-        ):
-            raise StoreError(
-                f"{run_dir} holds results made from other models or data than this recipe now gives "
-                f"(stored {stored_inputs}, now {inputs}); pass --restart to discard them"
-            )
-        manifest = _manifest(recipe, recipe_path, run_id, data, sources, inputs, prompts, configs, command, models)
-        store.set_meta("run", run_id)
-        store.set_meta("recipe", recipe.model_dump(mode="json"))
-        store.set_meta("inputs", inputs)
-        store.set_meta("manifest", manifest)
-        store.set_configs(run_id, [c.to_json() for c in configs])
-        write_json_atomic(run_dir / MANIFEST_NAME, manifest)
-
+        _check_same_inputs(store, run_dir, inputs, models)
+        manifest = _manifest(recipe, recipe_path, run_id, data, setup.sources, inputs, prompts, configs, command, models)
+        _record(store, run_dir, run_id, recipe, inputs, manifest, configs)
         if on_ray is not None:
             base_dir = recipe_path.parent.resolve() if recipe_path else None
             worker_setup = WorkerSetup(
-                recipe, base_dir, device, prompts, configs, attributes, inputs["models"], pad, torch.get_num_threads()
+                recipe, base_dir, device, prompts, configs, attributes, inputs["models"], setup.pad, torch.get_num_threads()
             )
-            del models, recipient, setup  # the workers load their own; this process only writes
+            del models, setup  # the workers load their own; this process only writes
             _free_memory()
             outcome = score_on_ray(
                 store, run_id, worker_setup, address=on_ray.address, workers=on_ray.workers, progress=progress, run_dir=run_dir
             )
+            seconds = time.perf_counter() - t0
             return RunSummary(
                 run_dir,
                 run_id,
@@ -212,7 +189,7 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
                 len(prompts),
                 outcome.written,
                 store.count(run_id),
-                time.perf_counter() - t0,
+                seconds,
                 outcome.workers,
                 outcome.restarts,
             )
@@ -222,9 +199,9 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
             configs,
             models,
             prompts,
-            recipient,
+            setup.recipient,
             recipe.eval.batch_size,
-            pad,
+            setup.pad,
             progress,
             attributes,
             run_dir,
@@ -232,6 +209,38 @@ def _run_locked(recipe, run_dir, t0, recipe_path, device, resume, command, progr
         )
         total = store.count(run_id)
     return RunSummary(run_dir, run_id, len(configs), len(prompts), written, total, time.perf_counter() - t0)
+
+
+def _claim(store: ResultsStore, run_dir: Path, run_id: str, recipe: Recipe, resume: bool) -> None:
+    """Claim the store for this run at once (its lock keeps other writers out until the run ends):
+    emptied without ``resume``; another recipe's results are an error."""
+    previous = store.get_meta("run")
+    if not resume:
+        store.clear()
+    elif previous is not None and previous != run_id and store.total() > 0:
+        raise StoreError(_another_recipe(run_dir, previous, store.get_meta("recipe") or {}, recipe))
+    store.set_meta("run", run_id)
+    store.set_meta("recipe", recipe.model_dump(mode="json"))
+
+
+def _check_same_inputs(store: ResultsStore, run_dir: Path, inputs: dict, models: dict[str, LoadedModel]) -> None:
+    """Stored results were made from this data and these weights, or there are none."""
+    stored = store.get_meta("inputs")
+    if stored is not None and not _same_inputs(stored, inputs, models, store.get_meta("manifest")) and store.total() > 0:
+        raise StoreError(
+            f"{run_dir} holds results made from other models or data than this recipe now gives "
+            f"(stored {stored}, now {inputs}); pass --restart to discard them"
+        )
+
+
+def _record(store: ResultsStore, run_dir: Path, run_id: str, recipe: Recipe, inputs: dict, manifest: dict, configs) -> None:
+    """What the run is, in the store and in ``manifest.json``, before anything is scored."""
+    store.set_meta("run", run_id)
+    store.set_meta("recipe", recipe.model_dump(mode="json"))
+    store.set_meta("inputs", inputs)
+    store.set_meta("manifest", manifest)
+    store.set_configs(run_id, [c.to_json() for c in configs])
+    write_json_atomic(run_dir / MANIFEST_NAME, manifest)
 
 
 def _another_recipe(run_dir: Path, previous: str, stored: dict, recipe: Recipe) -> str:

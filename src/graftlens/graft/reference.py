@@ -169,50 +169,23 @@ def reference_forward(
     donor_models = {name: _as_module(name, d, loaded.model) for name, d in donors.items()}
     sites = [_literal_sites(loaded, rule) for rule in rules]  # per rule: [(path, rows, cols)]
     paths = list(dict.fromkeys(site[0] for rule_sites in sites for site in rule_sites))
-
-    model = copy.deepcopy(loaded.model)  # the copy whose weights get overwritten
-    originals: dict[str, dict[str, torch.Tensor]] = {}
-    for path in paths:
-        module = model.get_submodule(path)
-        originals[path] = {}
-        for pname, p in list(module.named_parameters(recurse=False)):
-            originals[path][pname] = p.detach().clone()
-            # Untie: writing embed's weights must not write lm_head's, and vice versa.
-            setattr(module, pname, nn.Parameter(p.detach().clone(), requires_grad=False))
+    model, originals = _untied_copy(loaded.model, paths)
 
     batch, seq = input_ids.shape
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = torch.full((batch, seq, vocab), float("nan"), dtype=torch.float32)
     for b in range(batch):
         real = attention_mask[b].bool().nonzero().squeeze(1).tolist()  # padded columns of real tokens
-        n = len(real)
         example_spans = spans[b] if spans is not None else None
         cache = None
         for t, col in enumerate(real):
             # Start from the recipient's weights, then let each claiming rule write, in order (later wins).
-            for path in paths:
-                for pname, original in originals[path].items():
-                    getattr(model.get_submodule(path), pname).copy_(original)
+            _restore(model, originals)
             for rule, rule_sites in zip(rules, sites):
-                if not rule_claims(rule.positions, b, col, t, n, example_spans):
-                    continue
-                donor = donor_models[rule.donor]
-                for path, rows, cols in rule_sites:
-                    module = model.get_submodule(path)
-                    donor_params = dict(donor.get_submodule(path).named_parameters(recurse=False))
-                    for pname in originals[path]:
-                        w = getattr(module, pname)
-                        donor_w = donor_params[pname].to(device=w.device, dtype=w.dtype)
-                        dim = _out_dim(module, pname)
-                        if cols is not None:  # a head's input columns of o: its weight only
-                            if pname == "weight":
-                                for a, z in cols:
-                                    w.narrow(1 - dim, a, z - a).copy_(donor_w.narrow(1 - dim, a, z - a))
-                        elif rows is None:
-                            w.copy_(donor_w)
-                        else:
-                            for a, z in rows:
-                                w.narrow(dim, a, z - a).copy_(donor_w.narrow(dim, a, z - a))
+                if rule_claims(rule.positions, b, col, t, len(real), example_spans):
+                    donor = donor_models[rule.donor]
+                    for path, rows, cols in rule_sites:
+                        _write_donor(model.get_submodule(path), donor.get_submodule(path), originals[path], rows, cols)
             out = model(
                 input_ids=input_ids[b : b + 1, col : col + 1],
                 position_ids=torch.tensor([[t]], device=input_ids.device),
@@ -222,6 +195,45 @@ def reference_forward(
             cache = out.past_key_values
             logits[b, col] = out.logits[0, -1].float()
     return logits
+
+
+def _untied_copy(model: nn.Module, paths: Sequence[str]) -> tuple[nn.Module, dict[str, dict[str, torch.Tensor]]]:
+    """A copy of ``model`` whose weights at ``paths`` can be overwritten one by one (untied:
+    writing embed's weights must not write lm_head's, and vice versa), and those weights' originals."""
+    model = copy.deepcopy(model)
+    originals: dict[str, dict[str, torch.Tensor]] = {}
+    for path in paths:
+        module = model.get_submodule(path)
+        originals[path] = {}
+        for pname, p in list(module.named_parameters(recurse=False)):
+            originals[path][pname] = p.detach().clone()
+            setattr(module, pname, nn.Parameter(p.detach().clone(), requires_grad=False))
+    return model, originals
+
+
+def _restore(model: nn.Module, originals: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    for path, params in originals.items():
+        for pname, original in params.items():
+            getattr(model.get_submodule(path), pname).copy_(original)
+
+
+def _write_donor(module: nn.Module, donor: nn.Module, originals: Mapping[str, torch.Tensor], rows, cols) -> None:
+    """Write the donor module's weights into ``module``: all of them, its output ``rows`` (head
+    row blocks), or a head's input ``cols`` of o (its weight only)."""
+    donor_params = dict(donor.named_parameters(recurse=False))
+    for pname in originals:
+        w = getattr(module, pname)
+        donor_w = donor_params[pname].to(device=w.device, dtype=w.dtype)
+        dim = _out_dim(module, pname)
+        if cols is not None:
+            if pname == "weight":
+                for a, z in cols:
+                    w.narrow(1 - dim, a, z - a).copy_(donor_w.narrow(1 - dim, a, z - a))
+        elif rows is None:
+            w.copy_(donor_w)
+        else:
+            for a, z in rows:
+                w.narrow(dim, a, z - a).copy_(donor_w.narrow(dim, a, z - a))
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ Means are per position, as `head_means` takes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -202,95 +203,121 @@ def edge_ablated_logits(
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, min(batch, start + chunk))
-        parts.append(_run(loaded, plan, input_ids[rows], mask[rows], attention_mask is not None, means))
+        run = EdgeCircuitRun(loaded, plan, means, mask[rows])
+        with torch.no_grad(), edit(loaded, run.edits()):
+            parts.append(
+                run_logits(loaded, input_ids[rows], mask[rows] if attention_mask is not None else None, last_only=True)[:, -1]
+            )
     return torch.cat(parts)
 
 
-def _run(loaded: LoadedModel, plan: _Plan, input_ids, mask, masked: bool, means) -> torch.Tensor:
-    a = loaded.adapter
-    n = next(iter(means.values())).shape[0]
-    real = mask.bool()[:, :, None]  # [batch, pos, 1]: padding writes nothing
-    index = {s: i for i, s in enumerate(plan.senders)}
-    held: dict[str, torch.Tensor] = {}  # "writes": [sender, batch, pos, d_model], filled layer by layer as the run goes
-    stream: dict[int, torch.Tensor] = {}
-    inputs: dict[int, dict[Receiver, torch.Tensor]] = {}
-    inner: list[bool] = []  # set while this run calls o or q/k/v itself: its own hooks then stand aside
+class EdgeCircuitRun:
+    """One circuit run over a batch: the hook functions of `edge_ablated_logits` and the state
+    they share as the run goes, layer by layer.
 
-    def record_stream(layer: int):
-        def fn(x: torch.Tensor) -> None:  # [batch, pos, d_model]
-            stream[layer] = x
+    ``writes`` ``[sender, batch, pos, d_model]``: each circuit head's write when it alone is set
+    to its mean, filled as each layer's ``z`` passes; ``streams[layer]``: the residual stream
+    entering a layer with receivers; ``inputs[layer]``: each receiver's own q/k/v there. While
+    the run computes heads' writes or receivers' inputs itself (through the model's own
+    modules), ``own_calls`` is set and its hooks let those calls through unedited."""
 
-        return fn
+    def __init__(self, loaded: LoadedModel, plan: _Plan, means: Mapping[int, torch.Tensor], mask: torch.Tensor) -> None:
+        self.loaded = loaded
+        self.plan = plan
+        self.means = means
+        self.n_positions = next(iter(means.values())).shape[0]
+        self.real = mask.bool()[:, :, None]  # [batch, pos, 1]: padding writes nothing
+        self.sender_index = {s: i for i, s in enumerate(plan.senders)}
+        self.writes: torch.Tensor | None = None
+        self.streams: dict[int, torch.Tensor] = {}
+        self.inputs: dict[int, dict[Receiver, torch.Tensor]] = {}
+        self.own_calls = False
 
-    def receiver_values(layer: int) -> dict[Receiver, torch.Tensor]:
+    @contextmanager
+    def _calling_the_model(self) -> Iterator[None]:
+        """The hooks below stand aside while the run calls the model's modules itself."""
+        self.own_calls = True
+        try:
+            yield
+        finally:
+            self.own_calls = False
+
+    def edits(self) -> dict[Point, Callable]:
+        """The run's edits: every layer's ``z`` ablated, receivers' inputs swapped, logits read."""
+        n_layers = self.loaded.adapter.n_layers
+        edits: dict[Point, Callable] = {Point("z", layer): self._ablate(layer) for layer in range(n_layers)}
+        for layer in range(n_layers):
+            receivers = self.plan.receivers[layer]
+            if receivers:
+                edits[Point("resid_pre", layer)] = self._record_stream(layer)
+                for point in [p for p in RECEIVER_POINTS if any(r.point == p for r in receivers)]:
+                    edits[Point(point, layer)] = self._swap(point, layer)
+        edits[Point("resid_post", n_layers - 1)] = self._logits_read
+        return edits
+
+    def _record_stream(self, layer: int) -> Callable:
+        def record(x: torch.Tensor) -> None:  # [batch, pos, d_model]
+            self.streams[layer] = x
+
+        return record
+
+    def _receiver_values(self, layer: int) -> dict[Receiver, torch.Tensor]:
         """Each receiver's own q/k/v row block ``[batch, pos, d_head]``, from its own stream."""
-        if layer not in inputs:
-            receivers, cut = plan.receivers[layer], plan.ablated[layer]  # cut: [sender before the layer, receiver]
-            sent = held["writes"][: cut.shape[0]].flatten(1)  # [sender, batch·pos·d_model]: senders are in layer order
-            seen = (cut.T.to(sent.dtype) @ sent).view(len(receivers), *stream[layer].shape)  # [receiver, batch, pos, d_model]
-            out = {}
-            inner.append(True)
-            try:
-                for j, r in enumerate(receivers):
-                    out[r] = receiver_input(loaded, layer, stream[layer] + seen[j].to(stream[layer].dtype))[r.point][:, :, r.head]
-            finally:
-                inner.pop()
-            inputs[layer] = out
-        return inputs[layer]
+        if layer not in self.inputs:
+            receivers, cut = self.plan.receivers[layer], self.plan.ablated[layer]  # cut: [sender before the layer, receiver]
+            stream = self.streams[layer]
+            sent = self.writes[: cut.shape[0]].flatten(1)  # [sender, batch·pos·d_model]: senders are in layer order
+            seen = (cut.T.to(sent.dtype) @ sent).view(len(receivers), *stream.shape)  # [receiver, batch, pos, d_model]
+            with self._calling_the_model():
+                self.inputs[layer] = {
+                    r: receiver_input(self.loaded, layer, stream + seen[j].to(stream.dtype))[r.point][:, :, r.head]
+                    for j, r in enumerate(receivers)
+                }
+        return self.inputs[layer]
 
-    def swap(point: str, layer: int):
-        def fn(x: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
-            if inner:
+    def _swap(self, point: str, layer: int) -> Callable:
+        def swap(x: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
+            if self.own_calls:
                 return None
-            values = receiver_values(layer)
             out = x.clone()
-            for r, value in values.items():
+            for r, value in self._receiver_values(layer).items():
                 if r.point == point:
                     out[:, :, r.head] = value.to(x.dtype)
             return out
 
-        return fn
+        return swap
 
-    def ablate(layer: int):
-        mine = [h for h in range(a.n_heads) if (layer, h) in plan.alive]
-        dead = torch.tensor([h not in mine for h in range(a.n_heads)])
+    def _ablate(self, layer: int) -> Callable:
+        n_heads = self.loaded.adapter.n_heads
+        mine = [h for h in range(n_heads) if (layer, h) in self.plan.alive]
+        dead = torch.tensor([h not in mine for h in range(n_heads)])
 
-        def fn(z: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
-            if inner:
+        def ablate(z: torch.Tensor) -> torch.Tensor | None:  # [batch, pos, head, d_head]
+            if self.own_calls:
                 return None
             at_mean = z.clone()
-            at_mean[:, -n:] = means[layer].to(z.device, z.dtype)
+            at_mean[:, -self.n_positions :] = self.means[layer].to(z.device, z.dtype)
             z = torch.where(dead.to(z.device)[:, None], at_mean, z)
-            if mine:  # each circuit head's write when it alone is set to its mean
-                inner.append(True)
-                try:
-                    moved = head_writes(loaded, layer, z, at_mean)  # [head, batch, pos, d_model]
-                finally:
-                    inner.pop()
-                if "writes" not in held:
-                    held["writes"] = moved.new_zeros(len(plan.senders), *moved.shape[1:])
-                for h in mine:
-                    held["writes"][index[(layer, h)]] = torch.where(real, moved[h], 0.0)
+            if mine:
+                self._hold_writes(layer, mine, z, at_mean)
             return z
 
-        return fn
+        return ablate
 
-    def logits_read(x: torch.Tensor) -> torch.Tensor:
-        cut = [i for i, c in enumerate(plan.logits_cut.tolist()) if c]
+    def _hold_writes(self, layer: int, heads: list[int], z: torch.Tensor, at_mean: torch.Tensor) -> None:
+        """Each circuit head's write when it alone is set to its mean."""
+        with self._calling_the_model():
+            moved = head_writes(self.loaded, layer, z, at_mean)  # [head, batch, pos, d_model]
+        if self.writes is None:
+            self.writes = moved.new_zeros(len(self.plan.senders), *moved.shape[1:])
+        for h in heads:
+            self.writes[self.sender_index[(layer, h)]] = torch.where(self.real, moved[h], 0.0)
+
+    def _logits_read(self, x: torch.Tensor) -> torch.Tensor:
+        cut = [i for i, c in enumerate(self.plan.logits_cut.tolist()) if c]
         if not cut:
             return x
-        return x + held["writes"][cut].sum(0).to(x.dtype)
-
-    edits = {Point("z", layer): ablate(layer) for layer in range(a.n_layers)}
-    for layer in range(a.n_layers):
-        if plan.receivers[layer]:
-            edits[Point("resid_pre", layer)] = record_stream(layer)
-            for p in RECEIVER_POINTS:
-                if any(r.point == p for r in plan.receivers[layer]):
-                    edits[Point(p, layer)] = swap(p, layer)
-    edits[Point("resid_post", a.n_layers - 1)] = logits_read
-    with torch.no_grad(), edit(loaded, edits):
-        return run_logits(loaded, input_ids, mask if masked else None, last_only=True)[:, -1]
+        return x + self.writes[cut].sum(0).to(x.dtype)
 
 
 def edges_for_heads(scores: EdgeScores, n_heads_wanted: int, by: str = "abs") -> EdgeCircuit:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from graftlens.errors import InterventionError
-from graftlens.interventions.hooks import ActivationCache, capture, edit
+from graftlens.interventions.hooks import ActivationCache, Edit, capture, edit
 from graftlens.interventions.metrics import Metric, check_metric, per_prompt, prob
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
@@ -239,145 +239,159 @@ def path_patched_logits(
         torch.Size([1, 96])
     """
     check_receivers("path_patched_logits", receivers)
-    return _path_patched_run(
-        model,
-        inputs,
-        sender,
-        sender_positions=sender_positions,
-        corrupted_positions=corrupted_positions,
-        receivers=receivers,
-        receiver_positions=receiver_positions,
-    )
+    stage = PathStage(sender_positions, corrupted_positions, receivers, receiver_positions)
+    return path_patched_run(as_loaded(model), inputs, sender, stage, PathRuns())
 
 
-def _path_patched_run(
-    model: LoadedModel | nn.Module,
-    inputs: PathInputs,
-    sender: Head | None,
-    *,
-    sender_positions: PositionsLike = "LT",
-    corrupted_positions: PositionsLike | None = None,
-    receivers: Receivers = "logits",
-    receiver_positions: PositionsLike = "LT",
-    clean_cache: ActivationCache | None = None,
-    corrupted_cache: ActivationCache | None = None,
-    prefix=None,
-    one_column: bool = True,
-    clean_logits: torch.Tensor | None = None,
-    column_runs: dict | None = None,
+@dataclass(frozen=True)
+class PathStage:
+    """Where one stage of path patching writes and reads: the sender's positions in the clean run
+    (``corrupted_positions``: where its value is read in the corrupted run, default the same),
+    the receivers (``"logits"``, ``"everything"`` or `Receiver` inputs) and where they read."""
+
+    sender_positions: PositionsLike = "LT"
+    corrupted_positions: PositionsLike | None = None
+    receivers: Receivers = "logits"
+    receiver_positions: PositionsLike = "LT"
+
+
+@dataclass
+class PathRuns:
+    """The runs the senders of one input share, each computed when first needed and then kept.
+
+    ``clean_cache``/``corrupted_cache``: every head's output ``z`` of the clean and corrupted runs
+    (`head_outputs`; the clean one may hold the receivers' inputs too). ``clean_logits``: the
+    clean run's last-position logits. ``prefix``: the clean run's KV cache of its first columns
+    (`graftlens.models.prefix.run_prefix`), none of which a sender or receiver touches (see
+    `first_touched_column`): both runs then compute only the columns after it. ``column_runs``:
+    the one-column runs without sender, by columns. ``one_column``: with every head frozen and
+    the sender and its receivers in one column per row, the sender run computes that column
+    alone."""
+
+    clean_cache: ActivationCache | None = None
+    corrupted_cache: ActivationCache | None = None
+    clean_logits: torch.Tensor | None = None
+    prefix: object | None = None
+    column_runs: dict = field(default_factory=dict)
+    one_column: bool = True
+
+
+def path_patched_run(
+    loaded: LoadedModel, inputs: PathInputs, sender: Head | None, stage: PathStage, runs: PathRuns
 ) -> torch.Tensor:
-    """`path_patched_logits` with the runs it can share passed in (what `path_patching`
-    and its prepared batches do for many senders).
-
-    ``sender=None`` patches nothing: the result is the clean run. ``corrupted_positions`` (default:
-    ``sender_positions``) are where the sender's value is read in the corrupted run. ``clean_cache``
-    and ``corrupted_cache`` (from `head_outputs`) save a run each when many senders share inputs.
-    ``prefix``: the clean run's KV cache of its first columns (`graftlens.models.prefix.run_prefix`),
-    none of which the sender or the receivers may touch (see `first_touched_column`); both
-    runs then compute only the columns after it. With ``one_column`` (when heads are frozen and
-    the sender and its receivers share one column per row) the sender run computes that column alone;
-    ``clean_logits`` (the clean run's last-position logits) then saves a run when the receivers are the
-    logits, and ``column_runs`` (a dict the caller keeps per input) the one-column run without sender."""
-    loaded = as_loaded(model)
-    adapter = loaded.adapter
-    clean_mask, corrupted_mask = inputs.masks
-    if clean_cache is None:
-        _, clean_cache = head_outputs(loaded, inputs.clean_ids, inputs.clean_mask)
-    layers = range(adapter.n_layers)
-    edits = {}
-    sent_value = None
-    if receivers != "everything":
-        for layer in layers:  # every head frozen to the clean run ...
-            edits[Point("z", layer)] = _replace_with(clean_cache[Point("z", layer)])
-    if sender is not None:  # ... but the sender
-        layer, head = sender
-        _check_head(adapter, layer, head, adapter.n_heads, "sender")
-        if corrupted_cache is None or Point("z", layer) not in corrupted_cache:
-            _, corrupted_cache = head_outputs(loaded, inputs.corrupted_ids, inputs.corrupted_mask)
-        where_base = resolve_positions(sender_positions, clean_mask, inputs.clean_spans)
-        where_source = resolve_positions(
-            sender_positions if corrupted_positions is None else corrupted_positions, corrupted_mask, inputs.corrupted_spans
-        )
-        rows, bpos, spos = paired_positions(where_base, where_source, "sender")
-        value = corrupted_cache[Point("z", layer)][rows, spos, head]  # [n, d_head]
-        sent_value = (layer, head, rows, bpos, value)
-        frozen = edits.get(Point("z", layer))
-        edits[Point("z", layer)] = _sender_edit(frozen, rows, bpos, head, value, inputs.clean_ids.shape[1])
-
-    receiver_points: dict[Point, list[int]] = {}
-    if not isinstance(receivers, str):
-        for r in receivers:
-            if r.point not in ("q", "k", "v"):
-                raise PathPatchingError(f"receiver {r}: a receiver reads a head's q, k or v, not {r.point!r}")
-            _check_head(adapter, r.layer, r.head, adapter.n_heads if r.point == "q" else adapter.n_kv_heads, f"receiver {r}")
-            receiver_points.setdefault(Point(r.point, r.layer), []).append(r.head)
-
-    def forward() -> torch.Tensor:
-        if prefix is not None:
-            from graftlens.models.prefix import continue_prefix
-
-            return continue_prefix(loaded, prefix, inputs.clean_ids, clean_mask)
-        return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
-
+    """Last-position logits ``[batch, vocab]`` of `path_patched_logits`, from the shared ``runs``
+    (what `path_patching` and its prepared batches keep for many senders). ``sender=None``
+    patches nothing: the result is the clean run."""
+    if runs.clean_cache is None:
+        _, runs.clean_cache = head_outputs(loaded, inputs.clean_ids, inputs.clean_mask)
+    sent_value = _sent_value(loaded, inputs, sender, stage, runs) if sender is not None else None
+    receiver_points = _receiver_points(loaded.adapter, stage.receivers)
     if receiver_points and sender is not None and sender[0] >= max(point.layer for point in receiver_points):
         # A head's q, k, v are read from the residual stream before its layer's attention: a
         # sender in that layer or after it reaches no receiver, and the clean run is the result.
-        return clean_logits if clean_logits is not None else forward()
-
-    columns = _sender_columns(inputs, sender, sender_positions, receivers, receiver_positions) if one_column else None
+        return runs.clean_logits if runs.clean_logits is not None else _clean_forward(loaded, inputs, runs.prefix)
+    columns = _sender_columns(inputs, sender, stage) if runs.one_column else None
     if columns is not None:
-        # Every head frozen: each column's residual stream depends on that column alone, so the
-        # sender run computes just the one column a row needs (the sender's, where its receivers
-        # are), with and without the sender; what the sender changes is added to the clean run's
-        # values (a sender that changes nothing leaves them exactly as they are). ``clean_cache``
-        # may hold the receivers' clean inputs too (`head_outputs` with ``points``).
-        memo = column_runs if column_runs is not None else {}
-        key = (tuple(columns.tolist()), tuple(receiver_points))
-        if key not in memo:  # the run without the sender: the same for every sender of these columns
-            memo[key] = _one_column_run(loaded, inputs, columns, clean_cache, None, receiver_points)
-        logits_0, sent_0 = memo[key]
-        logits, sent = _one_column_run(loaded, inputs, columns, clean_cache, sent_value, receiver_points)
+        sent = _one_column_sent(loaded, inputs, columns, sent_value, receiver_points, runs)
         if not receiver_points:
-            if clean_logits is None:
-                clean_logits = forward()
-            return clean_logits + (logits - logits_0).to(clean_logits.dtype)
-        missing = [p for p in receiver_points if p not in clean_cache]
-        if missing:
-            with capture(loaded, missing) as more, torch.no_grad():
-                run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
-            clean_cache = ActivationCache({**clean_cache, **more})
-        # Each receiver's input in the sender run: its clean value plus what the sender changed.
-        sent = ActivationCache({point: clean_cache[point] + (sent[point] - sent_0[point]) for point in receiver_points})
+            return sent  # the logits themselves
     else:
+        edits = _frozen_heads(loaded, runs.clean_cache, stage.receivers)
+        if sent_value is not None:
+            layer, head, rows, bpos, value = sent_value
+            point = Point("z", layer)
+            edits[point] = _sender_edit(edits.get(point), rows, bpos, head, value, inputs.clean_ids.shape[1])
         with edit(loaded, edits), capture(loaded, receiver_points) as sent:
-            logits = forward()
+            logits = _clean_forward(loaded, inputs, runs.prefix)
         if not receiver_points:
             return logits
-    where = resolve_positions(receiver_positions, clean_mask, inputs.clean_spans)  # [batch, pos]
+    where = resolve_positions(stage.receiver_positions, inputs.masks[0], inputs.clean_spans)  # [batch, pos]
     receiver_edits = {point: _receiver_edit(sent[point], where, heads) for point, heads in receiver_points.items()}
     with edit(loaded, receiver_edits):
-        return forward()
+        return _clean_forward(loaded, inputs, runs.prefix)
 
 
-def _sender_columns(
-    inputs: PathInputs,
-    sender: Head | None,
-    sender_positions: PositionsLike,
-    receivers: Receivers,
-    receiver_positions: PositionsLike,
-) -> torch.Tensor | None:
+def _frozen_heads(loaded: LoadedModel, clean_cache: ActivationCache, receivers: Receivers) -> dict[Point, Edit]:
+    """Every head frozen to the clean run (nothing frozen for ``receivers="everything"``)."""
+    if receivers == "everything":
+        return {}
+    return {Point("z", layer): _replace_with(clean_cache[Point("z", layer)]) for layer in range(loaded.adapter.n_layers)}
+
+
+def _sent_value(loaded: LoadedModel, inputs: PathInputs, sender: Head, stage: PathStage, runs: PathRuns) -> tuple:
+    """``(layer, head, rows, clean positions, value [n, d_head])``: the sender's corrupted output
+    at the positions it is written to."""
+    layer, head = sender
+    _check_head(loaded.adapter, layer, head, loaded.adapter.n_heads, "sender")
+    if runs.corrupted_cache is None or Point("z", layer) not in runs.corrupted_cache:
+        _, runs.corrupted_cache = head_outputs(loaded, inputs.corrupted_ids, inputs.corrupted_mask)
+    clean_mask, corrupted_mask = inputs.masks
+    where_base = resolve_positions(stage.sender_positions, clean_mask, inputs.clean_spans)
+    read_at = stage.sender_positions if stage.corrupted_positions is None else stage.corrupted_positions
+    where_source = resolve_positions(read_at, corrupted_mask, inputs.corrupted_spans)
+    rows, bpos, spos = paired_positions(where_base, where_source, "sender")
+    return layer, head, rows, bpos, runs.corrupted_cache[Point("z", layer)][rows, spos, head]
+
+
+def _receiver_points(adapter, receivers: Receivers) -> dict[Point, list[int]]:
+    """Receiver inputs by point (``q.3`` → heads), each checked against the model."""
+    points: dict[Point, list[int]] = {}
+    if isinstance(receivers, str):
+        return points
+    for r in receivers:
+        if r.point not in ("q", "k", "v"):
+            raise PathPatchingError(f"receiver {r}: a receiver reads a head's q, k or v, not {r.point!r}")
+        _check_head(adapter, r.layer, r.head, adapter.n_heads if r.point == "q" else adapter.n_kv_heads, f"receiver {r}")
+        points.setdefault(Point(r.point, r.layer), []).append(r.head)
+    return points
+
+
+def _clean_forward(loaded: LoadedModel, inputs: PathInputs, prefix: object | None) -> torch.Tensor:
+    """The clean run's last-position logits (continuing ``prefix`` when given), under the edits in force."""
+    if prefix is not None:
+        from graftlens.models.prefix import continue_prefix
+
+        return continue_prefix(loaded, prefix, inputs.clean_ids, inputs.masks[0])
+    return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
+
+
+def _one_column_sent(loaded, inputs, columns, sent_value, receiver_points, runs: PathRuns):
+    """The sender run computed one column per row. Every head frozen: each column's residual
+    stream depends on that column alone, so the run computes just the column a row needs (the
+    sender's, where its receivers are), with and without the sender; what the sender changes is
+    added to the clean run's values (a sender that changes nothing leaves them exactly as they
+    are). Returns the logits when the receivers are the logits, else each receiver's input."""
+    key = (tuple(columns.tolist()), tuple(receiver_points))
+    if key not in runs.column_runs:  # the run without the sender: the same for every sender of these columns
+        runs.column_runs[key] = _one_column_run(loaded, inputs, columns, runs.clean_cache, None, receiver_points)
+    logits_0, sent_0 = runs.column_runs[key]
+    logits, sent = _one_column_run(loaded, inputs, columns, runs.clean_cache, sent_value, receiver_points)
+    if not receiver_points:
+        if runs.clean_logits is None:
+            runs.clean_logits = _clean_forward(loaded, inputs, runs.prefix)
+        return runs.clean_logits + (logits - logits_0).to(runs.clean_logits.dtype)
+    missing = [p for p in receiver_points if p not in runs.clean_cache]
+    if missing:  # the receivers' clean inputs
+        with capture(loaded, missing) as more, torch.no_grad():
+            run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
+        runs.clean_cache = ActivationCache({**runs.clean_cache, **more})
+    # Each receiver's input in the sender run: its clean value plus what the sender changed.
+    return ActivationCache({p: runs.clean_cache[p] + (sent[p] - sent_0[p]) for p in receiver_points})
+
+
+def _sender_columns(inputs: PathInputs, sender: Head | None, stage: PathStage) -> torch.Tensor | None:
     """``LongTensor[batch]``: the one column each clean row's sender run must compute (the sender's
     column, where the receivers are too; the last one for the logits), or None when heads are not
     frozen, nothing is sent, or a row needs more than one column."""
-    if receivers == "everything" or sender is None:
+    if stage.receivers == "everything" or sender is None:
         return None
     clean_mask, _ = inputs.masks
-    where = resolve_positions(sender_positions, clean_mask, inputs.clean_spans)
-    if receivers == "logits":
+    where = resolve_positions(stage.sender_positions, clean_mask, inputs.clean_spans)
+    if stage.receivers == "logits":
         where = where.clone()
         where[:, -1] = True  # left-padded or not, the logits are read at the last column
     else:
-        where = where | resolve_positions(receiver_positions, clean_mask, inputs.clean_spans)
+        where = where | resolve_positions(stage.receiver_positions, clean_mask, inputs.clean_spans)
     if not bool((where.sum(1) == 1).all()) or not bool(clean_mask.gather(1, where.float().argmax(1, keepdim=True)).all()):
         return None
     return where.float().argmax(1)
@@ -484,16 +498,13 @@ def target_probs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor
 
 @dataclass
 class _Part:
-    """Rows of a batch that one sender run serves: their inputs, clean and corrupted activations, the
-    KV cache of the columns before the first one they touch, and the runs without sender."""
+    """Rows of a batch that one sender run serves: their indices in the batch (``LongTensor[n]``),
+    their inputs, and the runs their senders share (the KV cache of the columns before the first
+    one they touch included)."""
 
-    rows: torch.Tensor  # LongTensor[n]: their indices in the batch
+    rows: torch.Tensor
     inputs: PathInputs
-    clean_logits: torch.Tensor
-    clean_cache: ActivationCache
-    corrupted_cache: ActivationCache
-    prefix: object | None
-    column_runs: dict = field(default_factory=dict)
+    runs: PathRuns
 
 
 class PreparedBatch:
@@ -517,12 +528,7 @@ class PreparedBatch:
 
         self.model = as_loaded(model)
         self.batch = inputs.clean_ids.shape[0]
-        self.kwargs = dict(
-            sender_positions=sender_positions,
-            corrupted_positions=corrupted_positions,
-            receivers=receivers,
-            receiver_positions=receiver_positions,
-        )
+        self.stage = PathStage(sender_positions, corrupted_positions, receivers, receiver_positions)
         points = sorted({Point(r.point, r.layer) for r in receivers}) if not isinstance(receivers, str) else []
         with torch.no_grad():
             clean_logits, clean_cache = head_outputs(self.model, inputs.clean_ids, inputs.clean_mask, points)
@@ -535,32 +541,19 @@ class PreparedBatch:
             part_inputs = inputs if rows is None else inputs.select(rows)
             take = (lambda t: t) if rows is None else (lambda t, r=rows: t[r.to(t.device)])
             prefix = run_prefix(self.model, part_inputs.clean_ids, part_inputs.masks[0], cut) if cut > 0 else None
-            self.parts.append(
-                _Part(
-                    torch.arange(self.batch) if rows is None else rows,
-                    part_inputs,
-                    take(clean_logits),
-                    ActivationCache({p: take(t) for p, t in clean_cache.items()}),
-                    ActivationCache({p: take(t) for p, t in corrupted_cache.items()}),
-                    prefix,
-                )
+            runs = PathRuns(
+                clean_cache=ActivationCache({p: take(t) for p, t in clean_cache.items()}),
+                corrupted_cache=ActivationCache({p: take(t) for p, t in corrupted_cache.items()}),
+                clean_logits=take(clean_logits),
+                prefix=prefix,
             )
+            self.parts.append(_Part(torch.arange(self.batch) if rows is None else rows, part_inputs, runs))
 
     def logits(self, sender: Head | None) -> torch.Tensor:
         """Last-position logits ``[batch, vocab]`` of the path-patched run for ``sender``."""
         out = self.clean_logits.new_empty(self.clean_logits.shape)
         for part in self.parts:
-            out[part.rows.to(out.device)] = _path_patched_run(
-                self.model,
-                part.inputs,
-                sender,
-                clean_cache=part.clean_cache,
-                corrupted_cache=part.corrupted_cache,
-                prefix=part.prefix,
-                clean_logits=part.clean_logits,
-                column_runs=part.column_runs,
-                **self.kwargs,
-            )
+            out[part.rows.to(out.device)] = path_patched_run(self.model, part.inputs, sender, self.stage, part.runs)
         return out
 
 
@@ -662,7 +655,8 @@ def prepared_bytes(prepared: PreparedBatch) -> int:
 
     total = 0
     for part in prepared.parts:
-        for t in (*part.clean_cache.values(), *part.corrupted_cache.values()):
+        runs = part.runs
+        for t in (*runs.clean_cache.values(), *runs.corrupted_cache.values()):
             total += t.numel() * t.element_size()
-        total += cache_bytes(part.prefix) if part.prefix is not None else 0
+        total += cache_bytes(runs.prefix) if runs.prefix is not None else 0
     return total

@@ -100,30 +100,10 @@ def _same_mask(who: str, arguments: Mapping[str, Any], mask: torch.Tensor) -> No
 def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
     """Check the arguments of ``who`` that have a known name (see the module docstring)."""
     module = _model_of(who, arguments)
-    batch: tuple[str, torch.Tensor] | None = None
-    for name in TOKEN_ARGUMENTS:
-        if arguments.get(name) is not None:
-            ids = arguments[name]
-            _check_ids(who, name, ids, module)
-            if batch is None:  # (whether clean and corrupted inputs must align is the method's own check)
-                batch = (name, ids)
     # Right padding is refused wherever the last column is read as each prompt's last token.
     reads_last = not ("last_only" in arguments and arguments["last_only"] is False)
-    if batch is not None:
-        first, ids = batch
-        mask = arguments.get("attention_mask")
-        if mask is not None:
-            _check_mask(who, "attention_mask", mask, first, ids, reads_last)
-    inputs = arguments.get("inputs")
-    if batch is None and isinstance(getattr(inputs, "clean_ids", None), torch.Tensor):  # PathInputs
-        for side in ("clean", "corrupted"):
-            ids, mask = getattr(inputs, f"{side}_ids"), getattr(inputs, f"{side}_mask")
-            _check_ids(who, f"inputs.{side}_ids", ids, module)
-            if mask is not None:
-                _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids, reads_last)
-        batch = ("inputs.clean_ids", inputs.clean_ids)
-    if batch is not None:
-        ids = batch[1]
+    ids = _check_token_inputs(who, arguments, module, reads_last)
+    if ids is not None:
         target = arguments.get("target_ids")
         if target is not None:
             _check_targets(who, target, ids.shape[0], module)
@@ -131,6 +111,40 @@ def check_arguments(who: str, arguments: Mapping[str, Any]) -> None:
         if spans is not None and len(spans) != ids.shape[0]:
             raise InterventionError(f"{who}: spans has {len(spans)} entries for a batch of {ids.shape[0]} prompts")
     # Layers are each function's own check (graftlens.models.names.select_layers: LayerSelectionError).
+    _check_scalars(who, arguments, module)
+
+
+def _check_token_inputs(
+    who: str, arguments: Mapping[str, Any], module: nn.Module | None, reads_last: bool
+) -> torch.Tensor | None:
+    """Check the token ids (and their masks) of the arguments; the batch's reference ids
+    ``[batch, pos]``: the first token argument given, or a `PathInputs`' clean ids."""
+    batch: tuple[str, torch.Tensor] | None = None
+    for name in TOKEN_ARGUMENTS:
+        if arguments.get(name) is not None:
+            ids = arguments[name]
+            _check_ids(who, name, ids, module)
+            if batch is None:  # (whether clean and corrupted inputs must align is the method's own check)
+                batch = (name, ids)
+    if batch is not None:
+        first, ids = batch
+        mask = arguments.get("attention_mask")
+        if mask is not None:
+            _check_mask(who, "attention_mask", mask, first, ids, reads_last)
+        return ids
+    inputs = arguments.get("inputs")
+    if not isinstance(getattr(inputs, "clean_ids", None), torch.Tensor):  # not a PathInputs
+        return None
+    for side in ("clean", "corrupted"):
+        ids, mask = getattr(inputs, f"{side}_ids"), getattr(inputs, f"{side}_mask")
+        _check_ids(who, f"inputs.{side}_ids", ids, module)
+        if mask is not None:
+            _check_mask(who, f"inputs.{side}_mask", mask, f"inputs.{side}_ids", ids, reads_last)
+    return inputs.clean_ids
+
+
+def _check_scalars(who: str, arguments: Mapping[str, Any], module: nn.Module | None) -> None:
+    """``hidden`` states fit the model; ``scale`` is a finite number; ``windows`` is not empty."""
     hidden = arguments.get("hidden")
     if module is not None and hidden is not None:
         _check_hidden(who, hidden, module)

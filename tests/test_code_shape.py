@@ -1,0 +1,57 @@
+"""Functions a reader can hold: none in src over 60 lines of code (its docstring aside) and none
+above complexity 15 (ruff's C901, in ``make lint``; checked here too, with a planted case)."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "graftlens"
+MAX_LINES = 60
+
+
+def _code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the last one."""
+    body = function.body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def _long_functions(source: str, where: str) -> list[str]:
+    return [
+        f"{where}:{node.lineno} {node.name} ({_code_lines(node)} lines)"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(node) > MAX_LINES
+    ]
+
+
+def test_no_function_in_src_is_over_60_lines() -> None:
+    found = [f for path in sorted(SRC.rglob("*.py")) for f in _long_functions(path.read_text(), str(path.relative_to(ROOT)))]
+    assert found == []
+
+
+def test_the_length_check_counts_code_not_the_docstring() -> None:
+    docstring = '    """' + "\n".join(["A long docstring."] * 80) + '"""\n'
+    short = "def f():\n" + docstring + "".join(f"    x{i} = {i}\n" for i in range(60))
+    long = "def g():\n" + "".join(f"    x{i} = {i}\n" for i in range(61))
+    assert _long_functions(short, "short") == []
+    assert _long_functions(long, "long") == ["long:1 g (61 lines)"]
+
+
+def test_no_function_is_above_complexity_15_and_the_lint_rule_sees_one(tmp_path) -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert ruff, "ruff is not installed: pip install -e '.[docs]'"
+    done = subprocess.run([ruff, "check", "--select", "C901", "src"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    branches = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(16))
+    planted = tmp_path / "planted.py"
+    planted.write_text("def tangled(x):\n" + branches + "    return -1\n")
+    # the project's own configuration (max-complexity 15), applied to a file outside it
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    seen = subprocess.run([ruff, "check", *config, "--select", "C901", str(planted)], capture_output=True, text=True)
+    assert seen.returncode == 1 and "tangled" in seen.stdout and "17 > 15" in seen.stdout, seen.stdout
