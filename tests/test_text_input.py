@@ -82,6 +82,29 @@ def test_entry_points_take_prompts_and_text_like_tensors(pair) -> None:
     )
 
 
+def test_path_patching_and_edge_attribution_take_a_pair_of_prompts(pair) -> None:
+    """``inputs=(clean, corrupted)``: the pair is made into `PathInputs` and the clean prompts'
+    targets fill ``target_ids``; the numbers are the tensor path's."""
+    m, _ = pair
+    clean = graftlens.prompts(m, ["[FE:Ann] stars in", "[FE:Bo] stars a"], targets=[" a", " b"])
+    corrupted = graftlens.prompts(m, ["[FE:Cyd] stars in", "[FE:Di] stars a"])
+    inputs, targets = PathInputs.of(clean, corrupted), clean.target_ids
+    pair_of = (clean, corrupted)
+    torch.testing.assert_close(graftlens.path_patching(m, pair_of).scores, graftlens.path_patching(m, inputs, targets).scores)
+    torch.testing.assert_close(
+        graftlens.edge_attribution(m, pair_of).scores, graftlens.edge_attribution(m, inputs, targets).scores
+    )
+    torch.testing.assert_close(
+        graftlens.path_patched_logits(m, pair_of, (1, 2)), graftlens.path_patched_logits(m, inputs, (1, 2))
+    )
+    torch.testing.assert_close(
+        graftlens.edge_patched_logits(m, pair_of, (1, 2), "logits"), graftlens.edge_patched_logits(m, inputs, (1, 2), "logits")
+    )
+    for bad in [(clean, corrupted.input_ids), (clean,), [clean, corrupted, clean]]:
+        with pytest.raises(GraftlensError, match=r"a \(clean, corrupted\) pair of Prompts"):
+            graftlens.path_patching(m, bad, targets)
+
+
 def test_misaligned_corrupted_prompts_and_missing_targets_are_one_error(pair) -> None:
     m, _ = pair
     clean = graftlens.prompts(m, ["Ann stars in", "Bo stars"], targets=[" a", " b"])

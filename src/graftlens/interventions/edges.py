@@ -262,7 +262,9 @@ def edge_attribution(
 
     Args:
         model: the model attributed.
-        inputs: clean and corrupted prompts of the same shape and padding, position by position.
+        inputs: clean and corrupted prompts of the same shape and padding, position by position
+            (`PathInputs`, or a ``(clean, corrupted)`` pair of `Prompts` whose clean targets fill
+            ``target_ids``).
         target_ids: ``LongTensor[batch]``, the answer whose log-probability is the metric.
         steps: 1 for EAP (gradients at the clean run); more for EAP-IG, the gradients averaged
             over ``steps`` points from the corrupted to the clean input embeddings.
@@ -383,7 +385,8 @@ def edge_patched_logits(
 
     Args:
         model: a `LoadedModel` or an HF causal LM of a supported family.
-        inputs: the clean and the corrupted prompts (`PathInputs`).
+        inputs: the clean and the corrupted prompts (`PathInputs`), or a ``(clean, corrupted)``
+            pair of `Prompts`.
         sender: the sending head, ``(layer, head)``.
         receiver: a later head's input (`Receiver`) or ``"logits"``.
         scale: how far the sender's output moves towards the corrupted run's (1: all the way).

@@ -214,7 +214,8 @@ def path_patched_logits(
 
     Args:
         model: the model path-patched.
-        inputs: the clean and corrupted inputs, with their masks and spans.
+        inputs: the clean and corrupted inputs, with their masks and spans (`PathInputs`), or a
+            ``(clean, corrupted)`` pair of `Prompts`.
         sender: ``(layer, head)`` whose output is taken from the corrupted run; None patches nothing
             (the result is the clean run).
         sender_positions: where the sender's value is written in the clean run (a selector).
@@ -592,7 +593,8 @@ def path_patching(
 
     Args:
         model: a `LoadedModel` or an HF causal LM of a supported family.
-        inputs: the clean and the corrupted prompts (`PathInputs`).
+        inputs: the clean and the corrupted prompts (`PathInputs`), or a ``(clean, corrupted)``
+            pair of `Prompts` (whose clean targets fill ``target_ids``).
         target_ids: ``LongTensor[batch]``, the token each prompt is scored on.
         senders: the heads path-patched, one at a time (default: every head).
         sender_positions: where each sender's output is patched, a selector in prompt coordinates

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ def checked(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs)
+        _pair_inputs(fn, bound.arguments)
         unpack_inputs(fn.__name__, signature, bound.arguments)
         missing = [
             name
@@ -80,6 +82,25 @@ def unpack_inputs(who: str, signature: inspect.Signature, arguments: dict[str, A
         for key, filled in fills.items():
             if key in params and arguments.get(key) is None and filled is not None:
                 arguments[key] = filled
+
+
+def _pair_inputs(fn: Callable[..., Any], arguments: dict[str, Any]) -> None:
+    """Where a function takes ``inputs`` (a clean and a corrupted run: `PathInputs`), also take
+    the pair ``(clean, corrupted)`` of `Prompts`: the type the parameter is annotated with makes
+    it (``PathInputs.of``), and the clean prompts' targets fill ``target_ids`` when it is not given."""
+    value = arguments.get("inputs")
+    if not isinstance(value, tuple | list):
+        return
+    if len(value) != 2 or not all(_is_prompts(v) for v in value):
+        kinds = ", ".join(type(v).__name__ for v in value)
+        raise InterventionError(
+            f"{fn.__name__}: inputs must be a PathInputs or a (clean, corrupted) pair of Prompts "
+            f"(graftlens.prompts), not a {type(value).__name__} of {kinds or 'nothing'}"
+        )
+    arguments["inputs"] = typing.get_type_hints(fn)["inputs"].of(*value)
+    if "target_ids" in inspect.signature(fn).parameters and arguments.get("target_ids") is None:
+        if value[0].target_ids is not None:
+            arguments["target_ids"] = value[0].target_ids
 
 
 def _is_prompts(value: Any) -> bool:
