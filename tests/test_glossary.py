@@ -79,6 +79,26 @@ def test_each_renamed_sweep_key_is_read_as_its_new_name(kind, old, new) -> None:
     assert was == sweep.model_validate({"kind": kind, **new})
 
 
+def test_a_sweep_that_renames_a_key_of_its_own_keeps_its_bases_renames() -> None:
+    """``renamed`` merges over the class hierarchy: every sweep reads ``group`` as ``panel``,
+    whatever it renames itself (and so does a new sweep that renames something else)."""
+    from typing import ClassVar, Literal
+
+    from graftlens.methods.core.parts import Sweep
+
+    class Renaming(Sweep):
+        renamed: ClassVar[dict[str, str]] = {"old_width": "width"}
+        kind: Literal["renaming"] = "renaming"
+        width: int = 1
+        panel: str = "p"
+
+    with pytest.warns(RenamedRecipeKey):
+        read = Renaming.model_validate({"group": "x", "old_width": 3})
+    assert (read.panel, read.width) == ("x", 3)
+    for kind in ("et_circuit", "dcm", "circuit_cmap", "knockout", "positions"):
+        assert method_for(kind).sweep.all_renamed()["group"] == "panel", kind
+
+
 def test_old_and_new_key_together_is_an_error(tmp_path, text_model_dir, small_facts) -> None:
     path = _recipe(tmp_path / "both.yaml", text_model_dir, small_facts.save(tmp_path / "facts"), old=False)
     path.write_text(path.read_text().replace("panel: by position", "panel: by position, group: again"))

@@ -320,7 +320,7 @@ class Recipe(Strict):
 
 def _first_names(part: dict, model: type[Strict] | None) -> dict:
     """``part`` (a dumped recipe part) with each renamed key back under its first name."""
-    first = {new: old for old, new in (model.renamed if model is not None else {}).items()}
+    first = {new: old for old, new in (model.all_renamed() if model is not None else {}).items()}
     return {first.get(key, key): value for key, value in part.items()}
 
 

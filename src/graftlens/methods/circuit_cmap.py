@@ -47,7 +47,7 @@ class CircuitCmapSweep(CircuitCmapSource, Sweep):
     """Patch the donor's heads of each group (and of all groups together) into the recipient."""
 
     kind: Literal["circuit_cmap"]
-    renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
+    renamed: ClassVar[dict[str, str]] = {"groups": "head_groups"}
 
     head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
     """the circuit's head groups, each patched alone (and all together)"""

@@ -71,7 +71,7 @@ class DcmSweep(DcmTraining, Sweep):
     """A mask per (head group, desideratum), plus each head group patched whole."""
 
     kind: Literal["dcm"]
-    renamed: ClassVar[dict[str, str]] = {"group": "panel", "groups": "head_groups"}
+    renamed: ClassVar[dict[str, str]] = {"groups": "head_groups"}
 
     head_groups: list[GroupName] = Field(list(GROUPS), min_length=1)
     """the circuit's head groups a mask is learned over"""

@@ -30,7 +30,7 @@ FAITHFULNESS_PHASE = len(GROUPS) + 1
 class CircuitSweep(Sweep):
     """Path patching stage by stage, then the found circuit's faithfulness against ``random`` random ones."""
 
-    renamed: ClassVar[dict[str, str]] = {"group": "panel", "clean": "plain"}
+    renamed: ClassVar[dict[str, str]] = {"clean": "plain"}
 
     kind: Literal["et_circuit"]
     plain: str

@@ -28,7 +28,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
     #: Keys an earlier recipe format used, ``{old: new}``: read with the meaning they had, each
-    #: with one `RenamedRecipeKey` warning naming the key to write.
+    #: with one `RenamedRecipeKey` warning naming the key to write. A subclass adds to its
+    #: bases' renames (`all_renamed`), as with `added`.
     renamed: ClassVar[dict[str, str]] = {}
 
     #: Keys added after the recipe part was first written, ``{key: default}``: at their default
@@ -41,13 +42,19 @@ class Strict(BaseModel):
         added = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("added", {}).items()}
         return {k: v for k, v in self.model_dump(mode="json").items() if not (k in added and v == added[k])}
 
+    @classmethod
+    def all_renamed(cls) -> dict[str, str]:
+        """``{old: new}`` of this class and every base (a subclass's own win)."""
+        return {k: v for base in reversed(cls.__mro__) for k, v in vars(base).get("renamed", {}).items()}
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        if not cls.renamed or not isinstance(data, dict) or not set(cls.renamed) & set(data):
+        renamed = cls.all_renamed()
+        if not renamed or not isinstance(data, dict) or not set(renamed) & set(data):
             return data
         data = dict(data)
-        for old, new in cls.renamed.items():
+        for old, new in renamed.items():
             if old in data:
                 if new in data:
                     raise ValueError(f"'{old}' is the deprecated name of '{new}': write only '{new}'")
