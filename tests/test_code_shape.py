@@ -55,3 +55,37 @@ def test_no_function_is_above_complexity_15_and_the_lint_rule_sees_one(tmp_path)
     config = ["--config", str(ROOT / "pyproject.toml")]
     seen = subprocess.run([ruff, "check", *config, "--select", "C901", str(planted)], capture_output=True, text=True)
     assert seen.returncode == 1 and "tangled" in seen.stdout and "17 > 15" in seen.stdout, seen.stdout
+
+
+def _defined_twice(modules: dict[str, str]) -> dict[str, list[str]]:
+    """Class names and CamelCase type aliases defined at the top level of more than one module."""
+    homes: dict[str, list[str]] = {}
+    for where, source in modules.items():
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name) and t.id[:1].isupper() and not t.id.isupper()]
+            else:
+                continue
+            for name in names:
+                homes.setdefault(name, []).append(where)
+    return {name: wheres for name, wheres in homes.items() if len(wheres) > 1}
+
+
+def test_each_class_and_type_alias_has_one_definition() -> None:
+    """One ``Head``, one ``Progress``, one ``DonorLike``...: a name a reader meets means one thing."""
+    modules = {str(p.relative_to(ROOT)): p.read_text() for p in sorted(SRC.rglob("*.py"))}
+    assert _defined_twice(modules) == {}
+
+
+def test_the_definition_check_sees_a_name_defined_twice() -> None:
+    modules = {"a.py": "Head = tuple[int, int]\nclass Thing: ...\n", "b.py": "Head = tuple[int, int]\nLIMIT = 3\n"}
+    assert _defined_twice(modules) == {"Head": ["a.py", "b.py"]}
+
+
+def test_architecture_facts_live_in_the_adapters() -> None:
+    """GPT-2's ``Conv1D`` layout (weights ``[in, out]``) is known to `models.adapters` alone."""
+    found = [str(p.relative_to(ROOT)) for p in sorted(SRC.rglob("*.py")) if "Conv1D" in p.read_text()]
+    assert found == ["src/graftlens/models/adapters.py"]

@@ -29,6 +29,7 @@ from typing import Any
 
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.errors import RecipeError
+from graftlens.experiments.progress import Progress
 from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.units import Keep, Unit, UnitWriter, plan_units, run_dir_keeper, run_scorer
 from graftlens.methods import RunConfig
@@ -42,7 +43,6 @@ CONNECT_TIMEOUT_S = 5.0  # how long to wait for a cluster's address to answer
 # Environment the workers need to find what the driver found (the finetune cache, the HF cache).
 FORWARDED_ENV = ("GRAFTLENS_CACHE", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
-Progress = Callable[[int, int], None]
 Kept = tuple[str, Mapping[str, Any], Mapping[str, str]]  # (file name, tensors, metadata): Keep's arguments
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
 LOG_EVERY_S = 30.0
+
+Progress = Callable[[int, int], None]
+"""A callback of a run's work: ``(units done, units in all)``, in prompts scored (or re-scored)."""
 
 
 class PhaseProgress:

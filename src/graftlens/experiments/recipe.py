@@ -176,7 +176,7 @@ class ModelSpec(Strict):
 
 
 # Every registered method's recipe part, told apart by its `kind`.
-Sweep = Annotated[Union[sweep_types()], Field(discriminator="kind")]  # noqa: UP007
+SweepEntry = Annotated[Union[sweep_types()], Field(discriminator="kind")]  # noqa: UP007
 
 
 class EvalSpec(Strict):
@@ -235,7 +235,7 @@ class Recipe(Strict):
     """which test prompts are scored, and by which metric"""
     configs: list[ConfigSpec] = []
     """written configurations, each a model with graft rules"""
-    sweeps: list[Sweep] = []
+    sweeps: list[SweepEntry] = []
     """generated configurations, one entry per method (`kind`)"""
 
     @field_validator("name")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from graftlens.experiments.prepare import (
     correct_only,
     models_not_recorded,
 )
+from graftlens.experiments.progress import Progress
 from graftlens.experiments.recipe import EvalSpec, Recipe
 from graftlens.experiments.setup import set_up_run
 from graftlens.experiments.units import UnitWriter, plan_units, run_dir_keeper, run_scorer
@@ -34,8 +34,6 @@ from graftlens.results.lock import run_lock
 from graftlens.results.store import STORE_NAME, ResultsStore, StoreError
 
 MANIFEST_NAME = "manifest.json"
-
-Progress = Callable[[int, int], None]  # (units done, units in all), in prompts scored
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from graftlens.data.prompts import TokenizedPrompt
 from graftlens.eval.batching import batches
 from graftlens.experiments.prepare import models_not_recorded
+from graftlens.experiments.progress import Progress
 from graftlens.experiments.recipe import Recipe
 from graftlens.experiments.setup import RunSetup, set_up_run
 from graftlens.experiments.units import run_scorer
@@ -74,9 +74,6 @@ class Verification:
     def sampled(self) -> bool:
         """Only some of the stored rows were re-scored (``--rows all`` re-scores every one)."""
         return self.checked < self.total
-
-
-Progress = Callable[[int, int], None]  # (units re-scored, units in all)
 
 
 def verify_run(

@@ -18,6 +18,9 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.models.loading import LoadedModel
 
+DonorLike = LoadedModel | nn.Module | str | Path
+"""What names a donor: a loaded model, an HF module, or a checkpoint directory (read lazily)."""
+
 
 class DonorError(InterventionError):
     """A donor is missing, of another architecture, or has tensors of other shapes."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from graftlens.errors import InterventionError
-from graftlens.graft.donors import DonorWeights, donor_weights
+from graftlens.graft.donors import DonorLike, DonorWeights, donor_weights
 from graftlens.graft.grafted import BatchState, GraftedBlock, GraftedModule
 from graftlens.graft.heads import HeadGraft, expand_head_grafts
 from graftlens.graft.rules import Graft, check_donor_names, compile_rules, module_sites, rule_sites, touched_modules
@@ -31,7 +30,6 @@ from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.run import call_sequence, run_logits
 from graftlens.positions import Spans
 
-DonorLike = LoadedModel | nn.Module | str | Path
 PATCHED_COMPONENTS = ("embed", "ln_attn", "ln_mlp", "ln_final")  # cheaper to compute whole than to copy
 
 

@@ -36,13 +36,13 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.graft.donors import DonorSource, DonorWeights, donor_weights, module_params
 from graftlens.graft.rules import Graft
-from graftlens.models.adapters import Rows, rows_index
+from graftlens.models.adapters import Rows, output_dim, rows_index
+from graftlens.models.names import Head
 
 if TYPE_CHECKING:
     from graftlens.models.loading import LoadedModel
     from graftlens.positions import PositionsLike
 
-Head = tuple[int, int]  # (layer, query head)
 HEAD_PARTS = ("q", "k", "v", "o")
 
 
@@ -167,7 +167,7 @@ class SplicedDonor(DonorSource):
                 for site in (s for s in sites if s.path == path):
                     for pname, t in params.items():
                         theirs = source.tensors[path][pname]
-                        out_dim = 1 if type(module).__name__ == "Conv1D" and pname == "weight" else 0
+                        out_dim = output_dim(module, pname)
                         if site.rows is not None:
                             for a, b in site.rows:
                                 t.narrow(out_dim, a, b - a).copy_(theirs.narrow(out_dim, a, b - a))

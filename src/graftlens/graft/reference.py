@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
-from transformers.pytorch_utils import Conv1D
 
+from graftlens.graft.donors import DonorLike
 from graftlens.graft.heads import HeadGraft, head_sites
 from graftlens.graft.rules import Graft, GraftRuleError
-from graftlens.models.adapters import Rows
+from graftlens.models.adapters import Rows, output_dim
 from graftlens.models.loading import LoadedModel, as_loaded
 from graftlens.models.names import MODEL_COMPONENTS, expand_components, select_layers
 from graftlens.positions import (
@@ -43,8 +42,6 @@ from graftlens.positions import (
     Union,
     parse_positions,
 )
-
-DonorSource = LoadedModel | nn.Module | str | Path
 
 
 def selector_claims(selector: Selector, t: int, n: int, spans: Spans | None) -> bool:
@@ -93,7 +90,7 @@ def rule_claims(positions, b: int, col: int, t: int, n: int, spans: Spans | None
     return selector_claims(Indices(tuple(int(i) for i in list(positions)[b])), t, n, spans)
 
 
-def _as_module(name: str, donor: DonorSource, like: nn.Module) -> nn.Module:
+def _as_module(name: str, donor: DonorLike, like: nn.Module) -> nn.Module:
     if isinstance(donor, LoadedModel):
         return donor.model
     if isinstance(donor, nn.Module):
@@ -145,15 +142,10 @@ def site_owners(
     return owners
 
 
-def _out_dim(module: nn.Module, pname: str) -> int:
-    """Dimension of a parameter that indexes output features (Conv1D stores weight as [in, out])."""
-    return 1 if isinstance(module, Conv1D) and pname == "weight" else 0
-
-
 @torch.no_grad()
 def reference_forward(
     recipient: LoadedModel | nn.Module,
-    donors: Mapping[str, DonorSource],
+    donors: Mapping[str, DonorLike],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     rules: Sequence[Graft | HeadGraft],
@@ -224,7 +216,7 @@ def _write_donor(module: nn.Module, donor: nn.Module, originals: Mapping[str, to
     for pname in originals:
         w = getattr(module, pname)
         donor_w = donor_params[pname].to(device=w.device, dtype=w.dtype)
-        dim = _out_dim(module, pname)
+        dim = output_dim(module, pname)
         if cols is not None:
             if pname == "weight":
                 for a, z in cols:
@@ -239,7 +231,7 @@ def _write_donor(module: nn.Module, donor: nn.Module, originals: Mapping[str, to
 @torch.no_grad()
 def reference_generate(
     recipient: LoadedModel | nn.Module,
-    donors: Mapping[str, DonorSource],
+    donors: Mapping[str, DonorLike],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     rules: Sequence[Graft],

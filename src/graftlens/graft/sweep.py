@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from graftlens.graft.engine import DonorLike, Grafter, grafting
+from graftlens.graft.donors import DonorLike
+from graftlens.graft.engine import Grafter, grafting
 from graftlens.graft.heads import HeadGraft, expand_head_grafts
 from graftlens.graft.prefix import SharedPrefix, prefix_cut, variant_rules
 from graftlens.graft.rules import Graft, touched_modules

@@ -24,10 +24,9 @@ from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import check_finite, checked
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import Head
 from graftlens.models.run import run_logits
 from graftlens.positions import Spans, resolve_positions
-
-Head = tuple[int, int]  # (layer, head)
 
 
 class CircuitError(InterventionError):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.interventions.circuits import CircuitError, Head
+from graftlens.interventions.circuits import CircuitError
 from graftlens.interventions.edges import (
     LOGITS,
     RECEIVER_POINTS,
@@ -42,6 +42,7 @@ from graftlens.interventions.paths import Receiver
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import Head
 from graftlens.models.run import run_logits
 
 Edge = tuple[Head, EdgeReceiver]

@@ -43,10 +43,11 @@ from torch import nn
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import capture, edit
 from graftlens.interventions.metrics import Metric, check_metric, logprob, per_prompt
-from graftlens.interventions.paths import Head, PathInputs, Receiver
+from graftlens.interventions.paths import PathInputs, Receiver
 from graftlens.interventions.points import Point, hook_site
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import Head
 from graftlens.models.run import run_logits
 
 LOGITS = "logits"

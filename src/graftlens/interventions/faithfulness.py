@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graftlens.interventions.circuits import Circuit, CircuitError, Head, HeadGroup, accuracy, mean_ablated_logits
+from graftlens.interventions.circuits import Circuit, CircuitError, HeadGroup, accuracy, mean_ablated_logits
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import Head
 from graftlens.models.run import run_logits
 from graftlens.positions import Spans
 

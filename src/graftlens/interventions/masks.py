@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +21,12 @@ from torch import nn
 
 from graftlens.errors import InterventionError
 from graftlens.interventions.hooks import ActivationCache, edit
-from graftlens.interventions.paths import Head, PathInputs, first_touched_column, head_outputs, paired_positions
+from graftlens.interventions.paths import PathInputs, first_touched_column, head_outputs, paired_positions
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
-from graftlens.models.run import run_logits
+from graftlens.models.names import Head
+from graftlens.models.run import frozen_parameters, run_logits
 from graftlens.positions import PositionsLike, resolve_positions
 
 
@@ -103,19 +103,6 @@ class LearnedMask:
     @property
     def selected(self) -> list[Head]:
         return [h for h, v in zip(self.heads, self.values.tolist()) if v > 0.5]
-
-
-@contextmanager
-def _frozen_parameters(model: nn.Module):
-    """No gradient accumulates in the model's own weights while the mask trains."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def masked_patch_logits(
@@ -276,7 +263,7 @@ def learn_mask(
     opt = torch.optim.Adam([logits], lr=settings.lr)
     losses = []
     prepared = [_prepare(loaded, batch, positions) for batch in batches]  # corrupted runs and clean prefixes, once
-    with _frozen_parameters(loaded.model):
+    with frozen_parameters(loaded.model):
         for epoch in range(settings.epochs):
             total = 0.0
             for batch, (corrupted_cache, prefix) in zip(batches, prepared):

@@ -35,10 +35,9 @@ from graftlens.interventions.metrics import Metric, check_metric, per_prompt, pr
 from graftlens.interventions.points import Point
 from graftlens.models.arguments import checked
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.names import Head
 from graftlens.models.run import position_ids_for, run_logits
 from graftlens.positions import PositionsLike, Spans, resolve_positions
-
-Head = tuple[int, int]  # (layer, head)
 
 
 class PathPatchingError(InterventionError):

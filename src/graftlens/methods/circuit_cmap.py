@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from graftlens.methods.cmap import DonorActivations
-from graftlens.methods.core.circuits import GROUPS, load_circuit
+from graftlens.methods.core.circuits import GROUPS, GroupName, load_circuit
 from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
 from graftlens.methods.core.registry import Execution, Method, register
 
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
-
-GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
 
 
 class CircuitCmapSource(Strict):

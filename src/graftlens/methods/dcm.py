@@ -19,7 +19,7 @@ from pydantic import Field
 
 from graftlens.configfiles import Seed
 from graftlens.errors import GraftlensError
-from graftlens.methods.core.circuits import GROUP_POSITIONS, GROUPS, check_fixed_positions, load_circuit, pair_inputs
+from graftlens.methods.core.circuits import GROUP_POSITIONS, GROUPS, GroupName, check_fixed_positions, load_circuit, pair_inputs
 from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import estimate
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
 
-GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
 Desideratum = Literal["position", "object", "box_label"]
 
 

@@ -166,7 +166,7 @@ def _config(spec: FaithfulnessSpec, sweep: FaithfulnessCurveSweep, recipient: st
 
 
 @register
-class FaithfulnessCurve(Method[FaithfulnessSpec]):
+class FaithfulnessCurves(Method[FaithfulnessSpec]):
     """A line per ranking: faithfulness against circuit size, with random circuits as a band."""
 
     kind = "faithfulness_curve"

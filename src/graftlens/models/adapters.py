@@ -441,3 +441,11 @@ def _embeddings_tied(model: nn.Module) -> bool:
     if inp is None or out is None:
         return False
     return inp.weight is out.weight or inp.weight.data_ptr() == out.weight.data_ptr()
+
+
+def output_dim(module: nn.Module, pname: str) -> int:
+    """The dimension of ``module``'s parameter ``pname`` that indexes output features: 0 for
+    ``nn.Linear`` (``[out, in]``), 1 for the weight of GPT-2's ``Conv1D`` (``[in, out]``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return 1 if isinstance(module, Conv1D) and pname == "weight" else 0

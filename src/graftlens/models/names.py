@@ -18,6 +18,9 @@ from collections.abc import Iterable, Sequence
 
 from graftlens.errors import LayerSelectionError, UnknownComponentError
 
+Head = tuple[int, int]
+"""A head: ``(layer, query head)``, both from 0."""
+
 LAYER_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "ln_attn", "ln_mlp")
 MODEL_COMPONENTS: tuple[str, ...] = ("embed", "lm_head", "ln_final")
 COMPONENT_GROUPS: dict[str, tuple[str, ...]] = {

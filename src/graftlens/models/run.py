@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -86,3 +89,17 @@ def call_sequence(args: tuple, kwargs: dict, who: str) -> tuple[torch.Tensor, in
     if mask is None:
         mask = torch.ones((inputs.shape[0], cached + new), dtype=torch.long, device=inputs.device)
     return mask, cached, new
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Within the block no gradient accumulates in ``module``'s own weights (what trains through
+    it, a mask or a lens, still gets its gradient); their flags are restored on exit."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -25,8 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,14 @@ from graftlens.interventions.tuned_lens import MANIFEST, TunedLens, TunedLensErr
 from graftlens.models.arguments import checked
 from graftlens.models.fingerprint import legacy_fingerprints, model_fingerprint
 from graftlens.models.loading import LoadedModel, as_loaded
+from graftlens.models.run import frozen_parameters
+from graftlens.train.finetuning import ProgressFn
 
 LENS_CODE_VERSION = 1
 HELD_OUT = 8  # one sample in HELD_OUT is held out to measure the lens
 HELD_OUT_TOKENS = 256  # at most this many held-out tokens are scored (spread over the samples)
 
-ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss): sampled tokens, then KL steps (their loss)
+# ProgressFn (step, steps, loss): here the sampled tokens, then the KL steps (their loss)
 
 
 class TunedLensSettings(BaseModel):
@@ -238,19 +239,6 @@ def stream_by_depth(loaded: LoadedModel, tokens: torch.Tensor, batch: int = 16) 
     return torch.cat(out)
 
 
-@contextmanager
-def _frozen(module: torch.nn.Module) -> Iterator[None]:
-    """The model's parameters take no gradient while the lens trains through its unembedding."""
-    was = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in was:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in was:
-            p.requires_grad_(flag)
-
-
 def _kl(final_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``[tokens]``: KL(final || lens) in nats."""
     logprobs = logits.float().log_softmax(-1)
@@ -301,7 +289,7 @@ def fit_tuned_lens(
     optimizer = torch.optim.Adam(lens.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
-    with _frozen(loaded.model):
+    with frozen_parameters(loaded.model):
         for step in range(settings.steps):
             rows = train[torch.randint(0, train.shape[0], (settings.batch_tokens,), generator=generator)].to(device)
             with torch.no_grad():

@@ -14,13 +14,14 @@ The groups, in the order path patching finds them (each stage's receivers are th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
 from graftlens.errors import GraftlensError
+from graftlens.methods.core.execution import Results
 from graftlens.methods.core.parts import Fits, RecipeError, Strict
 from graftlens.positions import parse_positions
 
@@ -39,10 +40,10 @@ GROUP_POSITIONS = {
     "structure_readers": "correct_box",
 }
 GROUPS = tuple(GROUP_POSITIONS)
+GroupName = Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
+"""A head group of the entity-tracking circuit (`GROUPS`, in the order path patching finds them)."""
 RECEIVER_POINT = {"position_transmitters": "q", "position_detectors": "v", "structure_readers": "v"}
 SHIPPED_CIRCUITS = Path(__file__).resolve().parents[2] / "data" / "files" / "circuits"
-
-Results = Callable[[Sequence[str]], dict[str, dict[str, float]]]
 
 
 class GroupSizes(Strict):

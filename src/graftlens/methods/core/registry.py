@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic
 
 from graftlens.errors import GraftlensError, RecipeError
 from graftlens.methods.core.execution import Execution
-from graftlens.methods.core.parts import ModelShape, RunConfig, Sweep, check_fits
+from graftlens.methods.core.parts import ModelShape, RunConfig, SpecT, Sweep, check_fits
 from graftlens.positions import resolve_positions
 from graftlens.results.metrics import Estimate
 
@@ -42,9 +42,6 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[Estimate | int | str | None]]]
     digits: int = 3
-
-
-SpecT = TypeVar("SpecT")
 
 
 class Method(Generic[SpecT]):
