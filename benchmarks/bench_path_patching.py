@@ -62,15 +62,15 @@ def main() -> None:
             cut = first_touched_column(inputs, position, receivers, position)
             prefix = run_prefix(model, inputs.clean_ids, inputs.masks[0], cut)
             whole = PreparedBatch(model, inputs, share_prefix=False, **kw).parts[0].runs
-            stage = PathStage(position, None, receivers, position)
+            path_stage = PathStage(position, None, receivers, position)
 
             def full(sender):
                 runs = PathRuns(whole.clean_cache, whole.corrupted_cache, one_column=False)
-                return path_patched_run(model, inputs, sender, stage, runs)
+                return path_patched_run(model, inputs, sender, path_stage, runs)
 
             def with_prefix(sender):
                 runs = PathRuns(whole.clean_cache, whole.corrupted_cache, prefix=prefix, one_column=False)
-                return path_patched_run(model, inputs, sender, stage, runs)
+                return path_patched_run(model, inputs, sender, path_stage, runs)
 
             def shortcuts(sender):
                 return prepared.logits(sender)
