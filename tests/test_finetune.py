@@ -71,12 +71,19 @@ def test_content_hash_names_the_default_directory(graftlens_cache, small_facts, 
     assert c.path != a.path
 
 
+def _stop_at(step: int):
+    """A progress callback that stops the run after ``step`` steps (as a kill there would)."""
+    from graftlens.train.finetuning import STOP
+
+    return lambda done, total, loss: STOP if done >= step else None
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, small_facts, text_model_dir):
     config = FinetuneConfig(**{**FAST, "batch_size": 4, "grad_accum": 2})
     whole = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "whole")
     total = whole.manifest["total_steps"]
     assert total >= 4
-    part = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "cut", stop_after_steps=3)
+    part = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "cut", progress=_stop_at(3))
     assert part.path.name == "cut.partial" and part.manifest["status"] == "partial" and part.manifest["steps"] == 3
     assert not (tmp_path / "cut").exists()
     steps_seen = []
@@ -124,7 +131,7 @@ def test_a_planted_state_file_never_runs(tmp_path, small_facts, text_model_dir):
 
     # A real saved state whose tensor file is swapped for the payload: the owner matches, and the
     # tensor file is still read without running anything.
-    part = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "b", stop_after_steps=1)
+    part = finetune(text_model_dir, small_facts, config, out_dir=tmp_path / "b", progress=_stop_at(1))
     meta = json.loads((part.path / "state.json").read_text())
     assert sorted(p.name for p in part.path.glob("state-*.pt")) == [meta["tensors"]]
     for plant in ("raw pickle", "torch.save archive"):

@@ -60,7 +60,11 @@ class FinetuneResult:
     reused: bool  # True when an existing checkpoint was returned without training
 
 
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+ProgressFn = Callable[[int, int, float], object]  # (step, total_steps, loss); may return STOP
+
+STOP = "stop"
+"""What a finetuning ``progress`` callback returns to stop after this step, with a resumable
+state saved: what a kill at that moment leaves behind (a later call resumes it)."""
 
 
 def finetune(
@@ -72,15 +76,15 @@ def finetune(
     device: str | None = None,
     checkpoint_every_s: float = 120.0,
     progress: ProgressFn | None = None,
-    stop_after_steps: int | None = None,
 ) -> FinetuneResult:
     """Finetune ``base`` on ``dataset``'s training texts of ``config.split``.
 
     ``base`` is a model spec or a `LoadedModel`; a loaded model is trained in place
     (pass a spec to keep a pretrained copy in memory untouched).
 
-    ``stop_after_steps`` stops (after saving a resumable state) once that many optimizer steps
-    are done in total: what a kill at that moment leaves behind, for tests and debugging.
+    ``progress(step, total_steps, loss)`` is called before the first step and after each one;
+    when it returns `STOP` the run saves a resumable state and returns it unfinished (its
+    ``.partial`` folder), as a kill at that moment would leave it.
     """
     config = config or FinetuneConfig()
     data = dataset if isinstance(dataset, FactDataset) else load_dataset(dataset)
@@ -114,7 +118,7 @@ def finetune(
         work = final.with_name(final.name + ".partial")
         work.mkdir(parents=True, exist_ok=True)
         run = _Run(loaded, base_print, data, texts, config, name, work, checkpoint_every_s, progress)
-        done = run.train(stop_after_steps)
+        done = run.train()
         if not done:
             return FinetuneResult(work, run.manifest(final_eval=None), reused=False)
         manifest = run.finish()
@@ -355,8 +359,8 @@ class _Run:
         self.base_eval = meta["base_eval"]
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, stop_after_steps: int | None) -> bool:
-        """Train until done (True) or until ``stop_after_steps`` (False, state saved)."""
+    def train(self) -> bool:
+        """Train until done (True) or until the progress callback says `STOP` (False, state saved)."""
         from graftlens.train.loss import causal_lm_loss
 
         cfg = self.config
@@ -390,9 +394,8 @@ class _Run:
             self.step += 1
             self.losses.append(round(step_loss, 6))
             self.seconds += time.perf_counter() - t0
-            if self.progress:
-                self.progress(self.step, self.total_steps, step_loss)
-            if stop_after_steps is not None and self.step >= stop_after_steps and self.step < self.total_steps:
+            stop = self.progress(self.step, self.total_steps, step_loss) if self.progress else None
+            if stop == STOP and self.step < self.total_steps:
                 self._save_state()
                 return False
             if time.monotonic() - last_save > self.checkpoint_every_s and self.step < self.total_steps:
