@@ -129,6 +129,30 @@ def test_the_checker_sees_a_backward_or_sideways_import() -> None:
     ]
 
 
+def _kind_imports(edges: dict[str, list[str]]) -> list[str]:
+    """Imports from one method's module (``graftlens.methods.<kind>``) to another's: a method
+    builds on ``methods.core`` only, so each can be read, changed or removed alone."""
+    wrong = []
+    for module, names in edges.items():
+        if module.startswith("graftlens.methods.") and not module.startswith("graftlens.methods.core"):
+            for name in names:
+                if name.startswith("graftlens.methods.") and not name.startswith("graftlens.methods.core") and name != module:
+                    wrong.append(f"{module} imports {name}")
+    return wrong
+
+
+def test_each_method_imports_only_the_methods_core() -> None:
+    assert _kind_imports(_edges()) == []
+
+
+def test_the_method_rule_sees_one_method_importing_another() -> None:
+    edges = {
+        "graftlens.methods.planted": ["graftlens.methods.cmap", "graftlens.methods.core.parts"],
+        "graftlens.methods.core.planted": ["graftlens.methods.core.parts"],
+    }
+    assert _kind_imports(edges) == ["graftlens.methods.planted imports graftlens.methods.cmap"]
+
+
 def test_module_imports_form_no_cycle() -> None:
     graph = {module: set(names) - {module} for module, names in _edges().items()}
     # static_order() is a generator: only consuming it raises CycleError (naming the cycle).

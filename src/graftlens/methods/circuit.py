@@ -17,20 +17,22 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.configfiles import Seed
 from graftlens.data.entity_tracking import MeanQuery
 from graftlens.methods.core.circuits import (
     GROUP_POSITIONS,
     GROUPS,
+    CircuitSpec,
     GroupSizes,
+    boxes_of,
     check_one_box_count_per_batch,
     check_plain_written,
     discovered_circuit,
     load_circuit,
     plain_of,
+    reference_means,
     stored_results,
 )
-from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep
+from graftlens.methods.core.parts import RecipeError, RunConfig, Sweep
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, estimate, ratio_estimate
 
@@ -42,17 +44,6 @@ if TYPE_CHECKING:
     from graftlens.interventions.circuits import Circuit
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
-
-
-class CircuitSpec(Strict):
-    kind: Literal["circuit"] = "circuit"
-    circuit: str  # "discovered", "shipped:NAME" or a JSON file
-    plain: str  # the configuration without interventions: the full model's accuracy
-    sizes: GroupSizes = GroupSizes()
-    seed: Seed | None = None  # a random circuit of the same sizes
-    mean_prompts: int = Field(100, ge=1, le=100_000)
-    half: Literal["all", "train", "test"] = "test"
-    means: MeanQuery = "no_box"  # the reference prompts' query label: names no box, or any label (the paper's code)
 
 
 class CircuitFileSweep(Sweep):
@@ -113,41 +104,6 @@ def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> C
         circuit = load_circuit(spec.circuit)
     circuit.check(a.n_layers, a.n_heads)
     return circuit if spec.seed is None else random_circuit(circuit, a.n_layers, a.n_heads, spec.seed)
-
-
-def reference_means(
-    execution: Execution,
-    model_name: str,
-    model: LoadedModel,
-    n_boxes: int,
-    n: int,
-    half: str,
-    seed: int = 0,
-    query: str = "no_box",
-):
-    """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run);
-    ``query``: what their query label names (`mean_reference`)."""
-
-    def make():
-        from graftlens.data.entity_tracking import mean_reference, tokenize_entity_tracking
-        from graftlens.eval.batching import batches, pad_id_of
-        from graftlens.interventions.circuits import head_means
-
-        prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half, query), model.tokenizer)
-        work = [
-            (b.input_ids.to(model.device), b.attention_mask.to(model.device))
-            for b in batches(prompts, 32, pad_id_of(model.tokenizer))
-        ]
-        return head_means(model, work)
-
-    return execution.state(("head-means", model_name, n_boxes, n, half, seed, query), make)
-
-
-def boxes_of(batch: Prompts) -> int:
-    counts = {p.meta.get("n_boxes") for p in batch.prompts}
-    if len(counts) != 1 or None in counts:
-        raise RecipeError("mean ablation needs entity-tracking prompts of one box count per batch")
-    return int(counts.pop())
 
 
 @register

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from graftlens.methods.cmap import DonorActivations
-from graftlens.methods.core.circuits import GROUPS, GroupName, load_circuit
-from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
+from graftlens.methods.core.activations import DonorActivations
+from graftlens.methods.core.circuits import GROUPS, CircuitCmapSource, GroupName, load_circuit
+from graftlens.methods.core.parts import RecipeError, RunConfig, Sweep, shared_fields
 from graftlens.methods.core.registry import Execution, Method, register
 
 if TYPE_CHECKING:
@@ -25,15 +25,6 @@ if TYPE_CHECKING:
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
-
-
-class CircuitCmapSource(Strict):
-    """What a circuit_cmap sweep and each of its configurations share: the donor and the circuit."""
-
-    donor: str
-    """the model whose heads' outputs (or weights) are put in"""
-    circuit: str
-    """the circuit: `"shipped:NAME"` or a `circuit.json` an `et-circuit` report wrote"""
 
 
 class CircuitCmapSpec(CircuitCmapSource):

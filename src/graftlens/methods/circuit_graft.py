@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from graftlens.methods.circuit_cmap import CircuitCmapSource, GroupName
-from graftlens.methods.core.circuits import GROUPS, load_circuit
+from graftlens.methods.core.circuits import GROUPS, CircuitCmapSource, GroupName, load_circuit
 from graftlens.methods.core.parts import RecipeError, RunConfig, Sweep, shared_fields
 from graftlens.methods.core.registry import Execution, Method, register
 

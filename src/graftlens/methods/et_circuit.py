@@ -12,19 +12,18 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from graftlens.methods.circuit import CircuitSpec
 from graftlens.methods.core.circuits import (
+    FAITHFULNESS_PHASE,
     GROUPS,
+    CircuitSpec,
     GroupSizes,
+    PathPatchSpec,
     check_one_box_count_per_batch,
     check_plain_written,
     stage_config_name,
 )
 from graftlens.methods.core.parts import RunConfig, Sweep
 from graftlens.methods.core.registry import Method, register
-from graftlens.methods.path_patching import PathPatchSpec
-
-FAITHFULNESS_PHASE = len(GROUPS) + 1
 
 
 class CircuitSweep(Sweep):

@@ -31,18 +31,19 @@ from pydantic import Field, field_validator, model_validator
 
 from graftlens.configfiles import Seed
 from graftlens.data.entity_tracking import MeanQuery
-from graftlens.methods.circuit import boxes_of, reference_means
 from graftlens.methods.core.circuits import (
+    FAITHFULNESS_PHASE,
     GROUP_POSITIONS,
     GroupSizes,
+    boxes_of,
     check_plain_written,
     discovered_circuit_of_size,
     pair_inputs,
     plain_of,
+    reference_means,
 )
 from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Strict, Sweep
 from graftlens.methods.core.registry import Execution, Method, Table, register
-from graftlens.methods.et_circuit import FAITHFULNESS_PHASE
 from graftlens.results.metrics import Estimate, ratio_estimate
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ configuration (the model without interventions).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from graftlens.bounded import BoundedStore
 from graftlens.methods.core.circuits import (
@@ -21,6 +21,7 @@ from graftlens.methods.core.circuits import (
     GROUPS,
     RECEIVER_POINT,
     GroupSizes,
+    PathPatchSpec,
     batch_key,
     discovered_circuit,
     pair_inputs,
@@ -28,7 +29,7 @@ from graftlens.methods.core.circuits import (
     stage_scores,
     stored_results,
 )
-from graftlens.methods.core.parts import RecipeError, RunConfig, Strict
+from graftlens.methods.core.parts import RecipeError, RunConfig
 from graftlens.methods.core.registry import Execution, Method, register
 
 if TYPE_CHECKING:
@@ -38,15 +39,6 @@ if TYPE_CHECKING:
     from graftlens.eval.scoring import LastLogits
     from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData, StoredConfig
-
-
-class PathPatchSpec(Strict):
-    kind: Literal["path_patching"] = "path_patching"
-    stage: Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
-    layer: int
-    head: int
-    plain: str  # the configuration without interventions, against which each score is taken
-    sizes: GroupSizes = GroupSizes()
 
 
 @register

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from graftlens.configfiles import Seed
+from graftlens.data.entity_tracking import MeanQuery
 from graftlens.errors import GraftlensError
 from graftlens.methods.core.execution import Results
 from graftlens.methods.core.parts import Fits, RecipeError, Strict
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from graftlens.eval.batching import Prompts
     from graftlens.interventions.circuits import Circuit
     from graftlens.interventions.paths import PathInputs
+    from graftlens.methods.core.execution import Execution
+    from graftlens.models import LoadedModel
     from graftlens.results.rundata import RunData
 
 GROUP_POSITIONS = {
@@ -242,3 +246,70 @@ def discovered_circuit_of_size(
             ranked = [h for h in ranked if h not in picked["position_transmitters"]]
         picked[stage] = ranked[: want[stage]]
     return Circuit({stage: HeadGroup(tuple(picked[stage]), GROUP_POSITIONS[stage]) for stage in GROUPS if picked[stage]})
+
+
+class CircuitSpec(Strict):
+    kind: Literal["circuit"] = "circuit"
+    circuit: str  # "discovered", "shipped:NAME" or a JSON file
+    plain: str  # the configuration without interventions: the full model's accuracy
+    sizes: GroupSizes = GroupSizes()
+    seed: Seed | None = None  # a random circuit of the same sizes
+    mean_prompts: int = Field(100, ge=1, le=100_000)
+    half: Literal["all", "train", "test"] = "test"
+    means: MeanQuery = "no_box"  # the reference prompts' query label: names no box, or any label (the paper's code)
+
+
+def reference_means(
+    execution: Execution,
+    model_name: str,
+    model: LoadedModel,
+    n_boxes: int,
+    n: int,
+    half: str,
+    seed: int = 0,
+    query: str = "no_box",
+):
+    """Head means over ``n`` mean-ablation reference prompts of ``n_boxes`` boxes (kept per run);
+    ``query``: what their query label names (`mean_reference`)."""
+
+    def make():
+        from graftlens.data.entity_tracking import mean_reference, tokenize_entity_tracking
+        from graftlens.eval.batching import batches, pad_id_of
+        from graftlens.interventions.circuits import head_means
+
+        prompts = tokenize_entity_tracking(mean_reference(model.tokenizer, n, n_boxes, seed, half, query), model.tokenizer)
+        work = [
+            (b.input_ids.to(model.device), b.attention_mask.to(model.device))
+            for b in batches(prompts, 32, pad_id_of(model.tokenizer))
+        ]
+        return head_means(model, work)
+
+    return execution.state(("head-means", model_name, n_boxes, n, half, seed, query), make)
+
+
+def boxes_of(batch: Prompts) -> int:
+    counts = {p.meta.get("n_boxes") for p in batch.prompts}
+    if len(counts) != 1 or None in counts:
+        raise RecipeError("mean ablation needs entity-tracking prompts of one box count per batch")
+    return int(counts.pop())
+
+
+class PathPatchSpec(Strict):
+    kind: Literal["path_patching"] = "path_patching"
+    stage: Literal["value_fetchers", "position_transmitters", "position_detectors", "structure_readers"]
+    layer: int
+    head: int
+    plain: str  # the configuration without interventions, against which each score is taken
+    sizes: GroupSizes = GroupSizes()
+
+
+class CircuitCmapSource(Strict):
+    """What a circuit_cmap sweep and each of its configurations share: the donor and the circuit."""
+
+    donor: str
+    """the model whose heads' outputs (or weights) are put in"""
+    circuit: str
+    """the circuit: `"shipped:NAME"` or a `circuit.json` an `et-circuit` report wrote"""
+
+
+FAITHFULNESS_PHASE = len(GROUPS) + 1
