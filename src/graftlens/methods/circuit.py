@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 
 from graftlens.data.entity_tracking import MeanQuery
+from graftlens.methods.core import resources
 from graftlens.methods.core.circuits import (
     GROUP_POSITIONS,
     GROUPS,
@@ -97,7 +98,7 @@ def circuit_of(spec: CircuitSpec, execution: Execution, model: LoadedModel) -> C
             raise RecipeError("a discovered circuit needs the stored path-patching results of the run")
         sizes = spec.sizes
         circuit = execution.state(
-            ("circuit", spec.plain, sizes),
+            resources.DiscoveredCircuit(spec.plain, sizes, a.n_layers, a.n_heads),
             lambda: discovered_circuit(execution.results, spec.plain, sizes, a.n_layers, a.n_heads),
         )
     else:

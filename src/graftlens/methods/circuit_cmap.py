@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
+from graftlens.methods.core import resources
 from graftlens.methods.core.activations import DonorActivations
 from graftlens.methods.core.circuits import GROUPS, CircuitCmapSource, GroupName, load_circuit
 from graftlens.methods.core.parts import RecipeError, RunConfig, Sweep, shared_fields
@@ -102,7 +103,7 @@ class CircuitCrossModelPatching(Method[CircuitCmapSpec]):
         if not per_point:
             raise RecipeError(f"configuration {config.name!r}: the groups {spec.head_groups} have no heads")
         points = sorted({p for p, _, _ in per_point})
-        donor_activations: DonorActivations = execution.state("cmap", DonorActivations)
+        donor_activations: DonorActivations = execution.state(resources.DonorActivationsStore(), DonorActivations)
 
         def run(batch: Prompts) -> torch.Tensor:
             cache = donor_activations.get(spec.donor, donor, batch, points)

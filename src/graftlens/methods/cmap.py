@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 
 from graftlens.interventions.points import HEAD_POINTS, Point
+from graftlens.methods.core import resources
 from graftlens.methods.core.activations import DonorActivations
 from graftlens.methods.core.figures import heatmap_of
 from graftlens.methods.core.parts import (
@@ -110,7 +111,7 @@ class CrossModelPatching(Method[CmapSpec]):
 
         donor = execution.models[spec.donor]
         check_same_shapes(recipient, donor)
-        donor_activations: DonorActivations = execution.state(self.kind, DonorActivations)
+        donor_activations: DonorActivations = execution.state(resources.DonorActivationsStore(), DonorActivations)
         layers = select_layers(spec.layers, recipient.adapter.n_layers)
         points = [Point(name, layer) for name in spec.points for layer in layers]
 

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from graftlens.configfiles import Seed
 from graftlens.errors import GraftlensError
+from graftlens.methods.core import resources
 from graftlens.methods.core.circuits import GROUP_POSITIONS, GROUPS, GroupName, check_fixed_positions, load_circuit, pair_inputs
 from graftlens.methods.core.parts import RecipeError, RunConfig, Strict, Sweep, shared_fields
 from graftlens.methods.core.registry import Execution, Method, Table, register
@@ -145,7 +146,7 @@ class DesiderataMasking(Method[DcmSpec]):
         if spec.desideratum is None:
             chosen = heads
         else:
-            learned = execution.state(("dcm", config.model, spec), lambda: _train(model, spec, heads, pad))
+            learned = execution.state(resources.DcmMask(config.model, spec), lambda: _train(model, spec, heads, pad))
             chosen = learned.selected
             execution.note(config.name, {mask_key(la, h): round(float(v), 6) for (la, h), v in zip(heads, learned.values)})
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from graftlens.methods.core import resources
 from graftlens.methods.core.figures import metric_label
 from graftlens.methods.core.lenses import LensChoice, lens_of, read_through
 from graftlens.methods.core.parts import Fits, RecipeError, RunConfig, Sweep, check_positions
@@ -156,7 +157,7 @@ class Enrichment(Method[EnrichmentSpec]):
         lens = lens_of(execution, config.model, spec.lens)
 
         def run(batch: Prompts) -> torch.Tensor:
-            hidden, logits = execution.for_batch("enrichment", batch, lambda: forward(batch), spec.cancellation())
+            hidden, logits = execution.for_batch(resources.EnrichmentReads(), batch, lambda: forward(batch), spec.cancellation())
             if spec.read == "last":
                 return logits
             return read_through(model, hidden, f"resid_post.{spec.read_layer}", lens)
@@ -244,4 +245,4 @@ def _means(execution: Execution, model_name: str, model: LoadedModel, spec: Enri
             execution.keep(MEANS_FILE, tensors, {"positions": spec.positions, "through": "last position picked"})
         return means
 
-    return execution.state(("sublayer-means", model_name, spec.sublayer, spec.positions), make)
+    return execution.state(resources.SublayerMeans(model_name, spec.sublayer, spec.positions), make)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from graftlens.methods.core import resources
 from graftlens.methods.core.figures import curves
 from graftlens.methods.core.lenses import LensChoice, lens_of, read_through
 from graftlens.methods.core.parts import (
@@ -172,7 +173,7 @@ class Extraction(Method[ExtractionSpec]):
 
         def run(batch: Prompts) -> torch.Tensor:
             point = f"{spec.point}.{spec.layer}"
-            outputs = execution.for_batch("extraction", batch, lambda: forward(batch), spec.intervention())
+            outputs = execution.for_batch(resources.ExtractionOutputs(), batch, lambda: forward(batch), spec.intervention())
             return read_through(model, outputs[point], point, lens)
 
         return run

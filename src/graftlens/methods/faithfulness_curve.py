@@ -31,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from graftlens.configfiles import Seed
 from graftlens.data.entity_tracking import MeanQuery
+from graftlens.methods.core import resources
 from graftlens.methods.core.circuits import (
     FAITHFULNESS_PHASE,
     GROUP_POSITIONS,
@@ -261,7 +262,7 @@ class FaithfulnessCurves(Method[FaithfulnessSpec]):
         model = execution.models[config.model]
         edges = spec.ranking == "eap_edge_circuit"
         make = self.edge_circuit if edges else self.circuit
-        circuit = execution.state(("faithfulness circuit", config.name), lambda: make(spec, execution, config.model))
+        circuit = execution.state(resources.FaithfulnessCircuit(config.name), lambda: make(spec, execution, config.model))
 
         def run(batch: Prompts) -> torch.Tensor:
             n_boxes = boxes_of(batch)
@@ -399,7 +400,7 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
             execution.keep(EAP_FILE, tensors, {"receivers": ",".join(map(str, scores.receivers))})
         return scores
 
-    return execution.state(("eap", model_name, steps), make)
+    return execution.state(resources.EdgeScoresOf(model_name, steps), make)
 
 
 def edge_circuit_tables(run: RunData, panel: str, configs: list[StoredConfig]) -> list[Table]:

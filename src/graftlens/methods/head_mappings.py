@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from graftlens.methods.core import resources
 from graftlens.methods.core.parts import Fits, LayerSpec, RunConfig, Strict, Sweep, check_positions, shared_fields, sweep_layers
 from graftlens.methods.core.registry import Execution, Method, Table, register
 from graftlens.results.metrics import Estimate, bootstrap_ci
@@ -140,9 +141,11 @@ class HeadMappings(Method[HeadMappingSpec]):
             index = spec.layers.index(spec.layer)
             if spec.read == "event":
                 return project(
-                    model, execution.for_batch("head-mapping events", batch, lambda: events(batch))[:, index], spec.final_norm
+                    model,
+                    execution.for_batch(resources.HeadMappingEvents(), batch, lambda: events(batch))[:, index],
+                    spec.final_norm,
                 )
-            vectors = execution.for_batch(f"head mappings {spec.read}", batch, lambda: mappings(batch))
+            vectors = execution.for_batch(resources.HeadMappingVectors(spec.read), batch, lambda: mappings(batch))
             return project(model, vectors[:, index, spec.head], spec.final_norm)
 
         return run

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from graftlens.bounded import BoundedStore
+from graftlens.methods.core import resources
 from graftlens.methods.core.circuits import (
     GROUP_POSITIONS,
     GROUPS,
@@ -74,7 +75,7 @@ class PathPatching(Method[PathPatchSpec]):
             if execution.results is None:
                 raise RecipeError(f"path patching stage {spec.stage!r} needs the stored results of {previous!r}")
             chosen = execution.state(
-                ("pp-picked", config.model, previous),
+                resources.DiscoveredCircuit(spec.plain, spec.sizes, a.n_layers, a.n_heads, stage_index),
                 lambda: discovered_circuit(execution.results, spec.plain, spec.sizes, a.n_layers, a.n_heads, stage_index),
             ).group(previous)
             point = RECEIVER_POINT[spec.stage]
@@ -86,7 +87,7 @@ class PathPatching(Method[PathPatchSpec]):
             # The receivers read the sender's column: value fetchers' queries at the last token,
             # transmitters' values at the query label, detectors' values at the queried box.
             receiver_positions = position
-        caches: BoundedStore = execution.state(("pp-caches", config.model), lambda: BoundedStore(2 << 30))
+        caches: BoundedStore = execution.state(resources.PathPatchingRuns(config.model), lambda: BoundedStore(2 << 30))
 
         def run(batch: Prompts) -> torch.Tensor:
             key = (batch_key(batch), spec.stage)

@@ -23,6 +23,7 @@ from pydantic import Field
 from graftlens.configfiles import Seed
 from graftlens.data.entity_tracking import MeanQuery
 from graftlens.errors import GraftlensError
+from graftlens.methods.core import resources
 from graftlens.methods.core.execution import Results
 from graftlens.methods.core.parts import Fits, RecipeError, Strict
 from graftlens.positions import parse_positions
@@ -284,7 +285,7 @@ def reference_means(
         ]
         return head_means(model, work)
 
-    return execution.state(("head-means", model_name, n_boxes, n, half, seed, query), make)
+    return execution.state(resources.HeadMeans(model_name, n_boxes, n, half, seed, query), make)
 
 
 def boxes_of(batch: Prompts) -> int:

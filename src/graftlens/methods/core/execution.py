@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from graftlens.methods.core import resources
+
 if TYPE_CHECKING:
     from graftlens.eval.batching import Prompts
     from graftlens.graft.prefix import PrefixCaches
@@ -68,24 +70,26 @@ class Execution:
         # ``keep(file name, tensors, metadata)``: tensors a method keeps beside the store, merged into
         # that file of the run directory by whoever writes the run (None: not kept).
         self.keep = keep
-        self._state: dict[Any, Any] = {}
-        self._batch_state: dict[str, tuple[Any, Any, Any]] = {}
+        self._state: dict[resources.ResourceKey, Any] = {}
+        self._batch_state: dict[resources.ResourceKey, tuple[Any, Any, Any]] = {}
         self._notes: dict[str, dict[str, float]] = {}
 
     # ---- fast paths and what they keep ------------------------------------------------------
 
-    def state(self, key: Any, make: Callable[[], Any]) -> Any:
-        """A value kept for the whole run under ``key``: ``make()`` on first use."""
+    def state(self, key: resources.ResourceKey, make: Callable[[], Any]) -> Any:
+        """A value kept for the whole run under ``key`` (`resources`): ``make()`` on first use."""
+        _check_key(key)
         if key not in self._state:
             self._state[key] = make()
         return self._state[key]
 
-    def for_batch(self, key: str, batch: Prompts, make: Callable[[], Any], variant: Any = None) -> Any:
+    def for_batch(self, key: resources.ResourceKey, batch: Prompts, make: Callable[[], Any], variant: Any = None) -> Any:
         """What configurations share for one batch: ``make()`` once per (``key``, batch,
         ``variant``); one value per ``key`` is kept, so a new batch or variant drops the old one.
 
         The runner scores every configuration of a batch before the next batch, so a value shared
         by configurations expanded next to each other is made once."""
+        _check_key(key)
         ids = tuple(p.id for p in batch.prompts)
         slot = self._batch_state.get(key)
         if slot is None or slot[0] != ids or slot[1] != variant:
@@ -102,7 +106,7 @@ class Execution:
 
         model = self.models[model_name]
         return self.for_batch(
-            f"plain run of {model_name}", batch, lambda: CachedRun(model, batch.input_ids, batch.attention_mask)
+            resources.PlainRun(model_name), batch, lambda: CachedRun(model, batch.input_ids, batch.attention_mask)
         )
 
     @property
@@ -110,7 +114,7 @@ class Execution:
         """The recipients' shared KV prefixes (weight grafting), for every configuration of the run."""
         from graftlens.graft.prefix import PrefixCaches
 
-        return self.state("prefixes", PrefixCaches)
+        return self.state(resources.SharedPrefixes(), PrefixCaches)
 
     # ---- the side channel ----------------------------------------------------------------------
 
@@ -122,3 +126,9 @@ class Execution:
     def extras(self, config: str) -> dict[str, float]:
         """What `note` recorded for ``config``."""
         return dict(self._notes.get(config, {}))
+
+
+def _check_key(key: object) -> None:
+    """Only a resource key (a frozen dataclass of `resources`) names what a run keeps."""
+    if not isinstance(key, resources.ResourceKey):
+        raise TypeError(f"an execution resource is named by a ResourceKey (graftlens.methods.core.resources), not {key!r}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from graftlens.graft.rules import Graft, rule_sites, touched_modules
+from graftlens.methods.core import resources
 from graftlens.methods.core.parts import RunConfig, Sweep, check_components, check_positions
 from graftlens.methods.core.registry import Execution, Method, method_for
 
@@ -126,7 +127,7 @@ class GraftPlan:
         self.family = tuple(c.name for c in siblings)
         # A continuation computes the last columns' logits only: a configuration grafting the
         # unembedding shares a prefix only when its rules claim nothing but the last column.
-        self.grafts_head = execution.state(("grafts the unembedding", self.family), self._heads_grafted)
+        self.grafts_head = execution.state(resources.GraftsUnembedding(self.family), self._heads_grafted)
 
     def _heads_grafted(self) -> set[str]:
         head_paths = {s.path for s in self.model.adapter.sites("lm_head")}
@@ -145,7 +146,7 @@ class GraftPlan:
         batch = batch.to(self.model.device)
         # Made once per batch for every sibling, not once per sibling for every configuration.
         cut_by_name = self.execution.for_batch(
-            "prefix cuts", batch, lambda: self._cuts(batch.attention_mask, batch.spans), self.family
+            resources.PrefixCuts(self.family), batch, lambda: self._cuts(batch.attention_mask, batch.spans)
         )
         cut = cut_by_name[self.config.name]
         if cut == 0:
@@ -156,13 +157,13 @@ class GraftPlan:
         chunk = group[start : start + per_pass]
         names = tuple(c.name for c in chunk)
         logits, logprobs = self.execution.for_batch(
-            "grafted variants", batch, lambda: self._variants(chunk, batch, cut), (cut, names)
+            resources.GraftedVariants(), batch, lambda: self._variants(chunk, batch, cut), (cut, names)
         )
         v = names.index(self.config.name)
         readout = Readout(logits[:, v], None if logprobs is None else logprobs[:, v])
         if self.execution.measures.generate:
             continuations = self.execution.for_batch(
-                "grafted continuations", batch, lambda: self._continuations(chunk, batch, cut), (cut, names)
+                resources.GraftedContinuations(), batch, lambda: self._continuations(chunk, batch, cut), (cut, names)
             )
             readout.continuation = continuations[:, v]
         return readout
@@ -175,7 +176,7 @@ class GraftPlan:
 
         names = tuple(c.name for c in chunk)
         grafter = self.execution.state(
-            ("variant grafter", names), lambda: Grafter(self.model, self.donors, variant_rules([c.rules() for c in chunk]))
+            resources.VariantGrafter(names), lambda: Grafter(self.model, self.donors, variant_rules([c.rules() for c in chunk]))
         )
         key = (self.config.model, tuple(p.id for p in batch.prompts))
         prefix = self.execution.prefixes.get(key, self.model, batch.input_ids, batch.attention_mask, cut)

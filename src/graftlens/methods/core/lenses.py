@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from graftlens.methods.core import resources
 from graftlens.methods.core.parts import Strict
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def lens_of(execution: Execution, model: str, lens: LensName) -> TunedLens | Non
         return None
     from graftlens.train.tuned_lens import tuned_lens
 
-    return execution.state(("tuned lens", model), lambda: tuned_lens(execution.models[model]))
+    return execution.state(resources.TunedLensOf(model), lambda: tuned_lens(execution.models[model]))
 
 
 def read_through(model, hidden: torch.Tensor, point: str, lens: TunedLens | None) -> torch.Tensor:
