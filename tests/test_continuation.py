@@ -63,6 +63,8 @@ def test_a_kept_run_continued_from_anywhere_is_the_full_pass(family: str) -> Non
         ("z", "head"),
         ("q", "head"),
         ("v", "head"),
+        ("z", "position_head"),
+        ("k", "position_head"),
     ],
 )
 def test_fast_activation_patching_is_the_loop(family: str, point: str, by: str, monkeypatch) -> None:
@@ -84,7 +86,7 @@ def test_patching_a_run_into_itself_changes_nothing() -> None:
     model = as_loaded(make_tiny_model("llama"))
     ids, mask = _batch()
     targets = torch.tensor([5, 9, 11])
-    for point, by in (("resid_pre", "position"), ("z", "head")):
+    for point, by in (("resid_pre", "position"), ("z", "head"), ("q", "position_head")):
         sweep = activation_patching(model, ids, ids, targets, point, mask, by=by)
         torch.testing.assert_close(sweep.scores, torch.full_like(sweep.scores, sweep.corrupted), atol=1e-6, rtol=0)
 

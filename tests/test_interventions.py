@@ -258,6 +258,10 @@ def test_activation_patching_recovers_the_clean_run_at_the_changed_token(tmp_pat
         activation_patching(model, clean, corrupted[:, :-1], targets)
     with pytest.raises(PatchError, match="per-head point"):
         activation_patching(model, clean, corrupted, targets, "resid_pre", by="head")
+    with pytest.raises(PatchError, match="per-head point"):
+        activation_patching(model, clean, corrupted, targets, "resid_pre", by="position_head")
+    with pytest.raises(PatchError, match="choose 'position', 'head' or 'position_head'"):
+        activation_patching(model, clean, corrupted, targets, "z", by="head_position")
 
 
 def test_projecting_the_last_residual_gives_the_model_logits(family):

@@ -119,12 +119,13 @@ class PatchingSweep:
 
     ``scores[layer, j]``: the metric's mean (the target's probability by default) when the clean
     activation of ``point_name`` at layer ``layer`` and column ``j`` (a position, or a head with
-    ``by="head"``) is written into the corrupted run. ``clean``/``corrupted`` are the unpatched
-    values; `recovered` rescales to 0 (corrupted) .. 1 (clean)."""
+    ``by="head"``) is written into the corrupted run; ``scores[layer, j, h]`` with
+    ``by="position_head"``: head ``h`` at column ``j`` alone. ``clean``/``corrupted`` are the
+    unpatched values; `recovered` rescales to 0 (corrupted) .. 1 (clean)."""
 
     point_name: str
-    by: str  # "position" | "head"
-    scores: torch.Tensor  # [layer, pos] or [layer, head]
+    by: str  # "position" | "head" | "position_head"
+    scores: torch.Tensor  # [layer, pos], [layer, head] or [layer, pos, head]
     clean: float
     corrupted: float
 
@@ -144,12 +145,12 @@ def _sweep_inputs(loaded: LoadedModel, clean_ids, corrupted_ids, point_name: str
         raise PatchError(
             f"clean and corrupted inputs must be token-aligned: shapes {list(clean_ids.shape)} and {list(corrupted_ids.shape)}"
         )
-    if by not in ("position", "head"):
-        raise PatchError(f"activation_patching by={by!r}: choose 'position' or 'head'")
+    if by not in ("position", "head", "position_head"):
+        raise PatchError(f"activation_patching by={by!r}: choose 'position', 'head' or 'position_head'")
     layers = list(range(loaded.adapter.n_layers)) if layers is None else list(layers)
     points = [Point(point_name, layer) for layer in layers]
-    if by == "head" and not points[0].per_head:
-        raise PatchError(f"by='head' needs a per-head point (z, q, k, v), got {point_name!r}")
+    if by != "position" and not points[0].per_head:
+        raise PatchError(f"by={by!r} needs a per-head point (z, q, k, v), got {point_name!r}")
     return points
 
 
@@ -183,7 +184,8 @@ def activation_patching(
     metric: Metric = prob,
 ) -> PatchingSweep:
     """Patch the clean run's ``point_name`` into the corrupted run, one layer × position (or
-    layer × head, at every position) at a time, and record the metric's mean over prompts.
+    layer × head at every position, or layer × position × head) at a time, and record the
+    metric's mean over prompts.
 
     Only what a patch can change is computed (`continuation`): a
     patch at layer ``l`` and column ``j`` continues the corrupted run from there, and the heads of
@@ -204,16 +206,17 @@ def activation_patching(
             per-head point (``z``, ``q``, ``k``, ``v``).
         attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding. Shared by both runs.
         layers: the layers to patch (default: all).
-        by: ``"position"`` (one patch per layer × position) or ``"head"`` (per-head points: one
-            patch per layer × head, at every position).
+        by: ``"position"`` (one patch per layer × position), ``"head"`` (per-head points: one
+            patch per layer × head, at every position) or ``"position_head"`` (per-head points: one
+            patch per layer × position × head, TransformerLens's patching of head outputs by position).
         approx: estimate the scores by `attribution_patching` instead.
         metric: a function of the last-position logits ``[batch, vocab]`` and ``target_ids``
             giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
             foil) or `rank` from `graftlens.interventions.metrics`, or your own.
 
     Returns:
-        PatchingSweep: ``scores`` ``[layer, pos]``
-        (``[layer, head]`` with ``by="head"``), the unpatched ``clean`` and ``corrupted`` values,
+        PatchingSweep: ``scores`` ``[layer, pos]`` (``[layer, head]`` with ``by="head"``,
+        ``[layer, pos, head]`` with ``by="position_head"``), the unpatched ``clean`` and ``corrupted`` values,
         and ``recovered`` (0 = corrupted … 1 = clean).
 
     Examples:
@@ -240,49 +243,90 @@ def activation_patching(
     points = _sweep_inputs(loaded, clean_ids, corrupted_ids, point_name, layers, by)
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
     run = CachedRun(loaded, corrupted_ids, attention_mask, points)
-    corrupted = _mean(metric, run.logits[:, None], target_ids)
-    batch, seq = clean_ids.shape
-    columns = clean_cache[points[0]].shape[2] if by == "head" else seq
+
+    def measure(logits: torch.Tensor) -> float:  # [batch, 1, vocab] → the metric's mean over prompts
+        return _mean(metric, logits, target_ids)
+
+    corrupted = measure(run.logits[:, None])
     # A patch writing what the corrupted run already holds changes nothing (in minimal pairs, every
     # column before the first differing token): its score is the corrupted one, and a patch that
     # does change something changes nothing before its first differing column.
-    scores = torch.full((len(points), columns), corrupted)
-    for i, point in enumerate(points):
-        source, own = clean_cache[point], run.captured[point]  # [batch, pos, ...]
-        new = source != own  # where the patch writes values the corrupted run does not hold
-        if by == "position":
-            changed = [j for j in range(seq) if bool(new[:, j].any())]
-            for group in _position_groups(changed, batch, seq, TOKENS_PER_PASS):
+    per_point = {"position": _patch_positions, "head": _patch_heads, "position_head": _patch_position_heads}[by]
+    scores = torch.stack([per_point(run, point, clean_cache[point], measure, corrupted) for point in points])
+    return PatchingSweep(point_name, by, scores, measure(clean_logits), corrupted)
 
-                def write_columns(x: torch.Tensor, group: list[int] = group) -> torch.Tensor:
-                    x = x.clone().unflatten(0, (batch, len(group)))  # [batch, variant, columns from the first, ...]
-                    for v, j in enumerate(group):
-                        x[:, v, j - group[0]] = source[:, j].to(x.dtype)
-                    return x.flatten(0, 1)
 
-                with edit(loaded, {point: write_columns}):
-                    logits = run.continued(point.layer, group[0], repeat=len(group)).unflatten(0, (batch, len(group)))
-                for v, j in enumerate(group):
-                    scores[i, j] = _mean(metric, logits[:, v, None], target_ids)
-            continue
-        head_differs = new.any(-1).any(0)  # [pos, head]
-        changed = [h for h in range(columns) if bool(head_differs[:, h].any())]
-        per_pass = max(1, TOKENS_PER_PASS // (batch * seq))
+def _patch_positions(run: CachedRun, point: Point, source: torch.Tensor, measure, corrupted: float) -> torch.Tensor:
+    """``[pos]``: the metric with ``point`` patched from ``source`` at one column at a time, the
+    columns of a group continuing the corrupted run together as variants of one pass."""
+    batch, seq = source.shape[:2]
+    new = source != run.captured[point]  # where the patch writes values the corrupted run does not hold
+    scores = torch.full((seq,), corrupted)
+    changed = [j for j in range(seq) if bool(new[:, j].any())]
+    for group in _position_groups(changed, batch, seq, TOKENS_PER_PASS):
+
+        def write_columns(x: torch.Tensor, group: list[int] = group) -> torch.Tensor:
+            x = x.clone().unflatten(0, (batch, len(group)))  # [batch, variant, columns from the first, ...]
+            for v, j in enumerate(group):
+                x[:, v, j - group[0]] = source[:, j].to(x.dtype)
+            return x.flatten(0, 1)
+
+        with edit(run.model, {point: write_columns}):
+            logits = run.continued(point.layer, group[0], repeat=len(group)).unflatten(0, (batch, len(group)))
+        for v, j in enumerate(group):
+            scores[j] = measure(logits[:, v, None])
+    return scores
+
+
+def _patch_heads(run: CachedRun, point: Point, source: torch.Tensor, measure, corrupted: float) -> torch.Tensor:
+    """``[head]``: the metric with one head of ``point`` patched from ``source`` at every
+    position, the heads of a pass as its variants."""
+    batch, seq, n_heads = source.shape[:3]
+    head_differs = (source != run.captured[point]).any(-1).any(0)  # [pos, head]
+    scores = torch.full((n_heads,), corrupted)
+    changed = [h for h in range(n_heads) if bool(head_differs[:, h].any())]
+    per_pass = max(1, TOKENS_PER_PASS // (batch * seq))
+    for start in range(0, len(changed), per_pass):
+        heads = changed[start : start + per_pass]
+        first = min(int(head_differs[:, h].nonzero()[0]) for h in heads)  # nothing changes before it
+
+        def write_heads(x: torch.Tensor, heads: list[int] = heads, first: int = first) -> torch.Tensor:
+            x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, columns from first, head, d]
+            for v, h in enumerate(heads):
+                x[:, v, :, h] = source[:, first:, h].to(x.dtype)
+            return x.flatten(0, 1)
+
+        with edit(run.model, {point: write_heads}):
+            logits = run.continued(point.layer, first, repeat=len(heads)).unflatten(0, (batch, len(heads)))
+        for v, h in enumerate(heads):
+            scores[h] = measure(logits[:, v, None])
+    return scores
+
+
+def _patch_position_heads(run: CachedRun, point: Point, source: torch.Tensor, measure, corrupted: float) -> torch.Tensor:
+    """``[pos, head]``: the metric with one head of ``point`` patched from ``source`` at one
+    column, for every (column, head) the patch changes; the heads of a column continue the
+    corrupted run from that column together, as variants of one pass."""
+    batch, seq, n_heads = source.shape[:3]
+    differs = (source != run.captured[point]).any(-1).any(0)  # [pos, head]
+    scores = torch.full((seq, n_heads), corrupted)
+    for j in range(seq):
+        changed = [h for h in range(n_heads) if bool(differs[j, h])]
+        per_pass = max(1, TOKENS_PER_PASS // (batch * (seq - j)))
         for start in range(0, len(changed), per_pass):
             heads = changed[start : start + per_pass]
-            first = min(int(head_differs[:, h].nonzero()[0]) for h in heads)  # nothing changes before it
 
-            def write_heads(x: torch.Tensor, heads: list[int] = heads, first: int = first) -> torch.Tensor:
-                x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, columns from first, head, d]
+            def write_cells(x: torch.Tensor, heads: list[int] = heads, j: int = j) -> torch.Tensor:
+                x = x.clone().unflatten(0, (batch, len(heads)))  # [batch, variant, columns from j, head, d]
                 for v, h in enumerate(heads):
-                    x[:, v, :, h] = source[:, first:, h].to(x.dtype)
+                    x[:, v, 0, h] = source[:, j, h].to(x.dtype)
                 return x.flatten(0, 1)
 
-            with edit(loaded, {point: write_heads}):
-                logits = run.continued(point.layer, first, repeat=len(heads)).unflatten(0, (batch, len(heads)))
+            with edit(run.model, {point: write_cells}):
+                logits = run.continued(point.layer, j, repeat=len(heads)).unflatten(0, (batch, len(heads)))
             for v, h in enumerate(heads):
-                scores[i, h] = _mean(metric, logits[:, v, None], target_ids)
-    return PatchingSweep(point_name, by, scores, _mean(metric, clean_logits, target_ids), corrupted)
+                scores[j, h] = measure(logits[:, v, None])
+    return scores
 
 
 @checked
@@ -313,7 +357,7 @@ def attribution_patching(
         point_name: the point scored, as for `activation_patching`.
         attention_mask: ``[batch, pos]``, 1 on real tokens; None: no padding. Shared by both runs.
         layers: the layers to score (default: all).
-        by: ``"position"`` or ``"head"``, as for `activation_patching`.
+        by: ``"position"``, ``"head"`` or ``"position_head"``, as for `activation_patching`.
         metric: a function of the last-position logits ``[batch, vocab]`` and ``target_ids``
             giving one value per prompt: `prob` (the default), `logprob`, `logit_diff` (with a
             foil) or `rank` from `graftlens.interventions.metrics`, or your own.
@@ -350,9 +394,10 @@ def attribution_patching(
     scores = []
     for point, grad in zip(points, grads):
         effect = ((clean_cache[point] - own[point]) * grad).detach().double()  # [batch, pos, ...]
-        scores.append(effect.sum((0, 1, 3)) if by == "head" else effect.flatten(2).sum((0, 2)))
+        summed = {"head": (0, 1, 3), "position_head": (0, 3)}.get(by)  # [head] / [pos, head]
+        scores.append(effect.sum(summed) if summed else effect.flatten(2).sum((0, 2)))
     corrupted = float(value.detach())
-    estimates = (torch.stack(scores) + corrupted).float()  # [layer, pos] or [layer, head]
+    estimates = (torch.stack(scores) + corrupted).float()  # [layer, pos], [layer, head] or [layer, pos, head]
     return PatchingSweep(point_name, by, estimates, _mean(metric, clean_logits, target_ids), corrupted)
 
 
@@ -375,18 +420,22 @@ def activation_patching_loop(
     clean_logits, clean_cache = run_with_cache(loaded, clean_ids, attention_mask, points, last_only=True)
     corrupted = _mean(metric, run_logits(loaded, corrupted_ids, attention_mask, last_only=True), target_ids)
     batch, seq = clean_ids.shape
-    columns = clean_cache[points[0]].shape[2] if by == "head" else seq
-    scores = torch.empty(len(points), columns)
+    heads = clean_cache[points[0]].shape[2] if by != "position" else 1
+    cells = {"position": [(j, None) for j in range(seq)], "head": [(None, h) for h in range(heads)]}.get(
+        by, [(j, h) for j in range(seq) for h in range(heads)]
+    )
+    scores = torch.empty(len(points), len(cells))
     for i, point in enumerate(points):
-        for j in range(columns):
-            if by == "head":
-                patch = Patch(point, clean_cache[point], None, (j,))
-            else:
+        for c, (j, h) in enumerate(cells):
+            where = None
+            if j is not None:
                 where = torch.zeros(batch, seq, dtype=torch.bool)
                 where[:, j] = True
-                patch = Patch(point, clean_cache[point], where)
+            patch = Patch(point, clean_cache[point], where, None if h is None else (h,))
             logits = patched_logits(loaded, corrupted_ids, attention_mask, [patch], last_only=True)
-            scores[i, j] = _mean(metric, logits, target_ids)
+            scores[i, c] = _mean(metric, logits, target_ids)
+    if by == "position_head":
+        scores = scores.unflatten(1, (seq, heads))
     return PatchingSweep(point_name, by, scores, _mean(metric, clean_logits, target_ids), corrupted)
 
 
