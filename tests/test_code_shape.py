@@ -89,3 +89,27 @@ def test_architecture_facts_live_in_the_adapters() -> None:
     """GPT-2's ``Conv1D`` layout (weights ``[in, out]``) is known to `models.adapters` alone."""
     found = [str(p.relative_to(ROOT)) for p in sorted(SRC.rglob("*.py")) if "Conv1D" in p.read_text()]
     assert found == ["src/graftlens/models/adapters.py"]
+
+
+def _local_stdlib_imports(source: str, where: str) -> list[str]:
+    """Imports of the standard library inside a function: nothing heavy to defer, no layer to
+    keep apart; they belong at the top of the module."""
+    found = set()
+    for function in ast.walk(ast.parse(source)):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    if any(name.split(".")[0] in sys.stdlib_module_names for name in names) and not getattr(node, "level", 0):
+                        found.add(f"{where}:{node.lineno}")
+    return sorted(found)
+
+
+def test_no_function_imports_the_standard_library_locally() -> None:
+    found = [f for path in sorted(SRC.rglob("*.py")) for f in _local_stdlib_imports(path.read_text(), path.name)]
+    assert found == []
+
+
+def test_the_local_import_check_sees_one() -> None:
+    source = "import json\n\ndef f():\n    import gc\n    from torch import nn\n    return gc, nn\n"
+    assert _local_stdlib_imports(source, "m.py") == ["m.py:4"]

@@ -587,7 +587,10 @@ def test_configurations_as_variants_of_one_pass_give_their_own_full_pass(family:
         torch.testing.assert_close(got.target_logprob, full.target_logprob, rtol=1e-5, atol=1e-5)
         said = grafted_generate(base, donors, config.rules(), batch.input_ids, batch.attention_mask, batch.spans, 3)
         assert torch.equal(got.continuation, said), config.name
-    assert execution._batch_state["grafted variants"][1][0] == 1  # the last shared pass: the FE configurations, from column 1
+    from graftlens.methods.core.resources import GraftedVariants
+
+    last = execution._batch_state[GraftedVariants()]
+    assert last[1][0] == 1  # the last shared pass: the FE configurations, from column 1
 
 
 def test_bounded_store_drops_the_least_recently_used_but_never_the_newest() -> None:

@@ -9,6 +9,7 @@ on every machine (Faker and ``random.Random`` are seeded; no global state is tou
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -114,7 +115,6 @@ def _name_lists(n_names: int) -> tuple[list[str], list[str]]:
     firsts, lasts = set(PersonProvider.first_names), set(PersonProvider.last_names)
     if n_names <= min(len(firsts), len(lasts)):
         return sorted(firsts), sorted(lasts)
-    import importlib
 
     for locale in _MORE_NAME_LOCALES:
         provider = importlib.import_module(f"faker.providers.person.{locale}").Provider

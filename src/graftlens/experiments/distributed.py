@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -230,7 +231,6 @@ def _connect(ray, address: str) -> bool:
 def _check_reachable(address: str) -> None:
     """A ``HOST:PORT`` (or ``ray://HOST:PORT``) that nothing answers on is one error at once (Ray
     itself would keep retrying for minutes)."""
-    import socket
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if address in (LOCAL, "auto") or not sep or not port.isdigit():

@@ -7,6 +7,7 @@ as an uninterrupted run would, so the results are the same, row for row.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from dataclasses import dataclass
@@ -273,7 +274,6 @@ def recipe_changes(old: object, new: object, path: str = "") -> list[tuple[str, 
 
 def _free_memory() -> None:
     """Give back the memory of models just dropped (on a GPU, to the workers that load them next)."""
-    import gc
 
     gc.collect()
     if torch.cuda.is_available():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -283,7 +284,6 @@ def _merged_head_sets(rules: Sequence[Any], donors: Mapping[str, Any]) -> tuple[
 def _combinations(head_sets: Sequence[_HeadSet]) -> list[tuple[tuple[int, ...], list[tuple[str, int]]]]:
     """Every combination (indices, smallest first) of two or more head sets that all graft some
     part of some layer, with those ``(part, layer)`` pairs."""
-    from itertools import combinations
 
     sharing: dict[tuple[str, int], list[int]] = {}
     for i, hs in enumerate(head_sets):

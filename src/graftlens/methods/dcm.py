@@ -12,6 +12,7 @@ Each row stores the learned mask values (``mask L.H`` columns) with it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -184,7 +185,6 @@ class DesiderataMasking(Method[DcmSpec]):
         ]
 
     def files(self, run: RunData, panel: str, configs: list[StoredConfig]) -> dict[str, str]:
-        import json
 
         masks = {c.name: _mask_values(run, c) for c in configs if _mask_values(run, c)}
         return {"dcm_masks.json": json.dumps(masks, indent=2, sort_keys=True) + "\n"} if masks else {}

@@ -10,6 +10,8 @@ the plain model, and with one of the two earlier steps taken away:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
@@ -148,7 +150,6 @@ class Extraction(Method[ExtractionSpec]):
 
         def forward(batch: Prompts) -> dict[str, torch.Tensor]:
             """Every layer's attention and MLP output at ``position`` under the condition: name → ``[batch, d_model]``."""
-            from contextlib import nullcontext
 
             from graftlens.interventions.hooks import capture
             from graftlens.interventions.knockout import attention_knockout
@@ -223,7 +224,6 @@ class Extraction(Method[ExtractionSpec]):
 
 
 def _relabelled(config: StoredConfig) -> StoredConfig:
-    from dataclasses import replace
 
     return replace(config, coords={**config.coords, "condition": CONDITION_LABELS[config.coords["condition"]]})
 

@@ -25,6 +25,7 @@ EAP's first heads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -367,7 +368,6 @@ def eap_scores(execution: Execution, model_name: str, steps: int) -> EdgeScores:
     sources), the mean over prompts; made once per run and model."""
 
     def make() -> EdgeScores:
-        from dataclasses import replace
 
         from graftlens.eval.batching import pad_id_of
         from graftlens.interventions.edges import edge_attribution

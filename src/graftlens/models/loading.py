@@ -12,7 +12,10 @@ A spec is, in the order it is tried:
 from __future__ import annotations
 
 import json
+import os
 import re
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,14 +296,11 @@ def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None) -> LoadedMo
 def _check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
     """One line, at once, when a hub model is not cached and the hub cannot be reached (rather than
     the hub client's retry log, which runs for about a minute before its own error)."""
-    import os
 
     from huggingface_hub import constants, try_to_load_from_cache
 
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # offline mode or a warm cache: transformers reads the cached files
-    import urllib.error
-    import urllib.request
 
     try:
         urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()

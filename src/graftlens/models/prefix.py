@@ -9,6 +9,7 @@ serves many continuations.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
@@ -51,7 +52,6 @@ def keeps_every_position(cache, length: int, more: int) -> bool:
 def cache_argument(model: LoadedModel) -> str:
     """The name of a forward's KV-cache argument: ``cache`` in newer transformers (which warn about
     ``past_key_values``), ``past_key_values`` before."""
-    import inspect
 
     return "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
 
