@@ -7,6 +7,7 @@ corrupted prompt; targets the clean answers):
 
 - ``resid_pre``: activation patching of the residual stream entering each layer, every layer × position;
 - ``z``: activation patching of each head's output, every layer × head, at every position;
+- ``z`` per (layer, position, head) (``by="position_head"``), layers 20-29: one head at one position at a time;
 - ``resid_pre``, every column differing: the same with the corrupted prompts' first token replaced
   too, so that no patch is skipped and every one starts at column 0 or later (the worst case);
 - ``knockout``: Geva et al.'s window sweep, last → subject blocked in the 9 layers around each layer.
@@ -16,7 +17,8 @@ Also the correlation of attribution patching (``approx=True``) with the exact sc
 Each round runs every implementation once, in turn; medians of ``--rounds`` rounds, and the
 largest difference of each implementation's scores from the loop's. ``torch.set_num_threads(1)``
 (this machine's second core is often busy). Prints one JSON object.
-Usage: python benchmarks/bench_activation_sweeps.py [--rounds 3]  (about 6 minutes on one core)
+Usage: python benchmarks/bench_activation_sweeps.py [--rounds 3] [--only TEXT]  (about 10 minutes on one core;
+``--only`` keeps the sweeps whose name holds TEXT)
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def knockout_fast(model, batch):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the sweeps whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("smollm2-135m")
@@ -118,10 +121,11 @@ def main() -> None:
     other = corrupted.input_ids.clone()
     other[:, 0] = model.tokenizer(" Today").input_ids[0]  # every column now differs from the clean run
 
-    def patching(point, by, corrupted_ids, with_nnsight=True):
+    def patching(point, by, corrupted_ids, with_nnsight=True, layers=None):
+        ids = clean.input_ids
         impls = {
-            "loop": lambda: activation_patching_loop(model, clean.input_ids, corrupted_ids, targets, point, by=by).scores,
-            "graftlens": lambda: activation_patching(model, clean.input_ids, corrupted_ids, targets, point, by=by).scores,
+            "loop": lambda: activation_patching_loop(model, ids, corrupted_ids, targets, point, layers=layers, by=by).scores,
+            "graftlens": lambda: activation_patching(model, ids, corrupted_ids, targets, point, layers=layers, by=by).scores,
         }
         if have_nnsight and with_nnsight:
             impls["nnsight"] = lambda: nnsight_patching(model, clean.input_ids, corrupted_ids, targets, point)
@@ -131,11 +135,13 @@ def main() -> None:
         "resid_pre layer × position": patching("resid_pre", "position", corrupted.input_ids),
         "z layer × head": patching("z", "head", corrupted.input_ids),
         "resid_pre layer × position, every column differing": patching("resid_pre", "position", other, False),
+        "z layer × position × head, layers 20-29": patching("z", "position_head", corrupted.input_ids, False, range(20, 30)),
         f"knockout last → subject, window {WINDOW}": {
             "loop": lambda: knockout_loop(model, clean).softmax(-1),
             "graftlens": lambda: knockout_fast(model, clean).softmax(-1),
         },
     }
+    sweeps = {name: impls for name, impls in sweeps.items() if args.only in name}
     seconds = {s: defaultdict(list) for s in sweeps}
     results = {s: {} for s in sweeps}
     with torch.no_grad():
