@@ -289,12 +289,14 @@ def path_patched_run(
     if receiver_points and sender is not None and sender[0] >= max(point.layer for point in receiver_points):
         # A head's q, k, v are read from the residual stream before its layer's attention: a
         # sender in that layer or after it reaches no receiver, and the clean run is the result.
-        return runs.clean_logits if runs.clean_logits is not None else _clean_forward(loaded, inputs, runs.prefix)
+        return _clean_logits(loaded, inputs, runs)
     columns = _sender_columns(inputs, sender, stage) if runs.one_column else None
+    if columns is not None and not receiver_points:
+        (logits_0, _), (logits, _) = _one_column_runs(loaded, inputs, columns, sent_value, receiver_points, runs)
+        clean = _clean_logits(loaded, inputs, runs)
+        return clean + (logits - logits_0).to(clean.dtype)
     if columns is not None:
-        sent = _one_column_sent(loaded, inputs, columns, sent_value, receiver_points, runs)
-        if not receiver_points:
-            return sent  # the logits themselves
+        sent = _receiver_inputs(loaded, inputs, columns, sent_value, receiver_points, runs)
     else:
         edits = _frozen_heads(loaded, runs.clean_cache, stage.receivers)
         if sent_value is not None:
@@ -355,27 +357,35 @@ def _clean_forward(loaded: LoadedModel, inputs: PathInputs, prefix: object | Non
     return run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)[:, -1]
 
 
-def _one_column_sent(loaded, inputs, columns, sent_value, receiver_points, runs: PathRuns):
-    """The sender run computed one column per row. Every head frozen: each column's residual
-    stream depends on that column alone, so the run computes just the column a row needs (the
-    sender's, where its receivers are), with and without the sender; what the sender changes is
-    added to the clean run's values (a sender that changes nothing leaves them exactly as they
-    are). Returns the logits when the receivers are the logits, else each receiver's input."""
+def _clean_logits(loaded: LoadedModel, inputs: PathInputs, runs: PathRuns) -> torch.Tensor:
+    """The clean run's last-position logits ``[batch, vocab]``, computed once and kept in ``runs``."""
+    if runs.clean_logits is None:
+        runs.clean_logits = _clean_forward(loaded, inputs, runs.prefix)
+    return runs.clean_logits
+
+
+def _one_column_runs(loaded, inputs, columns, sent_value, receiver_points, runs: PathRuns) -> tuple[tuple, tuple]:
+    """The sender run computed one column per row, without the sender (kept in ``runs``: the
+    same for every sender of these columns) and with it: ``((logits, inputs), (logits, inputs))``.
+    Every head frozen, each column's residual stream depends on that column alone, so the run
+    computes just the column a row needs (the sender's, where its receivers are); what the sender
+    changes is then added to the clean run's values (a sender that changes nothing leaves them
+    exactly as they are)."""
     key = (tuple(columns.tolist()), tuple(receiver_points))
-    if key not in runs.column_runs:  # the run without the sender: the same for every sender of these columns
+    if key not in runs.column_runs:
         runs.column_runs[key] = _one_column_run(loaded, inputs, columns, runs.clean_cache, None, receiver_points)
-    logits_0, sent_0 = runs.column_runs[key]
-    logits, sent = _one_column_run(loaded, inputs, columns, runs.clean_cache, sent_value, receiver_points)
-    if not receiver_points:
-        if runs.clean_logits is None:
-            runs.clean_logits = _clean_forward(loaded, inputs, runs.prefix)
-        return runs.clean_logits + (logits - logits_0).to(runs.clean_logits.dtype)
+    return runs.column_runs[key], _one_column_run(loaded, inputs, columns, runs.clean_cache, sent_value, receiver_points)
+
+
+def _receiver_inputs(loaded, inputs, columns, sent_value, receiver_points, runs: PathRuns) -> ActivationCache:
+    """Each receiver's input in the sender run, from the one-column runs: its clean value plus
+    what the sender changed."""
+    (_, sent_0), (_, sent) = _one_column_runs(loaded, inputs, columns, sent_value, receiver_points, runs)
     missing = [p for p in receiver_points if p not in runs.clean_cache]
     if missing:  # the receivers' clean inputs
         with capture(loaded, missing) as more, torch.no_grad():
             run_logits(loaded, inputs.clean_ids, inputs.clean_mask, last_only=True)
         runs.clean_cache = ActivationCache({**runs.clean_cache, **more})
-    # Each receiver's input in the sender run: its clean value plus what the sender changed.
     return ActivationCache({p: runs.clean_cache[p] + (sent[p] - sent_0[p]) for p in receiver_points})
 
 

@@ -37,7 +37,7 @@ def checked(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs)
-        _pair_inputs(fn, bound.arguments)
+        _pair_inputs(fn, signature, bound.arguments)
         unpack_inputs(fn.__name__, signature, bound.arguments)
         missing = [
             name
@@ -79,12 +79,17 @@ def unpack_inputs(who: str, signature: inspect.Signature, arguments: dict[str, A
                 continue
         else:
             continue
-        for key, filled in fills.items():
-            if key in params and arguments.get(key) is None and filled is not None:
-                arguments[key] = filled
+        _fill_unset(params, arguments, fills)
 
 
-def _pair_inputs(fn: Callable[..., Any], arguments: dict[str, Any]) -> None:
+def _fill_unset(params: Mapping[str, inspect.Parameter], arguments: dict[str, Any], fills: Mapping[str, Any]) -> None:
+    """Each of ``fills`` the function takes and the caller left unset (None or not given)."""
+    for key, filled in fills.items():
+        if key in params and arguments.get(key) is None and filled is not None:
+            arguments[key] = filled
+
+
+def _pair_inputs(fn: Callable[..., Any], signature: inspect.Signature, arguments: dict[str, Any]) -> None:
     """Where a function takes ``inputs`` (a clean and a corrupted run: `PathInputs`), also take
     the pair ``(clean, corrupted)`` of `Prompts`: the type the parameter is annotated with makes
     it (``PathInputs.of``), and the clean prompts' targets fill ``target_ids`` when it is not given."""
@@ -98,9 +103,7 @@ def _pair_inputs(fn: Callable[..., Any], arguments: dict[str, Any]) -> None:
             f"(graftlens.prompts), not a {type(value).__name__} of {kinds or 'nothing'}"
         )
     arguments["inputs"] = typing.get_type_hints(fn)["inputs"].of(*value)
-    if "target_ids" in inspect.signature(fn).parameters and arguments.get("target_ids") is None:
-        if value[0].target_ids is not None:
-            arguments["target_ids"] = value[0].target_ids
+    _fill_unset(signature.parameters, arguments, {"target_ids": value[0].target_ids})
 
 
 def _is_prompts(value: Any) -> bool:
